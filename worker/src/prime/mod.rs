@@ -1,0 +1,175 @@
+//! Primality testing.
+//!
+//! - Below 2^64 the answer is exact: a sieve bitmap for small numbers, trial division by the
+//!   odd primes up to [`TRIAL_LIMIT`], then BPSW (a strong base-2 Miller–Rabin test followed by
+//!   a strong Lucas test with Selfridge's parameters). BPSW has been verified to have no
+//!   pseudoprime below 2^64 (Gilchrist, against Feitsma's list of all base-2 strong
+//!   pseudoprimes below 2^64), so it is a deterministic test there.
+//! - Above 2^64 the same BPSW test runs on big integers. No composite is known to pass BPSW,
+//!   but none is proven impossible: see the README for the error bound we state.
+//! - [`filter_primes_u64`] tests many machine words at once, running the base-2 test on
+//!   [`LANES`] numbers interleaved so that the multiplier pipeline stays busy.
+
+mod big;
+mod lucas;
+mod mont;
+mod mont128;
+pub mod reference;
+mod ring;
+mod sieve;
+mod trial;
+
+pub use big::is_prime_big;
+pub use sieve::SIEVE_LIMIT;
+pub use trial::TRIAL_LIMIT;
+
+use lucas::strong_lucas;
+use mont::Mont;
+use ring::ModRing;
+
+/// How many base-2 tests run interleaved in [`filter_primes_u64`]: four independent
+/// Montgomery multiplications in flight hide most of one multiplication's latency.
+pub const LANES: usize = 4;
+
+/// Outcome of the cheap first stage for one machine word.
+enum Quick {
+    Prime,
+    Composite,
+    /// Survived trial division; needs the strong tests.
+    Unknown,
+}
+
+#[inline]
+fn quick(n: u64) -> Quick {
+    if n < SIEVE_LIMIT {
+        return if sieve::is_prime_small(n) {
+            Quick::Prime
+        } else {
+            Quick::Composite
+        };
+    }
+    if n & 1 == 0 || trial::has_small_factor(n) {
+        return Quick::Composite;
+    }
+    Quick::Unknown
+}
+
+/// Exact primality of a machine word.
+pub fn is_prime_u64(n: u64) -> bool {
+    match quick(n) {
+        Quick::Prime => true,
+        Quick::Composite => false,
+        Quick::Unknown => {
+            let m = Mont::new(n);
+            m.strong_base2() && strong_lucas(&m)
+        }
+    }
+}
+
+/// Appends to `out` every prime in `nums` (duplicates kept, order not: numbers that need the
+/// strong tests are appended when their batch completes).
+///
+/// Same answers as [`is_prime_u64`] on each number, faster on a batch: the numbers that
+/// survive trial division are queued and their base-2 tests run [`LANES`] at a time; those
+/// that pass are queued again for Lucas tests, also [`LANES`] at a time.
+pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
+    let mut mr = Lanes::default();
+    let mut lucas = Lanes::default();
+    for &n in nums {
+        match quick(n) {
+            Quick::Prime => out.push(n),
+            Quick::Composite => {}
+            Quick::Unknown => {
+                if mr.push(Mont::new(n)) {
+                    let pass = mont::strong_base2_lanes(&mr.ms);
+                    for (m, ok) in mr.ms.iter().zip(pass) {
+                        if ok && lucas.push(*m) {
+                            let pass = lucas::strong_lucas_lanes(&lucas.ms);
+                            out.extend(lucas.ms.iter().zip(pass).filter(|x| x.1).map(|x| x.0.n));
+                            lucas.len = 0;
+                        }
+                    }
+                    mr.len = 0;
+                }
+            }
+        }
+    }
+    for m in &mr.ms[..mr.len] {
+        if m.strong_base2() && strong_lucas(m) {
+            out.push(m.n);
+        }
+    }
+    for m in &lucas.ms[..lucas.len] {
+        if strong_lucas(m) {
+            out.push(m.n);
+        }
+    }
+}
+
+/// A queue of up to [`LANES`] numbers waiting for an interleaved test.
+struct Lanes {
+    ms: [Mont; LANES],
+    len: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Lanes {
+            ms: [Mont::new(3); LANES],
+            len: 0,
+        }
+    }
+}
+
+impl Lanes {
+    /// Queues `m`; true when the queue is full (the caller runs it and resets `len`).
+    #[inline]
+    fn push(&mut self, m: Mont) -> bool {
+        self.ms[self.len] = m;
+        self.len += 1;
+        self.len == LANES
+    }
+}
+
+/// Jacobi symbol (a/n) for odd n > 0.
+pub(crate) fn jacobi(mut a: u64, mut n: u64) -> i32 {
+    debug_assert!(n & 1 == 1);
+    a %= n;
+    let mut t = 1;
+    while a != 0 {
+        let z = a.trailing_zeros();
+        a >>= z;
+        if z & 1 == 1 && (n % 8 == 3 || n % 8 == 5) {
+            t = -t;
+        }
+        if a % 4 == 3 && n % 4 == 3 {
+            t = -t;
+        }
+        std::mem::swap(&mut a, &mut n);
+        a %= n;
+    }
+    if n == 1 {
+        t
+    } else {
+        0
+    }
+}
+
+/// Jacobi symbol (d/n) for a small signed `d` (|d| odd), given `n mod |d|` and `n mod 8`.
+/// Lets the big-integer path compute the symbol without a big division per candidate.
+pub(crate) fn jacobi_signed(d: i64, n_mod_d: u64, n_mod_8: u64) -> i32 {
+    let a = d.unsigned_abs();
+    // (|d| / n) = (n / |d|) * (-1)^((|d|-1)/2 * (n-1)/2) by reciprocity (both odd).
+    let mut j = if a == 1 { 1 } else { jacobi(n_mod_d, a) };
+    if a % 4 == 3 && n_mod_8 % 4 == 3 {
+        j = -j;
+    }
+    // (-1 / n) = (-1)^((n-1)/2)
+    if d < 0 && n_mod_8 % 4 == 3 {
+        j = -j;
+    }
+    j
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+use super::reference::{is_prime_mr7, is_prime_trial, strong_probable_prime};
+use super::*;
+use num_bigint::BigUint;
+use rand::{Rng, SeedableRng};
+
+fn rng(name: &str) -> rand::rngs::StdRng {
+    let seed: u64 = std::env::var("PRIMES_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0000_0000_0001);
+    eprintln!("{name}: seed {seed} (set PRIMES_TEST_SEED to change)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Asserts two prime lists hold the same numbers (a batch does not keep input order), naming the first difference instead of printing both.
+fn assert_same(got: &[u64], want: &[u64], what: &str) {
+    let (mut got, mut want) = (got.to_vec(), want.to_vec());
+    got.sort_unstable();
+    want.sort_unstable();
+    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at {i}: got {} want {}",
+            got[i], want[i]
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+}
+
+fn testdata(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[test]
+/// Every row of testdata/known_primality.tsv gets its independently known class.
+fn known_primality_table() {
+    let mut rows = 0;
+    for line in testdata("known_primality.tsv").lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut cols = line.split('\t');
+        let (Some(num), Some(class)) = (cols.next(), cols.next()) else {
+            panic!("bad row {line:?}");
+        };
+        let n: BigUint = num
+            .parse()
+            .unwrap_or_else(|e| panic!("bad number {num:?}: {e}"));
+        let want = match class {
+            "prime" => true,
+            "not_prime" => false,
+            other => panic!("bad class {other:?}"),
+        };
+        assert_eq!(is_prime_big(&n), want, "{num} should be {class}");
+        if let Ok(w) = u64::try_from(&n) {
+            assert_eq!(is_prime_u64(w), want, "{num} should be {class} (u64 path)");
+            let mut out = Vec::new();
+            filter_primes_u64(&[w, w, w, w, w], &mut out);
+            assert_eq!(out.len(), if want { 5 } else { 0 }, "{num} in a batch");
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, 575, "the table has 575 rows");
+}
+
+#[test]
+/// Agrees with trial division on every number below 100,000 and on random numbers below 10^8.
+fn agrees_with_trial_division() {
+    for n in 0..100_000u64 {
+        assert_eq!(is_prime_u64(n), is_prime_trial(n), "n = {n}");
+    }
+    let mut r = rng("agrees_with_trial_division");
+    let nums: Vec<u64> = (0..200_000).map(|_| r.gen_range(0..100_000_000)).collect();
+    let mut batch = Vec::new();
+    filter_primes_u64(&nums, &mut batch);
+    let want: Vec<u64> = nums
+        .iter()
+        .copied()
+        .filter(|&n| is_prime_trial(n))
+        .collect();
+    assert_same(&batch, &want, "batch below 10^8");
+}
+
+#[test]
+/// Agrees with machine-prime and the 7-base Miller–Rabin on random 64-bit numbers, batch and
+/// single, including numbers just above the sieve and near 2^64.
+fn agrees_on_random_u64() {
+    let mut r = rng("agrees_on_random_u64");
+    let mut nums: Vec<u64> = (0..300_000).map(|_| r.gen::<u64>() | 1).collect();
+    nums.extend((0..20_000).map(|i| SIEVE_LIMIT + i));
+    nums.extend((0..20_000).map(|i| u64::MAX - i));
+    // Random bit lengths, so batches mix sizes.
+    nums.extend((0..100_000).map(|_| r.gen::<u64>() >> r.gen_range(0..40)));
+    let mut batch = Vec::new();
+    filter_primes_u64(&nums, &mut batch);
+    let want: Vec<u64> = nums
+        .iter()
+        .copied()
+        .filter(|&n| machine_prime::is_prime(n))
+        .collect();
+    assert_same(&batch, &want, "random u64 batch");
+    for &n in nums.iter().take(50_000) {
+        assert_eq!(is_prime_u64(n), is_prime_mr7(n), "n = {n}");
+    }
+}
+
+#[test]
+/// Agrees with machine-prime's 128-bit test on random 65..128-bit numbers and 128-bit primes.
+fn agrees_on_random_u128() {
+    let mut r = rng("agrees_on_random_u128");
+    let mut found = 0;
+    for _ in 0..20_000 {
+        let n: u128 = (r.gen::<u128>() >> r.gen_range(0..63)) | (1 << 64) | 1;
+        let want = machine_prime::is_prime_128(n);
+        found += want as u32;
+        assert_eq!(is_prime_big(&BigUint::from(n)), want, "n = {n}");
+    }
+    assert!(
+        found > 100,
+        "the sample should hold primes too, found {found}"
+    );
+}
+
+/// Chernick's Carmichael numbers (6k+1)(12k+1)(18k+1) with all three factors prime.
+fn chernick(r: &mut impl Rng, k_bits: u32, count: usize) -> Vec<BigUint> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let k: u64 = r.gen_range(1..1u64 << k_bits);
+        let fs = [6 * k as u128 + 1, 12 * k as u128 + 1, 18 * k as u128 + 1];
+        if fs.iter().all(|&f| is_prime_big(&BigUint::from(f))) {
+            out.push(fs.iter().map(|&f| BigUint::from(f)).product());
+        }
+    }
+    out
+}
+
+#[test]
+/// Carmichael numbers (which fool a Fermat test to every coprime base) are all composite,
+/// below 2^64 and above.
+fn carmichael_numbers_are_composite() {
+    let mut r = rng("carmichael_numbers_are_composite");
+    for n in [561u64, 1105, 1729, 2465, 2821, 6601, 8911, 5148001, 6868261] {
+        assert!(!is_prime_u64(n), "{n}");
+    }
+    for k_bits in [6, 12, 18, 20, 30, 40] {
+        for n in chernick(&mut r, k_bits, 30) {
+            assert!(!is_prime_big(&n), "Carmichael {n}");
+            if let Ok(w) = u64::try_from(&n) {
+                assert!(!is_prime_u64(w), "Carmichael {w}");
+                assert!(!machine_prime::is_prime(w));
+            } else if let Ok(w) = u128::try_from(&n) {
+                assert!(!machine_prime::is_prime_128(w));
+            }
+        }
+    }
+}
+
+#[test]
+/// Strong pseudoprimes to base 2 (composites that pass the first half of BPSW), found by a
+/// search with the reference test, are caught by the Lucas half.
+fn strong_base2_pseudoprimes_are_composite() {
+    let mut r = rng("strong_base2_pseudoprimes_are_composite");
+    let mut found = Vec::new();
+    // Pseudoprimes cluster in n = (k+1)(2k+1) and (k+1)(3k+1) with both factors prime.
+    for _ in 0..3_000_000 {
+        let k: u64 = r.gen_range(2..1 << 31);
+        for n in [(k + 1) * (2 * k + 1), (k + 1) * (3 * k + 1)] {
+            if n & 1 == 1 && strong_probable_prime(n, 2) {
+                found.push(n);
+            }
+        }
+        if found.len() >= 20 {
+            break;
+        }
+    }
+    // Known ones from the literature as well.
+    found.extend([
+        2047u64,
+        3277,
+        4033,
+        4681,
+        8321,
+        15841,
+        29341,
+        3215031751,
+        3825123056546413051,
+    ]);
+    assert!(
+        found.len() >= 12,
+        "the search should find pseudoprimes, found {found:?}"
+    );
+    for n in found {
+        assert!(strong_probable_prime(n, 2), "{n} should pass base 2");
+        assert!(!is_prime_u64(n), "strong pseudoprime {n}");
+        let mut out = Vec::new();
+        filter_primes_u64(&[n, 3, n, n, n, 16777259], &mut out);
+        assert_same(&out, &[3, 16777259], "batch with a pseudoprime");
+    }
+}
+
+#[test]
+/// Powers of two and perfect squares (no Selfridge D exists for a square) are composite.
+fn powers_and_squares() {
+    for k in 2..64 {
+        assert!(!is_prime_u64(1 << k), "2^{k}");
+    }
+    for p in [16777259u64, 4294967291, 1000003, 65521] {
+        assert!(!is_prime_u64(p * p), "{p}^2");
+        assert!(!is_prime_big(&(BigUint::from(p) * p * p)), "{p}^3");
+    }
+    let p = BigUint::from(18446744073709551557u64);
+    assert!(!is_prime_big(&(&p * &p)), "square of a 64-bit prime");
+}
+
+#[test]
+/// Mersenne primes and their composite neighbours, up to 4423 bits.
+fn mersenne() {
+    let one = BigUint::from(1u32);
+    for e in [61u32, 89, 107, 127, 521, 607, 1279] {
+        assert!(is_prime_big(&((&one << e) - 1u32)), "2^{e}-1");
+    }
+    for e in [67u32, 101, 257, 1000] {
+        assert!(!is_prime_big(&((&one << e) - 1u32)), "2^{e}-1");
+    }
+}
