@@ -1,1 +1,17 @@
-//! placeholder
+//! What the coordinator, the workers and the file servers share: framing, authentication and
+//! the coordinator–worker messages.
+//!
+//! - [`conn`]: a TCP connection carrying one JSON object per line with a maximum line length,
+//!   plus raw byte bodies (file contents never travel as JSON).
+//! - [`auth`]: the cluster key and the HMAC challenge–response every connection starts with.
+//! - [`msg`]: the coordinator–worker messages (PROTOCOL.md lists every one).
+
+pub mod auth;
+pub mod conn;
+pub mod msg;
+
+pub use auth::ClusterKey;
+pub use conn::{Connection, ProtoError};
+
+/// Version of the wire protocol, sent in the first message of every connection.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,241 @@
+//! A framed connection: JSON objects one per line, bounded, plus raw bodies.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Default longest JSON line accepted. A batch of primes is bounded well below this
+/// (see `msg::MAX_PRIMES_PER_BATCH`); anything longer is a broken or hostile peer.
+pub const DEFAULT_MAX_LINE: usize = 4 << 20;
+
+/// Errors of a connection. Any of them closes the connection; none affects other connections.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// The socket failed; the peer may be gone. Retry with a new connection.
+    #[error("connection i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent a line longer than the limit.
+    #[error("message longer than {max} bytes")]
+    TooLong { max: usize },
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    /// The peer sent something that is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The peer did not answer within the deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The handshake failed: wrong key, replay, wrong protocol version. Do not retry quickly.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The peer reported an error and closed.
+    #[error("peer error: {0}")]
+    Peer(String),
+}
+
+/// One TCP connection. Reads and writes are buffered; call [`Connection::flush`] (or use
+/// [`Connection::send`]) to push written messages out.
+pub struct Connection {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    max_line: usize,
+    line: Vec<u8>,
+    /// The peer's address, for logs.
+    pub peer: String,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Self {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "unknown peer".to_string());
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Connection {
+            reader: BufReader::with_capacity(64 << 10, r),
+            writer: BufWriter::with_capacity(64 << 10, w),
+            max_line: DEFAULT_MAX_LINE,
+            line: Vec::new(),
+            peer,
+        }
+    }
+
+    /// Sets the longest accepted line.
+    pub fn with_max_line(mut self, max: usize) -> Self {
+        self.max_line = max;
+        self
+    }
+
+    /// Reads one raw line (without the newline). `Ok(None)` on a clean end of stream between
+    /// messages; an error on a line cut short or over the limit. Never buffers more than the
+    /// limit.
+    pub async fn read_line(&mut self) -> Result<Option<&[u8]>, ProtoError> {
+        self.line.clear();
+        loop {
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
+                return if self.line.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtoError::Truncated)
+                };
+            }
+            match memchr::memchr(b'\n', buf) {
+                Some(k) => {
+                    if self.line.len() + k > self.max_line {
+                        return Err(ProtoError::TooLong { max: self.max_line });
+                    }
+                    self.line.extend_from_slice(&buf[..k]);
+                    self.reader.consume(k + 1);
+                    return Ok(Some(&self.line));
+                }
+                None => {
+                    let n = buf.len();
+                    if self.line.len() + n > self.max_line {
+                        return Err(ProtoError::TooLong { max: self.max_line });
+                    }
+                    self.line.extend_from_slice(buf);
+                    self.reader.consume(n);
+                }
+            }
+        }
+    }
+
+    /// Reads and decodes one message; `Ok(None)` on clean end of stream.
+    pub async fn read_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        match self.read_line().await? {
+            None => Ok(None),
+            Some(line) => serde_json::from_slice(line)
+                .map(Some)
+                .map_err(|e| ProtoError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Like [`Connection::read_msg`] but fails with `Timeout` after `limit`, and treats end of
+    /// stream as `Truncated` (the caller expected an answer).
+    pub async fn expect_msg<T: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+    ) -> Result<T, ProtoError> {
+        match tokio::time::timeout(limit, self.read_msg()).await {
+            Err(_) => Err(ProtoError::Timeout(limit)),
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(ProtoError::Truncated),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Queues one message (buffered).
+    pub async fn write_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
+        let mut line = serde_json::to_vec(msg).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// Writes one message and flushes.
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
+        self.write_msg(msg).await?;
+        self.flush().await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ProtoError> {
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Copies exactly `len` raw bytes from the connection into `out`.
+    pub async fn read_body<W: AsyncWrite + Unpin>(
+        &mut self,
+        len: u64,
+        out: &mut W,
+    ) -> Result<(), ProtoError> {
+        let mut limited = (&mut self.reader).take(len);
+        let copied = tokio::io::copy(&mut limited, out).await?;
+        if copied != len {
+            return Err(ProtoError::Truncated);
+        }
+        Ok(())
+    }
+
+    /// Writes exactly `len` raw bytes from `input` to the connection (buffered).
+    pub async fn write_body<R: AsyncRead + Unpin>(
+        &mut self,
+        len: u64,
+        input: &mut R,
+    ) -> Result<(), ProtoError> {
+        let mut limited = input.take(len);
+        let copied = tokio::io::copy(&mut limited, &mut self.writer).await?;
+        if copied != len {
+            return Err(ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("body source ended after {copied} of {len} bytes"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes raw bytes (buffered).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ProtoError> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (Connection, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (Connection::new(c.expect("connect")), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    /// Lines round-trip; a clean close is None; a cut line and an over-long line are errors.
+    async fn framing_limits() {
+        let (mut c, mut s) = pair().await;
+        s.write_all(b"{\"a\":1}\n{\"a\":2}\n").await.expect("write");
+        let v: serde_json::Value = c.read_msg().await.expect("ok").expect("some");
+        assert_eq!(v["a"], 1);
+        let v: serde_json::Value = c.read_msg().await.expect("ok").expect("some");
+        assert_eq!(v["a"], 2);
+        drop(s);
+        assert!(c
+            .read_msg::<serde_json::Value>()
+            .await
+            .expect("clean eof")
+            .is_none());
+
+        let (c, mut s) = pair().await;
+        let mut c = c.with_max_line(100);
+        s.write_all(&[b'x'; 500]).await.expect("write");
+        assert!(matches!(
+            c.read_line().await,
+            Err(ProtoError::TooLong { max: 100 })
+        ));
+
+        let (mut c, mut s) = pair().await;
+        s.write_all(b"{\"a\":").await.expect("write");
+        drop(s);
+        assert!(matches!(c.read_line().await, Err(ProtoError::Truncated)));
+
+        let (mut c, mut s) = pair().await;
+        s.write_all(b"not json\n").await.expect("write");
+        assert!(matches!(
+            c.read_msg::<serde_json::Value>().await,
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+}

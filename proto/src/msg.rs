@@ -1,0 +1,1 @@
+//! Coordinator–worker messages (filled in with the pipeline).
