@@ -47,6 +47,8 @@ pub struct Connection {
     writer: BufWriter<OwnedWriteHalf>,
     max_line: usize,
     line: Vec<u8>,
+    /// `line` holds a line already returned; clear it before reading the next.
+    line_done: bool,
     /// The peer's address, for logs.
     pub peer: String,
 }
@@ -64,6 +66,7 @@ impl Connection {
             writer: BufWriter::with_capacity(64 << 10, w),
             max_line: DEFAULT_MAX_LINE,
             line: Vec::new(),
+            line_done: false,
             peer,
         }
     }
@@ -76,9 +79,13 @@ impl Connection {
 
     /// Reads one raw line (without the newline). `Ok(None)` on a clean end of stream between
     /// messages; an error on a line cut short or over the limit. Never buffers more than the
-    /// limit.
+    /// limit. Cancel-safe: a partly read line is kept for the next call, so this can be
+    /// polled once with `now_or_never` to see whether a message is already waiting.
     pub async fn read_line(&mut self) -> Result<Option<&[u8]>, ProtoError> {
-        self.line.clear();
+        if self.line_done {
+            self.line.clear();
+            self.line_done = false;
+        }
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
@@ -95,6 +102,7 @@ impl Connection {
                     }
                     self.line.extend_from_slice(&buf[..k]);
                     self.reader.consume(k + 1);
+                    self.line_done = true;
                     return Ok(Some(&self.line));
                 }
                 None => {

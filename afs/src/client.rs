@@ -1,0 +1,698 @@
+//! The AFS client: whole-file caching with callbacks, revalidation by version, failover.
+//!
+//! `open(path)` returns a local copy under `<cache root>/<client id>/files/`. While the
+//! server's callback promise for that file holds (the connection that got it is up and no
+//! break arrived), a second `open` costs nothing on the network. A break, a lost connection
+//! or a client restart turns the cached copy into a candidate that is revalidated by version
+//! (`fetch` with `have_version`: `not_modified` costs one short round trip, no body).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use proto::auth::client_handshake;
+use proto::{ClusterKey, Connection, ProtoError};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::msg::{ErrorCode, Reply, Request, MAX_LINE};
+use crate::store::{check_rel, Hasher};
+use crate::SERVICE;
+
+/// Longest line a client accepts for listings (many files).
+pub const MAX_LISTING_LINE: usize = 64 << 20;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Stable id; the cache lives in `<cache_root>/<client_id>/`.
+    pub client_id: String,
+    /// Servers in order of preference: the primary first, then the backups.
+    pub servers: Vec<String>,
+    pub cache_root: PathBuf,
+    /// Cached bytes kept; least recently used files are evicted beyond this.
+    pub cache_limit_bytes: u64,
+    pub key: ClusterKey,
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply header (bodies stream as fast as they come).
+    pub request_timeout: Duration,
+    /// Full passes over all servers before `open` gives up with `Unavailable`.
+    pub max_rounds: u32,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but identity, servers, cache root and key.
+    pub fn new(client_id: &str, servers: Vec<String>, cache_root: &Path, key: ClusterKey) -> Self {
+        ClientConfig {
+            client_id: client_id.to_string(),
+            servers,
+            cache_root: cache_root.to_path_buf(),
+            cache_limit_bytes: 8 << 30,
+            key,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            max_rounds: 4,
+        }
+    }
+}
+
+/// Why `open` failed, named for what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum AfsError {
+    /// Every reachable server says the file does not exist. Report the task as failed.
+    #[error("{path}: not found on any file server")]
+    NotFound { path: String },
+    /// The request can never succeed (path refused, file too large). Give up.
+    #[error("{path}: refused: {message}")]
+    Refused { path: String, message: String },
+    /// No server answered. Retry later.
+    #[error("no file server reachable: {message}")]
+    Unavailable { message: String },
+    /// The local cache could not be written. Check the disk.
+    #[error("cache: {0}")]
+    Cache(String),
+}
+
+/// A file opened through the cache.
+#[derive(Debug, Clone)]
+pub struct OpenedFile {
+    /// The local copy. It is replaced (by rename) on a later refetch, so an open handle keeps
+    /// reading the content it opened.
+    pub local: PathBuf,
+    pub version: String,
+    pub size: u64,
+    /// True when no byte of the body crossed the network for this open.
+    pub from_cache: bool,
+    /// The server that answered, if any.
+    pub server: Option<String>,
+}
+
+/// Counters of network use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Opens answered from the cache under a valid callback (no network at all).
+    pub hits: u64,
+    /// Opens answered `not_modified` after revalidation.
+    pub revalidated: u64,
+    /// Whole-file transfers.
+    pub fetches: u64,
+    /// Body bytes received.
+    pub body_bytes: u64,
+    /// Callback breaks received.
+    pub breaks: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    version: String,
+    size: u64,
+    last_used: u64,
+    #[serde(skip)]
+    callback: bool,
+}
+
+struct Active {
+    conn: Connection,
+    server: usize,
+}
+
+/// The client. One per worker; not shared between tasks (methods take `&mut self`).
+pub struct AfsClient {
+    cfg: ClientConfig,
+    dir: PathBuf,
+    index: HashMap<String, Entry>,
+    clock: u64,
+    active: Option<Active>,
+    last_primary_try: Option<Instant>,
+    stats: ClientStats,
+}
+
+/// An `AsyncWrite` that hashes what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.hasher.update(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What one attempt at one server gave.
+enum Attempt {
+    Done(OpenedFile),
+    /// This server does not have it (another may).
+    NotHere,
+    /// This server failed; try another.
+    Failed(String),
+}
+
+impl AfsClient {
+    /// Opens the cache (creating its folder) and loads the index a previous run left.
+    pub fn new(cfg: ClientConfig) -> Result<Self, AfsError> {
+        let dir = cfg.cache_root.join(&cfg.client_id);
+        std::fs::create_dir_all(dir.join("files"))
+            .map_err(|e| AfsError::Cache(format!("creating {}: {e}", dir.display())))?;
+        let mut index: HashMap<String, Entry> = std::fs::read(dir.join("index.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        // Keep only entries whose file is really there with the recorded size.
+        index.retain(|rel, e| {
+            check_rel(rel).is_ok()
+                && std::fs::metadata(dir.join("files").join(rel))
+                    .map(|m| m.len() == e.size)
+                    .unwrap_or(false)
+        });
+        let clock = index.values().map(|e| e.last_used).max().unwrap_or(0);
+        if !index.is_empty() {
+            info!(
+                files = index.len(),
+                "cache index loaded; entries will be revalidated by version"
+            );
+        }
+        Ok(AfsClient {
+            cfg,
+            dir,
+            index,
+            clock,
+            active: None,
+            last_primary_try: None,
+            stats: ClientStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Paths and versions currently cached.
+    pub fn cached(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .index
+            .iter()
+            .map(|(p, e)| (p.clone(), e.version.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn local_path(&self, rel: &str) -> PathBuf {
+        self.dir.join("files").join(rel)
+    }
+
+    fn drop_connection(&mut self, why: &str) {
+        if let Some(a) = self.active.take() {
+            debug!(server = %self.cfg.servers[a.server], why, "dropping file-server connection");
+        }
+        // Promises were per connection.
+        for e in self.index.values_mut() {
+            e.callback = false;
+        }
+    }
+
+    fn apply_break(&mut self, path: &str) {
+        self.stats.breaks += 1;
+        if let Some(e) = self.index.get_mut(path) {
+            e.callback = false;
+        }
+    }
+
+    /// Applies callback breaks that already arrived, without waiting.
+    fn drain_breaks(&mut self) {
+        loop {
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
+            match active.conn.read_msg::<Reply>().now_or_never() {
+                None => return,
+                Some(Ok(Some(Reply::CallbackBreak { path }))) => self.apply_break(&path),
+                Some(Ok(Some(other))) => {
+                    self.drop_connection(&format!("unexpected message {other:?}"));
+                    return;
+                }
+                Some(Ok(None)) => {
+                    self.drop_connection("server closed the connection");
+                    return;
+                }
+                Some(Err(e)) => {
+                    self.drop_connection(&e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, server: usize) -> Result<Connection, ProtoError> {
+        let addr = &self.cfg.servers[server];
+        let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProtoError::Timeout(self.cfg.connect_timeout))??;
+        let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
+        client_handshake(&mut conn, &self.cfg.key, SERVICE).await?;
+        conn.send(&Request::Hello {
+            client_id: self.cfg.client_id.clone(),
+        })
+        .await?;
+        match conn.expect_msg::<Reply>(self.cfg.request_timeout).await? {
+            Reply::Welcome { role, server_id } => {
+                debug!(%addr, server_id, %role, "connected to file server");
+                Ok(conn)
+            }
+            other => Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
+        }
+    }
+
+    /// Ensures a connection to `server` (reusing the current one if it is that server).
+    async fn ensure(&mut self, server: usize) -> Result<(), ProtoError> {
+        if self.active.as_ref().is_some_and(|a| a.server == server) {
+            return Ok(());
+        }
+        let conn = self.connect(server).await?;
+        self.drop_connection("switching server");
+        self.active = Some(Active { conn, server });
+        Ok(())
+    }
+
+    /// Reads the next reply, applying callback breaks that come before it.
+    async fn reply(&mut self) -> Result<Reply, ProtoError> {
+        loop {
+            let limit = self.cfg.request_timeout;
+            let Some(active) = self.active.as_mut() else {
+                return Err(ProtoError::Truncated);
+            };
+            match active.conn.expect_msg::<Reply>(limit).await? {
+                Reply::CallbackBreak { path } => self.apply_break(&path),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The order to try servers in: the current one first, and the primary before the
+    /// backups (but at most every 5 s while the primary is failing, so a dead primary does
+    /// not cost a connect timeout on every open).
+    fn server_order(&mut self) -> Vec<usize> {
+        let n = self.cfg.servers.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        if let Some(cur) = self.active.as_ref().map(|a| a.server) {
+            if cur != 0 {
+                let retry_primary = self
+                    .last_primary_try
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+                order.retain(|&s| s != cur);
+                order.insert(0, cur);
+                if retry_primary {
+                    self.last_primary_try = Some(Instant::now());
+                    order.retain(|&s| s != 0);
+                    order.insert(0, 0);
+                }
+            }
+        }
+        order
+    }
+
+    /// Opens `path` (relative to the servers' roots) and returns a local cached copy.
+    pub async fn open(&mut self, path: &str) -> Result<OpenedFile, AfsError> {
+        let rel = check_rel(path).map_err(|e| AfsError::Refused {
+            path: path.to_string(),
+            message: e.message,
+        })?;
+        self.drain_breaks();
+        self.clock += 1;
+        let now = self.clock;
+        let local = self.local_path(&rel);
+        if let Some(e) = self.index.get_mut(&rel) {
+            if e.callback && local.exists() {
+                e.last_used = now;
+                self.stats.hits += 1;
+                return Ok(OpenedFile {
+                    local,
+                    version: e.version.clone(),
+                    size: e.size,
+                    from_cache: true,
+                    server: None,
+                });
+            }
+        }
+        let mut last_err = String::from("no servers configured");
+        for round in 0..self.cfg.max_rounds.max(1) {
+            let mut not_found = 0;
+            let order = self.server_order();
+            let mut changed_retries = 0;
+            let mut i = 0;
+            while i < order.len() {
+                let server = order[i];
+                match self.attempt(server, &rel).await {
+                    Ok(Attempt::Done(f)) => return Ok(f),
+                    Ok(Attempt::NotHere) => {
+                        not_found += 1;
+                        i += 1;
+                    }
+                    Ok(Attempt::Failed(m)) if m == "changed" && changed_retries < 5 => {
+                        changed_retries += 1; // same server again
+                    }
+                    Ok(Attempt::Failed(m)) => {
+                        last_err = format!("{}: {m}", self.cfg.servers[server]);
+                        i += 1;
+                    }
+                    Err(e) => {
+                        if let e @ AfsError::Refused { .. } = e {
+                            return Err(e);
+                        }
+                        last_err = format!("{}: {e}", self.cfg.servers[server]);
+                        self.drop_connection(&last_err);
+                        i += 1;
+                    }
+                }
+            }
+            if not_found > 0 && not_found == order.len() {
+                self.forget(&rel);
+                return Err(AfsError::NotFound { path: rel });
+            }
+            if not_found > 0 && round + 1 == self.cfg.max_rounds.max(1) {
+                // Some servers say it does not exist and the others are unreachable.
+                self.forget(&rel);
+                return Err(AfsError::NotFound { path: rel });
+            }
+            let pause = Duration::from_millis(100 << round.min(4));
+            warn!(path = rel, round, error = %last_err, "no file server answered; retrying");
+            tokio::time::sleep(pause).await;
+        }
+        Err(AfsError::Unavailable { message: last_err })
+    }
+
+    fn forget(&mut self, rel: &str) {
+        if self.index.remove(rel).is_some() {
+            let _ = std::fs::remove_file(self.local_path(rel));
+            self.save_index();
+        }
+    }
+
+    /// One fetch at one server. Protocol failures are `Err` (the connection is dropped).
+    async fn attempt(&mut self, server: usize, rel: &str) -> Result<Attempt, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        self.ensure(server).await.map_err(proto_err)?;
+        let local = self.local_path(rel);
+        let have_version = self
+            .index
+            .get(rel)
+            .filter(|_| local.exists())
+            .map(|e| e.version.clone());
+        let Some(active) = self.active.as_mut() else {
+            return Ok(Attempt::Failed("not connected".into()));
+        };
+        active
+            .conn
+            .send(&Request::Fetch {
+                path: rel.to_string(),
+                have_version,
+            })
+            .await
+            .map_err(proto_err)?;
+        let server_name = Some(self.cfg.servers[server].clone());
+        match self.reply().await.map_err(proto_err)? {
+            Reply::NotModified { version, .. } => {
+                self.clock += 1;
+                let now = self.clock;
+                let Some(e) = self.index.get_mut(rel) else {
+                    return Ok(Attempt::Failed(
+                        "not_modified for a file we do not hold".into(),
+                    ));
+                };
+                e.callback = true;
+                e.last_used = now;
+                self.stats.revalidated += 1;
+                Ok(Attempt::Done(OpenedFile {
+                    local,
+                    version,
+                    size: e.size,
+                    from_cache: true,
+                    server: server_name,
+                }))
+            }
+            Reply::File { size, version, .. } => {
+                let got = self.receive(rel, size, &version).await?;
+                match got {
+                    None => Ok(Attempt::Failed("changed".into())),
+                    Some(()) => {
+                        self.stats.fetches += 1;
+                        self.clock += 1;
+                        self.index.insert(
+                            rel.to_string(),
+                            Entry {
+                                version: version.clone(),
+                                size,
+                                last_used: self.clock,
+                                callback: true,
+                            },
+                        );
+                        self.evict(rel);
+                        self.save_index();
+                        Ok(Attempt::Done(OpenedFile {
+                            local,
+                            version,
+                            size,
+                            from_cache: false,
+                            server: server_name,
+                        }))
+                    }
+                }
+            }
+            Reply::Error { code, message } => match code {
+                ErrorCode::NotFound => Ok(Attempt::NotHere),
+                ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
+                    path: rel.to_string(),
+                    message,
+                }),
+                _ => Ok(Attempt::Failed(message)),
+            },
+            other => {
+                self.drop_connection("unexpected reply");
+                Ok(Attempt::Failed(format!("unexpected reply {other:?}")))
+            }
+        }
+    }
+
+    /// Receives a body into a temporary file, checks it, and moves it into place.
+    /// `Ok(None)`: the server said the file changed mid-transfer.
+    async fn receive(
+        &mut self,
+        rel: &str,
+        size: u64,
+        version: &str,
+    ) -> Result<Option<()>, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        let local = self.local_path(rel);
+        let parent = local.parent().unwrap_or(&self.dir).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| AfsError::Cache(format!("creating {}: {e}", parent.display())))?;
+        let tmp = parent.join(format!(".fetch-{:016x}", rand::random::<u64>()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| AfsError::Cache(format!("creating {}: {e}", tmp.display())))?;
+        let mut w = HashingWriter {
+            inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Hasher::default(),
+        };
+        let Some(active) = self.active.as_mut() else {
+            return Err(AfsError::Unavailable {
+                message: "connection lost".into(),
+            });
+        };
+        let body = active.conn.read_body(size, &mut w).await;
+        let flushed = w.flush().await;
+        let local_hash = w.hasher.finish();
+        drop(w);
+        let cleanup = |tmp: &Path| {
+            let _ = std::fs::remove_file(tmp);
+        };
+        if let Err(e) = body {
+            cleanup(&tmp);
+            return Err(proto_err(e));
+        }
+        if let Err(e) = flushed {
+            cleanup(&tmp);
+            return Err(AfsError::Cache(format!("writing {}: {e}", tmp.display())));
+        }
+        self.stats.body_bytes += size;
+        match self.reply().await {
+            Ok(Reply::FileEnd { version: sent }) => {
+                if sent != version || local_hash != sent {
+                    cleanup(&tmp);
+                    warn!(
+                        path = rel,
+                        "received bytes do not match their version; refetching"
+                    );
+                    return Ok(None);
+                }
+            }
+            Ok(Reply::Error {
+                code: ErrorCode::Changed,
+                ..
+            }) => {
+                cleanup(&tmp);
+                return Ok(None);
+            }
+            Ok(other) => {
+                cleanup(&tmp);
+                self.drop_connection("bad trailer");
+                return Err(AfsError::Unavailable {
+                    message: format!("unexpected trailer {other:?}"),
+                });
+            }
+            Err(e) => {
+                cleanup(&tmp);
+                return Err(proto_err(e));
+            }
+        }
+        tokio::fs::rename(&tmp, &local)
+            .await
+            .map_err(|e| AfsError::Cache(format!("placing {}: {e}", local.display())))?;
+        Ok(Some(()))
+    }
+
+    /// Evicts least recently used files until the cache fits, never the file just opened.
+    fn evict(&mut self, keep: &str) {
+        let mut total: u64 = self.index.values().map(|e| e.size).sum();
+        while total > self.cfg.cache_limit_bytes {
+            let victim = self
+                .index
+                .iter()
+                .filter(|(p, _)| p.as_str() != keep)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(p, _)| p.clone());
+            let Some(v) = victim else { break };
+            if let Some(e) = self.index.remove(&v) {
+                total -= e.size;
+                let _ = std::fs::remove_file(self.local_path(&v));
+                debug!(path = v, "evicted from cache");
+            }
+        }
+    }
+
+    fn save_index(&self) {
+        let path = self.dir.join("index.json");
+        let tmp = self.dir.join("index.json.tmp");
+        let write = serde_json::to_vec(&self.index)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = write {
+            warn!(error = %e, "cannot save cache index; the cache will be refetched after a restart");
+        }
+    }
+
+    /// Lists the files of the first server that answers.
+    pub async fn list(&mut self) -> Result<Vec<crate::msg::FileInfo>, AfsError> {
+        let order = self.server_order();
+        let mut last = String::new();
+        for server in order {
+            if let Err(e) = self.ensure(server).await {
+                last = e.to_string();
+                continue;
+            }
+            let sent = match self.active.as_mut() {
+                Some(a) => a.conn.send(&Request::List {}).await,
+                None => continue,
+            };
+            if let Err(e) = sent {
+                self.drop_connection(&e.to_string());
+                continue;
+            }
+            match self.reply().await {
+                Ok(Reply::Listing { files }) => return Ok(files),
+                Ok(other) => last = format!("unexpected {other:?}"),
+                Err(e) => {
+                    last = e.to_string();
+                    self.drop_connection(&last);
+                }
+            }
+        }
+        Err(AfsError::Unavailable { message: last })
+    }
+
+    /// Role of the server this client is connected to, if any (for status displays).
+    pub fn connected_server(&self) -> Option<&str> {
+        self.active
+            .as_ref()
+            .map(|a| self.cfg.servers[a.server].as_str())
+    }
+
+    /// Stores a local file as `path` on the primary (AFS write-on-close). Backups refuse
+    /// writes, so this goes to the first server only.
+    pub async fn store(&mut self, path: &str, local: &Path) -> Result<String, AfsError> {
+        let rel = check_rel(path).map_err(|e| AfsError::Refused {
+            path: path.to_string(),
+            message: e.message,
+        })?;
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| AfsError::Cache(format!("opening {}: {e}", local.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| AfsError::Cache(format!("stat {}: {e}", local.display())))?
+            .len();
+        self.ensure(0).await.map_err(proto_err)?;
+        let Some(active) = self.active.as_mut() else {
+            return Err(AfsError::Unavailable {
+                message: "connection lost".into(),
+            });
+        };
+        active
+            .conn
+            .write_msg(&Request::Store {
+                path: rel.clone(),
+                size,
+            })
+            .await
+            .map_err(proto_err)?;
+        active
+            .conn
+            .write_body(size, &mut file)
+            .await
+            .map_err(proto_err)?;
+        active.conn.flush().await.map_err(proto_err)?;
+        match self.reply().await.map_err(proto_err)? {
+            Reply::Stored { version, .. } => Ok(version),
+            Reply::Error { message, .. } => {
+                self.drop_connection("store refused");
+                Err(AfsError::Refused { path: rel, message })
+            }
+            other => Err(AfsError::Unavailable {
+                message: format!("unexpected reply to store: {other:?}"),
+            }),
+        }
+    }
+}

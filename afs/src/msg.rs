@@ -1,0 +1,190 @@
+//! AFS messages. Every connection starts with the cluster-key handshake (proto::auth), then
+//! the client sends `hello` and gets `welcome`. Examples of every message:
+//!
+//! ```text
+//! -> {"type":"hello","client_id":"worker-1"}
+//! <- {"type":"welcome","server_id":"server-1","role":"primary"}
+//! -> {"type":"fetch","path":"a.txt","have_version":null}
+//! <- {"type":"file","path":"a.txt","size":12,"version":"9c1e..."}  then 12 raw bytes, then
+//! <- {"type":"file_end","version":"9c1e..."}      (version of the bytes actually sent)
+//! -> {"type":"fetch","path":"a.txt","have_version":"9c1e..."}
+//! <- {"type":"not_modified","path":"a.txt","version":"9c1e..."}
+//! <- {"type":"callback_break","path":"a.txt"}     (unsolicited, when a.txt changes)
+//! -> {"type":"stat","path":"a.txt"}
+//! <- {"type":"stat","path":"a.txt","size":12,"version":"9c1e..."}
+//! -> {"type":"list"}
+//! <- {"type":"listing","files":[{"path":"a.txt","size":12,"version":"9c1e..."}]}
+//! -> {"type":"store","path":"b.txt","size":3}     then 3 raw bytes (primary only)
+//! <- {"type":"stored","path":"b.txt","version":"77ab..."}
+//! -> {"type":"delete","path":"b.txt"}             (primary only)
+//! <- {"type":"deleted","path":"b.txt"}
+//! -> {"type":"replicate","path":"b.txt","size":3,"version":"77ab..."} then 3 raw bytes (backup only)
+//! -> {"type":"replicate_delete","path":"b.txt"}   (backup only)
+//! -> {"type":"ping"}
+//! <- {"type":"pong"}
+//! <- {"type":"error","code":"not_found","message":"no such file: c.txt"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Longest control line (file bodies are not lines and have their own limit).
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello {
+        client_id: String,
+    },
+    Fetch {
+        path: String,
+        have_version: Option<String>,
+    },
+    Stat {
+        path: String,
+    },
+    List {},
+    Store {
+        path: String,
+        size: u64,
+    },
+    Delete {
+        path: String,
+    },
+    Replicate {
+        path: String,
+        size: u64,
+        version: String,
+    },
+    ReplicateDelete {
+        path: String,
+    },
+    Ping {},
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+    pub version: String,
+}
+
+/// Error codes, named for what the client does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The file does not exist here (another replica may have it).
+    NotFound,
+    /// The path is not allowed (outside the root, hidden, malformed). Do not retry.
+    Forbidden,
+    /// This server does not take that write (a backup refusing a client write).
+    ReadOnly,
+    /// Over the file-size limit. Do not retry.
+    TooLarge,
+    /// The request was malformed; the connection is closed.
+    BadRequest,
+    /// The file changed while it was being sent; fetch again.
+    Changed,
+    /// The server failed (disk error); another replica may do better.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Welcome {
+        server_id: String,
+        role: Role,
+    },
+    File {
+        path: String,
+        size: u64,
+        version: String,
+    },
+    FileEnd {
+        version: String,
+    },
+    NotModified {
+        path: String,
+        version: String,
+    },
+    Stat {
+        path: String,
+        size: u64,
+        version: String,
+    },
+    Listing {
+        files: Vec<FileInfo>,
+    },
+    Stored {
+        path: String,
+        version: String,
+    },
+    Deleted {
+        path: String,
+    },
+    Pong {},
+    CallbackBreak {
+        path: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Every example in the module doc decodes (strictly) into a message and back.
+    fn doc_examples_decode() {
+        let src = include_str!("msg.rs");
+        let mut n = 0;
+        for line in src.lines() {
+            let line = line.trim_start_matches("//!").trim();
+            let (dir, rest) = if let Some(r) = line.strip_prefix("->") {
+                ("req", r)
+            } else if let Some(r) = line.strip_prefix("<-") {
+                ("rep", r)
+            } else {
+                continue;
+            };
+            let json = rest.trim();
+            let end = json.rfind('}').map(|i| i + 1).unwrap_or(json.len());
+            let json = &json[..end];
+            if dir == "req" {
+                let m: Request =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back = serde_json::to_string(&m).expect("encode");
+                assert_eq!(serde_json::from_str::<Request>(&back).expect("decode"), m);
+            } else {
+                let m: Reply = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back = serde_json::to_string(&m).expect("encode");
+                assert_eq!(serde_json::from_str::<Reply>(&back).expect("decode"), m);
+            }
+            n += 1;
+        }
+        assert!(n >= 20, "found {n} examples");
+        assert!(serde_json::from_str::<Request>(r#"{"type":"list","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"type":"launch"}"#).is_err());
+    }
+}

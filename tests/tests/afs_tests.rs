@@ -1,0 +1,393 @@
+//! The file server as a user of the client library sees it, against real `afs-server`
+//! processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use afs::client::{AfsClient, AfsError, ClientConfig};
+use afs::msg::{ErrorCode, Reply, Request};
+use e2e::{bin, peak_rss_kib, read_addr, wait_for, Proc};
+use proto::auth::client_handshake;
+use proto::{ClusterKey, Connection};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    key: ClusterKey,
+    key_file: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("run/cluster.key");
+        let key = ClusterKey::load_or_create(&key_file).expect("key");
+        Cluster { dir, key, key_file }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Starts a server; `listen` lets a restarted server take its old address.
+    fn server(
+        &self,
+        id: &str,
+        role: &str,
+        root: &str,
+        backups: &[String],
+        listen: &str,
+    ) -> (Proc, String) {
+        let addr_file = self.path(&format!("run/{id}.addr"));
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            "--id".into(),
+            id.into(),
+            "--role".into(),
+            role.into(),
+            "--root".into(),
+            self.path(root).display().to_string(),
+            "--listen".into(),
+            listen.into(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
+            "--key-file".into(),
+            self.key_file.display().to_string(),
+            "--scan-ms".into(),
+            "50".into(),
+        ];
+        for b in backups {
+            args.push("--backup".into());
+            args.push(b.clone());
+        }
+        let p = Proc::start(
+            id,
+            &bin("afs-server"),
+            &args,
+            &[],
+            self.dir.path(),
+            &self.path(&format!("{id}.log")),
+        );
+        let addr = read_addr(&addr_file, T);
+        (p, addr)
+    }
+
+    fn client(&self, id: &str, servers: Vec<String>) -> AfsClient {
+        let mut cfg = ClientConfig::new(id, servers, &self.path("cache"), self.key.clone());
+        cfg.connect_timeout = Duration::from_millis(500);
+        cfg.request_timeout = Duration::from_secs(10);
+        AfsClient::new(cfg).expect("client")
+    }
+}
+
+fn write(path: &Path, content: &[u8]) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(path, content).expect("write");
+}
+
+async fn raw_conn(addr: &str, key: &ClusterKey) -> Connection {
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut c = Connection::new(s);
+    client_handshake(&mut c, key, afs::SERVICE)
+        .await
+        .expect("handshake");
+    c.send(&Request::Hello {
+        client_id: "raw".into(),
+    })
+    .await
+    .expect("hello");
+    let _: Reply = c.expect_msg(T).await.expect("welcome");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A second open under a valid callback transfers nothing; a change breaks the callback and
+/// the next open fetches the new content; a restarted client revalidates instead of refetching.
+async fn callbacks_and_revalidation() {
+    let c = Cluster::new();
+    write(&c.path("root/a.txt"), b"1\n2\n3\n");
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut client = c.client("worker-1", vec![addr.clone()]);
+
+    let f = client.open("a.txt").await.expect("open");
+    assert!(!f.from_cache);
+    assert_eq!(std::fs::read(&f.local).expect("read"), b"1\n2\n3\n");
+    let s1 = client.stats();
+    assert_eq!((s1.fetches, s1.body_bytes), (1, 6));
+
+    let g = client.open("a.txt").await.expect("open again");
+    assert!(g.from_cache);
+    let s2 = client.stats();
+    assert_eq!(
+        (s2.hits, s2.fetches, s2.body_bytes, s2.revalidated),
+        (1, 1, 6, 0),
+        "cache hit costs nothing"
+    );
+
+    write(&c.path("root/a.txt"), b"5\n7\n11\n13\n");
+    let mut content = Vec::new();
+    for _ in 0..200 {
+        let h = client.open("a.txt").await.expect("open after change");
+        content = std::fs::read(&h.local).expect("read");
+        if content == b"5\n7\n11\n13\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(content, b"5\n7\n11\n13\n", "the change reached the client");
+    let s3 = client.stats();
+    assert!(s3.breaks >= 1, "a callback break arrived: {s3:?}");
+    assert_eq!(s3.fetches, 2);
+    drop(client);
+
+    // Same id, same cache root: a "restarted" client.
+    let mut again = c.client("worker-1", vec![addr]);
+    let r = again.open("a.txt").await.expect("open after restart");
+    assert!(r.from_cache);
+    let s4 = again.stats();
+    assert_eq!(
+        (s4.revalidated, s4.fetches, s4.body_bytes),
+        (1, 0, 0),
+        "revalidated by version, not refetched"
+    );
+
+    // A deleted file is NotFound on every server.
+    std::fs::remove_file(c.path("root/a.txt")).expect("rm");
+    let mut result = again.open("a.txt").await;
+    for _ in 0..100 {
+        if matches!(result, Err(AfsError::NotFound { .. })) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        result = again.open("a.txt").await;
+    }
+    assert!(
+        matches!(result, Err(AfsError::NotFound { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paths that leave the root are refused by the server, whatever the client library does;
+/// malformed requests, unknown types and wrong keys close only their own connection.
+async fn hostile_requests() {
+    let c = Cluster::new();
+    write(&c.path("root/ok.txt"), b"7\n");
+    write(&c.path("outside/secret.txt"), b"secret\n");
+    std::os::unix::fs::symlink(c.path("outside/secret.txt"), c.path("root/link.txt"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(c.path("outside"), c.path("root/dirlink")).expect("symlink");
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut good = c.client("worker-1", vec![addr.clone()]);
+    good.open("ok.txt").await.expect("good client works");
+
+    let mut raw = raw_conn(&addr, &c.key).await;
+    for path in [
+        "../outside/secret.txt",
+        "/etc/passwd",
+        "link.txt",
+        "dirlink/secret.txt",
+        ".hidden",
+        "a/../../x",
+    ] {
+        raw.send(&Request::Fetch {
+            path: path.into(),
+            have_version: None,
+        })
+        .await
+        .expect("send");
+        match raw.expect_msg::<Reply>(T).await.expect("reply") {
+            Reply::Error { code, .. } => assert!(
+                matches!(code, ErrorCode::Forbidden | ErrorCode::NotFound),
+                "{path}: {code:?}"
+            ),
+            other => panic!("{path} was served: {other:?}"),
+        }
+    }
+    // Store outside the root through a symlinked directory.
+    raw.write_msg(&Request::Store {
+        path: "dirlink/evil.txt".into(),
+        size: 1,
+    })
+    .await
+    .expect("send");
+    raw.write_raw(b"x").await.expect("body");
+    raw.flush().await.expect("flush");
+    assert!(matches!(
+        raw.expect_msg::<Reply>(T).await,
+        Ok(Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        })
+    ));
+    assert!(
+        !c.path("outside/evil.txt").exists(),
+        "nothing written outside the root"
+    );
+
+    // Junk, unknown type, oversized line: error and close, others unaffected.
+    for junk in [
+        b"this is not json\n".to_vec(),
+        b"{\"type\":\"format_disk\"}\n".to_vec(),
+        vec![b'x'; 2 << 20],
+    ] {
+        let mut raw = raw_conn(&addr, &c.key).await;
+        raw.write_raw(&junk).await.expect("send");
+        raw.flush().await.expect("flush");
+        let mut closed = false;
+        for _ in 0..3 {
+            match raw.read_msg::<Reply>().await {
+                Ok(Some(Reply::Error { .. })) => continue,
+                Ok(None) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Some(other)) => panic!("junk got {other:?}"),
+            }
+        }
+        assert!(closed, "connection closed after junk");
+    }
+    // Wrong key.
+    let s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut wrong = Connection::new(s);
+    assert!(
+        client_handshake(&mut wrong, &ClusterKey::generate(), afs::SERVICE)
+            .await
+            .is_err()
+    );
+
+    let f = good.open("ok.txt").await.expect("good client still works");
+    assert_eq!(std::fs::read(&f.local).expect("read"), b"7\n");
+}
+
+fn sum(path: &Path) -> u64 {
+    let b = std::fs::read(path).expect("read");
+    b.iter().fold(0u64, |h, &x| {
+        h.wrapping_mul(1_000_003).wrapping_add(x as u64)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Replicated mode: backups get every file; with the primary killed mid-reads every read
+/// completes from a backup with the right content; a file added while the primary is down
+/// (and one changed) reach all replicas once it returns.
+async fn replicated_failover_and_catch_up() {
+    let c = Cluster::new();
+    for i in 0..20 {
+        let body: String = (0..20_000)
+            .map(|k| format!("{}\n", i * 1_000_003 + k))
+            .collect();
+        write(&c.path(&format!("input/f{i:02}.txt")), body.as_bytes());
+    }
+    let (_b1, a1) = c.server("server-2", "backup", "replica2", &[], "127.0.0.1:0");
+    let (_b2, a2) = c.server("server-3", "backup", "replica3", &[], "127.0.0.1:0");
+    let (mut primary, ap) = c.server(
+        "server-1",
+        "primary",
+        "input",
+        &[a1.clone(), a2.clone()],
+        "127.0.0.1:0",
+    );
+    let replicated = |replica: &str, name: &str| {
+        let a = c.path(&format!("input/{name}"));
+        let b = c.path(&format!("{replica}/{name}"));
+        b.exists() && std::fs::read(&a).ok() == std::fs::read(&b).ok()
+    };
+    wait_for(T, "backups to hold all 20 files", || {
+        (0..20).all(|i| {
+            let n = format!("f{i:02}.txt");
+            replicated("replica2", &n) && replicated("replica3", &n)
+        })
+    });
+
+    let mut client = c.client("worker-1", vec![ap.clone(), a1.clone(), a2.clone()]);
+    let mut served_by_backup = 0;
+    for i in 0..20 {
+        if i == 5 {
+            primary.kill9();
+        }
+        let name = format!("f{i:02}.txt");
+        let f = client
+            .open(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} after primary loss: {e}"));
+        assert_eq!(
+            sum(&f.local),
+            sum(&c.path(&format!("input/{name}"))),
+            "{name} content"
+        );
+        if f.server.as_deref() != Some(ap.as_str()) && i >= 5 {
+            served_by_backup += 1;
+        }
+    }
+    assert_eq!(
+        served_by_backup, 15,
+        "reads after the kill came from backups"
+    );
+
+    write(&c.path("input/new.txt"), b"101\n103\n");
+    write(&c.path("input/f00.txt"), b"2\n3\n");
+    let (_primary, _) = c.server("server-1", "primary", "input", &[a1, a2], &ap);
+    wait_for(T, "new and changed files on both backups", || {
+        replicated("replica2", "new.txt")
+            && replicated("replica3", "new.txt")
+            && replicated("replica2", "f00.txt")
+            && replicated("replica3", "f00.txt")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A 1 GiB file arrives intact (checksum) and neither side holds it in memory.
+async fn one_gib_file_bounded_memory() {
+    let c = Cluster::new();
+    let path = c.path("root/big.txt");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut line = 0u64;
+        let mut written = 0u64;
+        while written < 1 << 30 {
+            let s = format!("{}\n", line.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1);
+            f.write_all(s.as_bytes()).expect("write");
+            written += s.len() as u64;
+            line += 1;
+        }
+        f.flush().expect("flush");
+    }
+    let (server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut client = c.client("worker-1", vec![addr]);
+    let f = client.open("big.txt").await.expect("open big");
+    assert_eq!(f.size, std::fs::metadata(&path).expect("meta").len());
+    let hash = |p: &Path| {
+        use std::io::Read;
+        let mut h = afs::store::Hasher::default();
+        let mut r = std::fs::File::open(p).expect("open");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        h.finish()
+    };
+    assert_eq!(hash(&f.local), hash(&path), "checksum of the fetched copy");
+    assert_eq!(f.version, hash(&path), "version is the content hash");
+    let server_peak = peak_rss_kib(server.pid()).expect("server rss");
+    let our_peak = peak_rss_kib(std::process::id() as i32).expect("own rss");
+    assert!(
+        server_peak < 200 * 1024,
+        "server peak RSS {server_peak} KiB"
+    );
+    assert!(
+        our_peak < 400 * 1024,
+        "client (test process) peak RSS {our_peak} KiB"
+    );
+}
