@@ -41,16 +41,27 @@ pub enum ProtoError {
 }
 
 /// One TCP connection. Reads and writes are buffered; call [`Connection::flush`] (or use
-/// [`Connection::send`]) to push written messages out.
+/// [`Connection::send`]) to push written messages out. [`Connection::into_split`] gives the
+/// two directions to two tasks.
 pub struct Connection {
+    r: MsgReader,
+    w: MsgWriter,
+    /// The peer's address, for logs.
+    pub peer: String,
+}
+
+/// The reading half of a [`Connection`].
+pub struct MsgReader {
     reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
     max_line: usize,
     line: Vec<u8>,
     /// `line` holds a line already returned; clear it before reading the next.
     line_done: bool,
-    /// The peer's address, for logs.
-    pub peer: String,
+}
+
+/// The writing half of a [`Connection`].
+pub struct MsgWriter {
+    writer: BufWriter<OwnedWriteHalf>,
 }
 
 impl Connection {
@@ -62,21 +73,101 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         Connection {
-            reader: BufReader::with_capacity(64 << 10, r),
-            writer: BufWriter::with_capacity(64 << 10, w),
-            max_line: DEFAULT_MAX_LINE,
-            line: Vec::new(),
-            line_done: false,
+            r: MsgReader {
+                reader: BufReader::with_capacity(64 << 10, r),
+                max_line: DEFAULT_MAX_LINE,
+                line: Vec::new(),
+                line_done: false,
+            },
+            w: MsgWriter {
+                writer: BufWriter::with_capacity(64 << 10, w),
+            },
             peer,
         }
     }
 
     /// Sets the longest accepted line.
     pub fn with_max_line(mut self, max: usize) -> Self {
-        self.max_line = max;
+        self.r.max_line = max;
         self
     }
 
+    /// The two directions, for a reader task and a writer task.
+    pub fn into_split(self) -> (MsgReader, MsgWriter) {
+        (self.r, self.w)
+    }
+
+    /// See [`MsgReader::read_line`].
+    pub async fn read_line(&mut self) -> Result<Option<&[u8]>, ProtoError> {
+        self.r.read_line().await
+    }
+
+    /// See [`MsgReader::read_msg`].
+    pub async fn read_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        self.r.read_msg().await
+    }
+
+    /// See [`MsgReader::expect_msg`].
+    pub async fn expect_msg<T: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+    ) -> Result<T, ProtoError> {
+        self.r.expect_msg(limit).await
+    }
+
+    /// See [`MsgWriter::write_msg`].
+    pub async fn write_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
+        self.w.write_msg(msg).await
+    }
+
+    /// See [`MsgWriter::send`].
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
+        self.w.send(msg).await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ProtoError> {
+        self.w.flush().await
+    }
+
+    /// Copies exactly `len` raw bytes from the connection into `out`.
+    pub async fn read_body<W: AsyncWrite + Unpin>(
+        &mut self,
+        len: u64,
+        out: &mut W,
+    ) -> Result<(), ProtoError> {
+        let mut limited = (&mut self.r.reader).take(len);
+        let copied = tokio::io::copy(&mut limited, out).await?;
+        if copied != len {
+            return Err(ProtoError::Truncated);
+        }
+        Ok(())
+    }
+
+    /// Writes exactly `len` raw bytes from `input` to the connection (buffered).
+    pub async fn write_body<R: AsyncRead + Unpin>(
+        &mut self,
+        len: u64,
+        input: &mut R,
+    ) -> Result<(), ProtoError> {
+        let mut limited = input.take(len);
+        let copied = tokio::io::copy(&mut limited, &mut self.w.writer).await?;
+        if copied != len {
+            return Err(ProtoError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("body source ended after {copied} of {len} bytes"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes raw bytes (buffered).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ProtoError> {
+        self.w.writer.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+impl MsgReader {
     /// Reads one raw line (without the newline). `Ok(None)` on a clean end of stream between
     /// messages; an error on a line cut short or over the limit. Never buffers more than the
     /// limit. Cancel-safe: a partly read line is kept for the next call, so this can be
@@ -127,7 +218,7 @@ impl Connection {
         }
     }
 
-    /// Like [`Connection::read_msg`] but fails with `Timeout` after `limit`, and treats end of
+    /// Like [`MsgReader::read_msg`] but fails with `Timeout` after `limit`, and treats end of
     /// stream as `Truncated` (the caller expected an answer).
     pub async fn expect_msg<T: DeserializeOwned>(
         &mut self,
@@ -140,7 +231,9 @@ impl Connection {
             Ok(Err(e)) => Err(e),
         }
     }
+}
 
+impl MsgWriter {
     /// Queues one message (buffered).
     pub async fn write_msg<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
         let mut line = serde_json::to_vec(msg).map_err(|e| ProtoError::Malformed(e.to_string()))?;
@@ -157,43 +250,6 @@ impl Connection {
 
     pub async fn flush(&mut self) -> Result<(), ProtoError> {
         self.writer.flush().await?;
-        Ok(())
-    }
-
-    /// Copies exactly `len` raw bytes from the connection into `out`.
-    pub async fn read_body<W: AsyncWrite + Unpin>(
-        &mut self,
-        len: u64,
-        out: &mut W,
-    ) -> Result<(), ProtoError> {
-        let mut limited = (&mut self.reader).take(len);
-        let copied = tokio::io::copy(&mut limited, out).await?;
-        if copied != len {
-            return Err(ProtoError::Truncated);
-        }
-        Ok(())
-    }
-
-    /// Writes exactly `len` raw bytes from `input` to the connection (buffered).
-    pub async fn write_body<R: AsyncRead + Unpin>(
-        &mut self,
-        len: u64,
-        input: &mut R,
-    ) -> Result<(), ProtoError> {
-        let mut limited = input.take(len);
-        let copied = tokio::io::copy(&mut limited, &mut self.writer).await?;
-        if copied != len {
-            return Err(ProtoError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("body source ended after {copied} of {len} bytes"),
-            )));
-        }
-        Ok(())
-    }
-
-    /// Writes raw bytes (buffered).
-    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ProtoError> {
-        self.writer.write_all(bytes).await?;
         Ok(())
     }
 }

@@ -1,1 +1,202 @@
-//! Coordinator–worker messages (filled in with the pipeline).
+//! Coordinator–worker messages. Every connection starts with the cluster-key handshake
+//! (service `coordinator`), then the worker registers. One JSON object per line; examples of
+//! every message:
+//!
+//! ```text
+//! worker -> {"type":"register","worker_id":"worker-1","pid":4242,"threads":2}
+//! coord  -> {"type":"welcome","session":"7f3a9c","heartbeat_ms":5000}
+//! coord  -> {"type":"assign","attempt":"7f3a9c-12","file":"a.txt","chunk":0,"chunks":1,"start":0,"end":1234,"size":1234}
+//! worker -> {"type":"heartbeat","busy":["7f3a9c-12"]}
+//! worker -> {"type":"primes","attempt":"7f3a9c-12","small":[2,3,5],"big":["170141183460469231731687303715884105727"]}
+//! worker -> {"type":"task_done","attempt":"7f3a9c-12","version":"9c1e","size":1234,"lines":10,"numbers":8,"blank":1,"invalid":1,"first_invalid":[{"line":4,"reason":"not a number: unexpected 'x' at column 1"}],"primes":4}
+//! worker -> {"type":"task_failed","attempt":"7f3a9c-12","reason":"a.txt: not found on any file server","retryable":true}
+//! coord  -> {"type":"cancel","attempt":"7f3a9c-12"}
+//! coord  -> {"type":"marker","snapshot":3}
+//! worker -> {"type":"marker","snapshot":3,"state":{"worker_id":"worker-1","in_progress":[{"attempt":"7f3a9c-12","file":"a.txt","chunk":0,"phase":"testing"}],"tasks_done":5,"numbers_tested":1000,"cached_files":["a.txt"]}}
+//! coord  -> {"type":"shutdown","reason":"coordinator stopping"}
+//! worker -> {"type":"goodbye"}
+//! coord  -> {"type":"error","message":"worker id \"bad id\" is not valid"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Service name in the handshake.
+pub const SERVICE: &str = "coordinator";
+
+/// Most primes in one `primes` message; a worker splits larger results. At most ~21 bytes a
+/// prime, so a batch stays far below the line limit.
+pub const MAX_PRIMES_PER_BATCH: usize = 16_384;
+
+/// Longest line on coordinator connections: a full batch of big primes (4096 bits is 1234
+/// digits) plus room.
+pub const MAX_LINE: usize = 24 << 20;
+
+/// Messages a worker sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerMsg {
+    Register {
+        worker_id: String,
+        pid: u32,
+        threads: u32,
+    },
+    Heartbeat {
+        busy: Vec<String>,
+    },
+    Primes {
+        attempt: String,
+        small: Vec<u64>,
+        big: Vec<String>,
+    },
+    TaskDone(TaskDone),
+    TaskFailed {
+        attempt: String,
+        reason: String,
+        retryable: bool,
+    },
+    Marker {
+        snapshot: u64,
+        state: WorkerState,
+    },
+    Goodbye {},
+}
+
+/// Messages the coordinator sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CoordMsg {
+    Welcome { session: String, heartbeat_ms: u64 },
+    Assign(Assignment),
+    Cancel { attempt: String },
+    Marker { snapshot: u64 },
+    Shutdown { reason: String },
+    Error { message: String },
+}
+
+/// One chunk of one file to process. The chunk holds the lines that *start* at a byte offset
+/// in `[start, end)` of the file; a line that starts inside and runs past `end` is this
+/// chunk's. Chunk 0 starts at 0; the last chunk's `end` is the file size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// Unique id of this attempt at this chunk; results name it.
+    pub attempt: String,
+    /// Path relative to the file servers' root.
+    pub file: String,
+    pub chunk: u32,
+    pub chunks: u32,
+    pub start: u64,
+    pub end: u64,
+    /// File size when the coordinator queued it.
+    pub size: u64,
+}
+
+/// One invalid line, numbered from 1 within the chunk (the coordinator renumbers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidLine {
+    pub line: u64,
+    pub reason: String,
+}
+
+/// A finished chunk: everything but the primes, which went before in `primes` messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDone {
+    pub attempt: String,
+    /// Content version the worker read (from the file server).
+    pub version: String,
+    /// Size of the file the worker read.
+    pub size: u64,
+    pub lines: u64,
+    pub numbers: u64,
+    pub blank: u64,
+    pub invalid: u64,
+    pub first_invalid: Vec<InvalidLine>,
+    /// Primes found in the chunk, repeats counted.
+    pub primes: u64,
+}
+
+/// A worker's local state, recorded when a snapshot marker reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerState {
+    pub worker_id: String,
+    pub in_progress: Vec<TaskProgress>,
+    pub tasks_done: u64,
+    pub numbers_tested: u64,
+    /// Files in the worker's AFS cache.
+    pub cached_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskProgress {
+    pub attempt: String,
+    pub file: String,
+    pub chunk: u32,
+    /// "queued", "fetching", "testing" or "sending".
+    pub phase: String,
+}
+
+/// A worker id is 1 to 64 characters of ASCII letters, digits, '-', '_' and '.', so it is
+/// safe in file names (logs, cache folders).
+pub fn valid_worker_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Every example in the module doc decodes strictly and round-trips.
+    fn doc_examples_decode() {
+        let mut n = 0;
+        for line in include_str!("msg.rs").lines() {
+            let line = line.trim_start_matches("//!").trim();
+            let (worker, json) = if let Some(j) = line.strip_prefix("worker ->") {
+                (true, j.trim())
+            } else if let Some(j) = line.strip_prefix("coord  ->") {
+                (false, j.trim())
+            } else {
+                continue;
+            };
+            if worker {
+                let m: WorkerMsg =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back: WorkerMsg =
+                    serde_json::from_str(&serde_json::to_string(&m).expect("encode"))
+                        .expect("decode");
+                assert_eq!(back, m);
+            } else {
+                let m: CoordMsg =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back: CoordMsg =
+                    serde_json::from_str(&serde_json::to_string(&m).expect("encode"))
+                        .expect("decode");
+                assert_eq!(back, m);
+            }
+            n += 1;
+        }
+        assert_eq!(n, 13, "every message has an example");
+        assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"goodbye","x":1}"#).is_err());
+        assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"self_destruct"}"#).is_err());
+    }
+
+    #[test]
+    /// Worker ids that would be unsafe in paths are refused.
+    fn worker_ids() {
+        for ok in ["worker-1", "w_2", "a.b"] {
+            assert!(valid_worker_id(ok), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+            assert!(!valid_worker_id(bad), "{bad}");
+        }
+    }
+}
