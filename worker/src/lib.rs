@@ -7,8 +7,13 @@
 //! - [`scan`]: whole inputs (buffers or streams) split at newlines and scanned in parallel
 //!   with rayon; counts, first invalid lines and primes.
 //! - [`check`]: the one-shot `worker check FILE...` command, the single-process baseline.
+//! - [`chunk`]: one assigned chunk of a file: its line-aligned byte range, scanned.
+//! - [`run`]: the cluster worker: coordinator session, heartbeats, task execution through
+//!   the AFS client, snapshot markers.
 
 pub mod check;
+pub mod chunk;
 pub mod parse;
 pub mod prime;
+pub mod run;
 pub mod scan;

@@ -1,20 +1,66 @@
-//! The `worker` binary. `worker check FILE...` needs no cluster.
+//! The `worker` binary: a cluster worker by default, or `worker check FILE...` with no cluster.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use worker::run::WorkerConfig;
 use worker::scan::ScanConfig;
 
+/// Prime-pipeline worker. Without a subcommand it joins the cluster: registers with the
+/// coordinator, fetches files through the AFS file servers, tests every number and sends the
+/// primes back. It waits (retrying with backoff) while the coordinator or servers are away.
 #[derive(Parser, Debug)]
-#[command(
-    name = "worker",
-    version,
-    about = "Prime-pipeline worker and one-shot prime checker"
-)]
+#[command(name = "worker", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Stable worker id (letters, digits, '-', '_', '.'); names the log and the cache folder.
+    #[arg(long, env = "WORKER_ID", default_value = "worker-1")]
+    id: String,
+    /// Coordinator address.
+    #[arg(long, env = "PRIMES_COORDINATOR", default_value = "127.0.0.1:7400")]
+    coordinator: String,
+    /// File servers, primary first (comma-separated or repeated).
+    #[arg(
+        long = "afs",
+        env = "AFS_SERVERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+    )]
+    afs: Vec<String>,
+    /// Cache root; this worker's cache is <cache-root>/<id>/.
+    #[arg(long, env = "AFS_CACHE_ROOT", default_value = "/tmp/afs")]
+    cache_root: PathBuf,
+    /// Cache size limit in MiB (least recently used files are evicted beyond it).
+    #[arg(long, env = "AFS_CACHE_MIB", default_value_t = 8192)]
+    cache_mib: u64,
+    /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
+    #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
+    key_file: PathBuf,
+    /// Threads testing numbers (default: one per core).
+    #[arg(long, env = "PRIMES_THREADS")]
+    threads: Option<usize>,
+    /// Largest accepted integer, in bits; longer numbers are invalid lines.
+    #[arg(long, env = "PRIMES_MAX_BITS", default_value_t = worker::parse::DEFAULT_MAX_BITS)]
+    max_bits: u64,
+    /// Fault injection: probability (0..1) of crashing in the middle of each task. Off by default.
+    #[arg(long, env = "WORKER_FAIL_PROB", default_value_t = 0.0)]
+    fail_prob: f64,
+    /// Fault injection: extra milliseconds of delay per task. Off by default.
+    #[arg(long, env = "WORKER_DELAY_MS", default_value_t = 0)]
+    delay_ms: u64,
+    /// Longest pause between attempts to reach the coordinator, in ms.
+    #[arg(long, env = "WORKER_MAX_BACKOFF_MS", default_value_t = 2000)]
+    max_backoff_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,28 +76,36 @@ enum Command {
         /// Largest accepted integer, in bits; longer numbers are invalid lines.
         #[arg(long, env = "PRIMES_MAX_BITS", default_value_t = worker::parse::DEFAULT_MAX_BITS)]
         max_bits: u64,
-        /// Worker threads for testing (default: one per core).
+        /// Threads for testing (default: one per core).
         #[arg(long, env = "PRIMES_THREADS")]
         threads: Option<usize>,
     },
 }
 
+fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    if let Some(t) = threads {
+        if t == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .with_context(|| format!("starting {t} threads"))?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check {
+        Some(Command::Check {
             files,
             max_bits,
             threads,
-        } => {
-            if let Some(t) = threads {
-                if let Err(e) = rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build_global()
-                {
-                    eprintln!("error: cannot start {t} threads: {e}");
-                    return ExitCode::from(2);
-                }
+        }) => {
+            if let Err(e) = set_threads(threads) {
+                eprintln!("worker: error: {e:#}");
+                return ExitCode::from(2);
             }
             let cfg = ScanConfig {
                 max_bits,
@@ -63,10 +117,67 @@ fn main() -> ExitCode {
                 Ok(o) if o.failed_files == 0 => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("worker: error: {e:#}");
                     ExitCode::from(1)
                 }
             }
         }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            match cluster(cli.run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("worker: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn cluster(a: RunArgs) -> anyhow::Result<()> {
+    if !proto::msg::valid_worker_id(&a.id) {
+        anyhow::bail!("--id {:?}: use 1-64 letters, digits, '-', '_' or '.'", a.id);
+    }
+    if !(0.0..=1.0).contains(&a.fail_prob) {
+        anyhow::bail!("--fail-prob {} must be between 0 and 1", a.fail_prob);
+    }
+    if a.afs.is_empty() {
+        anyhow::bail!("--afs needs at least one file server address");
+    }
+    let threads = set_threads(a.threads)?;
+    let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
+    let cfg = WorkerConfig {
+        id: a.id,
+        coordinator: a.coordinator,
+        afs_servers: a.afs,
+        cache_root: a.cache_root,
+        cache_limit_bytes: a.cache_mib << 20,
+        key,
+        threads: threads as u32,
+        scan: ScanConfig {
+            max_bits: a.max_bits,
+            ..ScanConfig::default()
+        },
+        fail_prob: a.fail_prob,
+        delay_ms: a.delay_ms,
+        max_backoff: Duration::from_millis(a.max_backoff_ms.max(10)),
+    };
+    tracing::info!(id = cfg.id, coordinator = cfg.coordinator, afs = ?cfg.afs_servers, threads, "worker starting");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = proto::process::shutdown_on_signals();
+        worker::run::run(cfg, shutdown).await
+    })
 }

@@ -1,0 +1,127 @@
+//! Processing one assigned chunk of a local file: find the chunk's line-aligned byte range,
+//! scan it, and shape the result for the wire.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use proto::msg::{InvalidLine, MAX_PRIMES_PER_BATCH};
+
+use crate::scan::{scan_reader, ScanConfig, ScanResult};
+
+/// Byte position where the first line starting at or after `at` begins: 0 for 0, else one
+/// past the first newline at or after `at - 1` (or the file size if there is none).
+fn line_start_at_or_after(f: &mut File, at: u64, size: u64) -> std::io::Result<u64> {
+    if at == 0 {
+        return Ok(0);
+    }
+    if at >= size {
+        return Ok(size);
+    }
+    f.seek(SeekFrom::Start(at - 1))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = at - 1;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        if let Some(k) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(pos + k as u64 + 1);
+        }
+        pos += n as u64;
+    }
+}
+
+/// Scans the lines of `path` that start in `[start, end)`. Line numbers in the result count
+/// from 1 at the chunk's first line.
+pub fn scan_chunk(
+    path: &Path,
+    start: u64,
+    end: u64,
+    cfg: &ScanConfig,
+) -> std::io::Result<ScanResult> {
+    let mut f = File::open(path)?;
+    let size = f.metadata()?.len();
+    let from = line_start_at_or_after(&mut f, start, size)?;
+    let to = if end >= size {
+        size
+    } else {
+        line_start_at_or_after(&mut f, end, size)?
+    };
+    if to <= from {
+        return Ok(ScanResult::default());
+    }
+    f.seek(SeekFrom::Start(from))?;
+    scan_reader(
+        BufReader::with_capacity(1 << 20, f).take(to - from),
+        cfg,
+        |_| {},
+    )
+}
+
+/// The primes of a result as wire batches of at most [`MAX_PRIMES_PER_BATCH`].
+pub fn prime_batches(r: &ScanResult) -> Vec<(Vec<u64>, Vec<String>)> {
+    let mut out = Vec::new();
+    for c in r.primes.chunks(MAX_PRIMES_PER_BATCH) {
+        out.push((c.to_vec(), Vec::new()));
+    }
+    for c in r.big_primes.chunks(MAX_PRIMES_PER_BATCH / 64) {
+        out.push((Vec::new(), c.iter().map(|b| b.to_string()).collect()));
+    }
+    out
+}
+
+/// The first invalid lines in wire form.
+pub fn invalid_lines(r: &ScanResult) -> Vec<InvalidLine> {
+    r.first_invalid
+        .iter()
+        .map(|i| InvalidLine {
+            line: i.line,
+            reason: i.reason.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Chunks cut anywhere cover every line exactly once, whatever the cut points.
+    fn chunks_partition_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.txt");
+        let mut content = String::new();
+        for i in 0..2000u64 {
+            content.push_str(&format!("{}\n", i * 7 + 3));
+            if i % 97 == 0 {
+                content.push_str("junk\n\n");
+            }
+        }
+        content.push_str("101"); // final line without newline
+        std::fs::write(&path, &content).expect("write");
+        let size = content.len() as u64;
+        let whole = scan_chunk(&path, 0, size, &ScanConfig::default()).expect("scan");
+        for chunk in [1u64, 7, 100, 1000, 4096, size] {
+            let mut lines = 0;
+            let mut primes = Vec::new();
+            let mut invalid = 0;
+            let mut start = 0;
+            while start < size {
+                let end = (start + chunk).min(size);
+                let r = scan_chunk(&path, start, end, &ScanConfig::default()).expect("scan");
+                lines += r.lines;
+                invalid += r.invalid;
+                primes.extend(r.primes);
+                start = end;
+            }
+            let mut want = whole.primes.clone();
+            want.sort_unstable();
+            primes.sort_unstable();
+            assert_eq!(lines, whole.lines, "chunk size {chunk}");
+            assert_eq!(invalid, whole.invalid, "chunk size {chunk}");
+            assert_eq!(primes, want, "chunk size {chunk}");
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The worker's life in a cluster: connect to the coordinator (retrying with backoff while
+//! it is away), register, heartbeat, take assignments, fetch files through the AFS client,
+//! scan them, stream primes back in bounded batches, report completion; answer snapshot
+//! markers with the local state.
+//!
+//! All messages to the coordinator go through one queue to one writer task, so their order
+//! on the wire is the order they were queued; the local state lock is held while queueing
+//! results and while recording a snapshot, so a marker is always after exactly the results
+//! that the recorded state says were sent.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use afs::client::{AfsClient, AfsError, ClientConfig};
+use proto::auth::client_handshake;
+use proto::msg::{
+    Assignment, CoordMsg, TaskDone, TaskProgress, WorkerMsg, WorkerState, MAX_LINE, SERVICE,
+};
+use proto::{ClusterKey, Connection, ProtoError};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::chunk::{invalid_lines, prime_batches, scan_chunk};
+use crate::scan::ScanConfig;
+
+/// Worker settings (validated by the binary).
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub coordinator: String,
+    pub afs_servers: Vec<String>,
+    pub cache_root: PathBuf,
+    pub cache_limit_bytes: u64,
+    pub key: ClusterKey,
+    pub threads: u32,
+    pub scan: ScanConfig,
+    /// Probability of crashing (exit 86) in the middle of each task: fault injection.
+    pub fail_prob: f64,
+    /// Extra delay per task, in ms: fault injection (slowness).
+    pub delay_ms: u64,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Exit status of a crash injected by `--fail-prob`.
+pub const INJECTED_CRASH_EXIT: i32 = 86;
+
+#[derive(Default)]
+struct Local {
+    queue: VecDeque<Assignment>,
+    current: Option<(Assignment, &'static str)>,
+    cancelled: Vec<String>,
+    tasks_done: u64,
+    numbers_tested: u64,
+    cached_files: Vec<String>,
+}
+
+impl Local {
+    fn record(&self, id: &str) -> WorkerState {
+        let mut in_progress: Vec<TaskProgress> = Vec::new();
+        if let Some((a, phase)) = &self.current {
+            in_progress.push(TaskProgress {
+                attempt: a.attempt.clone(),
+                file: a.file.clone(),
+                chunk: a.chunk,
+                phase: phase.to_string(),
+            });
+        }
+        for a in &self.queue {
+            in_progress.push(TaskProgress {
+                attempt: a.attempt.clone(),
+                file: a.file.clone(),
+                chunk: a.chunk,
+                phase: "queued".into(),
+            });
+        }
+        WorkerState {
+            worker_id: id.to_string(),
+            in_progress,
+            tasks_done: self.tasks_done,
+            numbers_tested: self.numbers_tested,
+            cached_files: self.cached_files.clone(),
+        }
+    }
+    fn busy(&self) -> Vec<String> {
+        self.current
+            .iter()
+            .map(|(a, _)| a.attempt.clone())
+            .chain(self.queue.iter().map(|a| a.attempt.clone()))
+            .collect()
+    }
+}
+
+fn lock(m: &Mutex<Local>) -> std::sync::MutexGuard<'_, Local> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the worker until `shutdown`. Only a bad configuration or an unusable cache ends it
+/// early; coordinator and file-server outages are waited out.
+pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut afs_cfg = ClientConfig::new(
+        &cfg.id,
+        cfg.afs_servers.clone(),
+        &cfg.cache_root,
+        cfg.key.clone(),
+    );
+    afs_cfg.cache_limit_bytes = cfg.cache_limit_bytes;
+    let afs = Arc::new(tokio::sync::Mutex::new(AfsClient::new(afs_cfg)?));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match session(&cfg, afs.clone(), &shutdown).await {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Lost(why)) => {
+                warn!(why, "lost the coordinator; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                info!(error = %e, coordinator = cfg.coordinator, "coordinator not reachable; retrying");
+            }
+        }
+        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+async fn session(
+    cfg: &WorkerConfig,
+    afs: Arc<tokio::sync::Mutex<AfsClient>>,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, ProtoError> {
+    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&cfg.coordinator))
+        .await
+        .map_err(|_| ProtoError::Timeout(Duration::from_secs(3)))??;
+    let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
+    client_handshake(&mut conn, &cfg.key, SERVICE).await?;
+    conn.send(&WorkerMsg::Register {
+        worker_id: cfg.id.clone(),
+        pid: std::process::id(),
+        threads: cfg.threads,
+    })
+    .await?;
+    let heartbeat = match conn.expect_msg::<CoordMsg>(Duration::from_secs(10)).await? {
+        CoordMsg::Welcome {
+            session,
+            heartbeat_ms,
+        } => {
+            info!(session, heartbeat_ms, "registered with the coordinator");
+            Duration::from_millis(heartbeat_ms.max(10))
+        }
+        CoordMsg::Error { message } => return Err(ProtoError::Peer(message)),
+        other => return Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
+    };
+    let (mut reader, mut writer) = conn.into_split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
+    let local = Arc::new(Mutex::new(Local::default()));
+    let work = Arc::new(Notify::new());
+    let end = CancellationToken::new();
+
+    // Writer: one task, so the wire order is the queue order.
+    let writer_end = end.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            let goodbye = matches!(m, WorkerMsg::Goodbye {});
+            if writer.write_msg(&m).await.is_err() {
+                break;
+            }
+            // Flush when nothing else is waiting, so batches share a syscall.
+            if out_rx.is_empty() && writer.flush().await.is_err() {
+                break;
+            }
+            if goodbye {
+                break;
+            }
+        }
+        writer_end.cancel();
+    });
+
+    // Heartbeats, independent of the CPU-bound work (which runs on blocking threads).
+    let hb = {
+        let out = out_tx.clone();
+        let local = local.clone();
+        let end = end.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            loop {
+                tokio::select! {
+                    _ = end.cancelled() => return,
+                    _ = tick.tick() => {
+                        let busy = lock(&local).busy();
+                        if out.send(WorkerMsg::Heartbeat { busy }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    // Executor: one assignment at a time.
+    let exec = {
+        let out = out_tx.clone();
+        let local = local.clone();
+        let work = work.clone();
+        let end = end.clone();
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let mut l = lock(&local);
+                    let next = l.queue.pop_front();
+                    if let Some(a) = &next {
+                        l.current = Some((a.clone(), "fetching"));
+                    }
+                    next
+                };
+                let Some(a) = next else {
+                    tokio::select! {
+                        _ = end.cancelled() => return,
+                        _ = work.notified() => continue,
+                    }
+                };
+                execute(&cfg, &afs, &local, &out, a).await;
+            }
+        })
+    };
+
+    let result = loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = out_tx.send(WorkerMsg::Goodbye {});
+                let _ = tokio::time::timeout(Duration::from_secs(2), end.cancelled()).await;
+                break SessionEnd::Shutdown;
+            }
+            _ = end.cancelled() => break SessionEnd::Lost("connection closed while writing".into()),
+            m = reader.read_msg::<CoordMsg>() => m,
+        };
+        match msg {
+            Ok(Some(CoordMsg::Assign(a))) => {
+                info!(
+                    attempt = a.attempt,
+                    file = a.file,
+                    chunk = a.chunk,
+                    "assigned"
+                );
+                lock(&local).queue.push_back(a);
+                work.notify_one();
+            }
+            Ok(Some(CoordMsg::Cancel { attempt })) => {
+                let mut l = lock(&local);
+                l.queue.retain(|a| a.attempt != attempt);
+                l.cancelled.push(attempt);
+            }
+            Ok(Some(CoordMsg::Marker { snapshot })) => {
+                // Record and answer under the lock: no result can slip between the two.
+                let l = lock(&local);
+                let state = l.record(&cfg.id);
+                let _ = out_tx.send(WorkerMsg::Marker { snapshot, state });
+            }
+            Ok(Some(CoordMsg::Shutdown { reason })) => {
+                info!(reason, "coordinator asked us to stop");
+                let _ = out_tx.send(WorkerMsg::Goodbye {});
+                let _ = tokio::time::timeout(Duration::from_secs(2), end.cancelled()).await;
+                break SessionEnd::Lost(format!("coordinator shutdown: {reason}"));
+            }
+            Ok(Some(CoordMsg::Error { message })) => {
+                break SessionEnd::Lost(format!("coordinator error: {message}"))
+            }
+            Ok(Some(CoordMsg::Welcome { .. })) => {
+                break SessionEnd::Lost("unexpected second welcome".into())
+            }
+            Ok(None) => break SessionEnd::Lost("coordinator closed the connection".into()),
+            Err(e) => break SessionEnd::Lost(e.to_string()),
+        }
+    };
+    end.cancel();
+    hb.abort();
+    exec.abort();
+    drop(out_tx);
+    let _ = writer_task.await;
+    Ok(result)
+}
+
+async fn execute(
+    cfg: &WorkerConfig,
+    afs: &Arc<tokio::sync::Mutex<AfsClient>>,
+    local: &Arc<Mutex<Local>>,
+    out: &mpsc::UnboundedSender<WorkerMsg>,
+    a: Assignment,
+) {
+    let set_phase = |phase: &'static str| {
+        if let Some(cur) = lock(local).current.as_mut() {
+            cur.1 = phase;
+        }
+    };
+    let opened = {
+        let mut client = afs.lock().await;
+        let r = client.open(&a.file).await;
+        let cached = client.cached().into_iter().map(|(p, _)| p).collect();
+        lock(local).cached_files = cached;
+        r
+    };
+    let finish_failed = |reason: String, retryable: bool| {
+        let mut l = lock(local);
+        l.current = None;
+        let _ = out.send(WorkerMsg::TaskFailed {
+            attempt: a.attempt.clone(),
+            reason,
+            retryable,
+        });
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(file = a.file, error = %e, "cannot fetch the task's file");
+            let retryable = !matches!(e, AfsError::Refused { .. });
+            return finish_failed(e.to_string(), retryable);
+        }
+    };
+    set_phase("testing");
+    if cfg.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
+    }
+    let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
+    let path = file.local.clone();
+    let scan_cfg = cfg.scan;
+    let (start, end) = (a.start, a.end);
+    let scanned =
+        tokio::task::spawn_blocking(move || scan_chunk(&path, start, end, &scan_cfg)).await;
+    let r = match scanned {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return finish_failed(format!("reading the cached copy of {}: {e}", a.file), true)
+        }
+        Err(e) => return finish_failed(format!("scan task failed: {e}"), true),
+    };
+    set_phase("sending");
+    let batches = prime_batches(&r);
+    let mut l = lock(local);
+    if l.cancelled.contains(&a.attempt) {
+        l.cancelled.retain(|x| *x != a.attempt);
+        l.current = None;
+        return;
+    }
+    for (i, (small, big)) in batches.into_iter().enumerate() {
+        let _ = out.send(WorkerMsg::Primes {
+            attempt: a.attempt.clone(),
+            small,
+            big,
+        });
+        if crash && i == 0 {
+            break;
+        }
+    }
+    if crash {
+        drop(l);
+        error!(
+            attempt = a.attempt,
+            "fault injection (--fail-prob): crashing mid-task"
+        );
+        // Give the writer a moment so a partial result really is on the wire.
+        std::thread::sleep(Duration::from_millis(50));
+        std::process::exit(INJECTED_CRASH_EXIT);
+    }
+    let _ = out.send(WorkerMsg::TaskDone(TaskDone {
+        attempt: a.attempt.clone(),
+        version: file.version.clone(),
+        size: file.size,
+        lines: r.lines,
+        numbers: r.numbers,
+        blank: r.blank,
+        invalid: r.invalid,
+        first_invalid: invalid_lines(&r),
+        primes: (r.primes.len() + r.big_primes.len()) as u64,
+    }));
+    l.current = None;
+    l.tasks_done += 1;
+    l.numbers_tested += r.numbers;
+    info!(
+        attempt = a.attempt,
+        file = a.file,
+        chunk = a.chunk,
+        numbers = r.numbers,
+        "task done"
+    );
+}
