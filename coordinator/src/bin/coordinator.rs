@@ -1,0 +1,276 @@
+//! The `coordinator` binary: runs the coordinator, or shows status, or checks a snapshot.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use coordinator::core::CoreConfig;
+use coordinator::server::Config;
+use coordinator::snapshot::SnapshotConfig;
+
+/// Prime-pipeline coordinator. Without a subcommand it runs: watches the input folder, hands
+/// chunks of files to workers, deduplicates their primes into primes.txt, writes a report per
+/// file and takes Chandy–Lamport snapshots. It resumes from the state on disk unless --fresh.
+#[derive(Parser, Debug)]
+#[command(name = "coordinator", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Address to listen on for workers. Port 0 picks a free port (see --addr-file).
+    #[arg(long, env = "COORD_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// Write the address actually bound to this file once listening.
+    #[arg(long, env = "COORD_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
+    /// Folder of input files.
+    #[arg(long, env = "PRIMES_INPUT", default_value = "data/input")]
+    input: PathBuf,
+    /// Folder of per-file reports.
+    #[arg(long, env = "PRIMES_OUTPUT", default_value = "data/output")]
+    output: PathBuf,
+    /// The deduplicated primes.
+    #[arg(long, env = "PRIMES_FILE", default_value = "primes.txt")]
+    primes: PathBuf,
+    /// Folder of snapshots.
+    #[arg(long, env = "PRIMES_SNAPSHOTS", default_value = "snapshots")]
+    snapshots: PathBuf,
+    /// Status file read by `coordinator status`.
+    #[arg(long, env = "PRIMES_STATUS_FILE", default_value = "run/status.json")]
+    status_file: PathBuf,
+    /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
+    #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
+    key_file: PathBuf,
+    /// Heartbeat interval the workers are told to use, in ms.
+    #[arg(long, env = "PRIMES_HEARTBEAT_MS", default_value_t = 5000)]
+    heartbeat_ms: u64,
+    /// Missed heartbeats before a worker is declared dead and its tasks handed on.
+    #[arg(long, env = "PRIMES_MISSED_HEARTBEATS", default_value_t = 3)]
+    missed_heartbeats: u32,
+    /// Flush interval of the prime buffer to primes.txt, in ms.
+    #[arg(long, env = "PRIMES_FLUSH_MS", default_value_t = 500)]
+    flush_ms: u64,
+    /// Snapshot interval in ms (0: only the final snapshot at shutdown).
+    #[arg(long, env = "PRIMES_SNAPSHOT_MS", default_value_t = 30_000)]
+    snapshot_ms: u64,
+    /// Snapshots kept (older ones are deleted).
+    #[arg(long, env = "PRIMES_KEEP_SNAPSHOTS", default_value_t = 20)]
+    keep_snapshots: usize,
+    /// How long a snapshot waits for a worker's marker, in ms.
+    #[arg(long, env = "PRIMES_MARKER_TIMEOUT_MS", default_value_t = 10_000)]
+    marker_timeout_ms: u64,
+    /// Files larger than this many MiB are split into chunks of this size.
+    #[arg(long, env = "PRIMES_CHUNK_MIB", default_value_t = 64)]
+    chunk_mib: u64,
+    /// Chunk size in bytes (overrides --chunk-mib; for tests).
+    #[arg(long, env = "PRIMES_CHUNK_BYTES")]
+    chunk_bytes: Option<u64>,
+    /// Assignments a worker holds at once.
+    #[arg(long, env = "PRIMES_MAX_INFLIGHT", default_value_t = 2)]
+    max_inflight: usize,
+    /// Failures of one chunk before it is given up and reported as failed.
+    #[arg(long, env = "PRIMES_MAX_FAILURES", default_value_t = 3)]
+    max_failures: u32,
+    /// Pause before retrying a failed chunk, in ms (times the failures so far).
+    #[arg(long, env = "PRIMES_RETRY_MS", default_value_t = 2000)]
+    retry_ms: u64,
+    /// How often the input folder is rescanned, in ms (notify events trigger scans too).
+    #[arg(long, env = "PRIMES_SCAN_MS", default_value_t = 250)]
+    scan_ms: u64,
+    /// A file written in place is queued after this many ms without change.
+    #[arg(long, env = "PRIMES_QUIET_MS", default_value_t = 500)]
+    quiet_ms: u64,
+    /// Most worker connections at once.
+    #[arg(long, env = "PRIMES_MAX_CONNECTIONS", default_value_t = 256)]
+    max_connections: usize,
+    /// Start over: clear primes.txt, reports, snapshots (never the input files).
+    #[arg(long)]
+    fresh: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show progress: files done/queued/in progress, numbers tested, primes, workers, last snapshot.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second (a live view).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, env = "PRIMES_STATUS_FILE", default_value = "run/status.json")]
+        status_file: PathBuf,
+    },
+    /// Check that snapshots are consistent cuts (each task in exactly one place).
+    /// Exit status 0 if all are, 1 if not.
+    VerifySnapshot {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Status {
+            json,
+            watch,
+            status_file,
+        }) => coordinator::status::run(&status_file, json, watch),
+        Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            run(cli.run)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(files: &[PathBuf], json: bool) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        let snap = std::fs::read(f).map_err(anyhow::Error::from).and_then(|b| {
+            serde_json::from_slice::<coordinator::snapshot::Snapshot>(&b)
+                .map_err(anyhow::Error::from)
+        });
+        match snap {
+            Err(e) => {
+                eprintln!("{}: cannot read snapshot: {e:#}", f.display());
+                ok = false;
+            }
+            Ok(s) => {
+                let v = coordinator::verify::verify(&s);
+                ok &= v.consistent();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": f.display().to_string(), "consistent": v.consistent(), "verdict": v})
+                    );
+                } else {
+                    println!(
+                        "{}: {} — {} tasks: {} queued, {} in progress, {} completed, {} in channels ({} channel messages)",
+                        f.display(),
+                        if v.consistent() { "consistent" } else { "INCONSISTENT" },
+                        v.tasks,
+                        v.queued,
+                        v.in_progress,
+                        v.completed,
+                        v.in_channel,
+                        v.channel_messages
+                    );
+                    for p in &v.problems {
+                        println!("  {p}");
+                    }
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    for (name, v) in [
+        ("--heartbeat-ms", a.heartbeat_ms),
+        ("--flush-ms", a.flush_ms),
+        ("--scan-ms", a.scan_ms),
+        ("--missed-heartbeats", a.missed_heartbeats as u64),
+        ("--max-inflight", a.max_inflight as u64),
+        ("--max-failures", a.max_failures as u64),
+        ("--max-connections", a.max_connections as u64),
+    ] {
+        if v == 0 {
+            anyhow::bail!("{name} must be positive");
+        }
+    }
+    let chunk_bytes = a.chunk_bytes.unwrap_or(a.chunk_mib << 20);
+    if chunk_bytes == 0 {
+        anyhow::bail!("the chunk size must be positive");
+    }
+    if a.fresh {
+        for f in [&a.primes] {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+            }
+        }
+        for d in [&a.output, &a.snapshots] {
+            match std::fs::remove_dir_all(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("clearing {}", d.display())),
+            }
+        }
+    }
+    let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
+    let cfg = Config {
+        input: a.input,
+        output: a.output,
+        primes: a.primes,
+        status_file: a.status_file,
+        core: CoreConfig {
+            heartbeat_ms: a.heartbeat_ms,
+            missed_heartbeats: a.missed_heartbeats,
+            max_inflight: a.max_inflight,
+            max_failures: a.max_failures,
+            chunk_bytes,
+            retry_ms: a.retry_ms,
+        },
+        flush_ms: a.flush_ms,
+        scan_ms: a.scan_ms,
+        quiet_ms: a.quiet_ms,
+        max_connections: a.max_connections,
+        snapshots: SnapshotConfig {
+            dir: a.snapshots,
+            interval_ms: a.snapshot_ms,
+            keep: a.keep_snapshots.max(1),
+            marker_timeout_ms: a.marker_timeout_ms.max(100),
+        },
+        key,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let listener = coordinator::server::bind(&a.listen).await?;
+        let addr = listener
+            .local_addr()
+            .context("reading the bound address")?
+            .to_string();
+        if let Some(f) = &a.addr_file {
+            proto::process::write_addr_file(f, &addr)
+                .with_context(|| format!("writing {}", f.display()))?;
+        }
+        tracing::info!(%addr, "coordinator listening");
+        println!("coordinator listening on {addr}");
+        let shutdown = proto::process::shutdown_on_signals();
+        coordinator::server::run(listener, cfg, shutdown).await
+    })?;
+    let _ = Duration::ZERO;
+    Ok(())
+}

@@ -1,0 +1,863 @@
+//! The coordinator's decisions, without I/O: files and their chunks, workers, assignments,
+//! failure detection, retries, and what becomes durable when. The async shell (`server`)
+//! feeds it events with the current time and performs the [`Action`]s it returns, so every
+//! transition is testable without sockets or clocks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use proto::msg::{Assignment, CoordMsg, InvalidLine, TaskDone, WorkerMsg};
+use serde::{Deserialize, Serialize};
+
+/// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub ms: u64,
+    pub wall: DateTime<Utc>,
+}
+
+/// What identifies a version of an input file cheaply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// Scheduling settings.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub heartbeat_ms: u64,
+    /// A worker silent for `heartbeat_ms * missed_heartbeats` is declared dead.
+    pub missed_heartbeats: u32,
+    /// Assignments a worker holds at once (the next is queued on the worker so it never idles
+    /// waiting for a round trip).
+    pub max_inflight: usize,
+    /// Failures of one chunk before it is given up and reported.
+    pub max_failures: u32,
+    /// Files larger than this are split into chunks of about this size.
+    pub chunk_bytes: u64,
+    /// Pause before a failed chunk is retried, times the number of failures so far.
+    pub retry_ms: u64,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(u64, CoordMsg),
+    Close(u64, String),
+    WriteReport(Report),
+}
+
+/// Where one chunk stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ChunkState {
+    Queued {
+        ready_ms: u64,
+    },
+    Assigned {
+        attempt: String,
+        worker: String,
+    },
+    /// Its worker finished; its primes are in the flush buffer, not yet durable.
+    Flushing {
+        result: TaskDone,
+        worker: String,
+    },
+    Done {
+        result: TaskDone,
+        worker: String,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    gen: u64,
+    fp: Fingerprint,
+    chunks: Vec<ChunkState>,
+    failures: Vec<u32>,
+    started_at: Option<DateTime<Utc>>,
+    /// A report exists for this version (found at start, or written): nothing to do.
+    reported: bool,
+}
+
+impl Job {
+    fn complete(&self) -> bool {
+        self.chunks
+            .iter()
+            .all(|c| matches!(c, ChunkState::Done { .. } | ChunkState::Failed { .. }))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    conn: Option<u64>,
+    last_seen_ms: u64,
+    joined: DateTime<Utc>,
+    assigned: Vec<String>,
+    tasks_done: u64,
+    numbers: u64,
+}
+
+/// The per-file report (`data/output/<file>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub file: String,
+    /// "done", or "failed" when some chunk could not be processed.
+    pub status: String,
+    /// Content version(s) the workers read (xxh3-128 of the file, from the file server).
+    pub content_version: Vec<String>,
+    /// Size and modification time of the input when it was queued; a report whose
+    /// fingerprint matches the file on disk means the file is done.
+    pub source: Fingerprint,
+    pub lines: u64,
+    pub numbers_read: u64,
+    pub blank_lines: u64,
+    /// Primes found in the file, repeats counted.
+    pub primes_found: u64,
+    pub invalid_lines: InvalidSummary,
+    pub workers: Vec<String>,
+    pub chunks: usize,
+    pub errors: Vec<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidSummary {
+    pub count: u64,
+    /// The first few, with line numbers in the whole file.
+    pub first: Vec<InvalidLine>,
+}
+
+/// Primes and completions waiting for the flusher.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub small: Vec<u64>,
+    pub big: Vec<String>,
+    /// (file, generation, chunk) whose primes are all in `small`/`big` (or already durable).
+    pub done: Vec<(String, u64, u32)>,
+}
+
+/// Counters for status.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Totals {
+    pub numbers_tested: u64,
+    pub primes_received: u64,
+    pub tasks_done: u64,
+    pub tasks_failed: u64,
+    pub workers_lost: u64,
+    pub stale_messages_ignored: u64,
+}
+
+pub struct Core {
+    cfg: CoreConfig,
+    session: String,
+    next_attempt: u64,
+    next_gen: u64,
+    jobs: BTreeMap<String, Job>,
+    queue: VecDeque<(String, u64, u32)>,
+    attempts: HashMap<String, (String, u64, u32)>,
+    workers: BTreeMap<String, Worker>,
+    conns: HashMap<u64, String>,
+    pending: Pending,
+    pub totals: Totals,
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig, session: String) -> Self {
+        Core {
+            cfg,
+            session,
+            next_attempt: 0,
+            next_gen: 0,
+            jobs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            attempts: HashMap::new(),
+            workers: BTreeMap::new(),
+            conns: HashMap::new(),
+            pending: Pending::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The fingerprint of the job for `file`, if any.
+    pub fn known(&self, file: &str) -> Option<Fingerprint> {
+        self.jobs.get(file).map(|j| j.fp)
+    }
+
+    /// Files with a job (any state).
+    pub fn files(&self) -> Vec<String> {
+        self.jobs.keys().cloned().collect()
+    }
+
+    /// A file whose report for this fingerprint already exists: done, nothing to queue.
+    pub fn file_reported(&mut self, file: &str, fp: Fingerprint) {
+        self.next_gen += 1;
+        self.jobs.insert(
+            file.to_string(),
+            Job {
+                gen: self.next_gen,
+                fp,
+                chunks: Vec::new(),
+                failures: Vec::new(),
+                started_at: None,
+                reported: true,
+            },
+        );
+    }
+
+    /// A file (new or changed) is stable and must be processed.
+    pub fn file_ready(&mut self, file: &str, fp: Fingerprint, now: Now) -> Vec<Action> {
+        if self.jobs.get(file).is_some_and(|j| j.fp == fp) {
+            return Vec::new();
+        }
+        let mut actions = self.drop_job(file);
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let chunks = fp.size.div_ceil(self.cfg.chunk_bytes.max(1)).max(1) as usize;
+        self.jobs.insert(
+            file.to_string(),
+            Job {
+                gen,
+                fp,
+                chunks: vec![ChunkState::Queued { ready_ms: now.ms }; chunks],
+                failures: vec![0; chunks],
+                started_at: None,
+                reported: false,
+            },
+        );
+        for c in 0..chunks as u32 {
+            self.queue.push_back((file.to_string(), gen, c));
+        }
+        actions.extend(self.assign(now));
+        actions
+    }
+
+    /// A file vanished: forget it (its queued chunks go; running attempts are cancelled).
+    pub fn file_removed(&mut self, file: &str) -> Vec<Action> {
+        self.drop_job(file)
+    }
+
+    fn drop_job(&mut self, file: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(job) = self.jobs.remove(file) {
+            for c in job.chunks {
+                if let ChunkState::Assigned { attempt, worker } = c {
+                    self.attempts.remove(&attempt);
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.assigned.retain(|a| *a != attempt);
+                        if let Some(conn) = w.conn {
+                            actions.push(Action::Send(conn, CoordMsg::Cancel { attempt }));
+                        }
+                    }
+                }
+            }
+        }
+        actions
+    }
+
+    /// A connection registered as `worker_id`.
+    pub fn register(&mut self, conn: u64, worker_id: &str, now: Now) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(old) = self.workers.get(worker_id).and_then(|w| w.conn) {
+            if old != conn {
+                actions.push(Action::Close(
+                    old,
+                    format!("{worker_id} reconnected on a new connection"),
+                ));
+                actions.extend(self.lose_worker(worker_id, now, false));
+            }
+        }
+        let w = self.workers.entry(worker_id.to_string()).or_insert(Worker {
+            conn: None,
+            last_seen_ms: now.ms,
+            joined: now.wall,
+            assigned: Vec::new(),
+            tasks_done: 0,
+            numbers: 0,
+        });
+        w.conn = Some(conn);
+        w.last_seen_ms = now.ms;
+        self.conns.insert(conn, worker_id.to_string());
+        actions.push(Action::Send(
+            conn,
+            CoordMsg::Welcome {
+                session: self.session.clone(),
+                heartbeat_ms: self.cfg.heartbeat_ms,
+            },
+        ));
+        actions.extend(self.assign(now));
+        actions
+    }
+
+    /// The worker behind `conn`, if registered.
+    pub fn worker_of(&self, conn: u64) -> Option<&str> {
+        self.conns.get(&conn).map(|s| s.as_str())
+    }
+
+    /// True if `attempt` is the live attempt of a chunk, held by the worker on `conn`.
+    fn current(&self, conn: u64, attempt: &str) -> Option<(String, u64, u32)> {
+        let worker = self.conns.get(&conn)?;
+        let key = self.attempts.get(attempt)?;
+        let job = self.jobs.get(&key.0)?;
+        match job.chunks.get(key.2 as usize)? {
+            ChunkState::Assigned {
+                attempt: a,
+                worker: w,
+            } if a == attempt && w == worker && job.gen == key.1 => Some(key.clone()),
+            _ => None,
+        }
+    }
+
+    /// A message from a registered worker.
+    pub fn message(&mut self, conn: u64, msg: WorkerMsg, now: Now) -> Vec<Action> {
+        let Some(worker) = self.conns.get(&conn).cloned() else {
+            return vec![Action::Close(conn, "message before register".into())];
+        };
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen_ms = now.ms;
+        }
+        match msg {
+            WorkerMsg::Heartbeat { .. } => Vec::new(),
+            WorkerMsg::Primes {
+                attempt,
+                small,
+                big,
+            } => {
+                if self.current(conn, &attempt).is_none() {
+                    self.totals.stale_messages_ignored += 1;
+                    return Vec::new();
+                }
+                self.totals.primes_received += (small.len() + big.len()) as u64;
+                self.pending.small.extend(small);
+                self.pending.big.extend(big);
+                Vec::new()
+            }
+            WorkerMsg::TaskDone(done) => {
+                let Some((file, gen, chunk)) = self.current(conn, &done.attempt) else {
+                    self.totals.stale_messages_ignored += 1;
+                    return Vec::new();
+                };
+                self.attempts.remove(&done.attempt);
+                self.totals.tasks_done += 1;
+                self.totals.numbers_tested += done.numbers;
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.assigned.retain(|a| *a != done.attempt);
+                    w.tasks_done += 1;
+                    w.numbers += done.numbers;
+                }
+                if let Some(job) = self.jobs.get_mut(&file) {
+                    job.chunks[chunk as usize] = ChunkState::Flushing {
+                        result: done,
+                        worker: worker.clone(),
+                    };
+                }
+                self.pending.done.push((file, gen, chunk));
+                self.assign(now)
+            }
+            WorkerMsg::TaskFailed {
+                attempt,
+                reason,
+                retryable,
+            } => {
+                let Some((file, _gen, chunk)) = self.current(conn, &attempt) else {
+                    self.totals.stale_messages_ignored += 1;
+                    return Vec::new();
+                };
+                self.attempts.remove(&attempt);
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.assigned.retain(|a| *a != attempt);
+                }
+                self.totals.tasks_failed += 1;
+                let mut actions = self.chunk_failed(&file, chunk, reason, retryable, now);
+                actions.extend(self.assign(now));
+                actions
+            }
+            WorkerMsg::Goodbye {} => {
+                let mut a = vec![Action::Close(conn, "worker said goodbye".into())];
+                a.extend(self.disconnected(conn, now));
+                a
+            }
+            WorkerMsg::Register { .. } => vec![Action::Close(conn, "registered twice".into())],
+            WorkerMsg::Marker { .. } => Vec::new(), // handled by the snapshot logic in the shell
+        }
+    }
+
+    fn chunk_failed(
+        &mut self,
+        file: &str,
+        chunk: u32,
+        reason: String,
+        retryable: bool,
+        now: Now,
+    ) -> Vec<Action> {
+        let Some(job) = self.jobs.get_mut(file) else {
+            return Vec::new();
+        };
+        let i = chunk as usize;
+        job.failures[i] += 1;
+        if retryable && job.failures[i] < self.cfg.max_failures {
+            job.chunks[i] = ChunkState::Queued {
+                ready_ms: now.ms + self.cfg.retry_ms * job.failures[i] as u64,
+            };
+            let gen = job.gen;
+            self.queue.push_back((file.to_string(), gen, chunk));
+            Vec::new()
+        } else {
+            job.chunks[i] = ChunkState::Failed {
+                reason: format!("{reason} (after {} attempts)", job.failures[i]),
+            };
+            self.maybe_report(file, now).into_iter().collect()
+        }
+    }
+
+    /// The connection closed (or was closed): requeue the worker's chunks at once.
+    pub fn disconnected(&mut self, conn: u64, now: Now) -> Vec<Action> {
+        let Some(worker) = self.conns.remove(&conn) else {
+            return Vec::new();
+        };
+        if self.workers.get(&worker).and_then(|w| w.conn) != Some(conn) {
+            return Vec::new(); // an older connection of a worker that has reconnected
+        }
+        self.lose_worker(&worker, now, true)
+    }
+
+    fn lose_worker(&mut self, worker: &str, now: Now, count: bool) -> Vec<Action> {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return Vec::new();
+        };
+        if let Some(c) = w.conn.take() {
+            self.conns.remove(&c);
+        }
+        if count {
+            self.totals.workers_lost += 1;
+        }
+        let attempts = std::mem::take(&mut w.assigned);
+        for attempt in attempts {
+            if let Some((file, gen, chunk)) = self.attempts.remove(&attempt) {
+                if let Some(job) = self.jobs.get_mut(&file) {
+                    if job.gen == gen {
+                        job.chunks[chunk as usize] = ChunkState::Queued { ready_ms: now.ms };
+                        // Lost work goes to the front: it is the oldest.
+                        self.queue.push_front((file, gen, chunk));
+                    }
+                }
+            }
+        }
+        self.assign(now)
+    }
+
+    /// Periodic: declare silent workers dead, then hand out work.
+    pub fn tick(&mut self, now: Now) -> Vec<Action> {
+        let limit = self.cfg.heartbeat_ms * self.cfg.missed_heartbeats as u64;
+        let dead: Vec<(String, u64)> = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| {
+                w.conn
+                    .filter(|_| now.ms.saturating_sub(w.last_seen_ms) > limit)
+                    .map(|c| (id.clone(), c))
+            })
+            .collect();
+        let mut actions = Vec::new();
+        for (id, conn) in dead {
+            actions.push(Action::Close(
+                conn,
+                format!("{id} missed {} heartbeats", self.cfg.missed_heartbeats),
+            ));
+            actions.extend(self.lose_worker(&id, now, true));
+        }
+        actions.extend(self.assign(now));
+        actions
+    }
+
+    /// Hands queued chunks to workers with room, oldest first.
+    pub fn assign(&mut self, now: Now) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut deferred = Vec::new();
+        // The worker with the fewest assignments that has room, each round.
+        while let Some(worker) = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some() && w.assigned.len() < self.cfg.max_inflight)
+            .min_by_key(|(_, w)| w.assigned.len())
+            .map(|(id, _)| id.clone())
+        {
+            let Some((file, gen, chunk)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&file) else {
+                continue;
+            };
+            if job.gen != gen {
+                continue;
+            }
+            match job.chunks[chunk as usize] {
+                ChunkState::Queued { ready_ms } if ready_ms <= now.ms => {}
+                ChunkState::Queued { .. } => {
+                    deferred.push((file, gen, chunk));
+                    continue;
+                }
+                _ => continue,
+            }
+            self.next_attempt += 1;
+            let attempt = format!("{}-{}", self.session, self.next_attempt);
+            let n = job.chunks.len() as u64;
+            let size = job.fp.size;
+            let step = self.cfg.chunk_bytes.max(1);
+            let start = (chunk as u64 * step).min(size);
+            let end = if chunk as u64 + 1 == n {
+                size
+            } else {
+                ((chunk as u64 + 1) * step).min(size)
+            };
+            job.chunks[chunk as usize] = ChunkState::Assigned {
+                attempt: attempt.clone(),
+                worker: worker.clone(),
+            };
+            job.started_at.get_or_insert(now.wall);
+            self.attempts
+                .insert(attempt.clone(), (file.clone(), gen, chunk));
+            let Some(w) = self.workers.get_mut(&worker) else {
+                break;
+            };
+            w.assigned.push(attempt.clone());
+            if let Some(conn) = w.conn {
+                actions.push(Action::Send(
+                    conn,
+                    CoordMsg::Assign(Assignment {
+                        attempt,
+                        file,
+                        chunk,
+                        chunks: n as u32,
+                        start,
+                        end,
+                        size,
+                    }),
+                ));
+            }
+        }
+        self.queue.extend(deferred);
+        actions
+    }
+
+    /// Hands the flush buffer to the flusher.
+    pub fn take_pending(&mut self) -> Pending {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The flusher made `done`'s primes durable: those chunks are done; files whose chunks
+    /// are all done get their report.
+    pub fn flushed(&mut self, done: Vec<(String, u64, u32)>, now: Now) -> Vec<Action> {
+        let mut files = BTreeSet::new();
+        for (file, gen, chunk) in done {
+            let Some(job) = self.jobs.get_mut(&file) else {
+                continue;
+            };
+            if job.gen != gen {
+                continue;
+            }
+            let c = &mut job.chunks[chunk as usize];
+            if let ChunkState::Flushing { result, worker } = c.clone() {
+                *c = ChunkState::Done { result, worker };
+                files.insert(file);
+            }
+        }
+        files
+            .into_iter()
+            .filter_map(|f| self.maybe_report(&f, now))
+            .collect()
+    }
+
+    /// The report of `file` if every chunk is done or failed (and none reported yet).
+    fn maybe_report(&mut self, file: &str, now: Now) -> Option<Action> {
+        let job = self.jobs.get_mut(file)?;
+        if job.reported || !job.complete() {
+            return None;
+        }
+        job.reported = true;
+        let mut r = Report {
+            file: file.to_string(),
+            status: "done".into(),
+            content_version: Vec::new(),
+            source: job.fp,
+            lines: 0,
+            numbers_read: 0,
+            blank_lines: 0,
+            primes_found: 0,
+            invalid_lines: InvalidSummary {
+                count: 0,
+                first: Vec::new(),
+            },
+            workers: Vec::new(),
+            chunks: job.chunks.len(),
+            errors: Vec::new(),
+            started_at: job.started_at.unwrap_or(now.wall).to_rfc3339(),
+            finished_at: now.wall.to_rfc3339(),
+        };
+        let mut workers = BTreeSet::new();
+        for (i, c) in job.chunks.iter().enumerate() {
+            match c {
+                ChunkState::Done { result, worker } => {
+                    for inv in &result.first_invalid {
+                        if r.invalid_lines.first.len() < 10 {
+                            r.invalid_lines.first.push(InvalidLine {
+                                line: r.lines + inv.line,
+                                reason: inv.reason.clone(),
+                            });
+                        }
+                    }
+                    r.lines += result.lines;
+                    r.numbers_read += result.numbers;
+                    r.blank_lines += result.blank;
+                    r.primes_found += result.primes;
+                    r.invalid_lines.count += result.invalid;
+                    if !r.content_version.contains(&result.version) {
+                        r.content_version.push(result.version.clone());
+                    }
+                    workers.insert(worker.clone());
+                }
+                ChunkState::Failed { reason } => {
+                    r.status = "failed".into();
+                    r.errors.push(format!("chunk {i}: {reason}"));
+                }
+                _ => {}
+            }
+        }
+        if r.status == "failed" && r.invalid_lines.count > 0 {
+            // Line numbers after a failed chunk are unknown; say so rather than mislead.
+            r.errors.push(
+                "line numbers after a failed chunk are relative to the next processed chunk".into(),
+            );
+        }
+        r.workers = workers.into_iter().collect();
+        Some(Action::WriteReport(r))
+    }
+
+    /// A status view of everything, for `run/status.json`.
+    pub fn status(&self, now: Now) -> StatusView {
+        let mut v = StatusView {
+            session: self.session.clone(),
+            ..StatusView::default()
+        };
+        for (name, job) in &self.jobs {
+            let state = if job.reported {
+                if job
+                    .chunks
+                    .iter()
+                    .any(|c| matches!(c, ChunkState::Failed { .. }))
+                {
+                    v.files_failed += 1;
+                    "failed"
+                } else {
+                    v.files_done += 1;
+                    "done"
+                }
+            } else if job
+                .chunks
+                .iter()
+                .all(|c| matches!(c, ChunkState::Queued { .. }))
+            {
+                v.files_queued += 1;
+                "queued"
+            } else {
+                v.files_in_progress += 1;
+                "in_progress"
+            };
+            v.chunks_total += job.chunks.len() as u64;
+            v.chunks_done += job
+                .chunks
+                .iter()
+                .filter(|c| matches!(c, ChunkState::Done { .. } | ChunkState::Failed { .. }))
+                .count() as u64;
+            if v.files.len() < 500 && state != "done" {
+                v.files.push(FileStatus {
+                    file: name.clone(),
+                    state: state.into(),
+                    chunks: job.chunks.len(),
+                    chunks_done: job
+                        .chunks
+                        .iter()
+                        .filter(|c| matches!(c, ChunkState::Done { .. }))
+                        .count(),
+                });
+            }
+        }
+        v.bytes_total = self.jobs.values().map(|j| j.fp.size).sum();
+        for (id, w) in &self.workers {
+            let tasks: Vec<String> = w
+                .assigned
+                .iter()
+                .filter_map(|a| self.attempts.get(a))
+                .map(|(f, _, c)| format!("{f}#{c}"))
+                .collect();
+            v.workers.push(WorkerStatus {
+                id: id.clone(),
+                state: if w.conn.is_none() {
+                    "disconnected".into()
+                } else if tasks.is_empty() {
+                    "idle".into()
+                } else {
+                    "busy".into()
+                },
+                tasks,
+                last_seen_ms_ago: now.ms.saturating_sub(w.last_seen_ms),
+                joined_at: w.joined.to_rfc3339(),
+                tasks_done: w.tasks_done,
+                numbers_tested: w.numbers,
+            });
+        }
+        v.totals = self.totals.clone();
+        v
+    }
+}
+
+/// The coordinator's recorded state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordState {
+    pub session: String,
+    /// Files whose report is written (all their tasks are completed and durable).
+    pub completed_files: Vec<String>,
+    /// Files still being worked on, chunk by chunk.
+    pub files: Vec<FileState>,
+    /// Primes received but not yet flushed (they belong to `flushing` chunks or to attempts
+    /// still running).
+    pub pending_small: Vec<u64>,
+    pub pending_big: Vec<String>,
+    /// Workers connected when the state was recorded.
+    pub workers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileState {
+    pub file: String,
+    pub fingerprint: Fingerprint,
+    pub reported: bool,
+    pub chunks: Vec<ChunkState>,
+}
+
+impl Core {
+    /// Records the state for a snapshot (the caller holds the lock that orders messages).
+    pub fn record(&self) -> CoordState {
+        CoordState {
+            session: self.session.clone(),
+            completed_files: self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.reported)
+                .map(|(f, _)| f.clone())
+                .collect(),
+            files: self
+                .jobs
+                .iter()
+                .filter(|(_, j)| !j.reported)
+                .map(|(f, j)| FileState {
+                    file: f.clone(),
+                    fingerprint: j.fp,
+                    reported: j.reported,
+                    chunks: j.chunks.clone(),
+                })
+                .collect(),
+            pending_small: self.pending.small.clone(),
+            pending_big: self.pending.big.clone(),
+            workers: self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.conn.is_some())
+                .map(|(id, _)| id.clone())
+                .collect(),
+        }
+    }
+
+    /// Recovery: a file whose chunks a snapshot knows. `finished` holds, per chunk, the result
+    /// if the snapshot proves the chunk finished (its primes are durable or in `Pending`
+    /// being recovered); other chunks are queued. Returns the chunks to mark done once the
+    /// recovered primes are flushed.
+    pub fn restore_file(
+        &mut self,
+        file: &str,
+        fp: Fingerprint,
+        finished: Vec<Option<(TaskDone, String)>>,
+        now: Now,
+    ) -> Vec<(String, u64, u32)> {
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let mut chunks = Vec::with_capacity(finished.len());
+        let mut done = Vec::new();
+        for (i, f) in finished.into_iter().enumerate() {
+            match f {
+                Some((result, worker)) => {
+                    chunks.push(ChunkState::Flushing { result, worker });
+                    done.push((file.to_string(), gen, i as u32));
+                }
+                None => {
+                    chunks.push(ChunkState::Queued { ready_ms: now.ms });
+                    self.queue.push_back((file.to_string(), gen, i as u32));
+                }
+            }
+        }
+        let n = chunks.len();
+        self.jobs.insert(
+            file.to_string(),
+            Job {
+                gen,
+                fp,
+                chunks,
+                failures: vec![0; n],
+                started_at: Some(now.wall),
+                reported: false,
+            },
+        );
+        done
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub session: String,
+    pub files_done: u64,
+    pub files_queued: u64,
+    pub files_in_progress: u64,
+    pub files_failed: u64,
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub bytes_total: u64,
+    pub files: Vec<FileStatus>,
+    pub workers: Vec<WorkerStatus>,
+    #[serde(skip_deserializing)]
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatus {
+    pub file: String,
+    pub state: String,
+    pub chunks: usize,
+    pub chunks_done: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub state: String,
+    pub tasks: Vec<String>,
+    pub last_seen_ms_ago: u64,
+    pub joined_at: String,
+    pub tasks_done: u64,
+    pub numbers_tested: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+use super::*;
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        heartbeat_ms: 100,
+        missed_heartbeats: 3,
+        max_inflight: 1,
+        max_failures: 2,
+        chunk_bytes: 1000,
+        retry_ms: 50,
+    }
+}
+
+fn at(ms: u64) -> Now {
+    Now {
+        ms,
+        wall: chrono::Utc::now(),
+    }
+}
+
+fn fp(size: u64) -> Fingerprint {
+    Fingerprint { size, mtime_ns: 1 }
+}
+
+fn assigns(actions: &[Action]) -> Vec<(u64, Assignment)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(c, CoordMsg::Assign(x)) => Some((*c, x.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn done(attempt: &str, lines: u64, primes: u64) -> WorkerMsg {
+    WorkerMsg::TaskDone(TaskDone {
+        attempt: attempt.into(),
+        version: "v".into(),
+        size: 0,
+        lines,
+        numbers: lines,
+        blank: 0,
+        invalid: 1,
+        first_invalid: vec![InvalidLine {
+            line: 2,
+            reason: "x".into(),
+        }],
+        primes,
+    })
+}
+
+#[test]
+/// A file is split into chunks with contiguous ranges, handed out, flushed, then reported
+/// with line numbers made absolute.
+fn chunks_flow_to_a_report() {
+    let mut c = Core::new(cfg(), "s".into());
+    assert!(
+        c.file_ready("a.txt", fp(2500), at(0)).is_empty(),
+        "no worker yet"
+    );
+    let a = assigns(&c.register(1, "w1", at(0)));
+    assert_eq!(a.len(), 1, "max_inflight 1");
+    assert_eq!((a[0].1.start, a[0].1.end, a[0].1.chunks), (0, 1000, 3));
+    let b = assigns(&c.register(2, "w2", at(0)));
+    assert_eq!((b[0].1.start, b[0].1.end), (1000, 2000));
+    c.message(
+        1,
+        WorkerMsg::Primes {
+            attempt: a[0].1.attempt.clone(),
+            small: vec![2, 3],
+            big: vec![],
+        },
+        at(1),
+    );
+    let next = assigns(&c.message(1, done(&a[0].1.attempt, 10, 2), at(1)));
+    assert_eq!(
+        (next[0].1.start, next[0].1.end),
+        (2000, 2500),
+        "last chunk ends at the size"
+    );
+    c.message(2, done(&b[0].1.attempt, 20, 0), at(2));
+    c.message(1, done(&next[0].1.attempt, 5, 1), at(3));
+    let p = c.take_pending();
+    assert_eq!(p.small, vec![2, 3]);
+    assert_eq!(p.done.len(), 3);
+    let reports: Vec<Report> = c
+        .flushed(p.done, at(4))
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::WriteReport(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!((r.lines, r.primes_found, r.invalid_lines.count), (35, 3, 3));
+    let lines: Vec<u64> = r.invalid_lines.first.iter().map(|i| i.line).collect();
+    assert_eq!(
+        lines,
+        vec![2, 12, 32],
+        "chunk-relative line numbers made absolute"
+    );
+    assert_eq!(r.workers, vec!["w1".to_string(), "w2".to_string()]);
+}
+
+#[test]
+/// A disconnect requeues at once; the late result of the lost attempt is ignored.
+fn disconnect_requeues_and_stale_results_are_ignored() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    c.register(2, "w2", at(0));
+    let re = assigns(&c.disconnected(1, at(5)));
+    assert_eq!(re.len(), 1);
+    assert_eq!(re[0].0, 2, "handed to the other worker");
+    // w1 comes back on a new connection and sends its old result: ignored.
+    c.register(3, "w1", at(6));
+    c.message(
+        3,
+        WorkerMsg::Primes {
+            attempt: a[0].1.attempt.clone(),
+            small: vec![7],
+            big: vec![],
+        },
+        at(6),
+    );
+    c.message(3, done(&a[0].1.attempt, 1, 1), at(6));
+    assert!(c.take_pending().small.is_empty());
+    assert_eq!(c.totals.stale_messages_ignored, 2);
+}
+
+#[test]
+/// A silent worker is declared dead after the missed heartbeats and its task moves on.
+fn missed_heartbeats() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    c.register(1, "w1", at(0));
+    c.register(2, "w2", at(0));
+    c.message(2, WorkerMsg::Heartbeat { busy: vec![] }, at(250));
+    assert!(assigns(&c.tick(at(250))).is_empty(), "not yet");
+    c.message(2, WorkerMsg::Heartbeat { busy: vec![] }, at(301));
+    let actions = c.tick(at(301));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Close(1, _))),
+        "{actions:?}"
+    );
+    assert_eq!(assigns(&actions)[0].0, 2);
+}
+
+#[test]
+/// Retryable failures are retried after a pause; past the limit the file is reported failed.
+fn failures_retry_then_report() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("gone.txt", fp(10), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    let fail = |attempt: &str| WorkerMsg::TaskFailed {
+        attempt: attempt.into(),
+        reason: "not found".into(),
+        retryable: true,
+    };
+    assert!(
+        assigns(&c.message(1, fail(&a[0].1.attempt), at(1))).is_empty(),
+        "retry waits"
+    );
+    let b = assigns(&c.tick(at(60)));
+    assert_eq!(b.len(), 1, "retried after the pause");
+    let actions = c.message(1, fail(&b[0].1.attempt), at(61));
+    let report = actions.iter().find_map(|a| match a {
+        Action::WriteReport(r) => Some(r.clone()),
+        _ => None,
+    });
+    let report = report.expect("reported after max failures");
+    assert_eq!(report.status, "failed");
+    assert!(
+        report.errors[0].contains("not found"),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[test]
+/// A changed file cancels the running attempt and starts over.
+fn changed_file_restarts() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    let actions = c.file_ready("a.txt", fp(20), at(1));
+    assert!(actions.iter().any(
+        |x| matches!(x, Action::Send(1, CoordMsg::Cancel { attempt }) if *attempt == a[0].1.attempt)
+    ));
+    let b = assigns(&actions);
+    assert_eq!(b[0].1.size, 20);
+}

@@ -1,0 +1,208 @@
+//! Watching `data/input`: which files exist, and when each is stable enough to queue.
+//!
+//! A file is ready when a closed write (or a rename into the folder) left it with its
+//! current fingerprint, or when it has not changed for the quiet period and nobody is known
+//! to be writing it. A file held open for writing waits for its close (or 30 quiet periods,
+//! for writers that never close). Hidden files and directories are ignored.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::core::Fingerprint;
+
+/// What a scan found.
+#[derive(Debug, Default, PartialEq)]
+pub struct ScanOutcome {
+    /// Files newly stable with this fingerprint (each fingerprint reported once).
+    pub ready: Vec<(String, Fingerprint)>,
+    /// Files that disappeared.
+    pub removed: Vec<String>,
+}
+
+pub struct InputWatcher {
+    dir: PathBuf,
+    quiet_ms: u64,
+    /// name -> (fingerprint, since when unchanged)
+    seen: HashMap<String, (Fingerprint, u64)>,
+    reported: HashMap<String, Fingerprint>,
+    closed: HashMap<String, Fingerprint>,
+    writing: HashSet<String>,
+}
+
+pub fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64);
+    Fingerprint {
+        size: meta.len(),
+        mtime_ns,
+    }
+}
+
+/// Every regular, non-hidden file under `dir`, as relative paths joined by '/'.
+pub fn list_files(dir: &Path) -> HashMap<String, Fingerprint> {
+    let mut out = HashMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push((e.path(), rel));
+            } else if ft.is_file() {
+                if let Ok(m) = e.metadata() {
+                    out.insert(rel, fingerprint(&m));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl InputWatcher {
+    pub fn new(dir: &Path, quiet_ms: u64) -> Self {
+        InputWatcher {
+            dir: dir.to_path_buf(),
+            quiet_ms,
+            seen: HashMap::new(),
+            reported: HashMap::new(),
+            closed: HashMap::new(),
+            writing: HashSet::new(),
+        }
+    }
+
+    /// Marks a file as already handled with this fingerprint (e.g. it has a report).
+    pub fn mark_reported(&mut self, name: &str, fp: Fingerprint) {
+        self.reported.insert(name.to_string(), fp);
+    }
+
+    fn rel(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.dir).ok()?;
+        let s = rel.to_str()?.to_string();
+        if s.is_empty() || s.split('/').any(|p| p.starts_with('.')) {
+            return None;
+        }
+        Some(s)
+    }
+
+    /// A write to `path` is in progress (an inotify modify event).
+    pub fn note_writing(&mut self, path: &Path) {
+        if let Some(r) = self.rel(path) {
+            self.writing.insert(r);
+        }
+    }
+
+    /// `path` was closed after writing, or renamed into the folder: its content is whole.
+    pub fn note_closed(&mut self, path: &Path) {
+        if let Some(r) = self.rel(path) {
+            self.writing.remove(&r);
+            if let Ok(m) = std::fs::metadata(path) {
+                if m.is_file() {
+                    self.closed.insert(r, fingerprint(&m));
+                }
+            }
+        }
+    }
+
+    /// Looks at the folder now.
+    pub fn scan(&mut self, now_ms: u64) -> ScanOutcome {
+        let files = list_files(&self.dir);
+        let mut out = ScanOutcome::default();
+        for (name, fp) in &files {
+            let since = match self.seen.get(name) {
+                Some((old, since)) if old == fp => *since,
+                _ => {
+                    self.seen.insert(name.clone(), (*fp, now_ms));
+                    now_ms
+                }
+            };
+            if self.reported.get(name) == Some(fp) {
+                continue;
+            }
+            let quiet = now_ms.saturating_sub(since);
+            let closed = self.closed.get(name) == Some(fp);
+            let writing = self.writing.contains(name);
+            let ready =
+                closed || (!writing && quiet >= self.quiet_ms) || quiet >= self.quiet_ms * 30;
+            if ready {
+                self.reported.insert(name.clone(), *fp);
+                self.writing.remove(name);
+                out.ready.push((name.clone(), *fp));
+            }
+        }
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| !files.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.seen.remove(&name);
+            self.closed.remove(&name);
+            self.writing.remove(&name);
+            if self.reported.remove(&name).is_some() {
+                out.removed.push(name);
+            }
+        }
+        out.ready.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Quiet period, closed writes, hidden files, removal.
+    fn readiness() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "2\n").expect("write");
+        std::fs::write(d.join(".hidden"), "3\n").expect("write");
+        std::fs::create_dir(d.join(".git")).expect("mkdir");
+        std::fs::write(d.join(".git/x"), "3\n").expect("write");
+        let mut w = InputWatcher::new(d, 500);
+        assert!(w.scan(0).ready.is_empty(), "not quiet yet");
+        let r = w.scan(600);
+        assert_eq!(r.ready.len(), 1);
+        assert_eq!(r.ready[0].0, "a.txt");
+        assert!(w.scan(1200).ready.is_empty(), "reported once");
+
+        std::fs::write(d.join("b.txt"), "5\n").expect("write");
+        w.note_closed(&d.join("b.txt"));
+        assert_eq!(
+            w.scan(1300).ready.len(),
+            1,
+            "a closed write is ready at once"
+        );
+
+        std::fs::write(d.join("c.txt"), "7\n").expect("write");
+        w.note_writing(&d.join("c.txt"));
+        assert!(w.scan(1400).ready.is_empty());
+        assert!(
+            w.scan(2000).ready.is_empty(),
+            "held open: not ready after one quiet period"
+        );
+        w.note_closed(&d.join("c.txt"));
+        assert_eq!(w.scan(2100).ready.len(), 1);
+
+        std::fs::remove_file(d.join("a.txt")).expect("rm");
+        assert_eq!(w.scan(2200).removed, vec!["a.txt".to_string()]);
+    }
+}

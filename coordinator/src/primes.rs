@@ -1,0 +1,190 @@
+//! `primes.txt`: the durable, deduplicated set of primes found.
+//!
+//! The file is append-only. On open, a torn last line (a crash in the middle of an append)
+//! is cut off, never read as a number, and the in-memory dedup set is rebuilt from what
+//! remains. An append writes only primes not yet in the set, then fsyncs; the set learns them
+//! only once they are durable, so a failed write can simply be retried.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The primes file and its dedup set. Primes below 2^64 are kept as u64 (8 bytes plus the
+/// hash table's overhead each); larger ones as canonical decimal strings.
+pub struct PrimesFile {
+    path: PathBuf,
+    file: File,
+    small: HashSet<u64>,
+    big: HashSet<String>,
+    /// Bytes cut from a torn tail at open, for the log.
+    pub truncated_bytes: u64,
+}
+
+impl PrimesFile {
+    /// Opens (creating) `path`, cutting a torn tail and loading every prime.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        // Find the end of the last complete line.
+        let mut good = len;
+        if len > 0 {
+            let mut pos = len;
+            let mut buf = vec![0u8; 64 << 10];
+            'outer: loop {
+                let start = pos.saturating_sub(buf.len() as u64);
+                let n = (pos - start) as usize;
+                file.seek(SeekFrom::Start(start))?;
+                std::io::Read::read_exact(&mut file, &mut buf[..n])?;
+                for i in (0..n).rev() {
+                    if buf[i] == b'\n' {
+                        good = start + i as u64 + 1;
+                        break 'outer;
+                    }
+                }
+                if start == 0 {
+                    good = 0;
+                    break;
+                }
+                pos = start;
+            }
+        }
+        let truncated_bytes = len - good;
+        if truncated_bytes > 0 {
+            file.set_len(good)
+                .with_context(|| format!("cutting the torn tail of {}", path.display()))?;
+            file.sync_all()?;
+        }
+        let mut small = HashSet::new();
+        let mut big = HashSet::new();
+        file.seek(SeekFrom::Start(0))?;
+        let mut reader = BufReader::with_capacity(1 << 20, &file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            match t.parse::<u64>() {
+                Ok(v) => {
+                    small.insert(v);
+                }
+                Err(_) if t.bytes().all(|b| b.is_ascii_digit()) => {
+                    big.insert(t.to_string());
+                }
+                Err(_) => tracing::warn!(
+                    line = t,
+                    "ignoring a line of primes.txt that is not a number"
+                ),
+            }
+        }
+        file.seek(SeekFrom::End(0))?;
+        Ok(PrimesFile {
+            path: path.to_path_buf(),
+            file,
+            small,
+            big,
+            truncated_bytes,
+        })
+    }
+
+    /// Distinct primes on disk.
+    pub fn len(&self) -> usize {
+        self.small.len() + self.big.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the primes not yet present, then fsyncs. Returns how many were new. `big`
+    /// MUST hold canonical decimal (no sign, no leading zeros) of values of 2^64 or more.
+    pub fn append(&mut self, small: &[u64], big: &[String]) -> anyhow::Result<usize> {
+        let mut new_small: Vec<u64> = small
+            .iter()
+            .copied()
+            .filter(|p| !self.small.contains(p))
+            .collect();
+        new_small.sort_unstable();
+        new_small.dedup();
+        let mut new_big: Vec<&String> = big.iter().filter(|p| !self.big.contains(*p)).collect();
+        new_big.sort();
+        new_big.dedup();
+        if new_small.is_empty() && new_big.is_empty() {
+            return Ok(0);
+        }
+        let mut out = Vec::with_capacity(new_small.len() * 21);
+        for p in &new_small {
+            writeln!(out, "{p}")?;
+        }
+        for p in &new_big {
+            writeln!(out, "{p}")?;
+        }
+        self.file
+            .write_all(&out)
+            .and_then(|_| self.file.sync_data())
+            .with_context(|| format!("appending to {}", self.path.display()))?;
+        let n = new_small.len() + new_big.len();
+        self.small.extend(new_small);
+        for p in new_big {
+            self.big.insert(p.clone());
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// A torn last line is cut, never read; appends skip what is present; reopen restores.
+    fn torn_tail_and_dedup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("primes.txt");
+        std::fs::write(&path, "2\n3\n5\n1844674407370955").expect("write");
+        let mut f = PrimesFile::open(&path).expect("open");
+        assert_eq!(f.truncated_bytes, 16);
+        assert_eq!(f.len(), 3);
+        let big = "170141183460469231731687303715884105727".to_string();
+        assert_eq!(
+            f.append(&[3, 7, 7, 11], &[big.clone(), big.clone()])
+                .expect("append"),
+            3
+        );
+        assert_eq!(
+            f.append(&[2, 7], std::slice::from_ref(&big))
+                .expect("append"),
+            0
+        );
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("2\n3\n5\n7\n11\n{big}\n")
+        );
+        let f = PrimesFile::open(&path).expect("reopen");
+        assert_eq!((f.len(), f.truncated_bytes), (6, 0));
+        std::fs::write(&path, "123").expect("write");
+        let f = PrimesFile::open(&path).expect("open");
+        assert_eq!(
+            (f.len(), f.truncated_bytes),
+            (0, 3),
+            "a file of one torn line is empty"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+    }
+}

@@ -1,0 +1,580 @@
+//! The coordinator's async shell: accepts workers, runs the timers (failure detection,
+//! flusher, input scan, status), and performs what the core decides.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use proto::auth::server_handshake;
+use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
+use proto::{ClusterKey, Connection, ProtoError};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::core::{Action, Core, CoreConfig, Now, StatusView};
+use crate::inputs::{list_files, InputWatcher};
+use crate::primes::PrimesFile;
+use crate::report::{reported_fingerprint, write_atomic, write_report};
+use crate::snapshot::{SnapshotConfig, Snapshots};
+
+/// Everything the coordinator needs (validated by the binary).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub primes: PathBuf,
+    pub status_file: PathBuf,
+    pub core: CoreConfig,
+    pub flush_ms: u64,
+    pub scan_ms: u64,
+    pub quiet_ms: u64,
+    pub max_connections: usize,
+    pub snapshots: SnapshotConfig,
+    pub key: ClusterKey,
+}
+
+enum Out {
+    Msg(CoordMsg),
+    Close(String),
+}
+
+pub(crate) struct Shared {
+    pub(crate) core: Mutex<Core>,
+    senders: Mutex<HashMap<u64, mpsc::UnboundedSender<Out>>>,
+    cfg: Config,
+    start: Instant,
+    primes_count: std::sync::atomic::AtomicU64,
+    pub(crate) snapshots: Mutex<Snapshots>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // No holder leaves these half-updated on panic in a way worse than stopping would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn now(&self) -> Now {
+        Now {
+            ms: self.start.elapsed().as_millis() as u64,
+            wall: chrono::Utc::now(),
+        }
+    }
+
+    /// Runs `f` on the core and queues its messages while still holding the core lock, so
+    /// the order of decisions is the order of messages on every channel (snapshots rely on
+    /// it). Reports are written after the lock is released.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Core, &mut Snapshots, Now) -> Vec<Action>,
+    ) {
+        let now = self.now();
+        let mut reports = Vec::new();
+        {
+            let mut core = lock(&self.core);
+            let mut snaps = lock(&self.snapshots);
+            let actions = f(&mut core, &mut snaps, now);
+            let senders = lock(&self.senders);
+            for a in actions {
+                match a {
+                    Action::Send(conn, msg) => {
+                        if let Some(tx) = senders.get(&conn) {
+                            let _ = tx.send(Out::Msg(msg));
+                        }
+                    }
+                    Action::Close(conn, reason) => {
+                        info!(conn, reason, "closing worker connection");
+                        if let Some(tx) = senders.get(&conn) {
+                            let _ = tx.send(Out::Close(reason));
+                        }
+                    }
+                    Action::WriteReport(r) => reports.push(r),
+                }
+            }
+        }
+        for r in reports {
+            match write_report(&self.cfg.output, &r) {
+                Ok(()) => info!(
+                    file = r.file,
+                    status = r.status,
+                    primes = r.primes_found,
+                    "report written"
+                ),
+                // The file is redone at the next start; its primes are durable already.
+                Err(e) => error!(file = r.file, error = %e, "cannot write report"),
+            }
+        }
+    }
+
+    /// Sends a message to every connected worker (snapshot markers, shutdown).
+    pub(crate) fn broadcast(&self, msg: impl Fn(u64) -> Option<CoordMsg>) {
+        for (conn, tx) in lock(&self.senders).iter() {
+            if let Some(m) = msg(*conn) {
+                let _ = tx.send(Out::Msg(m));
+            }
+        }
+    }
+}
+
+/// Runs the coordinator on `listener` until `shutdown`; then flushes, writes a final
+/// snapshot and tells the workers.
+pub async fn run(
+    listener: TcpListener,
+    cfg: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.input)
+        .with_context(|| format!("creating {}", cfg.input.display()))?;
+    std::fs::create_dir_all(&cfg.output)
+        .with_context(|| format!("creating {}", cfg.output.display()))?;
+    let primes_path = cfg.primes.clone();
+    let primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
+        .await
+        .context("primes task")??;
+    if primes.truncated_bytes > 0 {
+        warn!(
+            bytes = primes.truncated_bytes,
+            "cut a torn last line from primes.txt (a crash mid-append)"
+        );
+    }
+    info!(primes = primes.len(), "dedup set rebuilt from primes.txt");
+    let session = format!("{:08x}", rand::random::<u32>());
+    let mut core = Core::new(cfg.core.clone(), session.clone());
+    let snapshots =
+        Snapshots::open(cfg.snapshots.clone()).context("opening the snapshot folder")?;
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core::new(cfg.core.clone(), session.clone())),
+        senders: Mutex::new(HashMap::new()),
+        cfg: cfg.clone(),
+        start,
+        primes_count: std::sync::atomic::AtomicU64::new(primes.len() as u64),
+        snapshots: Mutex::new(snapshots),
+    });
+
+    // Recovery: files with a matching report are done; the snapshot's channel state is
+    // applied by the flusher's first round; everything else is queued by the first scan.
+    let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
+    let mut done = 0;
+    for (name, fp) in list_files(&cfg.input) {
+        if reported_fingerprint(&cfg.output, &name) == Some(fp) {
+            core.file_reported(&name, fp);
+            watcher.mark_reported(&name, fp);
+            done += 1;
+        }
+    }
+    let recovered = crate::snapshot::recover(&cfg.snapshots, &cfg.input, &mut core, shared.now())?;
+    *lock(&shared.core) = core;
+    info!(
+        session,
+        done,
+        recovered_primes = recovered.small.len() + recovered.big.len(),
+        "coordinator ready"
+    );
+
+    let tracker = TaskTracker::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let _notify = start_notify(&cfg.input, events_tx);
+    tracker.spawn(input_loop(
+        shared.clone(),
+        watcher,
+        events_rx,
+        shutdown.clone(),
+    ));
+    tracker.spawn(tick_loop(shared.clone(), shutdown.clone()));
+    tracker.spawn(status_loop(shared.clone(), shutdown.clone()));
+    tracker.spawn(crate::snapshot::snapshot_loop(
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    let flusher = tokio::spawn(flush_loop(
+        shared.clone(),
+        primes,
+        recovered,
+        shutdown.clone(),
+    ));
+
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut next_conn = 0u64;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(10); x }
+                Err(e) => {
+                    warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        next_conn += 1;
+        let conn_id = next_conn;
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_worker(&shared, stream, conn_id, &shutdown).await {
+                info!(%peer, error = %e, "worker connection ended with an error");
+            }
+            lock(&shared.senders).remove(&conn_id);
+            let mut finished = None;
+            shared.apply(|core, snaps, now| {
+                finished = snaps.worker_gone(conn_id);
+                core.disconnected(conn_id, now)
+            });
+            if let Some(s) = finished {
+                crate::snapshot::write_snapshot(&shared, s).await;
+            }
+        });
+    }
+    info!("stopping: final flush and snapshot");
+    // The flusher does a last round when it sees the shutdown; wait for it.
+    let _ = flusher.await;
+    crate::snapshot::final_snapshot(&shared).await;
+    shared.broadcast(|_| {
+        Some(CoordMsg::Shutdown {
+            reason: "coordinator stopping".into(),
+        })
+    });
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    write_status(&shared, false);
+    info!("coordinator stopped");
+    Ok(())
+}
+
+async fn serve_worker(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    conn_id: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), ProtoError> {
+    let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
+    let peer = conn.peer.clone();
+    server_handshake(&mut conn, &shared.cfg.key, SERVICE).await?;
+    let worker_id = match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
+        Ok(WorkerMsg::Register { worker_id, .. }) if proto::msg::valid_worker_id(&worker_id) => {
+            worker_id
+        }
+        Ok(WorkerMsg::Register { worker_id, .. }) => {
+            let message = format!("worker id {worker_id:?} is not valid");
+            let _ = conn
+                .send(&CoordMsg::Error {
+                    message: message.clone(),
+                })
+                .await;
+            return Err(ProtoError::Malformed(message));
+        }
+        Ok(other) => {
+            let _ = conn
+                .send(&CoordMsg::Error {
+                    message: "expected register".into(),
+                })
+                .await;
+            return Err(ProtoError::Malformed(format!(
+                "expected register, got {other:?}"
+            )));
+        }
+        Err(e) => {
+            let _ = conn
+                .send(&CoordMsg::Error {
+                    message: e.to_string(),
+                })
+                .await;
+            return Err(e);
+        }
+    };
+    info!(worker = worker_id, %peer, conn = conn_id, "worker registered");
+    let (mut reader, mut writer) = conn.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+    lock(&shared.senders).insert(conn_id, tx);
+    let closed = CancellationToken::new();
+    let writer_closed = closed.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Msg(m) => {
+                    if writer.write_msg(&m).await.is_err() {
+                        break;
+                    }
+                    if rx.is_empty() && writer.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Out::Close(reason) => {
+                    let _ = writer.send(&CoordMsg::Error { message: reason }).await;
+                    break;
+                }
+            }
+        }
+        writer_closed.cancel();
+    });
+    shared.apply(|core, _, now| core.register(conn_id, &worker_id, now));
+    let result = loop {
+        let msg = tokio::select! {
+            _ = closed.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
+            m = reader.read_msg::<WorkerMsg>() => m,
+        };
+        match msg {
+            Ok(Some(WorkerMsg::Marker { snapshot, state })) => {
+                let finished = lock(&shared.snapshots).marker_returned(conn_id, snapshot, state);
+                if let Some(s) = finished {
+                    crate::snapshot::write_snapshot(shared, s).await;
+                }
+            }
+            Ok(Some(m)) => {
+                shared.apply(|core, snaps, now| {
+                    snaps.record_channel(conn_id, &m);
+                    core.message(conn_id, m, now)
+                });
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => {
+                warn!(worker = worker_id, error = %e, "bad message from worker; closing its connection");
+                if let Some(tx) = lock(&shared.senders).get(&conn_id) {
+                    let _ = tx.send(Out::Close(format!("bad message: {e}")));
+                }
+                break Err(e);
+            }
+        }
+    };
+    lock(&shared.senders).remove(&conn_id);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+    debug!(worker = worker_id, "worker connection closed");
+    result
+}
+
+/// Starts the notify watcher; its events go to the input loop. Returns the watcher, which
+/// must be kept alive. A failure is logged: the periodic scan still finds everything.
+fn start_notify(
+    dir: &std::path::Path,
+    tx: mpsc::UnboundedSender<notify::Event>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let _ = tx.send(ev);
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "file notifications unavailable; relying on periodic scans");
+            return None;
+        }
+    };
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
+        warn!(error = %e, "cannot watch the input folder; relying on periodic scans");
+        return None;
+    }
+    Some(w)
+}
+
+async fn input_loop(
+    shared: Arc<Shared>,
+    mut watcher: InputWatcher,
+    mut events: mpsc::UnboundedReceiver<notify::Event>,
+    shutdown: CancellationToken,
+) {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    let period = Duration::from_millis(shared.cfg.scan_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => {
+                let Some(ev) = ev else { continue };
+                match ev.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                        for p in &ev.paths { watcher.note_closed(p); }
+                    }
+                    EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(_) => {
+                        for p in &ev.paths { watcher.note_writing(p); }
+                    }
+                    _ => {}
+                }
+                // Drain a burst before scanning once.
+                while let Ok(ev) = events.try_recv() {
+                    if let EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Modify(ModifyKind::Name(_)) = ev.kind {
+                        for p in &ev.paths { watcher.note_closed(p); }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(period) => {}
+        }
+        let now = shared.now();
+        let outcome = watcher.scan(now.ms);
+        if outcome.ready.is_empty() && outcome.removed.is_empty() {
+            continue;
+        }
+        shared.apply(|core, _, now| {
+            let mut actions = Vec::new();
+            for name in &outcome.removed {
+                info!(file = name, "input removed; dropped from the queue");
+                actions.extend(core.file_removed(name));
+            }
+            for (name, fp) in &outcome.ready {
+                let known = core.known(name);
+                if known == Some(*fp) {
+                    continue;
+                }
+                if known.is_some() {
+                    info!(file = name, size = fp.size, "input changed; queued again");
+                } else {
+                    info!(file = name, size = fp.size, "input queued");
+                }
+                actions.extend(core.file_ready(name, *fp, now));
+            }
+            actions
+        });
+    }
+}
+
+async fn tick_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let period = Duration::from_millis((shared.cfg.core.heartbeat_ms / 4).clamp(20, 500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        shared.apply(|core, _, now| core.tick(now));
+        let timed_out = lock(&shared.snapshots).check_timeout(shared.now());
+        if let Some(s) = timed_out {
+            crate::snapshot::write_snapshot(&shared, s).await;
+        }
+    }
+}
+
+/// The flusher: every `flush_ms`, deduplicate the buffered primes into primes.txt, fsync,
+/// and only then mark their chunks done (which may write reports).
+async fn flush_loop(
+    shared: Arc<Shared>,
+    primes: PrimesFile,
+    recovered: crate::core::Pending,
+    shutdown: CancellationToken,
+) {
+    let primes = Arc::new(Mutex::new(primes));
+    let period = Duration::from_millis(shared.cfg.flush_ms);
+    let mut first = Some(recovered);
+    loop {
+        let stopping = shutdown.is_cancelled();
+        let mut pending = lock(&shared.core).take_pending();
+        if let Some(r) = first.take() {
+            pending.small.extend(r.small);
+            pending.big.extend(r.big);
+            pending.done.extend(r.done);
+        }
+        let done = std::mem::take(&mut pending.done);
+        if !pending.small.is_empty() || !pending.big.is_empty() || !done.is_empty() {
+            let p = primes.clone();
+            let (small, big) = (pending.small, pending.big);
+            let result = tokio::task::spawn_blocking(move || {
+                let mut f = lock(&p);
+                let r = f.append(&small, &big);
+                (r, f.len(), small, big)
+            })
+            .await;
+            match result {
+                Ok((Ok(new), total, _, _)) => {
+                    shared
+                        .primes_count
+                        .store(total as u64, std::sync::atomic::Ordering::Relaxed);
+                    if new > 0 {
+                        debug!(new, total, "flushed primes");
+                    }
+                    shared.apply(|core, _, now| core.flushed(done, now));
+                }
+                Ok((Err(e), _, small, big)) => {
+                    // Nothing was marked done; keep everything for the next round.
+                    error!(error = %e, "cannot append to primes.txt; will retry");
+                    first = Some(crate::core::Pending { small, big, done });
+                }
+                Err(e) => error!(error = %e, "flush task failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// What `run/status.json` holds.
+#[derive(Serialize)]
+struct StatusFile<'a> {
+    updated_at: String,
+    running: bool,
+    pid: u32,
+    primes_in_file: u64,
+    uptime_ms: u64,
+    last_snapshot: Option<crate::snapshot::SnapshotInfo>,
+    #[serde(flatten)]
+    view: &'a StatusView,
+}
+
+fn write_status(shared: &Shared, running: bool) {
+    let now = shared.now();
+    let view = lock(&shared.core).status(now);
+    let status = StatusFile {
+        updated_at: now.wall.to_rfc3339(),
+        running,
+        pid: std::process::id(),
+        primes_in_file: shared
+            .primes_count
+            .load(std::sync::atomic::Ordering::Relaxed),
+        uptime_ms: now.ms,
+        last_snapshot: lock(&shared.snapshots).last(),
+        view: &view,
+    };
+    match serde_json::to_vec_pretty(&status) {
+        Ok(b) => {
+            if let Err(e) = write_atomic(&shared.cfg.status_file, &b) {
+                debug!(error = %e, "cannot write status file");
+            }
+        }
+        Err(e) => debug!(error = %e, "cannot encode status"),
+    }
+}
+
+async fn status_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || write_status(&s, true)).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+pub(crate) fn lock_snapshots(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshots> {
+    lock(&shared.snapshots)
+}
+
+/// Connections with a live writer.
+pub(crate) fn connected(shared: &Shared) -> Vec<u64> {
+    lock(&shared.senders).keys().copied().collect()
+}
+
+/// Bind helper for the binary.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}

@@ -1,0 +1,162 @@
+//! `coordinator status`: progress from `run/status.json`, which the coordinator rewrites
+//! every half second.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// Reads the status file and whether its coordinator is still alive.
+pub fn read(path: &Path) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "no status at {} (has the coordinator been started? see README, Quick start)",
+            path.display()
+        )
+    })?;
+    let mut v: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    let alive = v["pid"]
+        .as_u64()
+        .is_some_and(|pid| unsafe { libc::kill(pid as i32, 0) } == 0);
+    let running = v["running"].as_bool().unwrap_or(false) && alive;
+    v["running"] = Value::Bool(running);
+    Ok(v)
+}
+
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        (done as usize * width) / total as usize
+    };
+    format!(
+        "[{}{}]",
+        "#".repeat(filled.min(width)),
+        ".".repeat(width - filled.min(width))
+    )
+}
+
+/// Human-readable rendering.
+pub fn render(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let t = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+    let files_total =
+        n("files_done") + n("files_queued") + n("files_in_progress") + n("files_failed");
+    let mut s = String::new();
+    s.push_str(&format!(
+        "coordinator: {} (session {}, updated {})\n",
+        if v["running"].as_bool().unwrap_or(false) {
+            "running"
+        } else {
+            "NOT RUNNING (last known state)"
+        },
+        v["session"].as_str().unwrap_or("?"),
+        v["updated_at"].as_str().unwrap_or("?")
+    ));
+    s.push_str(&format!(
+        "files:   {} {}/{} done, {} in progress, {} queued, {} failed\n",
+        bar(n("files_done") + n("files_failed"), files_total, 30),
+        n("files_done"),
+        files_total,
+        n("files_in_progress"),
+        n("files_queued"),
+        n("files_failed")
+    ));
+    s.push_str(&format!(
+        "chunks:  {} {}/{}\n",
+        bar(n("chunks_done"), n("chunks_total"), 30),
+        n("chunks_done"),
+        n("chunks_total")
+    ));
+    s.push_str(&format!(
+        "numbers tested: {}   primes in primes.txt: {}   tasks done: {}   retried/failed tasks: {}   workers lost: {}\n",
+        t("numbers_tested"),
+        n("primes_in_file"),
+        t("tasks_done"),
+        t("tasks_failed"),
+        t("workers_lost")
+    ));
+    match v["last_snapshot"].as_object() {
+        Some(snap) => s.push_str(&format!(
+            "last snapshot: #{} at {} ({})\n",
+            snap.get("seq").and_then(|x| x.as_u64()).unwrap_or(0),
+            snap.get("completed_at")
+                .and_then(|x| x.as_str())
+                .unwrap_or("?"),
+            snap.get("path").and_then(|x| x.as_str()).unwrap_or("?")
+        )),
+        None => s.push_str("last snapshot: none yet\n"),
+    }
+    s.push_str("workers:\n");
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let tasks: Vec<&str> = w["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        s.push_str(&format!(
+            "  {:<12} {:<12} done {:>6}  numbers {:>12}  seen {:>6} ms ago  {}\n",
+            w["id"].as_str().unwrap_or("?"),
+            w["state"].as_str().unwrap_or("?"),
+            w["tasks_done"].as_u64().unwrap_or(0),
+            w["numbers_tested"].as_u64().unwrap_or(0),
+            w["last_seen_ms_ago"].as_u64().unwrap_or(0),
+            tasks.join(", ")
+        ));
+    }
+    let pending: Vec<&Value> = v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(10)
+        .collect();
+    if !pending.is_empty() {
+        s.push_str("files not done (first 10):\n");
+        for f in pending {
+            s.push_str(&format!(
+                "  {:<40} {:<12} chunks {}/{}\n",
+                f["file"].as_str().unwrap_or("?"),
+                f["state"].as_str().unwrap_or("?"),
+                f["chunks_done"].as_u64().unwrap_or(0),
+                f["chunks"].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    s
+}
+
+/// Runs the status command.
+pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
+    if !watch {
+        let v = read(path)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", render(&v));
+        }
+        return Ok(());
+    }
+    let mut out = std::io::stdout();
+    loop {
+        let text = match read(path) {
+            Ok(v) if json => serde_json::to_string(&v)? + "\n",
+            Ok(v) => render(&v),
+            Err(e) => format!("{e:#}\n"),
+        };
+        if json {
+            write!(out, "{text}")?;
+        } else {
+            // Clear the screen and redraw.
+            write!(
+                out,
+                "\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to quit)\n"
+            )?;
+        }
+        out.flush()?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
