@@ -129,6 +129,15 @@ pub fn render(v: &Value) -> String {
     s
 }
 
+/// True if the coordinator is running and has `worker` connected.
+pub fn registered(path: &Path, worker: &str) -> bool {
+    let Ok(v) = read(path) else { return false };
+    v["running"].as_bool().unwrap_or(false)
+        && v["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["id"] == worker && w["state"] != "disconnected"))
+}
+
 /// Runs the status command.
 pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
     if !watch {

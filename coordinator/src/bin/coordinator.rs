@@ -107,6 +107,9 @@ enum Command {
         watch: bool,
         #[arg(long, env = "PRIMES_STATUS_FILE", default_value = "run/status.json")]
         status_file: PathBuf,
+        /// Print nothing; exit 0 if worker ID is connected to a running coordinator, else 1.
+        #[arg(long, value_name = "ID")]
+        registered: Option<String>,
     },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
@@ -123,9 +126,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Status {
+            registered: Some(id),
+            status_file,
+            ..
+        }) => {
+            return if coordinator::status::registered(&status_file, &id) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Some(Command::Status {
             json,
             watch,
             status_file,
+            registered: None,
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
         None => {
