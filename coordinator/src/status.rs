@@ -133,9 +133,10 @@ pub fn render(v: &Value) -> String {
 pub fn registered(path: &Path, worker: &str) -> bool {
     let Ok(v) = read(path) else { return false };
     v["running"].as_bool().unwrap_or(false)
-        && v["workers"]
-            .as_array()
-            .is_some_and(|ws| ws.iter().any(|w| w["id"] == worker && w["state"] != "disconnected"))
+        && v["workers"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["id"] == worker && w["state"] != "disconnected")
+        })
 }
 
 /// Runs the status command.

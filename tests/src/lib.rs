@@ -174,3 +174,14 @@ pub fn peak_rss_kib(pid: i32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// True if `pid` is a live process (not gone, not a zombie waiting to be reaped).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -45,6 +45,10 @@ pub struct WorkerConfig {
     pub delay_ms: u64,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// Fault injection: hold each snapshot marker this long before acting on it, as if the
+    /// coordinator -> worker channel were slow (results sent meanwhile land in the
+    /// snapshot's channel state).
+    pub marker_delay: Duration,
 }
 
 /// Exit status of a crash injected by `--fail-prob`.
@@ -268,6 +272,9 @@ async fn session(
                 l.cancelled.push(attempt);
             }
             Ok(Some(CoordMsg::Marker { snapshot })) => {
+                if !cfg.marker_delay.is_zero() {
+                    tokio::time::sleep(cfg.marker_delay).await;
+                }
                 // Record and answer under the lock: no result can slip between the two.
                 let l = lock(&local);
                 let state = l.record(&cfg.id);

@@ -58,6 +58,10 @@ struct RunArgs {
     /// Fault injection: extra milliseconds of delay per task. Off by default.
     #[arg(long, env = "WORKER_DELAY_MS", default_value_t = 0)]
     delay_ms: u64,
+    /// Fault injection: hold each snapshot marker this many ms before acting on it (a slow
+    /// channel). Off by default.
+    #[arg(long, env = "WORKER_MARKER_DELAY_MS", default_value_t = 0)]
+    marker_delay_ms: u64,
     /// Longest pause between attempts to reach the coordinator, in ms.
     #[arg(long, env = "WORKER_MAX_BACKOFF_MS", default_value_t = 2000)]
     max_backoff_ms: u64,
@@ -169,6 +173,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         fail_prob: a.fail_prob,
         delay_ms: a.delay_ms,
         max_backoff: Duration::from_millis(a.max_backoff_ms.max(10)),
+        marker_delay: Duration::from_millis(a.marker_delay_ms),
     };
     tracing::info!(id = cfg.id, coordinator = cfg.coordinator, afs = ?cfg.afs_servers, threads, "worker starting");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,777 @@
+//! The whole pipeline with real processes: exact output under worker, server and
+//! coordinator failures, snapshots that are consistent cuts, and the start/stop scripts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{bin, bin_dir, read_addr, wait_for, Proc};
+use proto::ClusterKey;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A cluster in a temp dir: servers, a coordinator and workers, all with short intervals.
+struct Pipeline {
+    dir: tempfile::TempDir,
+    servers: Vec<(String, Option<Proc>, String)>,
+    coordinator: Option<Proc>,
+    coord_addr: String,
+    workers: Vec<(String, Option<Proc>)>,
+    /// Extra coordinator flags (kept for restarts).
+    coord_flags: Vec<String>,
+    worker_flags: Vec<String>,
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["data/input", "run", "logs"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        ClusterKey::load_or_create(&dir.path().join("run/cluster.key")).expect("key");
+        Pipeline {
+            dir,
+            servers: Vec::new(),
+            coordinator: None,
+            coord_addr: String::new(),
+            workers: Vec::new(),
+            coord_flags: Vec::new(),
+            worker_flags: Vec::new(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "PRIMES_KEY_FILE",
+            self.path("run/cluster.key").display().to_string(),
+        )]
+    }
+
+    fn start_server(
+        &mut self,
+        id: &str,
+        role: &str,
+        root: &str,
+        backups: &[String],
+        listen: &str,
+    ) -> String {
+        let addr_file = self.path(&format!("run/{id}.addr"));
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            s("--id"),
+            s(id),
+            s("--role"),
+            s(role),
+            s("--root"),
+            s(root),
+            s("--listen"),
+            s(listen),
+            s("--addr-file"),
+            addr_file.display().to_string(),
+            s("--scan-ms"),
+            s("50"),
+        ];
+        for b in backups {
+            args.push(s("--backup"));
+            args.push(b.clone());
+        }
+        let p = Proc::start(
+            id,
+            &bin("afs-server"),
+            &args,
+            &self.env(),
+            self.dir.path(),
+            &self.path(&format!("logs/{id}.log")),
+        );
+        let addr = read_addr(&addr_file, T);
+        if let Some(e) = self.servers.iter_mut().find(|e| e.0 == id) {
+            e.1 = Some(p);
+            e.2 = addr.clone();
+        } else {
+            self.servers.push((s(id), Some(p), addr.clone()));
+        }
+        addr
+    }
+
+    fn simple(&mut self) {
+        self.start_server("server-1", "primary", "data/input", &[], "127.0.0.1:0");
+    }
+
+    fn replicated(&mut self) {
+        let b1 = self.start_server(
+            "server-2",
+            "backup",
+            "data/replicas/server-2",
+            &[],
+            "127.0.0.1:0",
+        );
+        let b2 = self.start_server(
+            "server-3",
+            "backup",
+            "data/replicas/server-3",
+            &[],
+            "127.0.0.1:0",
+        );
+        self.start_server(
+            "server-1",
+            "primary",
+            "data/input",
+            &[b1, b2],
+            "127.0.0.1:0",
+        );
+    }
+
+    fn afs_list(&self) -> String {
+        let mut v: Vec<&(String, Option<Proc>, String)> = self.servers.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.iter().map(|e| e.2.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    fn start_coordinator(&mut self) {
+        let listen = if self.coord_addr.is_empty() {
+            s("127.0.0.1:0")
+        } else {
+            self.coord_addr.clone()
+        };
+        let addr_file = self.path("run/coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            s("--listen"),
+            listen,
+            s("--addr-file"),
+            addr_file.display().to_string(),
+            s("--heartbeat-ms"),
+            s("200"),
+            s("--flush-ms"),
+            s("100"),
+            s("--scan-ms"),
+            s("50"),
+            s("--quiet-ms"),
+            s("200"),
+            s("--retry-ms"),
+            s("200"),
+            s("--marker-timeout-ms"),
+            s("2000"),
+        ];
+        args.extend(self.coord_flags.iter().cloned());
+        let p = Proc::start(
+            "coordinator",
+            &bin("coordinator"),
+            &args,
+            &self.env(),
+            self.dir.path(),
+            &self.path("logs/coordinator.log"),
+        );
+        self.coord_addr = read_addr(&addr_file, T);
+        self.coordinator = Some(p);
+    }
+
+    fn start_worker(&mut self, id: &str) {
+        let mut args = vec![
+            s("--id"),
+            s(id),
+            s("--coordinator"),
+            self.coord_addr.clone(),
+            s("--afs"),
+            self.afs_list(),
+            s("--cache-root"),
+            self.path("cache").display().to_string(),
+            s("--max-backoff-ms"),
+            s("300"),
+            s("--threads"),
+            s("1"),
+        ];
+        args.extend(self.worker_flags.iter().cloned());
+        let p = Proc::start(
+            id,
+            &bin("worker"),
+            &args,
+            &self.env(),
+            self.dir.path(),
+            &self.path(&format!("logs/{id}.log")),
+        );
+        if let Some(e) = self.workers.iter_mut().find(|e| e.0 == id) {
+            e.1 = Some(p);
+        } else {
+            self.workers.push((s(id), Some(p)));
+        }
+    }
+
+    fn worker(&mut self, id: &str) -> &mut Proc {
+        self.workers
+            .iter_mut()
+            .find(|e| e.0 == id)
+            .and_then(|e| e.1.as_mut())
+            .unwrap_or_else(|| panic!("no worker {id}"))
+    }
+
+    fn status(&self) -> Value {
+        std::fs::read(self.path("run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn registered(&self, n: usize) -> bool {
+        let st = self.status();
+        st["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().filter(|w| w["state"] != "disconnected").count() >= n)
+    }
+
+    /// Input files (relative names) that have no report yet.
+    fn unreported(&self) -> Vec<String> {
+        e2e_inputs(&self.path("data/input"))
+            .into_iter()
+            .filter(|f| !self.path(&format!("data/output/{f}.json")).exists())
+            .collect()
+    }
+
+    fn wait_all_reported(&self, limit: Duration) {
+        wait_for(limit, "a report for every input file", || {
+            self.unreported().is_empty()
+        });
+    }
+
+    /// The distinct primes the inputs hold, by the single-process `worker check`.
+    fn expected(&self) -> BTreeSet<String> {
+        let files: Vec<PathBuf> = e2e_inputs(&self.path("data/input"))
+            .iter()
+            .map(|f| self.path(&format!("data/input/{f}")))
+            .collect();
+        let out = Command::new(bin("worker"))
+            .arg("check")
+            .args(&files)
+            .output()
+            .expect("worker check");
+        assert!(
+            out.status.success(),
+            "worker check failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(s)
+            .collect()
+    }
+
+    /// Asserts primes.txt holds exactly the expected primes, each once, no torn line.
+    fn assert_exact(&self) {
+        let text = std::fs::read_to_string(self.path("primes.txt")).expect("primes.txt");
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "primes.txt ends with a newline"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let set: BTreeSet<String> = lines.iter().map(|l| s(l)).collect();
+        assert_eq!(
+            set.len(),
+            lines.len(),
+            "no prime appears twice in primes.txt"
+        );
+        let want = self.expected();
+        let missing: Vec<_> = want.difference(&set).take(5).collect();
+        let extra: Vec<_> = set.difference(&want).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "primes.txt differs: missing {missing:?}, extra {extra:?}"
+        );
+    }
+}
+
+/// Input files under `dir` (non-hidden, relative names).
+fn e2e_inputs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read input dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(s))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Writes `count` files of `lines` pseudo-random numbers each (fixed seed), some of them
+/// repeated across files so that deduplication matters.
+fn write_inputs(dir: &Path, prefix: &str, count: usize, lines: usize, seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for f in 0..count {
+        let mut body = String::new();
+        for i in 0..lines {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = match i % 4 {
+                0 => x % 100_000,
+                1 => x % 10_000_000_000,
+                2 => x >> 1,
+                _ => (i as u64 * 7919) % 50_000, // repeated across files
+            };
+            body.push_str(&format!("{v}\n"));
+        }
+        std::fs::write(dir.join(format!("{prefix}{f:03}.txt")), body).expect("write input");
+    }
+}
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name)
+}
+
+#[test]
+/// Several files (mixed input included) give exactly the expected primes; a file dropped
+/// while running (by rename and written in place) is processed; reports are complete.
+fn pipeline_exact_and_live_drops() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "batch", 6, 3000, 1);
+    std::fs::copy(
+        testdata("mixed_input.txt"),
+        p.path("data/input/mixed_input.txt"),
+    )
+    .expect("copy");
+    p.coord_flags = vec![s("--chunk-bytes"), s("20000")];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=3 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(p.path("data/output/mixed_input.txt.json")).expect("report"),
+    )
+    .expect("json");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(testdata("mixed_input.expected.json")).expect("exp"))
+            .expect("json");
+    assert_eq!(report["lines"], expected["lines"]);
+    assert_eq!(
+        report["invalid_lines"]["count"].as_u64(),
+        Some(expected["invalid_lines"].as_array().expect("arr").len() as u64)
+    );
+    let first: Vec<u64> = report["invalid_lines"]["first"]
+        .as_array()
+        .expect("first")
+        .iter()
+        .map(|i| i["line"].as_u64().expect("line"))
+        .collect();
+    let want: Vec<u64> = expected["invalid_lines"]
+        .as_array()
+        .expect("arr")
+        .iter()
+        .take(first.len())
+        .map(|v| v.as_u64().expect("n"))
+        .collect();
+    assert_eq!(first, want, "invalid line numbers in the report");
+    let primes = std::fs::read_to_string(p.path("primes.txt")).expect("primes");
+    for d in expected["distinct_primes"].as_array().expect("distinct") {
+        assert!(
+            primes.lines().any(|l| Some(l) == d.as_str()),
+            "{d} in primes.txt"
+        );
+    }
+
+    // Drop by rename (instant) and by writing in place.
+    std::fs::write(p.path("data/staged.txt"), "1000003\n1000033\n12\n").expect("write");
+    std::fs::rename(p.path("data/staged.txt"), p.path("data/input/dropped.txt")).expect("mv");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p.path("data/input/inplace.txt")).expect("create");
+        for i in 0..2000u64 {
+            writeln!(f, "{}", 2_000_000_000 + i).expect("write");
+        }
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    // A changed file is processed again, nothing duplicated.
+    std::fs::write(p.path("data/input/dropped.txt"), "1000037\n1000039\n").expect("rewrite");
+    wait_for(T, "the changed file's new primes", || {
+        std::fs::read_to_string(p.path("primes.txt"))
+            .is_ok_and(|t| t.lines().any(|l| l == "1000039"))
+    });
+    wait_for(T, "the changed file's report", || {
+        std::fs::read(p.path("data/output/dropped.txt.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|r| r["numbers_read"] == 2)
+    });
+    let text = std::fs::read_to_string(p.path("primes.txt")).expect("primes");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        lines.iter().collect::<BTreeSet<_>>().len(),
+        "no duplicates after a change"
+    );
+}
+
+/// Finds a worker that is busy right now, by the coordinator's status.
+fn busy_worker(p: &Pipeline) -> Option<String> {
+    p.status()["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["state"] == "busy")
+        .and_then(|w| w["id"].as_str().map(s))
+}
+
+#[test]
+/// SIGKILL of a busy worker: its task is finished by another worker, output exact; the
+/// killed worker restarted by hand rejoins.
+fn worker_killed_mid_task() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "k", 12, 2000, 2);
+    p.worker_flags = vec![s("--delay-ms"), s("300")];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=3 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    let mut victim = String::new();
+    wait_for(T, "a busy worker", || match busy_worker(&p) {
+        Some(w) => {
+            victim = w;
+            true
+        }
+        None => false,
+    });
+    p.worker(&victim).kill9();
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let st = p.status();
+    assert!(
+        st["totals"]["workers_lost"].as_u64().unwrap_or(0) >= 1,
+        "the loss was noticed: {st}"
+    );
+    p.start_worker(&victim);
+    wait_for(T, "the restarted worker to rejoin", || {
+        p.status()["workers"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["id"] == victim.as_str() && w["state"] != "disconnected")
+        })
+    });
+}
+
+#[test]
+/// A hung worker (SIGSTOP) is declared dead after missed heartbeats; its task finishes
+/// elsewhere; after SIGCONT it rejoins and nothing is duplicated.
+fn hung_worker_detected_by_heartbeats() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "h", 8, 2000, 3);
+    p.worker_flags = vec![s("--delay-ms"), s("400")];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    let mut victim = String::new();
+    wait_for(T, "a busy worker", || match busy_worker(&p) {
+        Some(w) => {
+            victim = w;
+            true
+        }
+        None => false,
+    });
+    p.worker(&victim).signal(libc::SIGSTOP);
+    wait_for(T, "the stopped worker to be declared dead", || {
+        p.status()["workers"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["id"] == victim.as_str() && w["state"] == "disconnected")
+        })
+    });
+    p.wait_all_reported(T);
+    p.assert_exact();
+    p.worker(&victim).signal(libc::SIGCONT);
+    wait_for(T, "the resumed worker to rejoin", || p.registered(2));
+    std::thread::sleep(Duration::from_millis(300)); // let any late result arrive
+    p.assert_exact();
+}
+
+#[test]
+/// Replicated mode: the primary file server is killed mid-run; workers read from backups;
+/// output exact.
+fn replicated_primary_killed_mid_run() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "r", 10, 2000, 4);
+    p.worker_flags = vec![s("--delay-ms"), s("200")];
+    p.replicated();
+    wait_for(T, "backups to hold the inputs", || {
+        e2e_inputs(&p.path("data/input")).iter().all(|f| {
+            p.path(&format!("data/replicas/server-2/{f}")).exists()
+                && p.path(&format!("data/replicas/server-3/{f}")).exists()
+        })
+    });
+    p.start_coordinator();
+    for i in 1..=3 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    wait_for(T, "some progress", || p.unreported().len() < 9);
+    if let Some(e) = p.servers.iter_mut().find(|e| e.0 == "server-1") {
+        if let Some(proc_) = e.1.as_mut() {
+            proc_.kill9();
+        }
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+}
+
+#[test]
+/// kill -9 of the coordinator at several moments, then restart: exact output, no torn or
+/// duplicated line, and files with reports are not redone.
+fn coordinator_killed_and_restarted() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "c", 16, 2500, 5);
+    p.worker_flags = vec![s("--delay-ms"), s("150")];
+    p.coord_flags = vec![s("--snapshot-ms"), s("300"), s("--chunk-bytes"), s("15000")];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=3 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    let total = e2e_inputs(&p.path("data/input")).len();
+    let mut reported_before: Vec<(String, String)> = Vec::new();
+    for (round, left) in [(0, total - 3), (1, total - 8), (2, total - 12)] {
+        wait_for(T, "progress before the kill", || {
+            p.unreported().len() <= left
+        });
+        if let Some(c) = p.coordinator.as_mut() {
+            c.kill9();
+        }
+        reported_before = e2e_inputs(&p.path("data/input"))
+            .into_iter()
+            .filter_map(|f| {
+                let r: Value = serde_json::from_slice(
+                    &std::fs::read(p.path(&format!("data/output/{f}.json"))).ok()?,
+                )
+                .ok()?;
+                Some((f, r["finished_at"].as_str()?.to_string()))
+            })
+            .collect();
+        assert!(
+            !reported_before.is_empty(),
+            "round {round}: some files were done before the kill"
+        );
+        p.start_coordinator();
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    for (f, finished) in reported_before {
+        let r: Value = serde_json::from_slice(
+            &std::fs::read(p.path(&format!("data/output/{f}.json"))).expect("report"),
+        )
+        .expect("json");
+        assert_eq!(
+            r["finished_at"].as_str(),
+            Some(finished.as_str()),
+            "{f} was not redone after the restart"
+        );
+    }
+}
+
+#[test]
+/// Everything killed at once (kill -9), restarted: exact output.
+fn everything_killed_at_once() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "e", 10, 2500, 6);
+    p.worker_flags = vec![s("--delay-ms"), s("150")];
+    p.coord_flags = vec![s("--snapshot-ms"), s("300")];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    wait_for(T, "some progress", || p.unreported().len() < 8);
+    if let Some(c) = p.coordinator.as_mut() {
+        c.kill9();
+    }
+    for (_, w) in p.workers.iter_mut() {
+        if let Some(w) = w.as_mut() {
+            w.kill9();
+        }
+    }
+    for (_, sv, _) in p.servers.iter_mut() {
+        if let Some(sv) = sv.as_mut() {
+            sv.kill9();
+        }
+    }
+    p.servers.clear();
+    p.coord_addr.clear();
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+}
+
+#[test]
+/// Snapshots under load (short interval, slowed workers) are all consistent cuts, at least
+/// one records a non-empty channel, and the final snapshot is written at a graceful stop.
+fn snapshots_are_consistent_under_load() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "s", 30, 1500, 7);
+    // A slow marker channel makes results cross it while the snapshot is open.
+    p.worker_flags = vec![s("--delay-ms"), s("40"), s("--marker-delay-ms"), s("80")];
+    p.coord_flags = vec![
+        s("--snapshot-ms"),
+        s("60"),
+        s("--keep-snapshots"),
+        s("1000"),
+    ];
+    p.simple();
+    p.start_coordinator();
+    for i in 1..=3 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    if let Some(c) = p.coordinator.as_mut() {
+        c.signal(libc::SIGTERM);
+        assert_eq!(
+            c.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "graceful stop"
+        );
+    }
+    let snaps: Vec<PathBuf> = std::fs::read_dir(p.path("snapshots"))
+        .expect("snapshots dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(snaps.len() >= 5, "several snapshots taken: {}", snaps.len());
+    let out = Command::new(bin("coordinator"))
+        .arg("verify-snapshot")
+        .arg("--json")
+        .args(&snaps)
+        .output()
+        .expect("verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "all snapshots consistent:\n{text}");
+    let with_channel = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["verdict"]["channel_messages"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert!(
+        with_channel >= 1,
+        "some snapshot recorded messages in a channel:\n{text}"
+    );
+}
+
+#[test]
+/// The scripts as a user runs them: start (health-checked), process, status, stop
+/// (graceful, final snapshot), restart resumes without redoing, and all pids are gone.
+fn start_and_stop_scripts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for f in ["start_system.sh", "stop_system.sh"] {
+        std::fs::copy(repo.join(f), root.join(f)).expect("copy script");
+    }
+    std::fs::create_dir_all(root.join("target")).expect("mkdir");
+    std::os::unix::fs::symlink(bin_dir(), root.join("target/release")).expect("symlink bins");
+    std::fs::create_dir_all(root.join("data/input")).expect("mkdir");
+    write_inputs(&root.join("data/input"), "u", 5, 1000, 8);
+    // Four free ports in a row, found by binding.
+    let base = (0..200)
+        .map(|i| 20000 + ((std::process::id() as u16 % 2000) * 10) + i * 7)
+        .find(|b| (0..4).all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok()))
+        .expect("free ports");
+    let run = |script: &str, args: &[&str]| {
+        Command::new("bash")
+            .arg(root.join(script))
+            .args(args)
+            .current_dir(root)
+            .env("PRIMES_BASE_PORT", base.to_string())
+            .env("AFS_CACHE_ROOT", root.join("cache"))
+            .env("PRIMES_SNAPSHOT_MS", "500")
+            .env("PRIMES_HEARTBEAT_MS", "300")
+            .output()
+            .expect("run script")
+    };
+    let out = run("start_system.sh", &["simple", "2"]);
+    let so =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    struct Stop<'a>(&'a dyn Fn());
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let stop_fn = || {
+        let _ = run("stop_system.sh", &[]);
+    };
+    let _guard = Stop(&stop_fn);
+    assert!(out.status.success(), "start_system.sh failed:\n{so}");
+    assert!(so.contains("worker-2 registered"), "{so}");
+    wait_for(T, "reports", || {
+        (0..5).all(|i| root.join(format!("data/output/u{i:03}.txt.json")).exists())
+    });
+    let st = Command::new(bin("coordinator"))
+        .args(["status", "--json", "--status-file"])
+        .arg(root.join("run/status.json"))
+        .output()
+        .expect("status");
+    let v: Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert_eq!(v["running"], true);
+    assert_eq!(v["files_done"], 5);
+    // Running it again starts nothing new.
+    let again = run("start_system.sh", &[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already running"));
+    let pids: Vec<i32> = std::fs::read_dir(root.join("run"))
+        .expect("run dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 4, "server, coordinator, two workers");
+    let out = run("stop_system.sh", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pid in pids {
+        assert!(!e2e::alive(pid), "pid {pid} is gone after stop");
+    }
+    assert!(
+        std::fs::read_dir(root.join("snapshots"))
+            .expect("snapshots")
+            .count()
+            >= 1,
+        "final snapshot written"
+    );
+    let text = std::fs::read_to_string(root.join("primes.txt")).expect("primes");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), lines.iter().collect::<BTreeSet<_>>().len());
+    assert!(!lines.is_empty());
+    // A port taken: start fails with a one-line reason and leaves nothing running.
+    let blocker =
+        std::net::TcpListener::bind(("127.0.0.1", base)).expect("take the coordinator port");
+    let out = run("start_system.sh", &[]);
+    assert!(
+        !out.status.success(),
+        "start must fail when the port is taken"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("coordinator failed to start"), "{err}");
+    drop(blocker);
+    let left: Vec<_> = std::fs::read_dir(root.join("run"))
+        .expect("run dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+        .collect();
+    assert!(left.is_empty(), "a failed start cleans up its pid files");
+}
