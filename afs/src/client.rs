@@ -130,7 +130,14 @@ pub struct AfsClient {
     active: Option<Active>,
     last_primary_try: Option<Instant>,
     stats: ClientStats,
+    /// The index changed since it was last saved.
+    index_dirty: bool,
+    last_index_save: Option<Instant>,
 }
+
+/// The cache index is saved at most this often: losing the last second of it only means a
+/// refetch after a crash, while saving it on every fetch is quadratic in the cache size.
+const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An `AsyncWrite` that hashes what passes through.
 struct HashingWriter<W> {
@@ -202,6 +209,8 @@ impl AfsClient {
             active: None,
             last_primary_try: None,
             stats: ClientStats::default(),
+            index_dirty: false,
+            last_index_save: None,
         })
     }
 
@@ -598,7 +607,26 @@ impl AfsClient {
         }
     }
 
-    fn save_index(&self) {
+    /// Saves the index if it changed and the last save is old enough (see
+    /// [`INDEX_SAVE_INTERVAL`]).
+    fn save_index(&mut self) {
+        self.index_dirty = true;
+        if self
+            .last_index_save
+            .is_some_and(|t| t.elapsed() < INDEX_SAVE_INTERVAL)
+        {
+            return;
+        }
+        self.flush_index();
+    }
+
+    /// Saves the index now if it changed.
+    pub fn flush_index(&mut self) {
+        if !self.index_dirty {
+            return;
+        }
+        self.index_dirty = false;
+        self.last_index_save = Some(Instant::now());
         let path = self.dir.join("index.json");
         let tmp = self.dir.join("index.json.tmp");
         let write = serde_json::to_vec(&self.index)
@@ -694,5 +722,11 @@ impl AfsClient {
                 message: format!("unexpected reply to store: {other:?}"),
             }),
         }
+    }
+}
+
+impl Drop for AfsClient {
+    fn drop(&mut self) {
+        self.flush_index();
     }
 }

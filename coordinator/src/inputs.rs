@@ -127,8 +127,21 @@ impl InputWatcher {
             let since = match self.seen.get(name) {
                 Some((old, since)) if old == fp => *since,
                 _ => {
-                    self.seen.insert(name.clone(), (*fp, now_ms));
-                    now_ms
+                    // A file last modified longer ago than the quiet period is quiet already
+                    // (typical at start-up, or for a file moved in with an old mtime).
+                    let age_ms = std::time::SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64)
+                        .saturating_sub(fp.mtime_ns)
+                        .max(0) as u64
+                        / 1_000_000;
+                    let since = if age_ms >= self.quiet_ms {
+                        now_ms.saturating_sub(self.quiet_ms)
+                    } else {
+                        now_ms
+                    };
+                    self.seen.insert(name.clone(), (*fp, since));
+                    since
                 }
             };
             if self.reported.get(name) == Some(fp) {
@@ -178,8 +191,8 @@ mod tests {
         std::fs::create_dir(d.join(".git")).expect("mkdir");
         std::fs::write(d.join(".git/x"), "3\n").expect("write");
         let mut w = InputWatcher::new(d, 500);
-        assert!(w.scan(0).ready.is_empty(), "not quiet yet");
-        let r = w.scan(600);
+        assert!(w.scan(1000).ready.is_empty(), "not quiet yet");
+        let r = w.scan(1600);
         assert_eq!(r.ready.len(), 1);
         assert_eq!(r.ready[0].0, "a.txt");
         assert!(w.scan(1200).ready.is_empty(), "reported once");

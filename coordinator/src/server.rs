@@ -390,27 +390,45 @@ async fn input_loop(
 ) {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
     let period = Duration::from_millis(shared.cfg.scan_ms);
+    // At most one scan per this long, however many events arrive: a burst of thousands of
+    // events (a big `cp` into the folder) costs a few scans, not thousands.
+    let min_gap = Duration::from_millis(shared.cfg.scan_ms.clamp(10, 50));
+    let apply_event = |watcher: &mut InputWatcher, ev: notify::Event| -> bool {
+        match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                for p in &ev.paths {
+                    watcher.note_closed(p);
+                }
+                true
+            }
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(_) => {
+                for p in &ev.paths {
+                    watcher.note_writing(p);
+                }
+                true
+            }
+            EventKind::Remove(_) | EventKind::Modify(_) => true,
+            // Reads (the file server opening files) change nothing.
+            _ => false,
+        }
+    };
+    let mut events_open = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            ev = events.recv() => {
-                let Some(ev) = ev else { continue };
-                match ev.kind {
-                    EventKind::Access(AccessKind::Close(AccessMode::Write))
-                    | EventKind::Modify(ModifyKind::Name(RenameMode::To))
-                    | EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                        for p in &ev.paths { watcher.note_closed(p); }
-                    }
-                    EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(_) => {
-                        for p in &ev.paths { watcher.note_writing(p); }
-                    }
-                    _ => {}
+            ev = events.recv(), if events_open => {
+                let Some(ev) = ev else {
+                    events_open = false;
+                    continue;
+                };
+                if !apply_event(&mut watcher, ev) {
+                    continue;
                 }
-                // Drain a burst before scanning once.
+                tokio::time::sleep(min_gap).await;
                 while let Ok(ev) = events.try_recv() {
-                    if let EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Modify(ModifyKind::Name(_)) = ev.kind {
-                        for p in &ev.paths { watcher.note_closed(p); }
-                    }
+                    apply_event(&mut watcher, ev);
                 }
             }
             _ = tokio::time::sleep(period) => {}

@@ -177,27 +177,28 @@ pub fn scan_reader<R: Read>(
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<ScanResult> {
     let mut total = ScanResult::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK);
+    let mut buf: Vec<u8> = Vec::new();
     let mut consumed = 0u64;
     // Bytes of an over-long line being skipped, if we are in one.
     let mut skipping: Option<u64> = None;
     let mut eof = false;
     while !eof {
-        // Fill up to BLOCK bytes beyond what is carried over (at least one read).
-        let want = buf.len() + BLOCK;
-        while buf.len() < want {
-            let old = buf.len();
-            buf.resize(want, 0);
-            let n = match reader.read(&mut buf[old..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+        // Read up to BLOCK more bytes. `read_to_end` grows the buffer as data arrives, so a
+        // small input never costs a BLOCK-sized allocation.
+        let before = buf.len();
+        loop {
+            match reader
+                .by_ref()
+                .take((BLOCK - (buf.len() - before)) as u64)
+                .read_to_end(&mut buf)
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
-            };
-            buf.truncate(old + n);
-            if n == 0 {
-                eof = true;
-                break;
             }
+        }
+        if buf.len() - before < BLOCK {
+            eof = true;
         }
         if let Some(skipped) = skipping.as_mut() {
             match memchr::memchr(b'\n', &buf) {

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# End-to-end throughput of the whole system (file server + coordinator + workers), from an
+# empty state until every report exists, against the single-process `worker check` on the
+# same files and cores, and (optionally) the shell pipeline a user would write by hand.
+#
+#   bench/pipeline.sh DATASET [RUNS]     DATASET: a | b | c | snap
+#     a: 2000 files x 1000 numbers from 1..10^7     (many small files, small numbers)
+#     b: 4 files x 64 MB of random 64-bit numbers   (a few large files)
+#     c: one 2 GiB file of random 64-bit numbers
+#     snap: dataset b with snapshots every 1 s vs snapshots off, alternating
+#     snap10k: size and write time of snapshots holding 10,000 queued tasks
+# Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dataset=${1:?usage: bench/pipeline.sh a|b|c|snap [RUNS]}
+runs=${2:-3}
+workers=${WORKERS:-2}
+threads=${THREADS:-1}
+B=$PWD/target/release
+cargo build --release --workspace --bins -q
+cache=$PWD/target/bench-data   # under the repo: file creation in /tmp measured 4x slower here
+mkdir -p "$cache"
+
+gen() { # NAME ARGS... : generate once into $cache/NAME
+  local name=$1; shift
+  if [ ! -f "$cache/$name/.done" ]; then
+    rm -rf "$cache/$name"
+    "$B/gen-input" --out "$cache/$name" "$@"
+    touch "$cache/$name/.done"
+  fi
+}
+case "$dataset" in
+  a) gen a --kind small --files 2000 --lines 1000 --seed 11 ;;
+  b|snap) gen b --kind random64 --files 4 --bytes 67108864 --seed 12 ; dataset_dir=b ;;
+  snap10k) gen snap10k --kind small --files 10000 --lines 1 --seed 14 ;;
+  c) gen c --kind random64 --files 1 --bytes 2147483648 --seed 13 ;;
+  *) echo "unknown dataset $dataset" >&2; exit 2 ;;
+esac
+data="$cache/${dataset_dir:-$dataset}"
+files=$(find "$data" -name '*.txt' | wc -l)
+bytes=$(du -sb "$data" | cut -f1)
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# run_system SNAPSHOT_MS -> prints elapsed seconds; checks the output.
+run_system() {
+  local snap_ms=$1 work pids=() t0 t1
+  work=$(mktemp -d "$PWD/target/bench-run.XXXXXX")
+  mkdir -p "$work/run" "$work/data"
+  cp -al "$data" "$work/data/input" 2>/dev/null || cp -r "$data" "$work/data/input"
+  rm -f "$work/data/input/.done"
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/run/cluster.key"
+  export PRIMES_KEY_FILE="$work/run/cluster.key"
+  cd "$work"
+  t0=$(now)
+  "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
+  "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr --snapshot-ms "$snap_ms" > c.log 2>&1 & pids+=($!)
+  while [ ! -s run/s.addr ] || [ ! -s run/c.addr ]; do sleep 0.01; done
+  for i in $(seq "$workers"); do
+    "$B/worker" --id "w$i" --coordinator "$(cat run/c.addr)" --afs "$(cat run/s.addr)" --cache-root "$work/cache" --threads "$threads" > "w$i.log" 2>&1 & pids+=($!)
+  done
+  while [ "$(find data/output -name '*.json' 2>/dev/null | wc -l)" -lt "$files" ]; do sleep 0.02; done
+  t1=$(now)
+  kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true
+  sort primes.txt > sorted.txt
+  if ! cmp -s sorted.txt "$cache/expected-${dataset_dir:-$dataset}.txt"; then
+    echo "OUTPUT MISMATCH in $work" >&2; exit 1
+  fi
+  cd - > /dev/null
+  rm -rf "$work"
+  echo "$t1 - $t0" | bc -l
+}
+
+run_check() {
+  local t0 t1
+  t0=$(now)
+  "$B/worker" check --threads "$((workers * threads))" $(find "$data" -name '*.txt' | sort) > /tmp/primes-check.out 2>/dev/null
+  t1=$(now)
+  echo "$t1 - $t0" | bc -l
+}
+
+# Expected output (sorted) from the baseline, once.
+if [ ! -f "$cache/expected-${dataset_dir:-$dataset}.txt" ]; then
+  "$B/worker" check $(find "$data" -name '*.txt' | sort) 2>/dev/null | sort > "$cache/expected-${dataset_dir:-$dataset}.txt"
+fi
+
+echo "dataset $dataset: $files files, $bytes bytes; $workers workers x $threads threads; $runs runs (medians)"
+if [ "$dataset" = snap ]; then
+  on=(); off=()
+  for r in $(seq "$runs"); do
+    off+=("$(run_system 0)")
+    on+=("$(run_system 1000)")
+  done
+  m_off=$(printf '%s\n' "${off[@]}" | median); m_on=$(printf '%s\n' "${on[@]}" | median)
+  echo "snapshots off:        $m_off s   (runs: ${off[*]})"
+  echo "snapshots every 1 s:  $m_on s   (runs: ${on[*]})"
+  echo "slowdown: $(echo "scale=6; ($m_on - $m_off) / $m_off * 100" | bc -l | xargs printf '%.2f') %"
+  exit 0
+fi
+if [ "$dataset" = snap10k ]; then
+  # Snapshot size and write time with 10,000 tasks queued (no workers, so all stay queued).
+  work=$(mktemp -d "$PWD/target/bench-run.XXXXXX")
+  mkdir -p "$work/run" "$work/data"
+  cp -al "$data" "$work/data/input"; rm -f "$work/data/input/.done"
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/run/cluster.key"
+  export PRIMES_KEY_FILE="$work/run/cluster.key"
+  cd "$work"
+  "$B/coordinator" --listen 127.0.0.1:0 --snapshot-ms 500 > c.log 2>&1 & cpid=$!
+  for _ in $(seq 600); do
+    [ "$(grep -c 'snapshot written' c.log)" -ge 6 ] && break
+    sleep 0.1
+  done
+  kill "$cpid"; wait "$cpid" 2>/dev/null || true
+  "$B/coordinator" verify-snapshot snapshots/*.json | tail -1
+  grep 'snapshot written' c.log | tail -4 | sed 's/.*seq=/seq=/'
+  cd - > /dev/null; rm -rf "$work"
+  exit 0
+fi
+sys=(); chk=()
+for r in $(seq "$runs"); do
+  chk+=("$(run_check)")
+  sys+=("$(run_system 30000)")
+done
+m_sys=$(printf '%s\n' "${sys[@]}" | median); m_chk=$(printf '%s\n' "${chk[@]}" | median)
+nums=$(cat "$data"/*.txt | wc -l)
+echo "worker check (1 process, $((workers * threads)) threads): $m_chk s  = $(echo "scale=1; $nums / $m_chk / 1000000" | bc -l) M numbers/s, $(echo "scale=1; $bytes / $m_chk / 1000000" | bc -l) MB/s   (runs: ${chk[*]})"
+echo "distributed system:                 $m_sys s  = $(echo "scale=1; $nums / $m_sys / 1000000" | bc -l) M numbers/s, $(echo "scale=1; $bytes / $m_sys / 1000000" | bc -l) MB/s   (runs: ${sys[*]})"
+echo "system throughput / single-process: $(echo "scale=3; $m_chk / $m_sys" | bc -l)"
+if [ "${FACTOR:-0}" = 1 ]; then
+  t0=$(now)
+  cat $(find "$data" -name '*.txt') | factor | awk 'NF==2{print $2}' | sort -u > /tmp/primes-factor.out
+  t1=$(now)
+  tf=$(echo "$t1 - $t0" | bc -l)
+  echo "cat | factor | awk | sort -u:       $tf s  (system is $(echo "scale=1; $tf / $m_sys" | bc -l)x faster)"
+fi
