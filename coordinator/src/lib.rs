@@ -11,8 +11,10 @@
 //! - [`snapshot`]: Chandy–Lamport snapshots with channel state, and recovery from them.
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
+//! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
 pub mod core;
+pub mod crash;
 pub mod inputs;
 pub mod primes;
 pub mod report;

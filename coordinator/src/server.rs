@@ -415,6 +415,10 @@ async fn input_loop(
         }
     };
     let mut events_open = true;
+    // A fixed ticker, not a sleep re-armed on every event: irrelevant events (our own scans
+    // open the folder, which inotify reports) must not postpone the periodic scan forever.
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -431,7 +435,7 @@ async fn input_loop(
                     apply_event(&mut watcher, ev);
                 }
             }
-            _ = tokio::time::sleep(period) => {}
+            _ = tick.tick() => {}
         }
         let now = shared.now();
         let outcome = watcher.scan(now.ms);
@@ -497,6 +501,7 @@ async fn flush_loop(
         }
         let done = std::mem::take(&mut pending.done);
         if !pending.small.is_empty() || !pending.big.is_empty() || !done.is_empty() {
+            crate::crash::point("flush-before-append");
             let p = primes.clone();
             let (small, big) = (pending.small, pending.big);
             let result = tokio::task::spawn_blocking(move || {
@@ -513,7 +518,12 @@ async fn flush_loop(
                     if new > 0 {
                         debug!(new, total, "flushed primes");
                     }
+                    crate::crash::point("flush-after-append");
+                    let had_done = !done.is_empty();
                     shared.apply(|core, _, now| core.flushed(done, now));
+                    if had_done {
+                        crate::crash::point("flush-after-report");
+                    }
                 }
                 Ok((Err(e), _, small, big)) => {
                     // Nothing was marked done; keep everything for the next round.

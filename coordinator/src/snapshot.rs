@@ -234,6 +234,7 @@ pub(crate) async fn write_snapshot(shared: &Arc<Shared>, snap: Snapshot) {
     let path = dir.join(format!("snapshot_{:06}_{stamp}.json", snap.seq));
     let seq = snap.seq;
     let completed_at = snap.completed_at.clone();
+    crate::crash::point("snapshot-before-write");
     let t = std::time::Instant::now();
     let p = path.clone();
     let written = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
@@ -247,6 +248,7 @@ pub(crate) async fn write_snapshot(shared: &Arc<Shared>, snap: Snapshot) {
     .await;
     match written {
         Ok(Ok(bytes)) => {
+            crate::crash::point("snapshot-after-write");
             let write_ms = t.elapsed().as_millis() as u64;
             info!(seq, path = %path.display(), bytes, write_ms, "snapshot written");
             crate::server::lock_snapshots(shared).last = Some(SnapshotInfo {
@@ -285,6 +287,9 @@ pub(crate) fn start(shared: &Arc<Shared>) -> bool {
             None => Vec::new(),
         }
     });
+    if started {
+        crate::crash::point("snapshot-begun");
+    }
     if let Some(s) = finished {
         let shared = shared.clone();
         tokio::spawn(async move { write_snapshot(&shared, s).await });

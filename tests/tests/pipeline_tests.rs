@@ -19,8 +19,9 @@ struct Pipeline {
     coordinator: Option<Proc>,
     coord_addr: String,
     workers: Vec<(String, Option<Proc>)>,
-    /// Extra coordinator flags (kept for restarts).
+    /// Extra coordinator flags and environment (kept for restarts).
     coord_flags: Vec<String>,
+    coord_env: Vec<(&'static str, String)>,
     worker_flags: Vec<String>,
 }
 
@@ -42,6 +43,7 @@ impl Pipeline {
             coord_addr: String::new(),
             workers: Vec::new(),
             coord_flags: Vec::new(),
+            coord_env: Vec::new(),
             worker_flags: Vec::new(),
         }
     }
@@ -164,11 +166,13 @@ impl Pipeline {
             s("2000"),
         ];
         args.extend(self.coord_flags.iter().cloned());
+        let mut env = self.env();
+        env.extend(self.coord_env.iter().cloned());
         let p = Proc::start(
             "coordinator",
             &bin("coordinator"),
             &args,
-            &self.env(),
+            &env,
             self.dir.path(),
             &self.path("logs/coordinator.log"),
         );
@@ -575,6 +579,106 @@ fn coordinator_killed_and_restarted() {
             "{f} was not redone after the restart"
         );
     }
+}
+
+#[test]
+/// The coordinator crashes (abort, as kill -9) at each named moment — before, inside and
+/// after a flush, during a snapshot — and is restarted each time; a torn last line is left in
+/// primes.txt as well. The output is exact, with no torn or duplicated line.
+fn coordinator_crash_points() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "x", 40, 2000, 9);
+    p.worker_flags = vec![s("--delay-ms"), s("60")];
+    p.coord_flags = vec![s("--snapshot-ms"), s("150"), s("--chunk-bytes"), s("12000")];
+    p.simple();
+    for point in [
+        "flush-before-append",
+        "flush-after-append",
+        "flush-after-report",
+        "snapshot-begun",
+        "snapshot-before-write",
+        "snapshot-after-write",
+    ] {
+        p.coord_env = vec![("PRIMES_CRASH_AT", format!("{point}:2"))];
+        p.start_coordinator();
+        if p.workers.is_empty() {
+            for i in 1..=2 {
+                p.start_worker(&format!("worker-{i}"));
+            }
+        }
+        let c = p.coordinator.as_mut().expect("coordinator");
+        let code = c.wait_exit(T);
+        assert!(
+            code.is_some(),
+            "{point}: the coordinator reached the crash point\n{}",
+            c.log_tail(5)
+        );
+        assert!(
+            c.log_tail(3).contains(point),
+            "{point}: crashed there\n{}",
+            c.log_tail(3)
+        );
+    }
+    // A torn last line, as a crash in the middle of an append would leave.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(p.path("primes.txt"))
+            .expect("primes.txt");
+        f.write_all(b"1234567").expect("tear");
+    }
+    p.coord_env.clear();
+    p.start_coordinator();
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).expect("log");
+    assert!(
+        log.contains("cut a torn last line"),
+        "the torn line was noticed"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("recovered from snapshot") && !l.contains("files=0")),
+        "some restart resumed chunks from a snapshot"
+    );
+}
+
+#[test]
+/// Workers that crash mid-task at random (--fail-prob) and are restarted by a supervisor
+/// loop: the output is still exact.
+fn injected_worker_crashes() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "f", 30, 1500, 10);
+    p.worker_flags = vec![s("--fail-prob"), s("0.2"), s("--delay-ms"), s("20")];
+    p.simple();
+    p.start_coordinator();
+    let ids: Vec<String> = (1..=3).map(|i| format!("worker-{i}")).collect();
+    for id in &ids {
+        p.start_worker(id);
+    }
+    let mut restarts = 0;
+    let deadline = std::time::Instant::now() + T;
+    while !p.unreported().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not finish; {restarts} restarts; unreported {:?}\n{}\n{}",
+            p.unreported(),
+            p.worker("worker-1").log_tail(5),
+            e2e::log_tail(&p.path("logs/coordinator.log"), 10)
+        );
+        for id in &ids {
+            if !p.worker(id).is_running() {
+                let code = p.worker(id).wait_exit(Duration::from_millis(10));
+                assert_eq!(code, Some(86), "{id} exited by the injected crash");
+                p.start_worker(id);
+                restarts += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.assert_exact();
+    assert!(restarts > 0, "some worker crashed and was restarted");
 }
 
 #[test]

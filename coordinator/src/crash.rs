@@ -1,0 +1,38 @@
+//! Deliberate crashes at named points, so recovery can be tested at exact moments rather
+//! than wherever a kill happens to land. Set `PRIMES_CRASH_AT=POINT[:N]` to abort (like
+//! kill -9: no cleanup, no flush) the N-th time (default 1st) POINT is reached. Off unless
+//! the variable is set. Points:
+//!
+//! - `flush-before-append`: primes taken from the buffer, not yet written
+//! - `flush-after-append`: primes appended and fsynced, their chunks not yet marked done
+//! - `flush-after-report`: chunks marked done and reports written
+//! - `snapshot-begun`: coordinator state recorded and markers sent, markers not back
+//! - `snapshot-before-write`: all markers back, file not yet written
+//! - `snapshot-after-write`: snapshot file written
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+fn spec() -> &'static Option<(String, u64)> {
+    SPEC.get_or_init(|| {
+        let v = std::env::var("PRIMES_CRASH_AT").ok()?;
+        let (name, n) = match v.split_once(':') {
+            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+            None => (v, 1),
+        };
+        Some((name, n.max(1)))
+    })
+}
+
+/// Aborts the process if this is the configured crash point and occurrence.
+pub fn point(name: &str) {
+    if let Some((p, n)) = spec() {
+        if p == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            eprintln!("PRIMES_CRASH_AT: crash point {name} reached; aborting");
+            std::process::abort();
+        }
+    }
+}
