@@ -80,7 +80,7 @@ fi
 if [ ! -f Cargo.toml ] || ! command -v cargo >/dev/null 2>&1; then
   [ -x "$BIN/coordinator" ] || { echo "start_system.sh: cargo (or Cargo.toml) not found and no binaries in $BIN" >&2; exit 1; }
 else
-  echo "building release binaries (first time takes a few minutes)..."
+  [ -x "$BIN/coordinator" ] || echo "building release binaries (the first time takes a few minutes)..."
   cargo build --release --bins -q || { echo "start_system.sh: build failed (see the errors above)" >&2; exit 1; }
 fi
 
@@ -105,6 +105,7 @@ launch() {
   local pid=$!
   echo "$pid" > "run/$name.pid"
   started+=("$name")
+  [ -z "$addrf" ] && echo "  $name started (pid $pid)"
   if [ -n "$addrf" ]; then
     for _ in $(seq 200); do
       [ -s "$addrf" ] && { echo "  $name listening on $(cat "$addrf") (pid $pid)"; return 0; }
