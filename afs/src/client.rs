@@ -39,7 +39,7 @@ pub struct ClientConfig {
     pub cache_limit_bytes: u64,
     pub key: ClusterKey,
     pub connect_timeout: Duration,
-    /// Longest wait for a reply header (bodies stream as fast as they come).
+    /// Longest wait for a reply header, and longest silence in the middle of a body.
     pub request_timeout: Duration,
     /// Full passes over all servers before `open` gives up with `Unavailable`.
     pub max_rounds: u32,
@@ -536,7 +536,10 @@ impl AfsClient {
                 message: "connection lost".into(),
             });
         };
-        let body = active.conn.read_body(size, &mut w).await;
+        let body = active
+            .conn
+            .read_body(size, &mut w, Some(self.cfg.request_timeout))
+            .await;
         let flushed = w.flush().await;
         let local_hash = w.hasher.finish();
         drop(w);

@@ -499,7 +499,9 @@ async fn receive_file(
             .await;
         }
     };
-    let got = conn.read_body(size, &mut tmp).await;
+    let got = conn
+        .read_body(size, &mut tmp, Some(shared.cfg.idle_timeout))
+        .await;
     let flushed = tmp.flush().await;
     drop(tmp);
     if let Err(e) = got {

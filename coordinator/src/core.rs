@@ -9,6 +9,32 @@ use chrono::{DateTime, Utc};
 use proto::msg::{Assignment, CoordMsg, InvalidLine, TaskDone, WorkerMsg};
 use serde::{Deserialize, Serialize};
 
+/// Why a `primes` message must be refused, if it must: over the batch limit, or a big prime
+/// that is not canonical decimal of 2^64 or more (anything else could corrupt primes.txt —
+/// a newline inside a string would write two lines).
+pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
+    let n = small.len() + big.len();
+    if n > proto::msg::MAX_PRIMES_PER_BATCH {
+        return Some(format!(
+            "{n} primes in one message, the limit is {}",
+            proto::msg::MAX_PRIMES_PER_BATCH
+        ));
+    }
+    for b in big {
+        let canonical = (20..=1234).contains(&b.len())
+            && b.bytes().all(|c| c.is_ascii_digit())
+            && !b.starts_with('0')
+            && (b.len() > 20 || b.as_str() > "18446744073709551615");
+        if !canonical {
+            let shown: String = b.chars().take(40).collect();
+            return Some(format!(
+                "{shown:?} is not the canonical decimal of a number of 2^64 or more"
+            ));
+        }
+    }
+    None
+}
+
 /// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
@@ -336,6 +362,14 @@ impl Core {
                 small,
                 big,
             } => {
+                if let Some(why) = bad_batch(&small, &big) {
+                    let mut a = vec![Action::Close(
+                        conn,
+                        format!("rejected a primes message: {why}"),
+                    )];
+                    a.extend(self.disconnected(conn, now));
+                    return a;
+                }
                 if self.current(conn, &attempt).is_none() {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();

@@ -129,16 +129,31 @@ impl Connection {
         self.w.flush().await
     }
 
-    /// Copies exactly `len` raw bytes from the connection into `out`.
+    /// Copies exactly `len` raw bytes from the connection into `out`. If `stall` is given,
+    /// fails with `Timeout` when no byte arrives for that long (a cut link or a hung peer),
+    /// however long the whole body takes.
     pub async fn read_body<W: AsyncWrite + Unpin>(
         &mut self,
         len: u64,
         out: &mut W,
+        stall: Option<Duration>,
     ) -> Result<(), ProtoError> {
-        let mut limited = (&mut self.r.reader).take(len);
-        let copied = tokio::io::copy(&mut limited, out).await?;
-        if copied != len {
-            return Err(ProtoError::Truncated);
+        let mut left = len;
+        let mut buf = vec![0u8; 256 << 10];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let read = self.r.reader.read(&mut buf[..want]);
+            let n = match stall {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| ProtoError::Timeout(limit))??,
+                None => read.await?,
+            };
+            if n == 0 {
+                return Err(ProtoError::Truncated);
+            }
+            out.write_all(&buf[..n]).await?;
+            left -= n as u64;
         }
         Ok(())
     }

@@ -200,3 +200,38 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Arbitrary bytes never panic the decoders, and whatever decodes re-encodes to
+        /// something that decodes to the same message.
+        #[test]
+        fn decoders_survive_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = serde_json::from_slice::<WorkerMsg>(&bytes) {
+                let back: WorkerMsg = serde_json::from_str(&serde_json::to_string(&m).expect("encode")).expect("decode");
+                prop_assert_eq!(back, m);
+            }
+            if let Ok(m) = serde_json::from_slice::<CoordMsg>(&bytes) {
+                let back: CoordMsg = serde_json::from_str(&serde_json::to_string(&m).expect("encode")).expect("decode");
+                prop_assert_eq!(back, m);
+            }
+        }
+
+        /// JSON objects with random types and fields are accepted only when they are exactly
+        /// a known message.
+        #[test]
+        fn unknown_shapes_are_refused(ty in "[a-z_]{1,12}", field in "[a-z_]{1,8}", n in any::<u64>()) {
+            let json = format!(r#"{{"type":"{ty}","{field}":{n}}}"#);
+            if let Ok(m) = serde_json::from_str::<WorkerMsg>(&json) {
+                // Only a one-field message of that exact shape can decode.
+                let back = serde_json::to_value(&m).expect("encode");
+                prop_assert_eq!(back[&field].as_u64(), Some(n));
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(60);
 
 /// A cluster in a temp dir: servers, a coordinator and workers, all with short intervals.
-struct Pipeline {
+pub struct Pipeline {
     dir: tempfile::TempDir,
     servers: Vec<(String, Option<Proc>, String)>,
     coordinator: Option<Proc>,
@@ -30,7 +30,7 @@ fn s(x: &str) -> String {
 }
 
 impl Pipeline {
-    fn new() -> Pipeline {
+    pub fn new() -> Pipeline {
         let dir = tempfile::tempdir().expect("tempdir");
         for d in ["data/input", "run", "logs"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
@@ -48,7 +48,7 @@ impl Pipeline {
         }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
@@ -105,11 +105,11 @@ impl Pipeline {
         addr
     }
 
-    fn simple(&mut self) {
+    pub fn simple(&mut self) {
         self.start_server("server-1", "primary", "data/input", &[], "127.0.0.1:0");
     }
 
-    fn replicated(&mut self) {
+    pub fn replicated(&mut self) {
         let b1 = self.start_server(
             "server-2",
             "backup",
@@ -139,7 +139,7 @@ impl Pipeline {
         v.iter().map(|e| e.2.clone()).collect::<Vec<_>>().join(",")
     }
 
-    fn start_coordinator(&mut self) {
+    pub fn start_coordinator(&mut self) {
         let listen = if self.coord_addr.is_empty() {
             s("127.0.0.1:0")
         } else {
@@ -180,7 +180,7 @@ impl Pipeline {
         self.coordinator = Some(p);
     }
 
-    fn start_worker(&mut self, id: &str) {
+    pub fn start_worker(&mut self, id: &str) {
         let mut args = vec![
             s("--id"),
             s(id),
@@ -219,7 +219,7 @@ impl Pipeline {
             .unwrap_or_else(|| panic!("no worker {id}"))
     }
 
-    fn status(&self) -> Value {
+    pub fn status(&self) -> Value {
         std::fs::read(self.path("run/status.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -234,14 +234,14 @@ impl Pipeline {
     }
 
     /// Input files (relative names) that have no report yet.
-    fn unreported(&self) -> Vec<String> {
+    pub fn unreported(&self) -> Vec<String> {
         e2e_inputs(&self.path("data/input"))
             .into_iter()
             .filter(|f| !self.path(&format!("data/output/{f}.json")).exists())
             .collect()
     }
 
-    fn wait_all_reported(&self, limit: Duration) {
+    pub fn wait_all_reported(&self, limit: Duration) {
         wait_for(limit, "a report for every input file", || {
             self.unreported().is_empty()
         });
@@ -270,7 +270,7 @@ impl Pipeline {
     }
 
     /// Asserts primes.txt holds exactly the expected primes, each once, no torn line.
-    fn assert_exact(&self) {
+    pub fn assert_exact(&self) {
         let text = std::fs::read_to_string(self.path("primes.txt")).expect("primes.txt");
         assert!(
             text.is_empty() || text.ends_with('\n'),
@@ -291,6 +291,65 @@ impl Pipeline {
             "primes.txt differs: missing {missing:?}, extra {extra:?}"
         );
     }
+}
+
+impl Pipeline {
+    pub fn coord_addr(&self) -> &str {
+        &self.coord_addr
+    }
+    pub fn worker_flags_mut(&mut self, flags: Vec<String>) {
+        self.worker_flags = flags;
+    }
+    pub fn coord_flags_mut(&mut self, flags: Vec<String>) {
+        self.coord_flags = flags;
+    }
+    pub fn worker_signal(&mut self, id: &str, sig: i32) {
+        self.worker(id).signal(sig);
+    }
+    pub fn kill_worker(&mut self, id: &str) {
+        self.worker(id).kill9();
+    }
+    pub fn kill_coordinator(&mut self) {
+        if let Some(c) = self.coordinator.as_mut() {
+            c.kill9();
+        }
+    }
+    /// kill -9 a file server and start it again on the same address with the same role.
+    pub fn restart_server(&mut self, id: &str) {
+        let Some(i) = self.servers.iter().position(|e| e.0 == id) else {
+            return;
+        };
+        if let Some(p) = self.servers[i].1.as_mut() {
+            p.kill9();
+        }
+        let addr = self.servers[i].2.clone();
+        if id == "server-1" {
+            let backups: Vec<String> = self
+                .servers
+                .iter()
+                .filter(|e| e.0 != "server-1")
+                .map(|e| e.2.clone())
+                .collect();
+            self.start_server(id, "primary", "data/input", &backups, &addr);
+        } else {
+            self.start_server(id, "backup", &format!("data/replicas/{id}"), &[], &addr);
+        }
+    }
+    /// Input files missing from some backup.
+    pub fn unreported_on_backups(&self) -> usize {
+        e2e_inputs(&self.path("data/input"))
+            .iter()
+            .filter(|f| {
+                !self.path(&format!("data/replicas/server-2/{f}")).exists()
+                    || !self.path(&format!("data/replicas/server-3/{f}")).exists()
+            })
+            .count()
+    }
+}
+
+/// [`write_inputs`] for other test modules.
+pub fn write_inputs_pub(dir: &Path, prefix: &str, count: usize, lines: usize, seed: u64) {
+    write_inputs(dir, prefix, count, lines, seed)
 }
 
 /// Input files under `dir` (non-hidden, relative names).

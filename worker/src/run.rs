@@ -36,6 +36,8 @@ pub struct WorkerConfig {
     pub afs_servers: Vec<String>,
     pub cache_root: PathBuf,
     pub cache_limit_bytes: u64,
+    /// File-server reply timeout (and longest silence inside a file body).
+    pub afs_timeout: Duration,
     pub key: ClusterKey,
     pub threads: u32,
     pub scan: ScanConfig,
@@ -114,6 +116,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cfg.key.clone(),
     );
     afs_cfg.cache_limit_bytes = cfg.cache_limit_bytes;
+    afs_cfg.request_timeout = cfg.afs_timeout;
+    afs_cfg.connect_timeout = cfg.afs_timeout.min(Duration::from_secs(2));
     let afs = Arc::new(tokio::sync::Mutex::new(AfsClient::new(afs_cfg)?));
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -191,3 +191,38 @@ fn changed_file_restarts() {
     let b = assigns(&actions);
     assert_eq!(b[0].1.size, 20);
 }
+
+#[test]
+/// Oversized batches and malformed big primes close the connection and requeue the work.
+fn hostile_primes_batches() {
+    assert!(bad_batch(&[2, 3], &["18446744073709551629".into()]).is_none());
+    for bad in [
+        "18446744073709551615",
+        "0184467440737095516290",
+        "12\n34567890123456789012",
+        "-18446744073709551629",
+        "1e30000000000000000000",
+    ] {
+        assert!(bad_batch(&[], &[bad.to_string()]).is_some(), "{bad:?}");
+    }
+    assert!(bad_batch(&vec![7; proto::msg::MAX_PRIMES_PER_BATCH + 1], &[]).is_some());
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    let actions = c.message(
+        1,
+        WorkerMsg::Primes {
+            attempt: a[0].1.attempt.clone(),
+            small: vec![],
+            big: vec!["12\n3".into()],
+        },
+        at(1),
+    );
+    assert!(actions.iter().any(|x| matches!(x, Action::Close(1, _))));
+    assert!(c.take_pending().big.is_empty(), "nothing of it was kept");
+    assert_eq!(
+        assigns(&c.register(2, "w2", at(2))).len(),
+        1,
+        "the chunk was requeued"
+    );
+}

@@ -46,6 +46,10 @@ struct RunArgs {
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
     #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
     key_file: PathBuf,
+    /// How long to wait for a file server's reply (or for the next bytes of a file) before
+    /// trying the next server, in ms.
+    #[arg(long, env = "AFS_TIMEOUT_MS", default_value_t = 30_000)]
+    afs_timeout_ms: u64,
     /// Threads testing numbers (default: one per core).
     #[arg(long, env = "PRIMES_THREADS")]
     threads: Option<usize>,
@@ -164,6 +168,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         afs_servers: a.afs,
         cache_root: a.cache_root,
         cache_limit_bytes: a.cache_mib << 20,
+        afs_timeout: Duration::from_millis(a.afs_timeout_ms.max(100)),
         key,
         threads: threads as u32,
         scan: ScanConfig {
