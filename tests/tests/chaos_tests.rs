@@ -24,8 +24,8 @@ fn chaos_replicated_exact() {
     println!("chaos: seed {seed} (PRIMES_CHAOS_SEED), {chaos_for:?} of faults (PRIMES_CHAOS_MS)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "c", 1500, 300, seed);
-    p.worker_flags_mut(vec!["--delay-ms".into(), "15".into()]);
+    write_inputs_pub(&p.path("data/input"), "c", 2500, 150, seed);
+    p.worker_flags_mut(vec!["--delay-ms".into(), "8".into()]);
     p.coord_flags_mut(vec![
         "--snapshot-ms".into(),
         "400".into(),
