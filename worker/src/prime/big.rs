@@ -3,7 +3,7 @@
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive, Zero};
 
-use super::lucas::strong_lucas;
+use super::lucas::extra_strong_lucas;
 use super::mont128::Mont128;
 use super::ring::{Exponent, ModRing};
 use super::trial::TABLE;
@@ -55,7 +55,7 @@ pub fn is_prime_big(n: &BigUint) -> bool {
         return false;
     }
     let r = BigRing { n: n.clone() };
-    r.strong_base2() && strong_lucas(&r)
+    r.strong_base2() && extra_strong_lucas(&r)
 }
 
 /// BPSW for odd 2^64 < n < 2^128.
@@ -65,7 +65,7 @@ fn is_prime_u128_above_64(n: u128) -> bool {
         return false;
     }
     let m = Mont128::new(n);
-    m.strong_base2() && strong_lucas(&m)
+    m.strong_base2() && extra_strong_lucas(&m)
 }
 
 fn rem_u64(n: &BigUint, m: u64) -> u64 {

@@ -1,14 +1,13 @@
 //! Primality testing.
 //!
 //! - Below 2^64 the answer is exact: a sieve bitmap for small numbers, trial division by the
-//!   odd primes up to [`TRIAL_LIMIT`], then BPSW (a strong base-2 Miller–Rabin test followed by
-//!   a strong Lucas test with Selfridge's parameters). BPSW has been verified to have no
-//!   pseudoprime below 2^64 (Gilchrist, against Feitsma's list of all base-2 strong
-//!   pseudoprimes below 2^64), so it is a deterministic test there.
-//! - Above 2^64 the same BPSW test runs on big integers. No composite is known to pass BPSW,
-//!   but none is proven impossible: see the README for the error bound we state.
-//! - [`filter_primes_u64`] tests many machine words at once, running the base-2 test on
-//!   [`LANES`] numbers interleaved so that the multiplier pipeline stays busy.
+//!   odd primes up to [`TRIAL_LIMIT`], then ES-BPSW (a strong base-2 Miller–Rabin test and
+//!   the extra strong Lucas test, see [`lucas`]). A composite passing it would be a base-2
+//!   strong pseudoprime, and none of the complete list of those below 2^64 passes.
+//! - Above 2^64 the same test runs on u128 Montgomery arithmetic or big integers. No
+//!   composite is known to pass BPSW, but none is proven impossible: see the README.
+//! - [`filter_primes_u64`] tests many machine words at once, running both halves of the test
+//!   on [`LANES`] numbers interleaved so that the multiplier pipeline stays busy.
 
 mod big;
 mod lucas;
@@ -23,7 +22,7 @@ pub use big::is_prime_big;
 pub use sieve::SIEVE_LIMIT;
 pub use trial::TRIAL_LIMIT;
 
-use lucas::strong_lucas;
+use lucas::extra_strong_lucas;
 use mont::Mont;
 use ring::ModRing;
 
@@ -61,7 +60,7 @@ pub fn is_prime_u64(n: u64) -> bool {
         Quick::Composite => false,
         Quick::Unknown => {
             let m = Mont::new(n);
-            m.strong_base2() && strong_lucas(&m)
+            m.strong_base2() && extra_strong_lucas(&m)
         }
     }
 }
@@ -84,7 +83,7 @@ pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
                     let pass = mont::strong_base2_lanes(&mr.ms);
                     for (m, ok) in mr.ms.iter().zip(pass) {
                         if ok && lucas.push(*m) {
-                            let pass = lucas::strong_lucas_lanes(&lucas.ms);
+                            let pass = lucas::extra_strong_lucas_lanes(&lucas.ms);
                             out.extend(lucas.ms.iter().zip(pass).filter(|x| x.1).map(|x| x.0.n));
                             lucas.len = 0;
                         }
@@ -95,12 +94,12 @@ pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
         }
     }
     for m in &mr.ms[..mr.len] {
-        if m.strong_base2() && strong_lucas(m) {
+        if m.strong_base2() && extra_strong_lucas(m) {
             out.push(m.n);
         }
     }
     for m in &lucas.ms[..lucas.len] {
-        if strong_lucas(m) {
+        if extra_strong_lucas(m) {
             out.push(m.n);
         }
     }

@@ -225,3 +225,59 @@ fn mersenne() {
         assert!(!is_prime_big(&((&one << e) - 1u32)), "2^{e}-1");
     }
 }
+
+#[test]
+/// The extra strong Lucas test alone, on every odd composite below 10^5 (above the trial
+/// limit, coprime to the primes up to 727 or not): it passes exactly the known extra strong
+/// Lucas pseudoprimes with Baillie's parameters (OEIS A217719), and every prime.
+fn extra_strong_lucas_pseudoprimes_match_oeis() {
+    let known: Vec<u64> = vec![
+        989, 3239, 5777, 10877, 27971, 29681, 30739, 31631, 39059, 72389, 73919, 75077,
+    ];
+    let mut found = Vec::new();
+    for n in (731..100_000u64).step_by(2) {
+        let m = Mont::new(n);
+        let pass = lucas::extra_strong_lucas(&m);
+        if is_prime_trial(n) {
+            assert!(pass, "prime {n} must pass");
+        } else if pass {
+            found.push(n);
+        }
+    }
+    let below: Vec<u64> = known.iter().copied().filter(|&n| n > 731).collect();
+    assert_eq!(found, below);
+}
+
+#[test]
+/// On random 64-bit numbers that pass the base-2 test, the extra strong Lucas test (used)
+/// and Selfridge's strong Lucas test (the original BPSW) agree, and the lanes agree with
+/// the single test.
+fn lucas_variants_agree() {
+    let mut r = rng("lucas_variants_agree");
+    let mut n_checked = 0;
+    while n_checked < 4000 {
+        let n = r.gen::<u64>() | 1 | (1 << 63);
+        if trial::has_small_factor(n) {
+            continue;
+        }
+        let m = Mont::new(n);
+        if !m.strong_base2() {
+            continue;
+        }
+        let es = lucas::extra_strong_lucas(&m);
+        assert_eq!(es, lucas::strong_lucas(&m), "n = {n}");
+        let lanes = lucas::extra_strong_lucas_lanes(&[m, Mont::new(1_000_003), m, Mont::new(989)]);
+        assert_eq!(lanes, [es, true, es, true], "n = {n}");
+        n_checked += 1;
+    }
+    // 128-bit and big-integer rings agree with the strong test too.
+    for _ in 0..300 {
+        let n: u128 = r.gen::<u128>() | 1 | (1 << 127);
+        let big = BigUint::from(n);
+        assert_eq!(
+            is_prime_big(&big),
+            machine_prime::is_prime_128(n),
+            "n = {n}"
+        );
+    }
+}
