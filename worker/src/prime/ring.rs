@@ -40,6 +40,7 @@ pub(crate) trait ModRing {
     fn add(&self, a: &Self::E, b: &Self::E) -> Self::E;
     fn sub(&self, a: &Self::E, b: &Self::E) -> Self::E;
     /// x / 2 mod n.
+    #[cfg_attr(not(test), allow(dead_code))] // the strong Lucas cross-check uses it
     fn half(&self, a: &Self::E) -> Self::E;
     /// n mod m, for a small m > 0.
     fn n_mod(&self, m: u64) -> u64;
@@ -62,6 +63,7 @@ pub(crate) trait ModRing {
     }
 
     /// The element for a small signed integer.
+    #[cfg_attr(not(test), allow(dead_code))] // the strong Lucas cross-check uses it
     fn signed(&self, k: i64) -> Self::E {
         let x = self.small(k.unsigned_abs());
         if k < 0 {
