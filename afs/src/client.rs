@@ -631,11 +631,9 @@ impl AfsClient {
         self.index_dirty = false;
         self.last_index_save = Some(Instant::now());
         let path = self.dir.join("index.json");
-        let tmp = self.dir.join("index.json.tmp");
         let write = serde_json::to_vec(&self.index)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, &path));
+            .and_then(|b| proto::files::write_atomic(&path, &b, false));
         if let Err(e) = write {
             warn!(error = %e, "cannot save cache index; the cache will be refetched after a restart");
         }

@@ -16,7 +16,7 @@ use proto::auth::{client_handshake, server_handshake};
 use proto::{ClusterKey, Connection, ProtoError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -113,29 +113,9 @@ pub async fn run(
             tracker.spawn(replicate_loop(shared.clone(), addr, shutdown.clone()));
         }
     }
-    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let mut acceptor = proto::conn::Acceptor::new(listener, shared.cfg.max_connections);
     let mut next_id = 0u64;
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => { backoff = Duration::from_millis(10); x }
-                Err(e) => {
-                    warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, stream, peer)) = acceptor.next(&shutdown).await {
         next_id += 1;
         let id = next_id;
         let shared = shared.clone();

@@ -255,34 +255,10 @@ impl Store {
 
     /// Every regular, non-hidden file under the root with its fingerprint (no hashing).
     pub fn scan(&self) -> HashMap<String, Fingerprint> {
-        let mut out = HashMap::new();
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if name.starts_with('.') {
-                    continue;
-                }
-                let rel = if prefix.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{prefix}/{name}")
-                };
-                let Ok(ft) = e.file_type() else { continue };
-                if ft.is_dir() {
-                    stack.push((e.path(), rel));
-                } else if ft.is_file() {
-                    if let Ok(m) = e.metadata() {
-                        out.insert(rel, Fingerprint::of(&m));
-                    }
-                }
-            }
-        }
-        out
+        proto::files::visible_files(&self.root)
+            .into_iter()
+            .map(|(rel, m)| (rel, Fingerprint::of(&m)))
+            .collect()
     }
 
     /// Every file with its version (hashes what changed). Blocking.

@@ -44,34 +44,10 @@ pub fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
 
 /// Every regular, non-hidden file under `dir`, as relative paths joined by '/'.
 pub fn list_files(dir: &Path) -> HashMap<String, Fingerprint> {
-    let mut out = HashMap::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, prefix)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let rel = if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push((e.path(), rel));
-            } else if ft.is_file() {
-                if let Ok(m) = e.metadata() {
-                    out.insert(rel, fingerprint(&m));
-                }
-            }
-        }
-    }
-    out
+    proto::files::visible_files(dir)
+        .into_iter()
+        .map(|(rel, m)| (rel, fingerprint(&m)))
+        .collect()
 }
 
 impl InputWatcher {

@@ -12,7 +12,7 @@ use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
 use proto::{ClusterKey, Connection, ProtoError};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -199,26 +199,9 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut acceptor = proto::conn::Acceptor::new(listener, cfg.max_connections);
     let mut next_conn = 0u64;
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => { backoff = Duration::from_millis(10); x }
-                Err(e) => {
-                    warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, stream, peer)) = acceptor.next(&shutdown).await {
         next_conn += 1;
         let conn_id = next_conn;
         let shared = shared.clone();

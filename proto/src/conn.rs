@@ -269,6 +269,57 @@ impl MsgWriter {
     }
 }
 
+/// Accepts connections for a server: at most `max` at once (a permit is held per
+/// connection), backing off on accept errors (e.g. out of file descriptors) instead of
+/// spinning.
+pub struct Acceptor {
+    listener: tokio::net::TcpListener,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    pub fn new(listener: tokio::net::TcpListener, max: usize) -> Self {
+        Acceptor {
+            listener,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    /// The next connection with its permit (drop the permit when the connection ends), or
+    /// `None` once `shutdown` is cancelled.
+    pub async fn next(
+        &mut self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        TcpStream,
+        std::net::SocketAddr,
+    )> {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            p = self.permits.clone().acquire_owned() => p.ok()?,
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = self.listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        self.backoff = Duration::from_millis(10);
+                        return Some((permit, stream, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,12 @@
 //!   plus raw byte bodies (file contents never travel as JSON).
 //! - [`auth`]: the cluster key and the HMAC challenge–response every connection starts with.
 //! - [`msg`]: the coordinator–worker messages (PROTOCOL.md lists every one).
+//! - [`files`]: walking a folder's visible files and replacing a file atomically.
 //! - [`process`]: shutdown on SIGINT/SIGTERM and address files, for the binaries.
 
 pub mod auth;
 pub mod conn;
+pub mod files;
 pub mod msg;
 pub mod process;
 

@@ -40,10 +40,5 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// Writes `addr` to `path` atomically (temporary file, then rename), so a reader never sees
 /// half an address.
 pub fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomic(path, format!("{addr}\n").as_bytes(), false)
 }

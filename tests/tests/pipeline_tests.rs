@@ -487,6 +487,28 @@ fn busy_worker(p: &Pipeline) -> Option<String> {
         .and_then(|w| w["id"].as_str().map(s))
 }
 
+/// Waits for a busy worker and returns its id.
+fn wait_busy_worker(p: &Pipeline) -> String {
+    let mut victim = String::new();
+    wait_for(T, "a busy worker", || match busy_worker(p) {
+        Some(w) => {
+            victim = w;
+            true
+        }
+        None => false,
+    });
+    victim
+}
+
+/// True when `id` shows in the coordinator's status with the given connection state
+/// (`connected`: anything but "disconnected").
+fn worker_state_is(p: &Pipeline, id: &str, connected: bool) -> bool {
+    p.status()["workers"].as_array().is_some_and(|ws| {
+        ws.iter()
+            .any(|w| w["id"] == id && (w["state"] != "disconnected") == connected)
+    })
+}
+
 #[test]
 /// SIGKILL of a busy worker: its task is finished by another worker, output exact; the
 /// killed worker restarted by hand rejoins.
@@ -499,14 +521,7 @@ fn worker_killed_mid_task() {
     for i in 1..=3 {
         p.start_worker(&format!("worker-{i}"));
     }
-    let mut victim = String::new();
-    wait_for(T, "a busy worker", || match busy_worker(&p) {
-        Some(w) => {
-            victim = w;
-            true
-        }
-        None => false,
-    });
+    let victim = wait_busy_worker(&p);
     p.worker(&victim).kill9();
     p.wait_all_reported(T);
     p.assert_exact();
@@ -517,10 +532,7 @@ fn worker_killed_mid_task() {
     );
     p.start_worker(&victim);
     wait_for(T, "the restarted worker to rejoin", || {
-        p.status()["workers"].as_array().is_some_and(|ws| {
-            ws.iter()
-                .any(|w| w["id"] == victim.as_str() && w["state"] != "disconnected")
-        })
+        worker_state_is(&p, &victim, true)
     });
 }
 
@@ -536,20 +548,10 @@ fn hung_worker_detected_by_heartbeats() {
     for i in 1..=2 {
         p.start_worker(&format!("worker-{i}"));
     }
-    let mut victim = String::new();
-    wait_for(T, "a busy worker", || match busy_worker(&p) {
-        Some(w) => {
-            victim = w;
-            true
-        }
-        None => false,
-    });
+    let victim = wait_busy_worker(&p);
     p.worker(&victim).signal(libc::SIGSTOP);
     wait_for(T, "the stopped worker to be declared dead", || {
-        p.status()["workers"].as_array().is_some_and(|ws| {
-            ws.iter()
-                .any(|w| w["id"] == victim.as_str() && w["state"] == "disconnected")
-        })
+        worker_state_is(&p, &victim, false)
     });
     p.wait_all_reported(T);
     p.assert_exact();
