@@ -305,6 +305,28 @@ async fn replicated_failover_and_catch_up() {
         })
     });
 
+    // Backups refuse client writes.
+    let mut raw = raw_conn(&a1, &c.key).await;
+    raw.write_msg(&Request::Store {
+        path: "intruder.txt".into(),
+        size: 1,
+    })
+    .await
+    .expect("send");
+    raw.write_raw(b"x").await.expect("body");
+    raw.flush().await.expect("flush");
+    assert!(
+        matches!(
+            raw.expect_msg::<Reply>(T).await,
+            Ok(Reply::Error {
+                code: ErrorCode::ReadOnly,
+                ..
+            })
+        ),
+        "a backup refuses a store"
+    );
+    assert!(!c.path("replica2/intruder.txt").exists());
+
     let mut client = c.client("worker-1", vec![ap.clone(), a1.clone(), a2.clone()]);
     let mut served_by_backup = 0;
     for i in 0..20 {
@@ -339,6 +361,38 @@ async fn replicated_failover_and_catch_up() {
             && replicated("replica2", "f00.txt")
             && replicated("replica3", "f00.txt")
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The cache keeps to its size limit by evicting the least recently used file.
+async fn cache_limit_evicts_least_recently_used() {
+    let c = Cluster::new();
+    for n in ["a", "b", "c"] {
+        write(&c.path(&format!("root/{n}.txt")), b"123456789\n"); // 10 bytes each
+    }
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut cfg = ClientConfig::new("worker-1", vec![addr], &c.path("cache"), c.key.clone());
+    cfg.cache_limit_bytes = 25;
+    let mut client = AfsClient::new(cfg).expect("client");
+    client.open("a.txt").await.expect("a");
+    client.open("b.txt").await.expect("b");
+    assert!(
+        client.open("a.txt").await.expect("a again").from_cache,
+        "a is cached"
+    );
+    client.open("c.txt").await.expect("c");
+    let cached: Vec<String> = client.cached().into_iter().map(|x| x.0).collect();
+    assert_eq!(
+        cached,
+        vec!["a.txt".to_string(), "c.txt".to_string()],
+        "b was the least recently used"
+    );
+    assert!(
+        !c.path("cache/worker-1/files/b.txt").exists(),
+        "its copy is gone"
+    );
+    let again = client.open("b.txt").await.expect("b again");
+    assert!(!again.from_cache, "an evicted file is fetched again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
