@@ -31,6 +31,7 @@ base=${PRIMES_BASE_PORT:-7400}
 host=${PRIMES_HOST:-127.0.0.1}
 cache_root=${AFS_CACHE_ROOT:-/tmp/afs}
 coord_addr="$host:$base"
+http_addr="$host:$((base + 10))"
 s1="$host:$((base + 1))"; s2="$host:$((base + 2))"; s3="$host:$((base + 3))"
 if [ "$mode" = replicated ]; then afs_list="$s1,$s2,$s3"; else afs_list="$s1"; fi
 
@@ -127,7 +128,8 @@ if [ "$mode" = replicated ]; then
 else
   launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr
 fi
-launch coordinator run/coordinator.addr "$BIN/coordinator" --listen "$coord_addr" --addr-file run/coordinator.addr
+launch coordinator run/coordinator.addr "$BIN/coordinator" --listen "$coord_addr" --addr-file run/coordinator.addr \
+  --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
 for i in $(seq "$workers"); do
   launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_addr" --afs "$afs_list" --cache-root "$cache_root"
 done
@@ -147,6 +149,7 @@ done
 
 cat <<MSG
 system up ($mode, $workers workers). Drop files into data/input/; primes go to primes.txt.
+  dashboard: http://$(cat run/http.addr 2>/dev/null || echo "$http_addr")/
   progress:  $BIN/coordinator status          (--watch for a live view, --json for scripts)
   logs:      logs/coordinator.log, logs/worker-N.log, logs/server-N.log
   reports:   data/output/<file>.json     snapshots: snapshots/

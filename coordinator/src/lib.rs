@@ -11,6 +11,7 @@
 //! - [`snapshot`]: Chandy–Lamport snapshots with channel state, and recovery from them.
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
+//! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics).
 //! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
 pub mod core;
@@ -22,3 +23,4 @@ pub mod server;
 pub mod snapshot;
 pub mod status;
 pub mod verify;
+pub mod web;

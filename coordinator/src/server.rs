@@ -37,6 +37,8 @@ pub struct Config {
     pub max_connections: usize,
     pub snapshots: SnapshotConfig,
     pub key: ClusterKey,
+    /// File servers to show on the dashboard (probed every 2 s); may be empty.
+    pub afs_servers: Vec<String>,
 }
 
 enum Out {
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     start: Instant,
     primes_count: std::sync::atomic::AtomicU64,
     pub(crate) snapshots: Mutex<Snapshots>,
+    history: Mutex<std::collections::VecDeque<Sample>>,
+    servers: Mutex<Vec<ServerProbe>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +129,7 @@ impl Shared {
 /// snapshot and tells the workers.
 pub async fn run(
     listener: TcpListener,
+    http: Option<TcpListener>,
     cfg: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -155,6 +160,8 @@ pub async fn run(
         start,
         primes_count: std::sync::atomic::AtomicU64::new(primes.len() as u64),
         snapshots: Mutex::new(snapshots),
+        history: Mutex::new(std::collections::VecDeque::new()),
+        servers: Mutex::new(Vec::new()),
     });
 
     // Recovery: files with a matching report are done; the snapshot's channel state is
@@ -188,6 +195,12 @@ pub async fn run(
     ));
     tracker.spawn(tick_loop(shared.clone(), shutdown.clone()));
     tracker.spawn(status_loop(shared.clone(), shutdown.clone()));
+    if !shared.cfg.afs_servers.is_empty() {
+        tracker.spawn(probe_loop(shared.clone(), shutdown.clone()));
+    }
+    if let Some(http) = http {
+        tracker.spawn(crate::web::serve(http, shared.clone(), shutdown.clone()));
+    }
     tracker.spawn(crate::snapshot::snapshot_loop(
         shared.clone(),
         shutdown.clone(),
@@ -526,7 +539,7 @@ async fn flush_loop(
     }
 }
 
-/// What `run/status.json` holds.
+/// What `run/status.json` (and the dashboard's `/api/status`) holds.
 #[derive(Serialize)]
 struct StatusFile<'a> {
     updated_at: String,
@@ -535,11 +548,37 @@ struct StatusFile<'a> {
     primes_in_file: u64,
     uptime_ms: u64,
     last_snapshot: Option<crate::snapshot::SnapshotInfo>,
+    file_servers: Vec<ServerProbe>,
+    history: Vec<Sample>,
     #[serde(flatten)]
     view: &'a StatusView,
 }
 
-fn write_status(shared: &Shared, running: bool) {
+/// One point of the progress history (the dashboard's chart).
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct Sample {
+    pub uptime_ms: u64,
+    pub primes: u64,
+    pub numbers: u64,
+    pub files_done: u64,
+}
+
+/// What the last probe of a file server found.
+#[derive(Serialize, Clone, Debug)]
+pub(crate) struct ServerProbe {
+    pub addr: String,
+    pub up: bool,
+    pub id: Option<String>,
+    pub role: Option<String>,
+    pub checked_at: String,
+    pub error: Option<String>,
+}
+
+/// History kept for the chart: one sample per status tick (0.5 s), 10 minutes.
+const HISTORY: usize = 1200;
+
+/// The status as JSON: the same for `run/status.json` and the dashboard.
+pub(crate) fn status_value(shared: &Shared, running: bool) -> serde_json::Value {
     let now = shared.now();
     let view = lock(&shared.core).status(now);
     let status = StatusFile {
@@ -551,15 +590,101 @@ fn write_status(shared: &Shared, running: bool) {
             .load(std::sync::atomic::Ordering::Relaxed),
         uptime_ms: now.ms,
         last_snapshot: lock(&shared.snapshots).last(),
+        file_servers: lock(&shared.servers).clone(),
+        history: lock(&shared.history).iter().copied().collect(),
         view: &view,
     };
-    match serde_json::to_vec_pretty(&status) {
+    serde_json::to_value(&status).unwrap_or(serde_json::Value::Null)
+}
+
+fn write_status(shared: &Shared, running: bool) {
+    {
+        // One history sample per status tick.
+        let now = shared.now();
+        let view = lock(&shared.core).status(now);
+        let mut h = lock(&shared.history);
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(Sample {
+            uptime_ms: now.ms,
+            primes: shared
+                .primes_count
+                .load(std::sync::atomic::Ordering::Relaxed),
+            numbers: view.totals.numbers_tested,
+            files_done: view.files_done,
+        });
+    }
+    let mut v = status_value(shared, running);
+    // The file keeps only the last minute of history; the dashboard has it all.
+    if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
+        let cut = h.len().saturating_sub(120);
+        h.drain(..cut);
+    }
+    match serde_json::to_vec_pretty(&v) {
         Ok(b) => {
             if let Err(e) = write_atomic(&shared.cfg.status_file, &b) {
                 debug!(error = %e, "cannot write status file");
             }
         }
         Err(e) => debug!(error = %e, "cannot encode status"),
+    }
+}
+
+/// Every 2 s, connects to each file server (handshake and hello) to show which are up and
+/// which is primary.
+async fn probe_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use afs::msg::{Reply, Request};
+    loop {
+        let mut out = Vec::new();
+        for addr in &shared.cfg.afs_servers {
+            let probe = async {
+                let stream = TcpStream::connect(addr).await?;
+                let mut c = Connection::new(stream).with_max_line(afs::msg::MAX_LINE);
+                proto::auth::client_handshake(&mut c, &shared.cfg.key, afs::SERVICE).await?;
+                c.send(&Request::Hello {
+                    client_id: "coordinator-probe".into(),
+                })
+                .await?;
+                match c.expect_msg::<Reply>(Duration::from_secs(1)).await? {
+                    Reply::Welcome { server_id, role } => Ok((server_id, role.to_string())),
+                    other => Err(ProtoError::Peer(format!("unexpected {other:?}"))),
+                }
+            };
+            let r = tokio::time::timeout(Duration::from_millis(1500), probe).await;
+            let checked_at = chrono::Utc::now().to_rfc3339();
+            out.push(match r {
+                Ok(Ok((id, role))) => ServerProbe {
+                    addr: addr.clone(),
+                    up: true,
+                    id: Some(id),
+                    role: Some(role),
+                    checked_at,
+                    error: None,
+                },
+                Ok(Err(e)) => ServerProbe {
+                    addr: addr.clone(),
+                    up: false,
+                    id: None,
+                    role: None,
+                    checked_at,
+                    error: Some(e.to_string()),
+                },
+                Err(_) => ServerProbe {
+                    addr: addr.clone(),
+                    up: false,
+                    id: None,
+                    role: None,
+                    checked_at,
+                    error: Some("no answer within 1.5 s".into()),
+                },
+            });
+        }
+        *lock(&shared.servers) = out;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }
 
@@ -572,6 +697,11 @@ async fn status_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// The snapshot folder.
+pub(crate) fn snapshot_dir(shared: &Shared) -> std::path::PathBuf {
+    shared.cfg.snapshots.dir.clone()
 }
 
 pub(crate) fn lock_snapshots(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshots> {

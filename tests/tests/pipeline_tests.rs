@@ -133,7 +133,7 @@ impl Pipeline {
         );
     }
 
-    fn afs_list(&self) -> String {
+    pub fn afs_list(&self) -> String {
         let mut v: Vec<&(String, Option<Proc>, String)> = self.servers.iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.iter().map(|e| e.2.clone()).collect::<Vec<_>>().join(",")
@@ -851,7 +851,11 @@ fn start_and_stop_scripts() {
     // Four free ports in a row, found by binding.
     let base = (0..200)
         .map(|i| 20000 + ((std::process::id() as u16 % 2000) * 10) + i * 7)
-        .find(|b| (0..4).all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok()))
+        .find(|b| {
+            [0, 1, 2, 3, 10]
+                .iter()
+                .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
+        })
         .expect("free ports");
     let run = |script: &str, args: &[&str]| {
         Command::new("bash")

@@ -90,6 +90,16 @@ struct RunArgs {
     /// Most worker connections at once.
     #[arg(long, env = "PRIMES_MAX_CONNECTIONS", default_value_t = 256)]
     max_connections: usize,
+    /// Serve the dashboard (HTML with live updates, /api/status, /metrics) on this address,
+    /// e.g. 127.0.0.1:7410. Off by default.
+    #[arg(long, env = "PRIMES_HTTP")]
+    http: Option<String>,
+    /// Write the dashboard's bound address to this file once listening.
+    #[arg(long, env = "PRIMES_HTTP_ADDR_FILE")]
+    http_addr_file: Option<PathBuf>,
+    /// File servers to show on the dashboard (probed every 2 s), comma-separated.
+    #[arg(long = "afs", env = "AFS_SERVERS", value_delimiter = ',')]
+    afs: Vec<String>,
     /// Start over: clear primes.txt, reports, snapshots (never the input files).
     #[arg(long)]
     fresh: bool,
@@ -269,6 +279,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             marker_timeout_ms: a.marker_timeout_ms.max(100),
         },
         key,
+        afs_servers: a.afs,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
@@ -283,8 +294,26 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%addr, "coordinator listening");
         println!("coordinator listening on {addr}");
+        let http = match &a.http {
+            Some(h) => {
+                let l = coordinator::server::bind(h)
+                    .await
+                    .context("the dashboard address")?;
+                let haddr = l
+                    .local_addr()
+                    .context("reading the dashboard address")?
+                    .to_string();
+                if let Some(f) = &a.http_addr_file {
+                    proto::process::write_addr_file(f, &haddr)
+                        .with_context(|| format!("writing {}", f.display()))?;
+                }
+                println!("dashboard on http://{haddr}/");
+                Some(l)
+            }
+            None => None,
+        };
         let shutdown = proto::process::shutdown_on_signals();
-        coordinator::server::run(listener, cfg, shutdown).await
+        coordinator::server::run(listener, http, cfg, shutdown).await
     })?;
     let _ = Duration::ZERO;
     Ok(())

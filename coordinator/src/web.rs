@@ -1,0 +1,198 @@
+//! The dashboard: an HTTP page served by the coordinator (off unless `--http` is given),
+//! updated live by server-sent events, with the same data as JSON and as Prometheus metrics.
+//!
+//! - `GET /` — the page (everything inline: no CDN, no external file)
+//! - `GET /api/status` — the status JSON (as in `run/status.json`, with 10 minutes of history)
+//! - `GET /events` — server-sent events: the status JSON every 0.5 s
+//! - `GET /metrics` — Prometheus text format
+//! - `GET /snapshots/<file>` — a snapshot file (names as listed in the status)
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::stream::Stream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::server::{status_value, Shared};
+
+const PAGE: &str = include_str!("web/index.html");
+
+/// Serves the dashboard on `listener` until `shutdown`.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/status", get(api_status))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/snapshots", get(snapshot_list))
+        .route("/snapshots/{name}", get(snapshot_file))
+        .with_state(shared);
+    info!(%addr, "dashboard listening");
+    let stop = shutdown.clone();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "dashboard server stopped");
+    }
+}
+
+async fn api_status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    axum::Json(status_value(&shared, true))
+}
+
+async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold(shared, |shared| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let data = status_value(&shared, true).to_string();
+        Some((Ok(Event::default().event("status").data(data)), shared))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The status in Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let v = status_value(&shared, true);
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let t = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    metric(
+        "primes_files",
+        "Input files by state.",
+        "gauge",
+        ["done", "in_progress", "queued", "failed"]
+            .iter()
+            .map(|s| (format!("{{state=\"{s}\"}}"), n(&format!("files_{s}"))))
+            .collect(),
+    );
+    metric(
+        "primes_chunks_total",
+        "Chunks known.",
+        "gauge",
+        vec![(String::new(), n("chunks_total"))],
+    );
+    metric(
+        "primes_chunks_done",
+        "Chunks done.",
+        "gauge",
+        vec![(String::new(), n("chunks_done"))],
+    );
+    metric(
+        "primes_in_file",
+        "Distinct primes in primes.txt.",
+        "gauge",
+        vec![(String::new(), n("primes_in_file"))],
+    );
+    metric(
+        "primes_numbers_tested_total",
+        "Numbers tested in this coordinator session.",
+        "counter",
+        vec![(String::new(), t("numbers_tested"))],
+    );
+    metric(
+        "primes_tasks_done_total",
+        "Chunks finished in this session.",
+        "counter",
+        vec![(String::new(), t("tasks_done"))],
+    );
+    metric(
+        "primes_tasks_failed_total",
+        "Chunk attempts reported failed in this session.",
+        "counter",
+        vec![(String::new(), t("tasks_failed"))],
+    );
+    metric(
+        "primes_workers_lost_total",
+        "Workers lost (disconnect or missed heartbeats) in this session.",
+        "counter",
+        vec![(String::new(), t("workers_lost"))],
+    );
+    let mut by_state = std::collections::BTreeMap::new();
+    for w in v["workers"].as_array().into_iter().flatten() {
+        *by_state
+            .entry(w["state"].as_str().unwrap_or("unknown").to_string())
+            .or_insert(0u64) += 1;
+    }
+    metric(
+        "primes_workers",
+        "Workers by state.",
+        "gauge",
+        by_state
+            .into_iter()
+            .map(|(s, c)| (format!("{{state=\"{s}\"}}"), c))
+            .collect(),
+    );
+    let up = v["file_servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["up"] == true)
+        .count() as u64;
+    metric(
+        "primes_file_servers_up",
+        "File servers answering the probe.",
+        "gauge",
+        vec![(String::new(), up)],
+    );
+    metric(
+        "primes_last_snapshot_seq",
+        "Sequence number of the last snapshot written.",
+        "gauge",
+        vec![(
+            String::new(),
+            v["last_snapshot"]["seq"].as_u64().unwrap_or(0),
+        )],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn snapshot_list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let dir = crate::server::snapshot_dir(&shared);
+    let names: Vec<String> = crate::snapshot::list_snapshots(&dir)
+        .into_iter()
+        .filter_map(|(_, p)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .collect();
+    axum::Json(names)
+}
+
+async fn snapshot_file(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    // Only names the snapshot writer makes: no path separators, no way out of the folder.
+    let ok = name.starts_with("snapshot_")
+        && name.ends_with(".json")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return (StatusCode::BAD_REQUEST, "not a snapshot name").into_response();
+    }
+    let path = crate::server::snapshot_dir(&shared).join(&name);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            "no such snapshot (old ones are pruned)",
+        )
+            .into_response(),
+    }
+}
