@@ -9,6 +9,7 @@
 #     c: one 2 GiB file of random 64-bit numbers
 #     snap: dataset b with snapshots every 1 s vs snapshots off, alternating
 #     snap10k: size and write time of snapshots holding 10,000 queued tasks
+#     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
 # Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ case "$dataset" in
   a) gen a --kind small --files 2000 --lines 1000 --seed 11 ;;
   b|snap) gen b --kind random64 --files 4 --bytes 67108864 --seed 12 ; dataset_dir=b ;;
   snap10k) gen snap10k --kind small --files 10000 --lines 1 --seed 14 ;;
+  latency) dataset_dir=a ;;
   c) gen c --kind random64 --files 1 --bytes 2147483648 --seed 13 ;;
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
@@ -96,6 +98,39 @@ if [ "$dataset" = snap ]; then
   echo "snapshots off:        $m_off s   (runs: ${off[*]})"
   echo "snapshots every 1 s:  $m_on s   (runs: ${on[*]})"
   echo "slowdown: $(echo "scale=6; ($m_on - $m_off) / $m_off * 100" | bc -l | xargs printf '%.2f') %"
+  exit 0
+fi
+if [ "$dataset" = latency ]; then
+  # Time from `mv` of a one-line file into data/input to its prime being in primes.txt, on a
+  # running idle system (default intervals: flush 0.5 s, with an early flush on completion).
+  work=$(mktemp -d "$PWD/target/bench-run.XXXXXX")
+  mkdir -p "$work/run" "$work/data/input" "$work/stage"
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/run/cluster.key"
+  export PRIMES_KEY_FILE="$work/run/cluster.key"
+  cd "$work"
+  pids=()
+  "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
+  "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr > c.log 2>&1 & pids+=($!)
+  while [ ! -s run/s.addr ] || [ ! -s run/c.addr ]; do sleep 0.01; done
+  for i in $(seq "$workers"); do
+    "$B/worker" --id "w$i" --coordinator "$(cat run/c.addr)" --afs "$(cat run/s.addr)" --cache-root "$work/cache" > "w$i.log" 2>&1 & pids+=($!)
+  done
+  sleep 1
+  seq 2000000 2000400 > stage/candidates.txt
+  "$B/worker" check stage/candidates.txt 2>/dev/null | head -n "$runs" > stage/primes.txt
+  lat=()
+  for p in $(cat stage/primes.txt); do
+    echo "$p" > "stage/p$p.txt"
+    t0=$(now)
+    mv "stage/p$p.txt" data/input/
+    until grep -qx "$p" primes.txt 2>/dev/null; do sleep 0.005; done
+    t1=$(now)
+    lat+=("$(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.0f')")
+  done
+  kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true
+  cd - > /dev/null; rm -rf "$work"
+  echo "drop -> primes.txt latency (ms), $runs drops: ${lat[*]}"
+  echo "median: $(printf '%s\n' "${lat[@]}" | median) ms"
   exit 0
 fi
 if [ "$dataset" = snap10k ]; then

@@ -35,6 +35,21 @@ pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
     None
 }
 
+/// How many chunks a file of `size` bytes is cut into: the nearest whole number of
+/// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file
+/// is one chunk, not two).
+pub fn chunk_count(size: u64, chunk_bytes: u64) -> usize {
+    let c = chunk_bytes.max(1);
+    (size.saturating_add(c / 2) / c).max(1) as usize
+}
+
+/// Byte range of chunk `i` of `n` equal chunks of a `size`-byte file (the worker moves each
+/// cut to the next line start).
+pub fn chunk_range(size: u64, n: u64, i: u64) -> (u64, u64) {
+    let at = |k: u64| ((size as u128 * k as u128) / n.max(1) as u128) as u64;
+    (at(i), at(i + 1))
+}
+
 /// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
@@ -252,7 +267,7 @@ impl Core {
         let mut actions = self.drop_job(file);
         self.next_gen += 1;
         let gen = self.next_gen;
-        let chunks = fp.size.div_ceil(self.cfg.chunk_bytes.max(1)).max(1) as usize;
+        let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
         self.jobs.insert(
             file.to_string(),
             Job {
@@ -550,13 +565,7 @@ impl Core {
             let attempt = format!("{}-{}", self.session, self.next_attempt);
             let n = job.chunks.len() as u64;
             let size = job.fp.size;
-            let step = self.cfg.chunk_bytes.max(1);
-            let start = (chunk as u64 * step).min(size);
-            let end = if chunk as u64 + 1 == n {
-                size
-            } else {
-                ((chunk as u64 + 1) * step).min(size)
-            };
+            let (start, end) = chunk_range(size, n, chunk as u64);
             job.chunks[chunk as usize] = ChunkState::Assigned {
                 attempt: attempt.clone(),
                 worker: worker.clone(),

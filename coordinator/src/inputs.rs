@@ -22,9 +22,12 @@ pub struct ScanOutcome {
 
 pub struct InputWatcher {
     dir: PathBuf,
+    /// `dir` made absolute, to match the absolute paths of notify events.
+    abs_dir: PathBuf,
     quiet_ms: u64,
-    /// name -> (fingerprint, since when unchanged)
-    seen: HashMap<String, (Fingerprint, u64)>,
+    /// name -> (fingerprint, since when unchanged, in ms; negative for a file that was
+    /// already older than the quiet period when first seen).
+    seen: HashMap<String, (Fingerprint, i64)>,
     reported: HashMap<String, Fingerprint>,
     closed: HashMap<String, Fingerprint>,
     writing: HashSet<String>,
@@ -54,6 +57,7 @@ impl InputWatcher {
     pub fn new(dir: &Path, quiet_ms: u64) -> Self {
         InputWatcher {
             dir: dir.to_path_buf(),
+            abs_dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
             quiet_ms,
             seen: HashMap::new(),
             reported: HashMap::new(),
@@ -68,7 +72,11 @@ impl InputWatcher {
     }
 
     fn rel(&self, path: &Path) -> Option<String> {
-        let rel = path.strip_prefix(&self.dir).ok()?;
+        // Events carry absolute paths; the folder may have been given relative.
+        let rel = path
+            .strip_prefix(&self.dir)
+            .or_else(|_| path.strip_prefix(&self.abs_dir))
+            .ok()?;
         let s = rel.to_str()?.to_string();
         if s.is_empty() || s.split('/').any(|p| p.starts_with('.')) {
             return None;
@@ -112,9 +120,9 @@ impl InputWatcher {
                         .max(0) as u64
                         / 1_000_000;
                     let since = if age_ms >= self.quiet_ms {
-                        now_ms.saturating_sub(self.quiet_ms)
+                        now_ms as i64 - self.quiet_ms as i64
                     } else {
-                        now_ms
+                        now_ms as i64
                     };
                     self.seen.insert(name.clone(), (*fp, since));
                     since
@@ -123,7 +131,7 @@ impl InputWatcher {
             if self.reported.get(name) == Some(fp) {
                 continue;
             }
-            let quiet = now_ms.saturating_sub(since);
+            let quiet = (now_ms as i64 - since).max(0) as u64;
             let closed = self.closed.get(name) == Some(fp);
             let writing = self.writing.contains(name);
             let ready =
@@ -171,27 +179,59 @@ mod tests {
         let r = w.scan(1600);
         assert_eq!(r.ready.len(), 1);
         assert_eq!(r.ready[0].0, "a.txt");
-        assert!(w.scan(1200).ready.is_empty(), "reported once");
+        assert!(w.scan(2200).ready.is_empty(), "reported once");
 
         std::fs::write(d.join("b.txt"), "5\n").expect("write");
         w.note_closed(&d.join("b.txt"));
         assert_eq!(
-            w.scan(1300).ready.len(),
+            w.scan(2300).ready.len(),
             1,
             "a closed write is ready at once"
         );
 
         std::fs::write(d.join("c.txt"), "7\n").expect("write");
         w.note_writing(&d.join("c.txt"));
-        assert!(w.scan(1400).ready.is_empty());
+        assert!(w.scan(2400).ready.is_empty());
         assert!(
-            w.scan(2000).ready.is_empty(),
+            w.scan(3000).ready.is_empty(),
             "held open: not ready after one quiet period"
         );
         w.note_closed(&d.join("c.txt"));
-        assert_eq!(w.scan(2100).ready.len(), 1);
+        assert_eq!(w.scan(3100).ready.len(), 1);
 
         std::fs::remove_file(d.join("a.txt")).expect("rm");
-        assert_eq!(w.scan(2200).removed, vec!["a.txt".to_string()]);
+        assert_eq!(w.scan(3200).removed, vec!["a.txt".to_string()]);
+
+        // A file older than the quiet period is ready on first sight, even right after a
+        // start, when the monotonic clock is still below the quiet period.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for f in ["b.txt", "c.txt"] {
+            std::fs::File::options()
+                .write(true)
+                .open(d.join(f))
+                .and_then(|h| h.set_modified(old))
+                .expect("set mtime");
+        }
+        // Events name files by absolute path even when the folder was given relative (the
+        // default `data/input`): a folder under the current directory, named relatively.
+        let here = tempfile::tempdir_in(".").expect("tempdir here");
+        let name = here.path().file_name().expect("name").to_owned();
+        let mut r = InputWatcher::new(std::path::Path::new(&name), 500);
+        let abs = std::env::current_dir()
+            .expect("cwd")
+            .join(&name)
+            .join("e.txt");
+        std::fs::write(&abs, "13\n").expect("write");
+        r.note_closed(&abs);
+        assert!(
+            r.scan(10).ready.iter().any(|x| x.0 == "e.txt"),
+            "a closed write is seen through an absolute path"
+        );
+        let mut fresh = InputWatcher::new(d, 500);
+        assert_eq!(
+            fresh.scan(5).ready.len(),
+            2,
+            "old files are ready at once after a start"
+        );
     }
 }

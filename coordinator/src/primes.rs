@@ -65,33 +65,44 @@ impl PrimesFile {
                 .with_context(|| format!("cutting the torn tail of {}", path.display()))?;
             file.sync_all()?;
         }
-        let mut small = HashSet::new();
+        // Most lines of a large primes.txt are 64-bit primes of about 20 bytes: reserving
+        // for that many avoids rehashing (which briefly needs old and new tables at once).
+        let mut small: HashSet<u64> = HashSet::with_capacity((good / 20) as usize);
         let mut big = HashSet::new();
         file.seek(SeekFrom::Start(0))?;
         let mut reader = BufReader::with_capacity(1 << 20, &file);
-        let mut line = String::new();
+        let mut carry: Vec<u8> = Vec::new();
         loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() {
                 break;
             }
-            let t = line.trim();
-            if t.is_empty() {
-                continue;
-            }
-            match t.parse::<u64>() {
-                Ok(v) => {
-                    small.insert(v);
+            let n = buf.len();
+            // Whole lines in this block (the tail waits for the next block).
+            let mut rest: &[u8] = buf;
+            if !carry.is_empty() {
+                match memchr::memchr(b'\n', rest) {
+                    Some(k) => {
+                        carry.extend_from_slice(&rest[..k]);
+                        add_line(&carry, &mut small, &mut big);
+                        carry.clear();
+                        rest = &rest[k + 1..];
+                    }
+                    None => {
+                        carry.extend_from_slice(rest);
+                        reader.consume(n);
+                        continue;
+                    }
                 }
-                Err(_) if t.bytes().all(|b| b.is_ascii_digit()) => {
-                    big.insert(t.to_string());
-                }
-                Err(_) => tracing::warn!(
-                    line = t,
-                    "ignoring a line of primes.txt that is not a number"
-                ),
             }
+            while let Some(k) = memchr::memchr(b'\n', rest) {
+                add_line(&rest[..k], &mut small, &mut big);
+                rest = &rest[k + 1..];
+            }
+            carry.extend_from_slice(rest);
+            reader.consume(n);
         }
+        add_line(&carry, &mut small, &mut big);
         file.seek(SeekFrom::End(0))?;
         Ok(PrimesFile {
             path: path.to_path_buf(),
@@ -145,6 +156,33 @@ impl PrimesFile {
         }
         Ok(n)
     }
+}
+
+/// Adds one line of primes.txt to the sets (canonical decimal; anything else is logged and
+/// skipped rather than trusted).
+fn add_line(line: &[u8], small: &mut HashSet<u64>, big: &mut HashSet<String>) {
+    let t = line.trim_ascii();
+    if t.is_empty() {
+        return;
+    }
+    if !t.iter().all(u8::is_ascii_digit) {
+        tracing::warn!(line = %String::from_utf8_lossy(t), "ignoring a line of primes.txt that is not a number");
+        return;
+    }
+    let mut v: u64 = 0;
+    for &d in t {
+        match v
+            .checked_mul(10)
+            .and_then(|x| x.checked_add((d - b'0') as u64))
+        {
+            Some(x) => v = x,
+            None => {
+                big.insert(String::from_utf8_lossy(t).into_owned());
+                return;
+            }
+        }
+    }
+    small.insert(v);
 }
 
 #[cfg(test)]

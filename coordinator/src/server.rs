@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) snapshots: Mutex<Snapshots>,
     history: Mutex<std::collections::VecDeque<Sample>>,
     servers: Mutex<Vec<ServerProbe>>,
+    /// Wakes the flusher early when a chunk finishes, so results do not wait a whole period.
+    flush_now: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,6 +164,7 @@ pub async fn run(
         snapshots: Mutex::new(snapshots),
         history: Mutex::new(std::collections::VecDeque::new()),
         servers: Mutex::new(Vec::new()),
+        flush_now: tokio::sync::Notify::new(),
     });
 
     // Recovery: files with a matching report are done; the snapshot's channel state is
@@ -332,6 +335,9 @@ async fn serve_worker(
                 }
             }
             Ok(Some(m)) => {
+                if matches!(m, WorkerMsg::TaskDone(_)) {
+                    shared.flush_now.notify_one();
+                }
                 shared.apply(|core, snaps, now| {
                     snaps.record_channel(conn_id, &m);
                     core.message(conn_id, m, now)
@@ -390,6 +396,7 @@ async fn input_loop(
     // events (a big `cp` into the folder) costs a few scans, not thousands.
     let min_gap = Duration::from_millis(shared.cfg.scan_ms.clamp(10, 50));
     let apply_event = |watcher: &mut InputWatcher, ev: notify::Event| -> bool {
+        debug!(kind = ?ev.kind, paths = ?ev.paths, "input event");
         match ev.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(ModifyKind::Name(RenameMode::To))
@@ -535,9 +542,17 @@ async fn flush_loop(
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(period) => {}
+            _ = shared.flush_now.notified() => {
+                // A chunk finished: flush soon, but let completions arriving together share
+                // one fsync.
+                tokio::time::sleep(FLUSH_GATHER.min(period)).await;
+            }
         }
     }
 }
+
+/// How long an early flush waits for more completions to share its fsync.
+const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
 /// What `run/status.json` (and the dashboard's `/api/status`) holds.
 #[derive(Serialize)]

@@ -352,8 +352,17 @@ async fn execute(
     let path = file.local.clone();
     let scan_cfg = cfg.scan;
     let (start, end) = (a.start, a.end);
-    let scanned =
-        tokio::task::spawn_blocking(move || scan_chunk(&path, start, end, &scan_cfg)).await;
+    let scan = tokio::task::spawn_blocking(move || scan_chunk(&path, start, end, &scan_cfg));
+    // While the CPU scans this chunk, fetch the next assignment's file into the cache (its
+    // open then costs nothing), so fetching and testing overlap.
+    let next_file = lock(local).queue.front().map(|n| n.file.clone());
+    if let Some(next) = next_file.filter(|f| *f != a.file) {
+        let mut client = afs.lock().await;
+        if let Err(e) = client.open(&next).await {
+            tracing::debug!(file = next, error = %e, "prefetch failed; the task will fetch it");
+        }
+    }
+    let scanned = scan.await;
     let r = match scanned {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

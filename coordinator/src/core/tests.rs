@@ -60,9 +60,9 @@ fn chunks_flow_to_a_report() {
     );
     let a = assigns(&c.register(1, "w1", at(0)));
     assert_eq!(a.len(), 1, "max_inflight 1");
-    assert_eq!((a[0].1.start, a[0].1.end, a[0].1.chunks), (0, 1000, 3));
+    assert_eq!((a[0].1.start, a[0].1.end, a[0].1.chunks), (0, 833, 3));
     let b = assigns(&c.register(2, "w2", at(0)));
-    assert_eq!((b[0].1.start, b[0].1.end), (1000, 2000));
+    assert_eq!((b[0].1.start, b[0].1.end), (833, 1666));
     c.message(
         1,
         WorkerMsg::Primes {
@@ -75,7 +75,7 @@ fn chunks_flow_to_a_report() {
     let next = assigns(&c.message(1, done(&a[0].1.attempt, 10, 2), at(1)));
     assert_eq!(
         (next[0].1.start, next[0].1.end),
-        (2000, 2500),
+        (1666, 2500),
         "last chunk ends at the size"
     );
     c.message(2, done(&b[0].1.attempt, 20, 0), at(2));
@@ -225,4 +225,28 @@ fn hostile_primes_batches() {
         1,
         "the chunk was requeued"
     );
+}
+
+#[test]
+/// Chunk counts round to the nearest size and never leave a sliver; ranges tile the file.
+fn chunking() {
+    assert_eq!(chunk_count(0, 100), 1);
+    assert_eq!(chunk_count(149, 100), 1);
+    assert_eq!(chunk_count(150, 100), 2);
+    assert_eq!(
+        chunk_count((64 << 20) + 18, 64 << 20),
+        1,
+        "no 18-byte tail chunk"
+    );
+    assert_eq!(chunk_count(2 << 30, 64 << 20), 32);
+    for (size, n) in [(2500u64, 3u64), (7, 3), (1 << 40, 17)] {
+        let mut at = 0;
+        for i in 0..n {
+            let (s, e) = chunk_range(size, n, i);
+            assert_eq!(s, at, "contiguous");
+            assert!(e >= s);
+            at = e;
+        }
+        assert_eq!(at, size, "the last chunk ends at the size");
+    }
 }
