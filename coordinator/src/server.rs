@@ -613,24 +613,20 @@ pub(crate) fn status_value(shared: &Shared, running: bool) -> serde_json::Value 
 }
 
 fn write_status(shared: &Shared, running: bool) {
+    let mut v = status_value(shared, running);
     {
-        // One history sample per status tick.
-        let now = shared.now();
-        let view = lock(&shared.core).status(now);
+        // One history sample per status tick, from the status just computed.
         let mut h = lock(&shared.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
         h.push_back(Sample {
-            uptime_ms: now.ms,
-            primes: shared
-                .primes_count
-                .load(std::sync::atomic::Ordering::Relaxed),
-            numbers: view.totals.numbers_tested,
-            files_done: view.files_done,
+            uptime_ms: v["uptime_ms"].as_u64().unwrap_or(0),
+            primes: v["primes_in_file"].as_u64().unwrap_or(0),
+            numbers: v["totals"]["numbers_tested"].as_u64().unwrap_or(0),
+            files_done: v["files_done"].as_u64().unwrap_or(0),
         });
     }
-    let mut v = status_value(shared, running);
     // The file keeps only the last minute of history; the dashboard has it all.
     if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
         let cut = h.len().saturating_sub(120);

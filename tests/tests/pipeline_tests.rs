@@ -105,6 +105,15 @@ impl Pipeline {
         addr
     }
 
+    /// A file server, the coordinator and `workers` workers named worker-1, worker-2, ...
+    pub fn start_simple(&mut self, workers: usize) {
+        self.simple();
+        self.start_coordinator();
+        for i in 1..=workers {
+            self.start_worker(&format!("worker-{i}"));
+        }
+    }
+
     pub fn simple(&mut self) {
         self.start_server("server-1", "primary", "data/input", &[], "127.0.0.1:0");
     }
@@ -404,11 +413,7 @@ fn pipeline_exact_and_live_drops() {
     )
     .expect("copy");
     p.coord_flags = vec![s("--chunk-bytes"), s("20000")];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=3 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(3);
     p.wait_all_reported(T);
     p.assert_exact();
     let report: Value = serde_json::from_slice(
@@ -516,20 +521,15 @@ fn worker_killed_mid_task() {
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "k", 12, 2000, 2);
     p.worker_flags = vec![s("--delay-ms"), s("300")];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=3 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(3);
     let victim = wait_busy_worker(&p);
     p.worker(&victim).kill9();
     p.wait_all_reported(T);
     p.assert_exact();
-    let st = p.status();
-    assert!(
-        st["totals"]["workers_lost"].as_u64().unwrap_or(0) >= 1,
-        "the loss was noticed: {st}"
-    );
+    // The status file lags by up to 0.5 s.
+    wait_for(T, "the status to count the lost worker", || {
+        p.status()["totals"]["workers_lost"].as_u64().unwrap_or(0) >= 1
+    });
     p.start_worker(&victim);
     wait_for(T, "the restarted worker to rejoin", || {
         worker_state_is(&p, &victim, true)
@@ -543,11 +543,7 @@ fn hung_worker_detected_by_heartbeats() {
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "h", 8, 2000, 3);
     p.worker_flags = vec![s("--delay-ms"), s("400")];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(2);
     let victim = wait_busy_worker(&p);
     p.worker(&victim).signal(libc::SIGSTOP);
     wait_for(T, "the stopped worker to be declared dead", || {
@@ -597,11 +593,7 @@ fn coordinator_killed_and_restarted() {
     write_inputs(&p.path("data/input"), "c", 16, 2500, 5);
     p.worker_flags = vec![s("--delay-ms"), s("150")];
     p.coord_flags = vec![s("--snapshot-ms"), s("300"), s("--chunk-bytes"), s("15000")];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=3 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(3);
     let total = e2e_inputs(&p.path("data/input")).len();
     let mut reported_before: Vec<(String, String)> = Vec::new();
     for (round, left) in [(0, total - 3), (1, total - 8), (2, total - 12)] {
@@ -749,11 +741,7 @@ fn everything_killed_at_once() {
     write_inputs(&p.path("data/input"), "e", 10, 2500, 6);
     p.worker_flags = vec![s("--delay-ms"), s("150")];
     p.coord_flags = vec![s("--snapshot-ms"), s("300")];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(2);
     wait_for(T, "some progress", || p.unreported().len() < 8);
     if let Some(c) = p.coordinator.as_mut() {
         c.kill9();
@@ -770,11 +758,7 @@ fn everything_killed_at_once() {
     }
     p.servers.clear();
     p.coord_addr.clear();
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(2);
     p.wait_all_reported(T);
     p.assert_exact();
 }
@@ -793,11 +777,7 @@ fn snapshots_are_consistent_under_load() {
         s("--keep-snapshots"),
         s("1000"),
     ];
-    p.simple();
-    p.start_coordinator();
-    for i in 1..=3 {
-        p.start_worker(&format!("worker-{i}"));
-    }
+    p.start_simple(3);
     p.wait_all_reported(T);
     p.assert_exact();
     if let Some(c) = p.coordinator.as_mut() {
@@ -887,14 +867,19 @@ fn start_and_stop_scripts() {
     wait_for(T, "reports", || {
         (0..5).all(|i| root.join(format!("data/output/u{i:03}.txt.json")).exists())
     });
-    let st = Command::new(bin("coordinator"))
-        .args(["status", "--json", "--status-file"])
-        .arg(root.join("run/status.json"))
-        .output()
-        .expect("status");
-    let v: Value = serde_json::from_slice(&st.stdout).expect("status json");
-    assert_eq!(v["running"], true);
-    assert_eq!(v["files_done"], 5);
+    // The status file is rewritten every 0.5 s, so it may lag the reports a little.
+    let status = || -> Value {
+        let st = Command::new(bin("coordinator"))
+            .args(["status", "--json", "--status-file"])
+            .arg(root.join("run/status.json"))
+            .output()
+            .expect("status");
+        serde_json::from_slice(&st.stdout).unwrap_or(Value::Null)
+    };
+    wait_for(T, "the status to show 5 files done", || {
+        status()["files_done"] == 5
+    });
+    assert_eq!(status()["running"], true);
     // Running it again starts nothing new.
     let again = run("start_system.sh", &[]);
     assert!(again.status.success());
