@@ -103,6 +103,15 @@ impl Shared {
                 }
             }
         }
+        if reports.is_empty() {
+            return;
+        }
+        // Report files are small, but a flush can finish thousands of them: write them off
+        // the async worker threads so connections keep being served meanwhile.
+        tokio::task::block_in_place(|| self.write_reports(reports));
+    }
+
+    fn write_reports(&self, reports: Vec<crate::core::Report>) {
         for r in reports {
             match write_report(&self.cfg.output, &r) {
                 Ok(()) => info!(
