@@ -16,15 +16,6 @@ for a in "$@"; do
     *) workers=$a ;;
   esac
 done
-if [ -z "$mode" ]; then
-  if [ -f run/mode ]; then mode=$(cat run/mode); else mode=simple; fi
-fi
-if [ -z "$workers" ]; then
-  if [ -f run/workers ]; then workers=$(cat run/workers); else workers=3; fi
-fi
-if [ "$workers" -lt 1 ] || [ "$workers" -gt 64 ]; then
-  echo "start_system.sh: WORKERS must be between 1 and 64, got $workers" >&2; exit 2
-fi
 
 BIN=target/release
 base=${PRIMES_BASE_PORT:-7400}
@@ -33,7 +24,6 @@ cache_root=${AFS_CACHE_ROOT:-/tmp/afs}
 coord_addr="$host:$base"
 http_addr="$host:$((base + 10))"
 s1="$host:$((base + 1))"; s2="$host:$((base + 2))"; s3="$host:$((base + 3))"
-if [ "$mode" = replicated ]; then afs_list="$s1,$s2,$s3"; else afs_list="$s1"; fi
 
 started=()   # names this run started, for cleanup on failure
 
@@ -64,9 +54,23 @@ any_running() {
   return 1
 }
 
+# Defaults: simple 3 — except that a run without arguments while the system is (partly) up
+# keeps the mode and worker count it was started with, so it only restarts what died.
+if [ -z "$mode" ]; then
+  if any_running && [ -f run/mode ] && [ "$fresh" = 0 ]; then mode=$(cat run/mode); else mode=simple; fi
+fi
+if [ -z "$workers" ]; then
+  if any_running && [ -f run/workers ] && [ "$fresh" = 0 ]; then workers=$(cat run/workers); else workers=3; fi
+fi
+if [ "$workers" -lt 1 ] || [ "$workers" -gt 64 ]; then
+  echo "start_system.sh: WORKERS must be between 1 and 64, got $workers" >&2; exit 2
+fi
+if [ "$mode" = replicated ]; then afs_list="$s1,$s2,$s3"; else afs_list="$s1"; fi
+
 if [ "$fresh" = 1 ]; then
   if any_running; then
-    echo "start_system.sh: --fresh needs the system stopped first: run ./stop_system.sh" >&2; exit 1
+    echo "--fresh: stopping the running system first"
+    bash ./stop_system.sh || { echo "start_system.sh: could not stop the running system" >&2; exit 1; }
   fi
   rm -rf primes.txt snapshots data/output data/replicas run/status.json run/*.addr
   rm -rf "$cache_root"/worker-* 2>/dev/null
