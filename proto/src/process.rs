@@ -42,3 +42,16 @@ pub fn shutdown_on_signals() -> CancellationToken {
 pub fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
     crate::files::write_atomic(path, format!("{addr}\n").as_bytes(), false)
 }
+
+/// Installs the log subscriber every binary uses: human-readable lines on stderr (the
+/// scripts send them to `logs/<name>.log`), level from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -154,14 +154,7 @@ fn main() -> ExitCode {
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
         None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
+            proto::process::init_logging();
             run(cli.run)
         }
     };

@@ -131,14 +131,7 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
+            proto::process::init_logging();
             match cluster(cli.run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
