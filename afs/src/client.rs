@@ -345,6 +345,22 @@ impl AfsClient {
 
     /// Opens `path` (relative to the servers' roots) and returns a local cached copy.
     pub async fn open(&mut self, path: &str) -> Result<OpenedFile, AfsError> {
+        self.open_with(path, true).await
+    }
+
+    /// Like [`AfsClient::open`], but always asks the server (`fetch` with the cached version:
+    /// a short `not_modified` when nothing changed, no body). For callers that learned of a
+    /// change by another route than the callback — the worker, whose coordinator may queue a
+    /// changed file before the server's change scan has broken the callback.
+    pub async fn open_validated(&mut self, path: &str) -> Result<OpenedFile, AfsError> {
+        self.open_with(path, false).await
+    }
+
+    async fn open_with(
+        &mut self,
+        path: &str,
+        trust_callback: bool,
+    ) -> Result<OpenedFile, AfsError> {
         let rel = check_rel(path).map_err(|e| AfsError::Refused {
             path: path.to_string(),
             message: e.message,
@@ -354,7 +370,7 @@ impl AfsClient {
         let now = self.clock;
         let local = self.local_path(&rel);
         if let Some(e) = self.index.get_mut(&rel) {
-            if e.callback && local.exists() {
+            if trust_callback && e.callback && local.exists() {
                 e.last_used = now;
                 self.stats.hits += 1;
                 return Ok(OpenedFile {

@@ -39,6 +39,19 @@ impl Cluster {
         backups: &[String],
         listen: &str,
     ) -> (Proc, String) {
+        self.server_scan(id, role, root, backups, listen, 50)
+    }
+
+    /// A server whose change scan runs every `scan_ms`.
+    fn server_scan(
+        &self,
+        id: &str,
+        role: &str,
+        root: &str,
+        backups: &[String],
+        listen: &str,
+        scan_ms: u64,
+    ) -> (Proc, String) {
         let addr_file = self.path(&format!("run/{id}.addr"));
         let _ = std::fs::remove_file(&addr_file);
         let mut args = vec![
@@ -55,7 +68,7 @@ impl Cluster {
             "--key-file".into(),
             self.key_file.display().to_string(),
             "--scan-ms".into(),
-            "50".into(),
+            scan_ms.to_string(),
         ];
         for b in backups {
             args.push("--backup".into());
@@ -361,6 +374,33 @@ async fn replicated_failover_and_catch_up() {
             && replicated("replica2", "f00.txt")
             && replicated("replica3", "f00.txt")
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A change the server has not noticed yet (its scan is slow) still leaves the callback
+/// standing, so `open` serves the old copy; `open_validated` asks the server, which checks
+/// the file itself, and gets the new content. Workers use the latter.
+async fn validated_open_sees_a_change_before_the_callback_breaks() {
+    let c = Cluster::new();
+    write(&c.path("root/a.txt"), b"2\n3\n");
+    let (_server, addr) = c.server_scan("server-1", "primary", "root", &[], "127.0.0.1:0", 600_000);
+    let mut client = c.client("worker-1", vec![addr]);
+    client.open("a.txt").await.expect("first open");
+    write(&c.path("root/a.txt"), b"5\n7\n11\n");
+    let stale = client.open("a.txt").await.expect("open");
+    assert!(stale.from_cache, "the callback still stands");
+    assert_eq!(std::fs::read(&stale.local).expect("read"), b"2\n3\n");
+    let fresh = client
+        .open_validated("a.txt")
+        .await
+        .expect("validated open");
+    assert_eq!(std::fs::read(&fresh.local).expect("read"), b"5\n7\n11\n");
+    let again = client
+        .open_validated("a.txt")
+        .await
+        .expect("validated again");
+    assert!(again.from_cache, "unchanged: not_modified, no body");
+    assert_eq!(client.stats().fetches, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -322,7 +322,7 @@ async fn execute(
     };
     let opened = {
         let mut client = afs.lock().await;
-        let r = client.open(&a.file).await;
+        let r = client.open_validated(&a.file).await;
         let cached = client.cached().into_iter().map(|(p, _)| p).collect();
         lock(local).cached_files = cached;
         r
@@ -358,7 +358,7 @@ async fn execute(
     let next_file = lock(local).queue.front().map(|n| n.file.clone());
     if let Some(next) = next_file.filter(|f| *f != a.file) {
         let mut client = afs.lock().await;
-        if let Err(e) = client.open(&next).await {
+        if let Err(e) = client.open_validated(&next).await {
             tracing::debug!(file = next, error = %e, "prefetch failed; the task will fetch it");
         }
     }
