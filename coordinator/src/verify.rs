@@ -35,6 +35,12 @@ pub fn verify(s: &Snapshot) -> Verdict {
     for (w, e) in &s.workers {
         if let WorkerEntry::Recorded { state } = e {
             for t in &state.in_progress {
+                if t.bytes_done > t.bytes_total {
+                    v.problems.push(format!(
+                        "{w} reports {} of {} bytes done for attempt {}",
+                        t.bytes_done, t.bytes_total, t.attempt
+                    ));
+                }
                 held.entry(t.attempt.as_str()).or_default().push(w.as_str());
             }
         }

@@ -12,7 +12,7 @@
 //! worker -> {"type":"task_failed","attempt":"7f3a9c-12","reason":"a.txt: not found on any file server","retryable":true}
 //! coord  -> {"type":"cancel","attempt":"7f3a9c-12"}
 //! coord  -> {"type":"marker","snapshot":3}
-//! worker -> {"type":"marker","snapshot":3,"state":{"worker_id":"worker-1","in_progress":[{"attempt":"7f3a9c-12","file":"a.txt","chunk":0,"phase":"testing"}],"tasks_done":5,"numbers_tested":1000,"cached_files":["a.txt"]}}
+//! worker -> {"type":"marker","snapshot":3,"state":{"worker_id":"worker-1","in_progress":[{"attempt":"7f3a9c-12","file":"a.txt","chunk":0,"phase":"testing","bytes_done":512,"bytes_total":1234}],"tasks_done":5,"numbers_tested":1000,"cached_files":["a.txt"]}}
 //! coord  -> {"type":"shutdown","reason":"coordinator stopping"}
 //! worker -> {"type":"goodbye"}
 //! coord  -> {"type":"error","message":"worker id \"bad id\" is not valid"}
@@ -137,6 +137,10 @@ pub struct TaskProgress {
     pub chunk: u32,
     /// "queued", "fetching", "testing" or "sending".
     pub phase: String,
+    /// How far the test got: bytes of the chunk read so far (advances in blocks of up to
+    /// 16 MiB), out of the chunk's size.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// A worker id is 1 to 64 characters of ASCII letters, digits, '-', '_' and '.', so it is

@@ -41,6 +41,17 @@ pub fn scan_chunk(
     end: u64,
     cfg: &ScanConfig,
 ) -> std::io::Result<ScanResult> {
+    scan_chunk_with_progress(path, start, end, cfg, |_| {})
+}
+
+/// [`scan_chunk`], reporting the bytes of the chunk consumed so far as it goes.
+pub fn scan_chunk_with_progress(
+    path: &Path,
+    start: u64,
+    end: u64,
+    cfg: &ScanConfig,
+    progress: impl FnMut(u64),
+) -> std::io::Result<ScanResult> {
     let mut f = File::open(path)?;
     let size = f.metadata()?.len();
     let from = line_start_at_or_after(&mut f, start, size)?;
@@ -56,7 +67,7 @@ pub fn scan_chunk(
     scan_reader(
         BufReader::with_capacity(1 << 20, f).take(to - from),
         cfg,
-        |_| {},
+        progress,
     )
 }
 

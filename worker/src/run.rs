@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::chunk::{invalid_lines, prime_batches, scan_chunk};
+use crate::chunk::{invalid_lines, prime_batches, scan_chunk_with_progress};
 use crate::scan::ScanConfig;
 
 /// Worker settings (validated by the binary).
@@ -60,6 +60,8 @@ pub const INJECTED_CRASH_EXIT: i32 = 86;
 struct Local {
     queue: VecDeque<Assignment>,
     current: Option<(Assignment, &'static str)>,
+    /// Bytes of the current chunk tested so far (updated by the scanning thread).
+    current_bytes: Arc<std::sync::atomic::AtomicU64>,
     cancelled: Vec<String>,
     tasks_done: u64,
     numbers_tested: u64,
@@ -75,6 +77,10 @@ impl Local {
                 file: a.file.clone(),
                 chunk: a.chunk,
                 phase: phase.to_string(),
+                bytes_done: self
+                    .current_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                bytes_total: a.end - a.start,
             });
         }
         for a in &self.queue {
@@ -83,6 +89,8 @@ impl Local {
                 file: a.file.clone(),
                 chunk: a.chunk,
                 phase: "queued".into(),
+                bytes_done: 0,
+                bytes_total: a.end - a.start,
             });
         }
         WorkerState {
@@ -352,7 +360,13 @@ async fn execute(
     let path = file.local.clone();
     let scan_cfg = cfg.scan;
     let (start, end) = (a.start, a.end);
-    let scan = tokio::task::spawn_blocking(move || scan_chunk(&path, start, end, &scan_cfg));
+    let progress = lock(local).current_bytes.clone();
+    progress.store(0, std::sync::atomic::Ordering::Relaxed);
+    let scan = tokio::task::spawn_blocking(move || {
+        scan_chunk_with_progress(&path, start, end, &scan_cfg, |b| {
+            progress.store(b, std::sync::atomic::Ordering::Relaxed)
+        })
+    });
     // While the CPU scans this chunk, fetch the next assignment's file into the cache (its
     // open then costs nothing), so fetching and testing overlap.
     let next_file = lock(local).queue.front().map(|n| n.file.clone());
