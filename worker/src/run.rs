@@ -77,9 +77,11 @@ impl Local {
                 file: a.file.clone(),
                 chunk: a.chunk,
                 phase: phase.to_string(),
+                // A chunk reads on to the end of the line that crosses its end: clamp.
                 bytes_done: self
                     .current_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .min(a.end - a.start),
                 bytes_total: a.end - a.start,
             });
         }
