@@ -141,6 +141,8 @@ struct Worker {
     assigned: Vec<String>,
     tasks_done: u64,
     numbers: u64,
+    /// From the last heartbeat: bytes done and total of the task being tested.
+    progress: (u64, u64),
 }
 
 /// The per-file report (`data/output/<file>.json`).
@@ -328,6 +330,7 @@ impl Core {
             assigned: Vec::new(),
             tasks_done: 0,
             numbers: 0,
+            progress: (0, 0),
         });
         w.conn = Some(conn);
         w.last_seen_ms = now.ms;
@@ -371,7 +374,16 @@ impl Core {
             w.last_seen_ms = now.ms;
         }
         match msg {
-            WorkerMsg::Heartbeat { .. } => Vec::new(),
+            WorkerMsg::Heartbeat {
+                bytes_done,
+                bytes_total,
+                ..
+            } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.progress = (bytes_done, bytes_total);
+                }
+                Vec::new()
+            }
             WorkerMsg::Primes {
                 attempt,
                 small,
@@ -760,6 +772,8 @@ impl Core {
                 joined_at: w.joined.to_rfc3339(),
                 tasks_done: w.tasks_done,
                 numbers_tested: w.numbers,
+                task_bytes_done: if w.conn.is_some() { w.progress.0 } else { 0 },
+                task_bytes_total: if w.conn.is_some() { w.progress.1 } else { 0 },
             });
         }
         v.totals = self.totals.clone();
@@ -900,6 +914,9 @@ pub struct WorkerStatus {
     pub joined_at: String,
     pub tasks_done: u64,
     pub numbers_tested: u64,
+    /// Progress of the task being tested, from the last heartbeat.
+    pub task_bytes_done: u64,
+    pub task_bytes_total: u64,
 }
 
 #[cfg(test)]

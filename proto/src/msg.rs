@@ -6,7 +6,7 @@
 //! worker -> {"type":"register","worker_id":"worker-1","pid":4242,"threads":2}
 //! coord  -> {"type":"welcome","session":"7f3a9c","heartbeat_ms":5000}
 //! coord  -> {"type":"assign","attempt":"7f3a9c-12","file":"a.txt","chunk":0,"chunks":1,"start":0,"end":1234,"size":1234}
-//! worker -> {"type":"heartbeat","busy":["7f3a9c-12"]}
+//! worker -> {"type":"heartbeat","busy":["7f3a9c-12"],"bytes_done":512,"bytes_total":1234}
 //! worker -> {"type":"primes","attempt":"7f3a9c-12","small":[2,3,5],"big":["170141183460469231731687303715884105727"]}
 //! worker -> {"type":"task_done","attempt":"7f3a9c-12","version":"9c1e","size":1234,"lines":10,"numbers":8,"blank":1,"invalid":1,"first_invalid":[{"line":4,"reason":"not a number: unexpected 'x' at column 1"}],"primes":4}
 //! worker -> {"type":"task_failed","attempt":"7f3a9c-12","reason":"a.txt: not found on any file server","retryable":true}
@@ -42,6 +42,11 @@ pub enum WorkerMsg {
     },
     Heartbeat {
         busy: Vec<String>,
+        /// Progress of the task being tested: bytes of its chunk read so far, of its size.
+        #[serde(default)]
+        bytes_done: u64,
+        #[serde(default)]
+        bytes_total: u64,
     },
     Primes {
         attempt: String,

@@ -136,3 +136,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    /// Progress is reported block by block, increasing, and ends at the bytes read.
+    fn progress_advances_per_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.txt");
+        let line = b"18446744073709551557\n";
+        let mut content = Vec::with_capacity(40 << 20);
+        while content.len() < 40 << 20 {
+            content.extend_from_slice(line);
+        }
+        std::fs::write(&path, &content).expect("write");
+        let mut seen = Vec::new();
+        let r = scan_chunk_with_progress(
+            &path,
+            0,
+            content.len() as u64,
+            &ScanConfig::default(),
+            |b| seen.push(b),
+        )
+        .expect("scan");
+        assert_eq!(r.numbers as usize, content.len() / line.len());
+        assert!(seen.len() >= 3, "several blocks reported: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "increasing: {seen:?}"
+        );
+        assert_eq!(seen.last().copied(), Some(content.len() as u64));
+    }
+}

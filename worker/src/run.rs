@@ -103,6 +103,20 @@ impl Local {
             cached_files: self.cached_files.clone(),
         }
     }
+    /// (bytes done, bytes total) of the task being tested, (0, 0) when none.
+    fn progress(&self) -> (u64, u64) {
+        match &self.current {
+            Some((a, _)) => {
+                let total = a.end - a.start;
+                let done = self
+                    .current_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (done.min(total), total)
+            }
+            None => (0, 0),
+        }
+    }
+
     fn busy(&self) -> Vec<String> {
         self.current
             .iter()
@@ -221,8 +235,11 @@ async fn session(
                 tokio::select! {
                     _ = end.cancelled() => return,
                     _ = tick.tick() => {
-                        let busy = lock(&local).busy();
-                        if out.send(WorkerMsg::Heartbeat { busy }).is_err() {
+                        let (busy, (bytes_done, bytes_total)) = {
+                            let l = lock(&local);
+                            (l.busy(), l.progress())
+                        };
+                        if out.send(WorkerMsg::Heartbeat { busy, bytes_done, bytes_total }).is_err() {
                             return;
                         }
                     }
@@ -245,6 +262,8 @@ async fn session(
                     let next = l.queue.pop_front();
                     if let Some(a) = &next {
                         l.current = Some((a.clone(), "fetching"));
+                        l.current_bytes
+                            .store(0, std::sync::atomic::Ordering::Relaxed);
                     }
                     next
                 };

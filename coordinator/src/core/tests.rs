@@ -136,9 +136,25 @@ fn missed_heartbeats() {
     c.file_ready("a.txt", fp(10), at(0));
     c.register(1, "w1", at(0));
     c.register(2, "w2", at(0));
-    c.message(2, WorkerMsg::Heartbeat { busy: vec![] }, at(250));
+    c.message(
+        2,
+        WorkerMsg::Heartbeat {
+            busy: vec![],
+            bytes_done: 0,
+            bytes_total: 0,
+        },
+        at(250),
+    );
     assert!(assigns(&c.tick(at(250))).is_empty(), "not yet");
-    c.message(2, WorkerMsg::Heartbeat { busy: vec![] }, at(301));
+    c.message(
+        2,
+        WorkerMsg::Heartbeat {
+            busy: vec![],
+            bytes_done: 0,
+            bytes_total: 0,
+        },
+        at(301),
+    );
     let actions = c.tick(at(301));
     assert!(
         actions.iter().any(|a| matches!(a, Action::Close(1, _))),
