@@ -116,6 +116,18 @@ async fn raw_conn(addr: &str, key: &ClusterKey) -> Connection {
     c
 }
 
+/// Sends a `store` request with its body on a raw connection (the reply is the caller's).
+async fn send_store(raw: &mut Connection, path: &str, body: &[u8]) {
+    raw.write_msg(&Request::Store {
+        path: path.into(),
+        size: body.len() as u64,
+    })
+    .await
+    .expect("send");
+    raw.write_raw(body).await.expect("body");
+    raw.flush().await.expect("flush");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// A second open under a valid callback transfers nothing; a change breaks the callback and
 /// the next open fetches the new content; a restarted client revalidates instead of refetching.
@@ -221,14 +233,7 @@ async fn hostile_requests() {
         }
     }
     // Store outside the root through a symlinked directory.
-    raw.write_msg(&Request::Store {
-        path: "dirlink/evil.txt".into(),
-        size: 1,
-    })
-    .await
-    .expect("send");
-    raw.write_raw(b"x").await.expect("body");
-    raw.flush().await.expect("flush");
+    send_store(&mut raw, "dirlink/evil.txt", b"x").await;
     assert!(matches!(
         raw.expect_msg::<Reply>(T).await,
         Ok(Reply::Error {
@@ -320,14 +325,7 @@ async fn replicated_failover_and_catch_up() {
 
     // Backups refuse client writes.
     let mut raw = raw_conn(&a1, &c.key).await;
-    raw.write_msg(&Request::Store {
-        path: "intruder.txt".into(),
-        size: 1,
-    })
-    .await
-    .expect("send");
-    raw.write_raw(b"x").await.expect("body");
-    raw.flush().await.expect("flush");
+    send_store(&mut raw, "intruder.txt", b"x").await;
     assert!(
         matches!(
             raw.expect_msg::<Reply>(T).await,
