@@ -76,7 +76,23 @@ pub enum AfsError {
     /// The local cache could not be written. Check the disk.
     #[error("cache: {0}")]
     Cache(String),
+    /// A range read asked for a version that the file no longer has. Start over.
+    #[error("{path}: changed since its first range was read")]
+    Changed { path: String },
 }
+
+/// Bytes of a file read by [`AfsClient::read_range`].
+#[derive(Debug, Clone)]
+pub struct RangeData {
+    /// The bytes from `start`: fewer than asked for only at the end of the file.
+    pub bytes: Vec<u8>,
+    /// The file's size and version when the bytes were read.
+    pub size: u64,
+    pub version: String,
+}
+
+/// Longest range one request may ask for (the reply is held in memory).
+pub const MAX_RANGE: u64 = 256 << 20;
 
 /// A file opened through the cache.
 #[derive(Debug, Clone)]
@@ -101,6 +117,8 @@ pub struct ClientStats {
     pub revalidated: u64,
     /// Whole-file transfers.
     pub fetches: u64,
+    /// Range reads (not cached).
+    pub ranges: u64,
     /// Body bytes received.
     pub body_bytes: u64,
     /// Callback breaks received.
@@ -139,33 +157,41 @@ pub struct AfsClient {
 /// refetch after a crash, while saving it on every fetch is quadratic in the cache size.
 const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An `AsyncWrite` that hashes what passes through.
+/// An `AsyncWrite` over a plain (blocking) writer that hashes what passes through. Cache
+/// writes land in the page cache and take microseconds: doing them in place is far cheaper
+/// than handing every piece to a blocking thread and waking the runtime afterwards.
 struct HashingWriter<W> {
     inner: W,
     hasher: Hasher,
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
+impl<W: std::io::Write + Unpin> AsyncWrite for HashingWriter<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.hasher.update(&buf[..n]);
-                Poll::Ready(Ok(n))
-            }
-            other => other,
+        let r = this.inner.write(buf);
+        if let Ok(n) = r {
+            this.hasher.update(&buf[..n]);
         }
+        Poll::Ready(r)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.inner.flush())
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.inner.flush())
     }
+}
+
+/// What one range request at one server gave.
+enum RangeAttempt {
+    Done(RangeData),
+    NotHere,
+    Changed,
+    Failed(String),
 }
 
 /// What one attempt at one server gave.
@@ -429,6 +455,145 @@ impl AfsClient {
         Err(AfsError::Unavailable { message: last_err })
     }
 
+    /// Reads `len` bytes of `path` from `start` (clamped to the file) from the first server
+    /// that has the file, into memory; nothing is cached and no callback is kept. With
+    /// `version`, the file must still have that version (else [`AfsError::Changed`]): a
+    /// reader assembling one version from several ranges passes the version of the first.
+    /// Versions are content hashes, so ranges of one version agree whichever replica
+    /// served them.
+    pub async fn read_range(
+        &mut self,
+        path: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Result<RangeData, AfsError> {
+        let rel = check_rel(path).map_err(|e| AfsError::Refused {
+            path: path.to_string(),
+            message: e.message,
+        })?;
+        if len > MAX_RANGE {
+            return Err(AfsError::Refused {
+                path: rel,
+                message: format!("a range of {len} bytes is over the {MAX_RANGE} byte limit"),
+            });
+        }
+        self.drain_breaks();
+        let mut last_err = String::from("no servers configured");
+        let rounds = self.cfg.max_rounds.max(1);
+        for round in 0..rounds {
+            let order = self.server_order();
+            let mut not_found = 0;
+            for &server in &order {
+                match self.range_attempt(server, &rel, start, len, version).await {
+                    Ok(RangeAttempt::Done(d)) => return Ok(d),
+                    Ok(RangeAttempt::NotHere) => not_found += 1,
+                    Ok(RangeAttempt::Changed) if version.is_some() => {
+                        return Err(AfsError::Changed { path: rel })
+                    }
+                    Ok(RangeAttempt::Changed) => {
+                        last_err = format!("{}: changed during the read", self.cfg.servers[server]);
+                    }
+                    Ok(RangeAttempt::Failed(m)) => {
+                        last_err = format!("{}: {m}", self.cfg.servers[server]);
+                    }
+                    Err(e @ AfsError::Refused { .. }) => return Err(e),
+                    Err(e) => {
+                        last_err = format!("{}: {e}", self.cfg.servers[server]);
+                        self.drop_connection(&last_err);
+                    }
+                }
+            }
+            if not_found > 0 && (not_found == order.len() || round + 1 == rounds) {
+                return Err(AfsError::NotFound { path: rel });
+            }
+            warn!(path = rel, round, error = %last_err, "no file server gave the range; retrying");
+            tokio::time::sleep(Duration::from_millis(100 << round.min(4))).await;
+        }
+        Err(AfsError::Unavailable { message: last_err })
+    }
+
+    async fn range_attempt(
+        &mut self,
+        server: usize,
+        rel: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Result<RangeAttempt, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        self.ensure(server).await.map_err(proto_err)?;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(RangeAttempt::Failed("not connected".into()));
+        };
+        active
+            .conn
+            .send(&Request::FetchRange {
+                path: rel.to_string(),
+                start,
+                len,
+                version: version.map(str::to_string),
+            })
+            .await
+            .map_err(proto_err)?;
+        let (got, size, v) = match self.reply().await.map_err(proto_err)? {
+            Reply::Range {
+                start: s,
+                len: got,
+                size,
+                version: v,
+                ..
+            } if got <= len && s == start.min(size) => (got, size, v),
+            Reply::Error { code, message } => {
+                return match code {
+                    ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
+                    ErrorCode::Changed => Ok(RangeAttempt::Changed),
+                    ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
+                        path: rel.to_string(),
+                        message,
+                    }),
+                    _ => Ok(RangeAttempt::Failed(message)),
+                }
+            }
+            other => {
+                self.drop_connection("unexpected reply to fetch_range");
+                return Ok(RangeAttempt::Failed(format!("unexpected reply {other:?}")));
+            }
+        };
+        let timeout = self.cfg.request_timeout;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(RangeAttempt::Failed("not connected".into()));
+        };
+        let bytes = active
+            .conn
+            .read_body_to_vec(got, Some(timeout))
+            .await
+            .map_err(proto_err)?;
+        self.stats.body_bytes += got;
+        match self.reply().await.map_err(proto_err)? {
+            Reply::FileEnd { version: sent } if sent == v => {
+                self.stats.ranges += 1;
+                Ok(RangeAttempt::Done(RangeData {
+                    bytes,
+                    size,
+                    version: v,
+                }))
+            }
+            Reply::Error {
+                code: ErrorCode::Changed,
+                ..
+            } => Ok(RangeAttempt::Changed),
+            other => {
+                self.drop_connection("bad range trailer");
+                Ok(RangeAttempt::Failed(format!(
+                    "unexpected trailer {other:?}"
+                )))
+            }
+        }
+    }
+
     fn forget(&mut self, rel: &str) {
         if self.index.remove(rel).is_some() {
             let _ = std::fs::remove_file(self.local_path(rel));
@@ -536,15 +701,13 @@ impl AfsClient {
         };
         let local = self.local_path(rel);
         let parent = local.parent().unwrap_or(&self.dir).to_path_buf();
-        tokio::fs::create_dir_all(&parent)
-            .await
+        std::fs::create_dir_all(&parent)
             .map_err(|e| AfsError::Cache(format!("creating {}: {e}", parent.display())))?;
         let tmp = parent.join(format!(".fetch-{:016x}", rand::random::<u64>()));
-        let file = tokio::fs::File::create(&tmp)
-            .await
+        let file = std::fs::File::create(&tmp)
             .map_err(|e| AfsError::Cache(format!("creating {}: {e}", tmp.display())))?;
         let mut w = HashingWriter {
-            inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            inner: std::io::BufWriter::with_capacity(size.clamp(4096, 1 << 20) as usize, file),
             hasher: Hasher::default(),
         };
         let Some(active) = self.active.as_mut() else {
@@ -601,8 +764,7 @@ impl AfsClient {
                 return Err(proto_err(e));
             }
         }
-        tokio::fs::rename(&tmp, &local)
-            .await
+        std::fs::rename(&tmp, &local)
             .map_err(|e| AfsError::Cache(format!("placing {}: {e}", local.display())))?;
         Ok(Some(()))
     }

@@ -10,6 +10,9 @@
 //! -> {"type":"fetch","path":"a.txt","have_version":"9c1e..."}
 //! <- {"type":"not_modified","path":"a.txt","version":"9c1e..."}
 //! <- {"type":"callback_break","path":"a.txt"}     (unsolicited, when a.txt changes)
+//! -> {"type":"fetch_range","path":"a.txt","start":4,"len":4,"version":"9c1e..."}
+//! <- {"type":"range","path":"a.txt","start":4,"len":4,"size":12,"version":"9c1e..."}  then 4 raw bytes, then
+//! <- {"type":"file_end","version":"9c1e..."}      (or error "changed" if the file changed)
 //! -> {"type":"stat","path":"a.txt"}
 //! <- {"type":"stat","path":"a.txt","size":12,"version":"9c1e..."}
 //! -> {"type":"list"}
@@ -39,6 +42,14 @@ pub enum Request {
     Fetch {
         path: String,
         have_version: Option<String>,
+    },
+    /// `len` bytes from `start` (clamped to the file), not cached by the client and
+    /// without a callback promise; `version`, if given, must still be the file's version.
+    FetchRange {
+        path: String,
+        start: u64,
+        len: u64,
+        version: Option<String>,
     },
     Stat {
         path: String,
@@ -115,6 +126,14 @@ pub enum Reply {
     },
     File {
         path: String,
+        size: u64,
+        version: String,
+    },
+    /// Header of a range; `len` raw bytes follow, then `file_end` or `error: changed`.
+    Range {
+        path: String,
+        start: u64,
+        len: u64,
         size: u64,
         version: String,
     },

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use proto::auth::{client_handshake, server_handshake};
 use proto::{ClusterKey, Connection, ProtoError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::msg::{ErrorCode, FileInfo, Reply, Request, Role, MAX_LINE};
-use crate::store::{Hasher, Store, StoreError};
+use crate::store::{Fingerprint, Hasher, Store, StoreError};
 use crate::SERVICE;
 
 /// Server settings (validated by the binary).
@@ -141,6 +141,21 @@ pub async fn run(
     );
 }
 
+/// Computes the versions of new or changed files in the background: they are about to be
+/// fetched, and a request then finds the version ready instead of waiting for a whole-file
+/// hash (a request arriving meanwhile waits for this hash rather than doing its own).
+fn warm_versions(store: &Arc<Store>, paths: Vec<String>) {
+    if paths.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for p in paths {
+            let _ = store.info(&p);
+        }
+    });
+}
+
 async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let store = shared.store.clone();
     let mut last = {
@@ -149,6 +164,7 @@ async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             .await
             .unwrap_or_default()
     };
+    warm_versions(&store, last.keys().cloned().collect());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -162,12 +178,15 @@ async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
                 continue;
             }
         };
+        let mut changed = Vec::new();
         for (path, fp) in &now {
             if last.get(path) != Some(fp) {
                 debug!(path, "changed");
                 shared.break_callbacks(path);
+                changed.push(path.clone());
             }
         }
+        warm_versions(&store, changed);
         for path in last.keys() {
             if !now.contains_key(path) {
                 debug!(path, "removed");
@@ -270,10 +289,8 @@ async fn handle_request(
     };
     match req {
         Request::Fetch { path, have_version } => {
-            let s = store.clone();
-            let p = path.clone();
-            let info = match blocking(move || s.info(&p)).await {
-                Ok(i) => i,
+            let info = match lookup(&store, path).await {
+                Ok((i, _)) => i,
                 Err(e) => return reply_error(conn, &e).await,
             };
             shared.promise(&info.path, id);
@@ -288,6 +305,27 @@ async fn handle_request(
             }
             shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
             send_file(shared, conn, &info).await
+        }
+        Request::FetchRange {
+            path,
+            start,
+            len,
+            version,
+        } => {
+            let (info, fp) = match lookup(&store, path).await {
+                Ok(x) => x,
+                Err(e) => return reply_error(conn, &e).await,
+            };
+            if version.as_ref().is_some_and(|v| *v != info.version) {
+                return conn
+                    .send(&Reply::Error {
+                        code: ErrorCode::Changed,
+                        message: format!("{} is no longer the version asked for", info.path),
+                    })
+                    .await;
+            }
+            shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
+            send_range(shared, conn, &info, fp, start, len).await
         }
         Request::Stat { path } => match blocking(move || store.info(&path)).await {
             Ok(i) => {
@@ -391,25 +429,136 @@ async fn refuse_body(
 
 /// Streams a file: header, exactly `size` raw bytes, then `file_end` with the version of the
 /// bytes actually sent, or `error: changed` if the file changed during the transfer.
+/// Size, version and fingerprint of `path`: inline when the version is known, on a blocking
+/// thread when the content has to be hashed.
+async fn lookup(store: &Arc<Store>, path: String) -> Result<(FileInfo, Fingerprint), StoreError> {
+    match store.cached_info(&path)? {
+        Some(hit) => Ok(hit),
+        None => {
+            let s = store.clone();
+            blocking(move || s.info_fp(&path)).await
+        }
+    }
+}
+
+/// Opens a served file, or says why not (the reply is already sent on `Err`).
+async fn open_served(
+    shared: &Shared,
+    conn: &mut Connection,
+    rel: &str,
+) -> Result<Option<std::fs::File>, ProtoError> {
+    let (_, real) = match shared.store.resolve_existing(rel) {
+        Ok(x) => x,
+        Err(e) => {
+            reply_error(conn, &e).await?;
+            return Ok(None);
+        }
+    };
+    match std::fs::File::open(&real) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => {
+            conn.send(&Reply::Error {
+                code: ErrorCode::NotFound,
+                message: format!("opening {rel}: {e}"),
+            })
+            .await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Writes exactly `len` bytes of `file` from `start` as a raw body, hashing them into
+/// `hasher` if given. Returns true if the file ended (or failed) early: the rest is padded
+/// with zeros to keep the framing, and the caller must say the body is bad. Reads are plain
+/// blocking reads in pieces of at most 1 MiB (page-cache copies, far shorter than handing
+/// each piece to a blocking thread).
+async fn stream_file(
+    conn: &mut Connection,
+    file: &mut std::fs::File,
+    start: u64,
+    len: u64,
+    mut hasher: Option<&mut Hasher>,
+) -> Result<bool, ProtoError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut short = start > 0 && file.seek(SeekFrom::Start(start)).is_err();
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = if short {
+            0
+        } else {
+            file.read(&mut buf[..want]).unwrap_or(0)
+        };
+        if n == 0 {
+            short = true;
+            buf[..want].fill(0);
+            conn.write_raw(&buf[..want]).await?;
+            left -= want as u64;
+            continue;
+        }
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        conn.write_raw(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(short)
+}
+
+/// Streams `len` bytes of a file from `start` (both clamped to the file): `range` header,
+/// the raw bytes, then `file_end` if the file still has the fingerprint its version was
+/// computed for, else `error: changed`. Ranges are not hashed (that would cost a pass over
+/// the whole file per range); the fingerprint (size, mtime, inode) stands for the content.
+async fn send_range(
+    shared: &Shared,
+    conn: &mut Connection,
+    info: &FileInfo,
+    fp: Fingerprint,
+    start: u64,
+    len: u64,
+) -> Result<(), ProtoError> {
+    let Some(mut file) = open_served(shared, conn, &info.path).await? else {
+        return Ok(());
+    };
+    let start = start.min(info.size);
+    let len = len.min(info.size - start);
+    conn.write_msg(&Reply::Range {
+        path: info.path.clone(),
+        start,
+        len,
+        size: info.size,
+        version: info.version.clone(),
+    })
+    .await?;
+    let short = stream_file(conn, &mut file, start, len, None).await?;
+    shared
+        .stats
+        .body_bytes_sent
+        .fetch_add(len, Ordering::Relaxed);
+    if short || shared.store.fingerprint(&info.path) != Some(fp) {
+        conn.send(&Reply::Error {
+            code: ErrorCode::Changed,
+            message: format!("{} changed while it was being sent; fetch again", info.path),
+        })
+        .await
+    } else {
+        conn.send(&Reply::FileEnd {
+            version: info.version.clone(),
+        })
+        .await
+    }
+}
+
+/// Streams a whole file: header, exactly `size` raw bytes, then `file_end` with the version
+/// of the bytes actually sent, or `error: changed` if the file changed during the transfer.
 async fn send_file(
     shared: &Shared,
     conn: &mut Connection,
     info: &FileInfo,
 ) -> Result<(), ProtoError> {
-    let (_, real) = match shared.store.resolve_existing(&info.path) {
-        Ok(x) => x,
-        Err(e) => return reply_error(conn, &e).await,
-    };
-    let mut file = match tokio::fs::File::open(&real).await {
-        Ok(f) => f,
-        Err(e) => {
-            return conn
-                .send(&Reply::Error {
-                    code: ErrorCode::NotFound,
-                    message: format!("opening {}: {e}", info.path),
-                })
-                .await
-        }
+    let Some(mut file) = open_served(shared, conn, &info.path).await? else {
+        return Ok(());
     };
     conn.write_msg(&Reply::File {
         path: info.path.clone(),
@@ -418,28 +567,7 @@ async fn send_file(
     })
     .await?;
     let mut hasher = Hasher::default();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut left = info.size;
-    let mut short = false;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = if short {
-            0
-        } else {
-            file.read(&mut buf[..want]).await.unwrap_or(0)
-        };
-        if n == 0 {
-            // The file shrank (or failed) mid-send: pad to keep the framing, then say so.
-            short = true;
-            buf[..want].fill(0);
-            conn.write_raw(&buf[..want]).await?;
-            left -= want as u64;
-            continue;
-        }
-        hasher.update(&buf[..n]);
-        conn.write_raw(&buf[..n]).await?;
-        left -= n as u64;
-    }
+    let short = stream_file(conn, &mut file, 0, info.size, Some(&mut hasher)).await?;
     shared
         .stats
         .body_bytes_sent
@@ -625,7 +753,7 @@ async fn push_file(shared: &Shared, conn: &mut Connection, f: &FileInfo) -> Resu
     let Ok((_, real)) = shared.store.resolve_existing(&f.path) else {
         return Ok(()); // gone since the listing; the next round deletes it
     };
-    let Ok(mut file) = tokio::fs::File::open(&real).await else {
+    let Ok(mut file) = std::fs::File::open(&real) else {
         return Ok(());
     };
     conn.write_msg(&Request::Replicate {
@@ -634,22 +762,9 @@ async fn push_file(shared: &Shared, conn: &mut Connection, f: &FileInfo) -> Resu
         version: f.version.clone(),
     })
     .await?;
-    let mut left = f.size;
-    let mut buf = vec![0u8; 256 << 10];
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = file.read(&mut buf[..want]).await.unwrap_or(0);
-        if n == 0 {
-            // Shrank since listing: pad; the backup stores a wrong version that the next
-            // round (triggered by this very change) replaces.
-            buf[..want].fill(0);
-            conn.write_raw(&buf[..want]).await?;
-            left -= want as u64;
-            continue;
-        }
-        conn.write_raw(&buf[..n]).await?;
-        left -= n as u64;
-    }
+    // A file that shrank since the listing is padded; the backup then checks the version,
+    // refuses it, and the next round (triggered by this very change) sends the new one.
+    stream_file(conn, &mut file, 0, f.size, None).await?;
     conn.flush().await?;
     match next_reply(conn, Duration::from_secs(120)).await? {
         Reply::Stored { .. } => Ok(()),

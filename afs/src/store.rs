@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use crate::msg::{ErrorCode, FileInfo};
@@ -129,6 +129,9 @@ pub struct Store {
     root: PathBuf,
     max_file_bytes: u64,
     versions: Mutex<HashMap<String, (Fingerprint, String)>>,
+    /// One lock per file being hashed, so that requests arriving together for a new file
+    /// (two workers, the background warm-up) hash it once.
+    hashing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Store {
@@ -142,6 +145,7 @@ impl Store {
             root,
             max_file_bytes,
             versions: Mutex::new(HashMap::new()),
+            hashing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,19 +213,63 @@ impl Store {
     /// Size and version of `rel`, hashing the content only if its fingerprint changed.
     /// Blocking: call from a blocking thread for big files.
     pub fn info(&self, rel: &str) -> Result<FileInfo, StoreError> {
+        self.info_fp(rel).map(|(i, _)| i)
+    }
+
+    /// [`Store::info`] without hashing: `Ok(None)` when the version has to be computed
+    /// (the file is new or changed). Cheap (a path check and a stat): callable inline.
+    pub fn cached_info(&self, rel: &str) -> Result<Option<(FileInfo, Fingerprint)>, StoreError> {
         let (rel, real) = self.resolve_existing(rel)?;
         let meta =
             std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
         let fp = Fingerprint::of(&meta);
-        if let Some((cfp, v)) = self.lock().get(&rel) {
-            if *cfp == fp {
-                return Ok(FileInfo {
-                    path: rel,
-                    size: fp.size,
-                    version: v.clone(),
-                });
-            }
+        let version = match self.lock().get(&rel) {
+            Some((cfp, v)) if *cfp == fp => v.clone(),
+            _ => return Ok(None),
+        };
+        Ok(Some((
+            FileInfo {
+                path: rel,
+                size: fp.size,
+                version,
+            },
+            fp,
+        )))
+    }
+
+    /// [`Store::info`] plus the fingerprint the version belongs to, so that a reader can
+    /// check afterwards that what it read was that version.
+    pub fn info_fp(&self, rel: &str) -> Result<(FileInfo, Fingerprint), StoreError> {
+        if let Some(hit) = self.cached_info(rel)? {
+            return Ok(hit);
         }
+        let gate = self
+            .hashing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rel.to_string())
+            .or_default()
+            .clone();
+        let _hashing = gate.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.hash_file(rel);
+        self.hashing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(rel);
+        result
+    }
+
+    /// The version of `rel` from the cache if another caller just computed it, else by
+    /// hashing the content (caller holds the file's hashing lock).
+    fn hash_file(&self, rel: &str) -> Result<(FileInfo, Fingerprint), StoreError> {
+        if let Some(hit) = self.cached_info(rel)? {
+            return Ok(hit);
+        }
+        let started = std::time::Instant::now();
+        let (rel, real) = self.resolve_existing(rel)?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
+        let fp = Fingerprint::of(&meta);
         let mut f = std::fs::File::open(&real)
             .map_err(|e| StoreError::io("opening", Path::new(&rel), e))?;
         let mut h = Hasher::default();
@@ -241,11 +289,26 @@ impl Store {
         if after == Some(fp) {
             self.lock().insert(rel.clone(), (fp, version.clone()));
         }
-        Ok(FileInfo {
-            path: rel,
-            size: fp.size,
-            version,
-        })
+        tracing::debug!(
+            path = rel,
+            bytes = fp.size,
+            ms = started.elapsed().as_millis() as u64,
+            "hashed"
+        );
+        Ok((
+            FileInfo {
+                path: rel,
+                size: fp.size,
+                version,
+            },
+            fp,
+        ))
+    }
+
+    /// The current fingerprint of `rel`, if it still exists.
+    pub fn fingerprint(&self, rel: &str) -> Option<Fingerprint> {
+        let (_, real) = self.resolve_existing(rel).ok()?;
+        std::fs::metadata(real).ok().map(|m| Fingerprint::of(&m))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Fingerprint, String)>> {

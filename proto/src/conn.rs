@@ -139,10 +139,40 @@ impl Connection {
         stall: Option<Duration>,
     ) -> Result<(), ProtoError> {
         let mut left = len;
-        let mut buf = vec![0u8; 256 << 10];
+        // Straight from the read buffer: no intermediate copy, no buffer to allocate.
         while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let read = self.r.reader.read(&mut buf[..want]);
+            let fill = self.r.reader.fill_buf();
+            let buf = match stall {
+                Some(limit) => tokio::time::timeout(limit, fill)
+                    .await
+                    .map_err(|_| ProtoError::Timeout(limit))??,
+                None => fill.await?,
+            };
+            if buf.is_empty() {
+                return Err(ProtoError::Truncated);
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            out.write_all(&buf[..n]).await?;
+            self.r.reader.consume(n);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `len` raw bytes into memory (the caller has checked `len` against its
+    /// limits), with the same stall rule as [`Connection::read_body`]. Large bodies are read
+    /// by the kernel straight into the result, past the read buffer.
+    pub async fn read_body_to_vec(
+        &mut self,
+        len: u64,
+        stall: Option<Duration>,
+    ) -> Result<Vec<u8>, ProtoError> {
+        let want = usize::try_from(len).map_err(|_| ProtoError::TooLong { max: usize::MAX })?;
+        let mut out = Vec::with_capacity(want);
+        while out.len() < want {
+            let left = (want - out.len()) as u64;
+            let mut limited = (&mut self.r.reader).take(left);
+            let read = limited.read_buf(&mut out);
             let n = match stall {
                 Some(limit) => tokio::time::timeout(limit, read)
                     .await
@@ -152,10 +182,8 @@ impl Connection {
             if n == 0 {
                 return Err(ProtoError::Truncated);
             }
-            out.write_all(&buf[..n]).await?;
-            left -= n as u64;
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Writes exactly `len` raw bytes from `input` to the connection (buffered).

@@ -483,3 +483,154 @@ async fn one_gib_file_bounded_memory() {
         "client (test process) peak RSS {our_peak} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Range reads give exactly the bytes asked for (clamped at the end), put nothing in the
+/// cache, and refuse a pinned version once the file has changed.
+async fn range_reads() {
+    let c = Cluster::new();
+    let content: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| format!("{}\n", i * 7).into_bytes())
+        .collect();
+    write(&c.path("root/big.txt"), &content);
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut client = c.client("worker-1", vec![addr]);
+    let size = content.len() as u64;
+
+    let whole = client
+        .read_range("big.txt", 0, size, None)
+        .await
+        .expect("whole range");
+    assert_eq!(whole.bytes, content);
+    assert_eq!(whole.size, size);
+    let version = whole.version.clone();
+
+    for (start, len) in [
+        (1u64, 10u64),
+        (12_345, 100_000),
+        (size - 5, 100),
+        (size, 10),
+        (size + 7, 3),
+    ] {
+        let r = client
+            .read_range("big.txt", start, len, Some(&version))
+            .await
+            .expect("range");
+        let from = start.min(size) as usize;
+        let to = (start.saturating_add(len)).min(size) as usize;
+        assert_eq!(r.bytes, &content[from..to], "range {start}+{len}");
+        assert_eq!(r.version, version);
+    }
+    assert!(client.cached().is_empty(), "ranges are not cached");
+    let s = client.stats();
+    assert_eq!((s.ranges, s.fetches), (6, 0), "{s:?}");
+
+    // The whole-file version and the range version are the same content hash.
+    let opened = client.open("big.txt").await.expect("open");
+    assert_eq!(opened.version, version);
+
+    // A changed file refuses the old version, and serves the new one unpinned.
+    let mut changed = content.clone();
+    changed[3] = b'9';
+    write(&c.path("root/big.txt"), &changed);
+    let refused = client.read_range("big.txt", 0, 10, Some(&version)).await;
+    assert!(
+        matches!(refused, Err(AfsError::Changed { .. })),
+        "{refused:?}"
+    );
+    let fresh = client
+        .read_range("big.txt", 0, 10, None)
+        .await
+        .expect("fresh range");
+    assert_eq!(fresh.bytes, &changed[..10]);
+    assert_ne!(fresh.version, version);
+
+    // Limits and path rules hold for ranges too.
+    let too_big = client
+        .read_range("big.txt", 0, afs::client::MAX_RANGE + 1, None)
+        .await;
+    assert!(
+        matches!(too_big, Err(AfsError::Refused { .. })),
+        "{too_big:?}"
+    );
+    let outside = client.read_range("../x.txt", 0, 1, None).await;
+    assert!(
+        matches!(outside, Err(AfsError::Refused { .. })),
+        "{outside:?}"
+    );
+    let missing = client.read_range("nope.txt", 0, 1, None).await;
+    assert!(
+        matches!(missing, Err(AfsError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A worker's chunk read by range holds exactly the lines a scan of a local copy gives for
+/// that chunk, wherever the cuts fall: in short lines, in lines longer than the first
+/// extension piece (64 KiB) and in a 3 MiB line; a line longer than the limit crossing the
+/// end asks for the whole file instead.
+async fn chunk_reads_match_local_scans() {
+    use worker::chunk::{read_chunk, scan_chunk};
+    use worker::scan::{scan_slice, ScanConfig};
+    let c = Cluster::new();
+    let mut content = Vec::new();
+    let (mut long_at, mut spaces_at) = (0, 0);
+    for i in 0..40_000u64 {
+        content.extend_from_slice(format!("{}\n", i * 7919 + 13).as_bytes());
+        if i == 9_000 {
+            long_at = content.len() as u64;
+            content.extend(std::iter::repeat_n(b'1', 150_000));
+            content.push(b'\n');
+        }
+        if i == 25_000 {
+            spaces_at = content.len() as u64;
+            content.extend(std::iter::repeat_n(b' ', 3 << 20));
+            content.extend_from_slice(b"97\n");
+        }
+    }
+    content.extend_from_slice(b"101"); // no final newline
+    write(&c.path("root/f.txt"), &content);
+    let local = c.path("root/f.txt");
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut client = c.client("worker-1", vec![addr]);
+    let size = content.len() as u64;
+    let cfg = ScanConfig::default();
+    let mut cuts = vec![
+        1,
+        2,
+        long_at,
+        long_at + 1,
+        long_at + 70_000,
+        spaces_at + 5,
+        spaces_at + (2 << 20),
+        size - 2,
+        size - 1,
+    ];
+    cuts.extend((1..40).map(|k| size * k / 40));
+    for n in [1u64, 3, 7, 40] {
+        cuts.extend((1..n).map(|k| size * k / n));
+    }
+    for &cut in &cuts {
+        for (start, end) in [(0, cut), (cut, size), (cut, (cut + 100_000).min(size))] {
+            let want = scan_chunk(&local, start, end, &cfg).expect("local scan");
+            let got = read_chunk(&mut client, "f.txt", start, end, cfg.max_line_bytes)
+                .await
+                .expect("read")
+                .expect("no fallback");
+            let r = scan_slice(got.lines(), &cfg, |_| {});
+            assert_eq!(
+                (r.lines, r.numbers, r.invalid, r.blank),
+                (want.lines, want.numbers, want.invalid, want.blank),
+                "chunk {start}..{end}"
+            );
+            assert_eq!(r.primes, want.primes, "chunk {start}..{end}");
+            assert_eq!(got.size, size);
+        }
+    }
+    // The 150,000-byte line crosses this end; with a 1000-byte limit: whole file instead.
+    let fallback = read_chunk(&mut client, "f.txt", 0, long_at + 10, 1000)
+        .await
+        .expect("read");
+    assert!(fallback.is_none());
+}

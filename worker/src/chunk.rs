@@ -71,6 +71,82 @@ pub fn scan_chunk_with_progress(
     )
 }
 
+/// The lines of one chunk of a file, read by range from the file servers.
+#[derive(Debug)]
+pub struct ChunkBytes {
+    /// The bytes read, from `start - 1` (or 0) to the end of the chunk's last line.
+    pub bytes: Vec<u8>,
+    /// The chunk's lines are `bytes[from..to]`.
+    pub from: usize,
+    pub to: usize,
+    /// The file's version and size (every range was read from this version).
+    pub version: String,
+    pub size: u64,
+}
+
+impl ChunkBytes {
+    /// The chunk's lines.
+    pub fn lines(&self) -> &[u8] {
+        &self.bytes[self.from..self.to]
+    }
+}
+
+/// Reads the lines of `file` that start in `[start, end)` (the same lines as
+/// [`scan_chunk`] on a local copy) by range from the file servers, all from one version.
+///
+/// They run from one past the first newline at or after `start - 1` to one past the first
+/// newline at or after `end - 1`: the first range is `[start - 1, end)`, and while the last
+/// line is unfinished, pieces of growing size (64 KiB up to 16 MiB) of the same version
+/// follow. `Ok(None)` when the line crossing `end` is longer than `max_line` (such a line
+/// is invalid anyway, but holding it would need unbounded memory): read the file whole.
+pub async fn read_chunk(
+    client: &mut afs::client::AfsClient,
+    file: &str,
+    start: u64,
+    end: u64,
+    max_line: u64,
+) -> Result<Option<ChunkBytes>, afs::client::AfsError> {
+    let lo = start.saturating_sub(1);
+    let first = client
+        .read_range(file, lo, end.saturating_sub(lo), None)
+        .await?;
+    let (version, size) = (first.version, first.size);
+    let mut bytes = first.bytes;
+    let from = if start == 0 {
+        0
+    } else {
+        // No newline: no line starts in the chunk.
+        memchr::memchr(b'\n', &bytes).map_or(bytes.len(), |k| k + 1)
+    };
+    let mut piece: u64 = 64 << 10;
+    let to = loop {
+        let pos = lo + bytes.len() as u64;
+        if pos >= size || bytes.last() == Some(&b'\n') || from == bytes.len() {
+            break bytes.len();
+        }
+        if pos.saturating_sub(end) > max_line {
+            return Ok(None);
+        }
+        let more = client.read_range(file, pos, piece, Some(&version)).await?;
+        if more.bytes.is_empty() {
+            break bytes.len();
+        }
+        let base = bytes.len();
+        bytes.extend_from_slice(&more.bytes);
+        if let Some(k) = memchr::memchr(b'\n', &more.bytes) {
+            break base + k + 1;
+        }
+        piece = (piece * 2).min(16 << 20);
+    };
+    Ok(Some(ChunkBytes {
+        bytes,
+        from,
+        to: to.max(from),
+        version,
+        size,
+    }))
+}
+
 /// The primes of a result as wire batches of at most [`MAX_PRIMES_PER_BATCH`].
 pub fn prime_batches(r: &ScanResult) -> Vec<(Vec<u64>, Vec<String>)> {
     let mut out = Vec::new();

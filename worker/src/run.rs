@@ -25,8 +25,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::chunk::{invalid_lines, prime_batches, scan_chunk_with_progress};
-use crate::scan::ScanConfig;
+use crate::chunk::{
+    invalid_lines, prime_batches, read_chunk, scan_chunk_with_progress, ChunkBytes,
+};
+use crate::scan::{scan_slice, ScanConfig};
 
 /// Worker settings (validated by the binary).
 #[derive(Clone, Debug)]
@@ -248,7 +250,7 @@ async fn session(
         })
     };
 
-    // Executor: one assignment at a time.
+    // Executor: one assignment at a time (the next one's bytes are fetched meanwhile).
     let exec = {
         let out = out_tx.clone();
         let local = local.clone();
@@ -256,6 +258,7 @@ async fn session(
         let end = end.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
+            let mut prefetched: Option<Prefetched> = None;
             loop {
                 let next = {
                     let mut l = lock(&local);
@@ -273,7 +276,7 @@ async fn session(
                         _ = work.notified() => continue,
                     }
                 };
-                execute(&cfg, &afs, &local, &out, a).await;
+                prefetched = execute(&cfg, &afs, &local, &out, &work, a, prefetched.take()).await;
             }
         })
     };
@@ -337,24 +340,87 @@ async fn session(
     Ok(result)
 }
 
+/// A task's input, fetched: a whole file in the AFS cache (files of one chunk), or the
+/// bytes of one chunk of a larger file read by range into memory.
+enum Fetched {
+    Whole(afs::client::OpenedFile),
+    Range(ChunkBytes),
+}
+
+/// The input of the next queued task, being fetched while the current one is tested.
+struct Prefetched {
+    attempt: String,
+    fetch: tokio::task::JoinHandle<Result<Fetched, AfsError>>,
+}
+
+/// Starts fetching task `n`'s input in its own task (so that the end of the current scan is
+/// acted on at once, however long the fetch takes).
+fn prefetch(
+    afs: &Arc<tokio::sync::Mutex<AfsClient>>,
+    local: &Arc<Mutex<Local>>,
+    n: Assignment,
+    max_line: u64,
+) -> Prefetched {
+    let (afs, local) = (afs.clone(), local.clone());
+    let attempt = n.attempt.clone();
+    let fetch = tokio::spawn(async move {
+        let mut client = afs.lock().await;
+        let fetched = fetch_task(&mut client, &n, max_line).await;
+        let cached = client.cached().into_iter().map(|(p, _)| p).collect();
+        lock(&local).cached_files = cached;
+        fetched
+    });
+    Prefetched { attempt, fetch }
+}
+
+/// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file cache
+/// (validated with the server: the coordinator may have queued a change the server's scan
+/// has not announced yet). A chunk of a larger file is read by range ([`read_chunk`]): each
+/// worker then moves only the bytes it tests, once, instead of every worker copying the
+/// whole file into its cache.
+async fn fetch_task(
+    client: &mut AfsClient,
+    a: &Assignment,
+    max_line: u64,
+) -> Result<Fetched, AfsError> {
+    if a.chunks > 1 {
+        if let Some(c) = read_chunk(client, &a.file, a.start, a.end, max_line).await? {
+            return Ok(Fetched::Range(c));
+        }
+    }
+    client.open_validated(&a.file).await.map(Fetched::Whole)
+}
+
 async fn execute(
     cfg: &WorkerConfig,
     afs: &Arc<tokio::sync::Mutex<AfsClient>>,
     local: &Arc<Mutex<Local>>,
     out: &mpsc::UnboundedSender<WorkerMsg>,
+    work: &Notify,
     a: Assignment,
-) {
+    prefetched: Option<Prefetched>,
+) -> Option<Prefetched> {
     let set_phase = |phase: &'static str| {
         if let Some(cur) = lock(local).current.as_mut() {
             cur.1 = phase;
         }
     };
-    let opened = {
-        let mut client = afs.lock().await;
-        let r = client.open_validated(&a.file).await;
-        let cached = client.cached().into_iter().map(|(p, _)| p).collect();
-        lock(local).cached_files = cached;
-        r
+    let max_line = cfg.scan.max_line_bytes;
+    // A prefetch for another attempt (this one was cancelled) finishes on its own: stopping
+    // it mid-body would leave the file-server connection out of step.
+    let opened = match prefetched.filter(|p| p.attempt == a.attempt) {
+        Some(p) => p.fetch.await.unwrap_or_else(|e| {
+            Err(AfsError::Unavailable {
+                message: format!("prefetch task failed: {e}"),
+            })
+        }),
+        None => {
+            let mut client = afs.lock().await;
+            let r = fetch_task(&mut client, &a, max_line).await;
+            let cached = client.cached().into_iter().map(|(p, _)| p).collect();
+            lock(local).cached_files = cached;
+            r
+        }
     };
     let finish_failed = |reason: String, retryable: bool| {
         let mut l = lock(local);
@@ -365,12 +431,13 @@ async fn execute(
             retryable,
         });
     };
-    let file = match opened {
+    let fetched = match opened {
         Ok(f) => f,
         Err(e) => {
             warn!(file = a.file, error = %e, "cannot fetch the task's file");
             let retryable = !matches!(e, AfsError::Refused { .. });
-            return finish_failed(e.to_string(), retryable);
+            finish_failed(e.to_string(), retryable);
+            return None;
         }
     };
     set_phase("testing");
@@ -378,32 +445,52 @@ async fn execute(
         tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
     }
     let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
-    let path = file.local.clone();
     let scan_cfg = cfg.scan;
     let (start, end) = (a.start, a.end);
     let progress = lock(local).current_bytes.clone();
     progress.store(0, std::sync::atomic::Ordering::Relaxed);
-    let scan = tokio::task::spawn_blocking(move || {
-        scan_chunk_with_progress(&path, start, end, &scan_cfg, |b| {
-            progress.store(b, std::sync::atomic::Ordering::Relaxed)
-        })
-    });
-    // While the CPU scans this chunk, fetch the next assignment's file into the cache (its
-    // open then costs nothing), so fetching and testing overlap.
-    let next_file = lock(local).queue.front().map(|n| n.file.clone());
-    if let Some(next) = next_file.filter(|f| *f != a.file) {
-        let mut client = afs.lock().await;
-        if let Err(e) = client.open_validated(&next).await {
-            tracing::debug!(file = next, error = %e, "prefetch failed; the task will fetch it");
+    let (version, size) = match &fetched {
+        Fetched::Whole(f) => (f.version.clone(), f.size),
+        Fetched::Range(c) => (c.version.clone(), c.size),
+    };
+    let mut scan = tokio::task::spawn_blocking(move || {
+        let report = |b| progress.store(b, std::sync::atomic::Ordering::Relaxed);
+        match fetched {
+            Fetched::Whole(f) => scan_chunk_with_progress(&f.local, start, end, &scan_cfg, report),
+            Fetched::Range(c) => Ok(scan_slice(c.lines(), &scan_cfg, report)),
         }
-    }
-    let scanned = scan.await;
+    });
+    // While the CPU scans this chunk, fetch the next assignment's input, so fetching and
+    // testing overlap. The next assignment usually arrives during the scan (the coordinator
+    // sends it when the previous task's completion reaches it): wait for it as well.
+    let mut scanned = None;
+    let prefetched = loop {
+        let next = lock(local).queue.front().cloned();
+        if let Some(n) = next {
+            break Some(prefetch(afs, local, n, max_line));
+        }
+        tokio::select! {
+            r = &mut scan => {
+                scanned = Some(r);
+                break None;
+            }
+            _ = work.notified() => {}
+        }
+    };
+    let scanned = match scanned {
+        Some(r) => r,
+        None => scan.await,
+    };
     let r = match scanned {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            return finish_failed(format!("reading the cached copy of {}: {e}", a.file), true)
+            finish_failed(format!("reading the cached copy of {}: {e}", a.file), true);
+            return prefetched;
         }
-        Err(e) => return finish_failed(format!("scan task failed: {e}"), true),
+        Err(e) => {
+            finish_failed(format!("scan task failed: {e}"), true);
+            return prefetched;
+        }
     };
     set_phase("sending");
     let batches = prime_batches(&r);
@@ -411,7 +498,7 @@ async fn execute(
     if l.cancelled.contains(&a.attempt) {
         l.cancelled.retain(|x| *x != a.attempt);
         l.current = None;
-        return;
+        return prefetched;
     }
     for (i, (small, big)) in batches.into_iter().enumerate() {
         let _ = out.send(WorkerMsg::Primes {
@@ -435,8 +522,8 @@ async fn execute(
     }
     let _ = out.send(WorkerMsg::TaskDone(TaskDone {
         attempt: a.attempt.clone(),
-        version: file.version.clone(),
-        size: file.size,
+        version,
+        size,
         lines: r.lines,
         numbers: r.numbers,
         blank: r.blank,
@@ -454,4 +541,5 @@ async fn execute(
         numbers = r.numbers,
         "task done"
     );
+    prefetched
 }

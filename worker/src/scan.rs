@@ -168,6 +168,34 @@ pub fn scan_parallel(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
 /// Bytes read from a stream per parallel step.
 const BLOCK: usize = 16 << 20;
 
+/// [`scan_reader`] over bytes already in memory, without copying them: blocks of about
+/// [`BLOCK`] bytes cut at newlines are scanned in place. Same result as `scan_reader` (a
+/// block with no newline, i.e. a line longer than a block, hands the rest to it).
+pub fn scan_slice(bytes: &[u8], cfg: &ScanConfig, mut progress: impl FnMut(u64)) -> ScanResult {
+    let mut total = ScanResult::default();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let end = (pos + BLOCK).min(bytes.len());
+        let cut = if end == bytes.len() {
+            let tail_start = memchr::memrchr(b'\n', &bytes[pos..end]).map_or(pos, |k| pos + k + 1);
+            ((end - tail_start) as u64 <= cfg.max_line_bytes).then_some(end)
+        } else {
+            memchr::memrchr(b'\n', &bytes[pos..end]).map(|k| pos + k + 1)
+        };
+        let Some(cut) = cut.filter(|_| cfg.max_line_bytes >= BLOCK as u64) else {
+            let base = pos as u64;
+            // Reading from a slice cannot fail.
+            let rest = scan_reader(&bytes[pos..], cfg, |b| progress(base + b)).unwrap_or_default();
+            total.append(rest);
+            return total;
+        };
+        total.append(scan_parallel(&bytes[pos..cut], cfg));
+        pos = cut;
+        progress(pos as u64);
+    }
+    total
+}
+
 /// Scans a stream with bounded memory: blocks of about [`BLOCK`] bytes cut at newlines, each
 /// scanned in parallel. A line longer than `cfg.max_line_bytes` is counted invalid and
 /// skipped without being held. `progress` is called with the bytes consumed so far.
@@ -286,6 +314,51 @@ mod tests {
         }
         assert_eq!(a.lines, 200_000);
         assert_eq!(a.first_invalid[1].line, 8);
+    }
+
+    #[test]
+    /// Scanning bytes in place gives what streaming them gives: across several blocks, with
+    /// a line longer than a block, a final line without a newline, and a small line limit.
+    fn slice_and_stream_agree() {
+        let mut input = Vec::new();
+        let mut i = 0u64;
+        while input.len() < 40 << 20 {
+            match i % 11 {
+                0 => input.extend_from_slice(b"junk\n"),
+                1 => input.extend_from_slice(b"\r\n"),
+                _ => input.extend_from_slice(format!("{}\n", i * 1_000_003 + 7).as_bytes()),
+            }
+            i += 1;
+            if i == 300_000 {
+                input.extend(std::iter::repeat_n(b'7', 17 << 20));
+                input.push(b'\n');
+            }
+        }
+        input.extend_from_slice(b"1000003");
+        let sorted = |mut r: ScanResult| {
+            r.primes.sort_unstable();
+            r
+        };
+        for max_line_bytes in [64 << 20, 20 << 20, 1000] {
+            let cfg = ScanConfig {
+                max_line_bytes,
+                ..ScanConfig::default()
+            };
+            let want = sorted(scan_reader(&input[..], &cfg, |_| {}).expect("slice"));
+            let mut seen = Vec::new();
+            let got = sorted(scan_slice(&input, &cfg, |b| seen.push(b)));
+            assert_eq!(got.lines, want.lines, "limit {max_line_bytes}");
+            assert_eq!(got.numbers, want.numbers, "limit {max_line_bytes}");
+            assert_eq!(got.invalid, want.invalid, "limit {max_line_bytes}");
+            assert_eq!(got.blank, want.blank, "limit {max_line_bytes}");
+            assert_eq!(
+                got.first_invalid, want.first_invalid,
+                "limit {max_line_bytes}"
+            );
+            assert_eq!(got.primes, want.primes, "limit {max_line_bytes}");
+            assert_eq!(seen.last().copied(), Some(input.len() as u64));
+            assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        }
     }
 
     #[test]

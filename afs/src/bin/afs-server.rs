@@ -85,7 +85,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let store = Store::open(&args.root, args.max_file_bytes)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("opening root {}", args.root.display()))?;
-    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await

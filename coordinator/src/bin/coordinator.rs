@@ -66,8 +66,9 @@ struct RunArgs {
     /// How long a snapshot waits for a worker's marker, in ms.
     #[arg(long, env = "PRIMES_MARKER_TIMEOUT_MS", default_value_t = 10_000)]
     marker_timeout_ms: u64,
-    /// Files larger than this many MiB are split into chunks of this size.
-    #[arg(long, env = "PRIMES_CHUNK_MIB", default_value_t = 64)]
+    /// Files larger than this many MiB are split into chunks of about this size; workers read
+    /// such chunks by range from the file server (files of one chunk go through their cache).
+    #[arg(long, env = "PRIMES_CHUNK_MIB", default_value_t = 8)]
     chunk_mib: u64,
     /// Chunk size in bytes (overrides --chunk-mib; for tests).
     #[arg(long, env = "PRIMES_CHUNK_BYTES")]
@@ -274,7 +275,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         key,
         afs_servers: a.afs,
     };
-    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let rt = // One async thread: the coordinator's work is short message handling under one lock;
+    // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let listener = coordinator::server::bind(&a.listen).await?;
         let addr = listener

@@ -174,8 +174,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         marker_delay: Duration::from_millis(a.marker_delay_ms),
     };
     tracing::info!(id = cfg.id, coordinator = cfg.coordinator, afs = ?cfg.afs_servers, threads, "worker starting");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
