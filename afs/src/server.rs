@@ -506,6 +506,34 @@ async fn stream_file(
     Ok(short)
 }
 
+/// Sends a range body with `sendfile` where there is one (no copy through this process;
+/// ranges are not hashed, so the bytes need not pass through here), else by reading.
+async fn send_range_body(
+    conn: &mut Connection,
+    file: &mut std::fs::File,
+    start: u64,
+    len: u64,
+) -> Result<bool, ProtoError> {
+    #[cfg(target_os = "linux")]
+    {
+        let sent = conn.write_file_range(file, start, len).await?;
+        if sent == len {
+            return Ok(false);
+        }
+        // The file ended early: pad to keep the framing.
+        let zeros = vec![0u8; (len - sent).min(1 << 20) as usize];
+        let mut left = len - sent;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            conn.write_raw(&zeros[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    stream_file(conn, file, start, len, None).await
+}
+
 /// Streams `len` bytes of a file from `start` (both clamped to the file): `range` header,
 /// the raw bytes, then `file_end` if the file still has the fingerprint its version was
 /// computed for, else `error: changed`. Ranges are not hashed (that would cost a pass over
@@ -531,7 +559,7 @@ async fn send_range(
         version: info.version.clone(),
     })
     .await?;
-    let short = stream_file(conn, &mut file, start, len, None).await?;
+    let short = send_range_body(conn, &mut file, start, len).await?;
     shared
         .stats
         .body_bytes_sent

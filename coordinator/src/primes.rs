@@ -12,13 +12,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+/// The dedup set's hasher: foldhash, seeded at random per process (fast on u64 keys, where
+/// the default SipHash spent more time than the table itself; the random seed keeps inputs
+/// crafted to collide from degrading the table).
+type Hash = foldhash::fast::RandomState;
+
 /// The primes file and its dedup set. Primes below 2^64 are kept as u64 (8 bytes plus the
 /// hash table's overhead each); larger ones as canonical decimal strings.
 pub struct PrimesFile {
     path: PathBuf,
     file: File,
-    small: HashSet<u64>,
-    big: HashSet<String>,
+    small: HashSet<u64, Hash>,
+    big: HashSet<String, Hash>,
     /// Bytes cut from a torn tail at open, for the log.
     pub truncated_bytes: u64,
 }
@@ -67,8 +72,9 @@ impl PrimesFile {
         }
         // Most lines of a large primes.txt are 64-bit primes of about 20 bytes: reserving
         // for that many avoids rehashing (which briefly needs old and new tables at once).
-        let mut small: HashSet<u64> = HashSet::with_capacity((good / 20) as usize);
-        let mut big = HashSet::new();
+        let mut small: HashSet<u64, Hash> =
+            HashSet::with_capacity_and_hasher((good / 20) as usize, Hash::default());
+        let mut big = HashSet::with_hasher(Hash::default());
         file.seek(SeekFrom::Start(0))?;
         let mut reader = BufReader::with_capacity(1 << 20, &file);
         let mut carry: Vec<u8> = Vec::new();
@@ -125,42 +131,52 @@ impl PrimesFile {
     /// Appends the primes not yet present, then fsyncs. Returns how many were new. `big`
     /// MUST hold canonical decimal (no sign, no leading zeros) of values of 2^64 or more.
     pub fn append(&mut self, small: &[u64], big: &[String]) -> anyhow::Result<usize> {
-        let mut new_small: Vec<u64> = small
+        // One probe per prime: insert at once (a duplicate, in the set or earlier in this
+        // batch, is refused), and take the new ones out again if the write fails.
+        let new_small: Vec<u64> = small
             .iter()
             .copied()
-            .filter(|p| !self.small.contains(p))
+            .filter(|p| self.small.insert(*p))
             .collect();
-        new_small.sort_unstable();
-        new_small.dedup();
-        let mut new_big: Vec<&String> = big.iter().filter(|p| !self.big.contains(*p)).collect();
-        new_big.sort();
-        new_big.dedup();
+        let new_big: Vec<&String> = big
+            .iter()
+            .filter(|p| !self.big.contains(*p) && self.big.insert((*p).clone()))
+            .collect();
         if new_small.is_empty() && new_big.is_empty() {
             return Ok(0);
         }
         let mut out = Vec::with_capacity(new_small.len() * 21);
+        let mut digits = itoa::Buffer::new();
         for p in &new_small {
-            writeln!(out, "{p}")?;
+            out.extend_from_slice(digits.format(*p).as_bytes());
+            out.push(b'\n');
         }
         for p in &new_big {
-            writeln!(out, "{p}")?;
+            out.extend_from_slice(p.as_bytes());
+            out.push(b'\n');
         }
-        self.file
+        let written = self
+            .file
             .write_all(&out)
             .and_then(|_| self.file.sync_data())
-            .with_context(|| format!("appending to {}", self.path.display()))?;
-        let n = new_small.len() + new_big.len();
-        self.small.extend(new_small);
-        for p in new_big {
-            self.big.insert(p.clone());
+            .with_context(|| format!("appending to {}", self.path.display()));
+        if let Err(e) = written {
+            // Not durable: forget them, so that the retry writes them.
+            for p in &new_small {
+                self.small.remove(p);
+            }
+            for p in &new_big {
+                self.big.remove(*p);
+            }
+            return Err(e);
         }
-        Ok(n)
+        Ok(new_small.len() + new_big.len())
     }
 }
 
 /// Adds one line of primes.txt to the sets (canonical decimal; anything else is logged and
 /// skipped rather than trusted).
-fn add_line(line: &[u8], small: &mut HashSet<u64>, big: &mut HashSet<String>) {
+fn add_line(line: &[u8], small: &mut HashSet<u64, Hash>, big: &mut HashSet<String, Hash>) {
     let t = line.trim_ascii();
     if t.is_empty() {
         return;
