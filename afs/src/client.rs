@@ -86,9 +86,22 @@ pub enum AfsError {
 pub struct RangeData {
     /// The bytes from `start`: fewer than asked for only at the end of the file.
     pub bytes: Vec<u8>,
-    /// The file's size and version when the bytes were read.
+    /// The file's size when the bytes were read.
     pub size: u64,
-    pub version: String,
+    /// The file's content version, if the server had computed it (a large file's first
+    /// ranges are served while the server hashes it).
+    pub version: Option<String>,
+    /// The server's token for this state of the file: pass it (or the version) to later
+    /// reads that must come from the same state.
+    pub pin: String,
+}
+
+impl RangeData {
+    /// What later reads of the same state pin: the version if known (it holds on every
+    /// replica), else the pin.
+    pub fn state(&self) -> &str {
+        self.version.as_deref().unwrap_or(&self.pin)
+    }
 }
 
 /// Longest range one request may ask for (the reply is held in memory).
@@ -457,10 +470,10 @@ impl AfsClient {
 
     /// Reads `len` bytes of `path` from `start` (clamped to the file) from the first server
     /// that has the file, into memory; nothing is cached and no callback is kept. With
-    /// `version`, the file must still have that version (else [`AfsError::Changed`]): a
-    /// reader assembling one version from several ranges passes the version of the first.
-    /// Versions are content hashes, so ranges of one version agree whichever replica
-    /// served them.
+    /// `version` (a content version or a pin, see [`RangeData::state`]), the file must still
+    /// be in that state (else [`AfsError::Changed`]): a reader assembling one version from
+    /// several ranges passes the state of the first. Content versions hold on every
+    /// replica; a pin only on the server that gave it.
     pub async fn read_range(
         &mut self,
         path: &str,
@@ -538,14 +551,15 @@ impl AfsClient {
             })
             .await
             .map_err(proto_err)?;
-        let (got, size, v) = match self.reply().await.map_err(proto_err)? {
+        let (got, size, v, pin) = match self.reply().await.map_err(proto_err)? {
             Reply::Range {
                 start: s,
                 len: got,
                 size,
                 version: v,
+                pin,
                 ..
-            } if got <= len && s == start.min(size) => (got, size, v),
+            } if got <= len && s == start.min(size) => (got, size, v, pin),
             Reply::Error { code, message } => {
                 return match code {
                     ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
@@ -573,12 +587,13 @@ impl AfsClient {
             .map_err(proto_err)?;
         self.stats.body_bytes += got;
         match self.reply().await.map_err(proto_err)? {
-            Reply::FileEnd { version: sent } if sent == v => {
+            Reply::FileEnd { version: sent } if sent == *v.as_ref().unwrap_or(&pin) => {
                 self.stats.ranges += 1;
                 Ok(RangeAttempt::Done(RangeData {
                     bytes,
                     size,
                     version: v,
+                    pin,
                 }))
             }
             Reply::Error {

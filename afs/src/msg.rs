@@ -11,7 +11,7 @@
 //! <- {"type":"not_modified","path":"a.txt","version":"9c1e..."}
 //! <- {"type":"callback_break","path":"a.txt"}     (unsolicited, when a.txt changes)
 //! -> {"type":"fetch_range","path":"a.txt","start":4,"len":4,"version":"9c1e..."}
-//! <- {"type":"range","path":"a.txt","start":4,"len":4,"size":12,"version":"9c1e..."}  then 4 raw bytes, then
+//! <- {"type":"range","path":"a.txt","start":4,"len":4,"size":12,"version":"9c1e...","pin":"fp-c-1879a2b3c4d5e6f7-2a"}  then 4 raw bytes, then
 //! <- {"type":"file_end","version":"9c1e..."}      (or error "changed" if the file changed)
 //! -> {"type":"stat","path":"a.txt"}
 //! <- {"type":"stat","path":"a.txt","size":12,"version":"9c1e..."}
@@ -44,7 +44,8 @@ pub enum Request {
         have_version: Option<String>,
     },
     /// `len` bytes from `start` (clamped to the file), not cached by the client and
-    /// without a callback promise; `version`, if given, must still be the file's version.
+    /// without a callback promise; `version`, if given, must still name the file's state:
+    /// its content version or its pin (see `Reply::Range`).
     FetchRange {
         path: String,
         start: u64,
@@ -129,13 +130,17 @@ pub enum Reply {
         size: u64,
         version: String,
     },
-    /// Header of a range; `len` raw bytes follow, then `file_end` or `error: changed`.
+    /// Header of a range; `len` raw bytes follow, then `file_end` (with `version`, or `pin`
+    /// when there is no version yet) or `error: changed`. `version` is the content version
+    /// when the server has computed it; a large file's first ranges are served while it is
+    /// being hashed, with only `pin`, a token of the file's state on this server.
     Range {
         path: String,
         start: u64,
         len: u64,
         size: u64,
-        version: String,
+        version: Option<String>,
+        pin: String,
     },
     FileEnd {
         version: String,

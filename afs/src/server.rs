@@ -312,20 +312,25 @@ async fn handle_request(
             len,
             version,
         } => {
-            let (info, fp) = match lookup(&store, path).await {
+            let found = match range_lookup(&store, path).await {
                 Ok(x) => x,
                 Err(e) => return reply_error(conn, &e).await,
             };
-            if version.as_ref().is_some_and(|v| *v != info.version) {
+            let (rel, fp, known) = found;
+            let pin = fp.token();
+            if version
+                .as_ref()
+                .is_some_and(|v| *v != pin && Some(v) != known.as_ref())
+            {
                 return conn
                     .send(&Reply::Error {
                         code: ErrorCode::Changed,
-                        message: format!("{} is no longer the version asked for", info.path),
+                        message: format!("{rel} is no longer the version asked for"),
                     })
                     .await;
             }
             shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
-            send_range(shared, conn, &info, fp, start, len).await
+            send_range(shared, conn, &rel, fp, known, start, len).await
         }
         Request::Stat { path } => match blocking(move || store.info(&path)).await {
             Ok(i) => {
@@ -441,6 +446,28 @@ async fn lookup(store: &Arc<Store>, path: String) -> Result<(FileInfo, Fingerpri
     }
 }
 
+/// Files up to this size have their version computed before a range is served (a few ms);
+/// larger ones are served at once, pinned by fingerprint, while they are hashed.
+const RANGE_WAIT_FOR_VERSION: u64 = 64 << 20;
+
+/// Path, fingerprint and, if known, content version of a file for a range read. A large
+/// file whose version is not known yet is being hashed in the background meanwhile.
+async fn range_lookup(
+    store: &Arc<Store>,
+    path: String,
+) -> Result<(String, Fingerprint, Option<String>), StoreError> {
+    if let Some((i, fp)) = store.cached_info(&path)? {
+        return Ok((i.path, fp, Some(i.version)));
+    }
+    let (rel, fp) = store.stat(&path)?;
+    if fp.size <= RANGE_WAIT_FOR_VERSION {
+        let (i, fp) = lookup(store, path).await?;
+        return Ok((i.path, fp, Some(i.version)));
+    }
+    warm_versions(store, vec![rel.clone()]);
+    Ok((rel, fp, None))
+}
+
 /// Opens a served file, or says why not (the reply is already sent on `Err`).
 async fn open_served(
     shared: &Shared,
@@ -541,22 +568,25 @@ async fn send_range_body(
 async fn send_range(
     shared: &Shared,
     conn: &mut Connection,
-    info: &FileInfo,
+    rel: &str,
     fp: Fingerprint,
+    version: Option<String>,
     start: u64,
     len: u64,
 ) -> Result<(), ProtoError> {
-    let Some(mut file) = open_served(shared, conn, &info.path).await? else {
+    let Some(mut file) = open_served(shared, conn, rel).await? else {
         return Ok(());
     };
-    let start = start.min(info.size);
-    let len = len.min(info.size - start);
+    let start = start.min(fp.size);
+    let len = len.min(fp.size - start);
+    let pin = fp.token();
     conn.write_msg(&Reply::Range {
-        path: info.path.clone(),
+        path: rel.to_string(),
         start,
         len,
-        size: info.size,
-        version: info.version.clone(),
+        size: fp.size,
+        version: version.clone(),
+        pin: pin.clone(),
     })
     .await?;
     let short = send_range_body(conn, &mut file, start, len).await?;
@@ -564,15 +594,15 @@ async fn send_range(
         .stats
         .body_bytes_sent
         .fetch_add(len, Ordering::Relaxed);
-    if short || shared.store.fingerprint(&info.path) != Some(fp) {
+    if short || shared.store.fingerprint(rel) != Some(fp) {
         conn.send(&Reply::Error {
             code: ErrorCode::Changed,
-            message: format!("{} changed while it was being sent; fetch again", info.path),
+            message: format!("{rel} changed while it was being sent; fetch again"),
         })
         .await
     } else {
         conn.send(&Reply::FileEnd {
-            version: info.version.clone(),
+            version: version.unwrap_or(pin),
         })
         .await
     }

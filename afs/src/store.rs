@@ -46,6 +46,12 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// A short token naming this state of a file on this server (not content-derived: two
+    /// replicas give different tokens for the same bytes).
+    pub fn token(&self) -> String {
+        format!("fp-{:x}-{:x}-{:x}", self.size, self.mtime_ns, self.inode)
+    }
+
     pub fn of(meta: &std::fs::Metadata) -> Self {
         let mtime_ns = meta
             .modified()
@@ -303,6 +309,14 @@ impl Store {
             },
             fp,
         ))
+    }
+
+    /// Path and fingerprint of `rel` now, without its version.
+    pub fn stat(&self, rel: &str) -> Result<(String, Fingerprint), StoreError> {
+        let (rel, real) = self.resolve_existing(rel)?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
+        Ok((rel, Fingerprint::of(&meta)))
     }
 
     /// The current fingerprint of `rel`, if it still exists.

@@ -679,7 +679,7 @@ impl Core {
                     r.blank_lines += result.blank;
                     r.primes_found += result.primes;
                     r.invalid_lines.count += result.invalid;
-                    if !r.content_version.contains(&result.version) {
+                    if !result.version.is_empty() && !r.content_version.contains(&result.version) {
                         r.content_version.push(result.version.clone());
                     }
                     workers.insert(worker.clone());

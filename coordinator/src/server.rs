@@ -334,7 +334,7 @@ async fn serve_worker(
         let msg = tokio::select! {
             _ = closed.cancelled() => break Ok(()),
             _ = shutdown.cancelled() => break Ok(()),
-            m = reader.read_msg::<WorkerMsg>() => m,
+            m = reader.read_decoded(WorkerMsg::decode) => m,
         };
         match msg {
             Ok(Some(WorkerMsg::Marker { snapshot, state })) => {

@@ -295,9 +295,17 @@ impl MsgReader {
 
     /// Reads and decodes one message; `Ok(None)` on clean end of stream.
     pub async fn read_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        self.read_decoded(|l| serde_json::from_slice(l)).await
+    }
+
+    /// [`MsgReader::read_msg`] with a decoder of one's own (e.g. `WorkerMsg::decode`).
+    pub async fn read_decoded<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<Option<T>, ProtoError> {
         match self.read_line().await? {
             None => Ok(None),
-            Some(line) => serde_json::from_slice(line)
+            Some(line) => decode(line)
                 .map(Some)
                 .map_err(|e| ProtoError::Malformed(e.to_string())),
         }

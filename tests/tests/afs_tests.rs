@@ -503,7 +503,11 @@ async fn range_reads() {
         .expect("whole range");
     assert_eq!(whole.bytes, content);
     assert_eq!(whole.size, size);
-    let version = whole.version.clone();
+    let version = whole
+        .version
+        .clone()
+        .expect("a file under 64 MiB is served with its version");
+    let pin = whole.pin.clone();
 
     for (start, len) in [
         (1u64, 10u64),
@@ -519,11 +523,16 @@ async fn range_reads() {
         let from = start.min(size) as usize;
         let to = (start.saturating_add(len)).min(size) as usize;
         assert_eq!(r.bytes, &content[from..to], "range {start}+{len}");
-        assert_eq!(r.version, version);
+        assert_eq!(r.version.as_deref(), Some(version.as_str()));
     }
+    let pinned = client
+        .read_range("big.txt", 5, 5, Some(&pin))
+        .await
+        .expect("pinned by the server's token");
+    assert_eq!(pinned.bytes, &content[5..10]);
     assert!(client.cached().is_empty(), "ranges are not cached");
     let s = client.stats();
-    assert_eq!((s.ranges, s.fetches), (6, 0), "{s:?}");
+    assert_eq!((s.ranges, s.fetches), (7, 0), "{s:?}");
 
     // The whole-file version and the range version are the same content hash.
     let opened = client.open("big.txt").await.expect("open");
@@ -533,17 +542,20 @@ async fn range_reads() {
     let mut changed = content.clone();
     changed[3] = b'9';
     write(&c.path("root/big.txt"), &changed);
-    let refused = client.read_range("big.txt", 0, 10, Some(&version)).await;
-    assert!(
-        matches!(refused, Err(AfsError::Changed { .. })),
-        "{refused:?}"
-    );
+    for old in [&version, &pin] {
+        let refused = client.read_range("big.txt", 0, 10, Some(old)).await;
+        assert!(
+            matches!(refused, Err(AfsError::Changed { .. })),
+            "{refused:?}"
+        );
+    }
     let fresh = client
         .read_range("big.txt", 0, 10, None)
         .await
         .expect("fresh range");
     assert_eq!(fresh.bytes, &changed[..10]);
-    assert_ne!(fresh.version, version);
+    assert_ne!(fresh.version, Some(version));
+    assert_ne!(fresh.pin, pin);
 
     // Limits and path rules hold for ranges too.
     let too_big = client

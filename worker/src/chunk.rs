@@ -79,8 +79,9 @@ pub struct ChunkBytes {
     /// The chunk's lines are `bytes[from..to]`.
     pub from: usize,
     pub to: usize,
-    /// The file's version and size (every range was read from this version).
-    pub version: String,
+    /// The file's content version, if the server had computed it by the time of one of
+    /// the ranges (every range was read from the same state of the file), and its size.
+    pub version: Option<String>,
     pub size: u64,
 }
 
@@ -110,7 +111,8 @@ pub async fn read_chunk(
     let first = client
         .read_range(file, lo, end.saturating_sub(lo), None)
         .await?;
-    let (version, size) = (first.version, first.size);
+    let state = first.state().to_string();
+    let (mut version, size) = (first.version, first.size);
     let mut bytes = first.bytes;
     let from = if start == 0 {
         0
@@ -127,7 +129,8 @@ pub async fn read_chunk(
         if pos.saturating_sub(end) > max_line {
             return Ok(None);
         }
-        let more = client.read_range(file, pos, piece, Some(&version)).await?;
+        let more = client.read_range(file, pos, piece, Some(&state)).await?;
+        version = version.or(more.version);
         if more.bytes.is_empty() {
             break bytes.len();
         }

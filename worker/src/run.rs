@@ -451,7 +451,9 @@ async fn execute(
     progress.store(0, std::sync::atomic::Ordering::Relaxed);
     let (version, size) = match &fetched {
         Fetched::Whole(f) => (f.version.clone(), f.size),
-        Fetched::Range(c) => (c.version.clone(), c.size),
+        // A chunk read before the server finished hashing a large file has no version;
+        // the coordinator takes the file's version from its other chunks.
+        Fetched::Range(c) => (c.version.clone().unwrap_or_default(), c.size),
     };
     let mut scan = tokio::task::spawn_blocking(move || {
         let report = |b| progress.store(b, std::sync::atomic::Ordering::Relaxed);
