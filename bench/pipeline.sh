@@ -62,7 +62,7 @@ run_system() {
   for i in $(seq "$workers"); do
     "$B/worker" --id "w$i" --coordinator "$(cat run/c.addr)" --afs "$(cat run/s.addr)" --cache-root "$work/cache" --threads "$threads" > "w$i.log" 2>&1 & pids+=($!)
   done
-  while [ "$(find data/output -name '*.json' 2>/dev/null | wc -l)" -lt "$files" ]; do sleep 0.02; done
+  "$B/wait-files" data/output "$files"
   t1=$(now)
   kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true
   sort primes.txt > sorted.txt

@@ -503,8 +503,10 @@ async fn flush_loop(
     let primes = Arc::new(Mutex::new(primes));
     let period = Duration::from_millis(shared.cfg.flush_ms);
     let mut first = Some(recovered);
+    let mut last_flush: tokio::time::Instant;
     loop {
         let stopping = shutdown.is_cancelled();
+        last_flush = tokio::time::Instant::now();
         let mut pending = lock(&shared.core).take_pending();
         if let Some(r) = first.take() {
             pending.small.extend(r.small);
@@ -552,15 +554,16 @@ async fn flush_loop(
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(period) => {}
             _ = shared.flush_now.notified() => {
-                // A chunk finished: flush soon, but let completions arriving together share
-                // one fsync.
-                tokio::time::sleep(FLUSH_GATHER.min(period)).await;
+                // A chunk finished: flush now if the last flush is older than FLUSH_GATHER,
+                // else at that point, so completions arriving together share one fsync
+                // while a lone completion (the end of a job, a dropped file) waits for none.
+                tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
             }
         }
     }
 }
 
-/// How long an early flush waits for more completions to share its fsync.
+/// Shortest time between two early flushes (completions within it share one fsync).
 const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
 /// What `run/status.json` (and the dashboard's `/api/status`) holds.
