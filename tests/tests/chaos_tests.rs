@@ -25,12 +25,16 @@ fn chaos_replicated_exact() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut p = Pipeline::new();
     write_inputs_pub(&p.path("data/input"), "c", 2500, 150, seed);
+    // And some files split into chunks of 6 KB, which workers read by range.
+    write_inputs_pub(&p.path("data/input"), "big", 12, 4000, seed + 1);
     p.worker_flags_mut(vec!["--delay-ms".into(), "8".into()]);
     p.coord_flags_mut(vec![
         "--snapshot-ms".into(),
         "400".into(),
         "--max-failures".into(),
         "6".into(),
+        "--chunk-bytes".into(),
+        "6000".into(),
     ]);
     p.replicated();
     crate::e2e_wait(

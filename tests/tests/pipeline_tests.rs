@@ -558,12 +558,13 @@ fn hung_worker_detected_by_heartbeats() {
 }
 
 #[test]
-/// Replicated mode: the primary file server is killed mid-run; workers read from backups;
-/// output exact.
+/// Replicated mode: the primary file server is killed mid-run; workers read from backups
+/// (whole files, and chunks of split files by range); output exact.
 fn replicated_primary_killed_mid_run() {
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "r", 10, 2000, 4);
     p.worker_flags = vec![s("--delay-ms"), s("200")];
+    p.coord_flags = vec![s("--chunk-bytes"), s("7000")];
     p.replicated();
     wait_for(T, "backups to hold the inputs", || {
         e2e_inputs(&p.path("data/input")).iter().all(|f| {
