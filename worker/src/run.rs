@@ -257,6 +257,7 @@ async fn session(
         let work = work.clone();
         let end = end.clone();
         let cfg = cfg.clone();
+        let afs = afs.clone();
         tokio::spawn(async move {
             let mut prefetched: Option<Prefetched> = None;
             loop {
@@ -311,8 +312,17 @@ async fn session(
                 if !cfg.marker_delay.is_zero() {
                     tokio::time::sleep(cfg.marker_delay).await;
                 }
+                // The cache's content: listing it after every fetch cost time quadratic in
+                // the number of files; read it here (as before the fetch under way, if any).
+                let cached = afs
+                    .try_lock()
+                    .ok()
+                    .map(|c| c.cached().into_iter().map(|(p, _)| p).collect());
                 // Record and answer under the lock: no result can slip between the two.
-                let l = lock(&local);
+                let mut l = lock(&local);
+                if let Some(c) = cached {
+                    l.cached_files = c;
+                }
                 let state = l.record(&cfg.id);
                 let _ = out_tx.send(WorkerMsg::Marker { snapshot, state });
             }
@@ -355,20 +365,12 @@ struct Prefetched {
 
 /// Starts fetching task `n`'s input in its own task (so that the end of the current scan is
 /// acted on at once, however long the fetch takes).
-fn prefetch(
-    afs: &Arc<tokio::sync::Mutex<AfsClient>>,
-    local: &Arc<Mutex<Local>>,
-    n: Assignment,
-    max_line: u64,
-) -> Prefetched {
-    let (afs, local) = (afs.clone(), local.clone());
+fn prefetch(afs: &Arc<tokio::sync::Mutex<AfsClient>>, n: Assignment, max_line: u64) -> Prefetched {
+    let afs = afs.clone();
     let attempt = n.attempt.clone();
     let fetch = tokio::spawn(async move {
         let mut client = afs.lock().await;
-        let fetched = fetch_task(&mut client, &n, max_line).await;
-        let cached = client.cached().into_iter().map(|(p, _)| p).collect();
-        lock(&local).cached_files = cached;
-        fetched
+        fetch_task(&mut client, &n, max_line).await
     });
     Prefetched { attempt, fetch }
 }
@@ -416,10 +418,7 @@ async fn execute(
         }),
         None => {
             let mut client = afs.lock().await;
-            let r = fetch_task(&mut client, &a, max_line).await;
-            let cached = client.cached().into_iter().map(|(p, _)| p).collect();
-            lock(local).cached_files = cached;
-            r
+            fetch_task(&mut client, &a, max_line).await
         }
     };
     let finish_failed = |reason: String, retryable: bool| {
@@ -469,7 +468,7 @@ async fn execute(
     let prefetched = loop {
         let next = lock(local).queue.front().cloned();
         if let Some(n) = next {
-            break Some(prefetch(afs, local, n, max_line));
+            break Some(prefetch(afs, n, max_line));
         }
         tokio::select! {
             r = &mut scan => {
