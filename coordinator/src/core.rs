@@ -35,6 +35,10 @@ pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
     None
 }
 
+/// A worker may hold this many times `max_inflight` assignments while they are small (see
+/// [`CoreConfig::small_inflight_bytes`]).
+pub const SMALL_INFLIGHT_FACTOR: usize = 4;
+
 /// How many chunks a file of `size` bytes is cut into: the nearest whole number of
 /// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file
 /// is one chunk, not two).
@@ -73,6 +77,9 @@ pub struct CoreConfig {
     /// Assignments a worker holds at once (the next is queued on the worker so it never idles
     /// waiting for a round trip).
     pub max_inflight: usize,
+    /// A worker may hold up to [`SMALL_INFLIGHT_FACTOR`] x `max_inflight` assignments while
+    /// they add up to less than this many bytes (0: never more than `max_inflight`).
+    pub small_inflight_bytes: u64,
     /// Failures of one chunk before it is given up and reported.
     pub max_failures: u32,
     /// Files larger than this are split into chunks of about this size.
@@ -544,6 +551,32 @@ impl Core {
         actions
     }
 
+    /// Whether `w` can take one more assignment: up to `max_inflight`, or up to
+    /// [`SMALL_INFLIGHT_FACTOR`] times that while what it holds is under
+    /// `small_inflight_bytes` (small files: a worker holding only two of them spends its
+    /// time waiting for round trips; large chunks: holding more would leave one worker with
+    /// queued chunks at the end of a job while another idles).
+    fn has_room(&self, w: &Worker) -> bool {
+        let n = w.assigned.len();
+        if n < self.cfg.max_inflight {
+            return true;
+        }
+        if n >= self.cfg.max_inflight * SMALL_INFLIGHT_FACTOR {
+            return false;
+        }
+        let held: u64 = w
+            .assigned
+            .iter()
+            .filter_map(|a| self.attempts.get(a))
+            .filter_map(|(f, _, c)| {
+                let job = self.jobs.get(f)?;
+                let (s, e) = chunk_range(job.fp.size, job.chunks.len() as u64, *c as u64);
+                Some(e - s)
+            })
+            .sum();
+        held < self.cfg.small_inflight_bytes
+    }
+
     /// Hands queued chunks to workers with room, oldest first.
     pub fn assign(&mut self, now: Now) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -552,7 +585,7 @@ impl Core {
         while let Some(worker) = self
             .workers
             .iter()
-            .filter(|(_, w)| w.conn.is_some() && w.assigned.len() < self.cfg.max_inflight)
+            .filter(|(_, w)| w.conn.is_some() && self.has_room(w))
             .min_by_key(|(_, w)| w.assigned.len())
             .map(|(id, _)| id.clone())
         {

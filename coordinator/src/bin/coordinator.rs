@@ -76,6 +76,10 @@ struct RunArgs {
     /// Assignments a worker holds at once.
     #[arg(long, env = "PRIMES_MAX_INFLIGHT", default_value_t = 2)]
     max_inflight: usize,
+    /// A worker may hold 4x --max-inflight assignments while they add up to less than this
+    /// many KiB (many small files: fewer round trips waited for); 0 turns it off.
+    #[arg(long, env = "PRIMES_SMALL_INFLIGHT_KIB", default_value_t = 1024)]
+    small_inflight_kib: u64,
     /// Failures of one chunk before it is given up and reported as failed.
     #[arg(long, env = "PRIMES_MAX_FAILURES", default_value_t = 3)]
     max_failures: u32,
@@ -258,6 +262,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             heartbeat_ms: a.heartbeat_ms,
             missed_heartbeats: a.missed_heartbeats,
             max_inflight: a.max_inflight,
+            small_inflight_bytes: a.small_inflight_kib << 10,
             max_failures: a.max_failures,
             chunk_bytes,
             retry_ms: a.retry_ms,

@@ -5,6 +5,7 @@ fn cfg() -> CoreConfig {
         heartbeat_ms: 100,
         missed_heartbeats: 3,
         max_inflight: 1,
+        small_inflight_bytes: 0,
         max_failures: 2,
         chunk_bytes: 1000,
         retry_ms: 50,
@@ -265,4 +266,35 @@ fn chunking() {
         }
         assert_eq!(at, size, "the last chunk ends at the size");
     }
+}
+
+#[test]
+/// A worker holds up to 4 x max_inflight assignments while they are small, and only
+/// max_inflight once what it holds reaches small_inflight_bytes.
+fn small_assignments_fill_a_deeper_pipeline() {
+    let small = CoreConfig {
+        max_inflight: 2,
+        small_inflight_bytes: 1000,
+        chunk_bytes: 1_000_000,
+        ..cfg()
+    };
+    let mut c = Core::new(small.clone(), "s".into());
+    for i in 0..10 {
+        c.file_ready(&format!("f{i}.txt"), fp(100), at(0));
+    }
+    assert_eq!(
+        assigns(&c.register(1, "w1", at(0))).len(),
+        8,
+        "4 x 2 small files"
+    );
+
+    let mut c = Core::new(small, "s".into());
+    for i in 0..5 {
+        c.file_ready(&format!("g{i}.txt"), fp(600), at(0));
+    }
+    assert_eq!(
+        assigns(&c.register(1, "w1", at(0))).len(),
+        2,
+        "1200 bytes held: no more than max_inflight"
+    );
 }
