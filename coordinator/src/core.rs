@@ -148,8 +148,11 @@ struct Worker {
     assigned: Vec<String>,
     tasks_done: u64,
     numbers: u64,
-    /// From the last heartbeat: bytes done and total of the task being tested.
+    /// From the last heartbeat: bytes done and total of the tasks being tested.
     progress: (u64, u64),
+    /// Testing threads the worker registered with: it works on that many tasks at once,
+    /// so it may hold that many times the in-flight limits.
+    threads: usize,
 }
 
 /// The per-file report (`data/output/<file>.json`).
@@ -320,6 +323,17 @@ impl Core {
 
     /// A connection registered as `worker_id`.
     pub fn register(&mut self, conn: u64, worker_id: &str, now: Now) -> Vec<Action> {
+        self.register_with_threads(conn, worker_id, 1, now)
+    }
+
+    /// [`Core::register`] for a worker that tests `threads` tasks at once.
+    pub fn register_with_threads(
+        &mut self,
+        conn: u64,
+        worker_id: &str,
+        threads: u32,
+        now: Now,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(old) = self.workers.get(worker_id).and_then(|w| w.conn) {
             if old != conn {
@@ -338,7 +352,10 @@ impl Core {
             tasks_done: 0,
             numbers: 0,
             progress: (0, 0),
+            threads: 1,
         });
+        // A worker claiming absurd parallelism must not drain the whole queue.
+        w.threads = (threads as usize).clamp(1, 64);
         w.conn = Some(conn);
         w.last_seen_ms = now.ms;
         self.conns.insert(conn, worker_id.to_string());
@@ -551,17 +568,18 @@ impl Core {
         actions
     }
 
-    /// Whether `w` can take one more assignment: up to `max_inflight`, or up to
+    /// Whether `w` can take one more assignment: up to `max_inflight` per testing thread, or up to
     /// [`SMALL_INFLIGHT_FACTOR`] times that while what it holds is under
     /// `small_inflight_bytes` (small files: a worker holding only two of them spends its
     /// time waiting for round trips; large chunks: holding more would leave one worker with
     /// queued chunks at the end of a job while another idles).
     fn has_room(&self, w: &Worker) -> bool {
         let n = w.assigned.len();
-        if n < self.cfg.max_inflight {
+        let limit = self.cfg.max_inflight * w.threads;
+        if n < limit {
             return true;
         }
-        if n >= self.cfg.max_inflight * SMALL_INFLIGHT_FACTOR {
+        if n >= limit * SMALL_INFLIGHT_FACTOR {
             return false;
         }
         let held: u64 = w

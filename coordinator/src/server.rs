@@ -272,10 +272,10 @@ async fn serve_worker(
     let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
     let peer = conn.peer.clone();
     server_handshake(&mut conn, &shared.cfg.key, SERVICE).await?;
-    let worker_id = match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
-        Ok(WorkerMsg::Register { worker_id, .. }) if proto::msg::valid_worker_id(&worker_id) => {
-            worker_id
-        }
+    let (worker_id, threads) = match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
+        Ok(WorkerMsg::Register {
+            worker_id, threads, ..
+        }) if proto::msg::valid_worker_id(&worker_id) => (worker_id, threads),
         Ok(WorkerMsg::Register { worker_id, .. }) => {
             let message = format!("worker id {worker_id:?} is not valid");
             let _ = conn
@@ -329,7 +329,7 @@ async fn serve_worker(
         }
         writer_closed.cancel();
     });
-    shared.apply(|core, _, now| core.register(conn_id, &worker_id, now));
+    shared.apply(|core, _, now| core.register_with_threads(conn_id, &worker_id, threads, now));
     let result = loop {
         let msg = tokio::select! {
             _ = closed.cancelled() => break Ok(()),

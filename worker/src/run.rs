@@ -58,12 +58,21 @@ pub struct WorkerConfig {
 /// Exit status of a crash injected by `--fail-prob`.
 pub const INJECTED_CRASH_EXIT: i32 = 86;
 
+/// A task an executor holds: being fetched, tested or sent.
+struct Current {
+    a: Assignment,
+    phase: &'static str,
+    /// Bytes of the chunk tested so far (updated by the scanning thread).
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
 #[derive(Default)]
 struct Local {
     queue: VecDeque<Assignment>,
-    current: Option<(Assignment, &'static str)>,
-    /// Bytes of the current chunk tested so far (updated by the scanning thread).
-    current_bytes: Arc<std::sync::atomic::AtomicU64>,
+    current: Vec<Current>,
+    /// Executors waiting for work (a busy executor claims the next queued task for
+    /// prefetching only when none is).
+    idle: usize,
     cancelled: Vec<String>,
     tasks_done: u64,
     numbers_tested: u64,
@@ -71,20 +80,42 @@ struct Local {
 }
 
 impl Local {
+    /// Takes `a` on (out of the queue, into the executor's hands).
+    fn start(&mut self, a: Assignment) -> Arc<std::sync::atomic::AtomicU64> {
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.current.push(Current {
+            a,
+            phase: "fetching",
+            bytes: bytes.clone(),
+        });
+        bytes
+    }
+
+    fn set_phase(&mut self, attempt: &str, phase: &'static str) {
+        if let Some(c) = self.current.iter_mut().find(|c| c.a.attempt == attempt) {
+            c.phase = phase;
+        }
+    }
+
+    fn finish(&mut self, attempt: &str) {
+        self.current.retain(|c| c.a.attempt != attempt);
+    }
+
     fn record(&self, id: &str) -> WorkerState {
         let mut in_progress: Vec<TaskProgress> = Vec::new();
-        if let Some((a, phase)) = &self.current {
+        for c in &self.current {
+            let total = c.a.end - c.a.start;
             in_progress.push(TaskProgress {
-                attempt: a.attempt.clone(),
-                file: a.file.clone(),
-                chunk: a.chunk,
-                phase: phase.to_string(),
+                attempt: c.a.attempt.clone(),
+                file: c.a.file.clone(),
+                chunk: c.a.chunk,
+                phase: c.phase.to_string(),
                 // A chunk reads on to the end of the line that crosses its end: clamp.
-                bytes_done: self
-                    .current_bytes
+                bytes_done: c
+                    .bytes
                     .load(std::sync::atomic::Ordering::Relaxed)
-                    .min(a.end - a.start),
-                bytes_total: a.end - a.start,
+                    .min(total),
+                bytes_total: total,
             });
         }
         for a in &self.queue {
@@ -105,24 +136,20 @@ impl Local {
             cached_files: self.cached_files.clone(),
         }
     }
-    /// (bytes done, bytes total) of the task being tested, (0, 0) when none.
+
+    /// (bytes done, bytes total) of the tasks in hand, (0, 0) when none.
     fn progress(&self) -> (u64, u64) {
-        match &self.current {
-            Some((a, _)) => {
-                let total = a.end - a.start;
-                let done = self
-                    .current_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                (done.min(total), total)
-            }
-            None => (0, 0),
-        }
+        self.current.iter().fold((0, 0), |(d, t), c| {
+            let total = c.a.end - c.a.start;
+            let done = c.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            (d + done.min(total), t + total)
+        })
     }
 
     fn busy(&self) -> Vec<String> {
         self.current
             .iter()
-            .map(|(a, _)| a.attempt.clone())
+            .map(|c| c.a.attempt.clone())
             .chain(self.queue.iter().map(|a| a.attempt.clone()))
             .collect()
     }
@@ -250,37 +277,53 @@ async fn session(
         })
     };
 
-    // Executor: one assignment at a time (the next one's bytes are fetched meanwhile).
-    let exec = {
-        let out = out_tx.clone();
-        let local = local.clone();
-        let work = work.clone();
-        let end = end.clone();
-        let cfg = cfg.clone();
-        let afs = afs.clone();
-        tokio::spawn(async move {
-            let mut prefetched: Option<Prefetched> = None;
-            loop {
-                let next = {
-                    let mut l = lock(&local);
-                    let next = l.queue.pop_front();
-                    if let Some(a) = &next {
-                        l.current = Some((a.clone(), "fetching"));
-                        l.current_bytes
-                            .store(0, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    next
-                };
-                let Some(a) = next else {
-                    tokio::select! {
-                        _ = end.cancelled() => return,
-                        _ = work.notified() => continue,
-                    }
-                };
-                prefetched = execute(&cfg, &afs, &local, &out, &work, a, prefetched.take()).await;
-            }
+    // Executors: one per testing thread, each taking one assignment at a time and claiming
+    // the next one to fetch its input while it tests (when no executor is idle). Several
+    // chunks in hand keep the threads busy across the ends of chunks, as separate
+    // single-threaded workers would.
+    let executors: Vec<_> = (0..cfg.threads.max(1))
+        .map(|_| {
+            let out = out_tx.clone();
+            let local = local.clone();
+            let work = work.clone();
+            let end = end.clone();
+            let cfg = cfg.clone();
+            let afs = afs.clone();
+            tokio::spawn(async move {
+                let mut claimed: Option<Prefetched> = None;
+                loop {
+                    let (a, pre) = match claimed.take() {
+                        Some(p) => (p.a.clone(), Some(p)),
+                        None => {
+                            let next = {
+                                let mut l = lock(&local);
+                                let next = l.queue.pop_front();
+                                match &next {
+                                    Some(a) => {
+                                        l.start(a.clone());
+                                    }
+                                    None => l.idle += 1,
+                                }
+                                next
+                            };
+                            match next {
+                                Some(a) => (a, None),
+                                None => {
+                                    tokio::select! {
+                                        _ = end.cancelled() => return,
+                                        _ = work.notified() => {}
+                                    }
+                                    lock(&local).idle -= 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    claimed = execute(&cfg, &afs, &local, &out, a, pre).await;
+                }
+            })
         })
-    };
+        .collect();
 
     let result = loop {
         let msg = tokio::select! {
@@ -344,7 +387,9 @@ async fn session(
     };
     end.cancel();
     hb.abort();
-    exec.abort();
+    for e in &executors {
+        e.abort();
+    }
     drop(out_tx);
     let _ = writer_task.await;
     Ok(result)
@@ -357,9 +402,10 @@ enum Fetched {
     Range(ChunkBytes),
 }
 
-/// The input of the next queued task, being fetched while the current one is tested.
+/// A task claimed from the queue whose input is being fetched while the executor that
+/// claimed it tests its current one.
 struct Prefetched {
-    attempt: String,
+    a: Assignment,
     fetch: tokio::task::JoinHandle<Result<Fetched, AfsError>>,
 }
 
@@ -367,12 +413,12 @@ struct Prefetched {
 /// acted on at once, however long the fetch takes).
 fn prefetch(afs: &Arc<tokio::sync::Mutex<AfsClient>>, n: Assignment, max_line: u64) -> Prefetched {
     let afs = afs.clone();
-    let attempt = n.attempt.clone();
+    let a = n.clone();
     let fetch = tokio::spawn(async move {
         let mut client = afs.lock().await;
         fetch_task(&mut client, &n, max_line).await
     });
-    Prefetched { attempt, fetch }
+    Prefetched { a, fetch }
 }
 
 /// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file cache
@@ -393,24 +439,20 @@ async fn fetch_task(
     client.open_validated(&a.file).await.map(Fetched::Whole)
 }
 
+/// How often an executor in the middle of a scan looks for an assignment to claim.
+const CLAIM_POLL: Duration = Duration::from_millis(3);
+
 async fn execute(
     cfg: &WorkerConfig,
     afs: &Arc<tokio::sync::Mutex<AfsClient>>,
     local: &Arc<Mutex<Local>>,
     out: &mpsc::UnboundedSender<WorkerMsg>,
-    work: &Notify,
     a: Assignment,
     prefetched: Option<Prefetched>,
 ) -> Option<Prefetched> {
-    let set_phase = |phase: &'static str| {
-        if let Some(cur) = lock(local).current.as_mut() {
-            cur.1 = phase;
-        }
-    };
+    let set_phase = |phase: &'static str| lock(local).set_phase(&a.attempt, phase);
     let max_line = cfg.scan.max_line_bytes;
-    // A prefetch for another attempt (this one was cancelled) finishes on its own: stopping
-    // it mid-body would leave the file-server connection out of step.
-    let opened = match prefetched.filter(|p| p.attempt == a.attempt) {
+    let opened = match prefetched.filter(|p| p.a.attempt == a.attempt) {
         Some(p) => p.fetch.await.unwrap_or_else(|e| {
             Err(AfsError::Unavailable {
                 message: format!("prefetch task failed: {e}"),
@@ -423,7 +465,7 @@ async fn execute(
     };
     let finish_failed = |reason: String, retryable: bool| {
         let mut l = lock(local);
-        l.current = None;
+        l.finish(&a.attempt);
         let _ = out.send(WorkerMsg::TaskFailed {
             attempt: a.attempt.clone(),
             reason,
@@ -446,8 +488,11 @@ async fn execute(
     let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
     let scan_cfg = cfg.scan;
     let (start, end) = (a.start, a.end);
-    let progress = lock(local).current_bytes.clone();
-    progress.store(0, std::sync::atomic::Ordering::Relaxed);
+    let progress = {
+        let l = lock(local);
+        let found = l.current.iter().find(|c| c.a.attempt == a.attempt);
+        found.map(|c| c.bytes.clone()).unwrap_or_default()
+    };
     let (version, size) = match &fetched {
         Fetched::Whole(f) => (f.version.clone(), f.size),
         // A chunk read before the server finished hashing a large file has no version;
@@ -461,13 +506,25 @@ async fn execute(
             Fetched::Range(c) => Ok(scan_slice(c.lines(), &scan_cfg, report)),
         }
     });
-    // While the CPU scans this chunk, fetch the next assignment's input, so fetching and
-    // testing overlap. The next assignment usually arrives during the scan (the coordinator
-    // sends it when the previous task's completion reaches it): wait for it as well.
+    // While the CPU scans this chunk, claim the next assignment and fetch its input, so
+    // fetching and testing overlap — unless another executor is idle and will take it. The
+    // next assignment usually arrives during the scan (the coordinator sends it when an
+    // earlier completion reaches it): look again every few milliseconds.
     let mut scanned = None;
     let prefetched = loop {
-        let next = lock(local).queue.front().cloned();
-        if let Some(n) = next {
+        let claimed = {
+            let mut l = lock(local);
+            let next = if l.idle == 0 {
+                l.queue.pop_front()
+            } else {
+                None
+            };
+            if let Some(n) = &next {
+                l.start(n.clone());
+            }
+            next
+        };
+        if let Some(n) = claimed {
             break Some(prefetch(afs, n, max_line));
         }
         tokio::select! {
@@ -475,7 +532,7 @@ async fn execute(
                 scanned = Some(r);
                 break None;
             }
-            _ = work.notified() => {}
+            _ = tokio::time::sleep(CLAIM_POLL) => {}
         }
     };
     let scanned = match scanned {
@@ -498,7 +555,7 @@ async fn execute(
     let mut l = lock(local);
     if l.cancelled.contains(&a.attempt) {
         l.cancelled.retain(|x| *x != a.attempt);
-        l.current = None;
+        l.finish(&a.attempt);
         return prefetched;
     }
     for (i, (small, big)) in batches.into_iter().enumerate() {
@@ -532,7 +589,7 @@ async fn execute(
         first_invalid: invalid_lines(&r),
         primes: (r.primes.len() + r.big_primes.len()) as u64,
     }));
-    l.current = None;
+    l.finish(&a.attempt);
     l.tasks_done += 1;
     l.numbers_tested += r.numbers;
     info!(

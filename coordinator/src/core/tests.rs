@@ -297,4 +297,22 @@ fn small_assignments_fill_a_deeper_pipeline() {
         2,
         "1200 bytes held: no more than max_inflight"
     );
+
+    // A worker testing 2 tasks at once holds twice as many.
+    let mut c = Core::new(
+        CoreConfig {
+            max_inflight: 2,
+            small_inflight_bytes: 1000,
+            chunk_bytes: 1_000_000,
+            ..cfg()
+        },
+        "s".into(),
+    );
+    for i in 0..9 {
+        c.file_ready(&format!("h{i}.txt"), fp(600), at(0));
+    }
+    assert_eq!(
+        assigns(&c.register_with_threads(1, "w1", 2, at(0))).len(),
+        4
+    );
 }
