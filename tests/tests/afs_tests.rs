@@ -630,7 +630,11 @@ async fn chunk_reads_match_local_scans() {
                 .await
                 .expect("read")
                 .expect("no fallback");
-            let r = scan_slice(got.lines(), &cfg, |_| {});
+            let mut r = scan_slice(got.lines(), &cfg, |_| {});
+            let mut want = want;
+            // The order of primes within a result depends on how it was cut into pieces.
+            r.primes.sort_unstable();
+            want.primes.sort_unstable();
             assert_eq!(
                 (r.lines, r.numbers, r.invalid, r.blank),
                 (want.lines, want.numbers, want.invalid, want.blank),

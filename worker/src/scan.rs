@@ -168,21 +168,27 @@ pub fn scan_parallel(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
 /// Bytes read from a stream per parallel step.
 const BLOCK: usize = 16 << 20;
 
+/// Bytes of an in-memory chunk scanned per parallel step by [`scan_slice`]: small enough
+/// that progress (reported per step) moves several times within an 8 MiB chunk, large
+/// enough (4 pieces) to keep 2 threads busy.
+const SLICE_BLOCK: usize = 1 << 20;
+
 /// [`scan_reader`] over bytes already in memory, without copying them: blocks of about
-/// [`BLOCK`] bytes cut at newlines are scanned in place. Same result as `scan_reader` (a
-/// block with no newline, i.e. a line longer than a block, hands the rest to it).
+/// [`SLICE_BLOCK`] bytes cut at newlines are scanned in place. Same result as
+/// `scan_reader` (a block with no newline, i.e. a line longer than a block, hands the rest
+/// to it).
 pub fn scan_slice(bytes: &[u8], cfg: &ScanConfig, mut progress: impl FnMut(u64)) -> ScanResult {
     let mut total = ScanResult::default();
     let mut pos = 0;
     while pos < bytes.len() {
-        let end = (pos + BLOCK).min(bytes.len());
+        let end = (pos + SLICE_BLOCK).min(bytes.len());
         let cut = if end == bytes.len() {
             let tail_start = memchr::memrchr(b'\n', &bytes[pos..end]).map_or(pos, |k| pos + k + 1);
             ((end - tail_start) as u64 <= cfg.max_line_bytes).then_some(end)
         } else {
             memchr::memrchr(b'\n', &bytes[pos..end]).map(|k| pos + k + 1)
         };
-        let Some(cut) = cut.filter(|_| cfg.max_line_bytes >= BLOCK as u64) else {
+        let Some(cut) = cut.filter(|_| cfg.max_line_bytes >= SLICE_BLOCK as u64) else {
             let base = pos as u64;
             // Reading from a slice cannot fail.
             let rest = scan_reader(&bytes[pos..], cfg, |b| progress(base + b)).unwrap_or_default();
@@ -358,6 +364,11 @@ mod tests {
             assert_eq!(got.primes, want.primes, "limit {max_line_bytes}");
             assert_eq!(seen.last().copied(), Some(input.len() as u64));
             assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+            if max_line_bytes > SLICE_BLOCK as u64 {
+                // Progress moves per block of about 1 MiB (23 MiB of the input is in short
+                // lines), not once per chunk.
+                assert!(seen.len() >= 20, "{} progress reports", seen.len());
+            }
         }
     }
 
