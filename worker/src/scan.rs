@@ -364,12 +364,23 @@ mod tests {
             assert_eq!(got.primes, want.primes, "limit {max_line_bytes}");
             assert_eq!(seen.last().copied(), Some(input.len() as u64));
             assert!(seen.windows(2).all(|w| w[0] <= w[1]));
-            if max_line_bytes > SLICE_BLOCK as u64 {
-                // Progress moves per block of about 1 MiB (23 MiB of the input is in short
-                // lines), not once per chunk.
-                assert!(seen.len() >= 20, "{} progress reports", seen.len());
-            }
         }
+    }
+
+    #[test]
+    /// Progress over an 8 MiB chunk in memory moves about once per MiB, not once per chunk.
+    fn slice_progress_moves_within_a_chunk() {
+        let mut input = Vec::new();
+        let mut i = 0u64;
+        while input.len() < 8 << 20 {
+            input.extend_from_slice(format!("{}\n", i * 7 + 1).as_bytes());
+            i += 1;
+        }
+        let mut seen = Vec::new();
+        let r = scan_slice(&input, &ScanConfig::default(), |b| seen.push(b));
+        assert_eq!(r.lines, i);
+        assert!(seen.len() >= 7, "{seen:?}");
+        assert_eq!(seen.last().copied(), Some(input.len() as u64));
     }
 
     #[test]
