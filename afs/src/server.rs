@@ -312,11 +312,10 @@ async fn handle_request(
             len,
             version,
         } => {
-            let found = match range_lookup(&store, path).await {
+            let (rel, fp, known) = match range_lookup(&store, path).await {
                 Ok(x) => x,
                 Err(e) => return reply_error(conn, &e).await,
             };
-            let (rel, fp, known) = found;
             let pin = fp.token();
             if version
                 .as_ref()
@@ -432,8 +431,6 @@ async fn refuse_body(
     Err(ProtoError::Peer(format!("refused a write: {message}")))
 }
 
-/// Streams a file: header, exactly `size` raw bytes, then `file_end` with the version of the
-/// bytes actually sent, or `error: changed` if the file changed during the transfer.
 /// Size, version and fingerprint of `path`: inline when the version is known, on a blocking
 /// thread when the content has to be hashed.
 async fn lookup(store: &Arc<Store>, path: String) -> Result<(FileInfo, Fingerprint), StoreError> {
@@ -507,22 +504,18 @@ async fn stream_file(
     mut hasher: Option<&mut Hasher>,
 ) -> Result<bool, ProtoError> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut short = start > 0 && file.seek(SeekFrom::Start(start)).is_err();
+    if start > 0 && file.seek(SeekFrom::Start(start)).is_err() {
+        write_zeros(conn, len).await?;
+        return Ok(true);
+    }
     let mut buf = vec![0u8; len.min(1 << 20) as usize];
     let mut left = len;
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
-        let n = if short {
-            0
-        } else {
-            file.read(&mut buf[..want]).unwrap_or(0)
-        };
+        let n = file.read(&mut buf[..want]).unwrap_or(0);
         if n == 0 {
-            short = true;
-            buf[..want].fill(0);
-            conn.write_raw(&buf[..want]).await?;
-            left -= want as u64;
-            continue;
+            write_zeros(conn, left).await?;
+            return Ok(true);
         }
         if let Some(h) = hasher.as_deref_mut() {
             h.update(&buf[..n]);
@@ -530,7 +523,19 @@ async fn stream_file(
         conn.write_raw(&buf[..n]).await?;
         left -= n as u64;
     }
-    Ok(short)
+    Ok(false)
+}
+
+/// Writes `len` zero bytes as body bytes: what keeps the framing when a file ends early.
+async fn write_zeros(conn: &mut Connection, len: u64) -> Result<(), ProtoError> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        conn.write_raw(&zeros[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// Sends a range body with `sendfile` where there is one (no copy through this process;
@@ -547,14 +552,8 @@ async fn send_range_body(
         if sent == len {
             return Ok(false);
         }
-        // The file ended early: pad to keep the framing.
-        let zeros = vec![0u8; (len - sent).min(1 << 20) as usize];
-        let mut left = len - sent;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            conn.write_raw(&zeros[..n]).await?;
-            left -= n as u64;
-        }
+        // The file ended early.
+        write_zeros(conn, len - sent).await?;
         Ok(true)
     }
     #[cfg(not(target_os = "linux"))]

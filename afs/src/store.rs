@@ -235,10 +235,7 @@ impl Store {
     /// [`Store::info`] without hashing: `Ok(None)` when the version has to be computed
     /// (the file is new or changed). Cheap (a path check and a stat): callable inline.
     pub fn cached_info(&self, rel: &str) -> Result<Option<(FileInfo, Fingerprint)>, StoreError> {
-        let (rel, real) = self.resolve_existing(rel)?;
-        let meta =
-            std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
-        let fp = Fingerprint::of(&meta);
+        let (rel, _, fp) = self.resolve_stat(rel)?;
         let version = match self.lock().get(&rel) {
             Some((cfp, v)) if *cfp == fp => v.clone(),
             _ => return Ok(None),
@@ -282,10 +279,7 @@ impl Store {
             return Ok(hit);
         }
         let started = std::time::Instant::now();
-        let (rel, real) = self.resolve_existing(rel)?;
-        let meta =
-            std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
-        let fp = Fingerprint::of(&meta);
+        let (rel, real, fp) = self.resolve_stat(rel)?;
         let mut f = std::fs::File::open(&real)
             .map_err(|e| StoreError::io("opening", Path::new(&rel), e))?;
         let mut h = Hasher::default();
@@ -321,18 +315,22 @@ impl Store {
         ))
     }
 
-    /// Path and fingerprint of `rel` now, without its version.
-    pub fn stat(&self, rel: &str) -> Result<(String, Fingerprint), StoreError> {
+    /// Normalized path, real path and current fingerprint of an existing file `rel`.
+    fn resolve_stat(&self, rel: &str) -> Result<(String, PathBuf, Fingerprint), StoreError> {
         let (rel, real) = self.resolve_existing(rel)?;
         let meta =
             std::fs::metadata(&real).map_err(|e| StoreError::io("stat", Path::new(&rel), e))?;
-        Ok((rel, Fingerprint::of(&meta)))
+        Ok((rel, real, Fingerprint::of(&meta)))
+    }
+
+    /// Path and fingerprint of `rel` now, without its version.
+    pub fn stat(&self, rel: &str) -> Result<(String, Fingerprint), StoreError> {
+        self.resolve_stat(rel).map(|(rel, _, fp)| (rel, fp))
     }
 
     /// The current fingerprint of `rel`, if it still exists.
     pub fn fingerprint(&self, rel: &str) -> Option<Fingerprint> {
-        let (_, real) = self.resolve_existing(rel).ok()?;
-        std::fs::metadata(real).ok().map(|m| Fingerprint::of(&m))
+        self.resolve_stat(rel).ok().map(|(_, _, fp)| fp)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Fingerprint, String)>> {
