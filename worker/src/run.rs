@@ -66,6 +66,16 @@ struct Current {
     bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Current {
+    /// (bytes tested, chunk size). A chunk reads on to the end of the line that crosses its
+    /// end, so the count is clamped.
+    fn progress(&self) -> (u64, u64) {
+        let total = self.a.end - self.a.start;
+        let done = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        (done.min(total), total)
+    }
+}
+
 #[derive(Default)]
 struct Local {
     queue: VecDeque<Assignment>,
@@ -80,15 +90,15 @@ struct Local {
 }
 
 impl Local {
-    /// Takes `a` on (out of the queue, into the executor's hands).
-    fn start(&mut self, a: Assignment) -> Arc<std::sync::atomic::AtomicU64> {
-        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    /// Takes the next queued assignment into an executor's hands (phase "fetching").
+    fn take_next(&mut self) -> Option<Assignment> {
+        let a = self.queue.pop_front()?;
         self.current.push(Current {
-            a,
+            a: a.clone(),
             phase: "fetching",
-            bytes: bytes.clone(),
+            bytes: Arc::default(),
         });
-        bytes
+        Some(a)
     }
 
     fn set_phase(&mut self, attempt: &str, phase: &'static str) {
@@ -104,18 +114,14 @@ impl Local {
     fn record(&self, id: &str) -> WorkerState {
         let mut in_progress: Vec<TaskProgress> = Vec::new();
         for c in &self.current {
-            let total = c.a.end - c.a.start;
+            let (bytes_done, bytes_total) = c.progress();
             in_progress.push(TaskProgress {
                 attempt: c.a.attempt.clone(),
                 file: c.a.file.clone(),
                 chunk: c.a.chunk,
                 phase: c.phase.to_string(),
-                // A chunk reads on to the end of the line that crosses its end: clamp.
-                bytes_done: c
-                    .bytes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .min(total),
-                bytes_total: total,
+                bytes_done,
+                bytes_total,
             });
         }
         for a in &self.queue {
@@ -140,9 +146,8 @@ impl Local {
     /// (bytes done, bytes total) of the tasks in hand, (0, 0) when none.
     fn progress(&self) -> (u64, u64) {
         self.current.iter().fold((0, 0), |(d, t), c| {
-            let total = c.a.end - c.a.start;
-            let done = c.bytes.load(std::sync::atomic::Ordering::Relaxed);
-            (d + done.min(total), t + total)
+            let (done, total) = c.progress();
+            (d + done, t + total)
         })
     }
 
@@ -293,16 +298,13 @@ async fn session(
                 let mut claimed: Option<Prefetched> = None;
                 loop {
                     let (a, pre) = match claimed.take() {
-                        Some(p) => (p.a.clone(), Some(p)),
+                        Some(p) => (p.a, Some(p.fetch)),
                         None => {
                             let next = {
                                 let mut l = lock(&local);
-                                let next = l.queue.pop_front();
-                                match &next {
-                                    Some(a) => {
-                                        l.start(a.clone());
-                                    }
-                                    None => l.idle += 1,
+                                let next = l.take_next();
+                                if next.is_none() {
+                                    l.idle += 1;
                                 }
                                 next
                             };
@@ -448,12 +450,12 @@ async fn execute(
     local: &Arc<Mutex<Local>>,
     out: &mpsc::UnboundedSender<WorkerMsg>,
     a: Assignment,
-    prefetched: Option<Prefetched>,
+    pending: Option<tokio::task::JoinHandle<Result<Fetched, AfsError>>>,
 ) -> Option<Prefetched> {
     let set_phase = |phase: &'static str| lock(local).set_phase(&a.attempt, phase);
     let max_line = cfg.scan.max_line_bytes;
-    let opened = match prefetched.filter(|p| p.a.attempt == a.attempt) {
-        Some(p) => p.fetch.await.unwrap_or_else(|e| {
+    let opened = match pending {
+        Some(fetch) => fetch.await.unwrap_or_else(|e| {
             Err(AfsError::Unavailable {
                 message: format!("prefetch task failed: {e}"),
             })
@@ -514,15 +516,11 @@ async fn execute(
     let prefetched = loop {
         let claimed = {
             let mut l = lock(local);
-            let next = if l.idle == 0 {
-                l.queue.pop_front()
+            if l.idle == 0 {
+                l.take_next()
             } else {
                 None
-            };
-            if let Some(n) = &next {
-                l.start(n.clone());
             }
-            next
         };
         if let Some(n) = claimed {
             break Some(prefetch(afs, n, max_line));

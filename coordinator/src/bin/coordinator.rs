@@ -280,9 +280,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         key,
         afs_servers: a.afs,
     };
-    let rt = // One async thread: the coordinator's work is short message handling under one lock;
+    // One async thread: the coordinator's work is short message handling under one lock;
     // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
