@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
 
 use crate::msg::{ErrorCode, FileInfo};
 
@@ -37,38 +36,9 @@ impl StoreError {
     }
 }
 
-/// What identifies a file's content cheaply; when it is unchanged the cached version stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint {
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub inode: u64,
-}
-
-impl Fingerprint {
-    /// A short token naming this state of a file on this server (not content-derived: two
-    /// replicas give different tokens for the same bytes).
-    pub fn token(&self) -> String {
-        format!("fp-{:x}-{:x}-{:x}", self.size, self.mtime_ns, self.inode)
-    }
-
-    pub fn of(meta: &std::fs::Metadata) -> Self {
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Fingerprint {
-            size: meta.len(),
-            mtime_ns,
-            inode,
-        }
-    }
-}
+/// What identifies a file's content cheaply; when it is unchanged the cached version stands
+/// (size, mtime, ctime and inode: a rewrite that keeps size and mtime still moves ctime).
+pub use proto::files::Fingerprint;
 
 /// Content version of some bytes: xxh3-128 in hex. Content-derived, so two replicas holding
 /// the same bytes agree on the version.

@@ -61,12 +61,8 @@ pub struct Now {
     pub wall: DateTime<Utc>,
 }
 
-/// What identifies a version of an input file cheaply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    pub size: u64,
-    pub mtime_ns: i64,
-}
+/// What identifies a version of an input file cheaply (size, mtime, ctime, inode).
+pub use proto::files::Fingerprint;
 
 /// Scheduling settings.
 #[derive(Clone, Debug)]
@@ -86,7 +82,14 @@ pub struct CoreConfig {
     pub chunk_bytes: u64,
     /// Pause before a failed chunk is retried, times the number of failures so far.
     pub retry_ms: u64,
+    /// A file reported `failed` (its chunks failed `max_failures` times, e.g. while every
+    /// file server was down) is tried again after this pause, doubled after every failed
+    /// round up to [`MAX_FAILED_RETRY_MS`]: the cause may have gone.
+    pub failed_retry_ms: u64,
 }
+
+/// Longest pause between two rounds of a failed file (30 min).
+pub const MAX_FAILED_RETRY_MS: u64 = 30 * 60 * 1000;
 
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,8 +131,19 @@ struct Job {
     chunks: Vec<ChunkState>,
     failures: Vec<u32>,
     started_at: Option<DateTime<Utc>>,
-    /// A report exists for this version (found at start, or written): nothing to do.
+    /// A report exists for this version (found at start, or written): nothing to do,
+    /// unless it says failed and `retry_at_ms` comes.
     reported: bool,
+    /// Rounds that ended in a failed report (the backoff's exponent).
+    failed_rounds: u32,
+    /// When a failed file is tried again.
+    retry_at_ms: Option<u64>,
+    /// Chunks and numbers of the file's report (for status totals across sessions).
+    reported_chunks: usize,
+    reported_numbers: u64,
+    /// Why the report could not be written (e.g. its name is taken by a folder): the file
+    /// counts as failed, never done, and the write is tried again with the failed files.
+    report_error: Option<String>,
 }
 
 impl Job {
@@ -153,6 +167,8 @@ struct Worker {
     /// Testing threads the worker registered with: it works on that many tasks at once,
     /// so it may hold that many times the in-flight limits.
     threads: usize,
+    /// The worker process holding the id (random per process).
+    instance: u64,
 }
 
 /// The per-file report (`data/output/<file>.json`).
@@ -218,6 +234,9 @@ pub struct Core {
     conns: HashMap<u64, String>,
     pending: Pending,
     pub totals: Totals,
+    /// When [`Core::tick`] last ran: a much longer gap means the coordinator itself was not
+    /// running (SIGSTOP, a VM pause, swap), which says nothing about the workers.
+    last_tick_ms: Option<u64>,
 }
 
 impl Core {
@@ -234,7 +253,14 @@ impl Core {
             conns: HashMap::new(),
             pending: Pending::default(),
             totals: Totals::default(),
+            last_tick_ms: None,
         }
+    }
+
+    /// How often the shell must call [`Core::tick`]: a few times per heartbeat, so a silent
+    /// worker is noticed soon after its limit, and at least every 0.5 s (retry pauses).
+    pub fn tick_period_ms(&self) -> u64 {
+        (self.cfg.heartbeat_ms / 4).clamp(20, 500)
     }
 
     pub fn session(&self) -> &str {
@@ -250,13 +276,19 @@ impl Core {
         self.jobs.get(file).map(|j| j.fp)
     }
 
+    /// True if `file` has work not finished yet (queued, running, or waiting to be flushed).
+    pub fn in_progress(&self, file: &str) -> bool {
+        self.jobs.get(file).is_some_and(|j| !j.reported)
+    }
+
     /// Files with a job (any state).
     pub fn files(&self) -> Vec<String> {
         self.jobs.keys().cloned().collect()
     }
 
-    /// A file whose report for this fingerprint already exists: done, nothing to queue.
-    pub fn file_reported(&mut self, file: &str, fp: Fingerprint) {
+    /// A file whose `done` report for this fingerprint already exists: nothing to queue.
+    /// `chunks` and `numbers` come from the report, for the status totals.
+    pub fn file_reported(&mut self, file: &str, fp: Fingerprint, chunks: usize, numbers: u64) {
         self.next_gen += 1;
         self.jobs.insert(
             file.to_string(),
@@ -267,6 +299,11 @@ impl Core {
                 failures: Vec::new(),
                 started_at: None,
                 reported: true,
+                failed_rounds: 0,
+                retry_at_ms: None,
+                reported_chunks: chunks,
+                reported_numbers: numbers,
+                report_error: None,
             },
         );
     }
@@ -289,6 +326,11 @@ impl Core {
                 failures: vec![0; chunks],
                 started_at: None,
                 reported: false,
+                failed_rounds: 0,
+                retry_at_ms: None,
+                reported_chunks: 0,
+                reported_numbers: 0,
+                report_error: None,
             },
         );
         for c in 0..chunks as u32 {
@@ -321,28 +363,58 @@ impl Core {
         actions
     }
 
-    /// A connection registered as `worker_id`.
+    /// A connection registered as `worker_id` (tests: one thread, instance 0).
     pub fn register(&mut self, conn: u64, worker_id: &str, now: Now) -> Vec<Action> {
-        self.register_with_threads(conn, worker_id, 1, now)
+        self.register_with_threads(conn, worker_id, 1, 0, now)
     }
 
-    /// [`Core::register`] for a worker that tests `threads` tasks at once.
+    /// A connection registered as `worker_id`, a process (`instance`) that tests `threads`
+    /// tasks at once.
+    ///
+    /// An id is one worker: while a live connection holds it, another process registering
+    /// with it is refused for good (two processes sharing an id would replace each other's
+    /// connection forever). The same process reconnecting (same instance), or any process
+    /// once the old connection has been silent past the heartbeat limit, replaces the old
+    /// connection, whose tasks are requeued.
     pub fn register_with_threads(
         &mut self,
         conn: u64,
         worker_id: &str,
         threads: u32,
+        instance: u64,
         now: Now,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Some(old) = self.workers.get(worker_id).and_then(|w| w.conn) {
-            if old != conn {
+        if let Some(old) = self
+            .workers
+            .get(worker_id)
+            .filter(|w| w.conn.is_some_and(|c| c != conn))
+        {
+            let limit = self.cfg.heartbeat_ms * self.cfg.missed_heartbeats as u64;
+            let silent = now.ms.saturating_sub(old.last_seen_ms) > limit;
+            if old.instance != instance && !silent {
+                let reason = format!(
+                    "worker id {worker_id:?} is already in use by a connected worker (joined {}); \
+                     give this one another --id",
+                    old.joined.to_rfc3339()
+                );
+                return vec![
+                    Action::Send(
+                        conn,
+                        CoordMsg::Refused {
+                            reason: reason.clone(),
+                        },
+                    ),
+                    Action::Close(conn, reason),
+                ];
+            }
+            if let Some(old_conn) = old.conn {
                 actions.push(Action::Close(
-                    old,
+                    old_conn,
                     format!("{worker_id} reconnected on a new connection"),
                 ));
-                actions.extend(self.lose_worker(worker_id, now, false));
             }
+            actions.extend(self.lose_worker(worker_id, now, false));
         }
         let w = self.workers.entry(worker_id.to_string()).or_insert(Worker {
             conn: None,
@@ -353,9 +425,11 @@ impl Core {
             numbers: 0,
             progress: (0, 0),
             threads: 1,
+            instance,
         });
         // A worker claiming absurd parallelism must not drain the whole queue.
         w.threads = (threads as usize).clamp(1, 64);
+        w.instance = instance;
         w.conn = Some(conn);
         w.last_seen_ms = now.ms;
         self.conns.insert(conn, worker_id.to_string());
@@ -545,7 +619,22 @@ impl Core {
     }
 
     /// Periodic: declare silent workers dead, then hand out work.
+    ///
+    /// Silence is measured only over time the coordinator was running: when ticks stop for
+    /// longer than a heartbeat (the coordinator was paused), the stall is credited to every
+    /// worker, so that heartbeats still waiting in the sockets get read before anyone is
+    /// judged. A stall of the observer is not evidence against the observed.
     pub fn tick(&mut self, now: Now) -> Vec<Action> {
+        let period = self.tick_period_ms();
+        if let Some(last) = self.last_tick_ms.replace(now.ms) {
+            let gap = now.ms.saturating_sub(last);
+            if gap > self.cfg.heartbeat_ms.max(2 * period) {
+                let stall = gap - period;
+                for w in self.workers.values_mut() {
+                    w.last_seen_ms = (w.last_seen_ms + stall).min(now.ms);
+                }
+            }
+        }
         let limit = self.cfg.heartbeat_ms * self.cfg.missed_heartbeats as u64;
         let dead: Vec<(String, u64)> = self
             .workers
@@ -564,8 +653,59 @@ impl Core {
             ));
             actions.extend(self.lose_worker(&id, now, true));
         }
+        actions.extend(self.retry_failed_files(now));
         actions.extend(self.assign(now));
         actions
+    }
+
+    /// Failed files whose pause is over get their failed chunks queued again (chunks that
+    /// finished stay done: their primes are durable).
+    /// A report that could not be written is written again.
+    fn retry_failed_files(&mut self, now: Now) -> Vec<Action> {
+        let mut rewrite = Vec::new();
+        for (file, job) in self.jobs.iter_mut() {
+            if job.retry_at_ms.is_none_or(|t| t > now.ms) {
+                continue;
+            }
+            job.retry_at_ms = None;
+            job.reported = false;
+            if job.report_error.take().is_some() {
+                rewrite.push(file.clone());
+            }
+            for (i, c) in job.chunks.iter_mut().enumerate() {
+                if matches!(c, ChunkState::Failed { .. }) {
+                    *c = ChunkState::Queued { ready_ms: now.ms };
+                    job.failures[i] = 0;
+                    self.queue.push_back((file.clone(), job.gen, i as u32));
+                }
+            }
+            tracing::info!(
+                file,
+                round = job.failed_rounds + 1,
+                "retrying a file that failed"
+            );
+        }
+        rewrite
+            .iter()
+            .filter_map(|f| self.maybe_report(f, now))
+            .collect()
+    }
+
+    /// The report of `file` could not be written: the file is failed (never done), and the
+    /// write is tried again after the failed-file pause (its cause, say a folder with the
+    /// report's name, may be removed).
+    pub fn report_write_failed(&mut self, file: &str, fp: Fingerprint, reason: String, now: Now) {
+        let Some(job) = self.jobs.get_mut(file).filter(|j| j.fp == fp) else {
+            return;
+        };
+        let pause = self
+            .cfg
+            .failed_retry_ms
+            .saturating_mul(1 << job.failed_rounds.min(16))
+            .min(MAX_FAILED_RETRY_MS);
+        job.failed_rounds += 1;
+        job.retry_at_ms = Some(now.ms + pause);
+        job.report_error = Some(reason);
     }
 
     /// Whether `w` can take one more assignment: up to `max_inflight` per testing thread, or up to
@@ -749,6 +889,17 @@ impl Core {
             );
         }
         r.workers = workers.into_iter().collect();
+        job.reported_chunks = r.chunks;
+        job.reported_numbers = r.numbers_read;
+        if r.status == "failed" {
+            let pause = self
+                .cfg
+                .failed_retry_ms
+                .saturating_mul(1 << job.failed_rounds.min(16))
+                .min(MAX_FAILED_RETRY_MS);
+            job.failed_rounds += 1;
+            job.retry_at_ms = Some(now.ms + pause);
+        }
         Some(Action::WriteReport(r))
     }
 
@@ -759,11 +910,20 @@ impl Core {
             ..StatusView::default()
         };
         for (name, job) in &self.jobs {
+            if job.reported {
+                v.numbers_in_reports += job.reported_numbers;
+                if job.chunks.is_empty() {
+                    // Reported in an earlier session: its chunks are known from the report.
+                    v.chunks_total += job.reported_chunks as u64;
+                    v.chunks_done += job.reported_chunks as u64;
+                }
+            }
             let state = if job.reported {
-                if job
-                    .chunks
-                    .iter()
-                    .any(|c| matches!(c, ChunkState::Failed { .. }))
+                if job.report_error.is_some()
+                    || job
+                        .chunks
+                        .iter()
+                        .any(|c| matches!(c, ChunkState::Failed { .. }))
                 {
                     v.files_failed += 1;
                     "failed"
@@ -798,6 +958,12 @@ impl Core {
                         .iter()
                         .filter(|c| matches!(c, ChunkState::Done { .. }))
                         .count(),
+                    error: job.report_error.clone().or_else(|| {
+                        job.chunks.iter().find_map(|c| match c {
+                            ChunkState::Failed { reason } => Some(reason.clone()),
+                            _ => None,
+                        })
+                    }),
                 });
             }
         }
@@ -926,6 +1092,11 @@ impl Core {
                 failures: vec![0; n],
                 started_at: Some(now.wall),
                 reported: false,
+                failed_rounds: 0,
+                retry_at_ms: None,
+                reported_chunks: 0,
+                reported_numbers: 0,
+                report_error: None,
             },
         );
         done
@@ -942,6 +1113,10 @@ pub struct StatusView {
     pub chunks_total: u64,
     pub chunks_done: u64,
     pub bytes_total: u64,
+    /// Numbers read in the files whose report is written, over all sessions (`totals`
+    /// counts this session's tests, retries included).
+    #[serde(default)]
+    pub numbers_in_reports: u64,
     pub files: Vec<FileStatus>,
     pub workers: Vec<WorkerStatus>,
     #[serde(skip_deserializing)]
@@ -954,6 +1129,9 @@ pub struct FileStatus {
     pub state: String,
     pub chunks: usize,
     pub chunks_done: usize,
+    /// Why a failed file failed (a chunk's reason, or why its report could not be written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -34,15 +34,7 @@ pub struct InputWatcher {
 }
 
 pub fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64);
-    Fingerprint {
-        size: meta.len(),
-        mtime_ns,
-    }
+    Fingerprint::of(meta)
 }
 
 /// Every regular, non-hidden file under `dir`, as relative paths joined by '/'.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::core::{Fingerprint, Report};
+use crate::core::Report;
 
 /// Where the report of input `file` lives.
 pub fn report_path(output: &Path, file: &str) -> PathBuf {
@@ -17,7 +17,36 @@ pub fn report_path(output: &Path, file: &str) -> PathBuf {
 pub fn write_report(output: &Path, r: &Report) -> anyhow::Result<()> {
     let path = report_path(output, &r.file);
     let json = serde_json::to_vec_pretty(r).context("encoding report")?;
-    write_replace(&path, &json, false)
+    write_replace(&path, &json, false).map_err(|e| match clash(output, &path) {
+        Some(why) => e.context(why),
+        None => e,
+    })
+}
+
+/// Why `path` cannot hold a report because of another input's reports, if that is why:
+/// input `x` has its report at `x.json`, which is a folder when an input folder is named
+/// `x.json`; and the other way round.
+fn clash(output: &Path, path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return Some(format!(
+            "report name clash: {} is a folder (of the reports of an input folder with that name)",
+            path.display()
+        ));
+    }
+    let mut p = path.parent();
+    while let Some(d) = p {
+        if d == output || !d.starts_with(output) {
+            break;
+        }
+        if d.is_file() {
+            return Some(format!(
+                "report name clash: {} is the report of another input, so it cannot be a folder",
+                d.display()
+            ));
+        }
+        p = d.parent();
+    }
+    None
 }
 
 /// Writes bytes to `path` atomically and durably (see [`proto::files::write_atomic`]).
@@ -30,9 +59,8 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()>
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The source fingerprint recorded in an existing report, if it is readable.
-pub fn reported_fingerprint(output: &Path, file: &str) -> Option<Fingerprint> {
+/// The existing report of `file`, if it is readable.
+pub fn read_report(output: &Path, file: &str) -> Option<Report> {
     let bytes = std::fs::read(report_path(output, file)).ok()?;
-    let r: Report = serde_json::from_slice(&bytes).ok()?;
-    Some(r.source)
+    serde_json::from_slice(&bytes).ok()
 }

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::core::{Action, Core, CoreConfig, Now, StatusView};
 use crate::inputs::{list_files, InputWatcher};
 use crate::primes::PrimesFile;
-use crate::report::{reported_fingerprint, write_atomic, write_report};
+use crate::report::{read_report, write_atomic, write_report};
 use crate::snapshot::{SnapshotConfig, Snapshots};
 
 /// Everything the coordinator needs (validated by the binary).
@@ -111,7 +111,8 @@ impl Shared {
         tokio::task::block_in_place(|| self.write_reports(reports));
     }
 
-    fn write_reports(&self, reports: Vec<crate::core::Report>) {
+    fn write_reports(self: &Arc<Self>, reports: Vec<crate::core::Report>) {
+        let mut failed = Vec::new();
         for r in reports {
             match write_report(&self.cfg.output, &r) {
                 Ok(()) => info!(
@@ -120,9 +121,25 @@ impl Shared {
                     primes = r.primes_found,
                     "report written"
                 ),
-                // The file is redone at the next start; its primes are durable already.
-                Err(e) => error!(file = r.file, error = %e, "cannot write report"),
+                // Its primes are durable already; the file counts as failed (never done)
+                // and the write is tried again later, and the file redone at a restart.
+                Err(e) => {
+                    error!(
+                        file = r.file,
+                        error = format!("{e:#}"),
+                        "cannot write report"
+                    );
+                    failed.push((r.file, r.source, format!("{e:#}")));
+                }
             }
+        }
+        if !failed.is_empty() {
+            self.apply(|core, _, now| {
+                for (file, fp, why) in failed {
+                    core.report_write_failed(&file, fp, why, now);
+                }
+                Vec::new()
+            });
         }
     }
 
@@ -181,10 +198,17 @@ pub async fn run(
     let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
     let mut done = 0;
     for (name, fp) in list_files(&cfg.input) {
-        if reported_fingerprint(&cfg.output, &name) == Some(fp) {
-            core.file_reported(&name, fp);
-            watcher.mark_reported(&name, fp);
-            done += 1;
+        match read_report(&cfg.output, &name) {
+            Some(r) if r.source == fp && r.status == "done" => {
+                core.file_reported(&name, fp, r.chunks, r.numbers_read);
+                watcher.mark_reported(&name, fp);
+                done += 1;
+            }
+            // Its cause (file servers down, say) may have gone: the first scan queues it.
+            Some(r) if r.source == fp => {
+                info!(file = name, errors = ?r.errors, "a file failed before; retrying it")
+            }
+            _ => {}
         }
     }
     let recovered = crate::snapshot::recover(&cfg.snapshots, &cfg.input, &mut core, shared.now())?;
@@ -272,39 +296,42 @@ async fn serve_worker(
     let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
     let peer = conn.peer.clone();
     server_handshake(&mut conn, &shared.cfg.key, SERVICE).await?;
-    let (worker_id, threads) = match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
-        Ok(WorkerMsg::Register {
-            worker_id, threads, ..
-        }) if proto::msg::valid_worker_id(&worker_id) => (worker_id, threads),
-        Ok(WorkerMsg::Register { worker_id, .. }) => {
-            let message = format!("worker id {worker_id:?} is not valid");
-            let _ = conn
-                .send(&CoordMsg::Error {
-                    message: message.clone(),
-                })
-                .await;
-            return Err(ProtoError::Malformed(message));
-        }
-        Ok(other) => {
-            let _ = conn
-                .send(&CoordMsg::Error {
-                    message: "expected register".into(),
-                })
-                .await;
-            return Err(ProtoError::Malformed(format!(
-                "expected register, got {other:?}"
-            )));
-        }
-        Err(e) => {
-            let _ = conn
-                .send(&CoordMsg::Error {
-                    message: e.to_string(),
-                })
-                .await;
-            return Err(e);
-        }
-    };
-    info!(worker = worker_id, %peer, conn = conn_id, "worker registered");
+    let (worker_id, threads, instance) =
+        match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
+            Ok(WorkerMsg::Register {
+                worker_id,
+                threads,
+                instance,
+                ..
+            }) if proto::msg::valid_worker_id(&worker_id) => (worker_id, threads, instance),
+            Ok(WorkerMsg::Register { worker_id, .. }) => {
+                let message = format!("worker id {worker_id:?} is not valid");
+                let _ = conn
+                    .send(&CoordMsg::Error {
+                        message: message.clone(),
+                    })
+                    .await;
+                return Err(ProtoError::Malformed(message));
+            }
+            Ok(other) => {
+                let _ = conn
+                    .send(&CoordMsg::Error {
+                        message: "expected register".into(),
+                    })
+                    .await;
+                return Err(ProtoError::Malformed(format!(
+                    "expected register, got {other:?}"
+                )));
+            }
+            Err(e) => {
+                let _ = conn
+                    .send(&CoordMsg::Error {
+                        message: e.to_string(),
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
     lock(&shared.senders).insert(conn_id, tx);
@@ -329,7 +356,14 @@ async fn serve_worker(
         }
         writer_closed.cancel();
     });
-    shared.apply(|core, _, now| core.register_with_threads(conn_id, &worker_id, threads, now));
+    shared.apply(|core, _, now| {
+        core.register_with_threads(conn_id, &worker_id, threads, instance, now)
+    });
+    if lock(&shared.core).worker_of(conn_id).is_some() {
+        info!(worker = worker_id, %peer, conn = conn_id, "worker registered");
+    } else {
+        warn!(worker = worker_id, %peer, conn = conn_id, "registration refused: id in use");
+    }
     let result = loop {
         let msg = tokio::select! {
             _ = closed.cancelled() => break Ok(()),
@@ -457,7 +491,11 @@ async fn input_loop(
         shared.apply(|core, _, now| {
             let mut actions = Vec::new();
             for name in &outcome.removed {
-                info!(file = name, "input removed; dropped from the queue");
+                if core.in_progress(name) {
+                    info!(file = name, "input removed; dropped from the queue");
+                } else {
+                    info!(file = name, "input removed (its report stays)");
+                }
                 actions.extend(core.file_removed(name));
             }
             for (name, fp) in &outcome.ready {
@@ -478,7 +516,7 @@ async fn input_loop(
 }
 
 async fn tick_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let period = Duration::from_millis((shared.cfg.core.heartbeat_ms / 4).clamp(20, 500));
+    let period = Duration::from_millis(lock(&shared.core).tick_period_ms());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

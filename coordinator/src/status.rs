@@ -72,9 +72,13 @@ pub fn render(v: &Value) -> String {
         n("chunks_total")
     ));
     s.push_str(&format!(
-        "numbers tested: {}   primes in primes.txt: {}   tasks done: {}   retried/failed tasks: {}   workers lost: {}\n",
-        t("numbers_tested"),
+        "totals:  numbers in finished files {}   primes in primes.txt {}\n",
+        n("numbers_in_reports"),
         n("primes_in_file"),
+    ));
+    s.push_str(&format!(
+        "this session: numbers tested {}   tasks done {}   retried/failed tasks {}   workers lost {}\n",
+        t("numbers_tested"),
         t("tasks_done"),
         t("tasks_failed"),
         t("workers_lost")
@@ -118,11 +122,15 @@ pub fn render(v: &Value) -> String {
         s.push_str("files not done (first 10):\n");
         for f in pending {
             s.push_str(&format!(
-                "  {:<40} {:<12} chunks {}/{}\n",
+                "  {:<40} {:<12} chunks {}/{}{}\n",
                 f["file"].as_str().unwrap_or("?"),
                 f["state"].as_str().unwrap_or("?"),
                 f["chunks_done"].as_u64().unwrap_or(0),
-                f["chunks"].as_u64().unwrap_or(0)
+                f["chunks"].as_u64().unwrap_or(0),
+                f["error"]
+                    .as_str()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
             ));
         }
     }

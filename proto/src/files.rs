@@ -1,7 +1,61 @@
-//! Folder walking and atomic file replacement, shared by the coordinator (its input folder,
-//! reports, snapshots) and the file server (its root).
+//! Folder walking, file fingerprints and atomic file replacement, shared by the coordinator
+//! (its input folder, reports, snapshots) and the file server (its root).
 
 use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+/// What identifies a version of a file cheaply, without reading it. Size and mtime alone
+/// miss a rewrite that keeps both (`dd conv=notrunc` then `touch -r`): the change time
+/// cannot be set back by a user and moves with every write, and the inode changes when a
+/// file is replaced by rename, so all four together decide "changed".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Status change time (ns since the epoch). Absent in reports written before it was
+    /// recorded: such a report matches no file, so the file is checked again (harmless:
+    /// its primes are deduplicated).
+    #[serde(default)]
+    pub ctime_ns: i64,
+    #[serde(default)]
+    pub inode: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        #[cfg(unix)]
+        let (ctime_ns, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (
+                meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+                meta.ino(),
+            )
+        };
+        #[cfg(not(unix))]
+        let (ctime_ns, inode) = (mtime_ns, 0);
+        Fingerprint {
+            size: meta.len(),
+            mtime_ns,
+            ctime_ns,
+            inode,
+        }
+    }
+
+    /// A short token naming this state of a file on this host (not content-derived: two
+    /// replicas give different tokens for the same bytes).
+    pub fn token(&self) -> String {
+        format!(
+            "fp-{:x}-{:x}-{:x}-{:x}",
+            self.size, self.mtime_ns, self.ctime_ns, self.inode
+        )
+    }
+}
 
 /// Every regular, non-hidden file below `dir` (hidden files and folders skipped, symlinks
 /// not followed), as (path relative to `dir` with `/` separators, metadata). Unreadable
@@ -72,6 +126,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// A rewrite that keeps size and mtime (`dd conv=notrunc`, then the old mtime set back)
+    /// still changes the fingerprint.
+    fn rewrite_keeping_size_and_mtime_is_seen() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("f");
+        std::fs::write(&p, "700000031000000001\n").expect("write");
+        let before = std::fs::metadata(&p).expect("stat");
+        let fp = Fingerprint::of(&before);
+        // Let the clock move on so the change time can differ even on coarse clocks.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::File::options().write(true).open(&p).expect("open");
+            f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+            f.write_all(b"700000031000000023\n").expect("overwrite");
+            f.set_modified(before.modified().expect("mtime"))
+                .expect("set mtime back");
+        }
+        let after = Fingerprint::of(&std::fs::metadata(&p).expect("stat"));
+        assert_eq!((after.size, after.mtime_ns), (fp.size, fp.mtime_ns));
+        assert_ne!(after, fp, "the change time gives the rewrite away");
+        assert_ne!(after.token(), fp.token());
+    }
 
     #[test]
     /// Hidden files and folders are skipped, subfolders walked, replacement is whole.

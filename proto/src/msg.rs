@@ -3,7 +3,7 @@
 //! every message:
 //!
 //! ```text
-//! worker -> {"type":"register","worker_id":"worker-1","pid":4242,"threads":2}
+//! worker -> {"type":"register","worker_id":"worker-1","pid":4242,"threads":2,"instance":9120379011}
 //! coord  -> {"type":"welcome","session":"7f3a9c","heartbeat_ms":5000}
 //! coord  -> {"type":"assign","attempt":"7f3a9c-12","file":"a.txt","chunk":0,"chunks":1,"start":0,"end":1234,"size":1234}
 //! worker -> {"type":"heartbeat","busy":["7f3a9c-12"],"bytes_done":512,"bytes_total":1234}
@@ -16,6 +16,7 @@
 //! coord  -> {"type":"shutdown","reason":"coordinator stopping"}
 //! worker -> {"type":"goodbye"}
 //! coord  -> {"type":"error","message":"worker id \"bad id\" is not valid"}
+//! coord  -> {"type":"refused","reason":"worker id \"worker-1\" is already in use by a connected worker"}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,10 @@ pub enum WorkerMsg {
         worker_id: String,
         pid: u32,
         threads: u32,
+        /// Random per worker process: a reconnection of the same process (same instance)
+        /// replaces its old connection; another process with an id in use is refused.
+        #[serde(default)]
+        instance: u64,
     },
     Heartbeat {
         busy: Vec<String>,
@@ -106,12 +111,28 @@ pub enum WorkerMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CoordMsg {
-    Welcome { session: String, heartbeat_ms: u64 },
+    Welcome {
+        session: String,
+        heartbeat_ms: u64,
+    },
     Assign(Assignment),
-    Cancel { attempt: String },
-    Marker { snapshot: u64 },
-    Shutdown { reason: String },
-    Error { message: String },
+    Cancel {
+        attempt: String,
+    },
+    Marker {
+        snapshot: u64,
+    },
+    Shutdown {
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
+    /// Registration refused for good (e.g. the id is in use by another live worker): the
+    /// worker MUST NOT retry with the same settings; it exits with an error.
+    Refused {
+        reason: String,
+    },
 }
 
 /// One chunk of one file to process. The chunk holds the lines that *start* at a byte offset
@@ -229,7 +250,7 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 13, "every message has an example");
+        assert_eq!(n, 14, "every message has an example");
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"goodbye","x":1}"#).is_err());
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"self_destruct"}"#).is_err());
     }

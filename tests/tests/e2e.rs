@@ -5,6 +5,7 @@ mod chaos_tests;
 mod dashboard_tests;
 mod hostile_tests;
 mod netns_tests;
+mod outside_tests;
 mod pipeline_tests;
 
 /// `e2e::wait_for`, re-exported for the test modules.

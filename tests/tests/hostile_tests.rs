@@ -43,6 +43,7 @@ async fn registered(addr: &str, key: &ClusterKey, id: &str) -> Connection {
         worker_id: id.into(),
         pid: 1,
         threads: 1,
+        instance: 1,
     })
     .await
     .expect("register");

@@ -325,12 +325,31 @@ impl Pipeline {
     }
     /// kill -9 a file server and start it again on the same address with the same role.
     pub fn restart_server(&mut self, id: &str) {
+        self.kill_server(id);
+        self.start_server_again(id);
+    }
+    /// kill -9 a file server (and leave it down).
+    pub fn kill_server(&mut self, id: &str) {
+        if let Some(p) = self
+            .servers
+            .iter_mut()
+            .find(|e| e.0 == id)
+            .and_then(|e| e.1.as_mut())
+        {
+            p.kill9();
+        }
+    }
+    /// Signals the coordinator (SIGSTOP, SIGCONT, ...).
+    pub fn coordinator_signal(&self, sig: i32) {
+        if let Some(c) = self.coordinator.as_ref() {
+            c.signal(sig);
+        }
+    }
+    /// Starts a killed file server again on its address with its role.
+    pub fn start_server_again(&mut self, id: &str) {
         let Some(i) = self.servers.iter().position(|e| e.0 == id) else {
             return;
         };
-        if let Some(p) = self.servers[i].1.as_mut() {
-            p.kill9();
-        }
         let addr = self.servers[i].2.clone();
         if id == "server-1" {
             let backups: Vec<String> = self

@@ -64,6 +64,9 @@ struct Current {
     phase: &'static str,
     /// Bytes of the chunk tested so far (updated by the scanning thread).
     bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the coordinator cancels the task (or the session ends): the scan stops at
+    /// its next check, within one number's test.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Current {
@@ -97,8 +100,29 @@ impl Local {
             a: a.clone(),
             phase: "fetching",
             bytes: Arc::default(),
+            cancel: Arc::default(),
         });
         Some(a)
+    }
+
+    /// The coordinator cancelled `attempt` (its file changed or vanished, or it was handed
+    /// to another worker): drop it if queued, stop its scan if running. Its results are
+    /// never sent.
+    fn cancel(&mut self, attempt: &str) {
+        self.queue.retain(|a| a.attempt != attempt);
+        for c in self.current.iter().filter(|c| c.a.attempt == attempt) {
+            c.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Remembered until its executor sees it (then removed), so it stays small.
+            self.cancelled.push(attempt.to_string());
+        }
+    }
+
+    /// The session ended: every task in hand is stopped (their attempts are void now).
+    fn cancel_all(&mut self) {
+        self.queue.clear();
+        for c in &self.current {
+            c.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn set_phase(&mut self, attempt: &str, phase: &'static str) {
@@ -109,6 +133,7 @@ impl Local {
 
     fn finish(&mut self, attempt: &str) {
         self.current.retain(|c| c.a.attempt != attempt);
+        self.cancelled.retain(|x| x != attempt);
     }
 
     fn record(&self, id: &str) -> WorkerState {
@@ -178,12 +203,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     afs_cfg.connect_timeout = cfg.afs_timeout.min(Duration::from_secs(2));
     let afs = Arc::new(tokio::sync::Mutex::new(AfsClient::new(afs_cfg)?));
     let mut backoff = Duration::from_millis(100);
+    // Names this process to the coordinator: its reconnections replace its old connection,
+    // while another process using the same id is refused.
+    let instance: u64 = rand::random();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match session(&cfg, afs.clone(), &shutdown).await {
+        match session(&cfg, instance, afs.clone(), &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Refused(reason)) => {
+                error!(reason, "the coordinator refused this worker");
+                return Err(Refused(reason).into());
+            }
             Ok(SessionEnd::Lost(why)) => {
                 warn!(why, "lost the coordinator; reconnecting");
                 backoff = Duration::from_millis(100);
@@ -204,10 +236,18 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The coordinator refused this worker for good (its id is in use).
+    Refused(String),
 }
+
+/// The coordinator refused this worker for good; retrying would not help.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the coordinator: {0}")]
+pub struct Refused(pub String);
 
 async fn session(
     cfg: &WorkerConfig,
+    instance: u64,
     afs: Arc<tokio::sync::Mutex<AfsClient>>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, ProtoError> {
@@ -220,6 +260,7 @@ async fn session(
         worker_id: cfg.id.clone(),
         pid: std::process::id(),
         threads: cfg.threads,
+        instance,
     })
     .await?;
     let heartbeat = match conn.expect_msg::<CoordMsg>(Duration::from_secs(10)).await? {
@@ -231,6 +272,7 @@ async fn session(
             Duration::from_millis(heartbeat_ms.max(10))
         }
         CoordMsg::Error { message } => return Err(ProtoError::Peer(message)),
+        CoordMsg::Refused { reason } => return Ok(SessionEnd::Refused(reason)),
         other => return Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
     };
     let (mut reader, mut writer) = conn.into_split();
@@ -349,9 +391,8 @@ async fn session(
                 work.notify_one();
             }
             Ok(Some(CoordMsg::Cancel { attempt })) => {
-                let mut l = lock(&local);
-                l.queue.retain(|a| a.attempt != attempt);
-                l.cancelled.push(attempt);
+                info!(attempt, "cancelled by the coordinator");
+                lock(&local).cancel(&attempt);
             }
             Ok(Some(CoordMsg::Marker { snapshot })) => {
                 if !cfg.marker_delay.is_zero() {
@@ -380,6 +421,7 @@ async fn session(
             Ok(Some(CoordMsg::Error { message })) => {
                 break SessionEnd::Lost(format!("coordinator error: {message}"))
             }
+            Ok(Some(CoordMsg::Refused { reason })) => break SessionEnd::Refused(reason),
             Ok(Some(CoordMsg::Welcome { .. })) => {
                 break SessionEnd::Lost("unexpected second welcome".into())
             }
@@ -392,6 +434,9 @@ async fn session(
     for e in &executors {
         e.abort();
     }
+    // Aborting an executor does not stop a scan on a blocking thread: stop them all, or
+    // they would keep the cores busy with results no one will take.
+    lock(&local).cancel_all();
     drop(out_tx);
     let _ = writer_task.await;
     Ok(result)
@@ -488,11 +533,12 @@ async fn execute(
         tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
     }
     let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
-    let scan_cfg = cfg.scan;
+    let mut scan_cfg = cfg.scan.clone();
     let (start, end) = (a.start, a.end);
     let progress = {
         let l = lock(local);
         let found = l.current.iter().find(|c| c.a.attempt == a.attempt);
+        scan_cfg.cancel = found.map(|c| c.cancel.clone());
         found.map(|c| c.bytes.clone()).unwrap_or_default()
     };
     let (version, size) = match &fetched {
@@ -552,7 +598,10 @@ async fn execute(
     let batches = prime_batches(&r);
     let mut l = lock(local);
     if l.cancelled.contains(&a.attempt) {
-        l.cancelled.retain(|x| *x != a.attempt);
+        info!(
+            attempt = a.attempt,
+            "cancelled task stopped; its results dropped"
+        );
         l.finish(&a.attempt);
         return prefetched;
     }

@@ -2,6 +2,8 @@
 //! line-aligned chunks.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use num_bigint::BigUint;
 use rayon::prelude::*;
@@ -12,13 +14,26 @@ use crate::prime;
 /// How many invalid lines a result keeps with their reason (all are counted).
 pub const KEPT_INVALID: usize = 10;
 
-/// Limits for a scan.
-#[derive(Clone, Copy, Debug)]
+/// Limits for a scan, and a way to stop it.
+#[derive(Clone, Debug)]
 pub struct ScanConfig {
     /// Largest accepted magnitude in bits (DESIGN.md 1.3; default 4096).
     pub max_bits: u64,
     /// Longest line held in memory; longer lines are invalid and skipped while streaming.
     pub max_line_bytes: u64,
+    /// Set from outside to stop the scan: it is checked before every big number and every
+    /// batch of machine words, so a cancelled scan stops within one number's test (tens of
+    /// ms at 4096 bits). The result of a cancelled scan is partial: discard it.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl ScanConfig {
+    /// True once the scan was asked to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for ScanConfig {
@@ -26,6 +41,7 @@ impl Default for ScanConfig {
         ScanConfig {
             max_bits: parse::DEFAULT_MAX_BITS,
             max_line_bytes: 64 << 20,
+            cancel: None,
         }
     }
 }
@@ -110,11 +126,17 @@ pub fn scan_buffer(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
                     Value::Word(w) => {
                         words.push(w);
                         if words.len() == BATCH {
+                            if cfg.cancelled() {
+                                return r;
+                            }
                             prime::filter_primes_u64(&words, &mut r.primes);
                             words.clear();
                         }
                     }
                     Value::Big(b) => {
+                        if cfg.cancelled() {
+                            return r;
+                        }
                         if prime::is_prime_big(&b) {
                             r.big_primes.push(b);
                         }
@@ -180,7 +202,7 @@ const SLICE_BLOCK: usize = 1 << 20;
 pub fn scan_slice(bytes: &[u8], cfg: &ScanConfig, mut progress: impl FnMut(u64)) -> ScanResult {
     let mut total = ScanResult::default();
     let mut pos = 0;
-    while pos < bytes.len() {
+    while pos < bytes.len() && !cfg.cancelled() {
         let end = (pos + SLICE_BLOCK).min(bytes.len());
         let cut = if end == bytes.len() {
             let tail_start = memchr::memrchr(b'\n', &bytes[pos..end]).map_or(pos, |k| pos + k + 1);
@@ -216,7 +238,7 @@ pub fn scan_reader<R: Read>(
     // Bytes of an over-long line being skipped, if we are in one.
     let mut skipping: Option<u64> = None;
     let mut eof = false;
-    while !eof {
+    while !eof && !cfg.cancelled() {
         // Read up to BLOCK more bytes. `read_to_end` grows the buffer as data arrives, so a
         // small input never costs a BLOCK-sized allocation.
         let before = buf.len();
@@ -290,6 +312,29 @@ pub fn scan_reader<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// A cancelled scan stops at its next check: before any big number, and between
+    /// blocks of a stream.
+    fn cancelled_scan_stops() {
+        let big = "1".repeat(1200) + "\n";
+        let buf = big.repeat(2000);
+        let flag = Arc::new(AtomicBool::new(false));
+        let cfg = ScanConfig {
+            cancel: Some(flag.clone()),
+            ..ScanConfig::default()
+        };
+        assert!(!cfg.cancelled());
+        flag.store(true, Ordering::Relaxed);
+        let r = scan_buffer(buf.as_bytes(), &cfg);
+        assert_eq!(r.numbers, 1, "stopped before testing a second big number");
+        let r = scan_slice(buf.as_bytes(), &cfg, |_| {});
+        assert_eq!(r.numbers, 0, "a slice scan checks before its first block");
+        let r = scan_reader(buf.as_bytes(), &cfg, |_| {}).expect("scan");
+        assert_eq!(r.numbers, 0, "a stream scan checks before its first block");
+        let whole = scan_buffer(buf.as_bytes(), &ScanConfig::default());
+        assert_eq!(whole.numbers, 2000);
+    }
 
     #[test]
     /// Parallel and streaming scans give the same result as one sequential pass.

@@ -86,6 +86,10 @@ struct RunArgs {
     /// Pause before retrying a failed chunk, in ms (times the failures so far).
     #[arg(long, env = "PRIMES_RETRY_MS", default_value_t = 2000)]
     retry_ms: u64,
+    /// A file reported failed (e.g. every file server was down) is tried again after this
+    /// many ms, doubled after each failed round up to 30 min; a restart retries at once.
+    #[arg(long, env = "PRIMES_FAILED_RETRY_MS", default_value_t = 30_000)]
+    failed_retry_ms: u64,
     /// How often the input folder is rescanned, in ms (notify events trigger scans too).
     #[arg(long, env = "PRIMES_SCAN_MS", default_value_t = 250)]
     scan_ms: u64,
@@ -266,6 +270,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             max_failures: a.max_failures,
             chunk_bytes,
             retry_ms: a.retry_ms,
+            failed_retry_ms: a.failed_retry_ms.max(1),
         },
         flush_ms: a.flush_ms,
         scan_ms: a.scan_ms,

@@ -9,6 +9,7 @@ fn cfg() -> CoreConfig {
         max_failures: 2,
         chunk_bytes: 1000,
         retry_ms: 50,
+        failed_retry_ms: 1000,
     }
 }
 
@@ -20,7 +21,12 @@ fn at(ms: u64) -> Now {
 }
 
 fn fp(size: u64) -> Fingerprint {
-    Fingerprint { size, mtime_ns: 1 }
+    Fingerprint {
+        size,
+        mtime_ns: 1,
+        ctime_ns: 1,
+        inode: 1,
+    }
 }
 
 fn assigns(actions: &[Action]) -> Vec<(u64, Assignment)> {
@@ -165,6 +171,44 @@ fn missed_heartbeats() {
 }
 
 #[test]
+/// A coordinator that was not running (ticks stopped far longer than the heartbeat limit)
+/// does not hold the pause against its workers; real silence afterwards still counts.
+fn coordinator_stall_is_not_worker_silence() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    c.register(1, "w1", at(0));
+    for t in (25..=100).step_by(25) {
+        assert!(c.tick(at(t)).is_empty(), "a normal tick at {t}");
+    }
+    // Paused for 20 s: the first tick after it closes nobody.
+    let actions = c.tick(at(20_100));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Close(..))),
+        "{actions:?}"
+    );
+    // The worker then stays silent, with the coordinator running: declared dead once its
+    // silence while the coordinator ran (100 ms before the pause, then after it) passes the
+    // limit of 300 ms.
+    let mut t = 20_100;
+    while t < 20_250 {
+        t += 25;
+        assert!(
+            !c.tick(at(t)).iter().any(|a| matches!(a, Action::Close(..))),
+            "still within the limit at {t}"
+        );
+    }
+    let mut closed = false;
+    while t < 20_400 && !closed {
+        t += 25;
+        closed = c
+            .tick(at(t))
+            .iter()
+            .any(|a| matches!(a, Action::Close(1, _)));
+    }
+    assert!(closed, "silence after the pause is still detected");
+}
+
+#[test]
 /// Retryable failures are retried after a pause; past the limit the file is reported failed.
 fn failures_retry_then_report() {
     let mut c = Core::new(cfg(), "s".into());
@@ -193,6 +237,64 @@ fn failures_retry_then_report() {
         "{:?}",
         report.errors
     );
+    assert_eq!(
+        c.status(at(62)).files_failed,
+        1,
+        "counted failed while it is"
+    );
+    // The cause may go (file servers back): the failed file is tried again after the pause.
+    assert!(assigns(&c.tick(at(900))).is_empty(), "not before the pause");
+    let again = assigns(&c.tick(at(1062)));
+    assert_eq!(again.len(), 1, "retried after failed_retry_ms");
+    assert_eq!(c.status(at(1062)).files_failed, 0);
+    let actions = c.message(1, done(&again[0].1.attempt, 1, 0), at(1063));
+    assert!(actions.is_empty());
+    let pending = c.take_pending();
+    let r = c.flushed(pending.done, at(1064));
+    assert!(
+        matches!(&r[..], [Action::WriteReport(r)] if r.status == "done"),
+        "{r:?}"
+    );
+    // Every failed round doubles the pause: 1 s, then 2 s.
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("gone.txt", fp(10), at(0));
+    let mut next = assigns(&c.register(1, "w1", at(0)));
+    let mut t = 0;
+    let mut reported_at = Vec::new();
+    while reported_at.len() < 2 {
+        t += 10;
+        if let Some((_, a)) = next.pop() {
+            let actions = c.message(1, fail(&a.attempt), at(t));
+            if actions.iter().any(|x| matches!(x, Action::WriteReport(_))) {
+                reported_at.push(t);
+            }
+        }
+        c.message(
+            1,
+            WorkerMsg::Heartbeat {
+                busy: vec![],
+                bytes_done: 0,
+                bytes_total: 0,
+            },
+            at(t),
+        );
+        next.extend(assigns(&c.tick(at(t))));
+        assert!(
+            t < 10_000,
+            "two failed rounds within 10 s: {reported_at:?} {next:?}"
+        );
+    }
+    let first_retry = reported_at[0] + 1000;
+    let second_gap = reported_at[1] - reported_at[0];
+    assert!(
+        (1000..1200).contains(&second_gap),
+        "round 2 began {first_retry} ms in, {second_gap} ms after round 1"
+    );
+    assert!(
+        assigns(&c.tick(at(reported_at[1] + 1990))).is_empty(),
+        "round 3 waits 2 s"
+    );
+    assert_eq!(assigns(&c.tick(at(reported_at[1] + 2010))).len(), 1);
 }
 
 #[test]
@@ -312,7 +414,39 @@ fn small_assignments_fill_a_deeper_pipeline() {
         c.file_ready(&format!("h{i}.txt"), fp(600), at(0));
     }
     assert_eq!(
-        assigns(&c.register_with_threads(1, "w1", 2, at(0))).len(),
+        assigns(&c.register_with_threads(1, "w1", 2, 0, at(0))).len(),
         4
     );
+}
+
+#[test]
+/// An id in use by a live worker is refused to another process; the same process
+/// reconnecting replaces its old connection; a silent holder loses the id.
+fn worker_ids_are_not_shared() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("a.txt", fp(10), at(0));
+    let first = c.register_with_threads(1, "w1", 1, 111, at(0));
+    assert_eq!(assigns(&first).len(), 1);
+    let refused = c.register_with_threads(2, "w1", 1, 222, at(10));
+    assert!(
+        matches!(&refused[..], [Action::Send(2, CoordMsg::Refused { reason }), Action::Close(2, _)] if reason.contains("already in use")),
+        "{refused:?}"
+    );
+    assert_eq!(c.worker_of(1), Some("w1"), "the first keeps its id");
+    assert_eq!(c.worker_of(2), None);
+    // The same process on a new connection: the old one is closed, its task requeued.
+    let again = c.register_with_threads(3, "w1", 1, 111, at(20));
+    assert!(
+        again.iter().any(|a| matches!(a, Action::Close(1, _))),
+        "{again:?}"
+    );
+    assert_eq!(assigns(&again).len(), 1, "the task is handed out again");
+    assert_eq!(c.worker_of(3), Some("w1"));
+    // Another process, once the holder has been silent past the limit (300 ms).
+    let late = c.register_with_threads(4, "w1", 1, 333, at(400));
+    assert!(
+        late.iter().any(|a| matches!(a, Action::Close(3, _))),
+        "{late:?}"
+    );
+    assert_eq!(c.worker_of(4), Some("w1"));
 }

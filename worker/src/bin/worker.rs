@@ -103,6 +103,10 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
     Ok(rayon::current_num_threads())
 }
 
+/// Exit status when the coordinator refuses this worker for good (its id is in use by
+/// another live worker).
+const EXIT_REFUSED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -136,7 +140,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("worker: error: {e:#}");
-                    ExitCode::FAILURE
+                    if e.downcast_ref::<worker::run::Refused>().is_some() {
+                        ExitCode::from(EXIT_REFUSED)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -178,8 +186,12 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shutdown = proto::process::shutdown_on_signals();
         worker::run::run(cfg, shutdown).await
-    })
+    });
+    // Scans still running are cancelled by `run`; do not wait long for one that is
+    // between two checks (dropping the runtime would wait for it without bound).
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
 }

@@ -1,0 +1,298 @@
+//! Defects found by trying the system from outside, each with the scenario that showed it:
+//! a file that failed while the file servers were down, a paused coordinator, a rewrite that
+//! keeps size and mtime, report names that clash, a second worker with an id in use,
+//! cancelled work that kept running.
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{bin, wait_for, Proc};
+use serde_json::Value;
+
+use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Drops `body` into the input folder as `name` by rename (picked up at once).
+fn drop_file(p: &Pipeline, name: &str, body: &str) {
+    let tmp = p.path(&format!("data/input/.{name}.tmp"));
+    std::fs::write(&tmp, body).expect("write input");
+    std::fs::rename(&tmp, p.path(&format!("data/input/{name}"))).expect("rename input");
+}
+
+fn report(p: &Pipeline, file: &str) -> Value {
+    std::fs::read(p.path(&format!("data/output/{file}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn primes(p: &Pipeline) -> Vec<String> {
+    std::fs::read_to_string(p.path("primes.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn registered(p: &Pipeline, n: usize) -> bool {
+    p.status()["workers"]
+        .as_array()
+        .is_some_and(|ws| ws.iter().filter(|w| w["state"] != "disconnected").count() >= n)
+}
+
+#[test]
+/// A file that failed while the file server was down is retried: at a coordinator restart,
+/// and by the coordinator itself (with backoff) once the server is back; status counts it
+/// failed meanwhile.
+fn failed_files_are_retried() {
+    let mut p = Pipeline::new();
+    // Phase 1: no retry by timer within the test, so only the restart can retry it.
+    p.coord_flags_mut(vec!["--failed-retry-ms".into(), "600000".into()]);
+    p.start_simple(1);
+    wait_for(T, "worker registered", || registered(&p, 1));
+    p.kill_server("server-1");
+    drop_file(&p, "a.txt", "1000003\n1000033\n1000037\n");
+    wait_for(T, "a failed report for a.txt", || {
+        report(&p, "a.txt")["status"] == "failed"
+    });
+    wait_for(T, "status to count a.txt failed", || {
+        p.status()["files_failed"] == 1 && p.status()["files_done"] == 0
+    });
+    p.start_server_again("server-1");
+    p.kill_coordinator();
+    p.start_coordinator();
+    wait_for(T, "a.txt done after the restart", || {
+        report(&p, "a.txt")["status"] == "done"
+    });
+    assert_eq!(primes(&p).len(), 3, "{:?}", primes(&p));
+
+    // Phase 2: the coordinator retries by itself once the server is back.
+    p.coord_flags_mut(vec!["--failed-retry-ms".into(), "300".into()]);
+    p.kill_coordinator();
+    p.start_coordinator();
+    wait_for(T, "worker registered again", || registered(&p, 1));
+    p.kill_server("server-1");
+    drop_file(&p, "b.txt", "1000039\n");
+    wait_for(T, "a failed report for b.txt", || {
+        report(&p, "b.txt")["status"] == "failed"
+    });
+    p.start_server_again("server-1");
+    wait_for(T, "b.txt done without a restart", || {
+        report(&p, "b.txt")["status"] == "done"
+    });
+    wait_for(T, "status: 2 done, 0 failed", || {
+        p.status()["files_done"] == 2 && p.status()["files_failed"] == 0
+    });
+    p.assert_exact();
+}
+
+#[test]
+/// A coordinator paused (SIGSTOP) for several heartbeat limits closes no worker when it
+/// resumes: the pause was its own, not the workers' silence.
+fn coordinator_pause_is_not_worker_silence() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "z", 12, 2000, 5);
+    p.worker_flags_mut(vec!["--delay-ms".into(), "150".into()]);
+    p.start_simple(2);
+    wait_for(T, "two workers registered", || registered(&p, 2));
+    wait_for(T, "work under way", || {
+        p.status()["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["state"] == "busy"))
+    });
+    p.coordinator_signal(libc::SIGSTOP);
+    // The fault itself: 2 s paused is more than 3 missed heartbeats of 200 ms.
+    std::thread::sleep(Duration::from_secs(2));
+    p.coordinator_signal(libc::SIGCONT);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    wait_for(T, "a status written after the pause", || {
+        p.status()["files_done"] == 12
+    });
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
+    assert!(
+        !log.contains("missed 3 heartbeats"),
+        "a worker was closed for the coordinator's own pause"
+    );
+    assert_eq!(p.status()["totals"]["workers_lost"], 0);
+}
+
+#[test]
+/// A rewrite in place that keeps the size, the inode and the mtime (`dd conv=notrunc`,
+/// then `touch -r`) is seen as a change: the new prime appears.
+fn rewrite_keeping_size_and_mtime_is_processed() {
+    let mut p = Pipeline::new();
+    let f = p.path("data/input/f.txt");
+    std::fs::write(&f, "700000031000000001\n").expect("write");
+    p.start_simple(1);
+    p.wait_all_reported(T);
+    let before = std::fs::metadata(&f).expect("stat");
+    {
+        use std::io::Write;
+        let mut h = std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .expect("open in place");
+        h.write_all(b"700000031000000023\n").expect("overwrite");
+        h.set_modified(before.modified().expect("mtime"))
+            .expect("set the old mtime back");
+    }
+    let after = std::fs::metadata(&f).expect("stat");
+    assert_eq!(
+        (after.len(), after.modified().ok()),
+        (before.len(), before.modified().ok())
+    );
+    wait_for(T, "the new prime in primes.txt", || {
+        primes(&p).contains(&"700000031000000023".to_string())
+    });
+    p.wait_all_reported(T);
+    p.assert_exact();
+}
+
+#[test]
+/// Input `x` (report `x.json`) and folder `x.json/` (reports under `x.json/`): one report
+/// cannot be written, and that file is counted failed with the reason, never done.
+fn report_name_clash_is_a_failure() {
+    let mut p = Pipeline::new();
+    std::fs::create_dir_all(p.path("data/input/x.json")).expect("mkdir");
+    std::fs::write(p.path("data/input/x.json/y.txt"), "7\n").expect("write");
+    std::fs::write(p.path("data/input/x"), "11\n").expect("write");
+    p.start_simple(1);
+    wait_for(T, "both files finished one way or the other", || {
+        let st = p.status();
+        st["files_done"].as_u64().unwrap_or(0) + st["files_failed"].as_u64().unwrap_or(0) == 2
+    });
+    let st = p.status();
+    assert_eq!(st["files_done"], 1, "{st}");
+    assert_eq!(st["files_failed"], 1, "{st}");
+    let failed = st["files"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["state"] == "failed"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("report name clash")),
+        "{failed}"
+    );
+    let mut got = primes(&p);
+    got.sort();
+    assert_eq!(got, vec!["11", "7"], "both files' primes are durable");
+}
+
+/// Starts a bare worker process with id `id` against `p`'s coordinator (not tracked by `p`).
+fn extra_worker(p: &Pipeline, id: &str, log: &str) -> Proc {
+    let args: Vec<String> = [
+        "--id",
+        id,
+        "--coordinator",
+        p.coord_addr(),
+        "--afs",
+        &p.afs_list(),
+        "--cache-root",
+        &p.path("cache2").display().to_string(),
+        "--max-backoff-ms",
+        "300",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Proc::start(
+        id,
+        &bin("worker"),
+        &args,
+        &[(
+            "PRIMES_KEY_FILE",
+            p.path("run/cluster.key").display().to_string(),
+        )],
+        Path::new(&p.path("")),
+        &p.path(log),
+    )
+}
+
+#[test]
+/// A second worker with an id already in use is refused with a clear error and exits
+/// non-zero; the first keeps working and the job is exact; nothing loops.
+fn duplicate_worker_id_is_refused() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "d", 8, 2000, 9);
+    p.worker_flags_mut(vec!["--delay-ms".into(), "100".into()]);
+    p.start_simple(1);
+    wait_for(T, "worker-1 registered", || registered(&p, 1));
+    let mut dup = extra_worker(&p, "worker-1", "logs/dup.log");
+    let code = dup.wait_exit(Duration::from_secs(20));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the duplicate exits non-zero (got {code:?}): {}",
+        dup.log_tail(5)
+    );
+    assert!(
+        dup.log_tail(20).contains("already in use"),
+        "{}",
+        dup.log_tail(5)
+    );
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("worker registered").count(),
+        1,
+        "worker-1 registered once, never replaced"
+    );
+}
+
+#[test]
+/// A file truncated while its only worker tests it (4096-bit numbers, tens of seconds of
+/// work): the old attempt is cancelled and stops at once, so the new version is done long
+/// before the old scan would have finished.
+fn cancelled_work_stops() {
+    let mut p = Pipeline::new();
+    // About 10 MB of 1233-digit numbers (below 2^4096): ~40 s of testing on one thread.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut body = String::with_capacity(10 << 20);
+    for _ in 0..8000 {
+        for d in 0..1233 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digit = match d {
+                0 => 1 + x % 9,
+                1232 => [1, 3, 7, 9][(x % 4) as usize],
+                _ => x % 10,
+            };
+            body.push(char::from(b'0' + digit as u8));
+        }
+        body.push('\n');
+    }
+    p.coord_flags_mut(vec!["--chunk-mib".into(), "64".into()]);
+    p.start_simple(1);
+    wait_for(T, "worker registered", || registered(&p, 1));
+    drop_file(&p, "big.txt", &body);
+    wait_for(T, "the worker busy with big.txt", || {
+        p.status()["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["state"] == "busy"))
+    });
+    // The fault as it was found: the change comes while the scan is well under way
+    // (progress of a whole file is reported per 16 MiB, so there is nothing to poll).
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    // Truncated in place: a new version with one number.
+    std::fs::write(p.path("data/input/big.txt"), "1000003\n").expect("truncate");
+    wait_for(
+        Duration::from_secs(20),
+        "the new version done while the old scan would still run",
+        || report(&p, "big.txt")["numbers_read"] == 1,
+    );
+    let log = std::fs::read_to_string(p.path("logs/worker-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("cancelled task stopped"),
+        "the old attempt was stopped, not finished ({:?} after the change)",
+        started.elapsed()
+    );
+    p.assert_exact();
+}
