@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Starts the prime pipeline: file server(s), coordinator and workers, in the background.
 #   ./start_system.sh [simple|replicated] [WORKERS] [--fresh]
-# Defaults: simple 3. Resumes from the state on disk unless --fresh. Run again while the
-# system is up: starts only what is not running. See README.md for everything else.
+# Defaults: simple 3 (then whatever the last start used: mode, workers, PRIMES_BASE_PORT,
+# PRIMES_HOST, AFS_CACHE_ROOT are remembered in run/settings.env; changing one while the
+# system runs is refused). Resumes from the state on disk unless --fresh. Run again while
+# the system is up: starts only what is not running, stops nothing that runs.
+# Exit: 0 all up; 1 failed (says why); 2 bad usage or setting; 3 up, but a process that was
+# already running is suspended or not answering (named; left as it is). See README.md.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 
@@ -11,35 +15,43 @@ for a in "$@"; do
   case "$a" in
     simple|replicated) mode=$a ;;
     --fresh) fresh=1 ;;
-    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     ''|*[!0-9]*) echo "start_system.sh: unknown argument '$a' (usage: ./start_system.sh [simple|replicated] [WORKERS] [--fresh])" >&2; exit 2 ;;
     *) workers=$a ;;
   esac
 done
 
 BIN=target/release
-base=${PRIMES_BASE_PORT:-7400}
-host=${PRIMES_HOST:-127.0.0.1}
-cache_root=${AFS_CACHE_ROOT:-/tmp/afs}
-coord_addr="$host:$base"
-http_addr="$host:$((base + 10))"
-s1="$host:$((base + 1))"; s2="$host:$((base + 2))"; s3="$host:$((base + 3))"
-
 started=()   # names this run started, for cleanup on failure
+was_up=0     # 1 when part of the system was already running: a failure then never stops
+             # what is healthy or what this run restarted, only what failed
+
+# pid_of NAME: the pid in run/NAME.pid (empty if none).
+pid_of() { cat "run/$1.pid" 2>/dev/null; }
 
 # is_ours NAME: the pid in run/NAME.pid is alive and is one of our binaries.
 is_ours() {
-  local pidf="run/$1.pid" pid
-  [ -f "$pidf" ] || return 1
-  pid=$(cat "$pidf" 2>/dev/null) || return 1
+  local pid
+  pid=$(pid_of "$1") || return 1
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "$BIN/" || return 1
 }
 
+# is_stopped NAME: the process is suspended (SIGSTOP / Ctrl-Z): alive, answering nothing.
+is_stopped() {
+  local pid state
+  pid=$(pid_of "$1") || return 1
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)
+  [ "$state" = T ] || [ "$state" = t ]
+}
+
 fail() {
   echo "start_system.sh: $1" >&2
+  local n
   for n in "${started[@]}"; do
-    if is_ours "$n"; then kill -9 "$(cat "run/$n.pid")" 2>/dev/null; fi
+    # On a rerun only the process that failed goes (it is named in $2); the rest stays up.
+    if [ "$was_up" = 1 ] && [ "$n" != "${2:-}" ]; then continue; fi
+    if is_ours "$n"; then kill -9 "$(pid_of "$n")" 2>/dev/null; fi
     rm -f "run/$n.pid"
   done
   exit 1
@@ -54,17 +66,42 @@ any_running() {
   return 1
 }
 
-# Defaults: simple 3 — except that a run without arguments while the system is (partly) up
-# keeps the mode and worker count it was started with, so it only restarts what died.
-if [ -z "$mode" ]; then
-  if any_running && [ -f run/mode ] && [ "$fresh" = 0 ]; then mode=$(cat run/mode); else mode=simple; fi
+# Settings: remembered in run/settings.env by the start that set them, reused by every rerun
+# (also after ./stop_system.sh), so a rerun never aims a process at another system. While the
+# system runs, a different setting is refused; when it is stopped, a given setting wins.
+# Defaults: simple mode, 3 workers, ports from 7400, 127.0.0.1, the cache in this checkout.
+saved_mode=""; saved_workers=""; saved_base=""; saved_host=""; saved_cache=""
+if [ -f run/settings.env ]; then
+  while IFS='=' read -r k v; do
+    case "$k" in
+      MODE) saved_mode=$v ;; WORKERS) saved_workers=$v ;; BASE_PORT) saved_base=$v ;;
+      HOST) saved_host=$v ;; CACHE_ROOT) saved_cache=$v ;;
+    esac
+  done < run/settings.env
 fi
-if [ -z "$workers" ]; then
-  if any_running && [ -f run/workers ] && [ "$fresh" = 0 ]; then workers=$(cat run/workers); else workers=3; fi
-fi
+up=0; any_running && up=1
+[ "$fresh" = 1 ] && up=0   # --fresh stops the running system first
+# setting NAME GIVEN SAVED DEFAULT: the value to use; refuses a change while the system runs.
+setting() {
+  local name=$1 given=$2 saved=$3 def=$4
+  if [ -n "$given" ] && [ -n "$saved" ] && [ "$given" != "$saved" ] && [ "$up" = 1 ]; then
+    echo "start_system.sh: the running system was started with $name=$saved, not $given; stop it first (./stop_system.sh) to change it" >&2
+    exit 2
+  fi
+  if [ -n "$given" ]; then echo "$given"; elif [ -n "$saved" ]; then echo "$saved"; else echo "$def"; fi
+}
+mode=$(setting mode "$mode" "$saved_mode" simple) || exit 2
+workers=$(setting WORKERS "$workers" "$saved_workers" 3) || exit 2
+base=$(setting PRIMES_BASE_PORT "${PRIMES_BASE_PORT:-}" "$saved_base" 7400) || exit 2
+host=$(setting PRIMES_HOST "${PRIMES_HOST:-}" "$saved_host" 127.0.0.1) || exit 2
+cache_root=$(setting AFS_CACHE_ROOT "${AFS_CACHE_ROOT:-}" "$saved_cache" "$PWD/cache") || exit 2
+case "$base" in ''|*[!0-9]*) echo "start_system.sh: PRIMES_BASE_PORT must be a port number, got '$base'" >&2; exit 2 ;; esac
 if [ "$workers" -lt 1 ] || [ "$workers" -gt 64 ]; then
   echo "start_system.sh: WORKERS must be between 1 and 64, got $workers" >&2; exit 2
 fi
+coord_addr="$host:$base"
+http_addr="$host:$((base + 10))"
+s1="$host:$((base + 1))"; s2="$host:$((base + 2))"; s3="$host:$((base + 3))"
 if [ "$mode" = replicated ]; then afs_list="$s1,$s2,$s3"; else afs_list="$s1"; fi
 
 if [ "$fresh" = 1 ]; then
@@ -76,20 +113,24 @@ if [ "$fresh" = 1 ]; then
   rm -rf "$cache_root"/worker-* 2>/dev/null
   echo "fresh start: cleared primes.txt, snapshots/, data/output/, replicas and worker caches (data/input kept)"
 fi
-
-if [ -f run/mode ] && [ "$(cat run/mode)" != "$mode" ] && any_running; then
-  echo "start_system.sh: the system is running in $(cat run/mode) mode; stop it first to switch to $mode" >&2; exit 1
-fi
+any_running && was_up=1
 
 # Build (a no-op when up to date).
 if [ ! -f Cargo.toml ] || ! command -v cargo >/dev/null 2>&1; then
   [ -x "$BIN/coordinator" ] || { echo "start_system.sh: cargo (or Cargo.toml) not found and no binaries in $BIN" >&2; exit 1; }
 else
-  [ -x "$BIN/coordinator" ] || echo "building release binaries (the first time takes a few minutes)..."
-  cargo build --release --bins -q || { echo "start_system.sh: build failed (see the errors above)" >&2; exit 1; }
+  [ -x "$BIN/coordinator" ] || echo "building release binaries (the first time takes a few minutes; cargo shows its progress)..."
+  cargo build --release --bins || { echo "start_system.sh: build failed (see the errors above)" >&2; exit 1; }
 fi
 
 mkdir -p data/input data/output snapshots logs run
+cat > run/settings.env <<SETTINGS
+MODE=$mode
+WORKERS=$workers
+BASE_PORT=$base
+HOST=$host
+CACHE_ROOT=$cache_root
+SETTINGS
 echo "$mode" > run/mode; echo "$workers" > run/workers
 if [ ! -s run/cluster.key ]; then
   (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > run/cluster.key) || fail "cannot create run/cluster.key"
@@ -119,7 +160,7 @@ launch() {
     done
     local why
     why=$(grep -v '^===' "logs/$name.log" | tail -n 1)
-    fail "$name failed to start: ${why:-no output} (log: logs/$name.log)"
+    fail "$name failed to start: ${why:-no output} (log: logs/$name.log)" "$name"
   fi
 }
 
@@ -143,17 +184,35 @@ for i in $(seq "$workers"); do
   launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_addr" --afs "$afs_list" --cache-root "$cache_root" --threads "$threads"
 done
 
-# Wait until every worker is registered (the coordinator's status shows it connected).
+# Wait until every worker is registered (the coordinator's status shows it connected). A
+# worker this run started that never registers is a failed start. A worker that was already
+# running is never stopped or replaced here: it may have been paused on purpose, and after a
+# coordinator restart it reconnects by itself; if it stays silent it is reported, and the
+# exit status (3) says that not everything asked for is up.
+not_up=()
 for i in $(seq "$workers"); do
+  name="worker-$i"
   ok=0
   for _ in $(seq 300); do
-    if "$BIN/coordinator" status --status-file run/status.json --registered "worker-$i" 2>/dev/null
+    if "$BIN/coordinator" status --status-file run/status.json --registered "$name" 2>/dev/null
     then ok=1; break; fi
-    is_ours "worker-$i" || break
+    is_ours "$name" || break
+    is_stopped "$name" && break
     sleep 0.05
   done
-  [ "$ok" = 1 ] || fail "worker-$i did not register with the coordinator: $(tail -n 1 "logs/worker-$i.log" 2>/dev/null) (log: logs/worker-$i.log)"
-  echo "  worker-$i registered (pid $(cat "run/worker-$i.pid"))"
+  if [ "$ok" = 1 ]; then echo "  $name registered (pid $(pid_of "$name"))"; continue; fi
+  new=0
+  for n in "${started[@]}"; do [ "$n" = "$name" ] && new=1; done
+  if [ "$new" = 1 ]; then
+    fail "$name did not register with the coordinator: $(tail -n 1 "logs/$name.log" 2>/dev/null) (log: logs/$name.log)" "$name"
+  elif is_stopped "$name"; then
+    not_up+=("$name (pid $(pid_of "$name")) is suspended (SIGSTOP): left as it is; kill -CONT $(pid_of "$name") resumes it and it rejoins")
+  else
+    not_up+=("$name (pid $(pid_of "$name")) is running but not registered with the coordinator: left as it is; see logs/$name.log")
+  fi
+done
+for n in coordinator server-1 server-2 server-3; do
+  is_ours "$n" && is_stopped "$n" && not_up+=("$n (pid $(pid_of "$n")) is suspended (SIGSTOP): kill -CONT $(pid_of "$n") resumes it")
 done
 
 cat <<MSG
@@ -164,3 +223,7 @@ system up ($mode, $workers workers). Drop files into data/input/; primes go to p
   reports:   data/output/<file>.json     snapshots: snapshots/
   stop:      ./stop_system.sh
 MSG
+if [ ${#not_up[@]} -gt 0 ]; then
+  for m in "${not_up[@]}"; do echo "start_system.sh: not up: $m" >&2; done
+  exit 3
+fi

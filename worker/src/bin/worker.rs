@@ -37,8 +37,9 @@ struct RunArgs {
         default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
     )]
     afs: Vec<String>,
-    /// Cache root; this worker's cache is <cache-root>/<id>/.
-    #[arg(long, env = "AFS_CACHE_ROOT", default_value = "/tmp/afs")]
+    /// Cache root; this worker's cache is <cache-root>/<id>/ (default: `cache` in the
+    /// current folder, the checkout, where start_system.sh puts it too).
+    #[arg(long, env = "AFS_CACHE_ROOT", default_value = "cache")]
     cache_root: PathBuf,
     /// Cache size limit in MiB (least recently used files are evicted beyond it).
     #[arg(long, env = "AFS_CACHE_MIB", default_value_t = 8192)]
