@@ -115,14 +115,13 @@ pub async fn run(
     }
     let mut acceptor = proto::conn::Acceptor::new(listener, shared.cfg.max_connections);
     let mut next_id = 0u64;
-    while let Some((permit, stream, peer)) = acceptor.next(&shutdown).await {
+    while let Some((admission, stream, peer)) = acceptor.next(&shutdown).await {
         next_id += 1;
         let id = next_id;
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            match serve_connection(&shared, stream, id, &shutdown).await {
+            match serve_connection(&shared, stream, admission, id, &shutdown).await {
                 Ok(()) => debug!(%peer, "connection closed"),
                 Err(e) => info!(%peer, error = %e, "connection closed on error"),
             }
@@ -219,11 +218,25 @@ async fn blocking<T: Send + 'static>(
 async fn serve_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
+    admission: proto::conn::Admission,
     id: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), ProtoError> {
-    let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
-    server_handshake(&mut conn, &shared.cfg.key, SERVICE).await?;
+    // Strangers get short lines, a short deadline and slots of their own (proto::conn).
+    let mut conn = Connection::new(stream).with_max_line(proto::conn::PRE_AUTH_MAX_LINE);
+    admission
+        .guard(server_handshake(&mut conn, &shared.cfg.key, SERVICE))
+        .await?;
+    let Some(_permit) = admission.admit() else {
+        let _ = conn
+            .send(&Reply::Error {
+                code: ErrorCode::Internal,
+                message: "too many connections; try another replica or later".into(),
+            })
+            .await;
+        return Err(ProtoError::Peer("connection limit reached".into()));
+    };
+    conn.set_max_line(MAX_LINE);
     let client = match conn
         .expect_msg::<Request>(proto::auth::HANDSHAKE_TIMEOUT)
         .await?

@@ -250,14 +250,13 @@ pub async fn run(
 
     let mut acceptor = proto::conn::Acceptor::new(listener, cfg.max_connections);
     let mut next_conn = 0u64;
-    while let Some((permit, stream, peer)) = acceptor.next(&shutdown).await {
+    while let Some((admission, stream, peer)) = acceptor.next(&shutdown).await {
         next_conn += 1;
         let conn_id = next_conn;
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = serve_worker(&shared, stream, conn_id, &shutdown).await {
+            if let Err(e) = serve_worker(&shared, stream, admission, conn_id, &shutdown).await {
                 info!(%peer, error = %e, "worker connection ended with an error");
             }
             lock(&shared.senders).remove(&conn_id);
@@ -290,12 +289,25 @@ pub async fn run(
 async fn serve_worker(
     shared: &Arc<Shared>,
     stream: TcpStream,
+    admission: proto::conn::Admission,
     conn_id: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), ProtoError> {
-    let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
+    // Strangers get short lines, a short deadline and slots of their own (proto::conn).
+    let mut conn = Connection::new(stream).with_max_line(proto::conn::PRE_AUTH_MAX_LINE);
     let peer = conn.peer.clone();
-    server_handshake(&mut conn, &shared.cfg.key, SERVICE).await?;
+    admission
+        .guard(server_handshake(&mut conn, &shared.cfg.key, SERVICE))
+        .await?;
+    let Some(_permit) = admission.admit() else {
+        let _ = conn
+            .send(&CoordMsg::Error {
+                message: "too many workers connected".into(),
+            })
+            .await;
+        return Err(ProtoError::Peer("connection limit reached".into()));
+    };
+    conn.set_max_line(MAX_LINE);
     let (worker_id, threads, instance) =
         match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
             Ok(WorkerMsg::Register {

@@ -9,6 +9,7 @@ use tokio::io::{
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// Default longest JSON line accepted. A batch of primes is bounded well below this
 /// (see `msg::MAX_PRIMES_PER_BATCH`); anything longer is a broken or hostile peer.
@@ -90,6 +91,11 @@ impl Connection {
     pub fn with_max_line(mut self, max: usize) -> Self {
         self.r.max_line = max;
         self
+    }
+
+    /// Changes the longest accepted line (e.g. once the peer has authenticated).
+    pub fn set_max_line(&mut self, max: usize) {
+        self.r.max_line = max;
     }
 
     /// The two directions, for a reader task and a writer task.
@@ -347,45 +353,141 @@ impl MsgWriter {
     }
 }
 
-/// Accepts connections for a server: at most `max` at once (a permit is held per
-/// connection), backing off on accept errors (e.g. out of file descriptors) instead of
-/// spinning.
+/// Longest line a peer may send before it has proven the cluster key: the handshake's
+/// messages are a few hundred bytes, so a stranger can never make us buffer more.
+pub const PRE_AUTH_MAX_LINE: usize = 1024;
+
+/// Connections at once that have not finished the handshake. A newcomer past this evicts
+/// the oldest of them, so silent or slow strangers can delay a real peer by at most one
+/// handshake, never starve it, and never take the authenticated connections' slots.
+pub const PRE_AUTH_SLOTS: usize = 64;
+
+/// Longest a peer may take to finish the handshake (a real peer needs milliseconds).
+pub const PRE_AUTH_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Accepts connections for a server. Until a connection has authenticated it holds one of
+/// [`PRE_AUTH_SLOTS`] slots of its own (the oldest evicted when they are all taken) and may
+/// send [`PRE_AUTH_MAX_LINE`]-byte lines for [`PRE_AUTH_DEADLINE`]; once authenticated
+/// ([`Admission::admit`]) it takes one of `max` slots, or is refused when they are all
+/// taken. Accept errors (e.g. out of file descriptors) back off instead of spinning.
 pub struct Acceptor {
     listener: tokio::net::TcpListener,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    authed: std::sync::Arc<tokio::sync::Semaphore>,
+    pending: Slots,
     backoff: Duration,
+}
+
+/// A fixed number of slots where taking one when all are taken evicts the oldest holder
+/// (its [`Slot::evicted`] token is cancelled): for peers that have not proven anything yet,
+/// so that newcomers are served and old silent ones go, instead of the other way round.
+#[derive(Clone)]
+pub struct Slots {
+    max: usize,
+    held: std::sync::Arc<
+        std::sync::Mutex<(u64, std::collections::VecDeque<(u64, CancellationToken)>)>,
+    >,
+}
+
+/// One taken slot; dropping it frees the slot.
+pub struct Slot {
+    id: u64,
+    /// Cancelled when a newcomer evicts this holder: its connection should close.
+    pub evicted: CancellationToken,
+    slots: Slots,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            max: max.max(1),
+            held: Default::default(),
+        }
+    }
+
+    /// Takes a slot, evicting the oldest holder if all are taken.
+    pub fn take(&self) -> Slot {
+        let evicted = CancellationToken::new();
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.0 += 1;
+        let id = h.0;
+        if h.1.len() >= self.max {
+            if let Some((_, oldest)) = h.1.pop_front() {
+                oldest.cancel();
+            }
+        }
+        h.1.push_back((id, evicted.clone()));
+        Slot {
+            id,
+            evicted,
+            slots: self.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.1.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A connection accepted but not yet authenticated (see [`Acceptor`]). Dropping it frees
+/// its pre-auth slot.
+pub struct Admission {
+    slot: Slot,
+    authed: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    /// Runs `handshake` (which MUST read from a connection limited to
+    /// [`PRE_AUTH_MAX_LINE`]) under the pre-auth deadline, giving up if a newer stranger
+    /// evicts this one.
+    pub async fn guard<T>(
+        &self,
+        handshake: impl std::future::Future<Output = Result<T, ProtoError>>,
+    ) -> Result<T, ProtoError> {
+        tokio::select! {
+            r = handshake => r,
+            _ = self.slot.evicted.cancelled() => Err(ProtoError::Peer(
+                "unauthenticated connection evicted by newer ones (too many at once)".into(),
+            )),
+            _ = tokio::time::sleep(PRE_AUTH_DEADLINE) => Err(ProtoError::Timeout(PRE_AUTH_DEADLINE)),
+        }
+    }
+
+    /// The peer authenticated: it leaves the pre-auth slots and takes an authenticated one
+    /// (hold the permit while the connection lives), or `None` when all are taken.
+    pub fn admit(self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.authed.clone().try_acquire_owned().ok()
+    }
 }
 
 impl Acceptor {
     pub fn new(listener: tokio::net::TcpListener, max: usize) -> Self {
         Acceptor {
             listener,
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            authed: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            pending: Slots::new(PRE_AUTH_SLOTS),
             backoff: Duration::from_millis(10),
         }
     }
 
-    /// The next connection with its permit (drop the permit when the connection ends), or
-    /// `None` once `shutdown` is cancelled.
+    /// The next connection, not yet authenticated, or `None` once `shutdown` is cancelled.
     pub async fn next(
         &mut self,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> Option<(
-        tokio::sync::OwnedSemaphorePermit,
-        TcpStream,
-        std::net::SocketAddr,
-    )> {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            p = self.permits.clone().acquire_owned() => p.ok()?,
-        };
+        shutdown: &CancellationToken,
+    ) -> Option<(Admission, TcpStream, std::net::SocketAddr)> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 r = self.listener.accept() => match r {
                     Ok((stream, peer)) => {
                         self.backoff = Duration::from_millis(10);
-                        return Some((permit, stream, peer));
+                        let admission = Admission {
+                            slot: self.pending.take(),
+                            authed: self.authed.clone(),
+                        };
+                        return Some((admission, stream, peer));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");

@@ -142,3 +142,110 @@ async fn hostile_peers_do_not_disturb_a_job() {
     p.wait_all_reported(Duration::from_secs(60));
     p.assert_exact();
 }
+
+/// Opens `n` connections to `addr` that send nothing.
+fn silent_sockets(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect()
+}
+
+/// Sends `bytes` without a newline on `socks` connections to `addr`; returns how many the
+/// server closed before taking it all.
+fn floods(addr: &str, socks: usize, bytes: usize) -> usize {
+    let junk = vec![b'x'; bytes];
+    let mut cut = 0;
+    let mut open = Vec::new();
+    for _ in 0..socks {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+        if s.write_all(&junk).is_err() {
+            cut += 1;
+        }
+        // Kept open, as an attacker would, while the next ones send.
+        open.push(s);
+    }
+    cut
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Before the handshake a peer may send only a short line, and strangers have slots of
+/// their own: 40 sockets sending 20 MiB without a newline do not grow the coordinator or a
+/// file server; 300 silent sockets do not delay a real peer's handshake; the dashboard
+/// answers past 100 silent sockets. The job running meanwhile is exact.
+async fn strangers_cannot_take_memory_or_slots() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "m", 10, 2000, 17);
+    p.simple();
+    p.coord_flags_mut(vec![
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--http-addr-file".into(),
+        p.path("run/http.addr").display().to_string(),
+    ]);
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    let key = ClusterKey::load(&p.path("run/cluster.key")).expect("key");
+    let coord = p.coord_addr().to_string();
+    let server = p.afs_list();
+    let http = e2e::read_addr(&p.path("run/http.addr"), Duration::from_secs(20));
+    for (name, addr, pid) in [
+        ("coordinator", coord.clone(), p.coordinator_pid()),
+        ("file server", server.clone(), p.server_pid("server-1")),
+    ] {
+        let a = addr.clone();
+        let cut = tokio::task::spawn_blocking(move || floods(&a, 40, 20 << 20))
+            .await
+            .expect("flood");
+        let peak_mib = e2e::peak_rss_kib(pid).unwrap_or(0) / 1024;
+        assert!(
+            peak_mib < 200,
+            "{name} grew to {peak_mib} MiB on unauthenticated floods"
+        );
+        assert_eq!(cut, 40, "{name} closed every flooding connection");
+
+        let a = addr.clone();
+        let silent = tokio::task::spawn_blocking(move || silent_sockets(&a, 300))
+            .await
+            .expect("silent sockets");
+        assert!(silent.len() >= 250, "opened {} sockets", silent.len());
+        let service = if name == "coordinator" {
+            proto::msg::SERVICE
+        } else {
+            afs::SERVICE
+        };
+        let started = Instant::now();
+        let handshake = async {
+            let s = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let mut c = Connection::new(s);
+            client_handshake(&mut c, &key, service).await
+        };
+        let r = tokio::time::timeout(Duration::from_secs(2), handshake).await;
+        assert!(
+            matches!(r, Ok(Ok(()))),
+            "{name}: a real peer's handshake past 300 silent sockets: {r:?} after {:?}",
+            started.elapsed()
+        );
+        drop(silent);
+    }
+    let silent = silent_sockets(&http, 100);
+    assert!(silent.len() >= 90);
+    let get = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(&http).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        s.write_all(b"GET /api/status HTTP/1.0\r\n\r\n")
+            .expect("send");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).map(|_| head)
+    });
+    let head = get.join().expect("get");
+    assert!(
+        head.as_ref().is_ok_and(|h| h.starts_with(b"HTTP/1.")),
+        "the dashboard answers past 100 silent sockets: {head:?}"
+    );
+    drop(silent);
+    p.wait_all_reported(Duration::from_secs(60));
+    p.assert_exact();
+}

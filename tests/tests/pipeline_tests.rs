@@ -339,6 +339,18 @@ impl Pipeline {
             p.kill9();
         }
     }
+    /// The coordinator's pid (0 if not started).
+    pub fn coordinator_pid(&self) -> i32 {
+        self.coordinator.as_ref().map_or(0, |c| c.pid())
+    }
+    /// A file server's pid (0 if not running).
+    pub fn server_pid(&self, id: &str) -> i32 {
+        self.servers
+            .iter()
+            .find(|e| e.0 == id)
+            .and_then(|e| e.1.as_ref())
+            .map_or(0, |p| p.pid())
+    }
     /// Signals the coordinator (SIGSTOP, SIGCONT, ...).
     pub fn coordinator_signal(&self, sig: i32) {
         if let Some(c) = self.coordinator.as_ref() {
