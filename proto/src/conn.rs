@@ -383,10 +383,11 @@ pub struct Acceptor {
 #[derive(Clone)]
 pub struct Slots {
     max: usize,
-    held: std::sync::Arc<
-        std::sync::Mutex<(u64, std::collections::VecDeque<(u64, CancellationToken)>)>,
-    >,
+    held: std::sync::Arc<std::sync::Mutex<Held>>,
 }
+
+/// The last slot id given out, and the holders, oldest first.
+type Held = (u64, std::collections::VecDeque<(u64, CancellationToken)>);
 
 /// One taken slot; dropping it frees the slot.
 pub struct Slot {
