@@ -31,6 +31,8 @@ pub struct InputWatcher {
     reported: HashMap<String, Fingerprint>,
     closed: HashMap<String, Fingerprint>,
     writing: HashSet<String>,
+    /// Entries that are not regular files (symlinks, FIFOs, sockets), logged once each.
+    skipped: HashSet<String>,
 }
 
 pub fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
@@ -55,6 +57,7 @@ impl InputWatcher {
             reported: HashMap::new(),
             closed: HashMap::new(),
             writing: HashSet::new(),
+            skipped: HashSet::new(),
         }
     }
 
@@ -97,7 +100,18 @@ impl InputWatcher {
 
     /// Looks at the folder now.
     pub fn scan(&mut self, now_ms: u64) -> ScanOutcome {
-        let files = list_files(&self.dir);
+        let (files, skipped) = proto::files::walk(&self.dir);
+        let files: HashMap<String, Fingerprint> = files
+            .into_iter()
+            .map(|(rel, m)| (rel, fingerprint(&m)))
+            .collect();
+        let now_skipped: HashSet<String> = skipped.iter().map(|(n, _)| n.clone()).collect();
+        for (name, what) in skipped {
+            if !self.skipped.contains(&name) {
+                tracing::warn!(file = name, "skipped: {what}, not a regular file");
+            }
+        }
+        self.skipped = now_skipped;
         let mut out = ScanOutcome::default();
         for (name, fp) in &files {
             let since = match self.seen.get(name) {

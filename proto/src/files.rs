@@ -61,7 +61,20 @@ impl Fingerprint {
 /// not followed), as (path relative to `dir` with `/` separators, metadata). Unreadable
 /// entries are skipped: a folder being changed while walked is normal.
 pub fn visible_files(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
+    walk(dir).0
+}
+
+/// [`visible_files`], plus the visible entries skipped because they are neither a regular
+/// file nor a folder (symlinks, even to a file inside, FIFOs, sockets, devices), with what
+/// they are, so that callers can say so.
+pub fn walk(
+    dir: &Path,
+) -> (
+    Vec<(String, std::fs::Metadata)>,
+    Vec<(String, &'static str)>,
+) {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, prefix)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -85,10 +98,25 @@ pub fn visible_files(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
                 if let Ok(m) = e.metadata() {
                     out.push((rel, m));
                 }
+            } else {
+                skipped.push((rel, kind_of(&ft)));
             }
         }
     }
-    out
+    (out, skipped)
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        "a symbolic link (not followed)"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
 }
 
 /// Replaces `path` with `bytes` atomically: a hidden temporary sibling, then a rename, so a
@@ -163,6 +191,18 @@ mod tests {
         let mut names: Vec<String> = visible_files(d.path()).into_iter().map(|x| x.0).collect();
         names.sort();
         assert_eq!(names, vec!["a", "sub/b"]);
+        std::os::unix::fs::symlink(d.path().join("a"), d.path().join("link")).expect("symlink");
+        let (files, skipped) = walk(d.path());
+        assert_eq!(
+            files.len(),
+            2,
+            "a symlink is not followed, even to a file inside"
+        );
+        assert_eq!(
+            skipped,
+            vec![("link".to_string(), "a symbolic link (not followed)")]
+        );
+        std::fs::remove_file(d.path().join("link")).expect("rm");
         write_atomic(&d.path().join("a"), b"new", true).expect("replace");
         assert_eq!(std::fs::read(d.path().join("a")).expect("read"), b"new");
         assert_eq!(

@@ -85,6 +85,56 @@ fn failed_files_are_retried() {
         p.status()["files_done"] == 2 && p.status()["files_failed"] == 0
     });
     p.assert_exact();
+    // After a restart, status still counts what earlier sessions did.
+    p.kill_coordinator();
+    p.start_coordinator();
+    wait_for(T, "totals across sessions in the status", || {
+        let st = p.status();
+        st["files_done"] == 2 && st["chunks_done"] == 2 && st["numbers_in_reports"] == 4
+    });
+    assert_eq!(
+        p.status()["totals"]["numbers_tested"],
+        0,
+        "this session tested nothing"
+    );
+}
+
+#[test]
+/// Symlinks (even to a file inside), FIFOs and sockets in the input folder are skipped and
+/// said once each in the log; removing a finished file says its report stays.
+fn special_files_are_skipped_and_said_once() {
+    let mut p = Pipeline::new();
+    std::fs::write(p.path("data/input/a.txt"), "7\n").expect("write");
+    std::os::unix::fs::symlink(p.path("data/input/a.txt"), p.path("data/input/link.txt"))
+        .expect("symlink");
+    let fifo =
+        std::ffi::CString::new(p.path("data/input/pipe").display().to_string()).expect("path");
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let _sock = std::os::unix::net::UnixListener::bind(p.path("data/input/sock")).expect("socket");
+    p.start_simple(1);
+    wait_for(T, "a.txt reported", || {
+        report(&p, "a.txt")["status"] == "done"
+    });
+    // Several scans later (every 50 ms), each is still said once.
+    let log_has = |what: &str| {
+        std::fs::read_to_string(p.path("logs/coordinator.log"))
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    wait_for(T, "the three skipped entries logged", || {
+        log_has("not a regular file") == 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(log_has("not a regular file"), 3, "once each");
+    assert_eq!(log_has("symbolic link"), 1);
+    assert_eq!(log_has("FIFO"), 1);
+    assert_eq!(log_has("a socket"), 1);
+    std::fs::remove_file(p.path("data/input/a.txt")).expect("rm");
+    wait_for(T, "the removal logged", || log_has("input removed") == 1);
+    assert_eq!(log_has("its report stays"), 1);
+    assert_eq!(log_has("dropped from the queue"), 0);
+    assert_eq!(primes(&p), vec!["7"]);
 }
 
 #[test]
