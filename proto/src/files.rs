@@ -64,6 +64,9 @@ pub fn visible_files(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
     walk(dir).0
 }
 
+/// A visible entry that is not a regular file or folder, and what it is.
+pub type Skipped = (String, &'static str);
+
 /// [`visible_files`], plus the visible entries skipped because they are neither a regular
 /// file nor a folder (symlinks, even to a file inside, FIFOs, sockets, devices), with what
 /// they are, so that callers can say so.
