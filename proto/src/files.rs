@@ -70,12 +70,7 @@ pub type Skipped = (String, &'static str);
 /// [`visible_files`], plus the visible entries skipped because they are neither a regular
 /// file nor a folder (symlinks, even to a file inside, FIFOs, sockets, devices), with what
 /// they are, so that callers can say so.
-pub fn walk(
-    dir: &Path,
-) -> (
-    Vec<(String, std::fs::Metadata)>,
-    Vec<(String, &'static str)>,
-) {
+pub fn walk(dir: &Path) -> (Vec<(String, std::fs::Metadata)>, Vec<Skipped>) {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
