@@ -6,11 +6,14 @@
 //!   content versions cached by size and mtime, atomic writes.
 //! - [`server`]: the accept loop, one task per connection, callback promises and their
 //!   breaks, change scanning, and (on a primary) replication to the backups.
+//! - [`probe`]: one short connection telling whether a server is up and its role (the
+//!   coordinator's dashboard).
 //! - [`client`]: the client library: `open(path)` returns a local cached copy, revalidated by
 //!   version, with failover from the primary to the backups and an LRU size limit.
 
 pub mod client;
 pub mod msg;
+pub mod probe;
 pub mod server;
 pub mod store;
 

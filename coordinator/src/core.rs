@@ -171,12 +171,30 @@ struct Worker {
     instance: u64,
 }
 
+/// How a file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    /// Every chunk was tested and its primes are durable.
+    Done,
+    /// Some chunk could not be processed (`errors` says why); tried again later.
+    Failed,
+}
+
+impl ReportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Done => "done",
+            ReportStatus::Failed => "failed",
+        }
+    }
+}
+
 /// The per-file report (`data/output/<file>.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub file: String,
-    /// "done", or "failed" when some chunk could not be processed.
-    pub status: String,
+    pub status: ReportStatus,
     /// Content version(s) the workers read (xxh3-128 of the file, from the file server).
     pub content_version: Vec<String>,
     /// Size and modification time of the input when it was queued; a report whose
@@ -202,13 +220,32 @@ pub struct InvalidSummary {
     pub first: Vec<InvalidLine>,
 }
 
+/// One chunk of one version of a file: the file, the generation of its job (a changed
+/// file gets a new one, so keys of the old version match nothing), and the chunk's index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    pub file: String,
+    pub gen: u64,
+    pub chunk: u32,
+}
+
+impl ChunkKey {
+    pub fn new(file: &str, gen: u64, chunk: u32) -> Self {
+        ChunkKey {
+            file: file.to_string(),
+            gen,
+            chunk,
+        }
+    }
+}
+
 /// Primes and completions waiting for the flusher.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Pending {
     pub small: Vec<u64>,
     pub big: Vec<String>,
-    /// (file, generation, chunk) whose primes are all in `small`/`big` (or already durable).
-    pub done: Vec<(String, u64, u32)>,
+    /// Chunks whose primes are all in `small`/`big` (or already durable).
+    pub done: Vec<ChunkKey>,
 }
 
 /// Counters for status.
@@ -228,8 +265,8 @@ pub struct Core {
     next_attempt: u64,
     next_gen: u64,
     jobs: BTreeMap<String, Job>,
-    queue: VecDeque<(String, u64, u32)>,
-    attempts: HashMap<String, (String, u64, u32)>,
+    queue: VecDeque<ChunkKey>,
+    attempts: HashMap<String, ChunkKey>,
     workers: BTreeMap<String, Worker>,
     conns: HashMap<u64, String>,
     pending: Pending,
@@ -263,14 +300,6 @@ impl Core {
         (self.cfg.heartbeat_ms / 4).clamp(20, 500)
     }
 
-    pub fn session(&self) -> &str {
-        &self.session
-    }
-
-    pub fn config(&self) -> &CoreConfig {
-        &self.cfg
-    }
-
     /// The fingerprint of the job for `file`, if any.
     pub fn known(&self, file: &str) -> Option<Fingerprint> {
         self.jobs.get(file).map(|j| j.fp)
@@ -281,9 +310,11 @@ impl Core {
         self.jobs.get(file).is_some_and(|j| !j.reported)
     }
 
-    /// Files with a job (any state).
-    pub fn files(&self) -> Vec<String> {
-        self.jobs.keys().cloned().collect()
+    /// Registered connections and their workers (the channels a snapshot records).
+    pub fn connections(&self) -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = self.conns.iter().map(|(c, w)| (*c, w.clone())).collect();
+        v.sort();
+        v
     }
 
     /// A file whose `done` report for this fingerprint already exists: nothing to queue.
@@ -334,7 +365,7 @@ impl Core {
             },
         );
         for c in 0..chunks as u32 {
-            self.queue.push_back((file.to_string(), gen, c));
+            self.queue.push_back(ChunkKey::new(file, gen, c));
         }
         actions.extend(self.assign(now));
         actions
@@ -450,15 +481,15 @@ impl Core {
     }
 
     /// True if `attempt` is the live attempt of a chunk, held by the worker on `conn`.
-    fn current(&self, conn: u64, attempt: &str) -> Option<(String, u64, u32)> {
+    fn current(&self, conn: u64, attempt: &str) -> Option<ChunkKey> {
         let worker = self.conns.get(&conn)?;
         let key = self.attempts.get(attempt)?;
-        let job = self.jobs.get(&key.0)?;
-        match job.chunks.get(key.2 as usize)? {
+        let job = self.jobs.get(&key.file)?;
+        match job.chunks.get(key.chunk as usize)? {
             ChunkState::Assigned {
                 attempt: a,
                 worker: w,
-            } if a == attempt && w == worker && job.gen == key.1 => Some(key.clone()),
+            } if a == attempt && w == worker && job.gen == key.gen => Some(key.clone()),
             _ => None,
         }
     }
@@ -505,7 +536,7 @@ impl Core {
                 Vec::new()
             }
             WorkerMsg::TaskDone(done) => {
-                let Some((file, gen, chunk)) = self.current(conn, &done.attempt) else {
+                let Some(key) = self.current(conn, &done.attempt) else {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();
                 };
@@ -517,13 +548,13 @@ impl Core {
                     w.tasks_done += 1;
                     w.numbers += done.numbers;
                 }
-                if let Some(job) = self.jobs.get_mut(&file) {
-                    job.chunks[chunk as usize] = ChunkState::Flushing {
+                if let Some(job) = self.jobs.get_mut(&key.file) {
+                    job.chunks[key.chunk as usize] = ChunkState::Flushing {
                         result: done,
                         worker: worker.clone(),
                     };
                 }
-                self.pending.done.push((file, gen, chunk));
+                self.pending.done.push(key);
                 self.assign(now)
             }
             WorkerMsg::TaskFailed {
@@ -531,7 +562,7 @@ impl Core {
                 reason,
                 retryable,
             } => {
-                let Some((file, _gen, chunk)) = self.current(conn, &attempt) else {
+                let Some(ChunkKey { file, chunk, .. }) = self.current(conn, &attempt) else {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();
                 };
@@ -572,7 +603,7 @@ impl Core {
                 ready_ms: now.ms + self.cfg.retry_ms * job.failures[i] as u64,
             };
             let gen = job.gen;
-            self.queue.push_back((file.to_string(), gen, chunk));
+            self.queue.push_back(ChunkKey::new(file, gen, chunk));
             Vec::new()
         } else {
             job.chunks[i] = ChunkState::Failed {
@@ -605,12 +636,12 @@ impl Core {
         }
         let attempts = std::mem::take(&mut w.assigned);
         for attempt in attempts {
-            if let Some((file, gen, chunk)) = self.attempts.remove(&attempt) {
-                if let Some(job) = self.jobs.get_mut(&file) {
-                    if job.gen == gen {
-                        job.chunks[chunk as usize] = ChunkState::Queued { ready_ms: now.ms };
+            if let Some(key) = self.attempts.remove(&attempt) {
+                if let Some(job) = self.jobs.get_mut(&key.file) {
+                    if job.gen == key.gen {
+                        job.chunks[key.chunk as usize] = ChunkState::Queued { ready_ms: now.ms };
                         // Lost work goes to the front: it is the oldest.
-                        self.queue.push_front((file, gen, chunk));
+                        self.queue.push_front(key);
                     }
                 }
             }
@@ -676,7 +707,7 @@ impl Core {
                 if matches!(c, ChunkState::Failed { .. }) {
                     *c = ChunkState::Queued { ready_ms: now.ms };
                     job.failures[i] = 0;
-                    self.queue.push_back((file.clone(), job.gen, i as u32));
+                    self.queue.push_back(ChunkKey::new(file, job.gen, i as u32));
                 }
             }
             tracing::info!(
@@ -726,9 +757,9 @@ impl Core {
             .assigned
             .iter()
             .filter_map(|a| self.attempts.get(a))
-            .filter_map(|(f, _, c)| {
-                let job = self.jobs.get(f)?;
-                let (s, e) = chunk_range(job.fp.size, job.chunks.len() as u64, *c as u64);
+            .filter_map(|k| {
+                let job = self.jobs.get(&k.file)?;
+                let (s, e) = chunk_range(job.fp.size, job.chunks.len() as u64, k.chunk as u64);
                 Some(e - s)
             })
             .sum();
@@ -747,23 +778,24 @@ impl Core {
             .min_by_key(|(_, w)| w.assigned.len())
             .map(|(id, _)| id.clone())
         {
-            let Some((file, gen, chunk)) = self.queue.pop_front() else {
+            let Some(key) = self.queue.pop_front() else {
                 break;
             };
-            let Some(job) = self.jobs.get_mut(&file) else {
+            let Some(job) = self.jobs.get_mut(&key.file) else {
                 continue;
             };
-            if job.gen != gen {
+            if job.gen != key.gen {
                 continue;
             }
-            match job.chunks[chunk as usize] {
+            match job.chunks[key.chunk as usize] {
                 ChunkState::Queued { ready_ms } if ready_ms <= now.ms => {}
                 ChunkState::Queued { .. } => {
-                    deferred.push((file, gen, chunk));
+                    deferred.push(key);
                     continue;
                 }
                 _ => continue,
             }
+            let chunk = key.chunk;
             self.next_attempt += 1;
             let attempt = format!("{}-{}", self.session, self.next_attempt);
             let n = job.chunks.len() as u64;
@@ -774,8 +806,8 @@ impl Core {
                 worker: worker.clone(),
             };
             job.started_at.get_or_insert(now.wall);
-            self.attempts
-                .insert(attempt.clone(), (file.clone(), gen, chunk));
+            let file = key.file.clone();
+            self.attempts.insert(attempt.clone(), key);
             let Some(w) = self.workers.get_mut(&worker) else {
                 break;
             };
@@ -806,9 +838,9 @@ impl Core {
 
     /// The flusher made `done`'s primes durable: those chunks are done; files whose chunks
     /// are all done get their report.
-    pub fn flushed(&mut self, done: Vec<(String, u64, u32)>, now: Now) -> Vec<Action> {
+    pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
         let mut files = BTreeSet::new();
-        for (file, gen, chunk) in done {
+        for ChunkKey { file, gen, chunk } in done {
             let Some(job) = self.jobs.get_mut(&file) else {
                 continue;
             };
@@ -836,7 +868,7 @@ impl Core {
         job.reported = true;
         let mut r = Report {
             file: file.to_string(),
-            status: "done".into(),
+            status: ReportStatus::Done,
             content_version: Vec::new(),
             source: job.fp,
             lines: 0,
@@ -876,13 +908,13 @@ impl Core {
                     workers.insert(worker.clone());
                 }
                 ChunkState::Failed { reason } => {
-                    r.status = "failed".into();
+                    r.status = ReportStatus::Failed;
                     r.errors.push(format!("chunk {i}: {reason}"));
                 }
                 _ => {}
             }
         }
-        if r.status == "failed" && r.invalid_lines.count > 0 {
+        if r.status == ReportStatus::Failed && r.invalid_lines.count > 0 {
             // Line numbers after a failed chunk are unknown; say so rather than mislead.
             r.errors.push(
                 "line numbers after a failed chunk are relative to the next processed chunk".into(),
@@ -891,7 +923,7 @@ impl Core {
         r.workers = workers.into_iter().collect();
         job.reported_chunks = r.chunks;
         job.reported_numbers = r.numbers_read;
-        if r.status == "failed" {
+        if r.status == ReportStatus::Failed {
             let pause = self
                 .cfg
                 .failed_retry_ms
@@ -973,7 +1005,7 @@ impl Core {
                 .assigned
                 .iter()
                 .filter_map(|a| self.attempts.get(a))
-                .map(|(f, _, c)| format!("{f}#{c}"))
+                .map(|k| format!("{}#{}", k.file, k.chunk))
                 .collect();
             v.workers.push(WorkerStatus {
                 id: id.clone(),
@@ -1065,7 +1097,7 @@ impl Core {
         fp: Fingerprint,
         finished: Vec<Option<(TaskDone, String)>>,
         now: Now,
-    ) -> Vec<(String, u64, u32)> {
+    ) -> Vec<ChunkKey> {
         self.next_gen += 1;
         let gen = self.next_gen;
         let mut chunks = Vec::with_capacity(finished.len());
@@ -1074,11 +1106,11 @@ impl Core {
             match f {
                 Some((result, worker)) => {
                     chunks.push(ChunkState::Flushing { result, worker });
-                    done.push((file.to_string(), gen, i as u32));
+                    done.push(ChunkKey::new(file, gen, i as u32));
                 }
                 None => {
                     chunks.push(ChunkState::Queued { ready_ms: now.ms });
-                    self.queue.push_back((file.to_string(), gen, i as u32));
+                    self.queue.push_back(ChunkKey::new(file, gen, i as u32));
                 }
             }
         }

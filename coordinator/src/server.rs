@@ -1,157 +1,30 @@
-//! The coordinator's async shell: accepts workers, runs the timers (failure detection,
-//! flusher, input scan, status), and performs what the core decides.
+//! The coordinator's async shell: start-up and recovery (reading reports and the newest
+//! snapshot), the accept loop and one task per worker connection, the input watcher, and
+//! the timers (ticks, snapshots, status file, file-server probes). Every decision is the
+//! machine's ([`crate::machine`]), reached through [`Shared::apply`].
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proto::auth::server_handshake;
 use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
-use proto::{ClusterKey, Connection, ProtoError};
-use serde::Serialize;
+use proto::{Connection, ProtoError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::core::{Action, Core, CoreConfig, Now, StatusView};
+use crate::core::{Core, Now, ReportStatus};
 use crate::inputs::{list_files, InputWatcher};
+use crate::machine::{Coordinator, Event};
 use crate::primes::PrimesFile;
-use crate::report::{read_report, write_atomic, write_report};
-use crate::snapshot::{SnapshotConfig, Snapshots};
+use crate::report::{read_report, write_atomic};
+use crate::snapshot::{list_snapshots, newest_snapshot, Snapshots};
+use crate::state::{lock, status_value, Out, Shared};
 
-/// Everything the coordinator needs (validated by the binary).
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub primes: PathBuf,
-    pub status_file: PathBuf,
-    pub core: CoreConfig,
-    pub flush_ms: u64,
-    pub scan_ms: u64,
-    pub quiet_ms: u64,
-    pub max_connections: usize,
-    pub snapshots: SnapshotConfig,
-    pub key: ClusterKey,
-    /// File servers to show on the dashboard (probed every 2 s); may be empty.
-    pub afs_servers: Vec<String>,
-}
-
-enum Out {
-    Msg(CoordMsg),
-    Close(String),
-}
-
-pub(crate) struct Shared {
-    pub(crate) core: Mutex<Core>,
-    senders: Mutex<HashMap<u64, mpsc::UnboundedSender<Out>>>,
-    cfg: Config,
-    start: Instant,
-    primes_count: std::sync::atomic::AtomicU64,
-    pub(crate) snapshots: Mutex<Snapshots>,
-    history: Mutex<std::collections::VecDeque<Sample>>,
-    servers: Mutex<Vec<ServerProbe>>,
-    /// Wakes the flusher early when a chunk finishes, so results do not wait a whole period.
-    flush_now: tokio::sync::Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // No holder leaves these half-updated on panic in a way worse than stopping would.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    pub fn now(&self) -> Now {
-        Now {
-            ms: self.start.elapsed().as_millis() as u64,
-            wall: chrono::Utc::now(),
-        }
-    }
-
-    /// Runs `f` on the core and queues its messages while still holding the core lock, so
-    /// the order of decisions is the order of messages on every channel (snapshots rely on
-    /// it). Reports are written after the lock is released.
-    pub(crate) fn apply(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut Core, &mut Snapshots, Now) -> Vec<Action>,
-    ) {
-        let now = self.now();
-        let mut reports = Vec::new();
-        {
-            let mut core = lock(&self.core);
-            let mut snaps = lock(&self.snapshots);
-            let actions = f(&mut core, &mut snaps, now);
-            let senders = lock(&self.senders);
-            for a in actions {
-                match a {
-                    Action::Send(conn, msg) => {
-                        if let Some(tx) = senders.get(&conn) {
-                            let _ = tx.send(Out::Msg(msg));
-                        }
-                    }
-                    Action::Close(conn, reason) => {
-                        info!(conn, reason, "closing worker connection");
-                        if let Some(tx) = senders.get(&conn) {
-                            let _ = tx.send(Out::Close(reason));
-                        }
-                    }
-                    Action::WriteReport(r) => reports.push(r),
-                }
-            }
-        }
-        if reports.is_empty() {
-            return;
-        }
-        // Report files are small, but a flush can finish thousands of them: write them off
-        // the async worker threads so connections keep being served meanwhile.
-        tokio::task::block_in_place(|| self.write_reports(reports));
-    }
-
-    fn write_reports(self: &Arc<Self>, reports: Vec<crate::core::Report>) {
-        let mut failed = Vec::new();
-        for r in reports {
-            match write_report(&self.cfg.output, &r) {
-                Ok(()) => info!(
-                    file = r.file,
-                    status = r.status,
-                    primes = r.primes_found,
-                    "report written"
-                ),
-                // Its primes are durable already; the file counts as failed (never done)
-                // and the write is tried again later, and the file redone at a restart.
-                Err(e) => {
-                    error!(
-                        file = r.file,
-                        error = format!("{e:#}"),
-                        "cannot write report"
-                    );
-                    failed.push((r.file, r.source, format!("{e:#}")));
-                }
-            }
-        }
-        if !failed.is_empty() {
-            self.apply(|core, _, now| {
-                for (file, fp, why) in failed {
-                    core.report_write_failed(&file, fp, why, now);
-                }
-                Vec::new()
-            });
-        }
-    }
-
-    /// Sends a message to every connected worker (snapshot markers, shutdown).
-    pub(crate) fn broadcast(&self, msg: impl Fn(u64) -> Option<CoordMsg>) {
-        for (conn, tx) in lock(&self.senders).iter() {
-            if let Some(m) = msg(*conn) {
-                let _ = tx.send(Out::Msg(m));
-            }
-        }
-    }
-}
+pub use crate::state::Config;
 
 /// Runs the coordinator on `listener` until `shutdown`; then flushes, writes a final
 /// snapshot and tells the workers.
@@ -165,6 +38,8 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.input.display()))?;
     std::fs::create_dir_all(&cfg.output)
         .with_context(|| format!("creating {}", cfg.output.display()))?;
+    std::fs::create_dir_all(&cfg.snapshots.dir)
+        .with_context(|| format!("creating {}", cfg.snapshots.dir.display()))?;
     let primes_path = cfg.primes.clone();
     let primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
         .await
@@ -177,48 +52,52 @@ pub async fn run(
     }
     info!(primes = primes.len(), "dedup set rebuilt from primes.txt");
     let session = format!("{:08x}", rand::random::<u32>());
-    let mut core = Core::new(cfg.core.clone(), session.clone());
-    let snapshots =
-        Snapshots::open(cfg.snapshots.clone()).context("opening the snapshot folder")?;
-    let start = Instant::now();
-    let shared = Arc::new(Shared {
-        core: Mutex::new(Core::new(cfg.core.clone(), session.clone())),
-        senders: Mutex::new(HashMap::new()),
-        cfg: cfg.clone(),
-        start,
-        primes_count: std::sync::atomic::AtomicU64::new(primes.len() as u64),
-        snapshots: Mutex::new(snapshots),
-        history: Mutex::new(std::collections::VecDeque::new()),
-        servers: Mutex::new(Vec::new()),
-        flush_now: tokio::sync::Notify::new(),
-    });
+    let next_seq = list_snapshots(&cfg.snapshots.dir)
+        .first()
+        .map_or(1, |(s, _)| s + 1);
+    let mut machine = Coordinator::new(
+        Core::new(cfg.core.clone(), session.clone()),
+        Snapshots::new(cfg.snapshots.marker_timeout_ms, next_seq),
+    );
 
-    // Recovery: files with a matching report are done; the snapshot's channel state is
-    // applied by the flusher's first round; everything else is queued by the first scan.
+    // Recovery: files with a matching `done` report are done; the newest snapshot resumes
+    // the files it shows in progress (its primes flushed first); the first scan queues the
+    // rest, failed files included.
     let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
+    let current = list_files(&cfg.input);
     let mut done = 0;
-    for (name, fp) in list_files(&cfg.input) {
-        match read_report(&cfg.output, &name) {
-            Some(r) if r.source == fp && r.status == "done" => {
-                core.file_reported(&name, fp, r.chunks, r.numbers_read);
-                watcher.mark_reported(&name, fp);
+    for (name, fp) in &current {
+        match read_report(&cfg.output, name) {
+            Some(r) if r.source == *fp && r.status == ReportStatus::Done => {
+                machine
+                    .core_mut()
+                    .file_reported(name, *fp, r.chunks, r.numbers_read);
+                watcher.mark_reported(name, *fp);
                 done += 1;
             }
             // Its cause (file servers down, say) may have gone: the first scan queues it.
-            Some(r) if r.source == fp => {
+            Some(r) if r.source == *fp => {
                 info!(file = name, errors = ?r.errors, "a file failed before; retrying it")
             }
             _ => {}
         }
     }
-    let recovered = crate::snapshot::recover(&cfg.snapshots, &cfg.input, &mut core, shared.now())?;
-    *lock(&shared.core) = core;
+    let start = Instant::now();
+    if let Some(snap) = newest_snapshot(&cfg.snapshots.dir) {
+        let now = Now {
+            ms: start.elapsed().as_millis() as u64,
+            wall: chrono::Utc::now(),
+        };
+        let files = machine.recover(&snap, &current, now);
+        info!(seq = snap.seq, files, "recovered from snapshot");
+    }
     info!(
         session,
         done,
-        recovered_primes = recovered.small.len() + recovered.big.len(),
+        recovered_primes = machine.recovered_primes(),
         "coordinator ready"
     );
+    let (shared, buffers) = Shared::new(cfg.clone(), machine, primes.len() as u64);
 
     let tracker = TaskTracker::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -237,14 +116,11 @@ pub async fn run(
     if let Some(http) = http {
         tracker.spawn(crate::web::serve(http, shared.clone(), shutdown.clone()));
     }
-    tracker.spawn(crate::snapshot::snapshot_loop(
-        shared.clone(),
-        shutdown.clone(),
-    ));
-    let flusher = tokio::spawn(flush_loop(
+    tracker.spawn(snapshot_loop(shared.clone(), shutdown.clone()));
+    let flusher = tokio::spawn(crate::flusher::flush_loop(
         shared.clone(),
         primes,
-        recovered,
+        buffers,
         shutdown.clone(),
     ));
 
@@ -259,25 +135,16 @@ pub async fn run(
             if let Err(e) = serve_worker(&shared, stream, admission, conn_id, &shutdown).await {
                 info!(%peer, error = %e, "worker connection ended with an error");
             }
-            lock(&shared.senders).remove(&conn_id);
-            let mut finished = None;
-            shared.apply(|core, snaps, now| {
-                finished = snaps.worker_gone(conn_id);
-                core.disconnected(conn_id, now)
-            });
-            if let Some(s) = finished {
-                crate::snapshot::write_snapshot(&shared, s).await;
-            }
+            shared.disconnect(conn_id);
+            shared.apply(Event::Disconnected { conn: conn_id }).await;
         });
     }
     info!("stopping: final flush and snapshot");
     // The flusher does a last round when it sees the shutdown; wait for it.
     let _ = flusher.await;
-    crate::snapshot::final_snapshot(&shared).await;
-    shared.broadcast(|_| {
-        Some(CoordMsg::Shutdown {
-            reason: "coordinator stopping".into(),
-        })
+    final_snapshot(&shared).await;
+    shared.broadcast(CoordMsg::Shutdown {
+        reason: "coordinator stopping".into(),
     });
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
@@ -346,7 +213,7 @@ async fn serve_worker(
         };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
-    lock(&shared.senders).insert(conn_id, tx);
+    shared.connect(conn_id, tx);
     let closed = CancellationToken::new();
     let writer_closed = closed.clone();
     let writer_task = tokio::spawn(async move {
@@ -368,10 +235,15 @@ async fn serve_worker(
         }
         writer_closed.cancel();
     });
-    shared.apply(|core, _, now| {
-        core.register_with_threads(conn_id, &worker_id, threads, instance, now)
-    });
-    if lock(&shared.core).worker_of(conn_id).is_some() {
+    shared
+        .apply(Event::Register {
+            conn: conn_id,
+            worker_id: worker_id.clone(),
+            threads,
+            instance,
+        })
+        .await;
+    if shared.read(|m| m.core().worker_of(conn_id).is_some()) {
         info!(worker = worker_id, %peer, conn = conn_id, "worker registered");
     } else {
         warn!(worker = worker_id, %peer, conn = conn_id, "registration refused: id in use");
@@ -383,32 +255,23 @@ async fn serve_worker(
             m = reader.read_decoded(WorkerMsg::decode) => m,
         };
         match msg {
-            Ok(Some(WorkerMsg::Marker { snapshot, state })) => {
-                let finished = lock(&shared.snapshots).marker_returned(conn_id, snapshot, state);
-                if let Some(s) = finished {
-                    crate::snapshot::write_snapshot(shared, s).await;
-                }
-            }
             Ok(Some(m)) => {
-                if matches!(m, WorkerMsg::TaskDone(_)) {
-                    shared.flush_now.notify_one();
-                }
-                shared.apply(|core, snaps, now| {
-                    snaps.record_channel(conn_id, &m);
-                    core.message(conn_id, m, now)
-                });
+                shared
+                    .apply(Event::Message {
+                        conn: conn_id,
+                        msg: m,
+                    })
+                    .await
             }
             Ok(None) => break Ok(()),
             Err(e) => {
                 warn!(worker = worker_id, error = %e, "bad message from worker; closing its connection");
-                if let Some(tx) = lock(&shared.senders).get(&conn_id) {
-                    let _ = tx.send(Out::Close(format!("bad message: {e}")));
-                }
+                shared.close(conn_id, format!("bad message: {e}"));
                 break Err(e);
             }
         }
     };
-    lock(&shared.senders).remove(&conn_id);
+    shared.disconnect(conn_id);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
     debug!(worker = worker_id, "worker connection closed");
     result
@@ -500,196 +363,88 @@ async fn input_loop(
         if outcome.ready.is_empty() && outcome.removed.is_empty() {
             continue;
         }
-        shared.apply(|core, _, now| {
-            let mut actions = Vec::new();
-            for name in &outcome.removed {
-                if core.in_progress(name) {
-                    info!(file = name, "input removed; dropped from the queue");
-                } else {
-                    info!(file = name, "input removed (its report stays)");
-                }
-                actions.extend(core.file_removed(name));
-            }
-            for (name, fp) in &outcome.ready {
-                let known = core.known(name);
-                if known == Some(*fp) {
-                    continue;
-                }
-                if known.is_some() {
-                    info!(file = name, size = fp.size, "input changed; queued again");
-                } else {
-                    info!(file = name, size = fp.size, "input queued");
-                }
-                actions.extend(core.file_ready(name, *fp, now));
-            }
-            actions
-        });
+        shared.apply(Event::Inputs(outcome)).await;
     }
 }
 
 async fn tick_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let period = Duration::from_millis(lock(&shared.core).tick_period_ms());
+    let period = Duration::from_millis(shared.read(|m| m.core().tick_period_ms()));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        shared.apply(|core, _, now| core.tick(now));
-        let timed_out = lock(&shared.snapshots).check_timeout(shared.now());
-        if let Some(s) = timed_out {
-            crate::snapshot::write_snapshot(&shared, s).await;
-        }
+        shared.apply(Event::Tick).await;
     }
 }
 
-/// The flusher: every `flush_ms`, deduplicate the buffered primes into primes.txt, fsync,
-/// and only then mark their chunks done (which may write reports).
-async fn flush_loop(
-    shared: Arc<Shared>,
-    primes: PrimesFile,
-    recovered: crate::core::Pending,
-    shutdown: CancellationToken,
-) {
-    let primes = Arc::new(Mutex::new(primes));
-    let period = Duration::from_millis(shared.cfg.flush_ms);
-    let mut first = Some(recovered);
-    let mut last_flush: tokio::time::Instant;
+/// Every `--snapshot-ms`, a snapshot (the machine skips it if one is still being taken).
+async fn snapshot_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let interval = shared.cfg.snapshots.interval_ms;
+    if interval == 0 {
+        return;
+    }
     loop {
-        let stopping = shutdown.is_cancelled();
-        last_flush = tokio::time::Instant::now();
-        let mut pending = lock(&shared.core).take_pending();
-        if let Some(r) = first.take() {
-            pending.small.extend(r.small);
-            pending.big.extend(r.big);
-            pending.done.extend(r.done);
-        }
-        let done = std::mem::take(&mut pending.done);
-        if !pending.small.is_empty() || !pending.big.is_empty() || !done.is_empty() {
-            crate::crash::point("flush-before-append");
-            let p = primes.clone();
-            let (small, big) = (pending.small, pending.big);
-            let result = tokio::task::spawn_blocking(move || {
-                let mut f = lock(&p);
-                let r = f.append(&small, &big);
-                (r, f.len(), small, big)
-            })
-            .await;
-            match result {
-                Ok((Ok(new), total, _, _)) => {
-                    shared
-                        .primes_count
-                        .store(total as u64, std::sync::atomic::Ordering::Relaxed);
-                    if new > 0 {
-                        debug!(new, total, "flushed primes");
-                    }
-                    crate::crash::point("flush-after-append");
-                    let had_done = !done.is_empty();
-                    shared.apply(|core, _, now| core.flushed(done, now));
-                    if had_done {
-                        crate::crash::point("flush-after-report");
-                    }
-                }
-                Ok((Err(e), _, small, big)) => {
-                    // Nothing was marked done; keep everything for the next round.
-                    error!(error = %e, "cannot append to primes.txt; will retry");
-                    first = Some(crate::core::Pending { small, big, done });
-                }
-                Err(e) => error!(error = %e, "flush task failed"),
-            }
-        }
-        if stopping {
-            return;
-        }
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(period) => {}
-            _ = shared.flush_now.notified() => {
-                // A chunk finished: flush now if the last flush is older than FLUSH_GATHER,
-                // else at that point, so completions arriving together share one fsync
-                // while a lone completion (the end of a job, a dropped file) waits for none.
-                tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
-            }
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(interval)) => {}
         }
+        begin_snapshot(&shared).await;
     }
 }
 
-/// Shortest time between two early flushes (completions within it share one fsync).
-const FLUSH_GATHER: Duration = Duration::from_millis(20);
-
-/// What `run/status.json` (and the dashboard's `/api/status`) holds.
-#[derive(Serialize)]
-struct StatusFile<'a> {
-    updated_at: String,
-    running: bool,
-    pid: u32,
-    primes_in_file: u64,
-    uptime_ms: u64,
-    last_snapshot: Option<crate::snapshot::SnapshotInfo>,
-    file_servers: Vec<ServerProbe>,
-    history: Vec<Sample>,
-    #[serde(flatten)]
-    view: &'a StatusView,
+/// Starts a snapshot; returns its number, or `None` if one was already being taken.
+async fn begin_snapshot(shared: &Arc<Shared>) -> Option<u64> {
+    let before = shared.read(|m| m.snapshot_in_progress());
+    if before.is_some() {
+        return None;
+    }
+    let seq = shared.read(|m| m.next_snapshot());
+    shared.apply(Event::SnapshotDue).await;
+    crate::crash::point("snapshot-begun");
+    Some(seq)
 }
 
-/// One point of the progress history (the dashboard's chart).
-#[derive(Serialize, Clone, Copy)]
-pub(crate) struct Sample {
-    pub uptime_ms: u64,
-    pub primes: u64,
-    pub numbers: u64,
-    pub files_done: u64,
-}
+/// How long the final snapshot waits for markers before noting workers unresponsive.
+const FINAL_MARKER_WAIT: Duration = Duration::from_secs(2);
 
-/// What the last probe of a file server found.
-#[derive(Serialize, Clone, Debug)]
-pub(crate) struct ServerProbe {
-    pub addr: String,
-    pub up: bool,
-    pub id: Option<String>,
-    pub role: Option<String>,
-    pub checked_at: String,
-    pub error: Option<String>,
+/// At shutdown: let a snapshot in progress finish (or give up on its markers), then take
+/// one last snapshot, waiting briefly for the markers.
+async fn final_snapshot(shared: &Arc<Shared>) {
+    if let Some(seq) = shared.read(|m| m.snapshot_in_progress()) {
+        if tokio::time::timeout(FINAL_MARKER_WAIT, shared.snapshot_done(seq))
+            .await
+            .is_err()
+        {
+            shared.apply(Event::SnapshotDeadline).await;
+        }
+    }
+    let Some(seq) = begin_snapshot(shared).await else {
+        return;
+    };
+    if tokio::time::timeout(FINAL_MARKER_WAIT, shared.snapshot_done(seq))
+        .await
+        .is_err()
+    {
+        shared.apply(Event::SnapshotDeadline).await;
+        shared.snapshot_done(seq).await;
+    }
 }
 
 /// History kept for the chart: one sample per status tick (0.5 s), 10 minutes.
 const HISTORY: usize = 1200;
 
-/// The status as JSON: the same for `run/status.json` and the dashboard.
-pub(crate) fn status_value(shared: &Shared, running: bool) -> serde_json::Value {
-    let now = shared.now();
-    let view = lock(&shared.core).status(now);
-    let status = StatusFile {
-        updated_at: now.wall.to_rfc3339(),
-        running,
-        pid: std::process::id(),
-        primes_in_file: shared
-            .primes_count
-            .load(std::sync::atomic::Ordering::Relaxed),
-        uptime_ms: now.ms,
-        last_snapshot: lock(&shared.snapshots).last(),
-        file_servers: lock(&shared.servers).clone(),
-        history: lock(&shared.history).iter().copied().collect(),
-        view: &view,
-    };
-    serde_json::to_value(&status).unwrap_or(serde_json::Value::Null)
-}
-
+/// Writes `run/status.json` (keeping the last minute of history) and takes one history
+/// sample for the dashboard.
 fn write_status(shared: &Shared, running: bool) {
-    let mut v = status_value(shared, running);
+    let (mut v, sample) = status_value(shared, running);
     {
-        // One history sample per status tick, from the status just computed.
         let mut h = lock(&shared.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
-        h.push_back(Sample {
-            uptime_ms: v["uptime_ms"].as_u64().unwrap_or(0),
-            primes: v["primes_in_file"].as_u64().unwrap_or(0),
-            numbers: v["totals"]["numbers_tested"].as_u64().unwrap_or(0),
-            files_done: v["files_done"].as_u64().unwrap_or(0),
-        });
+        h.push_back(sample);
     }
-    // The file keeps only the last minute of history; the dashboard has it all.
     if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
         let cut = h.len().saturating_sub(120);
         h.drain(..cut);
@@ -704,54 +459,20 @@ fn write_status(shared: &Shared, running: bool) {
     }
 }
 
-/// Every 2 s, connects to each file server (handshake and hello) to show which are up and
-/// which is primary.
+/// Every 2 s, probes each file server, to show which are up and which is primary.
 async fn probe_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    use afs::msg::{Reply, Request};
     loop {
         let mut out = Vec::new();
         for addr in &shared.cfg.afs_servers {
-            let probe = async {
-                let stream = TcpStream::connect(addr).await?;
-                let mut c = Connection::new(stream).with_max_line(afs::msg::MAX_LINE);
-                proto::auth::client_handshake(&mut c, &shared.cfg.key, afs::SERVICE).await?;
-                c.send(&Request::Hello {
-                    client_id: "coordinator-probe".into(),
-                })
-                .await?;
-                match c.expect_msg::<Reply>(Duration::from_secs(1)).await? {
-                    Reply::Welcome { server_id, role } => Ok((server_id, role.to_string())),
-                    other => Err(ProtoError::Peer(format!("unexpected {other:?}"))),
-                }
-            };
-            let r = tokio::time::timeout(Duration::from_millis(1500), probe).await;
-            let checked_at = chrono::Utc::now().to_rfc3339();
-            out.push(match r {
-                Ok(Ok((id, role))) => ServerProbe {
-                    addr: addr.clone(),
-                    up: true,
-                    id: Some(id),
-                    role: Some(role),
-                    checked_at,
-                    error: None,
-                },
-                Ok(Err(e)) => ServerProbe {
-                    addr: addr.clone(),
-                    up: false,
-                    id: None,
-                    role: None,
-                    checked_at,
-                    error: Some(e.to_string()),
-                },
-                Err(_) => ServerProbe {
-                    addr: addr.clone(),
-                    up: false,
-                    id: None,
-                    role: None,
-                    checked_at,
-                    error: Some("no answer within 1.5 s".into()),
-                },
-            });
+            out.push(
+                afs::probe::probe(
+                    addr,
+                    &shared.cfg.key,
+                    "coordinator-probe",
+                    Duration::from_millis(1500),
+                )
+                .await,
+            );
         }
         *lock(&shared.servers) = out;
         tokio::select! {
@@ -770,20 +491,6 @@ async fn status_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-}
-
-/// The snapshot folder.
-pub(crate) fn snapshot_dir(shared: &Shared) -> std::path::PathBuf {
-    shared.cfg.snapshots.dir.clone()
-}
-
-pub(crate) fn lock_snapshots(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshots> {
-    lock(&shared.snapshots)
-}
-
-/// Connections with a live writer.
-pub(crate) fn connected(shared: &Shared) -> Vec<u64> {
-    lock(&shared.senders).keys().copied().collect()
 }
 
 /// Bind helper for the binary.

@@ -1,4 +1,6 @@
-//! Chandy–Lamport snapshots of the coordinator and its workers, and recovery from them.
+//! Chandy–Lamport snapshots of the coordinator and its workers: the snapshot protocol as a
+//! state machine without I/O (driven by [`crate::machine::Coordinator`]), the snapshot
+//! files, and reading them back for recovery.
 //!
 //! The coordinator records its state and queues a marker to every connected worker in one
 //! critical section (the same lock that orders all its decisions and sends), then records
@@ -12,19 +14,14 @@
 //! (the flush buffer and the recorded `primes` messages) are flushed first.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use proto::msg::{CoordMsg, TaskDone, WorkerMsg, WorkerState};
+use proto::msg::{CoordMsg, WorkerMsg, WorkerState};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::core::{ChunkState, CoordState, Core, Now, Pending};
-use crate::report::write_atomic;
-use crate::server::Shared;
+use crate::core::{CoordState, Now};
 
 #[derive(Clone, Debug)]
 pub struct SnapshotConfig {
@@ -79,8 +76,9 @@ struct Active {
     waiting: HashMap<u64, String>,
 }
 
+/// The snapshot protocol's state: the snapshot being taken, if any, and the last written.
 pub struct Snapshots {
-    cfg: SnapshotConfig,
+    marker_timeout_ms: u64,
     next_seq: u64,
     active: Option<Active>,
     last: Option<SnapshotInfo>,
@@ -113,27 +111,41 @@ pub fn list_snapshots(dir: &std::path::Path) -> Vec<(u64, PathBuf)> {
 }
 
 impl Snapshots {
-    pub fn open(cfg: SnapshotConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&cfg.dir)
-            .with_context(|| format!("creating {}", cfg.dir.display()))?;
-        let next_seq = list_snapshots(&cfg.dir).first().map_or(1, |(s, _)| s + 1);
-        Ok(Snapshots {
-            cfg,
-            next_seq,
+    /// A protocol whose next snapshot is number `next_seq` (one past the newest on disk).
+    pub fn new(marker_timeout_ms: u64, next_seq: u64) -> Self {
+        Snapshots {
+            marker_timeout_ms,
+            next_seq: next_seq.max(1),
             active: None,
             last: None,
-        })
+        }
     }
 
     pub fn last(&self) -> Option<SnapshotInfo> {
         self.last.clone()
     }
 
-    /// Starts a snapshot: records the core and returns the markers to send. The caller MUST
-    /// hold the core lock and queue the markers before releasing it.
+    /// The snapshot file `info` was written.
+    pub fn written(&mut self, info: SnapshotInfo) {
+        self.last = Some(info);
+    }
+
+    /// The number the next snapshot will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The number of the snapshot being taken, if one is.
+    pub fn in_progress(&self) -> Option<u64> {
+        self.active.as_ref().map(|a| a.snap.seq)
+    }
+
+    /// Starts a snapshot of `state` (the coordinator's, recorded now) and returns the
+    /// markers to send, or `None` if one is being taken. The caller MUST queue the markers
+    /// before anything else is sent on those connections.
     pub fn begin(
         &mut self,
-        core: &Core,
+        state: CoordState,
         conns: Vec<(u64, String)>,
         now: Now,
     ) -> Option<Vec<(u64, CoordMsg)>> {
@@ -155,7 +167,7 @@ impl Snapshots {
                 seq,
                 started_at: now.wall.to_rfc3339(),
                 completed_at: String::new(),
-                coordinator: core.record(),
+                coordinator: state,
                 workers: BTreeMap::new(),
                 channels,
             },
@@ -182,7 +194,13 @@ impl Snapshots {
     }
 
     /// A marker came back; returns the finished snapshot if it was the last one awaited.
-    pub fn marker_returned(&mut self, conn: u64, seq: u64, state: WorkerState) -> Option<Snapshot> {
+    pub fn marker_returned(
+        &mut self,
+        conn: u64,
+        seq: u64,
+        state: WorkerState,
+        now: Now,
+    ) -> Option<Snapshot> {
         let a = self.active.as_mut()?;
         if a.snap.seq != seq {
             return None;
@@ -191,177 +209,75 @@ impl Snapshots {
         a.snap
             .workers
             .insert(worker, WorkerEntry::Recorded { state });
-        self.finish_if_complete()
+        self.finish_if_complete(now)
     }
 
     /// A connection closed; if we waited for its marker, the worker is noted dead.
-    pub fn worker_gone(&mut self, conn: u64) -> Option<Snapshot> {
+    pub fn worker_gone(&mut self, conn: u64, now: Now) -> Option<Snapshot> {
         let a = self.active.as_mut()?;
         let worker = a.waiting.remove(&conn)?;
         a.snap.workers.insert(worker, WorkerEntry::Dead);
-        self.finish_if_complete()
+        self.finish_if_complete(now)
     }
 
-    /// Gives up on markers that took too long.
+    /// Gives up on markers that took longer than the marker timeout.
     pub fn check_timeout(&mut self, now: Now) -> Option<Snapshot> {
-        let a = self.active.as_mut()?;
-        if now.ms.saturating_sub(a.started_ms) < self.cfg.marker_timeout_ms {
+        let a = self.active.as_ref()?;
+        if now.ms.saturating_sub(a.started_ms) < self.marker_timeout_ms {
             return None;
         }
+        self.give_up(now)
+    }
+
+    /// Gives up on every marker still awaited now (a stopping coordinator cannot wait the
+    /// whole timeout): those workers are noted unresponsive.
+    pub fn give_up(&mut self, now: Now) -> Option<Snapshot> {
+        let a = self.active.as_mut()?;
         for (_, worker) in a.waiting.drain() {
             a.snap.workers.insert(worker, WorkerEntry::Unresponsive);
         }
-        self.finish_if_complete()
+        self.finish_if_complete(now)
     }
 
-    fn finish_if_complete(&mut self) -> Option<Snapshot> {
+    /// The snapshot, once no marker is awaited (at once when no worker was connected).
+    pub fn finish_if_complete(&mut self, now: Now) -> Option<Snapshot> {
         if self.active.as_ref()?.waiting.is_empty() {
             let mut a = self.active.take()?;
-            a.snap.completed_at = chrono::Utc::now().to_rfc3339();
+            a.snap.completed_at = now.wall.to_rfc3339();
             return Some(a.snap);
         }
         None
     }
 }
 
-/// Writes a finished snapshot atomically and prunes old ones.
-pub(crate) async fn write_snapshot(shared: &Arc<Shared>, snap: Snapshot) {
-    let (dir, keep) = {
-        let s = crate::server::lock_snapshots(shared);
-        (s.cfg.dir.clone(), s.cfg.keep)
-    };
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-    let path = dir.join(format!("snapshot_{:06}_{stamp}.json", snap.seq));
-    let seq = snap.seq;
-    let completed_at = snap.completed_at.clone();
-    crate::crash::point("snapshot-before-write");
-    let t = std::time::Instant::now();
-    let p = path.clone();
-    let written = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let bytes = serde_json::to_vec_pretty(&snap).context("encoding snapshot")?;
-        write_atomic(&p, &bytes)?;
-        for (_, old) in list_snapshots(&dir).into_iter().skip(keep.max(1)) {
-            let _ = std::fs::remove_file(old);
-        }
-        Ok(bytes.len() as u64)
-    })
-    .await;
-    match written {
-        Ok(Ok(bytes)) => {
-            crate::crash::point("snapshot-after-write");
-            let write_ms = t.elapsed().as_millis() as u64;
-            info!(seq, path = %path.display(), bytes, write_ms, "snapshot written");
-            crate::server::lock_snapshots(shared).last = Some(SnapshotInfo {
-                seq,
-                path: path.display().to_string(),
-                completed_at,
-                bytes,
-                write_ms,
-            });
-        }
-        Ok(Err(e)) => warn!(seq, error = %e, "cannot write snapshot"),
-        Err(e) => warn!(seq, error = %e, "snapshot task failed"),
-    }
+/// Where a snapshot is written: `snapshot_<seq>_<completed time>.json` in `dir`.
+pub fn snapshot_path(dir: &Path, snap: &Snapshot) -> PathBuf {
+    let stamp = chrono::DateTime::parse_from_rfc3339(&snap.completed_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now())
+        .format("%Y%m%dT%H%M%S%.3fZ");
+    dir.join(format!("snapshot_{:06}_{stamp}.json", snap.seq))
 }
 
-/// Starts a snapshot now (if none is running). Returns false if one was already running.
-pub(crate) fn start(shared: &Arc<Shared>) -> bool {
-    let mut started = false;
-    let mut finished = None;
-    shared.apply(|core, snaps, now| {
-        let conns = crate::server::connected(shared);
-        let conns: Vec<(u64, String)> = conns
-            .into_iter()
-            .filter_map(|c| core.worker_of(c).map(|w| (c, w.to_string())))
-            .collect();
-        match snaps.begin(core, conns, now) {
-            Some(markers) => {
-                started = true;
-                // No worker connected: the snapshot is complete at once.
-                finished = snaps.finish_if_complete();
-                markers
-                    .into_iter()
-                    .map(|(c, m)| crate::core::Action::Send(c, m))
-                    .collect()
-            }
-            None => Vec::new(),
-        }
-    });
-    if started {
-        crate::crash::point("snapshot-begun");
+/// Writes `snap` atomically and durably into `dir` and deletes all but the newest `keep`.
+/// Returns the path and the size written.
+pub fn write_snapshot_file(
+    dir: &Path,
+    keep: usize,
+    snap: &Snapshot,
+) -> anyhow::Result<(PathBuf, u64)> {
+    let path = snapshot_path(dir, snap);
+    let bytes = serde_json::to_vec_pretty(snap).context("encoding snapshot")?;
+    crate::report::write_atomic(&path, &bytes)?;
+    for (_, old) in list_snapshots(dir).into_iter().skip(keep.max(1)) {
+        let _ = std::fs::remove_file(old);
     }
-    if let Some(s) = finished {
-        let shared = shared.clone();
-        tokio::spawn(async move { write_snapshot(&shared, s).await });
-    }
-    started
+    Ok((path, bytes.len() as u64))
 }
 
-pub(crate) async fn snapshot_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let interval = crate::server::lock_snapshots(&shared).cfg.interval_ms;
-    if interval == 0 {
-        return;
-    }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(interval)) => {}
-        }
-        start(&shared);
-    }
-}
-
-/// At shutdown: one last snapshot, waiting briefly for the markers.
-pub(crate) async fn final_snapshot(shared: &Arc<Shared>) {
-    // Let a periodic snapshot in progress finish or time out first.
-    for _ in 0..100 {
-        if crate::server::lock_snapshots(shared).active.is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !start(shared) {
-        return;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_millis(2000);
-    loop {
-        let done = crate::server::lock_snapshots(shared).active.is_none();
-        if done {
-            // Give the writer task a moment to finish writing.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            let s = {
-                let mut snaps = crate::server::lock_snapshots(shared);
-                let a = snaps.active.as_mut();
-                if let Some(a) = a {
-                    for (_, w) in a.waiting.drain() {
-                        a.snap.workers.insert(w, WorkerEntry::Unresponsive);
-                    }
-                }
-                snaps.finish_if_complete()
-            };
-            if let Some(s) = s {
-                write_snapshot(shared, s).await;
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Recovery from the newest readable snapshot. Applies it to `core` for files that still
-/// have the same fingerprint and no report, and returns the primes to flush first together
-/// with the chunks that become done once they are durable.
-pub fn recover(
-    cfg: &SnapshotConfig,
-    input: &std::path::Path,
-    core: &mut Core,
-    now: Now,
-) -> anyhow::Result<Pending> {
-    let mut pending = Pending::default();
-    let Some(snap) = list_snapshots(&cfg.dir).into_iter().find_map(|(_, p)| {
+/// The newest readable snapshot in `dir` (unreadable ones are skipped with a warning).
+pub fn newest_snapshot(dir: &Path) -> Option<Snapshot> {
+    list_snapshots(dir).into_iter().find_map(|(_, p)| {
         let bytes = std::fs::read(&p).ok()?;
         match serde_json::from_slice::<Snapshot>(&bytes) {
             Ok(s) => Some(s),
@@ -370,56 +286,5 @@ pub fn recover(
                 None
             }
         }
-    }) else {
-        return Ok(pending);
-    };
-    pending.small.extend(&snap.coordinator.pending_small);
-    pending
-        .big
-        .extend(snap.coordinator.pending_big.iter().cloned());
-    // Results recorded in channels, by attempt.
-    let mut channel_done: HashMap<String, (TaskDone, String)> = HashMap::new();
-    for (worker, msgs) in &snap.channels {
-        for m in msgs {
-            match m {
-                WorkerMsg::Primes { small, big, .. } => {
-                    pending.small.extend(small);
-                    pending.big.extend(big.iter().cloned());
-                }
-                WorkerMsg::TaskDone(d) => {
-                    channel_done.insert(d.attempt.clone(), (d.clone(), worker.clone()));
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut restored = 0;
-    for f in &snap.coordinator.files {
-        let Some(current) = core.known(&f.file).or_else(|| {
-            let meta = std::fs::metadata(input.join(&f.file)).ok()?;
-            Some(crate::inputs::fingerprint(&meta))
-        }) else {
-            continue;
-        };
-        if current != f.fingerprint || core.known(&f.file).is_some() {
-            continue; // changed since, or already reported
-        }
-        let finished: Vec<Option<(TaskDone, String)>> = f
-            .chunks
-            .iter()
-            .map(|c| match c {
-                ChunkState::Done { result, worker } | ChunkState::Flushing { result, worker } => {
-                    Some((result.clone(), worker.clone()))
-                }
-                ChunkState::Assigned { attempt, .. } => channel_done.get(attempt).cloned(),
-                _ => None,
-            })
-            .collect();
-        pending
-            .done
-            .extend(core.restore_file(&f.file, f.fingerprint, finished, now));
-        restored += 1;
-    }
-    info!(seq = snap.seq, files = restored, "recovered from snapshot");
-    Ok(pending)
+    })
 }

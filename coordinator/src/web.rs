@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::server::{status_value, Shared};
+use crate::state::{status_value, Shared};
 
 const PAGE: &str = include_str!("web/index.html");
 
@@ -147,7 +147,7 @@ impl axum::serve::Listener for Capped {
 }
 
 async fn api_status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    axum::Json(status_value(&shared, true))
+    axum::Json(status_value(&shared, true).0)
 }
 
 async fn events(
@@ -155,7 +155,7 @@ async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures::stream::unfold(shared, |shared| async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let data = status_value(&shared, true).to_string();
+        let data = status_value(&shared, true).0.to_string();
         Some((Ok(Event::default().event("status").data(data)), shared))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -163,7 +163,7 @@ async fn events(
 
 /// The status in Prometheus text format.
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let v = status_value(&shared, true);
+    let v = status_value(&shared, true).0;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let t = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
     let mut out = String::new();
@@ -264,7 +264,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn snapshot_list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let dir = crate::server::snapshot_dir(&shared);
+    let dir = shared.cfg.snapshots.dir.clone();
     let names: Vec<String> = crate::snapshot::list_snapshots(&dir)
         .into_iter()
         .filter_map(|(_, p)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
@@ -282,7 +282,7 @@ async fn snapshot_file(State(shared): State<Arc<Shared>>, Path(name): Path<Strin
     if !ok {
         return (StatusCode::BAD_REQUEST, "not a snapshot name").into_response();
     }
-    let path = crate::server::snapshot_dir(&shared).join(&name);
+    let path = shared.cfg.snapshots.dir.clone().join(&name);
     match tokio::fs::read(&path).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(_) => (

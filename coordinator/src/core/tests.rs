@@ -231,7 +231,7 @@ fn failures_retry_then_report() {
         _ => None,
     });
     let report = report.expect("reported after max failures");
-    assert_eq!(report.status, "failed");
+    assert_eq!(report.status, ReportStatus::Failed);
     assert!(
         report.errors[0].contains("not found"),
         "{:?}",
@@ -252,7 +252,7 @@ fn failures_retry_then_report() {
     let pending = c.take_pending();
     let r = c.flushed(pending.done, at(1064));
     assert!(
-        matches!(&r[..], [Action::WriteReport(r)] if r.status == "done"),
+        matches!(&r[..], [Action::WriteReport(r)] if r.status == ReportStatus::Done),
         "{r:?}"
     );
     // Every failed round doubles the pause: 1 s, then 2 s.

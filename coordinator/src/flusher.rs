@@ -1,0 +1,83 @@
+//! The flusher: every `flush_ms` (or soon after a chunk finishes) it asks the machine for
+//! its buffer ([`Event::FlushDue`] → [`crate::machine::Action::Flush`]), appends the primes
+//! not yet in primes.txt, fsyncs, and only then tells the machine which chunks are durable
+//! ([`Event::Flushed`]), which may write reports.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::core::Pending;
+use crate::machine::Event;
+use crate::primes::PrimesFile;
+use crate::state::{lock, Shared};
+
+/// Shortest time between two early flushes (completions within it share one fsync).
+const FLUSH_GATHER: Duration = Duration::from_millis(20);
+
+/// Runs until `shutdown`, then does a last round.
+pub(crate) async fn flush_loop(
+    shared: Arc<Shared>,
+    primes: PrimesFile,
+    mut buffers: mpsc::UnboundedReceiver<Pending>,
+    shutdown: CancellationToken,
+) {
+    let primes = Arc::new(Mutex::new(primes));
+    let period = Duration::from_millis(shared.cfg.flush_ms);
+    loop {
+        let stopping = shutdown.is_cancelled();
+        let last_flush = tokio::time::Instant::now();
+        shared.apply(Event::FlushDue).await;
+        while let Ok(pending) = buffers.try_recv() {
+            flush(&shared, &primes, pending).await;
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.flush_now.notified() => {
+                // A chunk finished: flush now if the last flush is older than FLUSH_GATHER,
+                // else at that point, so completions arriving together share one fsync
+                // while a lone completion (the end of a job, a dropped file) waits for none.
+                tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
+            }
+        }
+    }
+}
+
+/// Appends one buffer durably, then reports the chunks done (or hands it all back).
+async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: Pending) {
+    crate::crash::point("flush-before-append");
+    let p = primes.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut f = lock(&p);
+        let r = f.append(&pending.small, &pending.big);
+        (r, f.len(), pending)
+    })
+    .await;
+    match result {
+        Ok((Ok(new), total, pending)) => {
+            shared.set_primes(total as u64);
+            if new > 0 {
+                debug!(new, total, "flushed primes");
+            }
+            crate::crash::point("flush-after-append");
+            let had_done = !pending.done.is_empty();
+            shared.apply(Event::Flushed(pending.done)).await;
+            if had_done {
+                crate::crash::point("flush-after-report");
+            }
+        }
+        Ok((Err(e), _, pending)) => {
+            // Nothing was marked done; everything goes back for the next round.
+            error!(error = %e, "cannot append to primes.txt; will retry");
+            shared.apply(Event::FlushFailed(pending)).await;
+        }
+        Err(e) => error!(error = %e, "flush task failed"),
+    }
+}

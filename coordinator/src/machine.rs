@@ -1,0 +1,326 @@
+//! The whole coordinator as one state machine without I/O: the scheduling core
+//! ([`crate::core`]) and the snapshot protocol ([`crate::snapshot`]) behind one
+//! [`Coordinator::handle`] that takes an [`Event`] and the time and returns the [`Action`]s
+//! to perform. The async shell ([`crate::state`]) owns the machine under one lock, feeds it
+//! what happens (messages, timers, results of its I/O) and performs the actions; it
+//! decides nothing itself.
+
+use std::collections::HashMap;
+
+use proto::msg::{CoordMsg, TaskDone, WorkerMsg};
+use tracing::info;
+
+use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, Now, Pending, Report};
+use crate::inputs::ScanOutcome;
+use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
+
+/// Something that happened, for the machine to decide on.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection authenticated and registered as `worker_id`.
+    Register {
+        conn: u64,
+        worker_id: String,
+        threads: u32,
+        instance: u64,
+    },
+    /// A message from a registered connection (snapshot markers included).
+    Message { conn: u64, msg: WorkerMsg },
+    /// A worker connection closed.
+    Disconnected { conn: u64 },
+    /// The periodic timer ([`Core::tick_period_ms`]): failure detection, retries, marker
+    /// timeouts.
+    Tick,
+    /// The input folder changed: files newly stable, files gone.
+    Inputs(ScanOutcome),
+    /// Time to flush: the machine hands over what waits in its buffer ([`Action::Flush`]).
+    FlushDue,
+    /// The flusher made these chunks' primes durable.
+    Flushed(Vec<ChunkKey>),
+    /// The flusher could not append; the primes and completions go back to the buffer.
+    FlushFailed(Pending),
+    /// A report could not be written.
+    ReportFailed {
+        file: String,
+        source: Fingerprint,
+        reason: String,
+    },
+    /// Time for a snapshot (periodic, or the final one at shutdown).
+    SnapshotDue,
+    /// Stop waiting for markers now (a stopping coordinator).
+    SnapshotDeadline,
+    /// A snapshot file was written.
+    SnapshotWritten(SnapshotInfo),
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue a message on a worker connection (in order, before the lock is released).
+    Send(u64, CoordMsg),
+    /// Send an error and close a worker connection.
+    Close(u64, String),
+    /// Write a file's report; a failure comes back as [`Event::ReportFailed`].
+    WriteReport(Report),
+    /// Append these primes durably, then answer [`Event::Flushed`] with `done` (or
+    /// [`Event::FlushFailed`] with everything).
+    Flush(Pending),
+    /// A chunk finished: flush soon rather than at the next period.
+    FlushSoon,
+    /// Write a finished snapshot; answer [`Event::SnapshotWritten`].
+    WriteSnapshot(Box<Snapshot>),
+}
+
+impl From<core::Action> for Action {
+    fn from(a: core::Action) -> Self {
+        match a {
+            core::Action::Send(c, m) => Action::Send(c, m),
+            core::Action::Close(c, r) => Action::Close(c, r),
+            core::Action::WriteReport(r) => Action::WriteReport(r),
+        }
+    }
+}
+
+fn lift(actions: Vec<core::Action>) -> Vec<Action> {
+    actions.into_iter().map(Action::from).collect()
+}
+
+/// The coordinator's decisions.
+pub struct Coordinator {
+    core: Core,
+    snaps: Snapshots,
+    /// Primes and completions recovered from a snapshot, flushed first.
+    recovered: Option<Pending>,
+}
+
+impl Coordinator {
+    pub fn new(core: Core, snaps: Snapshots) -> Self {
+        Coordinator {
+            core,
+            snaps,
+            recovered: None,
+        }
+    }
+
+    /// The scheduling core, for reading (status).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The scheduling core, for setting up before the first event (start-up).
+    pub fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// The last snapshot written.
+    pub fn last_snapshot(&self) -> Option<SnapshotInfo> {
+        self.snaps.last()
+    }
+
+    /// The number the next snapshot will have.
+    pub fn next_snapshot(&self) -> u64 {
+        self.snaps.next_seq()
+    }
+
+    /// The number of the snapshot being taken, if one is.
+    pub fn snapshot_in_progress(&self) -> Option<u64> {
+        self.snaps.in_progress()
+    }
+
+    /// Decides on `event` at `now`.
+    pub fn handle(&mut self, event: Event, now: Now) -> Vec<Action> {
+        match event {
+            Event::Register {
+                conn,
+                worker_id,
+                threads,
+                instance,
+            } => lift(
+                self.core
+                    .register_with_threads(conn, &worker_id, threads, instance, now),
+            ),
+            Event::Message {
+                conn,
+                msg: WorkerMsg::Marker { snapshot, state },
+            } => self
+                .snaps
+                .marker_returned(conn, snapshot, state, now)
+                .map(|s| vec![Action::WriteSnapshot(Box::new(s))])
+                .unwrap_or_default(),
+            Event::Message { conn, msg } => {
+                self.snaps.record_channel(conn, &msg);
+                let finished = matches!(msg, WorkerMsg::TaskDone(_));
+                let mut actions = lift(self.core.message(conn, msg, now));
+                if finished {
+                    actions.push(Action::FlushSoon);
+                }
+                actions
+            }
+            Event::Disconnected { conn } => {
+                let mut actions = lift(self.core.disconnected(conn, now));
+                if let Some(s) = self.snaps.worker_gone(conn, now) {
+                    actions.push(Action::WriteSnapshot(Box::new(s)));
+                }
+                actions
+            }
+            Event::Tick => {
+                let mut actions = lift(self.core.tick(now));
+                if let Some(s) = self.snaps.check_timeout(now) {
+                    actions.push(Action::WriteSnapshot(Box::new(s)));
+                }
+                actions
+            }
+            Event::Inputs(outcome) => self.inputs(outcome, now),
+            Event::FlushDue => {
+                let mut pending = self.core.take_pending();
+                if let Some(r) = self.recovered.take() {
+                    pending.small.extend(r.small);
+                    pending.big.extend(r.big);
+                    pending.done.extend(r.done);
+                }
+                if pending.small.is_empty() && pending.big.is_empty() && pending.done.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Action::Flush(pending)]
+                }
+            }
+            Event::Flushed(done) => lift(self.core.flushed(done, now)),
+            Event::FlushFailed(p) => {
+                // Back in front of whatever arrived since; nothing was marked done.
+                let r = self.recovered.get_or_insert_with(Pending::default);
+                r.small.extend(p.small);
+                r.big.extend(p.big);
+                r.done.extend(p.done);
+                Vec::new()
+            }
+            Event::ReportFailed {
+                file,
+                source,
+                reason,
+            } => {
+                self.core.report_write_failed(&file, source, reason, now);
+                Vec::new()
+            }
+            Event::SnapshotDue => {
+                let conns = self.core.connections();
+                let Some(markers) = self.snaps.begin(self.core.record(), conns, now) else {
+                    return Vec::new();
+                };
+                let mut actions: Vec<Action> = markers
+                    .into_iter()
+                    .map(|(c, m)| Action::Send(c, m))
+                    .collect();
+                // No worker connected: complete at once.
+                if let Some(s) = self.snaps.finish_if_complete(now) {
+                    actions.push(Action::WriteSnapshot(Box::new(s)));
+                }
+                actions
+            }
+            Event::SnapshotDeadline => self
+                .snaps
+                .give_up(now)
+                .map(|s| vec![Action::WriteSnapshot(Box::new(s))])
+                .unwrap_or_default(),
+            Event::SnapshotWritten(info) => {
+                self.snaps.written(info);
+                Vec::new()
+            }
+        }
+    }
+
+    fn inputs(&mut self, outcome: ScanOutcome, now: Now) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for name in &outcome.removed {
+            if self.core.in_progress(name) {
+                info!(file = name, "input removed; dropped from the queue");
+            } else {
+                info!(file = name, "input removed (its report stays)");
+            }
+            actions.extend(lift(self.core.file_removed(name)));
+        }
+        for (name, fp) in &outcome.ready {
+            let known = self.core.known(name);
+            if known == Some(*fp) {
+                continue;
+            }
+            if known.is_some() {
+                info!(file = name, size = fp.size, "input changed; queued again");
+            } else {
+                info!(file = name, size = fp.size, "input queued");
+            }
+            actions.extend(lift(self.core.file_ready(name, *fp, now)));
+        }
+        actions
+    }
+
+    /// Recovery from `snap`, the newest snapshot, after the files with a `done` report were
+    /// marked done: a file it shows in progress whose input still has the same fingerprint
+    /// (`current`) resumes, its finished chunks (done, flushing, or completed by a
+    /// `task_done` recorded in a channel) not redone. The primes it holds (the flush buffer
+    /// and the recorded `primes` messages) are flushed first, before those chunks are
+    /// marked done. Returns how many files resumed.
+    pub fn recover(
+        &mut self,
+        snap: &Snapshot,
+        current: &HashMap<String, Fingerprint>,
+        now: Now,
+    ) -> usize {
+        let mut pending = Pending::default();
+        pending.small.extend(&snap.coordinator.pending_small);
+        pending
+            .big
+            .extend(snap.coordinator.pending_big.iter().cloned());
+        // Results recorded in channels, by attempt.
+        let mut channel_done: HashMap<String, (TaskDone, String)> = HashMap::new();
+        for (worker, msgs) in &snap.channels {
+            for m in msgs {
+                match m {
+                    WorkerMsg::Primes { small, big, .. } => {
+                        pending.small.extend(small);
+                        pending.big.extend(big.iter().cloned());
+                    }
+                    WorkerMsg::TaskDone(d) => {
+                        channel_done.insert(d.attempt.clone(), (d.clone(), worker.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut resumed = 0;
+        for f in &snap.coordinator.files {
+            // A file already known has a done report; a file changed since starts over.
+            if self.core.known(&f.file).is_some() || current.get(&f.file) != Some(&f.fingerprint) {
+                continue;
+            }
+            let finished: Vec<Option<(TaskDone, String)>> = f
+                .chunks
+                .iter()
+                .map(|c| match c {
+                    ChunkState::Done { result, worker }
+                    | ChunkState::Flushing { result, worker } => {
+                        Some((result.clone(), worker.clone()))
+                    }
+                    ChunkState::Assigned { attempt, .. } => channel_done.get(attempt).cloned(),
+                    _ => None,
+                })
+                .collect();
+            pending.done.extend(
+                self.core
+                    .restore_file(&f.file, f.fingerprint, finished, now),
+            );
+            resumed += 1;
+        }
+        self.recovered = Some(pending);
+        resumed
+    }
+
+    /// Primes recovered and not yet handed to the flusher (for start-up logs).
+    pub fn recovered_primes(&self) -> usize {
+        self.recovered
+            .as_ref()
+            .map_or(0, |p| p.small.len() + p.big.len())
+    }
+}
+
+#[cfg(test)]
+mod tests;

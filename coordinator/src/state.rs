@@ -1,0 +1,320 @@
+//! The coordinator's shared state: the [`Coordinator`] machine and the worker connections'
+//! send queues under one lock, plus what status shows. [`Shared::apply`] is the only way an
+//! event reaches the machine: it queues the machine's messages while still holding the lock
+//! (so the order of decisions is the order of messages on every channel, which snapshots
+//! rely on), then performs the rest of its actions (reports, snapshot files, the flusher's
+//! hand-off) without it.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use proto::msg::CoordMsg;
+use proto::ClusterKey;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{error, info, warn};
+
+use crate::core::{CoreConfig, Now, Pending, Report, StatusView};
+use crate::machine::{Action, Coordinator, Event};
+use crate::report::write_report;
+use crate::snapshot::{write_snapshot_file, SnapshotConfig, SnapshotInfo};
+
+/// Everything the coordinator needs (validated by the binary).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub primes: PathBuf,
+    pub status_file: PathBuf,
+    pub core: CoreConfig,
+    pub flush_ms: u64,
+    pub scan_ms: u64,
+    pub quiet_ms: u64,
+    pub max_connections: usize,
+    pub snapshots: SnapshotConfig,
+    pub key: ClusterKey,
+    /// File servers to show on the dashboard (probed every 2 s); may be empty.
+    pub afs_servers: Vec<String>,
+}
+
+/// What a connection's writer task sends.
+pub(crate) enum Out {
+    Msg(CoordMsg),
+    Close(String),
+}
+
+/// What the one lock guards.
+struct Inner {
+    machine: Coordinator,
+    senders: HashMap<u64, mpsc::UnboundedSender<Out>>,
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    pub(crate) cfg: Config,
+    start: Instant,
+    /// Primes in primes.txt (set by the flusher).
+    pub(crate) primes_count: AtomicU64,
+    /// Progress samples for the dashboard's chart.
+    pub(crate) history: Mutex<VecDeque<Sample>>,
+    /// The last probe of each file server.
+    pub(crate) servers: Mutex<Vec<afs::probe::ServerProbe>>,
+    /// Buffers handed to the flusher ([`Action::Flush`]).
+    flush_tx: mpsc::UnboundedSender<Pending>,
+    /// Wakes the flusher early when a chunk finishes ([`Action::FlushSoon`]).
+    pub(crate) flush_now: Notify,
+    /// The number of the last snapshot written.
+    snapshot_written: watch::Sender<u64>,
+}
+
+/// Locks a mutex; a holder that panicked leaves nothing worse than stopping would.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The shared state around `machine`, and the receiving end of the flusher's hand-off.
+    pub(crate) fn new(
+        cfg: Config,
+        machine: Coordinator,
+        primes: u64,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Pending>) {
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                machine,
+                senders: HashMap::new(),
+            }),
+            cfg,
+            start: Instant::now(),
+            primes_count: AtomicU64::new(primes),
+            history: Mutex::new(VecDeque::new()),
+            servers: Mutex::new(Vec::new()),
+            flush_tx,
+            flush_now: Notify::new(),
+            snapshot_written: watch::channel(0).0,
+        });
+        (shared, flush_rx)
+    }
+
+    pub(crate) fn now(&self) -> Now {
+        Now {
+            ms: self.start.elapsed().as_millis() as u64,
+            wall: chrono::Utc::now(),
+        }
+    }
+
+    /// Reads the machine (status, start-up checks).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Coordinator) -> T) -> T {
+        f(&lock(&self.inner).machine)
+    }
+
+    /// A connection's send queue, from registration until it closes.
+    pub(crate) fn connect(&self, conn: u64, tx: mpsc::UnboundedSender<Out>) {
+        lock(&self.inner).senders.insert(conn, tx);
+    }
+
+    /// Sends an error on a connection and closes it (a malformed message: the shell's own
+    /// protocol check, not a decision about work).
+    pub(crate) fn close(&self, conn: u64, reason: String) {
+        if let Some(tx) = lock(&self.inner).senders.get(&conn) {
+            let _ = tx.send(Out::Close(reason));
+        }
+    }
+
+    pub(crate) fn disconnect(&self, conn: u64) {
+        lock(&self.inner).senders.remove(&conn);
+    }
+
+    /// Feeds `event` to the machine and performs what it decides (see the module doc).
+    pub(crate) async fn apply(&self, event: Event) {
+        let now = self.now();
+        let rest: Vec<Action> = {
+            let mut inner = lock(&self.inner);
+            let actions = inner.machine.handle(event, now);
+            let mut rest = Vec::new();
+            for a in actions {
+                match a {
+                    Action::Send(conn, msg) => {
+                        if let Some(tx) = inner.senders.get(&conn) {
+                            let _ = tx.send(Out::Msg(msg));
+                        }
+                    }
+                    Action::Close(conn, reason) => {
+                        info!(conn, reason, "closing worker connection");
+                        if let Some(tx) = inner.senders.get(&conn) {
+                            let _ = tx.send(Out::Close(reason));
+                        }
+                    }
+                    other => rest.push(other),
+                }
+            }
+            rest
+        };
+        let mut reports = Vec::new();
+        for a in rest {
+            match a {
+                Action::WriteReport(r) => reports.push(r),
+                Action::Flush(p) => {
+                    let _ = self.flush_tx.send(p);
+                }
+                Action::FlushSoon => self.flush_now.notify_one(),
+                Action::WriteSnapshot(s) => self.write_snapshot(*s).await,
+                Action::Send(..) | Action::Close(..) => {}
+            }
+        }
+        if !reports.is_empty() {
+            self.write_reports(reports).await;
+        }
+    }
+
+    /// Writes reports on a blocking thread (a flush can finish thousands of them); a report
+    /// that cannot be written goes back to the machine, which counts its file failed.
+    async fn write_reports(&self, reports: Vec<Report>) {
+        let output = self.cfg.output.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for r in reports {
+                match write_report(&output, &r) {
+                    Ok(()) => info!(
+                        file = r.file,
+                        status = r.status.as_str(),
+                        primes = r.primes_found,
+                        "report written"
+                    ),
+                    // Its primes are durable already; the file counts as failed (never
+                    // done), the write is tried again later, the file redone at a restart.
+                    Err(e) => {
+                        error!(
+                            file = r.file,
+                            error = format!("{e:#}"),
+                            "cannot write report"
+                        );
+                        failed.push(Event::ReportFailed {
+                            file: r.file,
+                            source: r.source,
+                            reason: format!("{e:#}"),
+                        });
+                    }
+                }
+            }
+            failed
+        })
+        .await
+        .unwrap_or_default();
+        if !failed.is_empty() {
+            let now = self.now();
+            let mut inner = lock(&self.inner);
+            for e in failed {
+                inner.machine.handle(e, now);
+            }
+        }
+    }
+
+    /// Writes a finished snapshot atomically, prunes old ones, and tells the machine.
+    async fn write_snapshot(&self, snap: crate::snapshot::Snapshot) {
+        let dir = self.cfg.snapshots.dir.clone();
+        let keep = self.cfg.snapshots.keep;
+        let seq = snap.seq;
+        let completed_at = snap.completed_at.clone();
+        crate::crash::point("snapshot-before-write");
+        let t = Instant::now();
+        let written =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, keep, &snap)).await;
+        match written {
+            Ok(Ok((path, bytes))) => {
+                crate::crash::point("snapshot-after-write");
+                let write_ms = t.elapsed().as_millis() as u64;
+                info!(seq, path = %path.display(), bytes, write_ms, "snapshot written");
+                let info = SnapshotInfo {
+                    seq,
+                    path: path.display().to_string(),
+                    completed_at,
+                    bytes,
+                    write_ms,
+                };
+                let now = self.now();
+                lock(&self.inner)
+                    .machine
+                    .handle(Event::SnapshotWritten(info), now);
+            }
+            Ok(Err(e)) => warn!(seq, error = format!("{e:#}"), "cannot write snapshot"),
+            Err(e) => warn!(seq, error = %e, "snapshot task failed"),
+        }
+        // Also when it failed: nobody must wait for it forever.
+        self.snapshot_written.send_replace(seq);
+    }
+
+    /// Waits until snapshot `seq` has been written (or failed).
+    pub(crate) async fn snapshot_done(&self, seq: u64) {
+        let mut rx = self.snapshot_written.subscribe();
+        let _ = rx.wait_for(|s| *s >= seq).await;
+    }
+
+    /// Sends a message to every connection (shutdown).
+    pub(crate) fn broadcast(&self, msg: CoordMsg) {
+        for tx in lock(&self.inner).senders.values() {
+            let _ = tx.send(Out::Msg(msg.clone()));
+        }
+    }
+
+    /// The primes count after a flush.
+    pub(crate) fn set_primes(&self, n: u64) {
+        self.primes_count.store(n, Ordering::Relaxed);
+    }
+}
+
+/// What `run/status.json` (and the dashboard's `/api/status`) holds.
+#[derive(Serialize)]
+struct StatusFile<'a> {
+    updated_at: String,
+    running: bool,
+    pid: u32,
+    primes_in_file: u64,
+    uptime_ms: u64,
+    last_snapshot: Option<SnapshotInfo>,
+    file_servers: Vec<afs::probe::ServerProbe>,
+    history: Vec<Sample>,
+    #[serde(flatten)]
+    view: &'a StatusView,
+}
+
+/// One point of the progress history (the dashboard's chart).
+#[derive(Serialize, Clone, Copy)]
+pub(crate) struct Sample {
+    pub uptime_ms: u64,
+    pub primes: u64,
+    pub numbers: u64,
+    pub files_done: u64,
+}
+
+/// The status as JSON: the same for `run/status.json` and the dashboard.
+pub(crate) fn status_value(shared: &Shared, running: bool) -> (serde_json::Value, Sample) {
+    let now = shared.now();
+    let (view, last_snapshot) = shared.read(|m| (m.core().status(now), m.last_snapshot()));
+    let primes = shared.primes_count.load(Ordering::Relaxed);
+    let sample = Sample {
+        uptime_ms: now.ms,
+        primes,
+        numbers: view.totals.numbers_tested,
+        files_done: view.files_done,
+    };
+    let status = StatusFile {
+        updated_at: now.wall.to_rfc3339(),
+        running,
+        pid: std::process::id(),
+        primes_in_file: primes,
+        uptime_ms: now.ms,
+        last_snapshot,
+        file_servers: lock(&shared.servers).clone(),
+        history: lock(&shared.history).iter().copied().collect(),
+        view: &view,
+    };
+    (
+        serde_json::to_value(&status).unwrap_or(serde_json::Value::Null),
+        sample,
+    )
+}
