@@ -323,4 +323,6 @@ impl Coordinator {
 }
 
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;

@@ -1,9 +1,7 @@
 //! The machine event by event, asserting the exact actions (in the style of openraft's
-//! engine tests), and a seeded simulation of workers and a network that drops connections
-//! and delays messages, in which every snapshot must be a consistent cut and the output
-//! exact.
+//! engine tests). The helpers here serve the simulation too (`sim_tests`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
 
 use proto::msg::{Assignment, TaskProgress, WorkerState};
 
@@ -11,7 +9,7 @@ use super::*;
 use crate::core::{CoreConfig, ReportStatus};
 use crate::snapshot::WorkerEntry;
 
-fn cfg() -> CoreConfig {
+pub(super) fn cfg() -> CoreConfig {
     CoreConfig {
         heartbeat_ms: 100,
         missed_heartbeats: 3,
@@ -24,14 +22,14 @@ fn cfg() -> CoreConfig {
     }
 }
 
-fn at(ms: u64) -> Now {
+pub(super) fn at(ms: u64) -> Now {
     Now {
         ms,
         wall: chrono::Utc::now(),
     }
 }
 
-fn fp(size: u64) -> Fingerprint {
+pub(super) fn fp(size: u64) -> Fingerprint {
     Fingerprint {
         size,
         mtime_ns: 1,
@@ -40,11 +38,11 @@ fn fp(size: u64) -> Fingerprint {
     }
 }
 
-fn machine() -> Coordinator {
+pub(super) fn machine() -> Coordinator {
     Coordinator::new(Core::new(cfg(), "s".into()), Snapshots::new(500, 1))
 }
 
-fn register(m: &mut Coordinator, conn: u64, id: &str, now: u64) -> Vec<Action> {
+pub(super) fn register(m: &mut Coordinator, conn: u64, id: &str, now: u64) -> Vec<Action> {
     m.handle(
         Event::Register {
             conn,
@@ -76,7 +74,7 @@ fn assigned(actions: &[Action]) -> Vec<(u64, Assignment)> {
         .collect()
 }
 
-fn done_msg(attempt: &str, primes: u64) -> WorkerMsg {
+pub(super) fn done_msg(attempt: &str, primes: u64) -> WorkerMsg {
     WorkerMsg::TaskDone(TaskDone {
         attempt: attempt.into(),
         version: "v".into(),
@@ -90,7 +88,7 @@ fn done_msg(attempt: &str, primes: u64) -> WorkerMsg {
     })
 }
 
-fn state(id: &str, in_progress: Vec<TaskProgress>) -> WorkerState {
+pub(super) fn state(id: &str, in_progress: Vec<TaskProgress>) -> WorkerState {
     WorkerState {
         worker_id: id.into(),
         in_progress,
@@ -376,369 +374,4 @@ fn recovery_resumes_from_a_snapshot() {
     assert!(
         matches!(&reports[..], [Action::WriteReport(x)] if x.file == "a.txt" && x.status == ReportStatus::Done)
     );
-}
-
-/// A tiny deterministic generator (xorshift), so the simulation needs no crate and prints
-/// the seed it ran with.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
-}
-
-/// A scripted worker: what the coordinator sent it (in order), the assignments it holds,
-/// and whether it is connected.
-struct SimWorker {
-    id: String,
-    conn: Option<u64>,
-    inbox: VecDeque<CoordMsg>,
-    tasks: VecDeque<Assignment>,
-}
-
-/// Puts `msg` on `conn`'s link at `t` or later: a link is FIFO, like TCP.
-fn send(wire: &mut Vec<(u64, u64, WorkerMsg)>, conn: u64, t: u64, msg: WorkerMsg) {
-    let last = wire
-        .iter()
-        .filter(|x| x.1 == conn)
-        .map(|x| x.0)
-        .max()
-        .unwrap_or(0);
-    wire.push((t.max(last), conn, msg));
-}
-
-#[test]
-/// Simulation (seeded; `PRIMES_SIM_SEED` picks another): three scripted workers and a
-/// network that delays messages, cuts connections (the worker reconnects) and pauses a
-/// worker past the heartbeat limit, with snapshots and flushes on timers. Every snapshot is
-/// a consistent cut, and the durable primes are exactly those of the files.
-fn simulated_cluster_with_faults() {
-    let seeds: Vec<u64> = match std::env::var("PRIMES_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("PRIMES_SIM_SEED is a number")],
-        Err(_) => vec![1, 2, 3, 20261130],
-    };
-    for seed in seeds {
-        eprintln!("simulation seed {seed}");
-        simulate(seed);
-    }
-}
-
-fn simulate(seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    // Files: each a list of numbers; chunk = byte range, simulated as number ranges.
-    let mut files: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for f in 0..20 {
-        let n = 5 + rng.below(40) as usize;
-        files.insert(
-            format!("f{f}.txt"),
-            (0..n).map(|_| rng.below(2000)).collect(),
-        );
-    }
-    let want: BTreeSet<u64> = files
-        .values()
-        .flatten()
-        .copied()
-        .filter(|&n| is_prime(n))
-        .collect();
-    let mut m = machine();
-    for (name, nums) in &files {
-        // 100 "bytes" per number: files over 1000 are split into chunks.
-        let size = nums.len() as u64 * 100;
-        let _ = m.handle(
-            Event::Inputs(ScanOutcome {
-                ready: vec![(name.clone(), fp(size))],
-                removed: vec![],
-            }),
-            at(0),
-        );
-    }
-    let mut workers: Vec<SimWorker> = (1..=3)
-        .map(|i| SimWorker {
-            id: format!("w{i}"),
-            conn: None,
-            inbox: VecDeque::new(),
-            tasks: VecDeque::new(),
-        })
-        .collect();
-    let mut next_conn = 0u64;
-    // Messages in flight from workers to the coordinator: (deliver at, conn, message).
-    let mut wire: Vec<(u64, u64, WorkerMsg)> = Vec::new();
-    let mut durable: BTreeSet<u64> = BTreeSet::new();
-    let mut reports: BTreeMap<String, ReportStatus> = BTreeMap::new();
-    let mut snapshots = 0;
-    let mut paused_until: HashMap<usize, u64> = HashMap::new();
-    let (mut cuts, mut pauses) = (0, 0);
-    let mut now = 0u64;
-    let route = |actions: Vec<Action>,
-                 workers: &mut Vec<SimWorker>,
-                 durable: &mut BTreeSet<u64>,
-                 pending_flush: &mut Vec<Pending>,
-                 reports: &mut BTreeMap<String, ReportStatus>,
-                 snapshots: &mut usize| {
-        for a in actions {
-            match a {
-                Action::Send(conn, msg) => {
-                    if let Some(w) = workers.iter_mut().find(|w| w.conn == Some(conn)) {
-                        w.inbox.push_back(msg);
-                    }
-                }
-                Action::Close(conn, _) => {
-                    if let Some(w) = workers.iter_mut().find(|w| w.conn == Some(conn)) {
-                        w.conn = None;
-                        w.inbox.clear();
-                        w.tasks.clear();
-                    }
-                }
-                Action::WriteReport(r) => {
-                    reports.insert(r.file.clone(), r.status);
-                }
-                Action::Flush(p) => pending_flush.push(p),
-                Action::FlushSoon => {}
-                Action::WriteSnapshot(s) => {
-                    let v = crate::verify::verify(&s);
-                    assert!(
-                        v.consistent(),
-                        "seed {seed}: snapshot {} is not a consistent cut: {v:?}",
-                        s.seq
-                    );
-                    *snapshots += 1;
-                    let _ = durable;
-                }
-            }
-        }
-    };
-    while reports.len() < files.len() || reports.values().any(|s| *s != ReportStatus::Done) {
-        now += 10;
-        assert!(
-            now < 600_000,
-            "seed {seed}: the simulated job did not finish: {reports:?}"
-        );
-        let mut flushes = Vec::new();
-        // Workers: connect, heartbeat, work one task per step, answer markers.
-        for i in 0..workers.len() {
-            if paused_until.get(&i).is_some_and(|t| *t > now) {
-                continue;
-            }
-            if workers[i].conn.is_none() {
-                next_conn += 1;
-                workers[i].conn = Some(next_conn);
-                let id = workers[i].id.clone();
-                let acts = register(&mut m, next_conn, &id, now);
-                route(
-                    acts,
-                    &mut workers,
-                    &mut durable,
-                    &mut flushes,
-                    &mut reports,
-                    &mut snapshots,
-                );
-                continue;
-            }
-            let conn = workers[i].conn.unwrap_or(0);
-            // What the coordinator sent, in order: a marker is answered at once with the
-            // state as of that point (assignments before it held, none after it).
-            while let Some(msg) = workers[i].inbox.pop_front() {
-                match msg {
-                    CoordMsg::Assign(x) => workers[i].tasks.push_back(x),
-                    CoordMsg::Cancel { attempt } => {
-                        workers[i].tasks.retain(|t| t.attempt != attempt)
-                    }
-                    CoordMsg::Marker { snapshot } => {
-                        let in_progress = workers[i]
-                            .tasks
-                            .iter()
-                            .map(|t| TaskProgress {
-                                attempt: t.attempt.clone(),
-                                file: t.file.clone(),
-                                chunk: t.chunk,
-                                phase: "queued".into(),
-                                bytes_done: 0,
-                                bytes_total: t.end - t.start,
-                            })
-                            .collect();
-                        let st = state(&workers[i].id, in_progress);
-                        send(
-                            &mut wire,
-                            conn,
-                            now + rng.below(20),
-                            WorkerMsg::Marker {
-                                snapshot,
-                                state: st,
-                            },
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            send(
-                &mut wire,
-                conn,
-                now + rng.below(30),
-                WorkerMsg::Heartbeat {
-                    busy: vec![],
-                    bytes_done: 0,
-                    bytes_total: 0,
-                },
-            );
-            if let Some(t) = workers[i].tasks.pop_front() {
-                let nums = &files[&t.file];
-                let (lo, hi) = (
-                    (t.start / 100) as usize,
-                    (t.end / 100).min(nums.len() as u64) as usize,
-                );
-                let primes: Vec<u64> = nums[lo..hi]
-                    .iter()
-                    .copied()
-                    .filter(|&n| is_prime(n))
-                    .collect();
-                let d = now + 1 + rng.below(40);
-                send(
-                    &mut wire,
-                    conn,
-                    d,
-                    WorkerMsg::Primes {
-                        attempt: t.attempt.clone(),
-                        small: primes.clone(),
-                        big: vec![],
-                    },
-                );
-                send(
-                    &mut wire,
-                    conn,
-                    d,
-                    done_msg(&t.attempt, primes.len() as u64),
-                );
-            }
-        }
-        // Faults: cut a connection, or pause a worker past the heartbeat limit.
-        // At random, and surely once each early on (a run is short).
-        let roll = match now {
-            100 => 0,
-            200 => 1,
-            _ => rng.below(60),
-        };
-        match roll {
-            0 => {
-                cuts += 1;
-                let i = rng.below(3) as usize;
-                if let Some(conn) = workers[i].conn.take() {
-                    workers[i].tasks.clear();
-                    workers[i].inbox.clear();
-                    wire.retain(|x| x.1 != conn); // in flight on a cut link: lost
-                    let acts = m.handle(Event::Disconnected { conn }, at(now));
-                    route(
-                        acts,
-                        &mut workers,
-                        &mut durable,
-                        &mut flushes,
-                        &mut reports,
-                        &mut snapshots,
-                    );
-                }
-            }
-            1 => {
-                pauses += 1;
-                paused_until.insert(rng.below(3) as usize, now + 500);
-            }
-            _ => {}
-        }
-        // Deliver what is due, in order per connection (a stable sort keeps each link FIFO).
-        wire.sort_by_key(|x| x.0);
-        let due: Vec<(u64, u64, WorkerMsg)> = {
-            let cut = wire.iter().position(|x| x.0 > now).unwrap_or(wire.len());
-            wire.drain(..cut).collect()
-        };
-        for (_, conn, msg) in due {
-            let acts = m.handle(Event::Message { conn, msg }, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
-        // Timers.
-        if now % 30 == 0 {
-            let acts = m.handle(Event::Tick, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
-        if now % 100 == 0 {
-            let acts = m.handle(Event::SnapshotDue, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
-        if now % 50 == 0 {
-            let acts = m.handle(Event::FlushDue, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
-        for p in flushes {
-            durable.extend(p.small.iter().copied());
-            let acts = m.handle(Event::Flushed(p.done), at(now));
-            let mut more = Vec::new();
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut more,
-                &mut reports,
-                &mut snapshots,
-            );
-            assert!(more.is_empty());
-        }
-        // A worker whose connection the coordinator closed reconnects at its next step.
-        for w in workers.iter_mut() {
-            if let Some(c) = w.conn {
-                if m.core().worker_of(c).is_none() {
-                    w.conn = None;
-                    w.inbox.clear();
-                    w.tasks.clear();
-                }
-            }
-        }
-    }
-    assert_eq!(
-        durable, want,
-        "seed {seed}: the durable primes are exactly the files'"
-    );
-    assert!(snapshots > 0, "seed {seed}: snapshots were taken");
-    let lost = m.core().status(at(now)).totals.workers_lost;
-    eprintln!(
-        "seed {seed}: {} ms simulated, {snapshots} snapshots, {cuts} links cut, {pauses} pauses, {lost} workers lost, {} primes",
-        now,
-        durable.len()
-    );
-    assert!(cuts + pauses > 0, "seed {seed}: faults were injected");
 }

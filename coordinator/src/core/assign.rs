@@ -1,0 +1,143 @@
+//! Handing out work: how files are cut into chunks, which worker has room, and which
+//! batches of primes are acceptable.
+
+use super::*;
+
+/// Why a `primes` message must be refused, if it must: over the batch limit, or a big prime
+/// that is not canonical decimal of 2^64 or more (anything else could corrupt primes.txt —
+/// a newline inside a string would write two lines).
+pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
+    let n = small.len() + big.len();
+    if n > proto::msg::MAX_PRIMES_PER_BATCH {
+        return Some(format!(
+            "{n} primes in one message, the limit is {}",
+            proto::msg::MAX_PRIMES_PER_BATCH
+        ));
+    }
+    for b in big {
+        let canonical = (20..=1234).contains(&b.len())
+            && b.bytes().all(|c| c.is_ascii_digit())
+            && !b.starts_with('0')
+            && (b.len() > 20 || b.as_str() > "18446744073709551615");
+        if !canonical {
+            let shown: String = b.chars().take(40).collect();
+            return Some(format!(
+                "{shown:?} is not the canonical decimal of a number of 2^64 or more"
+            ));
+        }
+    }
+    None
+}
+
+/// A worker may hold this many times `max_inflight` assignments while they are small (see
+/// [`CoreConfig::small_inflight_bytes`]).
+pub const SMALL_INFLIGHT_FACTOR: usize = 4;
+
+/// How many chunks a file of `size` bytes is cut into: the nearest whole number of
+/// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file
+/// is one chunk, not two).
+pub fn chunk_count(size: u64, chunk_bytes: u64) -> usize {
+    let c = chunk_bytes.max(1);
+    (size.saturating_add(c / 2) / c).max(1) as usize
+}
+
+/// Byte range of chunk `i` of `n` equal chunks of a `size`-byte file (the worker moves each
+/// cut to the next line start).
+pub fn chunk_range(size: u64, n: u64, i: u64) -> (u64, u64) {
+    let at = |k: u64| ((size as u128 * k as u128) / n.max(1) as u128) as u64;
+    (at(i), at(i + 1))
+}
+
+impl Core {
+    /// Whether `w` can take one more assignment: up to `max_inflight` per testing thread, or up to
+    /// [`SMALL_INFLIGHT_FACTOR`] times that while what it holds is under
+    /// `small_inflight_bytes` (small files: a worker holding only two of them spends its
+    /// time waiting for round trips; large chunks: holding more would leave one worker with
+    /// queued chunks at the end of a job while another idles).
+    pub(super) fn has_room(&self, w: &Worker) -> bool {
+        let n = w.assigned.len();
+        let limit = self.cfg.max_inflight * w.threads;
+        if n < limit {
+            return true;
+        }
+        if n >= limit * SMALL_INFLIGHT_FACTOR {
+            return false;
+        }
+        let held: u64 = w
+            .assigned
+            .iter()
+            .filter_map(|a| self.attempts.get(a))
+            .filter_map(|k| {
+                let job = self.jobs.get(&k.file)?;
+                let (s, e) = chunk_range(job.fp.size, job.chunks.len() as u64, k.chunk as u64);
+                Some(e - s)
+            })
+            .sum();
+        held < self.cfg.small_inflight_bytes
+    }
+
+    /// Hands queued chunks to workers with room, oldest first.
+    pub fn assign(&mut self, now: Now) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut deferred = Vec::new();
+        // The worker with the fewest assignments that has room, each round.
+        while let Some(worker) = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some() && self.has_room(w))
+            .min_by_key(|(_, w)| w.assigned.len())
+            .map(|(id, _)| id.clone())
+        {
+            let Some(key) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&key.file) else {
+                continue;
+            };
+            if job.gen != key.gen {
+                continue;
+            }
+            match job.chunks[key.chunk as usize] {
+                ChunkState::Queued { ready_ms } if ready_ms <= now.ms => {}
+                ChunkState::Queued { .. } => {
+                    deferred.push(key);
+                    continue;
+                }
+                _ => continue,
+            }
+            let chunk = key.chunk;
+            self.next_attempt += 1;
+            let attempt = format!("{}-{}", self.session, self.next_attempt);
+            let n = job.chunks.len() as u64;
+            let size = job.fp.size;
+            let (start, end) = chunk_range(size, n, chunk as u64);
+            job.chunks[chunk as usize] = ChunkState::Assigned {
+                attempt: attempt.clone(),
+                worker: worker.clone(),
+            };
+            job.started_at.get_or_insert(now.wall);
+            let file = key.file.clone();
+            self.attempts.insert(attempt.clone(), key);
+            let Some(w) = self.workers.get_mut(&worker) else {
+                break;
+            };
+            w.assigned.push(attempt.clone());
+            if let Some(conn) = w.conn {
+                actions.push(Action::Send(
+                    conn,
+                    CoordMsg::Assign(Assignment {
+                        attempt,
+                        file,
+                        chunk,
+                        chunks: n as u32,
+                        start,
+                        end,
+                        size,
+                    }),
+                ));
+            }
+        }
+        self.queue.extend(deferred);
+        actions
+    }
+}

@@ -1,0 +1,108 @@
+//! The coordinator's state as a snapshot records it, and a file restored from a snapshot.
+
+use super::*;
+
+/// The coordinator's recorded state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordState {
+    pub session: String,
+    /// Files whose report is written (all their tasks are completed and durable).
+    pub completed_files: Vec<String>,
+    /// Files still being worked on, chunk by chunk.
+    pub files: Vec<FileState>,
+    /// Primes received but not yet flushed (they belong to `flushing` chunks or to attempts
+    /// still running).
+    pub pending_small: Vec<u64>,
+    pub pending_big: Vec<String>,
+    /// Workers connected when the state was recorded.
+    pub workers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileState {
+    pub file: String,
+    pub fingerprint: Fingerprint,
+    pub reported: bool,
+    pub chunks: Vec<ChunkState>,
+}
+
+impl Core {
+    /// Records the state for a snapshot (the caller holds the lock that orders messages).
+    pub fn record(&self) -> CoordState {
+        CoordState {
+            session: self.session.clone(),
+            completed_files: self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.reported)
+                .map(|(f, _)| f.clone())
+                .collect(),
+            files: self
+                .jobs
+                .iter()
+                .filter(|(_, j)| !j.reported)
+                .map(|(f, j)| FileState {
+                    file: f.clone(),
+                    fingerprint: j.fp,
+                    reported: j.reported,
+                    chunks: j.chunks.clone(),
+                })
+                .collect(),
+            pending_small: self.pending.small.clone(),
+            pending_big: self.pending.big.clone(),
+            workers: self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.conn.is_some())
+                .map(|(id, _)| id.clone())
+                .collect(),
+        }
+    }
+
+    /// Recovery: a file whose chunks a snapshot knows. `finished` holds, per chunk, the result
+    /// if the snapshot proves the chunk finished (its primes are durable or in `Pending`
+    /// being recovered); other chunks are queued. Returns the chunks to mark done once the
+    /// recovered primes are flushed.
+    pub fn restore_file(
+        &mut self,
+        file: &str,
+        fp: Fingerprint,
+        finished: Vec<Option<(TaskDone, String)>>,
+        now: Now,
+    ) -> Vec<ChunkKey> {
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let mut chunks = Vec::with_capacity(finished.len());
+        let mut done = Vec::new();
+        for (i, f) in finished.into_iter().enumerate() {
+            match f {
+                Some((result, worker)) => {
+                    chunks.push(ChunkState::Flushing { result, worker });
+                    done.push(ChunkKey::new(file, gen, i as u32));
+                }
+                None => {
+                    chunks.push(ChunkState::Queued { ready_ms: now.ms });
+                    self.queue.push_back(ChunkKey::new(file, gen, i as u32));
+                }
+            }
+        }
+        let n = chunks.len();
+        self.jobs.insert(
+            file.to_string(),
+            Job {
+                gen,
+                fp,
+                chunks,
+                failures: vec![0; n],
+                started_at: Some(now.wall),
+                reported: false,
+                failed_rounds: 0,
+                retry_at_ms: None,
+                reported_chunks: 0,
+                reported_numbers: 0,
+                report_error: None,
+            },
+        );
+        done
+    }
+}
