@@ -84,10 +84,7 @@ impl Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Holders never panic mid-update in a way that leaves these maps inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use proto::lock;
 
 /// Runs a server on `listener` until `shutdown` is cancelled.
 pub async fn run(

@@ -304,8 +304,7 @@ impl Store {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Fingerprint, String)>> {
-        // A panic while holding this lock leaves only a cache behind; keep going.
-        self.versions.lock().unwrap_or_else(|p| p.into_inner())
+        proto::lock(&self.versions)
     }
 
     /// Every regular, non-hidden file under the root with its fingerprint (no hashing).

@@ -49,11 +49,6 @@ fn clash(output: &Path, path: &Path) -> Option<String> {
     None
 }
 
-/// Writes bytes to `path` atomically and durably (see [`proto::files::write_atomic`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    write_replace(path, bytes, true)
-}
-
 fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     proto::files::write_atomic(path, bytes, durable)
         .with_context(|| format!("writing {}", path.display()))

@@ -20,7 +20,7 @@ use crate::core::{Core, Now, ReportStatus};
 use crate::inputs::{list_files, InputWatcher};
 use crate::machine::{Coordinator, Event};
 use crate::primes::PrimesFile;
-use crate::report::{read_report, write_atomic};
+use crate::report::read_report;
 use crate::snapshot::{list_snapshots, newest_snapshot, Snapshots};
 use crate::state::{lock, status_value, Out, Shared};
 
@@ -451,7 +451,8 @@ fn write_status(shared: &Shared, running: bool) {
     }
     match serde_json::to_vec_pretty(&v) {
         Ok(b) => {
-            if let Err(e) = write_atomic(&shared.cfg.status_file, &b) {
+            // Not fsynced: the status is rewritten every half second.
+            if let Err(e) = proto::files::write_atomic(&shared.cfg.status_file, &b, false) {
                 debug!(error = %e, "cannot write status file");
             }
         }

@@ -268,7 +268,8 @@ pub fn write_snapshot_file(
 ) -> anyhow::Result<(PathBuf, u64)> {
     let path = snapshot_path(dir, snap);
     let bytes = serde_json::to_vec_pretty(snap).context("encoding snapshot")?;
-    crate::report::write_atomic(&path, &bytes)?;
+    proto::files::write_atomic(&path, &bytes, true)
+        .with_context(|| format!("writing {}", path.display()))?;
     for (_, old) in list_snapshots(dir).into_iter().skip(keep.max(1)) {
         let _ = std::fs::remove_file(old);
     }

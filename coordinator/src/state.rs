@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use proto::msg::CoordMsg;
@@ -70,10 +70,7 @@ pub(crate) struct Shared {
     snapshot_written: watch::Sender<u64>,
 }
 
-/// Locks a mutex; a holder that panicked leaves nothing worse than stopping would.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use proto::lock;
 
 impl Shared {
     /// The shared state around `machine`, and the receiving end of the flusher's hand-off.

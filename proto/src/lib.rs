@@ -15,6 +15,13 @@ pub mod msg;
 pub mod process;
 
 pub use auth::ClusterKey;
+
+/// Locks a mutex, going on if a holder panicked: every mutex in this project guards state
+/// that a panicking holder leaves no worse than stopping would (maps, caches, counters),
+/// and one panicked task must not take the whole process down with it.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use conn::{Connection, ProtoError};
 
 /// Version of the wire protocol, sent in the first message of every connection.
