@@ -8,8 +8,10 @@
 //!   with rayon; counts, first invalid lines and primes.
 //! - [`check`]: the one-shot `worker check FILE...` command, the single-process baseline.
 //! - [`chunk`]: one assigned chunk of a file: its line-aligned byte range, scanned.
-//! - [`run`]: the cluster worker: coordinator session, heartbeats, task execution through
-//!   the AFS client, snapshot markers.
+//! - [`tasks`]: the cluster worker's decisions without I/O: tasks held and their phases,
+//!   which executor takes which, cancellation, snapshot records, progress.
+//! - [`run`]: the cluster worker's I/O: coordinator session, heartbeats, fetching through
+//!   the AFS client, scanning, sending results, answering markers.
 
 pub mod check;
 pub mod chunk;
@@ -17,3 +19,4 @@ pub mod parse;
 pub mod prime;
 pub mod run;
 pub mod scan;
+pub mod tasks;

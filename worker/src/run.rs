@@ -8,20 +8,17 @@
 //! results and while recording a snapshot, so a marker is always after exactly the results
 //! that the recorded state says were sent.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use afs::client::{AfsClient, AfsError, ClientConfig};
 use proto::auth::client_handshake;
-use proto::msg::{
-    Assignment, CoordMsg, TaskDone, TaskProgress, WorkerMsg, WorkerState, MAX_LINE, SERVICE,
-};
+use proto::msg::{Assignment, CoordMsg, TaskDone, WorkerMsg, MAX_LINE, SERVICE};
 use proto::{ClusterKey, Connection, ProtoError};
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -29,6 +26,7 @@ use crate::chunk::{
     invalid_lines, prime_batches, read_chunk, scan_chunk_with_progress, ChunkBytes,
 };
 use crate::scan::{scan_slice, ScanConfig};
+use crate::tasks::{Phase, Taken, Tasks};
 
 /// Worker settings (validated by the binary).
 #[derive(Clone, Debug)]
@@ -58,135 +56,8 @@ pub struct WorkerConfig {
 /// Exit status of a crash injected by `--fail-prob`.
 pub const INJECTED_CRASH_EXIT: i32 = 86;
 
-/// A task an executor holds: being fetched, tested or sent.
-struct Current {
-    a: Assignment,
-    phase: &'static str,
-    /// Bytes of the chunk tested so far (updated by the scanning thread).
-    bytes: Arc<std::sync::atomic::AtomicU64>,
-    /// Set when the coordinator cancels the task (or the session ends): the scan stops at
-    /// its next check, within one number's test.
-    cancel: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Current {
-    /// (bytes tested, chunk size). A chunk reads on to the end of the line that crosses its
-    /// end, so the count is clamped.
-    fn progress(&self) -> (u64, u64) {
-        let total = self.a.end - self.a.start;
-        let done = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
-        (done.min(total), total)
-    }
-}
-
-#[derive(Default)]
-struct Local {
-    queue: VecDeque<Assignment>,
-    current: Vec<Current>,
-    /// Executors waiting for work (a busy executor claims the next queued task for
-    /// prefetching only when none is).
-    idle: usize,
-    cancelled: Vec<String>,
-    tasks_done: u64,
-    numbers_tested: u64,
-    cached_files: Vec<String>,
-}
-
-impl Local {
-    /// Takes the next queued assignment into an executor's hands (phase "fetching").
-    fn take_next(&mut self) -> Option<Assignment> {
-        let a = self.queue.pop_front()?;
-        self.current.push(Current {
-            a: a.clone(),
-            phase: "fetching",
-            bytes: Arc::default(),
-            cancel: Arc::default(),
-        });
-        Some(a)
-    }
-
-    /// The coordinator cancelled `attempt` (its file changed or vanished, or it was handed
-    /// to another worker): drop it if queued, stop its scan if running. Its results are
-    /// never sent.
-    fn cancel(&mut self, attempt: &str) {
-        self.queue.retain(|a| a.attempt != attempt);
-        for c in self.current.iter().filter(|c| c.a.attempt == attempt) {
-            c.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-            // Remembered until its executor sees it (then removed), so it stays small.
-            self.cancelled.push(attempt.to_string());
-        }
-    }
-
-    /// The session ended: every task in hand is stopped (their attempts are void now).
-    fn cancel_all(&mut self) {
-        self.queue.clear();
-        for c in &self.current {
-            c.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn set_phase(&mut self, attempt: &str, phase: &'static str) {
-        if let Some(c) = self.current.iter_mut().find(|c| c.a.attempt == attempt) {
-            c.phase = phase;
-        }
-    }
-
-    fn finish(&mut self, attempt: &str) {
-        self.current.retain(|c| c.a.attempt != attempt);
-        self.cancelled.retain(|x| x != attempt);
-    }
-
-    fn record(&self, id: &str) -> WorkerState {
-        let mut in_progress: Vec<TaskProgress> = Vec::new();
-        for c in &self.current {
-            let (bytes_done, bytes_total) = c.progress();
-            in_progress.push(TaskProgress {
-                attempt: c.a.attempt.clone(),
-                file: c.a.file.clone(),
-                chunk: c.a.chunk,
-                phase: c.phase.to_string(),
-                bytes_done,
-                bytes_total,
-            });
-        }
-        for a in &self.queue {
-            in_progress.push(TaskProgress {
-                attempt: a.attempt.clone(),
-                file: a.file.clone(),
-                chunk: a.chunk,
-                phase: "queued".into(),
-                bytes_done: 0,
-                bytes_total: a.end - a.start,
-            });
-        }
-        WorkerState {
-            worker_id: id.to_string(),
-            in_progress,
-            tasks_done: self.tasks_done,
-            numbers_tested: self.numbers_tested,
-            cached_files: self.cached_files.clone(),
-        }
-    }
-
-    /// (bytes done, bytes total) of the tasks in hand, (0, 0) when none.
-    fn progress(&self) -> (u64, u64) {
-        self.current.iter().fold((0, 0), |(d, t), c| {
-            let (done, total) = c.progress();
-            (d + done, t + total)
-        })
-    }
-
-    fn busy(&self) -> Vec<String> {
-        self.current
-            .iter()
-            .map(|c| c.a.attempt.clone())
-            .chain(self.queue.iter().map(|a| a.attempt.clone()))
-            .collect()
-    }
-}
-
-fn lock(m: &Mutex<Local>) -> std::sync::MutexGuard<'_, Local> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(m: &Mutex<Tasks>) -> std::sync::MutexGuard<'_, Tasks> {
+    proto::lock(m)
 }
 
 /// Runs the worker until `shutdown`. Only a bad configuration or an unusable cache ends it
@@ -277,8 +148,10 @@ async fn session(
     };
     let (mut reader, mut writer) = conn.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
-    let local = Arc::new(Mutex::new(Local::default()));
-    let work = Arc::new(Notify::new());
+    let local = Arc::new(Mutex::new(Tasks::default()));
+    // Bumped at every assignment: wakes idle executors and executors that may claim one
+    // for prefetching (a watch loses no wake-up and wakes them all).
+    let (work_tx, work_rx) = watch::channel(0u64);
     let end = CancellationToken::new();
 
     // Writer: one task, so the wire order is the queue order.
@@ -332,38 +205,33 @@ async fn session(
         .map(|_| {
             let out = out_tx.clone();
             let local = local.clone();
-            let work = work.clone();
+            let mut work = work_rx.clone();
             let end = end.clone();
             let cfg = cfg.clone();
             let afs = afs.clone();
             tokio::spawn(async move {
                 let mut claimed: Option<Prefetched> = None;
                 loop {
-                    let (a, pre) = match claimed.take() {
-                        Some(p) => (p.a, Some(p.fetch)),
+                    let (t, pre) = match claimed.take() {
+                        Some(p) => (p.t, Some(p.fetch)),
                         None => {
-                            let next = {
-                                let mut l = lock(&local);
-                                let next = l.take_next();
-                                if next.is_none() {
-                                    l.idle += 1;
-                                }
-                                next
-                            };
+                            // Seen before looking: an assignment after this wakes us.
+                            work.borrow_and_update();
+                            let next = lock(&local).take_or_wait();
                             match next {
-                                Some(a) => (a, None),
+                                Some(t) => (t, None),
                                 None => {
                                     tokio::select! {
                                         _ = end.cancelled() => return,
-                                        _ = work.notified() => {}
+                                        r = work.changed() => if r.is_err() { return },
                                     }
-                                    lock(&local).idle -= 1;
+                                    lock(&local).woken();
                                     continue;
                                 }
                             }
                         }
                     };
-                    claimed = execute(&cfg, &afs, &local, &out, a, pre).await;
+                    claimed = execute(&cfg, &afs, &local, &out, &mut work, t, pre).await;
                 }
             })
         })
@@ -387,8 +255,8 @@ async fn session(
                     chunk = a.chunk,
                     "assigned"
                 );
-                lock(&local).queue.push_back(a);
-                work.notify_one();
+                lock(&local).assigned(a);
+                work_tx.send_modify(|n| *n += 1);
             }
             Ok(Some(CoordMsg::Cancel { attempt })) => {
                 info!(attempt, "cancelled by the coordinator");
@@ -407,7 +275,7 @@ async fn session(
                 // Record and answer under the lock: no result can slip between the two.
                 let mut l = lock(&local);
                 if let Some(c) = cached {
-                    l.cached_files = c;
+                    l.set_cached_files(c);
                 }
                 let state = l.record(&cfg.id);
                 let _ = out_tx.send(WorkerMsg::Marker { snapshot, state });
@@ -452,20 +320,20 @@ enum Fetched {
 /// A task claimed from the queue whose input is being fetched while the executor that
 /// claimed it tests its current one.
 struct Prefetched {
-    a: Assignment,
+    t: Taken,
     fetch: tokio::task::JoinHandle<Result<Fetched, AfsError>>,
 }
 
 /// Starts fetching task `n`'s input in its own task (so that the end of the current scan is
 /// acted on at once, however long the fetch takes).
-fn prefetch(afs: &Arc<tokio::sync::Mutex<AfsClient>>, n: Assignment, max_line: u64) -> Prefetched {
+fn prefetch(afs: &Arc<tokio::sync::Mutex<AfsClient>>, t: Taken, max_line: u64) -> Prefetched {
     let afs = afs.clone();
-    let a = n.clone();
+    let n = t.a.clone();
     let fetch = tokio::spawn(async move {
         let mut client = afs.lock().await;
         fetch_task(&mut client, &n, max_line).await
     });
-    Prefetched { a, fetch }
+    Prefetched { t, fetch }
 }
 
 /// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file cache
@@ -486,18 +354,17 @@ async fn fetch_task(
     client.open_validated(&a.file).await.map(Fetched::Whole)
 }
 
-/// How often an executor in the middle of a scan looks for an assignment to claim.
-const CLAIM_POLL: Duration = Duration::from_millis(3);
-
 async fn execute(
     cfg: &WorkerConfig,
     afs: &Arc<tokio::sync::Mutex<AfsClient>>,
-    local: &Arc<Mutex<Local>>,
+    local: &Arc<Mutex<Tasks>>,
     out: &mpsc::UnboundedSender<WorkerMsg>,
-    a: Assignment,
+    work: &mut watch::Receiver<u64>,
+    t: Taken,
     pending: Option<tokio::task::JoinHandle<Result<Fetched, AfsError>>>,
 ) -> Option<Prefetched> {
-    let set_phase = |phase: &'static str| lock(local).set_phase(&a.attempt, phase);
+    let Taken { a, bytes, cancel } = t;
+    let set_phase = |phase: Phase| lock(local).set_phase(&a.attempt, phase);
     let max_line = cfg.scan.max_line_bytes;
     let opened = match pending {
         Some(fetch) => fetch.await.unwrap_or_else(|e| {
@@ -528,19 +395,15 @@ async fn execute(
             return None;
         }
     };
-    set_phase("testing");
+    set_phase(Phase::Testing);
     if cfg.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
     }
     let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
     let mut scan_cfg = cfg.scan.clone();
+    scan_cfg.cancel = Some(cancel);
     let (start, end) = (a.start, a.end);
-    let progress = {
-        let l = lock(local);
-        let found = l.current.iter().find(|c| c.a.attempt == a.attempt);
-        scan_cfg.cancel = found.map(|c| c.cancel.clone());
-        found.map(|c| c.bytes.clone()).unwrap_or_default()
-    };
+    let progress = bytes;
     let (version, size) = match &fetched {
         Fetched::Whole(f) => (f.version.clone(), f.size),
         // A chunk read before the server finished hashing a large file has no version;
@@ -557,17 +420,12 @@ async fn execute(
     // While the CPU scans this chunk, claim the next assignment and fetch its input, so
     // fetching and testing overlap — unless another executor is idle and will take it. The
     // next assignment usually arrives during the scan (the coordinator sends it when an
-    // earlier completion reaches it): look again every few milliseconds.
+    // earlier completion reaches it): look again each time one arrives.
     let mut scanned = None;
+    let mut assignments_open = true;
     let prefetched = loop {
-        let claimed = {
-            let mut l = lock(local);
-            if l.idle == 0 {
-                l.take_next()
-            } else {
-                None
-            }
-        };
+        work.borrow_and_update();
+        let claimed = lock(local).claim_for_prefetch();
         if let Some(n) = claimed {
             break Some(prefetch(afs, n, max_line));
         }
@@ -576,7 +434,7 @@ async fn execute(
                 scanned = Some(r);
                 break None;
             }
-            _ = tokio::time::sleep(CLAIM_POLL) => {}
+            r = work.changed(), if assignments_open => assignments_open = r.is_ok(),
         }
     };
     let scanned = match scanned {
@@ -594,10 +452,10 @@ async fn execute(
             return prefetched;
         }
     };
-    set_phase("sending");
+    set_phase(Phase::Sending);
     let batches = prime_batches(&r);
     let mut l = lock(local);
-    if l.cancelled.contains(&a.attempt) {
+    if l.is_cancelled(&a.attempt) {
         info!(
             attempt = a.attempt,
             "cancelled task stopped; its results dropped"
@@ -636,9 +494,7 @@ async fn execute(
         first_invalid: invalid_lines(&r),
         primes: (r.primes.len() + r.big_primes.len()) as u64,
     }));
-    l.finish(&a.attempt);
-    l.tasks_done += 1;
-    l.numbers_tested += r.numbers;
+    l.completed(&a.attempt, r.numbers);
     info!(
         attempt = a.attempt,
         file = a.file,
