@@ -72,7 +72,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     afs_cfg.cache_limit_bytes = cfg.cache_limit_bytes;
     afs_cfg.request_timeout = cfg.afs_timeout;
     afs_cfg.connect_timeout = cfg.afs_timeout.min(Duration::from_secs(2));
-    let afs = Arc::new(tokio::sync::Mutex::new(AfsClient::new(afs_cfg)?));
+    let afs = Afs::new(afs_cfg, cfg.threads.max(1) as usize)?;
     let mut backoff = Duration::from_millis(100);
     // Names this process to the coordinator: its reconnections replace its old connection,
     // while another process using the same id is refused.
@@ -83,6 +83,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         }
         match session(&cfg, instance, afs.clone(), &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::InjectedCrash) => return Err(InjectedCrash.into()),
             Ok(SessionEnd::Refused(reason)) => {
                 error!(reason, "the coordinator refused this worker");
                 return Err(Refused(reason).into());
@@ -109,7 +110,14 @@ enum SessionEnd {
     Lost(String),
     /// The coordinator refused this worker for good (its id is in use).
     Refused(String),
+    /// `--fail-prob` fired: the process must end as if it crashed.
+    InjectedCrash,
 }
+
+/// `--fail-prob` fired: the binary exits with [`INJECTED_CRASH_EXIT`] at once.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injection (--fail-prob): crashed mid-task")]
+pub struct InjectedCrash;
 
 /// The coordinator refused this worker for good; retrying would not help.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +127,7 @@ pub struct Refused(pub String);
 async fn session(
     cfg: &WorkerConfig,
     instance: u64,
-    afs: Arc<tokio::sync::Mutex<AfsClient>>,
+    afs: Afs,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, ProtoError> {
     let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&cfg.coordinator))
@@ -153,6 +161,8 @@ async fn session(
     // for prefetching (a watch loses no wake-up and wakes them all).
     let (work_tx, work_rx) = watch::channel(0u64);
     let end = CancellationToken::new();
+    // Set by an injected crash (--fail-prob).
+    let crashed = CancellationToken::new();
 
     // Writer: one task, so the wire order is the queue order.
     let writer_end = end.clone();
@@ -201,14 +211,17 @@ async fn session(
     // the next one to fetch its input while it tests (when no executor is idle). Several
     // chunks in hand keep the threads busy across the ends of chunks, as separate
     // single-threaded workers would.
-    let executors: Vec<_> = (0..cfg.threads.max(1))
-        .map(|_| {
-            let out = out_tx.clone();
-            let local = local.clone();
-            let mut work = work_rx.clone();
+    let executors: Vec<_> = (0..cfg.threads.max(1) as usize)
+        .map(|n| {
+            let mut ex = Executor {
+                cfg: cfg.clone(),
+                afs: afs.for_executor(n),
+                local: local.clone(),
+                out: out_tx.clone(),
+                work: work_rx.clone(),
+                crashed: crashed.clone(),
+            };
             let end = end.clone();
-            let cfg = cfg.clone();
-            let afs = afs.clone();
             tokio::spawn(async move {
                 let mut claimed: Option<Prefetched> = None;
                 loop {
@@ -216,22 +229,22 @@ async fn session(
                         Some(p) => (p.t, Some(p.fetch)),
                         None => {
                             // Seen before looking: an assignment after this wakes us.
-                            work.borrow_and_update();
-                            let next = lock(&local).take_or_wait();
+                            ex.work.borrow_and_update();
+                            let next = lock(&ex.local).take_or_wait();
                             match next {
                                 Some(t) => (t, None),
                                 None => {
                                     tokio::select! {
                                         _ = end.cancelled() => return,
-                                        r = work.changed() => if r.is_err() { return },
+                                        r = ex.work.changed() => if r.is_err() { return },
                                     }
-                                    lock(&local).woken();
+                                    lock(&ex.local).woken();
                                     continue;
                                 }
                             }
                         }
                     };
-                    claimed = execute(&cfg, &afs, &local, &out, &mut work, t, pre).await;
+                    claimed = execute(&mut ex, t, pre).await;
                 }
             })
         })
@@ -245,6 +258,7 @@ async fn session(
                 break SessionEnd::Shutdown;
             }
             _ = end.cancelled() => break SessionEnd::Lost("connection closed while writing".into()),
+            _ = crashed.cancelled() => break SessionEnd::InjectedCrash,
             m = reader.read_msg::<CoordMsg>() => m,
         };
         match msg {
@@ -269,6 +283,7 @@ async fn session(
                 // The cache's content: listing it after every fetch cost time quadratic in
                 // the number of files; read it here (as before the fetch under way, if any).
                 let cached = afs
+                    .whole
                     .try_lock()
                     .ok()
                     .map(|c| c.cached().into_iter().map(|(p, _)| p).collect());
@@ -310,6 +325,59 @@ async fn session(
     Ok(result)
 }
 
+/// The AFS clients of a worker: the one that owns the whole-file cache (files of one
+/// chunk), shared, and one per executor for reading chunks of large files by range, so
+/// that executors' range reads (where the bytes are) never wait for one another.
+#[derive(Clone)]
+struct Afs {
+    whole: Arc<tokio::sync::Mutex<AfsClient>>,
+    ranges: Vec<Arc<tokio::sync::Mutex<AfsClient>>>,
+    /// The range client of the executor holding this handle.
+    mine: usize,
+}
+
+impl Afs {
+    fn new(cfg: ClientConfig, executors: usize) -> Result<Self, AfsError> {
+        let ranges = (0..executors)
+            .map(|n| {
+                let mut c = cfg.clone();
+                c.client_id = format!("{}-r{n}", cfg.client_id);
+                Arc::new(tokio::sync::Mutex::new(AfsClient::for_ranges(c)))
+            })
+            .collect();
+        Ok(Afs {
+            whole: Arc::new(tokio::sync::Mutex::new(AfsClient::new(cfg)?)),
+            ranges,
+            mine: 0,
+        })
+    }
+
+    fn for_executor(&self, n: usize) -> Self {
+        Afs {
+            mine: n % self.ranges.len().max(1),
+            ..self.clone()
+        }
+    }
+
+    /// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file
+    /// cache (validated with the server: the coordinator may have queued a change the
+    /// server's scan has not announced yet). A chunk of a larger file is read by range
+    /// ([`read_chunk`]) on this executor's own connection: each worker then moves only the
+    /// bytes it tests, once, instead of every worker copying the whole file into its cache.
+    async fn fetch(&self, a: &Assignment, max_line: u64) -> Result<Fetched, AfsError> {
+        if a.chunks > 1 {
+            if let Some(range) = self.ranges.get(self.mine) {
+                let mut client = range.lock().await;
+                if let Some(c) = read_chunk(&mut client, &a.file, a.start, a.end, max_line).await? {
+                    return Ok(Fetched::Range(c));
+                }
+            }
+        }
+        let mut client = self.whole.lock().await;
+        client.open_validated(&a.file).await.map(Fetched::Whole)
+    }
+}
+
 /// A task's input, fetched: a whole file in the AFS cache (files of one chunk), or the
 /// bytes of one chunk of a larger file read by range into memory.
 enum Fetched {
@@ -326,43 +394,34 @@ struct Prefetched {
 
 /// Starts fetching task `n`'s input in its own task (so that the end of the current scan is
 /// acted on at once, however long the fetch takes).
-fn prefetch(afs: &Arc<tokio::sync::Mutex<AfsClient>>, t: Taken, max_line: u64) -> Prefetched {
+fn prefetch(afs: &Afs, t: Taken, max_line: u64) -> Prefetched {
     let afs = afs.clone();
     let n = t.a.clone();
-    let fetch = tokio::spawn(async move {
-        let mut client = afs.lock().await;
-        fetch_task(&mut client, &n, max_line).await
-    });
+    let fetch = tokio::spawn(async move { afs.fetch(&n, max_line).await });
     Prefetched { t, fetch }
 }
 
-/// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file cache
-/// (validated with the server: the coordinator may have queued a change the server's scan
-/// has not announced yet). A chunk of a larger file is read by range ([`read_chunk`]): each
-/// worker then moves only the bytes it tests, once, instead of every worker copying the
-/// whole file into its cache.
-async fn fetch_task(
-    client: &mut AfsClient,
-    a: &Assignment,
-    max_line: u64,
-) -> Result<Fetched, AfsError> {
-    if a.chunks > 1 {
-        if let Some(c) = read_chunk(client, &a.file, a.start, a.end, max_line).await? {
-            return Ok(Fetched::Range(c));
-        }
-    }
-    client.open_validated(&a.file).await.map(Fetched::Whole)
+/// What an executor works with.
+struct Executor {
+    cfg: WorkerConfig,
+    afs: Afs,
+    local: Arc<Mutex<Tasks>>,
+    out: mpsc::UnboundedSender<WorkerMsg>,
+    /// Changes at every assignment.
+    work: watch::Receiver<u64>,
+    /// Set by an injected crash (--fail-prob).
+    crashed: CancellationToken,
 }
 
+/// Fetches (or takes the prefetched input of), tests and reports task `t`; returns the
+/// next task if one was claimed to prefetch meanwhile.
 async fn execute(
-    cfg: &WorkerConfig,
-    afs: &Arc<tokio::sync::Mutex<AfsClient>>,
-    local: &Arc<Mutex<Tasks>>,
-    out: &mpsc::UnboundedSender<WorkerMsg>,
-    work: &mut watch::Receiver<u64>,
+    ex: &mut Executor,
     t: Taken,
     pending: Option<tokio::task::JoinHandle<Result<Fetched, AfsError>>>,
 ) -> Option<Prefetched> {
+    let (cfg, afs, local, out, crashed) = (&ex.cfg, &ex.afs, &ex.local, &ex.out, &ex.crashed);
+    let work = &mut ex.work;
     let Taken { a, bytes, cancel } = t;
     let set_phase = |phase: Phase| lock(local).set_phase(&a.attempt, phase);
     let max_line = cfg.scan.max_line_bytes;
@@ -372,10 +431,7 @@ async fn execute(
                 message: format!("prefetch task failed: {e}"),
             })
         }),
-        None => {
-            let mut client = afs.lock().await;
-            fetch_task(&mut client, &a, max_line).await
-        }
+        None => afs.fetch(&a, max_line).await,
     };
     let finish_failed = |reason: String, retryable: bool| {
         let mut l = lock(local);
@@ -479,9 +535,10 @@ async fn execute(
             attempt = a.attempt,
             "fault injection (--fail-prob): crashing mid-task"
         );
-        // Give the writer a moment so a partial result really is on the wire.
-        std::thread::sleep(Duration::from_millis(50));
-        std::process::exit(INJECTED_CRASH_EXIT);
+        // The session ends at once with the partial result on the wire and no goodbye;
+        // the binary then exits as a crash would (the library never exits the process).
+        crashed.cancel();
+        return None;
     }
     let _ = out.send(WorkerMsg::TaskDone(TaskDone {
         attempt: a.attempt.clone(),

@@ -139,6 +139,11 @@ fn main() -> ExitCode {
             proto::process::init_logging();
             match cluster(cli.run) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<worker::run::InjectedCrash>().is_some() => {
+                    // As abrupt as a crash: no destructors, no runtime shutdown.
+                    eprintln!("worker: {e}");
+                    std::process::exit(worker::run::INJECTED_CRASH_EXIT)
+                }
                 Err(e) => {
                     eprintln!("worker: error: {e:#}");
                     if e.downcast_ref::<worker::run::Refused>().is_some() {
