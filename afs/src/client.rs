@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::msg::{ErrorCode, Reply, Request, MAX_LINE};
-use crate::store::{check_rel, Hasher};
+use crate::names::{check_rel, Hasher};
 use crate::SERVICE;
 
 /// Longest line a client accepts for listings (many files).
@@ -421,7 +421,7 @@ impl AfsClient {
     ) -> Result<OpenedFile, AfsError> {
         let rel = check_rel(path).map_err(|e| AfsError::Refused {
             path: path.to_string(),
-            message: e.message,
+            message: e,
         })?;
         self.drain_breaks();
         self.clock += 1;
@@ -502,7 +502,7 @@ impl AfsClient {
     ) -> Result<RangeData, AfsError> {
         let rel = check_rel(path).map_err(|e| AfsError::Refused {
             path: path.to_string(),
-            message: e.message,
+            message: e,
         })?;
         if len > MAX_RANGE {
             return Err(AfsError::Refused {
@@ -892,7 +892,7 @@ impl AfsClient {
     pub async fn store(&mut self, path: &str, local: &Path) -> Result<String, AfsError> {
         let rel = check_rel(path).map_err(|e| AfsError::Refused {
             path: path.to_string(),
-            message: e.message,
+            message: e,
         })?;
         let proto_err = |e: ProtoError| AfsError::Unavailable {
             message: e.to_string(),

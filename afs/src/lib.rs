@@ -2,6 +2,7 @@
 //!
 //! - [`msg`]: the request and reply messages (one JSON object per line; file bodies travel
 //!   as raw bytes after their header line, never inside JSON).
+//! - [`names`]: what client and server share: acceptable paths, content versions.
 //! - [`store`]: a server's storage root: safe path resolution (nothing outside the root),
 //!   content versions cached by size and mtime, atomic writes.
 //! - [`server`]: the accept loop, one task per connection, callback promises and their
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod msg;
+pub mod names;
 pub mod probe;
 pub mod server;
 pub mod store;
