@@ -288,30 +288,51 @@ pub(crate) struct Sample {
     pub files_done: u64,
 }
 
-/// The status as JSON: the same for `run/status.json` and the dashboard.
-pub(crate) fn status_value(shared: &Shared, running: bool) -> (serde_json::Value, Sample) {
+/// Everything status shows, typed (the dashboard's metrics read it directly).
+pub(crate) struct Status {
+    pub now: Now,
+    pub view: StatusView,
+    pub primes: u64,
+    pub last_snapshot: Option<SnapshotInfo>,
+    pub servers: Vec<afs::probe::ServerProbe>,
+}
+
+/// The status now.
+pub(crate) fn status(shared: &Shared) -> Status {
     let now = shared.now();
     let (view, last_snapshot) = shared.read(|m| (m.core().status(now), m.last_snapshot()));
-    let primes = shared.primes_count.load(Ordering::Relaxed);
+    Status {
+        now,
+        view,
+        primes: shared.primes_count.load(Ordering::Relaxed),
+        last_snapshot,
+        servers: lock(&shared.servers).clone(),
+    }
+}
+
+/// The status as JSON: the same for `run/status.json` and the dashboard; and the history
+/// sample it makes.
+pub(crate) fn status_value(shared: &Shared, running: bool) -> (serde_json::Value, Sample) {
+    let st = status(shared);
     let sample = Sample {
-        uptime_ms: now.ms,
-        primes,
-        numbers: view.totals.numbers_tested,
-        files_done: view.files_done,
+        uptime_ms: st.now.ms,
+        primes: st.primes,
+        numbers: st.view.totals.numbers_tested,
+        files_done: st.view.files_done,
     };
-    let status = StatusFile {
-        updated_at: now.wall.to_rfc3339(),
+    let file = StatusFile {
+        updated_at: st.now.wall.to_rfc3339(),
         running,
         pid: std::process::id(),
-        primes_in_file: primes,
-        uptime_ms: now.ms,
-        last_snapshot,
-        file_servers: lock(&shared.servers).clone(),
+        primes_in_file: st.primes,
+        uptime_ms: st.now.ms,
+        last_snapshot: st.last_snapshot,
+        file_servers: st.servers,
         history: lock(&shared.history).iter().copied().collect(),
-        view: &view,
+        view: &st.view,
     };
     (
-        serde_json::to_value(&status).unwrap_or(serde_json::Value::Null),
+        serde_json::to_value(&file).unwrap_or(serde_json::Value::Null),
         sample,
     )
 }

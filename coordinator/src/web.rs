@@ -163,9 +163,8 @@ async fn events(
 
 /// The status in Prometheus text format.
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let v = status_value(&shared, true).0;
-    let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let t = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+    let st = crate::state::status(&shared);
+    let (v, t) = (&st.view, &st.view.totals);
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -177,58 +176,61 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "primes_files",
         "Input files by state.",
         "gauge",
-        ["done", "in_progress", "queued", "failed"]
-            .iter()
-            .map(|s| (format!("{{state=\"{s}\"}}"), n(&format!("files_{s}"))))
-            .collect(),
+        [
+            ("done", v.files_done),
+            ("in_progress", v.files_in_progress),
+            ("queued", v.files_queued),
+            ("failed", v.files_failed),
+        ]
+        .iter()
+        .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
+        .collect(),
     );
     metric(
         "primes_chunks_total",
         "Chunks known.",
         "gauge",
-        vec![(String::new(), n("chunks_total"))],
+        vec![(String::new(), v.chunks_total)],
     );
     metric(
         "primes_chunks_done",
         "Chunks done.",
         "gauge",
-        vec![(String::new(), n("chunks_done"))],
+        vec![(String::new(), v.chunks_done)],
     );
     metric(
         "primes_in_file",
         "Distinct primes in primes.txt.",
         "gauge",
-        vec![(String::new(), n("primes_in_file"))],
+        vec![(String::new(), st.primes)],
     );
     metric(
         "primes_numbers_tested_total",
         "Numbers tested in this coordinator session.",
         "counter",
-        vec![(String::new(), t("numbers_tested"))],
+        vec![(String::new(), t.numbers_tested)],
     );
     metric(
         "primes_tasks_done_total",
         "Chunks finished in this session.",
         "counter",
-        vec![(String::new(), t("tasks_done"))],
+        vec![(String::new(), t.tasks_done)],
     );
     metric(
         "primes_tasks_failed_total",
         "Chunk attempts reported failed in this session.",
         "counter",
-        vec![(String::new(), t("tasks_failed"))],
+        vec![(String::new(), t.tasks_failed)],
     );
     metric(
         "primes_workers_lost_total",
         "Workers lost (disconnect or missed heartbeats) in this session.",
         "counter",
-        vec![(String::new(), t("workers_lost"))],
+        vec![(String::new(), t.workers_lost)],
     );
     let mut by_state = std::collections::BTreeMap::new();
-    for w in v["workers"].as_array().into_iter().flatten() {
-        *by_state
-            .entry(w["state"].as_str().unwrap_or("unknown").to_string())
-            .or_insert(0u64) += 1;
+    for w in &v.workers {
+        *by_state.entry(w.state.clone()).or_insert(0u64) += 1;
     }
     metric(
         "primes_workers",
@@ -239,12 +241,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             .map(|(s, c)| (format!("{{state=\"{s}\"}}"), c))
             .collect(),
     );
-    let up = v["file_servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["up"] == true)
-        .count() as u64;
+    let up = st.servers.iter().filter(|s| s.up).count() as u64;
     metric(
         "primes_file_servers_up",
         "File servers answering the probe.",
@@ -257,7 +254,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "gauge",
         vec![(
             String::new(),
-            v["last_snapshot"]["seq"].as_u64().unwrap_or(0),
+            st.last_snapshot.as_ref().map_or(0, |s| s.seq),
         )],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
