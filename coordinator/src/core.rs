@@ -529,7 +529,7 @@ mod status;
 pub use assign::{bad_batch, chunk_count, chunk_range, SMALL_INFLIGHT_FACTOR};
 pub use record::{CoordState, FileState};
 pub use report::{InvalidSummary, Report, ReportStatus};
-pub use status::{FileStatus, StatusView, WorkerStatus};
+pub use status::{FileProgress, FileStatus, StatusView, WorkerLink, WorkerStatus};
 
 #[cfg(test)]
 mod tests;

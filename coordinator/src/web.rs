@@ -230,7 +230,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     );
     let mut by_state = std::collections::BTreeMap::new();
     for w in &v.workers {
-        *by_state.entry(w.state.clone()).or_insert(0u64) += 1;
+        *by_state.entry(w.state.as_str()).or_insert(0u64) += 1;
     }
     metric(
         "primes_workers",

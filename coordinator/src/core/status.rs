@@ -26,10 +26,10 @@ impl Core {
                         .any(|c| matches!(c, ChunkState::Failed { .. }))
                 {
                     v.files_failed += 1;
-                    "failed"
+                    FileProgress::Failed
                 } else {
                     v.files_done += 1;
-                    "done"
+                    FileProgress::Done
                 }
             } else if job
                 .chunks
@@ -37,10 +37,10 @@ impl Core {
                 .all(|c| matches!(c, ChunkState::Queued { .. }))
             {
                 v.files_queued += 1;
-                "queued"
+                FileProgress::Queued
             } else {
                 v.files_in_progress += 1;
-                "in_progress"
+                FileProgress::InProgress
             };
             v.chunks_total += job.chunks.len() as u64;
             v.chunks_done += job
@@ -48,10 +48,10 @@ impl Core {
                 .iter()
                 .filter(|c| matches!(c, ChunkState::Done { .. } | ChunkState::Failed { .. }))
                 .count() as u64;
-            if v.files.len() < 500 && state != "done" {
+            if v.files.len() < 500 && state != FileProgress::Done {
                 v.files.push(FileStatus {
                     file: name.clone(),
-                    state: state.into(),
+                    state,
                     chunks: job.chunks.len(),
                     chunks_done: job
                         .chunks
@@ -78,11 +78,11 @@ impl Core {
             v.workers.push(WorkerStatus {
                 id: id.clone(),
                 state: if w.conn.is_none() {
-                    "disconnected".into()
+                    WorkerLink::Disconnected
                 } else if tasks.is_empty() {
-                    "idle".into()
+                    WorkerLink::Idle
                 } else {
-                    "busy".into()
+                    WorkerLink::Busy
                 },
                 tasks,
                 last_seen_ms_ago: now.ms.saturating_sub(w.last_seen_ms),
@@ -118,10 +118,42 @@ pub struct StatusView {
     pub totals: Totals,
 }
 
+/// Where a file stands, as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileProgress {
+    Queued,
+    InProgress,
+    Done,
+    Failed,
+}
+
+/// A worker as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLink {
+    /// Connected, holding no task.
+    Idle,
+    /// Connected, holding tasks.
+    Busy,
+    /// Its connection is gone (it may come back).
+    Disconnected,
+}
+
+impl WorkerLink {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerLink::Idle => "idle",
+            WorkerLink::Busy => "busy",
+            WorkerLink::Disconnected => "disconnected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileStatus {
     pub file: String,
-    pub state: String,
+    pub state: FileProgress,
     pub chunks: usize,
     pub chunks_done: usize,
     /// Why a failed file failed (a chunk's reason, or why its report could not be written).
@@ -132,7 +164,7 @@ pub struct FileStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub id: String,
-    pub state: String,
+    pub state: WorkerLink,
     pub tasks: Vec<String>,
     pub last_seen_ms_ago: u64,
     pub joined_at: String,
