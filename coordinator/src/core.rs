@@ -99,6 +99,9 @@ struct Job {
     /// Why the report could not be written (e.g. its name is taken by a folder): the file
     /// counts as failed, never done, and the write is tried again with the failed files.
     report_error: Option<String>,
+    /// The report is on disk (status calls a file done only then: a crash before the
+    /// write means the file is processed again).
+    report_written: bool,
 }
 
 impl Job {
@@ -241,6 +244,7 @@ impl Core {
                 reported_chunks: chunks,
                 reported_numbers: numbers,
                 report_error: None,
+                report_written: true,
             },
         );
     }
@@ -268,6 +272,7 @@ impl Core {
                 reported_chunks: 0,
                 reported_numbers: 0,
                 report_error: None,
+                report_written: false,
             },
         );
         for c in 0..chunks as u32 {

@@ -39,6 +39,8 @@ pub enum Event {
     Flushed(Vec<ChunkKey>),
     /// The flusher could not append; the primes and completions go back to the buffer.
     FlushFailed(Pending),
+    /// A report was written.
+    ReportWritten { file: String, source: Fingerprint },
     /// A report could not be written.
     ReportFailed {
         file: String,
@@ -60,7 +62,7 @@ pub enum Action {
     Send(u64, CoordMsg),
     /// Send an error and close a worker connection.
     Close(u64, String),
-    /// Write a file's report; a failure comes back as [`Event::ReportFailed`].
+    /// Write a file's report; answer [`Event::ReportWritten`] or [`Event::ReportFailed`].
     WriteReport(Report),
     /// Append these primes durably, then answer [`Event::Flushed`] with `done` (or
     /// [`Event::FlushFailed`] with everything).
@@ -191,6 +193,10 @@ impl Coordinator {
                 r.small.extend(p.small);
                 r.big.extend(p.big);
                 r.done.extend(p.done);
+                Vec::new()
+            }
+            Event::ReportWritten { file, source } => {
+                self.core.report_written(&file, source);
                 Vec::new()
             }
             Event::ReportFailed {

@@ -168,20 +168,27 @@ impl Shared {
         }
     }
 
-    /// Writes reports on a blocking thread (a flush can finish thousands of them); a report
-    /// that cannot be written goes back to the machine, which counts its file failed.
+    /// Writes reports on a blocking thread (a flush can finish thousands of them) and tells
+    /// the machine how each went: a file is done in status only once its report is on disk,
+    /// and failed when it cannot be written.
     async fn write_reports(&self, reports: Vec<Report>) {
         let output = self.cfg.output.clone();
-        let failed = tokio::task::spawn_blocking(move || {
-            let mut failed = Vec::new();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let mut outcomes = Vec::new();
             for r in reports {
                 match write_report(&output, &r) {
-                    Ok(()) => info!(
-                        file = r.file,
-                        status = r.status.as_str(),
-                        primes = r.primes_found,
-                        "report written"
-                    ),
+                    Ok(()) => {
+                        info!(
+                            file = r.file,
+                            status = r.status.as_str(),
+                            primes = r.primes_found,
+                            "report written"
+                        );
+                        outcomes.push(Event::ReportWritten {
+                            file: r.file,
+                            source: r.source,
+                        });
+                    }
                     // Its primes are durable already; the file counts as failed (never
                     // done), the write is tried again later, the file redone at a restart.
                     Err(e) => {
@@ -190,7 +197,7 @@ impl Shared {
                             error = format!("{e:#}"),
                             "cannot write report"
                         );
-                        failed.push(Event::ReportFailed {
+                        outcomes.push(Event::ReportFailed {
                             file: r.file,
                             source: r.source,
                             reason: format!("{e:#}"),
@@ -198,16 +205,14 @@ impl Shared {
                     }
                 }
             }
-            failed
+            outcomes
         })
         .await
         .unwrap_or_default();
-        if !failed.is_empty() {
-            let now = self.now();
-            let mut inner = lock(&self.inner);
-            for e in failed {
-                inner.machine.handle(e, now);
-            }
+        let now = self.now();
+        let mut inner = lock(&self.inner);
+        for e in outcomes {
+            inner.machine.handle(e, now);
         }
     }
 

@@ -137,6 +137,27 @@ pub fn render(v: &Value) -> String {
     s
 }
 
+/// Ok if the coordinator writing `path` runs and wrote it within the last 5 s (it rewrites
+/// it every 0.5 s); else why not.
+pub fn healthy(path: &Path) -> Result<(), String> {
+    let v = read(path).map_err(|e| format!("{e:#}"))?;
+    if !v["running"].as_bool().unwrap_or(false) {
+        return Err("the coordinator is not running".into());
+    }
+    let updated = v["updated_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .ok_or("the status file has no update time")?;
+    let age = chrono::Utc::now().signed_duration_since(updated);
+    if age > chrono::Duration::seconds(5) {
+        return Err(format!(
+            "the status was last written {}s ago",
+            age.num_seconds()
+        ));
+    }
+    Ok(())
+}
+
 /// True if the coordinator is running and has `worker` connected.
 pub fn registered(path: &Path, worker: &str) -> bool {
     let Ok(v) = read(path) else { return false };

@@ -129,6 +129,10 @@ enum Command {
         /// Print nothing; exit 0 if worker ID is connected to a running coordinator, else 1.
         #[arg(long, value_name = "ID")]
         registered: Option<String>,
+        /// Health check (containers): exit 0 if the coordinator writing the status file is
+        /// running and wrote it within the last 5 s, else print why and exit 1.
+        #[arg(long, conflicts_with_all = ["registered", "watch"])]
+        healthy: bool,
     },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
@@ -145,6 +149,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Status {
+            healthy: true,
+            status_file,
+            ..
+        }) => {
+            return match coordinator::status::healthy(&status_file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("coordinator: unhealthy: {why}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Status {
             registered: Some(id),
             status_file,
             ..
@@ -160,6 +177,7 @@ fn main() -> ExitCode {
             watch,
             status_file,
             registered: None,
+            ..
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
         None => {

@@ -101,6 +101,7 @@ impl Core {
                 reported_chunks: 0,
                 reported_numbers: 0,
                 report_error: None,
+                report_written: false,
             },
         );
         done

@@ -59,6 +59,7 @@ impl Core {
             return None;
         }
         job.reported = true;
+        job.report_written = false;
         let mut r = Report {
             file: file.to_string(),
             status: ReportStatus::Done,
@@ -126,5 +127,12 @@ impl Core {
             job.retry_at_ms = Some(now.ms + pause);
         }
         Some(Action::WriteReport(r))
+    }
+
+    /// The report of `file` (this version) is on disk.
+    pub fn report_written(&mut self, file: &str, fp: Fingerprint) {
+        if let Some(job) = self.jobs.get_mut(file).filter(|j| j.fp == fp) {
+            job.report_written = true;
+        }
     }
 }

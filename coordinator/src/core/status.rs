@@ -27,6 +27,10 @@ impl Core {
                 {
                     v.files_failed += 1;
                     FileProgress::Failed
+                } else if !job.report_written {
+                    // Finished, but its report is not on disk yet: not done until it is.
+                    v.files_in_progress += 1;
+                    FileProgress::InProgress
                 } else {
                     v.files_done += 1;
                     FileProgress::Done

@@ -270,7 +270,21 @@ fn flush_hand_off() {
         matches!(&r[..], [Action::WriteReport(r)] if r.status == ReportStatus::Done && r.primes_found == 2),
         "{r:?}"
     );
-    assert_eq!(m.core().status(at(7)).files_done, 1);
+    assert_eq!(
+        m.core().status(at(7)).files_done,
+        0,
+        "not done before its report is on disk"
+    );
+    assert!(m
+        .handle(
+            Event::ReportWritten {
+                file: "a.txt".into(),
+                source: fp(10)
+            },
+            at(8)
+        )
+        .is_empty());
+    assert_eq!(m.core().status(at(9)).files_done, 1);
 }
 
 #[test]
