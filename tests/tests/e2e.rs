@@ -2,6 +2,7 @@
 
 mod afs_tests;
 mod chaos_tests;
+mod container_tests;
 mod dashboard_tests;
 mod hostile_tests;
 mod netns_tests;

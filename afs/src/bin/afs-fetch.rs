@@ -32,8 +32,12 @@ struct Args {
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
     #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
     key_file: PathBuf,
+    /// Health check (containers): connect to the first --server, authenticate, say hello;
+    /// print its id and role and exit 0 if it answers within 3 s, else print why and exit 1.
+    #[arg(long)]
+    probe: bool,
     /// Paths relative to the server root.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "probe")]
     paths: Vec<String>,
 }
 
@@ -43,6 +47,25 @@ fn main() -> ExitCode {
         let key = ClusterKey::resolve(&args.key_file).context("loading the cluster key")?;
         let cfg = ClientConfig::new(&args.id, args.servers.clone(), &args.cache_root, key);
         let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        if args.probe {
+            let addr = &args.servers[0];
+            let key = ClusterKey::resolve(&args.key_file).context("loading the cluster key")?;
+            let p = rt.block_on(afs::probe::probe(
+                addr,
+                &key,
+                &args.id,
+                std::time::Duration::from_secs(3),
+            ));
+            if !p.up {
+                anyhow::bail!("{addr}: {}", p.error.unwrap_or_default());
+            }
+            println!(
+                "{addr}: up, {} ({})",
+                p.id.unwrap_or_default(),
+                p.role.unwrap_or_default()
+            );
+            return Ok(());
+        }
         rt.block_on(async {
             let mut client = AfsClient::new(cfg)?;
             for p in &args.paths {

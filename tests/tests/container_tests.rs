@@ -1,0 +1,290 @@
+//! The compose cluster (deploy/compose.yaml) with real container faults: the image is built,
+//! the cluster brought up, input dropped through the primary's mounted folder, then a worker,
+//! the primary file server and the coordinator are `docker kill`ed, a worker paused, a
+//! worker cut off the network and reconnected, a worker's process crashed (restarted by the
+//! `restart: unless-stopped` policy); the results must equal the single-process check.
+//! Containers, networks and volumes are removed at the end. Without a working docker the
+//! test fails and says why (`.ci/run` installs docker.io and docker-compose and starts
+//! dockerd).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use e2e::{bin, bin_dir, wait_for};
+use serde_json::Value;
+
+use crate::pipeline_tests::write_inputs_pub;
+
+const T: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command; panics with its output if it fails.
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A compose project in a temp dir, taken down (containers, networks, volumes) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    project: String,
+    image: String,
+}
+
+impl Cluster {
+    fn compose(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(repo().join("deploy/compose.yaml"))
+            .env("PRIMES_INPUT", self.path("input"))
+            .env("PRIMES_RESULTS", self.path("results"))
+            .env("PRIMES_KEY_FILE", self.path("cluster.key"))
+            .env("PRIMES_IMAGE", &self.image)
+            .env("PRIMES_HTTP_PUBLISH", "127.0.0.1:")
+            .env("PRIMES_HEARTBEAT_MS", "500")
+            .env("PRIMES_SNAPSHOT_MS", "2000")
+            .env("PRIMES_FLUSH_MS", "100")
+            .env("WORKER_DELAY_MS", "400");
+        c
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The container id of a service.
+    fn container(&self, service: &str) -> String {
+        stdout(&run(self.compose().args(["ps", "-q", service])))
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        run(Command::new("docker").args(args))
+    }
+
+    fn status(&self) -> Value {
+        std::fs::read(self.path("results/run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn connected_workers(&self) -> usize {
+        self.status()["workers"].as_array().map_or(0, |ws| {
+            ws.iter().filter(|w| w["state"] != "disconnected").count()
+        })
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path("input"))
+            .expect("input dir")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn files_on(&self, service: &str) -> usize {
+        let id = self.container(service);
+        let out = Command::new("docker")
+            .args(["exec", &id, "ls", "/srv/primes/replica"])
+            .output();
+        out.map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "2"])
+            .output();
+        let _ = Command::new("docker").args(["rmi", &self.image]).output();
+    }
+}
+
+/// Says why docker cannot be used here, if it cannot.
+fn docker_missing() -> Option<String> {
+    for (tool, args) in [("docker", ["info"]), ("docker-compose", ["version"])] {
+        match Command::new(tool).args(args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Some(format!(
+                    "`{tool} {}` failed: {}",
+                    args[0],
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+            Err(e) => return Some(format!("`{tool}` cannot run: {e}")),
+        }
+    }
+    None
+}
+
+#[test]
+/// The compose cluster under container kills, a pause, a network cut and a crash gives
+/// exactly the primes of the single-process check.
+fn compose_cluster_survives_container_faults() {
+    if let Some(why) = docker_missing() {
+        panic!("the container test needs docker and docker-compose: {why} (bash .ci/run installs docker.io and docker-compose and starts dockerd)");
+    }
+    // The image, from the binaries this test runs against.
+    run(Command::new("bash").arg(repo().join("deploy/base-image.sh")));
+    let stamp = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 1_000_000)
+    );
+    let image = format!("primes-e2e:{stamp}");
+    assert_eq!(
+        bin_dir().canonicalize().ok(),
+        repo().join("target/release").canonicalize().ok(),
+        "the image is built from target/release of this checkout"
+    );
+    run(Command::new("docker")
+        .args(["build", "-q", "-f"])
+        .arg(repo().join("deploy/Dockerfile"))
+        .args(["-t", &image])
+        .arg(repo()));
+    let c = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        project: format!("primese2e{}", stamp.replace('-', "")),
+        image,
+    };
+    for d in ["input", "results", "stage"] {
+        std::fs::create_dir_all(c.path(d)).expect("mkdir");
+    }
+    let key = proto::ClusterKey::generate();
+    std::fs::write(c.path("cluster.key"), key.to_hex()).expect("key");
+    // The image's user (uid 10001) reads the key and writes the results.
+    for p in ["cluster.key", "results"] {
+        let cp = std::ffi::CString::new(c.path(p).display().to_string()).expect("path");
+        assert_eq!(
+            unsafe { libc::chown(cp.as_ptr(), 10001, 10001) },
+            0,
+            "chown {p}"
+        );
+    }
+    std::fs::set_permissions(
+        c.path("cluster.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod key");
+
+    let up = Instant::now();
+    run(c.compose().args(["up", "-d"]));
+    wait_for(T, "three workers registered in the containers", || {
+        c.connected_workers() == 3
+    });
+    eprintln!("compose up to 3 workers registered: {:?}", up.elapsed());
+
+    // Input through the primary's mounted folder (staged, then renamed in: instant).
+    write_inputs_pub(&c.path("stage"), "c", 60, 2000, 15);
+    for f in std::fs::read_dir(c.path("stage")).expect("stage").flatten() {
+        std::fs::rename(f.path(), c.path("input").join(f.file_name())).expect("drop");
+    }
+    let n = c.inputs().len();
+    wait_for(T, "the backups holding every input", || {
+        c.files_on("server-2") == n && c.files_on("server-3") == n
+    });
+
+    // Faults while the job runs.
+    let worker1 = c.container("worker-1");
+    let server1 = c.container("server-1");
+    let coord = c.container("coordinator");
+    let worker2 = c.container("worker-2");
+    let worker3 = c.container("worker-3");
+    c.docker(&["kill", &worker1]);
+    let unreported = c
+        .inputs()
+        .iter()
+        .filter(|f| !c.path(&format!("results/data/output/{f}.json")).exists())
+        .count();
+    assert!(
+        unreported > 10,
+        "the faults come while the job runs ({unreported} of {n} files left)"
+    );
+    c.docker(&["kill", &server1]);
+    c.docker(&["pause", &worker3]);
+    std::thread::sleep(Duration::from_secs(2)); // the fault: 4 heartbeats of silence
+    c.docker(&["unpause", &worker3]);
+    let net = stdout(&c.docker(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &worker2,
+    ]));
+    c.docker(&["network", "disconnect", &net, &worker2]);
+    std::thread::sleep(Duration::from_secs(2)); // the fault: a cut link
+    c.docker(&["network", "connect", &net, &worker2]);
+    c.docker(&["kill", &coord]);
+    c.docker(&["start", &coord]);
+    c.docker(&["start", &server1]);
+    c.docker(&["start", &worker1]);
+    // A process that dies by itself is restarted by the restart policy.
+    let pid: i32 = stdout(&c.docker(&["inspect", "-f", "{{.State.Pid}}", &worker2]))
+        .parse()
+        .expect("pid");
+    assert!(pid > 0);
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_for(T, "worker-2 restarted by its restart policy", || {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.RestartCount}} {{.State.Running}}",
+                &worker2,
+            ])
+            .output();
+        out.is_ok_and(|o| {
+            let s = String::from_utf8_lossy(&o.stdout);
+            let mut it = s.split_whitespace();
+            it.next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) >= 1
+                && it.next() == Some("true")
+        })
+    });
+
+    // Every file reported, and the primes exact.
+    let inputs = c.inputs();
+    wait_for(T, "a report for every input", || {
+        inputs
+            .iter()
+            .all(|f| c.path(&format!("results/data/output/{f}.json")).exists())
+    });
+    let text = std::fs::read_to_string(c.path("results/primes.txt")).expect("primes.txt");
+    let got: Vec<&str> = text.lines().collect();
+    let set: std::collections::BTreeSet<&str> = got.iter().copied().collect();
+    assert_eq!(set.len(), got.len(), "no prime twice");
+    let files: Vec<PathBuf> = inputs.iter().map(|f| c.path("input").join(f)).collect();
+    let check = run(Command::new(bin("worker")).arg("check").args(&files));
+    let want_text = String::from_utf8_lossy(&check.stdout).to_string();
+    let want: std::collections::BTreeSet<&str> = want_text.lines().collect();
+    assert_eq!(set, want, "the containers' primes.txt equals worker check");
+    assert!(
+        std::fs::read_dir(c.path("results/snapshots")).map_or(0, |d| d.count()) >= 1,
+        "snapshots were written"
+    );
+}
