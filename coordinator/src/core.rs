@@ -105,6 +105,39 @@ struct Job {
 }
 
 impl Job {
+    /// A job for version `fp` of a file with these chunks, none failed, no report.
+    fn new(
+        gen: u64,
+        fp: Fingerprint,
+        chunks: Vec<ChunkState>,
+        started_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Job {
+            gen,
+            fp,
+            failures: vec![0; chunks.len()],
+            chunks,
+            started_at,
+            reported: false,
+            failed_rounds: 0,
+            retry_at_ms: None,
+            reported_chunks: 0,
+            reported_numbers: 0,
+            report_error: None,
+            report_written: false,
+        }
+    }
+
+    /// A round of the file ended failed: it is tried again after the failed-file pause,
+    /// doubled after each failed round, up to [`MAX_FAILED_RETRY_MS`].
+    fn failed_round(&mut self, failed_retry_ms: u64, now: Now) {
+        let pause = failed_retry_ms
+            .saturating_mul(1 << self.failed_rounds.min(16))
+            .min(MAX_FAILED_RETRY_MS);
+        self.failed_rounds += 1;
+        self.retry_at_ms = Some(now.ms + pause);
+    }
+
     fn complete(&self) -> bool {
         self.chunks
             .iter()
@@ -233,18 +266,11 @@ impl Core {
         self.jobs.insert(
             file.to_string(),
             Job {
-                gen: self.next_gen,
-                fp,
-                chunks: Vec::new(),
-                failures: Vec::new(),
-                started_at: None,
                 reported: true,
-                failed_rounds: 0,
-                retry_at_ms: None,
                 reported_chunks: chunks,
                 reported_numbers: numbers,
-                report_error: None,
                 report_written: true,
+                ..Job::new(self.next_gen, fp, Vec::new(), None)
             },
         );
     }
@@ -260,20 +286,12 @@ impl Core {
         let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
         self.jobs.insert(
             file.to_string(),
-            Job {
+            Job::new(
                 gen,
                 fp,
-                chunks: vec![ChunkState::Queued { ready_ms: now.ms }; chunks],
-                failures: vec![0; chunks],
-                started_at: None,
-                reported: false,
-                failed_rounds: 0,
-                retry_at_ms: None,
-                reported_chunks: 0,
-                reported_numbers: 0,
-                report_error: None,
-                report_written: false,
-            },
+                vec![ChunkState::Queued { ready_ms: now.ms }; chunks],
+                None,
+            ),
         );
         for c in 0..chunks as u32 {
             self.queue.push_back(ChunkKey::new(file, gen, c));

@@ -149,13 +149,7 @@ impl Core {
         let Some(job) = self.jobs.get_mut(file).filter(|j| j.fp == fp) else {
             return;
         };
-        let pause = self
-            .cfg
-            .failed_retry_ms
-            .saturating_mul(1 << job.failed_rounds.min(16))
-            .min(MAX_FAILED_RETRY_MS);
-        job.failed_rounds += 1;
-        job.retry_at_ms = Some(now.ms + pause);
+        job.failed_round(self.cfg.failed_retry_ms, now);
         job.report_error = Some(reason);
     }
 }

@@ -86,24 +86,8 @@ impl Core {
                 }
             }
         }
-        let n = chunks.len();
-        self.jobs.insert(
-            file.to_string(),
-            Job {
-                gen,
-                fp,
-                chunks,
-                failures: vec![0; n],
-                started_at: Some(now.wall),
-                reported: false,
-                failed_rounds: 0,
-                retry_at_ms: None,
-                reported_chunks: 0,
-                reported_numbers: 0,
-                report_error: None,
-                report_written: false,
-            },
-        );
+        self.jobs
+            .insert(file.to_string(), Job::new(gen, fp, chunks, Some(now.wall)));
         done
     }
 }

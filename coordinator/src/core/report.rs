@@ -118,13 +118,7 @@ impl Core {
         job.reported_chunks = r.chunks;
         job.reported_numbers = r.numbers_read;
         if r.status == ReportStatus::Failed {
-            let pause = self
-                .cfg
-                .failed_retry_ms
-                .saturating_mul(1 << job.failed_rounds.min(16))
-                .min(MAX_FAILED_RETRY_MS);
-            job.failed_rounds += 1;
-            job.retry_at_ms = Some(now.ms + pause);
+            job.failed_round(self.cfg.failed_retry_ms, now);
         }
         Some(Action::WriteReport(r))
     }

@@ -39,6 +39,15 @@ struct SimWorker {
     tasks: VecDeque<Assignment>,
 }
 
+/// What the coordinator's actions did, seen from outside: buffers handed to the flusher,
+/// reports written, snapshots written (each checked when written).
+#[derive(Default)]
+struct Effects {
+    flushes: Vec<Pending>,
+    reports: BTreeMap<String, ReportStatus>,
+    snapshots: usize,
+}
+
 /// Puts `msg` on `conn`'s link at `t` or later: a link is FIFO, like TCP.
 fn send(wire: &mut Vec<(u64, u64, WorkerMsg)>, conn: u64, t: u64, msg: WorkerMsg) {
     let last = wire
@@ -107,17 +116,11 @@ fn simulate(seed: u64) {
     // Messages in flight from workers to the coordinator: (deliver at, conn, message).
     let mut wire: Vec<(u64, u64, WorkerMsg)> = Vec::new();
     let mut durable: BTreeSet<u64> = BTreeSet::new();
-    let mut reports: BTreeMap<String, ReportStatus> = BTreeMap::new();
-    let mut snapshots = 0;
+    let mut fx = Effects::default();
     let mut paused_until: HashMap<usize, u64> = HashMap::new();
     let (mut cuts, mut pauses) = (0, 0);
     let mut now = 0u64;
-    let route = |actions: Vec<Action>,
-                 workers: &mut Vec<SimWorker>,
-                 durable: &mut BTreeSet<u64>,
-                 pending_flush: &mut Vec<Pending>,
-                 reports: &mut BTreeMap<String, ReportStatus>,
-                 snapshots: &mut usize| {
+    let route = |actions: Vec<Action>, workers: &mut Vec<SimWorker>, fx: &mut Effects| {
         for a in actions {
             match a {
                 Action::Send(conn, msg) => {
@@ -133,9 +136,9 @@ fn simulate(seed: u64) {
                     }
                 }
                 Action::WriteReport(r) => {
-                    reports.insert(r.file.clone(), r.status);
+                    fx.reports.insert(r.file.clone(), r.status);
                 }
-                Action::Flush(p) => pending_flush.push(p),
+                Action::Flush(p) => fx.flushes.push(p),
                 Action::FlushSoon => {}
                 Action::WriteSnapshot(s) => {
                     let v = crate::verify::verify(&s);
@@ -144,19 +147,18 @@ fn simulate(seed: u64) {
                         "seed {seed}: snapshot {} is not a consistent cut: {v:?}",
                         s.seq
                     );
-                    *snapshots += 1;
-                    let _ = durable;
+                    fx.snapshots += 1;
                 }
             }
         }
     };
-    while reports.len() < files.len() || reports.values().any(|s| *s != ReportStatus::Done) {
+    while fx.reports.len() < files.len() || fx.reports.values().any(|s| *s != ReportStatus::Done) {
         now += 10;
         assert!(
             now < 600_000,
-            "seed {seed}: the simulated job did not finish: {reports:?}"
+            "seed {seed}: the simulated job did not finish: {:?}",
+            fx.reports
         );
-        let mut flushes = Vec::new();
         // Workers: connect, heartbeat, work one task per step, answer markers.
         for i in 0..workers.len() {
             if paused_until.get(&i).is_some_and(|t| *t > now) {
@@ -167,14 +169,7 @@ fn simulate(seed: u64) {
                 workers[i].conn = Some(next_conn);
                 let id = workers[i].id.clone();
                 let acts = register(&mut m, next_conn, &id, now);
-                route(
-                    acts,
-                    &mut workers,
-                    &mut durable,
-                    &mut flushes,
-                    &mut reports,
-                    &mut snapshots,
-                );
+                route(acts, &mut workers, &mut fx);
                 continue;
             }
             let conn = workers[i].conn.unwrap_or(0);
@@ -269,14 +264,7 @@ fn simulate(seed: u64) {
                     workers[i].inbox.clear();
                     wire.retain(|x| x.1 != conn); // in flight on a cut link: lost
                     let acts = m.handle(Event::Disconnected { conn }, at(now));
-                    route(
-                        acts,
-                        &mut workers,
-                        &mut durable,
-                        &mut flushes,
-                        &mut reports,
-                        &mut snapshots,
-                    );
+                    route(acts, &mut workers, &mut fx);
                 }
             }
             1 => {
@@ -291,64 +279,32 @@ fn simulate(seed: u64) {
             let cut = wire.iter().position(|x| x.0 > now).unwrap_or(wire.len());
             wire.drain(..cut).collect()
         };
-        for (_, conn, msg) in due {
-            let acts = m.handle(Event::Message { conn, msg }, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
+        let mut events: Vec<Event> = due
+            .into_iter()
+            .map(|(_, conn, msg)| Event::Message { conn, msg })
+            .collect();
         // Timers.
-        if now % 30 == 0 {
-            let acts = m.handle(Event::Tick, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
+        for (every, event) in [
+            (30, Event::Tick),
+            (100, Event::SnapshotDue),
+            (50, Event::FlushDue),
+        ] {
+            if now % every == 0 {
+                events.push(event);
+            }
         }
-        if now % 100 == 0 {
-            let acts = m.handle(Event::SnapshotDue, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
+        for e in events {
+            route(m.handle(e, at(now)), &mut workers, &mut fx);
         }
-        if now % 50 == 0 {
-            let acts = m.handle(Event::FlushDue, at(now));
-            route(
-                acts,
-                &mut workers,
-                &mut durable,
-                &mut flushes,
-                &mut reports,
-                &mut snapshots,
-            );
-        }
-        for p in flushes {
+        // The flusher: durable, then done (which writes reports, never another flush).
+        for p in std::mem::take(&mut fx.flushes) {
             durable.extend(p.small.iter().copied());
-            let acts = m.handle(Event::Flushed(p.done), at(now));
-            let mut more = Vec::new();
             route(
-                acts,
+                m.handle(Event::Flushed(p.done), at(now)),
                 &mut workers,
-                &mut durable,
-                &mut more,
-                &mut reports,
-                &mut snapshots,
+                &mut fx,
             );
-            assert!(more.is_empty());
+            assert!(fx.flushes.is_empty());
         }
         // A worker whose connection the coordinator closed reconnects at its next step.
         for w in workers.iter_mut() {
@@ -365,6 +321,7 @@ fn simulate(seed: u64) {
         durable, want,
         "seed {seed}: the durable primes are exactly the files'"
     );
+    let snapshots = fx.snapshots;
     assert!(snapshots > 0, "seed {seed}: snapshots were taken");
     let lost = m.core().status(at(now)).totals.workers_lost;
     eprintln!(
