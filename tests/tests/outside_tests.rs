@@ -9,7 +9,7 @@ use std::time::Duration;
 use e2e::{bin, wait_for, Proc};
 use serde_json::Value;
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use crate::pipeline_tests::{write_inputs_pub, Pipeline, Scripts};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -347,118 +347,12 @@ fn cancelled_work_stops() {
     p.assert_exact();
 }
 
-/// A copy of the scripts in a temp dir, run with a free port range; stopped on drop.
-struct Scripts {
-    dir: tempfile::TempDir,
-    base: u16,
-}
-
-impl Scripts {
-    fn new(files: usize) -> Scripts {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for f in ["start_system.sh", "stop_system.sh"] {
-            std::fs::copy(repo.join(f), root.join(f)).expect("copy script");
-        }
-        std::fs::create_dir_all(root.join("target")).expect("mkdir");
-        std::os::unix::fs::symlink(e2e::bin_dir(), root.join("target/release"))
-            .expect("symlink bins");
-        std::fs::create_dir_all(root.join("data/input")).expect("mkdir");
-        write_inputs_pub(&root.join("data/input"), "s", files, 1000, 3);
-        Scripts {
-            base: free_base(),
-            dir,
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Runs a script; `base` false leaves PRIMES_BASE_PORT unset (the remembered one).
-    fn run(&self, script: &str, args: &[&str], env: &[(&str, String)]) -> (i32, String) {
-        let mut cmd = std::process::Command::new("bash");
-        cmd.arg(self.root().join(script))
-            .args(args)
-            .current_dir(self.root())
-            .env_remove("PRIMES_BASE_PORT")
-            .env_remove("AFS_CACHE_ROOT")
-            .env_remove("PRIMES_HOST")
-            .env("PRIMES_SNAPSHOT_MS", "1000")
-            .env("PRIMES_HEARTBEAT_MS", "300")
-            .env("WORKER_MAX_BACKOFF_MS", "300");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run script");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
-    fn with_base(&self) -> Vec<(&'static str, String)> {
-        vec![("PRIMES_BASE_PORT", self.base.to_string())]
-    }
-
-    fn pid(&self, name: &str) -> i32 {
-        std::fs::read_to_string(self.root().join(format!("run/{name}.pid")))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn status(&self) -> Value {
-        std::fs::read(self.root().join("run/status.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Scripts {
-    fn drop(&mut self) {
-        // Resume anything a test suspended, then the graceful stop (which kills stragglers).
-        for e in std::fs::read_dir(self.root().join("run"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().ends_with(".pid") {
-                if let Some(pid) = std::fs::read_to_string(e.path())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    unsafe {
-                        libc::kill(pid, libc::SIGCONT);
-                    }
-                }
-            }
-        }
-        let _ = self.run("stop_system.sh", &[], &[]);
-    }
-}
-
-/// A base port with the five ports the scripts use free (found by binding).
-fn free_base() -> u16 {
-    (0..400)
-        .map(|i| 21000 + ((std::process::id() as u16 % 1500) * 13) % 20000 + i * 11)
-        .find(|b| {
-            [0, 1, 2, 3, 10, 100, 101, 102, 103, 110]
-                .iter()
-                .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
-        })
-        .expect("free ports")
-}
-
 #[test]
 /// `./start_system.sh` rerun after the coordinator died while a worker is suspended: the
 /// coordinator is restarted and stays up (nothing healthy or just restarted is stopped), the
 /// suspended worker is named in one line, the exit status is 3, and new files are processed.
 fn rerun_with_a_suspended_worker_keeps_the_restarted_coordinator() {
-    let s = Scripts::new(3);
+    let s = Scripts::new("s", 3, 3);
     let (code, out) = s.run("start_system.sh", &["simple", "2"], &s.with_base());
     assert_eq!(code, 0, "{out}");
     unsafe {
@@ -493,7 +387,7 @@ fn rerun_with_a_suspended_worker_keeps_the_restarted_coordinator() {
 /// the remembered ports; after a stop, a plain start comes back replicated on those ports,
 /// with the cache in the checkout.
 fn rerun_reuses_the_remembered_settings() {
-    let s = Scripts::new(2);
+    let s = Scripts::new("s", 2, 3);
     let (code, out) = s.run("start_system.sh", &["replicated", "2"], &s.with_base());
     assert_eq!(code, 0, "{out}");
     let ports = std::fs::read_to_string(s.root().join("run/ports.env")).expect("ports.env");

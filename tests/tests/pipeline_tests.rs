@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{bin, bin_dir, read_addr, wait_for, Proc};
+use e2e::{bin, read_addr, wait_for, Proc};
 use proto::ClusterKey;
 use serde_json::Value;
 
@@ -850,51 +850,10 @@ fn snapshots_are_consistent_under_load() {
 /// The scripts as a user runs them: start (health-checked), process, status, stop
 /// (graceful, final snapshot), restart resumes without redoing, and all pids are gone.
 fn start_and_stop_scripts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for f in ["start_system.sh", "stop_system.sh"] {
-        std::fs::copy(repo.join(f), root.join(f)).expect("copy script");
-    }
-    std::fs::create_dir_all(root.join("target")).expect("mkdir");
-    std::os::unix::fs::symlink(bin_dir(), root.join("target/release")).expect("symlink bins");
-    std::fs::create_dir_all(root.join("data/input")).expect("mkdir");
-    write_inputs(&root.join("data/input"), "u", 5, 1000, 8);
-    // Four free ports in a row, found by binding.
-    let base = (0..200)
-        .map(|i| 20000 + ((std::process::id() as u16 % 2000) * 10) + i * 7)
-        .find(|b| {
-            [0, 1, 2, 3, 10]
-                .iter()
-                .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
-        })
-        .expect("free ports");
-    let run = |script: &str, args: &[&str]| {
-        Command::new("bash")
-            .arg(root.join(script))
-            .args(args)
-            .current_dir(root)
-            .env("PRIMES_BASE_PORT", base.to_string())
-            .env("AFS_CACHE_ROOT", root.join("cache"))
-            .env("PRIMES_SNAPSHOT_MS", "500")
-            .env("PRIMES_HEARTBEAT_MS", "300")
-            .output()
-            .expect("run script")
-    };
-    let out = run("start_system.sh", &["simple", "2"]);
-    let so =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    struct Stop<'a>(&'a dyn Fn());
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    let stop_fn = || {
-        let _ = run("stop_system.sh", &[]);
-    };
-    let _guard = Stop(&stop_fn);
-    assert!(out.status.success(), "start_system.sh failed:\n{so}");
+    let sc = Scripts::new("u", 5, 8);
+    let root = sc.root();
+    let (code, so) = sc.run("start_system.sh", &["simple", "2"], &sc.with_base());
+    assert_eq!(code, 0, "start_system.sh failed:\n{so}");
     assert!(so.contains("worker-2 registered"), "{so}");
     wait_for(T, "reports", || {
         (0..5).all(|i| root.join(format!("data/output/u{i:03}.txt.json")).exists())
@@ -913,9 +872,9 @@ fn start_and_stop_scripts() {
     });
     assert_eq!(status()["running"], true);
     // Running it again starts nothing new.
-    let again = run("start_system.sh", &[]);
-    assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stdout).contains("already running"));
+    let (code, again) = sc.run("start_system.sh", &[], &[]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("already running"), "{again}");
     let pids: Vec<i32> = std::fs::read_dir(root.join("run"))
         .expect("run dir")
         .flatten()
@@ -923,12 +882,8 @@ fn start_and_stop_scripts() {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
         .collect();
     assert_eq!(pids.len(), 4, "server, coordinator, two workers");
-    let out = run("stop_system.sh", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, out) = sc.run("stop_system.sh", &[], &[]);
+    assert_eq!(code, 0, "{out}");
     for pid in pids {
         assert!(!e2e::alive(pid), "pid {pid} is gone after stop");
     }
@@ -945,13 +900,9 @@ fn start_and_stop_scripts() {
     assert!(!lines.is_empty());
     // A port taken: start fails with a one-line reason and leaves nothing running.
     let blocker =
-        std::net::TcpListener::bind(("127.0.0.1", base)).expect("take the coordinator port");
-    let out = run("start_system.sh", &[]);
-    assert!(
-        !out.status.success(),
-        "start must fail when the port is taken"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+        std::net::TcpListener::bind(("127.0.0.1", sc.base)).expect("take the coordinator port");
+    let (code, err) = sc.run("start_system.sh", &[], &[]);
+    assert_ne!(code, 0, "start must fail when the port is taken");
     assert!(err.contains("coordinator failed to start"), "{err}");
     drop(blocker);
     let left: Vec<_> = std::fs::read_dir(root.join("run"))
@@ -960,4 +911,120 @@ fn start_and_stop_scripts() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
         .collect();
     assert!(left.is_empty(), "a failed start cleans up its pid files");
+}
+
+/// A copy of the scripts in a temp dir, run with a free port range; stopped on drop.
+pub struct Scripts {
+    dir: tempfile::TempDir,
+    pub base: u16,
+}
+
+impl Scripts {
+    /// `files` input files of 1000 numbers named `<prefix>NNN.txt` (seeded).
+    pub fn new(prefix: &str, files: usize, seed: u64) -> Scripts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for f in ["start_system.sh", "stop_system.sh"] {
+            std::fs::copy(repo.join(f), root.join(f)).expect("copy script");
+        }
+        std::fs::create_dir_all(root.join("target")).expect("mkdir");
+        std::os::unix::fs::symlink(e2e::bin_dir(), root.join("target/release"))
+            .expect("symlink bins");
+        std::fs::create_dir_all(root.join("data/input")).expect("mkdir");
+        write_inputs(&root.join("data/input"), prefix, files, 1000, seed);
+        Scripts {
+            base: free_base(),
+            dir,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs a script with short intervals and nothing of the caller's PRIMES_BASE_PORT,
+    /// AFS_CACHE_ROOT or PRIMES_HOST (the remembered ones apply), plus `env`; returns the
+    /// exit code and stdout + stderr.
+    pub fn run(&self, script: &str, args: &[&str], env: &[(&str, String)]) -> (i32, String) {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(self.root().join(script))
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("PRIMES_BASE_PORT")
+            .env_remove("AFS_CACHE_ROOT")
+            .env_remove("PRIMES_HOST")
+            .env("PRIMES_SNAPSHOT_MS", "1000")
+            .env("PRIMES_HEARTBEAT_MS", "300")
+            .env("WORKER_MAX_BACKOFF_MS", "300");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run script");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    pub fn with_base(&self) -> Vec<(&'static str, String)> {
+        vec![("PRIMES_BASE_PORT", self.base.to_string())]
+    }
+
+    pub fn pid(&self, name: &str) -> i32 {
+        std::fs::read_to_string(self.root().join(format!("run/{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn status(&self) -> Value {
+        std::fs::read(self.root().join("run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Scripts {
+    fn drop(&mut self) {
+        // Resume anything a test suspended, then the graceful stop (which kills stragglers).
+        for e in std::fs::read_dir(self.root().join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().ends_with(".pid") {
+                if let Some(pid) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    unsafe {
+                        libc::kill(pid, libc::SIGCONT);
+                    }
+                }
+            }
+        }
+        let _ = self.run("stop_system.sh", &[], &[]);
+    }
+}
+
+/// A base port with the ports the scripts use free (found by binding), away from every base
+/// handed to another test of this process (they run in parallel: two finding the same free
+/// range at the same moment would collide).
+pub fn free_base() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let base = (0..2000u16)
+        .map(|i| 21000 + ((std::process::id() as u16 % 1500) * 13) % 20000 + i * 11)
+        .filter(|b| given.iter().all(|g| b.abs_diff(*g) > 220))
+        .find(|b| {
+            [0, 1, 2, 3, 10, 100, 101, 102, 103, 110]
+                .iter()
+                .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
+        })
+        .expect("free ports");
+    given.push(base);
+    base
 }
