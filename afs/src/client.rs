@@ -253,25 +253,6 @@ impl AfsClient {
         })
     }
 
-    /// A client for [`AfsClient::read_range`] only, with no cache on disk (nothing is
-    /// created or read under the cache root), so that several can read ranges in parallel,
-    /// each on its own connection, beside the one client that owns the cache. It MUST NOT
-    /// be used to `open` files: with no cache folder that fails with [`AfsError::Cache`].
-    pub fn for_ranges(cfg: ClientConfig) -> Self {
-        let dir = cfg.cache_root.join(&cfg.client_id);
-        AfsClient {
-            cfg,
-            dir,
-            index: HashMap::new(),
-            clock: 0,
-            active: None,
-            last_primary_try: None,
-            stats: ClientStats::default(),
-            index_dirty: false,
-            last_index_save: None,
-        }
-    }
-
     pub fn stats(&self) -> ClientStats {
         self.stats
     }

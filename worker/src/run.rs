@@ -282,11 +282,7 @@ async fn session(
                 }
                 // The cache's content: listing it after every fetch cost time quadratic in
                 // the number of files; read it here (as before the fetch under way, if any).
-                let cached = afs
-                    .whole
-                    .try_lock()
-                    .ok()
-                    .map(|c| c.cached().into_iter().map(|(p, _)| p).collect());
+                let cached = afs.cached();
                 // Record and answer under the lock: no result can slip between the two.
                 let mut l = lock(&local);
                 if let Some(c) = cached {
@@ -325,55 +321,68 @@ async fn session(
     Ok(result)
 }
 
-/// The AFS clients of a worker: the one that owns the whole-file cache (files of one
-/// chunk), shared, and one per executor for reading chunks of large files by range, so
-/// that executors' range reads (where the bytes are) never wait for one another.
+/// The AFS clients of a worker: one per executor, each with its own connection and its own
+/// whole-file cache (`<cache root>/<id>/` for the first, `<id>.e<N>/` beside it for the
+/// others, each with its share of the cache limit), so that no executor's fetch ever waits
+/// for another's.
 #[derive(Clone)]
 struct Afs {
-    whole: Arc<tokio::sync::Mutex<AfsClient>>,
-    ranges: Vec<Arc<tokio::sync::Mutex<AfsClient>>>,
-    /// The range client of the executor holding this handle.
+    clients: Vec<Arc<tokio::sync::Mutex<AfsClient>>>,
+    /// The client of the executor holding this handle.
     mine: usize,
 }
 
 impl Afs {
     fn new(cfg: ClientConfig, executors: usize) -> Result<Self, AfsError> {
-        let ranges = (0..executors)
+        let executors = executors.max(1);
+        let clients = (0..executors)
             .map(|n| {
                 let mut c = cfg.clone();
-                c.client_id = format!("{}-r{n}", cfg.client_id);
-                Arc::new(tokio::sync::Mutex::new(AfsClient::for_ranges(c)))
+                c.cache_limit_bytes = cfg.cache_limit_bytes / executors as u64;
+                if n > 0 {
+                    c.client_id = format!("{}.e{n}", cfg.client_id);
+                }
+                AfsClient::new(c).map(|c| Arc::new(tokio::sync::Mutex::new(c)))
             })
-            .collect();
-        Ok(Afs {
-            whole: Arc::new(tokio::sync::Mutex::new(AfsClient::new(cfg)?)),
-            ranges,
-            mine: 0,
-        })
+            .collect::<Result<_, _>>()?;
+        Ok(Afs { clients, mine: 0 })
     }
 
     fn for_executor(&self, n: usize) -> Self {
         Afs {
-            mine: n % self.ranges.len().max(1),
+            mine: n % self.clients.len().max(1),
             ..self.clone()
         }
+    }
+
+    /// Every cached file, as far as no fetch holds a client now (for snapshot markers).
+    fn cached(&self) -> Option<Vec<String>> {
+        let mut all = Vec::new();
+        for c in &self.clients {
+            all.extend(c.try_lock().ok()?.cached().into_iter().map(|(p, _)| p));
+        }
+        all.sort();
+        all.dedup();
+        Some(all)
     }
 
     /// Fetches what task `a` tests. A file of one chunk goes through the AFS whole-file
     /// cache (validated with the server: the coordinator may have queued a change the
     /// server's scan has not announced yet). A chunk of a larger file is read by range
-    /// ([`read_chunk`]) on this executor's own connection: each worker then moves only the
-    /// bytes it tests, once, instead of every worker copying the whole file into its cache.
+    /// ([`read_chunk`]): each worker then moves only the bytes it tests, once, instead of
+    /// every worker copying the whole file into its cache.
     async fn fetch(&self, a: &Assignment, max_line: u64) -> Result<Fetched, AfsError> {
+        let Some(client) = self.clients.get(self.mine) else {
+            return Err(AfsError::Unavailable {
+                message: "no AFS client".into(),
+            });
+        };
+        let mut client = client.lock().await;
         if a.chunks > 1 {
-            if let Some(range) = self.ranges.get(self.mine) {
-                let mut client = range.lock().await;
-                if let Some(c) = read_chunk(&mut client, &a.file, a.start, a.end, max_line).await? {
-                    return Ok(Fetched::Range(c));
-                }
+            if let Some(c) = read_chunk(&mut client, &a.file, a.start, a.end, max_line).await? {
+                return Ok(Fetched::Range(c));
             }
         }
-        let mut client = self.whole.lock().await;
         client.open_validated(&a.file).await.map(Fetched::Whole)
     }
 }
