@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::auth::{client_handshake, server_handshake};
+use proto::auth::{authenticate, client_handshake, Admitted};
 use proto::{ClusterKey, Connection, ProtoError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -219,21 +219,19 @@ async fn serve_connection(
     id: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), ProtoError> {
-    // Strangers get short lines, a short deadline and slots of their own (proto::conn).
-    let mut conn = Connection::new(stream).with_max_line(proto::conn::PRE_AUTH_MAX_LINE);
-    admission
-        .guard(server_handshake(&mut conn, &shared.cfg.key, SERVICE))
-        .await?;
-    let Some(_permit) = admission.admit() else {
-        let _ = conn
-            .send(&Reply::Error {
-                code: ErrorCode::Internal,
-                message: "too many connections; try another replica or later".into(),
-            })
-            .await;
-        return Err(ProtoError::Peer("connection limit reached".into()));
-    };
-    conn.set_max_line(MAX_LINE);
+    let (mut conn, _permit) =
+        match authenticate(admission, stream, &shared.cfg.key, SERVICE, MAX_LINE).await? {
+            Admitted::Ready(conn, permit) => (conn, permit),
+            Admitted::Full(mut conn) => {
+                let _ = conn
+                    .send(&Reply::Error {
+                        code: ErrorCode::Internal,
+                        message: "too many connections; try another replica or later".into(),
+                    })
+                    .await;
+                return Err(ProtoError::Peer("connection limit reached".into()));
+            }
+        };
     let client = match conn
         .expect_msg::<Request>(proto::auth::HANDSHAKE_TIMEOUT)
         .await?

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use proto::auth::server_handshake;
+use proto::auth::{authenticate, Admitted};
 use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
-use proto::{Connection, ProtoError};
+use proto::ProtoError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -160,21 +160,19 @@ async fn serve_worker(
     conn_id: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), ProtoError> {
-    // Strangers get short lines, a short deadline and slots of their own (proto::conn).
-    let mut conn = Connection::new(stream).with_max_line(proto::conn::PRE_AUTH_MAX_LINE);
+    let (mut conn, _permit) =
+        match authenticate(admission, stream, &shared.cfg.key, SERVICE, MAX_LINE).await? {
+            Admitted::Ready(conn, permit) => (conn, permit),
+            Admitted::Full(mut conn) => {
+                let _ = conn
+                    .send(&CoordMsg::Error {
+                        message: "too many workers connected".into(),
+                    })
+                    .await;
+                return Err(ProtoError::Peer("connection limit reached".into()));
+            }
+        };
     let peer = conn.peer.clone();
-    admission
-        .guard(server_handshake(&mut conn, &shared.cfg.key, SERVICE))
-        .await?;
-    let Some(_permit) = admission.admit() else {
-        let _ = conn
-            .send(&CoordMsg::Error {
-                message: "too many workers connected".into(),
-            })
-            .await;
-        return Err(ProtoError::Peer("connection limit reached".into()));
-    };
-    conn.set_max_line(MAX_LINE);
     let (worker_id, threads, instance) =
         match conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await {
             Ok(WorkerMsg::Register {

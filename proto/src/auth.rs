@@ -315,6 +315,35 @@ pub async fn client_handshake(
     }
 }
 
+/// The end of [`authenticate`]: a connection ready to serve (keep the permit while it
+/// lives), or one refused because the authenticated connections are all taken (tell the
+/// peer in the service's own protocol, then close it).
+pub enum Admitted {
+    Ready(Connection, tokio::sync::OwnedSemaphorePermit),
+    Full(Connection),
+}
+
+/// Server side of a new connection: the handshake under the pre-auth limits
+/// ([`crate::conn::Acceptor`]: short lines, a short deadline, slots of its own), then an
+/// authenticated slot and the service's own line limit `max_line`.
+pub async fn authenticate(
+    admission: crate::conn::Admission,
+    stream: tokio::net::TcpStream,
+    key: &ClusterKey,
+    service: &str,
+    max_line: usize,
+) -> Result<Admitted, ProtoError> {
+    let mut conn = Connection::new(stream).with_max_line(crate::conn::PRE_AUTH_MAX_LINE);
+    admission
+        .guard(server_handshake(&mut conn, key, service))
+        .await?;
+    let Some(permit) = admission.admit() else {
+        return Ok(Admitted::Full(conn));
+    };
+    conn.set_max_line(max_line);
+    Ok(Admitted::Ready(conn, permit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
