@@ -52,6 +52,15 @@ struct Inner {
     senders: HashMap<u64, mpsc::UnboundedSender<Out>>,
 }
 
+impl Inner {
+    /// Queues `out` on connection `conn`'s writer, if it is still there.
+    fn queue(&self, conn: u64, out: Out) {
+        if let Some(tx) = self.senders.get(&conn) {
+            let _ = tx.send(out);
+        }
+    }
+}
+
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub(crate) cfg: Config,
@@ -117,63 +126,68 @@ impl Shared {
     /// Sends an error on a connection and closes it (a malformed message: the shell's own
     /// protocol check, not a decision about work).
     pub(crate) fn close(&self, conn: u64, reason: String) {
-        if let Some(tx) = lock(&self.inner).senders.get(&conn) {
-            let _ = tx.send(Out::Close(reason));
-        }
+        lock(&self.inner).queue(conn, Out::Close(reason));
     }
 
     pub(crate) fn disconnect(&self, conn: u64) {
         lock(&self.inner).senders.remove(&conn);
     }
 
-    /// Feeds `event` to the machine and performs what it decides (see the module doc).
+    /// Feeds `event` to the machine and performs what it decides (see the module doc). What
+    /// the performing reports back (a report or snapshot written, or not) goes to the
+    /// machine the same way, until nothing is left to do.
     pub(crate) async fn apply(&self, event: Event) {
-        let now = self.now();
-        let rest: Vec<Action> = {
-            let mut inner = lock(&self.inner);
-            let actions = inner.machine.handle(event, now);
-            let mut rest = Vec::new();
-            for a in actions {
+        let mut events = VecDeque::from([event]);
+        let mut snapshots_done = Vec::new();
+        while let Some(event) = events.pop_front() {
+            let now = self.now();
+            let rest: Vec<Action> = {
+                let mut inner = lock(&self.inner);
+                let actions = inner.machine.handle(event, now);
+                let mut rest = Vec::new();
+                for a in actions {
+                    match a {
+                        Action::Send(conn, msg) => inner.queue(conn, Out::Msg(msg)),
+                        Action::Close(conn, reason) => {
+                            info!(conn, reason, "closing worker connection");
+                            inner.queue(conn, Out::Close(reason));
+                        }
+                        other => rest.push(other),
+                    }
+                }
+                rest
+            };
+            let mut reports = Vec::new();
+            for a in rest {
                 match a {
-                    Action::Send(conn, msg) => {
-                        if let Some(tx) = inner.senders.get(&conn) {
-                            let _ = tx.send(Out::Msg(msg));
-                        }
+                    Action::WriteReport(r) => reports.push(r),
+                    Action::Flush(p) => {
+                        let _ = self.flush_tx.send(p);
                     }
-                    Action::Close(conn, reason) => {
-                        info!(conn, reason, "closing worker connection");
-                        if let Some(tx) = inner.senders.get(&conn) {
-                            let _ = tx.send(Out::Close(reason));
-                        }
+                    Action::FlushSoon => self.flush_now.notify_one(),
+                    Action::WriteSnapshot(s) => {
+                        snapshots_done.push(s.seq);
+                        events.extend(self.write_snapshot(*s).await);
                     }
-                    other => rest.push(other),
+                    Action::Send(..) | Action::Close(..) => {}
                 }
             }
-            rest
-        };
-        let mut reports = Vec::new();
-        for a in rest {
-            match a {
-                Action::WriteReport(r) => reports.push(r),
-                Action::Flush(p) => {
-                    let _ = self.flush_tx.send(p);
-                }
-                Action::FlushSoon => self.flush_now.notify_one(),
-                Action::WriteSnapshot(s) => self.write_snapshot(*s).await,
-                Action::Send(..) | Action::Close(..) => {}
+            if !reports.is_empty() {
+                events.extend(self.write_reports(reports).await);
             }
         }
-        if !reports.is_empty() {
-            self.write_reports(reports).await;
+        // Once the machine knows (also when a write failed: nobody must wait forever).
+        for seq in snapshots_done {
+            self.snapshot_written.send_replace(seq);
         }
     }
 
-    /// Writes reports on a blocking thread (a flush can finish thousands of them) and tells
-    /// the machine how each went: a file is done in status only once its report is on disk,
-    /// and failed when it cannot be written.
-    async fn write_reports(&self, reports: Vec<Report>) {
+    /// Writes reports on a blocking thread (a flush can finish thousands of them); returns
+    /// how each went, for the machine: a file is done in status only once its report is on
+    /// disk, and failed when it cannot be written.
+    async fn write_reports(&self, reports: Vec<Report>) -> Vec<Event> {
         let output = self.cfg.output.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::new();
             for r in reports {
                 match write_report(&output, &r) {
@@ -208,16 +222,12 @@ impl Shared {
             outcomes
         })
         .await
-        .unwrap_or_default();
-        let now = self.now();
-        let mut inner = lock(&self.inner);
-        for e in outcomes {
-            inner.machine.handle(e, now);
-        }
+        .unwrap_or_default()
     }
 
-    /// Writes a finished snapshot atomically, prunes old ones, and tells the machine.
-    async fn write_snapshot(&self, snap: crate::snapshot::Snapshot) {
+    /// Writes a finished snapshot atomically and prunes old ones; returns what the machine
+    /// learns of it (nothing if the write failed).
+    async fn write_snapshot(&self, snap: crate::snapshot::Snapshot) -> Option<Event> {
         let dir = self.cfg.snapshots.dir.clone();
         let keep = self.cfg.snapshots.keep;
         let seq = snap.seq;
@@ -238,16 +248,17 @@ impl Shared {
                     bytes,
                     write_ms,
                 };
-                let now = self.now();
-                lock(&self.inner)
-                    .machine
-                    .handle(Event::SnapshotWritten(info), now);
+                Some(Event::SnapshotWritten(info))
             }
-            Ok(Err(e)) => warn!(seq, error = format!("{e:#}"), "cannot write snapshot"),
-            Err(e) => warn!(seq, error = %e, "snapshot task failed"),
+            Ok(Err(e)) => {
+                warn!(seq, error = format!("{e:#}"), "cannot write snapshot");
+                None
+            }
+            Err(e) => {
+                warn!(seq, error = %e, "snapshot task failed");
+                None
+            }
         }
-        // Also when it failed: nobody must wait for it forever.
-        self.snapshot_written.send_replace(seq);
     }
 
     /// Waits until snapshot `seq` has been written (or failed).
@@ -258,8 +269,9 @@ impl Shared {
 
     /// Sends a message to every connection (shutdown).
     pub(crate) fn broadcast(&self, msg: CoordMsg) {
-        for tx in lock(&self.inner).senders.values() {
-            let _ = tx.send(Out::Msg(msg.clone()));
+        let inner = lock(&self.inner);
+        for conn in inner.senders.keys() {
+            inner.queue(*conn, Out::Msg(msg.clone()));
         }
     }
 

@@ -27,6 +27,7 @@ use crate::chunk::{
 };
 use crate::scan::{scan_slice, ScanConfig};
 use crate::tasks::{Phase, Taken, Tasks};
+use proto::lock;
 
 /// Worker settings (validated by the binary).
 #[derive(Clone, Debug)]
@@ -55,10 +56,6 @@ pub struct WorkerConfig {
 
 /// Exit status of a crash injected by `--fail-prob`.
 pub const INJECTED_CRASH_EXIT: i32 = 86;
-
-fn lock(m: &Mutex<Tasks>) -> std::sync::MutexGuard<'_, Tasks> {
-    proto::lock(m)
-}
 
 /// Runs the worker until `shutdown`. Only a bad configuration or an unusable cache ends it
 /// early; coordinator and file-server outages are waited out.
