@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value = "afs-fetch")]
     id: String,
     /// Cache root; the cache is <cache-root>/<id>/.
-    #[arg(long, env = "AFS_CACHE_ROOT", default_value = "/tmp/afs")]
+    #[arg(long, env = "AFS_CACHE_ROOT", default_value = "cache")]
     cache_root: PathBuf,
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
     #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
