@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,11 @@ use tracing::{debug, info, warn};
 use crate::msg::{ErrorCode, Reply, Request, MAX_LINE};
 use crate::names::{check_rel, Hasher};
 use crate::SERVICE;
+
+/// Default [`ClientConfig::memory_file_max`].
+pub const DEFAULT_MEMORY_FILE_MAX: u64 = 256 << 10;
+/// Default [`ClientConfig::memory_limit_bytes`].
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 
 /// Longest line a client accepts for listings (many files).
 pub const MAX_LISTING_LINE: usize = 64 << 20;
@@ -43,6 +49,12 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Full passes over all servers before `open` gives up with `Unavailable`.
     pub max_rounds: u32,
+    /// Files up to this size are cached in memory, not on disk (OpenAFS's memcache): no
+    /// file creation per small file. Callbacks and revalidation are the same; a restarted
+    /// client fetches them again. 0 keeps everything on disk.
+    pub memory_file_max: u64,
+    /// Bytes of small files kept in memory; least recently used ones are dropped beyond it.
+    pub memory_limit_bytes: u64,
 }
 
 impl ClientConfig {
@@ -57,6 +69,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             max_rounds: 4,
+            memory_file_max: DEFAULT_MEMORY_FILE_MAX,
+            memory_limit_bytes: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -107,18 +121,36 @@ impl RangeData {
 /// Longest range one request may ask for (the reply is held in memory).
 pub const MAX_RANGE: u64 = 256 << 20;
 
+/// Where an opened file's bytes are.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// The local copy on disk. It is replaced (by rename) on a later refetch, so an open
+    /// handle keeps reading the content it opened.
+    Disk(PathBuf),
+    /// A small file, held in memory (see [`ClientConfig::memory_file_max`]).
+    Memory(Arc<Vec<u8>>),
+}
+
 /// A file opened through the cache.
 #[derive(Debug, Clone)]
 pub struct OpenedFile {
-    /// The local copy. It is replaced (by rename) on a later refetch, so an open handle keeps
-    /// reading the content it opened.
-    pub local: PathBuf,
+    pub content: Content,
     pub version: String,
     pub size: u64,
     /// True when no byte of the body crossed the network for this open.
     pub from_cache: bool,
     /// The server that answered, if any.
     pub server: Option<String>,
+}
+
+impl OpenedFile {
+    /// The whole content (a copy of the disk file; borrowed when in memory).
+    pub fn read(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.content {
+            Content::Disk(p) => std::fs::read(p).map(std::borrow::Cow::Owned),
+            Content::Memory(b) => Ok(std::borrow::Cow::Borrowed(b.as_slice())),
+        }
+    }
 }
 
 /// Counters of network use.
@@ -145,6 +177,19 @@ struct Entry {
     last_used: u64,
     #[serde(skip)]
     callback: bool,
+    /// The content, for a file cached in memory (such entries are never saved in the index).
+    #[serde(skip)]
+    memory: Option<Arc<Vec<u8>>>,
+}
+
+impl Entry {
+    /// The cached content, if it is still there.
+    fn content(&self, local: PathBuf) -> Option<Content> {
+        match &self.memory {
+            Some(b) => Some(Content::Memory(b.clone())),
+            None => local.exists().then_some(Content::Disk(local)),
+        }
+    }
 }
 
 struct Active {
@@ -409,11 +454,16 @@ impl AfsClient {
         let now = self.clock;
         let local = self.local_path(&rel);
         if let Some(e) = self.index.get_mut(&rel) {
-            if trust_callback && e.callback && local.exists() {
+            let content = if trust_callback && e.callback {
+                e.content(local)
+            } else {
+                None
+            };
+            if let Some(content) = content {
                 e.last_used = now;
                 self.stats.hits += 1;
                 return Ok(OpenedFile {
-                    local,
+                    content,
                     version: e.version.clone(),
                     size: e.size,
                     from_cache: true,
@@ -610,9 +660,95 @@ impl AfsClient {
     }
 
     fn forget(&mut self, rel: &str) {
-        if self.index.remove(rel).is_some() {
-            let _ = std::fs::remove_file(self.local_path(rel));
-            self.save_index();
+        if let Some(e) = self.index.remove(rel) {
+            if e.memory.is_none() {
+                let _ = std::fs::remove_file(self.local_path(rel));
+                self.save_index();
+            }
+        }
+    }
+
+    /// Opens several files, all validated with the server as [`AfsClient::open_validated`]
+    /// does, with their requests pipelined on one connection: one round trip for the lot
+    /// instead of one per file (small files cost mostly round trips). A file whose pipelined
+    /// fetch does not succeed is opened again on its own, with the usual retries and
+    /// failover. Results in the order of `paths`.
+    pub async fn open_many(&mut self, paths: &[String]) -> Vec<Result<OpenedFile, AfsError>> {
+        let mut out: Vec<Option<Result<OpenedFile, AfsError>>> = Vec::new();
+        out.resize_with(paths.len(), || None);
+        if paths.len() > 1 {
+            self.drain_breaks();
+            self.pipelined(paths, &mut out).await;
+        }
+        let mut done = Vec::with_capacity(paths.len());
+        for (p, r) in paths.iter().zip(out) {
+            done.push(match r {
+                Some(r) => r,
+                None => self.open_validated(p).await,
+            });
+        }
+        done
+    }
+
+    /// The pipelined pass of [`AfsClient::open_many`] on the first server in order: fills
+    /// `out` with the files fetched or revalidated; leaves the rest `None`.
+    async fn pipelined(
+        &mut self,
+        paths: &[String],
+        out: &mut [Option<Result<OpenedFile, AfsError>>],
+    ) {
+        let Some(&server) = self.server_order().first() else {
+            return;
+        };
+        if let Err(e) = self.ensure(server).await {
+            self.drop_connection(&e.to_string());
+            return;
+        }
+        let mut sent = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let Ok(rel) = check_rel(p) else { continue };
+            let req = self.fetch_request(&rel);
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
+            if let Err(e) = active.conn.write_msg(&req).await {
+                self.drop_connection(&e.to_string());
+                return;
+            }
+            sent.push((i, rel));
+        }
+        if let Some(active) = self.active.as_mut() {
+            if let Err(e) = active.conn.flush().await {
+                self.drop_connection(&e.to_string());
+                return;
+            }
+        }
+        for (i, rel) in sent {
+            match self.answer(server, &rel).await {
+                Ok(Attempt::Done(f)) => out[i] = Some(Ok(f)),
+                // Opened again on its own (not found, changed: worded there).
+                Ok(_) => {}
+                Err(e @ AfsError::Refused { .. }) => out[i] = Some(Err(e)),
+                Err(e) => {
+                    // The replies still due are lost with the connection.
+                    self.drop_connection(&e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The `fetch` request for `rel`, naming the version held (if any) for revalidation.
+    fn fetch_request(&self, rel: &str) -> Request {
+        let local = self.local_path(rel);
+        let have_version = self
+            .index
+            .get(rel)
+            .filter(|e| e.memory.is_some() || local.exists())
+            .map(|e| e.version.clone());
+        Request::Fetch {
+            path: rel.to_string(),
+            have_version,
         }
     }
 
@@ -622,23 +758,20 @@ impl AfsClient {
             message: e.to_string(),
         };
         self.ensure(server).await.map_err(proto_err)?;
-        let local = self.local_path(rel);
-        let have_version = self
-            .index
-            .get(rel)
-            .filter(|_| local.exists())
-            .map(|e| e.version.clone());
+        let req = self.fetch_request(rel);
         let Some(active) = self.active.as_mut() else {
             return Ok(Attempt::Failed("not connected".into()));
         };
-        active
-            .conn
-            .send(&Request::Fetch {
-                path: rel.to_string(),
-                have_version,
-            })
-            .await
-            .map_err(proto_err)?;
+        active.conn.send(&req).await.map_err(proto_err)?;
+        self.answer(server, rel).await
+    }
+
+    /// Reads and applies the answer to a `fetch` of `rel` sent to `server`.
+    async fn answer(&mut self, server: usize, rel: &str) -> Result<Attempt, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        let local = self.local_path(rel);
         let server_name = Some(self.cfg.servers[server].clone());
         match self.reply().await.map_err(proto_err)? {
             Reply::NotModified { version, .. } => {
@@ -652,8 +785,13 @@ impl AfsClient {
                 e.callback = true;
                 e.last_used = now;
                 self.stats.revalidated += 1;
+                let Some(content) = e.content(local) else {
+                    return Ok(Attempt::Failed(
+                        "not_modified for a file no longer cached".into(),
+                    ));
+                };
                 Ok(Attempt::Done(OpenedFile {
-                    local,
+                    content,
                     version,
                     size: e.size,
                     from_cache: true,
@@ -661,25 +799,41 @@ impl AfsClient {
                 }))
             }
             Reply::File { size, version, .. } => {
-                let got = self.receive(rel, size, &version).await?;
+                let in_memory = size <= self.cfg.memory_file_max;
+                let got = if in_memory {
+                    self.receive_memory(size, &version).await?.map(Some)
+                } else {
+                    self.receive(rel, size, &version).await?.map(|()| None)
+                };
                 match got {
                     None => Ok(Attempt::Failed("changed".into())),
-                    Some(()) => {
+                    Some(memory) => {
                         self.stats.fetches += 1;
                         self.clock += 1;
-                        self.index.insert(
+                        let content = match &memory {
+                            Some(b) => Content::Memory(b.clone()),
+                            None => Content::Disk(local.clone()),
+                        };
+                        let old = self.index.insert(
                             rel.to_string(),
                             Entry {
                                 version: version.clone(),
                                 size,
                                 last_used: self.clock,
                                 callback: true,
+                                memory,
                             },
                         );
+                        let was_on_disk = old.is_some_and(|o| o.memory.is_none());
+                        if in_memory && was_on_disk {
+                            let _ = std::fs::remove_file(&local);
+                        }
                         self.evict(rel);
-                        self.save_index();
+                        if !in_memory || was_on_disk {
+                            self.save_index();
+                        }
                         Ok(Attempt::Done(OpenedFile {
-                            local,
+                            content,
                             version,
                             size,
                             from_cache: false,
@@ -699,6 +853,56 @@ impl AfsClient {
             other => {
                 self.drop_connection("unexpected reply");
                 Ok(Attempt::Failed(format!("unexpected reply {other:?}")))
+            }
+        }
+    }
+
+    /// Receives a small body into memory and checks it against its version (the trailer).
+    /// `Ok(None)`: the server said the file changed mid-transfer.
+    async fn receive_memory(
+        &mut self,
+        size: u64,
+        version: &str,
+    ) -> Result<Option<Arc<Vec<u8>>>, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        let mut w = HashingWriter {
+            inner: Vec::with_capacity(size as usize),
+            hasher: Hasher::default(),
+        };
+        let Some(active) = self.active.as_mut() else {
+            return Err(AfsError::Unavailable {
+                message: "connection lost".into(),
+            });
+        };
+        active
+            .conn
+            .read_body(size, &mut w, Some(self.cfg.request_timeout))
+            .await
+            .map_err(proto_err)?;
+        let local_hash = w.hasher.finish();
+        self.stats.body_bytes += size;
+        match self.reply().await.map_err(proto_err)? {
+            Reply::FileEnd { version: sent } if sent == version && local_hash == sent => {
+                Ok(Some(Arc::new(w.inner)))
+            }
+            Reply::FileEnd { .. } => {
+                warn!(
+                    version,
+                    "received bytes do not match their version; refetching"
+                );
+                Ok(None)
+            }
+            Reply::Error {
+                code: ErrorCode::Changed,
+                ..
+            } => Ok(None),
+            other => {
+                self.drop_connection("bad trailer");
+                Err(AfsError::Unavailable {
+                    message: format!("unexpected trailer {other:?}"),
+                })
             }
         }
     }
@@ -784,21 +988,37 @@ impl AfsClient {
         Ok(Some(()))
     }
 
-    /// Evicts least recently used files until the cache fits, never the file just opened.
+    /// Evicts least recently used files until the disk cache and the memory cache each fit
+    /// their limit, never the file just opened.
     fn evict(&mut self, keep: &str) {
-        let mut total: u64 = self.index.values().map(|e| e.size).sum();
-        while total > self.cfg.cache_limit_bytes {
-            let victim = self
+        for memory in [false, true] {
+            let limit = if memory {
+                self.cfg.memory_limit_bytes
+            } else {
+                self.cfg.cache_limit_bytes
+            };
+            let held = |e: &Entry| e.memory.is_some() == memory;
+            let mut total: u64 = self
                 .index
-                .iter()
-                .filter(|(p, _)| p.as_str() != keep)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(p, _)| p.clone());
-            let Some(v) = victim else { break };
-            if let Some(e) = self.index.remove(&v) {
-                total -= e.size;
-                let _ = std::fs::remove_file(self.local_path(&v));
-                debug!(path = v, "evicted from cache");
+                .values()
+                .filter(|e| held(e))
+                .map(|e| e.size)
+                .sum();
+            while total > limit {
+                let victim = self
+                    .index
+                    .iter()
+                    .filter(|(p, e)| p.as_str() != keep && held(e))
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(p, _)| p.clone());
+                let Some(v) = victim else { break };
+                if let Some(e) = self.index.remove(&v) {
+                    total -= e.size;
+                    if !memory {
+                        let _ = std::fs::remove_file(self.local_path(&v));
+                    }
+                    debug!(path = v, "evicted from cache");
+                }
             }
         }
     }
@@ -824,7 +1044,12 @@ impl AfsClient {
         self.index_dirty = false;
         self.last_index_save = Some(Instant::now());
         let path = self.dir.join("index.json");
-        let write = serde_json::to_vec(&self.index)
+        let on_disk: HashMap<&String, &Entry> = self
+            .index
+            .iter()
+            .filter(|(_, e)| e.memory.is_none())
+            .collect();
+        let write = serde_json::to_vec(&on_disk)
             .map_err(std::io::Error::other)
             .and_then(|b| proto::files::write_atomic(&path, &b, false));
         if let Err(e) = write {

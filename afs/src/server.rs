@@ -140,6 +140,7 @@ pub async fn run(
 /// Computes the versions of new or changed files in the background: they are about to be
 /// fetched, and a request then finds the version ready instead of waiting for a whole-file
 /// hash (a request arriving meanwhile waits for this hash rather than doing its own).
+/// Small files are left out: their fetch reads and hashes them in one pass anyway.
 fn warm_versions(store: &Arc<Store>, paths: Vec<String>) {
     if paths.is_empty() {
         return;
@@ -152,6 +153,15 @@ fn warm_versions(store: &Arc<Store>, paths: Vec<String>) {
     });
 }
 
+/// The files worth hashing ahead of their fetch (see [`warm_versions`]).
+fn large(files: &HashMap<String, Fingerprint>) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, fp)| fp.size > SMALL_FETCH)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
 async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let store = shared.store.clone();
     let mut last = {
@@ -160,7 +170,7 @@ async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             .await
             .unwrap_or_default()
     };
-    warm_versions(&store, last.keys().cloned().collect());
+    warm_versions(&store, large(&last));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -179,7 +189,9 @@ async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             if last.get(path) != Some(fp) {
                 debug!(path, "changed");
                 shared.break_callbacks(path);
-                changed.push(path.clone());
+                if fp.size > SMALL_FETCH {
+                    changed.push(path.clone());
+                }
             }
         }
         warm_versions(&store, changed);
@@ -297,6 +309,9 @@ async fn handle_request(
     };
     match req {
         Request::Fetch { path, have_version } => {
+            if fetch_small(shared, conn, id, &path, have_version.as_deref()).await? {
+                return Ok(());
+            }
             let info = match lookup(&store, path).await {
                 Ok((i, _)) => i,
                 Err(e) => return reply_error(conn, &e).await,
@@ -437,6 +452,76 @@ async fn refuse_body(
         })
         .await;
     Err(ProtoError::Peer(format!("refused a write: {message}")))
+}
+
+/// Files up to this size are fetched from memory: read once, hashed from the bytes read,
+/// sent from them (instead of hashing on a blocking thread and reading the file again to send
+/// it, with a buffer zeroed per request: most of a small file's cost on the server).
+const SMALL_FETCH: u64 = 1 << 20;
+
+/// Serves a fetch of a small file whole from memory; `Ok(false)` when the file is not small
+/// (or changed while it was read): the caller serves it the streaming way. The callback
+/// promise is registered before the read, so a change after the read is always broken.
+async fn fetch_small(
+    shared: &Shared,
+    conn: &mut Connection,
+    id: u64,
+    path: &str,
+    have_version: Option<&str>,
+) -> Result<bool, ProtoError> {
+    let store = &shared.store;
+    let rel = match crate::names::check_rel(path) {
+        Ok(r) => r,
+        Err(_) => return Ok(false), // the streaming path words the refusal
+    };
+    // Unchanged since its version was computed: no need to read it.
+    if let Ok(Some((info, _))) = store.cached_info(&rel) {
+        if have_version == Some(info.version.as_str()) {
+            shared.promise(&info.path, id);
+            shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
+            conn.send(&Reply::NotModified {
+                path: info.path,
+                version: info.version,
+            })
+            .await?;
+            return Ok(true);
+        }
+    }
+    shared.promise(&rel, id);
+    let (info, bytes) = match store.read_small(&rel, SMALL_FETCH) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            reply_error(conn, &e).await?;
+            return Ok(true);
+        }
+    };
+    if have_version == Some(info.version.as_str()) {
+        shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
+        conn.send(&Reply::NotModified {
+            path: info.path,
+            version: info.version,
+        })
+        .await?;
+        return Ok(true);
+    }
+    shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
+    conn.write_msg(&Reply::File {
+        path: info.path.clone(),
+        size: info.size,
+        version: info.version.clone(),
+    })
+    .await?;
+    conn.write_raw(&bytes).await?;
+    shared
+        .stats
+        .body_bytes_sent
+        .fetch_add(info.size, Ordering::Relaxed);
+    conn.send(&Reply::FileEnd {
+        version: info.version,
+    })
+    .await?;
+    Ok(true)
 }
 
 /// Size, version and fingerprint of `path`: inline when the version is known, on a blocking

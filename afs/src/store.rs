@@ -209,7 +209,7 @@ impl Store {
         let mut f = std::fs::File::open(&real)
             .map_err(|e| StoreError::io("opening", Path::new(&rel), e))?;
         let mut h = Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; fp.size.clamp(64 << 10, 1 << 20) as usize];
         loop {
             let n = f
                 .read(&mut buf)
@@ -239,6 +239,46 @@ impl Store {
             },
             fp,
         ))
+    }
+
+    /// A whole small file in memory with its version: one open, one read, the version
+    /// hashed from the bytes read (so it is exactly theirs). `Ok(None)` when the file is
+    /// larger than `limit` or changed while it was read: serve it the streaming way.
+    pub fn read_small(
+        &self,
+        rel: &str,
+        limit: u64,
+    ) -> Result<Option<(FileInfo, Vec<u8>)>, StoreError> {
+        let (rel, real) = self.resolve_existing(rel)?;
+        let mut f = std::fs::File::open(&real)
+            .map_err(|e| StoreError::io("opening", Path::new(&rel), e))?;
+        let stat = |f: &std::fs::File| {
+            f.metadata()
+                .map(|m| Fingerprint::of(&m))
+                .map_err(|e| StoreError::io("stat", Path::new(&rel), e))
+        };
+        let before = stat(&f)?;
+        if before.size > limit {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(before.size as usize + 1);
+        f.read_to_end(&mut bytes)
+            .map_err(|e| StoreError::io("reading", Path::new(&rel), e))?;
+        if bytes.len() as u64 != before.size || stat(&f)? != before {
+            return Ok(None);
+        }
+        let mut h = Hasher::default();
+        h.update(&bytes);
+        let version = h.finish();
+        self.lock().insert(rel.clone(), (before, version.clone()));
+        Ok(Some((
+            FileInfo {
+                path: rel,
+                size: before.size,
+                version,
+            },
+            bytes,
+        )))
     }
 
     /// Normalized path, real path and current fingerprint of an existing file `rel`.

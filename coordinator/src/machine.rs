@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use proto::msg::{CoordMsg, TaskDone, WorkerMsg};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, Now, Pending, Report};
 use crate::inputs::ScanOutcome;
@@ -252,7 +252,7 @@ impl Coordinator {
             if known.is_some() {
                 info!(file = name, size = fp.size, "input changed; queued again");
             } else {
-                info!(file = name, size = fp.size, "input queued");
+                debug!(file = name, size = fp.size, "input queued");
             }
             actions.extend(lift(self.core.file_ready(name, *fp, now)));
         }

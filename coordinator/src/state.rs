@@ -15,7 +15,7 @@ use proto::msg::CoordMsg;
 use proto::ClusterKey;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::{CoreConfig, Now, Pending, Report, StatusView};
 use crate::machine::{Action, Coordinator, Event};
@@ -192,7 +192,7 @@ impl Shared {
             for r in reports {
                 match write_report(&output, &r) {
                     Ok(()) => {
-                        info!(
+                        debug!(
                             file = r.file,
                             status = r.status.as_str(),
                             primes = r.primes_found,

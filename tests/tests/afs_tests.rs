@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use afs::client::{AfsClient, AfsError, ClientConfig};
+use afs::client::{AfsClient, AfsError, ClientConfig, Content};
 use afs::msg::{ErrorCode, Reply, Request};
 use e2e::{bin, peak_rss_kib, read_addr, wait_for, Proc};
 use proto::auth::client_handshake;
@@ -87,9 +87,22 @@ impl Cluster {
     }
 
     fn client(&self, id: &str, servers: Vec<String>) -> AfsClient {
+        AfsClient::new(self.config(id, servers)).expect("client")
+    }
+
+    fn config(&self, id: &str, servers: Vec<String>) -> ClientConfig {
         let mut cfg = ClientConfig::new(id, servers, &self.path("cache"), self.key.clone());
         cfg.connect_timeout = Duration::from_millis(500);
         cfg.request_timeout = Duration::from_secs(10);
+        cfg
+    }
+
+    /// A client whose small files are cached in memory (`memory`) or all on disk.
+    fn client_in(&self, id: &str, servers: Vec<String>, memory: bool) -> AfsClient {
+        let mut cfg = self.config(id, servers);
+        if !memory {
+            cfg.memory_file_max = 0;
+        }
         AfsClient::new(cfg).expect("client")
     }
 }
@@ -130,16 +143,23 @@ async fn send_store(raw: &mut Connection, path: &str, body: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// A second open under a valid callback transfers nothing; a change breaks the callback and
-/// the next open fetches the new content; a restarted client revalidates instead of refetching.
+/// the next open fetches the new content; a restarted client revalidates instead of
+/// refetching (disk cache) or fetches again (memory cache: gone with the process).
 async fn callbacks_and_revalidation() {
+    for memory in [false, true] {
+        callbacks_and_revalidation_in(memory).await;
+    }
+}
+
+async fn callbacks_and_revalidation_in(memory: bool) {
     let c = Cluster::new();
     write(&c.path("root/a.txt"), b"1\n2\n3\n");
     let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
-    let mut client = c.client("worker-1", vec![addr.clone()]);
+    let mut client = c.client_in("worker-1", vec![addr.clone()], memory);
 
     let f = client.open("a.txt").await.expect("open");
     assert!(!f.from_cache);
-    assert_eq!(std::fs::read(&f.local).expect("read"), b"1\n2\n3\n");
+    assert_eq!(f.read().expect("read").to_vec(), b"1\n2\n3\n");
     let s1 = client.stats();
     assert_eq!((s1.fetches, s1.body_bytes), (1, 6));
 
@@ -156,7 +176,7 @@ async fn callbacks_and_revalidation() {
     let mut content = Vec::new();
     for _ in 0..200 {
         let h = client.open("a.txt").await.expect("open after change");
-        content = std::fs::read(&h.local).expect("read");
+        content = h.read().expect("read").to_vec();
         if content == b"5\n7\n11\n13\n" {
             break;
         }
@@ -168,16 +188,32 @@ async fn callbacks_and_revalidation() {
     assert_eq!(s3.fetches, 2);
     drop(client);
 
-    // Same id, same cache root: a "restarted" client.
-    let mut again = c.client("worker-1", vec![addr]);
-    let r = again.open("a.txt").await.expect("open after restart");
-    assert!(r.from_cache);
-    let s4 = again.stats();
     assert_eq!(
-        (s4.revalidated, s4.fetches, s4.body_bytes),
-        (1, 0, 0),
-        "revalidated by version, not refetched"
+        c.path("cache/worker-1/files/a.txt").exists(),
+        !memory,
+        "a small file is on disk only without the memory cache"
     );
+
+    // Same id, same cache root: a "restarted" client.
+    let mut again = c.client_in("worker-1", vec![addr], memory);
+    let r = again.open("a.txt").await.expect("open after restart");
+    assert_eq!(r.read().expect("read").to_vec(), b"5\n7\n11\n13\n");
+    let s4 = again.stats();
+    if memory {
+        assert!(!r.from_cache);
+        assert_eq!(
+            (s4.revalidated, s4.fetches, s4.body_bytes),
+            (0, 1, 10),
+            "the memory cache went with the process: fetched again"
+        );
+    } else {
+        assert!(r.from_cache);
+        assert_eq!(
+            (s4.revalidated, s4.fetches, s4.body_bytes),
+            (1, 0, 0),
+            "revalidated by version, not refetched"
+        );
+    }
 
     // A deleted file is NotFound on every server.
     std::fs::remove_file(c.path("root/a.txt")).expect("rm");
@@ -280,11 +316,10 @@ async fn hostile_requests() {
     );
 
     let f = good.open("ok.txt").await.expect("good client still works");
-    assert_eq!(std::fs::read(&f.local).expect("read"), b"7\n");
+    assert_eq!(f.read().expect("read").to_vec(), b"7\n");
 }
 
-fn sum(path: &Path) -> u64 {
-    let b = std::fs::read(path).expect("read");
+fn sum(b: &[u8]) -> u64 {
     b.iter().fold(0u64, |h, &x| {
         h.wrapping_mul(1_000_003).wrapping_add(x as u64)
     })
@@ -350,8 +385,8 @@ async fn replicated_failover_and_catch_up() {
             .await
             .unwrap_or_else(|e| panic!("{name} after primary loss: {e}"));
         assert_eq!(
-            sum(&f.local),
-            sum(&c.path(&format!("input/{name}"))),
+            sum(&f.read().expect("read")),
+            sum(&std::fs::read(c.path(&format!("input/{name}"))).expect("read")),
             "{name} content"
         );
         if f.server.as_deref() != Some(ap.as_str()) && i >= 5 {
@@ -387,12 +422,12 @@ async fn validated_open_sees_a_change_before_the_callback_breaks() {
     write(&c.path("root/a.txt"), b"5\n7\n11\n");
     let stale = client.open("a.txt").await.expect("open");
     assert!(stale.from_cache, "the callback still stands");
-    assert_eq!(std::fs::read(&stale.local).expect("read"), b"2\n3\n");
+    assert_eq!(stale.read().expect("read").to_vec(), b"2\n3\n");
     let fresh = client
         .open_validated("a.txt")
         .await
         .expect("validated open");
-    assert_eq!(std::fs::read(&fresh.local).expect("read"), b"5\n7\n11\n");
+    assert_eq!(fresh.read().expect("read").to_vec(), b"5\n7\n11\n");
     let again = client
         .open_validated("a.txt")
         .await
@@ -402,15 +437,27 @@ async fn validated_open_sees_a_change_before_the_callback_breaks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-/// The cache keeps to its size limit by evicting the least recently used file.
+/// The cache keeps to its size limit by evicting the least recently used file; so does the
+/// memory cache of small files.
 async fn cache_limit_evicts_least_recently_used() {
+    for memory in [false, true] {
+        cache_limit_evicts_in(memory).await;
+    }
+}
+
+async fn cache_limit_evicts_in(memory: bool) {
     let c = Cluster::new();
     for n in ["a", "b", "c"] {
         write(&c.path(&format!("root/{n}.txt")), b"123456789\n"); // 10 bytes each
     }
     let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
-    let mut cfg = ClientConfig::new("worker-1", vec![addr], &c.path("cache"), c.key.clone());
-    cfg.cache_limit_bytes = 25;
+    let mut cfg = c.config("worker-1", vec![addr]);
+    if memory {
+        cfg.memory_limit_bytes = 25;
+    } else {
+        cfg.memory_file_max = 0;
+        cfg.cache_limit_bytes = 25;
+    }
     let mut client = AfsClient::new(cfg).expect("client");
     client.open("a.txt").await.expect("a");
     client.open("b.txt").await.expect("b");
@@ -470,7 +517,10 @@ async fn one_gib_file_bounded_memory() {
         }
         h.finish()
     };
-    assert_eq!(hash(&f.local), hash(&path), "checksum of the fetched copy");
+    let Content::Disk(local) = &f.content else {
+        panic!("a large file is cached on disk")
+    };
+    assert_eq!(hash(local), hash(&path), "checksum of the fetched copy");
     assert_eq!(f.version, hash(&path), "version is the content hash");
     let server_peak = peak_rss_kib(server.pid()).expect("server rss");
     let our_peak = peak_rss_kib(std::process::id() as i32).expect("own rss");
@@ -649,4 +699,61 @@ async fn chunk_reads_match_local_scans() {
         .await
         .expect("read");
     assert!(fallback.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// `open_many` (the worker's batches of small files): every file's content and version as
+/// one open each would give, a missing file and a refused path answered on their own without
+/// disturbing the others, and a second batch revalidated without a body byte.
+async fn open_many_pipelines_a_batch() {
+    let c = Cluster::new();
+    let mut paths = Vec::new();
+    for i in 0..20 {
+        let name = format!("d/f{i:02}.txt");
+        write(
+            &c.path(&format!("root/{name}")),
+            format!("{i}\n{}\n", i * 7).as_bytes(),
+        );
+        paths.push(name);
+    }
+    let big = vec![b'9'; 300 << 10]; // above the memory limit: on disk
+    write(&c.path("root/big.txt"), &big);
+    paths.push("big.txt".into());
+    paths.insert(3, "missing.txt".into());
+    paths.insert(7, "../outside.txt".into());
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let mut client = c.client("worker-1", vec![addr]);
+    let got = client.open_many(&paths).await;
+    assert_eq!(got.len(), paths.len());
+    for (p, r) in paths.iter().zip(&got) {
+        match p.as_str() {
+            "missing.txt" => assert!(matches!(r, Err(AfsError::NotFound { .. })), "{r:?}"),
+            "../outside.txt" => assert!(matches!(r, Err(AfsError::Refused { .. })), "{r:?}"),
+            _ => {
+                let f = r.as_ref().expect("opened");
+                let want = std::fs::read(c.path(&format!("root/{p}"))).expect("read");
+                assert_eq!(f.read().expect("read").to_vec(), want, "{p}");
+                assert_eq!(
+                    matches!(f.content, Content::Memory(_)),
+                    p != "big.txt",
+                    "{p}: small files in memory"
+                );
+            }
+        }
+    }
+    let s1 = client.stats();
+    assert_eq!(s1.fetches, 21, "{s1:?}");
+    let ok: Vec<String> = paths
+        .iter()
+        .filter(|p| !p.contains("missing") && !p.contains(".."))
+        .cloned()
+        .collect();
+    let again = client.open_many(&ok).await;
+    assert!(again.iter().all(|r| r.as_ref().is_ok_and(|f| f.from_cache)));
+    let s2 = client.stats();
+    assert_eq!(
+        (s2.fetches, s2.revalidated, s2.body_bytes),
+        (21, 21, s1.body_bytes),
+        "revalidated, no body: {s2:?}"
+    );
 }

@@ -33,6 +33,21 @@ fn line_start_at_or_after(f: &mut File, at: u64, size: u64) -> std::io::Result<u
     }
 }
 
+/// The lines of `bytes` (a whole file in memory) that start in `[start, end)`, the same cut
+/// as [`scan_chunk`] makes in a file.
+pub fn chunk_of(bytes: &[u8], start: u64, end: u64) -> &[u8] {
+    let line_start = |at: u64| -> usize {
+        let at = at.min(bytes.len() as u64) as usize;
+        if at == 0 || at == bytes.len() {
+            return at;
+        }
+        memchr::memchr(b'\n', &bytes[at - 1..]).map_or(bytes.len(), |k| at + k)
+    };
+    let from = line_start(start);
+    let to = line_start(end);
+    &bytes[from..to.max(from)]
+}
+
 /// Scans the lines of `path` that start in `[start, end)`. Line numbers in the result count
 /// from 1 at the chunk's first line.
 pub fn scan_chunk(
@@ -176,6 +191,30 @@ pub fn invalid_lines(r: &ScanResult) -> Vec<InvalidLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// A chunk cut in memory ([`chunk_of`]) is the same lines as the same chunk of the file.
+    fn memory_chunks_match_file_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.txt");
+        for content in [&b"2\n3\n\nx\n55\n7"[..], b"", b"\n\n\n", b"13\n"] {
+            std::fs::write(&path, content).expect("write");
+            let size = content.len() as u64;
+            for start in 0..=size + 1 {
+                for end in start..=size + 2 {
+                    let mut f = File::open(&path).expect("open");
+                    let from = line_start_at_or_after(&mut f, start, size).expect("start");
+                    let to = if end >= size {
+                        size
+                    } else {
+                        line_start_at_or_after(&mut f, end, size).expect("end")
+                    };
+                    let want = &content[from as usize..to.max(from) as usize];
+                    assert_eq!(chunk_of(content, start, end), want, "{start}..{end}");
+                }
+            }
+        }
+    }
 
     #[test]
     /// Chunks cut anywhere cover every line exactly once, whatever the cut points.

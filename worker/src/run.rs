@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use afs::client::{AfsClient, AfsError, ClientConfig};
+use afs::client::{AfsClient, AfsError, ClientConfig, Content};
 use proto::auth::client_handshake;
 use proto::msg::{Assignment, CoordMsg, TaskDone, WorkerMsg, MAX_LINE, SERVICE};
 use proto::{ClusterKey, Connection, ProtoError};
@@ -20,13 +20,13 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::chunk::{
-    invalid_lines, prime_batches, read_chunk, scan_chunk_with_progress, ChunkBytes,
+    chunk_of, invalid_lines, prime_batches, read_chunk, scan_chunk_with_progress, ChunkBytes,
 };
-use crate::scan::{scan_slice, ScanConfig};
-use crate::tasks::{Phase, Taken, Tasks};
+use crate::scan::{scan_slice, ScanConfig, ScanResult};
+use crate::tasks::{BatchLimits, Phase, Taken, Tasks};
 use proto::lock;
 
 /// Worker settings (validated by the binary).
@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     pub afs_servers: Vec<String>,
     pub cache_root: PathBuf,
     pub cache_limit_bytes: u64,
+    /// Files up to this size are cached in memory, not on disk (see
+    /// [`ClientConfig::memory_file_max`]); this much memory at most.
+    pub memory_file_max: u64,
+    pub memory_limit_bytes: u64,
     /// File-server reply timeout (and longest silence inside a file body).
     pub afs_timeout: Duration,
     pub key: ClusterKey,
@@ -67,6 +71,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cfg.key.clone(),
     );
     afs_cfg.cache_limit_bytes = cfg.cache_limit_bytes;
+    afs_cfg.memory_file_max = cfg.memory_file_max;
+    afs_cfg.memory_limit_bytes = cfg.memory_limit_bytes;
     afs_cfg.request_timeout = cfg.afs_timeout;
     afs_cfg.connect_timeout = cfg.afs_timeout.min(Duration::from_secs(2));
     let afs = Afs::new(afs_cfg, cfg.threads.max(1) as usize)?;
@@ -153,7 +159,13 @@ async fn session(
     };
     let (mut reader, mut writer) = conn.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
-    let local = Arc::new(Mutex::new(Tasks::default()));
+    // Injected slowness (--delay-ms) is per task: its tasks go one at a time.
+    let limits = if cfg.delay_ms > 0 {
+        BatchLimits::none()
+    } else {
+        BatchLimits::default()
+    };
+    let local = Arc::new(Mutex::new(Tasks::new(limits)));
     // Bumped at every assignment: wakes idle executors and executors that may claim one
     // for prefetching (a watch loses no wake-up and wakes them all).
     let (work_tx, work_rx) = watch::channel(0u64);
@@ -223,14 +235,14 @@ async fn session(
                 let mut claimed: Option<Prefetched> = None;
                 loop {
                     let (t, pre) = match claimed.take() {
-                        Some(p) => (p.t, Some(p.fetch)),
+                        Some(p) => (p.batch, Some(p.fetch)),
                         None => {
                             // Seen before looking: an assignment after this wakes us.
                             ex.work.borrow_and_update();
                             let next = lock(&ex.local).take_or_wait();
                             match next {
-                                Some(t) => (t, None),
-                                None => {
+                                t if !t.is_empty() => (t, None),
+                                _ => {
                                     tokio::select! {
                                         _ = end.cancelled() => return,
                                         r = ex.work.changed() => if r.is_err() { return },
@@ -260,7 +272,7 @@ async fn session(
         };
         match msg {
             Ok(Some(CoordMsg::Assign(a))) => {
-                info!(
+                debug!(
                     attempt = a.attempt,
                     file = a.file,
                     chunk = a.chunk,
@@ -336,6 +348,7 @@ impl Afs {
             .map(|n| {
                 let mut c = cfg.clone();
                 c.cache_limit_bytes = cfg.cache_limit_bytes / executors as u64;
+                c.memory_limit_bytes = cfg.memory_limit_bytes / executors as u64;
                 if n > 0 {
                     c.client_id = format!("{}.e{n}", cfg.client_id);
                 }
@@ -382,6 +395,31 @@ impl Afs {
         }
         client.open_validated(&a.file).await.map(Fetched::Whole)
     }
+
+    /// Fetches the inputs of a batch: [`Afs::fetch`] for one task, the whole files of a
+    /// batch of small ones with their requests pipelined. Results in the batch's order.
+    async fn fetch_batch(
+        &self,
+        batch: &[Assignment],
+        max_line: u64,
+    ) -> Vec<Result<Fetched, AfsError>> {
+        if let [a] = batch {
+            return vec![self.fetch(a, max_line).await];
+        }
+        let Some(client) = self.clients.get(self.mine) else {
+            return batch
+                .iter()
+                .map(|_| {
+                    Err(AfsError::Unavailable {
+                        message: "no AFS client".into(),
+                    })
+                })
+                .collect();
+        };
+        let paths: Vec<String> = batch.iter().map(|a| a.file.clone()).collect();
+        let opened = client.lock().await.open_many(&paths).await;
+        opened.into_iter().map(|r| r.map(Fetched::Whole)).collect()
+    }
 }
 
 /// A task's input, fetched: a whole file in the AFS cache (files of one chunk), or the
@@ -391,20 +429,22 @@ enum Fetched {
     Range(ChunkBytes),
 }
 
-/// A task claimed from the queue whose input is being fetched while the executor that
-/// claimed it tests its current one.
+type FetchHandle = tokio::task::JoinHandle<Vec<Result<Fetched, AfsError>>>;
+
+/// Tasks claimed from the queue whose inputs are being fetched while the executor that
+/// claimed them tests its current ones.
 struct Prefetched {
-    t: Taken,
-    fetch: tokio::task::JoinHandle<Result<Fetched, AfsError>>,
+    batch: Vec<Taken>,
+    fetch: FetchHandle,
 }
 
-/// Starts fetching task `n`'s input in its own task (so that the end of the current scan is
-/// acted on at once, however long the fetch takes).
-fn prefetch(afs: &Afs, t: Taken, max_line: u64) -> Prefetched {
+/// Starts fetching a batch's inputs in its own task (so that the end of the current scan
+/// is acted on at once, however long the fetch takes).
+fn prefetch(afs: &Afs, batch: Vec<Taken>, max_line: u64) -> Prefetched {
     let afs = afs.clone();
-    let n = t.a.clone();
-    let fetch = tokio::spawn(async move { afs.fetch(&n, max_line).await });
-    Prefetched { t, fetch }
+    let assignments: Vec<Assignment> = batch.iter().map(|t| t.a.clone()).collect();
+    let fetch = tokio::spawn(async move { afs.fetch_batch(&assignments, max_line).await });
+    Prefetched { batch, fetch }
 }
 
 /// What an executor works with.
@@ -419,27 +459,42 @@ struct Executor {
     crashed: CancellationToken,
 }
 
-/// Fetches (or takes the prefetched input of), tests and reports task `t`; returns the
-/// next task if one was claimed to prefetch meanwhile.
+/// One task of a batch between its fetch and its report.
+struct Job {
+    a: Assignment,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    fetched: Fetched,
+}
+
+/// Fetches (or takes the prefetched inputs of), tests and reports a batch of tasks (one
+/// task, or several small whole files); returns the next batch if one was claimed to
+/// prefetch meanwhile.
 async fn execute(
     ex: &mut Executor,
-    t: Taken,
-    pending: Option<tokio::task::JoinHandle<Result<Fetched, AfsError>>>,
+    batch: Vec<Taken>,
+    pending: Option<FetchHandle>,
 ) -> Option<Prefetched> {
     let (cfg, afs, local, out, crashed) = (&ex.cfg, &ex.afs, &ex.local, &ex.out, &ex.crashed);
     let work = &mut ex.work;
-    let Taken { a, bytes, cancel } = t;
-    let set_phase = |phase: Phase| lock(local).set_phase(&a.attempt, phase);
     let max_line = cfg.scan.max_line_bytes;
     let opened = match pending {
         Some(fetch) => fetch.await.unwrap_or_else(|e| {
-            Err(AfsError::Unavailable {
-                message: format!("prefetch task failed: {e}"),
-            })
+            batch
+                .iter()
+                .map(|_| {
+                    Err(AfsError::Unavailable {
+                        message: format!("prefetch task failed: {e}"),
+                    })
+                })
+                .collect()
         }),
-        None => afs.fetch(&a, max_line).await,
+        None => {
+            let assignments: Vec<Assignment> = batch.iter().map(|t| t.a.clone()).collect();
+            afs.fetch_batch(&assignments, max_line).await
+        }
     };
-    let finish_failed = |reason: String, retryable: bool| {
+    let finish_failed = |a: &Assignment, reason: String, retryable: bool| {
         let mut l = lock(local);
         l.finish(&a.attempt);
         let _ = out.send(WorkerMsg::TaskFailed {
@@ -448,48 +503,67 @@ async fn execute(
             retryable,
         });
     };
-    let fetched = match opened {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(file = a.file, error = %e, "cannot fetch the task's file");
-            let retryable = !matches!(e, AfsError::Refused { .. });
-            finish_failed(e.to_string(), retryable);
-            return None;
+    let mut jobs = Vec::with_capacity(batch.len());
+    for (t, r) in batch.into_iter().zip(opened) {
+        match r {
+            Ok(fetched) => jobs.push(Job {
+                a: t.a,
+                progress: t.bytes,
+                cancel: t.cancel,
+                fetched,
+            }),
+            Err(e) => {
+                warn!(file = t.a.file, error = %e, "cannot fetch the task's file");
+                let retryable = !matches!(e, AfsError::Refused { .. });
+                finish_failed(&t.a, e.to_string(), retryable);
+            }
         }
-    };
-    set_phase(Phase::Testing);
+    }
+    if jobs.is_empty() {
+        return None;
+    }
+    for j in &jobs {
+        lock(local).set_phase(&j.a.attempt, Phase::Testing);
+    }
     if cfg.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
     }
-    let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
-    let mut scan_cfg = cfg.scan.clone();
-    scan_cfg.cancel = Some(cancel);
-    let (start, end) = (a.start, a.end);
-    let progress = bytes;
-    let (version, size) = match &fetched {
-        Fetched::Whole(f) => (f.version.clone(), f.size),
-        // A chunk read before the server finished hashing a large file has no version;
-        // the coordinator takes the file's version from its other chunks.
-        Fetched::Range(c) => (c.version.clone().unwrap_or_default(), c.size),
-    };
+    let base_cfg = cfg.scan.clone();
+    let in_hand: Vec<Assignment> = jobs.iter().map(|j| j.a.clone()).collect();
     let mut scan = tokio::task::spawn_blocking(move || {
-        let report = |b| progress.store(b, std::sync::atomic::Ordering::Relaxed);
-        match fetched {
-            Fetched::Whole(f) => scan_chunk_with_progress(&f.local, start, end, &scan_cfg, report),
-            Fetched::Range(c) => Ok(scan_slice(c.lines(), &scan_cfg, report)),
-        }
+        let results: Vec<std::io::Result<ScanResult>> = jobs
+            .iter()
+            .map(|j| {
+                let mut scan_cfg = base_cfg.clone();
+                scan_cfg.cancel = Some(j.cancel.clone());
+                let report = |b| j.progress.store(b, std::sync::atomic::Ordering::Relaxed);
+                let (start, end) = (j.a.start, j.a.end);
+                match &j.fetched {
+                    Fetched::Whole(f) => match &f.content {
+                        Content::Disk(p) => {
+                            scan_chunk_with_progress(p, start, end, &scan_cfg, report)
+                        }
+                        Content::Memory(b) => {
+                            Ok(scan_slice(chunk_of(b, start, end), &scan_cfg, report))
+                        }
+                    },
+                    Fetched::Range(c) => Ok(scan_slice(c.lines(), &scan_cfg, report)),
+                }
+            })
+            .collect();
+        (jobs, results)
     });
-    // While the CPU scans this chunk, claim the next assignment and fetch its input, so
-    // fetching and testing overlap — unless another executor is idle and will take it. The
-    // next assignment usually arrives during the scan (the coordinator sends it when an
-    // earlier completion reaches it): look again each time one arrives.
+    // While the CPU scans this batch, claim the next assignments and fetch their inputs,
+    // so fetching and testing overlap — unless another executor is idle and will take
+    // them. The next assignments usually arrive during the scan (the coordinator sends them
+    // when an earlier completion reaches it): look again each time one arrives.
     let mut scanned = None;
     let mut assignments_open = true;
     let prefetched = loop {
         work.borrow_and_update();
         let claimed = lock(local).claim_for_prefetch();
-        if let Some(n) = claimed {
-            break Some(prefetch(afs, n, max_line));
+        if !claimed.is_empty() {
+            break Some(prefetch(afs, claimed, max_line));
         }
         tokio::select! {
             r = &mut scan => {
@@ -503,67 +577,88 @@ async fn execute(
         Some(r) => r,
         None => scan.await,
     };
-    let r = match scanned {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            finish_failed(format!("reading the cached copy of {}: {e}", a.file), true);
-            return prefetched;
-        }
+    let (jobs, results) = match scanned {
+        Ok(x) => x,
         Err(e) => {
-            finish_failed(format!("scan task failed: {e}"), true);
+            for a in &in_hand {
+                finish_failed(a, format!("scan task failed: {e}"), true);
+            }
             return prefetched;
         }
     };
-    set_phase(Phase::Sending);
-    let batches = prime_batches(&r);
+    let crash = cfg.fail_prob > 0.0;
     let mut l = lock(local);
-    if l.is_cancelled(&a.attempt) {
-        info!(
-            attempt = a.attempt,
-            "cancelled task stopped; its results dropped"
-        );
-        l.finish(&a.attempt);
-        return prefetched;
-    }
-    for (i, (small, big)) in batches.into_iter().enumerate() {
-        let _ = out.send(WorkerMsg::Primes {
-            attempt: a.attempt.clone(),
-            small,
-            big,
-        });
-        if crash && i == 0 {
-            break;
+    for (j, r) in jobs.into_iter().zip(results) {
+        let a = &j.a;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                drop(l);
+                finish_failed(
+                    a,
+                    format!("reading the cached copy of {}: {e}", a.file),
+                    true,
+                );
+                l = lock(local);
+                continue;
+            }
+        };
+        l.set_phase(&a.attempt, Phase::Sending);
+        if l.is_cancelled(&a.attempt) {
+            info!(
+                attempt = a.attempt,
+                "cancelled task stopped; its results dropped"
+            );
+            l.finish(&a.attempt);
+            continue;
         }
-    }
-    if crash {
-        drop(l);
-        error!(
+        let crash = crash && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
+        for (i, (small, big)) in prime_batches(&r).into_iter().enumerate() {
+            let _ = out.send(WorkerMsg::Primes {
+                attempt: a.attempt.clone(),
+                small,
+                big,
+            });
+            if crash && i == 0 {
+                break;
+            }
+        }
+        if crash {
+            drop(l);
+            error!(
+                attempt = a.attempt,
+                "fault injection (--fail-prob): crashing mid-task"
+            );
+            // The session ends at once with the partial result on the wire and no goodbye;
+            // the binary then exits as a crash would (the library never exits the process).
+            crashed.cancel();
+            return None;
+        }
+        let (version, size) = match &j.fetched {
+            Fetched::Whole(f) => (f.version.clone(), f.size),
+            // A chunk read before the server finished hashing a large file has no version;
+            // the coordinator takes the file's version from its other chunks.
+            Fetched::Range(c) => (c.version.clone().unwrap_or_default(), c.size),
+        };
+        let _ = out.send(WorkerMsg::TaskDone(TaskDone {
+            attempt: a.attempt.clone(),
+            version,
+            size,
+            lines: r.lines,
+            numbers: r.numbers,
+            blank: r.blank,
+            invalid: r.invalid,
+            first_invalid: invalid_lines(&r),
+            primes: (r.primes.len() + r.big_primes.len()) as u64,
+        }));
+        l.completed(&a.attempt, r.numbers);
+        debug!(
             attempt = a.attempt,
-            "fault injection (--fail-prob): crashing mid-task"
+            file = a.file,
+            chunk = a.chunk,
+            numbers = r.numbers,
+            "task done"
         );
-        // The session ends at once with the partial result on the wire and no goodbye;
-        // the binary then exits as a crash would (the library never exits the process).
-        crashed.cancel();
-        return None;
     }
-    let _ = out.send(WorkerMsg::TaskDone(TaskDone {
-        attempt: a.attempt.clone(),
-        version,
-        size,
-        lines: r.lines,
-        numbers: r.numbers,
-        blank: r.blank,
-        invalid: r.invalid,
-        first_invalid: invalid_lines(&r),
-        primes: (r.primes.len() + r.big_primes.len()) as u64,
-    }));
-    l.completed(&a.attempt, r.numbers);
-    info!(
-        attempt = a.attempt,
-        file = a.file,
-        chunk = a.chunk,
-        numbers = r.numbers,
-        "task done"
-    );
     prefetched
 }

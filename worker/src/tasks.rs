@@ -53,9 +53,49 @@ pub struct Taken {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// Small whole files are taken, fetched and tested as one batch: one pipelined round trip
+/// to the file server and one hand-off to a testing thread for the lot, instead of one of
+/// each per file (what small files cost most). Each stays its own task: its own attempt,
+/// results and report.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// A task joins a batch only if it is a whole file of at most this many bytes.
+    pub file_max: u64,
+    /// Most tasks in one batch.
+    pub max_files: usize,
+    /// Most bytes in one batch.
+    pub max_bytes: u64,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            file_max: 256 << 10,
+            max_files: 32,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
+impl BatchLimits {
+    /// One task at a time.
+    pub fn none() -> Self {
+        BatchLimits {
+            file_max: 0,
+            max_files: 1,
+            max_bytes: 0,
+        }
+    }
+
+    fn small(&self, a: &Assignment) -> bool {
+        a.chunks == 1 && a.size <= self.file_max
+    }
+}
+
 /// The tasks of one session with the coordinator.
 #[derive(Default)]
 pub struct Tasks {
+    limits: BatchLimits,
     queue: VecDeque<Assignment>,
     held: Vec<Held>,
     /// Executors waiting for work.
@@ -68,16 +108,23 @@ pub struct Tasks {
 }
 
 impl Tasks {
+    pub fn new(limits: BatchLimits) -> Self {
+        Tasks {
+            limits,
+            ..Tasks::default()
+        }
+    }
+
     /// The coordinator assigned `a`: queued until an executor takes it.
     pub fn assigned(&mut self, a: Assignment) {
         self.queue.push_back(a);
     }
 
-    /// An executor with nothing to do takes the next queued task (phase fetching), or,
-    /// when there is none, counts itself idle until [`Tasks::woken`].
-    pub fn take_or_wait(&mut self) -> Option<Taken> {
+    /// An executor with nothing to do takes the next queued task, or a batch of small ones
+    /// (phase fetching), or, when there is none, counts itself idle until [`Tasks::woken`].
+    pub fn take_or_wait(&mut self) -> Vec<Taken> {
         let t = self.take();
-        if t.is_none() {
+        if t.is_empty() {
             self.idle += 1;
         }
         t
@@ -90,15 +137,41 @@ impl Tasks {
 
     /// A busy executor claims the next task to fetch its input while it tests its current
     /// one — only when no executor is idle (an idle one will take it at once).
-    pub fn claim_for_prefetch(&mut self) -> Option<Taken> {
+    pub fn claim_for_prefetch(&mut self) -> Vec<Taken> {
         if self.idle > 0 {
-            return None;
+            return Vec::new();
         }
         self.take()
     }
 
-    fn take(&mut self) -> Option<Taken> {
-        let a = self.queue.pop_front()?;
+    /// The next task, with the small ones queued after it when it is small itself (at most
+    /// an even share of the queue while other executors are idle, so none starves).
+    fn take(&mut self) -> Vec<Taken> {
+        let Some(first) = self.queue.pop_front() else {
+            return Vec::new();
+        };
+        let mut batch = vec![self.hold(first)];
+        if !self.limits.small(&batch[0].a) {
+            return batch;
+        }
+        let share = (self.queue.len() + 1).div_ceil(self.idle + 1);
+        let mut bytes = batch[0].a.size;
+        while batch.len() < self.limits.max_files.min(share) {
+            let Some(next) = self.queue.front() else {
+                break;
+            };
+            if !self.limits.small(next) || bytes + next.size > self.limits.max_bytes {
+                break;
+            }
+            bytes += next.size;
+            if let Some(a) = self.queue.pop_front() {
+                batch.push(self.hold(a));
+            }
+        }
+        batch
+    }
+
+    fn hold(&mut self, a: Assignment) -> Taken {
         let h = Held {
             a: a.clone(),
             phase: Phase::Fetching,
@@ -111,7 +184,7 @@ impl Tasks {
             cancel: h.cancel.clone(),
         };
         self.held.push(h);
-        Some(t)
+        t
     }
 
     pub fn set_phase(&mut self, attempt: &str, phase: Phase) {
@@ -227,24 +300,90 @@ mod tests {
         }
     }
 
+    fn one(mut batch: Vec<Taken>) -> Taken {
+        assert_eq!(batch.len(), 1, "one task");
+        batch.remove(0)
+    }
+
+    fn names(batch: &[Taken]) -> Vec<&str> {
+        batch.iter().map(|t| t.a.attempt.as_str()).collect()
+    }
+
+    #[test]
+    /// Small whole files are taken together, within the limits, in order; a large file or a
+    /// chunk of one goes alone and ends a batch; while other executors are idle, a batch
+    /// takes only its share of the queue.
+    fn batches_of_small_files() {
+        let limits = BatchLimits {
+            file_max: 100,
+            max_files: 3,
+            max_bytes: 200,
+        };
+        let mut t = Tasks::new(limits);
+        for (n, size) in [
+            ("a", 50),
+            ("b", 50),
+            ("c", 50),
+            ("d", 50),
+            ("e", 100),
+            ("f", 100),
+        ] {
+            t.assigned(a(n, 0, size));
+        }
+        t.assigned(a("big", 0, 101));
+        t.assigned(a("g", 0, 10));
+        let mut chunk = a("part", 0, 10);
+        chunk.chunks = 2;
+        chunk.size = 20;
+        t.assigned(chunk);
+        t.assigned(a("h", 0, 10));
+        assert_eq!(names(&t.take_or_wait()), ["a", "b", "c"], "at most 3 files");
+        assert_eq!(names(&t.take_or_wait()), ["d", "e"], "200 bytes at most");
+        assert_eq!(
+            names(&t.claim_for_prefetch()),
+            ["f"],
+            "a large file ends it"
+        );
+        assert_eq!(names(&t.take_or_wait()), ["big"], "alone");
+        assert_eq!(
+            names(&t.take_or_wait()),
+            ["g"],
+            "a chunk of a larger file ends it"
+        );
+        assert_eq!(names(&t.take_or_wait()), ["part"]);
+        assert_eq!(names(&t.take_or_wait()), ["h"]);
+        // Another executor idle: half of the queue each.
+        let mut t = Tasks::new(limits);
+        assert!(t.take_or_wait().is_empty());
+        for n in ["p", "q", "r", "s"] {
+            t.assigned(a(n, 0, 10));
+        }
+        assert_eq!(
+            names(&t.take_or_wait()),
+            ["p", "q"],
+            "a share for the idle one"
+        );
+        t.woken();
+        assert_eq!(names(&t.take_or_wait()), ["r", "s"]);
+        assert_eq!(t.busy(), ["p", "q", "r", "s"]);
+    }
+
     #[test]
     /// Executors take tasks in order; with none queued they wait (idle), and a busy one
     /// claims a task to prefetch only while no executor is idle.
     fn taking_and_claiming() {
-        let mut t = Tasks::default();
-        assert!(t.take_or_wait().is_none(), "nothing yet: idle");
+        let mut t = Tasks::new(BatchLimits::none());
+        assert!(t.take_or_wait().is_empty(), "nothing yet: idle");
         t.assigned(a("x", 0, 10));
         assert!(
-            t.claim_for_prefetch().is_none(),
+            t.claim_for_prefetch().is_empty(),
             "an idle executor will take it"
         );
         t.woken();
-        let x = t.take_or_wait().expect("x");
+        let x = one(t.take_or_wait());
         assert_eq!(x.a.attempt, "x");
         t.assigned(a("y", 0, 10));
-        let y = t
-            .claim_for_prefetch()
-            .expect("nobody idle: claimed for prefetch");
+        let y = one(t.claim_for_prefetch());
         assert_eq!(y.a.attempt, "y");
         assert_eq!(t.busy(), vec!["x", "y"]);
         let rec = t.record("w");
@@ -261,10 +400,10 @@ mod tests {
     /// A cancelled queued task is dropped; a held one has its scan flag set and its
     /// results refused until finished; cancelling something not in hand leaves nothing.
     fn cancelling() {
-        let mut t = Tasks::default();
+        let mut t = Tasks::new(BatchLimits::none());
         t.assigned(a("x", 0, 10));
         t.assigned(a("y", 0, 10));
-        let x = t.take_or_wait().expect("x");
+        let x = one(t.take_or_wait());
         t.cancel("y");
         assert_eq!(t.busy(), vec!["x"], "queued y dropped");
         assert!(!t.is_cancelled("y"), "nothing kept for a task not held");
@@ -280,7 +419,7 @@ mod tests {
         assert!(t.cancelled.is_empty());
         // The end of a session stops everything in hand.
         t.assigned(a("z", 0, 10));
-        let z = t.take_or_wait().expect("z");
+        let z = one(t.take_or_wait());
         t.assigned(a("w", 0, 10));
         t.cancel_all();
         assert!(z.cancel.load(Ordering::Relaxed));
@@ -290,12 +429,12 @@ mod tests {
     #[test]
     /// Progress is clamped to each chunk and summed; phases and counts reach the record.
     fn progress_and_record() {
-        let mut t = Tasks::default();
+        let mut t = Tasks::new(BatchLimits::none());
         t.assigned(a("x", 100, 200));
         t.assigned(a("y", 0, 50));
         t.assigned(a("q", 0, 7));
-        let x = t.take_or_wait().expect("x");
-        let y = t.claim_for_prefetch().expect("y");
+        let x = one(t.take_or_wait());
+        let y = one(t.claim_for_prefetch());
         x.bytes.store(150, Ordering::Relaxed); // read past the end of its last line
         y.bytes.store(20, Ordering::Relaxed);
         t.set_phase("x", Phase::Testing);

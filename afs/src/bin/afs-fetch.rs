@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use afs::client::{AfsClient, ClientConfig};
+use afs::client::{AfsClient, ClientConfig, Content};
 use anyhow::Context;
 use clap::Parser;
 use proto::ClusterKey;
@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let run = || -> anyhow::Result<()> {
         let key = ClusterKey::resolve(&args.key_file).context("loading the cluster key")?;
-        let cfg = ClientConfig::new(&args.id, args.servers.clone(), &args.cache_root, key);
+        let mut cfg = ClientConfig::new(&args.id, args.servers.clone(), &args.cache_root, key);
+        // This tool's output is the local copy: keep every file on disk.
+        cfg.memory_file_max = 0;
         let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
         if args.probe {
             let addr = &args.servers[0];
@@ -77,7 +79,10 @@ fn main() -> ExitCode {
                 let secs = t.elapsed().as_secs_f64();
                 println!(
                     "{}\t{} bytes\tversion {}\t{}\t{:.3} s\t{:.1} MB/s",
-                    f.local.display(),
+                    match &f.content {
+                        Content::Disk(p) => p.display().to_string(),
+                        Content::Memory(_) => "(memory)".to_string(),
+                    },
                     f.size,
                     f.version,
                     if f.from_cache { "cached" } else { "fetched" },

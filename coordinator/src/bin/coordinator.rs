@@ -76,7 +76,7 @@ struct RunArgs {
     /// Assignments a worker holds at once.
     #[arg(long, env = "PRIMES_MAX_INFLIGHT", default_value_t = 2)]
     max_inflight: usize,
-    /// A worker may hold 4x --max-inflight assignments while they add up to less than this
+    /// A worker may hold 32x --max-inflight assignments while they add up to less than this
     /// many KiB (many small files: fewer round trips waited for); 0 turns it off.
     #[arg(long, env = "PRIMES_SMALL_INFLIGHT_KIB", default_value_t = 1024)]
     small_inflight_kib: u64,

@@ -31,7 +31,7 @@ pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
 
 /// A worker may hold this many times `max_inflight` assignments while they are small (see
 /// [`CoreConfig::small_inflight_bytes`]).
-pub const SMALL_INFLIGHT_FACTOR: usize = 4;
+pub const SMALL_INFLIGHT_FACTOR: usize = 32;
 
 /// How many chunks a file of `size` bytes is cut into: the nearest whole number of
 /// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file

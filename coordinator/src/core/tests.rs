@@ -381,13 +381,22 @@ fn small_assignments_fill_a_deeper_pipeline() {
         ..cfg()
     };
     let mut c = Core::new(small.clone(), "s".into());
-    for i in 0..10 {
+    for i in 0..100 {
+        c.file_ready(&format!("f{i}.txt"), fp(10), at(0));
+    }
+    assert_eq!(
+        assigns(&c.register(1, "w1", at(0))).len(),
+        SMALL_INFLIGHT_FACTOR * 2,
+        "32 x 2 tiny files"
+    );
+    let mut c = Core::new(small.clone(), "s".into());
+    for i in 0..100 {
         c.file_ready(&format!("f{i}.txt"), fp(100), at(0));
     }
     assert_eq!(
         assigns(&c.register(1, "w1", at(0))).len(),
-        8,
-        "4 x 2 small files"
+        10,
+        "small files while they add up to under 1000 bytes"
     );
 
     let mut c = Core::new(small, "s".into());

@@ -44,6 +44,13 @@ struct RunArgs {
     /// Cache size limit in MiB (least recently used files are evicted beyond it).
     #[arg(long, env = "AFS_CACHE_MIB", default_value_t = 8192)]
     cache_mib: u64,
+    /// Files up to this many KiB are cached in memory instead of on disk (no file created
+    /// per small file; a restarted worker fetches them again). 0: everything on disk.
+    #[arg(long, env = "AFS_MEMORY_FILE_KIB", default_value_t = afs::client::DEFAULT_MEMORY_FILE_MAX >> 10)]
+    memory_file_kib: u64,
+    /// Memory for those small files, in MiB (least recently used ones dropped beyond it).
+    #[arg(long, env = "AFS_MEMORY_CACHE_MIB", default_value_t = afs::client::DEFAULT_MEMORY_LIMIT >> 20)]
+    memory_cache_mib: u64,
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
     #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
     key_file: PathBuf,
@@ -60,7 +67,8 @@ struct RunArgs {
     /// Fault injection: probability (0..1) of crashing in the middle of each task. Off by default.
     #[arg(long, env = "WORKER_FAIL_PROB", default_value_t = 0.0)]
     fail_prob: f64,
-    /// Fault injection: extra milliseconds of delay per task. Off by default.
+    /// Fault injection: extra milliseconds of delay per task (tasks then go one at a time,
+    /// not in batches of small files). Off by default.
     #[arg(long, env = "WORKER_DELAY_MS", default_value_t = 0)]
     delay_ms: u64,
     /// Fault injection: hold each snapshot marker this many ms before acting on it (a slow
@@ -175,6 +183,8 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         afs_servers: a.afs,
         cache_root: a.cache_root,
         cache_limit_bytes: a.cache_mib << 20,
+        memory_file_max: a.memory_file_kib << 10,
+        memory_limit_bytes: a.memory_cache_mib << 20,
         afs_timeout: Duration::from_millis(a.afs_timeout_ms.max(100)),
         key,
         threads: threads as u32,
