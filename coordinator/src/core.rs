@@ -150,7 +150,8 @@ struct Worker {
     conn: Option<u64>,
     last_seen_ms: u64,
     joined: DateTime<Utc>,
-    assigned: Vec<String>,
+    /// Attempts it holds, with the bytes of each one's chunk.
+    assigned: Vec<(String, u64)>,
     tasks_done: u64,
     numbers: u64,
     /// From the last heartbeat: bytes done and total of the tasks being tested.
@@ -312,7 +313,7 @@ impl Core {
                 if let ChunkState::Assigned { attempt, worker } = c {
                     self.attempts.remove(&attempt);
                     if let Some(w) = self.workers.get_mut(&worker) {
-                        w.assigned.retain(|a| *a != attempt);
+                        w.assigned.retain(|(a, _)| *a != attempt);
                         if let Some(conn) = w.conn {
                             actions.push(Action::Send(conn, CoordMsg::Cancel { attempt }));
                         }
@@ -473,7 +474,7 @@ impl Core {
                 self.totals.tasks_done += 1;
                 self.totals.numbers_tested += done.numbers;
                 if let Some(w) = self.workers.get_mut(&worker) {
-                    w.assigned.retain(|a| *a != done.attempt);
+                    w.assigned.retain(|(a, _)| *a != done.attempt);
                     w.tasks_done += 1;
                     w.numbers += done.numbers;
                 }
@@ -497,7 +498,7 @@ impl Core {
                 };
                 self.attempts.remove(&attempt);
                 if let Some(w) = self.workers.get_mut(&worker) {
-                    w.assigned.retain(|a| *a != attempt);
+                    w.assigned.retain(|(a, _)| *a != attempt);
                 }
                 self.totals.tasks_failed += 1;
                 let mut actions = self.chunk_failed(&file, chunk, reason, retryable, now);

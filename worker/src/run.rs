@@ -64,6 +64,8 @@ pub const INJECTED_CRASH_EXIT: i32 = 86;
 /// Runs the worker until `shutdown`. Only a bad configuration or an unusable cache ends it
 /// early; coordinator and file-server outages are waited out.
 pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The small-number bitmap takes ~20 ms to build: done while we connect and register.
+    std::thread::spawn(crate::prime::warm_up);
     let mut afs_cfg = ClientConfig::new(
         &cfg.id,
         cfg.afs_servers.clone(),

@@ -63,16 +63,7 @@ impl Core {
         if n >= limit * SMALL_INFLIGHT_FACTOR {
             return false;
         }
-        let held: u64 = w
-            .assigned
-            .iter()
-            .filter_map(|a| self.attempts.get(a))
-            .filter_map(|k| {
-                let job = self.jobs.get(&k.file)?;
-                let (s, e) = chunk_range(job.fp.size, job.chunks.len() as u64, k.chunk as u64);
-                Some(e - s)
-            })
-            .sum();
+        let held: u64 = w.assigned.iter().map(|(_, bytes)| bytes).sum();
         held < self.cfg.small_inflight_bytes
     }
 
@@ -121,7 +112,7 @@ impl Core {
             let Some(w) = self.workers.get_mut(&worker) else {
                 break;
             };
-            w.assigned.push(attempt.clone());
+            w.assigned.push((attempt.clone(), end - start));
             if let Some(conn) = w.conn {
                 actions.push(Action::Send(
                     conn,

@@ -55,7 +55,7 @@ impl Core {
             self.totals.workers_lost += 1;
         }
         let attempts = std::mem::take(&mut w.assigned);
-        for attempt in attempts {
+        for (attempt, _) in attempts {
             if let Some(key) = self.attempts.remove(&attempt) {
                 if let Some(job) = self.jobs.get_mut(&key.file) {
                     if job.gen == key.gen {

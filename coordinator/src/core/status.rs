@@ -76,7 +76,7 @@ impl Core {
             let tasks: Vec<String> = w
                 .assigned
                 .iter()
-                .filter_map(|a| self.attempts.get(a))
+                .filter_map(|(a, _)| self.attempts.get(a))
                 .map(|k| format!("{}#{}", k.file, k.chunk))
                 .collect();
             v.workers.push(WorkerStatus {

@@ -19,7 +19,7 @@ mod sieve;
 mod trial;
 
 pub use big::is_prime_big;
-pub use sieve::SIEVE_LIMIT;
+pub use sieve::{warm_up, SIEVE_LIMIT};
 pub use trial::TRIAL_LIMIT;
 
 use lucas::extra_strong_lucas;

@@ -28,6 +28,12 @@ fn build() -> Vec<u64> {
     bits
 }
 
+/// Builds the bitmap now if no one has (a worker does it on a spare thread while it
+/// connects, so that its first task does not wait for it).
+pub fn warm_up() {
+    BITS.get_or_init(build);
+}
+
 /// Exact primality of n < SIEVE_LIMIT.
 #[inline]
 pub(crate) fn is_prime_small(n: u64) -> bool {
