@@ -202,6 +202,10 @@ pub struct AfsClient {
     cfg: ClientConfig,
     dir: PathBuf,
     index: HashMap<String, Entry>,
+    /// Bytes of the entries on disk and in memory (kept with the index, so that a fetch
+    /// does not sum the whole index).
+    disk_bytes: u64,
+    memory_bytes: u64,
     clock: u64,
     active: Option<Active>,
     last_primary_try: Option<Instant>,
@@ -288,6 +292,8 @@ impl AfsClient {
         Ok(AfsClient {
             cfg,
             dir,
+            disk_bytes: index.values().map(|e| e.size).sum(),
+            memory_bytes: 0,
             index,
             clock,
             active: None,
@@ -660,7 +666,7 @@ impl AfsClient {
     }
 
     fn forget(&mut self, rel: &str) {
-        if let Some(e) = self.index.remove(rel) {
+        if let Some(e) = self.unindex(rel) {
             if e.memory.is_none() {
                 let _ = std::fs::remove_file(self.local_path(rel));
                 self.save_index();
@@ -814,7 +820,7 @@ impl AfsClient {
                             Some(b) => Content::Memory(b.clone()),
                             None => Content::Disk(local.clone()),
                         };
-                        let old = self.index.insert(
+                        let old = self.reindex(
                             rel.to_string(),
                             Entry {
                                 version: version.clone(),
@@ -988,6 +994,35 @@ impl AfsClient {
         Ok(Some(()))
     }
 
+    /// Adds or replaces the entry of `rel`, keeping the byte totals.
+    fn reindex(&mut self, rel: String, e: Entry) -> Option<Entry> {
+        *self.total(e.memory.is_some()) += e.size;
+        let old = self.index.insert(rel, e);
+        if let Some(o) = &old {
+            let t = self.total(o.memory.is_some());
+            *t = t.saturating_sub(o.size);
+        }
+        old
+    }
+
+    /// Removes the entry of `rel`, keeping the byte totals.
+    fn unindex(&mut self, rel: &str) -> Option<Entry> {
+        let old = self.index.remove(rel);
+        if let Some(o) = &old {
+            let t = self.total(o.memory.is_some());
+            *t = t.saturating_sub(o.size);
+        }
+        old
+    }
+
+    fn total(&mut self, memory: bool) -> &mut u64 {
+        if memory {
+            &mut self.memory_bytes
+        } else {
+            &mut self.disk_bytes
+        }
+    }
+
     /// Evicts least recently used files until the disk cache and the memory cache each fit
     /// their limit, never the file just opened.
     fn evict(&mut self, keep: &str) {
@@ -997,23 +1032,15 @@ impl AfsClient {
             } else {
                 self.cfg.cache_limit_bytes
             };
-            let held = |e: &Entry| e.memory.is_some() == memory;
-            let mut total: u64 = self
-                .index
-                .values()
-                .filter(|e| held(e))
-                .map(|e| e.size)
-                .sum();
-            while total > limit {
+            while *self.total(memory) > limit {
                 let victim = self
                     .index
                     .iter()
-                    .filter(|(p, e)| p.as_str() != keep && held(e))
+                    .filter(|(p, e)| p.as_str() != keep && e.memory.is_some() == memory)
                     .min_by_key(|(_, e)| e.last_used)
                     .map(|(p, _)| p.clone());
                 let Some(v) = victim else { break };
-                if let Some(e) = self.index.remove(&v) {
-                    total -= e.size;
+                if self.unindex(&v).is_some() {
                     if !memory {
                         let _ = std::fs::remove_file(self.local_path(&v));
                     }

@@ -474,8 +474,8 @@ async fn fetch_small(
         Ok(r) => r,
         Err(_) => return Ok(false), // the streaming path words the refusal
     };
-    // Unchanged since its version was computed: no need to read it.
-    if let Ok(Some((info, _))) = store.cached_info(&rel) {
+    // Held by the client and unchanged since its version was computed: no need to read it.
+    if let Some(Ok(Some((info, _)))) = have_version.map(|_| store.cached_info(&rel)) {
         if have_version == Some(info.version.as_str()) {
             shared.promise(&info.path, id);
             shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);

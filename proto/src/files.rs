@@ -126,11 +126,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // The folder is created only when missing (most writes go to an existing one, and
+        // create_dir_all costs a failed mkdir and a stat each time).
+        let mut f = match std::fs::File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::File::create(&tmp)?
+            }
+            other => other?,
+        };
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
