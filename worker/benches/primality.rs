@@ -26,8 +26,13 @@ fn u64_sets() -> Vec<(&'static str, Vec<u64>)> {
         }
     }
     let small: Vec<u64> = (0..1 << 20).map(|_| r.gen_range(1..=10_000_000)).collect();
+    // Full width: the top bit set, where a Montgomery product leaves no spare bit.
+    let full_width: Vec<u64> = (0..1 << 16)
+        .map(|_| r.gen::<u64>() | (1 << 63) | 1)
+        .collect();
     vec![
         ("a_random_odd_u64", random_odd),
+        ("a2_random_odd_u64_top_bit_set", full_width),
         ("b_u64_primes", primes),
         ("c_shuffled_1_to_1e7", small),
     ]
@@ -125,6 +130,21 @@ fn bench_big(c: &mut Criterion) {
                         })
                     },
                 );
+                if set == "primes" {
+                    // Without trial division ("worst case" entry point): valid for numbers
+                    // with no small factor, such as these primes.
+                    g.bench_with_input(
+                        BenchmarkId::new("machine_prime_wc_1thread", set),
+                        &w,
+                        |b, w| {
+                            b.iter(|| {
+                                w.iter()
+                                    .filter(|&&n| machine_prime::is_prime_wc_128(black_box(n)))
+                                    .count()
+                            })
+                        },
+                    );
+                }
             }
         }
         g.finish();

@@ -103,7 +103,10 @@ pub(crate) fn extra_strong_lucas_lanes<const L: usize>(ms: &[Mont; L]) -> [bool;
     let mut alive = [true; L];
     let mut pm = [0u64; L];
     let mut two = [0u64; L];
-    let mut k = [0u128; L];
+    // k = (n + 1) / 2^s: n + 1 fits in a u64 because n < 2^64 - 1 here (2^64 - 1 is
+    // divisible by 3). Shifted left as the bits are consumed, so that the next bit is always
+    // the top one (one shift per lane and bit instead of a variable 128-bit shift).
+    let mut k = [0u64; L];
     let mut s = [0u64; L];
     let mut top = 0;
     for i in 0..L {
@@ -116,17 +119,22 @@ pub(crate) fn extra_strong_lucas_lanes<const L: usize>(ms: &[Mont; L]) -> [bool;
             }
         }
         two[i] = m.add(m.one, m.one);
-        let np1 = m.n_plus_1();
-        s[i] = Exponent::trailing_zeros(&np1);
+        debug_assert!(m.n < u64::MAX);
+        let np1 = m.n.wrapping_add(1);
+        s[i] = np1.trailing_zeros() as u64;
         k[i] = np1 >> s[i];
-        top = top.max(Exponent::bits(&k[i]));
+        top = top.max(64 - k[i].leading_zeros());
+    }
+    for ki in &mut k {
+        *ki <<= 64 - top.max(1);
     }
     let mut v = two;
     let mut w = pm;
-    for bit in (0..top).rev() {
+    for _ in 0..top {
         for i in 0..L {
             let m = &ms[i];
-            let one_bit = (k[i] >> bit) & 1 == 1;
+            let one_bit = k[i] >> 63 == 1;
+            k[i] <<= 1;
             let vw = m.sub(m.mul(v[i], w[i]), pm[i]);
             let x = if one_bit { w[i] } else { v[i] };
             let sq = m.sub(m.mul(x, x), two[i]);

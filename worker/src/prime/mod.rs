@@ -26,9 +26,12 @@ use lucas::extra_strong_lucas;
 use mont::Mont;
 use ring::ModRing;
 
-/// How many base-2 tests run interleaved in [`filter_primes_u64`]: four independent
-/// Montgomery multiplications in flight hide most of one multiplication's latency.
-pub const LANES: usize = 4;
+/// How many base-2 tests run interleaved in [`filter_primes_u64`]: independent Montgomery
+/// multiplications in flight hide one multiplication's latency.
+pub const LANES: usize = MR_LANES;
+const MR_LANES: usize = 6;
+/// Lucas tests interleaved: each has two independent multiplications per bit already.
+const LUCAS_LANES: usize = 4;
 
 /// Outcome of the cheap first stage for one machine word.
 enum Quick {
@@ -72,8 +75,8 @@ pub fn is_prime_u64(n: u64) -> bool {
 /// survive trial division are queued and their base-2 tests run [`LANES`] at a time; those
 /// that pass are queued again for Lucas tests, also [`LANES`] at a time.
 pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
-    let mut mr = Lanes::default();
-    let mut lucas = Lanes::default();
+    let mut mr = Lanes::<MR_LANES>::default();
+    let mut lucas = Lanes::<LUCAS_LANES>::default();
     for &n in nums {
         match quick(n) {
             Quick::Prime => out.push(n),
@@ -105,28 +108,28 @@ pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
     }
 }
 
-/// A queue of up to [`LANES`] numbers waiting for an interleaved test.
-struct Lanes {
-    ms: [Mont; LANES],
+/// A queue of up to `L` numbers waiting for an interleaved test.
+struct Lanes<const L: usize> {
+    ms: [Mont; L],
     len: usize,
 }
 
-impl Default for Lanes {
+impl<const L: usize> Default for Lanes<L> {
     fn default() -> Self {
         Lanes {
-            ms: [Mont::new(3); LANES],
+            ms: [Mont::new(3); L],
             len: 0,
         }
     }
 }
 
-impl Lanes {
+impl<const L: usize> Lanes<L> {
     /// Queues `m`; true when the queue is full (the caller runs it and resets `len`).
     #[inline]
     fn push(&mut self, m: Mont) -> bool {
         self.ms[self.len] = m;
         self.len += 1;
-        self.len == LANES
+        self.len == L
     }
 }
 

@@ -138,12 +138,15 @@ pub(crate) fn strong_base2_lanes<const L: usize>(ms: &[Mont; L]) -> [bool; L] {
     let mut x = [0u64; L];
     for i in 0..L {
         x[i] = ms[i].one;
+        // The next bit is always the top one: one shift per lane and bit.
+        d[i] <<= 64 - top.max(1);
     }
-    for bit in (0..top).rev() {
+    for _ in 0..top {
         for i in 0..L {
             let y = ms[i].mul(x[i], x[i]);
             let dbl = ms[i].add(y, y);
-            x[i] = if (d[i] >> bit) & 1 == 1 { dbl } else { y };
+            x[i] = if d[i] >> 63 == 1 { dbl } else { y };
+            d[i] <<= 1;
         }
     }
     let mut out = [false; L];
