@@ -69,6 +69,11 @@ run_system() {
   done
   "$B/wait-files" data/output "$files"
   t1=$(now)
+  # CPU (user + system) of every process of the system, in clock ticks, before they go.
+  local ticks=0 p
+  for p in "${pids[@]}"; do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
   kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true
   sort primes.txt > sorted.txt
   if ! cmp -s sorted.txt "$cache/expected-${dataset_dir:-$dataset}.txt"; then
@@ -76,15 +81,17 @@ run_system() {
   fi
   cd - > /dev/null
   mv "$work" "$trash/"
-  echo "$t1 - $t0" | bc -l
+  echo "$(echo "$t1 - $t0" | bc -l) $(echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc -l)"
 }
 
 run_check() {
-  local t0 t1
+  local t0 t1 cpu
   t0=$(now)
-  "$B/worker" check --threads "$((workers * threads))" $(find "$data" -name '*.txt' | sort) > /tmp/primes-check.out 2>/dev/null
+  # `times` in the subshell prints its children's user and system CPU on its second line.
+  cpu=$( ( "$B/worker" check --threads "$((workers * threads))" $(find "$data" -name '*.txt' | sort) > /tmp/primes-check.out 2>/dev/null; times ) | tail -1 \
+    | awk '{ for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } print t }')
   t1=$(now)
-  echo "$t1 - $t0" | bc -l
+  echo "$(echo "$t1 - $t0" | bc -l) $cpu"
 }
 
 # Expected output (sorted) from the baseline, once.
@@ -157,16 +164,18 @@ if [ "$dataset" = snap10k ]; then
   cd - > /dev/null; rm -rf "$work"
   exit 0
 fi
-sys=(); chk=()
+sys=(); chk=(); sys_cpu=(); chk_cpu=()
 for r in $(seq "$runs"); do
-  chk+=("$(run_check)")
-  sys+=("$(run_system 30000)")
+  read -r t c <<< "$(run_check)"; chk+=("$t"); chk_cpu+=("$c")
+  read -r t c <<< "$(run_system 30000)"; sys+=("$t"); sys_cpu+=("$c")
 done
 m_sys=$(printf '%s\n' "${sys[@]}" | median); m_chk=$(printf '%s\n' "${chk[@]}" | median)
+m_sys_cpu=$(printf '%s\n' "${sys_cpu[@]}" | median); m_chk_cpu=$(printf '%s\n' "${chk_cpu[@]}" | median)
 nums=$(cat "$data"/*.txt | wc -l)
 echo "worker check (1 process, $((workers * threads)) threads): $m_chk s  = $(echo "scale=1; $nums / $m_chk / 1000000" | bc -l) M numbers/s, $(echo "scale=1; $bytes / $m_chk / 1000000" | bc -l) MB/s   (runs: ${chk[*]})"
 echo "distributed system:                 $m_sys s  = $(echo "scale=1; $nums / $m_sys / 1000000" | bc -l) M numbers/s, $(echo "scale=1; $bytes / $m_sys / 1000000" | bc -l) MB/s   (runs: ${sys[*]})"
 echo "system throughput / single-process: $(echo "scale=3; $m_chk / $m_sys" | bc -l)"
+echo "CPU (user+sys, all processes): system $m_sys_cpu s, worker check $m_chk_cpu s; beyond check's: $(echo "($m_sys_cpu - $m_chk_cpu) * 1000000 / $files" | bc) us per file   (system runs: ${sys_cpu[*]})"
 if [ "${FACTOR:-0}" = 1 ]; then
   t0=$(now)
   cat $(find "$data" -name '*.txt') | factor | awk 'NF==2{print $2}' | sort -u > /tmp/primes-factor.out

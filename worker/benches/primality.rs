@@ -7,7 +7,10 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::time::Duration;
 use worker::parse::{lines, parse_line, Line, Value, DEFAULT_MAX_BITS};
-use worker::prime::{filter_primes_u64, is_prime_big, is_prime_u64, reference::is_prime_mr7};
+use worker::prime::{
+    filter_primes_u128, filter_primes_u64, is_prime_big, is_prime_u128, is_prime_u64,
+    reference::is_prime_mr7,
+};
 
 const SEED: u64 = 20261122;
 
@@ -119,6 +122,21 @@ fn bench_big(c: &mut Criterion) {
                     .iter()
                     .map(|n| u128::try_from(n).unwrap_or(0))
                     .collect();
+                g.bench_with_input(BenchmarkId::new("ours_u128_1thread", set), &w, |b, w| {
+                    b.iter(|| w.iter().filter(|&&n| is_prime_u128(black_box(n))).count())
+                });
+                g.bench_with_input(
+                    BenchmarkId::new("ours_u128_batch_1thread", set),
+                    &w,
+                    |b, w| {
+                        let mut out = Vec::with_capacity(w.len());
+                        b.iter(|| {
+                            out.clear();
+                            filter_primes_u128(black_box(w), &mut out);
+                            out.len()
+                        })
+                    },
+                );
                 g.bench_with_input(
                     BenchmarkId::new("machine_prime_1thread", set),
                     &w,

@@ -115,6 +115,7 @@ const BATCH: usize = 512;
 pub fn scan_buffer(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
     let mut r = ScanResult::default();
     let mut words = Vec::with_capacity(BATCH);
+    let mut wide = Vec::new();
     for line in parse::lines(buf) {
         r.lines += 1;
         match parse::parse_line(line, cfg.max_bits) {
@@ -137,8 +138,18 @@ pub fn scan_buffer(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
                         if cfg.cancelled() {
                             return r;
                         }
-                        if prime::is_prime_big(&b) {
-                            r.big_primes.push(b);
+                        match u128::try_from(&b) {
+                            Ok(x) => {
+                                wide.push(x);
+                                if wide.len() == WIDE_BATCH {
+                                    test_wide(&mut wide, &mut r.big_primes);
+                                }
+                            }
+                            Err(_) => {
+                                if prime::is_prime_big(&b) {
+                                    r.big_primes.push(b);
+                                }
+                            }
                         }
                     }
                     Value::Negative => {}
@@ -147,7 +158,20 @@ pub fn scan_buffer(buf: &[u8], cfg: &ScanConfig) -> ScanResult {
         }
     }
     prime::filter_primes_u64(&words, &mut r.primes);
+    test_wide(&mut wide, &mut r.big_primes);
     r
+}
+
+/// Numbers between 2^64 and 2^128 are tested in batches of this many (interleaved, like
+/// machine words; each takes microseconds, so a batch is a short wait for a cancel).
+const WIDE_BATCH: usize = 64;
+
+/// Tests the queued numbers below 2^128 and empties the queue.
+fn test_wide(wide: &mut Vec<u128>, big_primes: &mut Vec<BigUint>) {
+    let mut found = Vec::new();
+    prime::filter_primes_u128(wide, &mut found);
+    big_primes.extend(found.into_iter().map(BigUint::from));
+    wide.clear();
 }
 
 /// Size of the pieces a buffer is split into for parallel scanning.

@@ -58,13 +58,53 @@ pub fn is_prime_big(n: &BigUint) -> bool {
     r.strong_base2() && extra_strong_lucas(&r)
 }
 
+/// Primality of a number below 2^128: exact below 2^64, BPSW above (see the module doc).
+pub fn is_prime_u128(n: u128) -> bool {
+    match u64::try_from(n) {
+        Ok(x) => super::is_prime_u64(x),
+        Err(_) => n & 1 == 1 && is_prime_u128_above_64(n),
+    }
+}
+
+/// The Montgomery context of an odd 2^64 < n < 2^128 that needs the strong tests, or
+/// `None` when trial division settles it (composite).
+pub(crate) fn u128_candidate(n: u128) -> Option<Mont128> {
+    // u128::MAX is divisible by 3; excluding it keeps n + 1 in range.
+    if n == u128::MAX || super::trial::has_small_factor_u128(n) {
+        return None;
+    }
+    Some(Mont128::new(n))
+}
+
+/// Appends to `out` every number of `nums` that is prime (exact below 2^64, BPSW above),
+/// testing the numbers above 2^64 interleaved like [`super::filter_primes_u64`] does
+/// machine words (duplicates kept, order not).
+pub fn filter_primes_u128(nums: &[u128], out: &mut Vec<u128>) {
+    let filler = Mont128::new((1 << 64) + 1);
+    let mut lanes = super::lanes::Pipeline::<Mont128, 2, 2>::new(filler);
+    for &n in nums {
+        match u64::try_from(n) {
+            Ok(x) => {
+                if super::is_prime_u64(x) {
+                    out.push(n);
+                }
+            }
+            Err(_) if n & 1 == 0 => {}
+            Err(_) => {
+                if let Some(m) = u128_candidate(n) {
+                    lanes.push(m, |m| out.push(m.n()));
+                }
+            }
+        }
+    }
+    lanes.finish(|m| out.push(m.n()));
+}
+
 /// BPSW for odd 2^64 < n < 2^128.
 fn is_prime_u128_above_64(n: u128) -> bool {
-    // u128::MAX is divisible by 3; excluding it keeps n + 1 in range.
-    if n == u128::MAX || has_small_factor(|m| (n % m as u128) as u64) {
+    let Some(m) = u128_candidate(n) else {
         return false;
-    }
-    let m = Mont128::new(n);
+    };
     m.strong_base2() && extra_strong_lucas(&m)
 }
 

@@ -32,7 +32,7 @@ fn jacobi_small<R: ModRing>(a: u64, r: &R) -> i32 {
 /// Baillie's search for P. `None` when n is certainly composite (gcd(P² − 4, n) > 1, or n
 /// is a perfect square, for which no P exists). n MUST exceed every P² − 4 tried, which
 /// holds for n above the trial-division limit.
-fn baillie_p<R: ModRing>(r: &R) -> Option<u64> {
+pub(crate) fn baillie_p<R: ModRing>(r: &R) -> Option<u64> {
     for p in 3u64.. {
         match jacobi_small(p * p - 4, r) {
             -1 => return Some(p),
@@ -62,10 +62,10 @@ pub(crate) fn extra_strong_lucas<R: ModRing>(r: &R) -> bool {
     for i in (0..k.bits()).rev() {
         let vw = r.sub(&r.mul(&v, &w), &pm);
         if k.bit(i) {
-            w = r.sub(&r.mul(&w, &w), &two);
+            w = r.sub(&r.sqr(&w), &two);
             v = vw;
         } else {
-            v = r.sub(&r.mul(&v, &v), &two);
+            v = r.sub(&r.sqr(&v), &two);
             w = vw;
         }
     }
@@ -74,7 +74,7 @@ pub(crate) fn extra_strong_lucas<R: ModRing>(r: &R) -> bool {
 
 /// The checks on V_k, V_k+1 (n + 1 = k·2^s): U_k ≡ 0 and V_k ≡ ±2, or V_k·2^r ≡ 0 for some
 /// 0 ≤ r < s − 1. U_k ≡ 0 is tested as 2·V_k+1 ≡ P·V_k, since D·U_k = 2·V_k+1 − P·V_k.
-fn finish_extra_strong<R: ModRing>(
+pub(crate) fn finish_extra_strong<R: ModRing>(
     r: &R,
     mut v: R::E,
     w: R::E,
@@ -91,15 +91,15 @@ fn finish_extra_strong<R: ModRing>(
         if v == zero {
             return true;
         }
-        v = r.sub(&r.mul(&v, &v), two);
+        v = r.sub(&r.sqr(&v), two);
     }
     false
 }
 
-/// [`extra_strong_lucas`] on several numbers at once, interleaved: every lane starts at
-/// index 0 ((V_0, V_1) = (2, P), which a 0 bit leaves unchanged), so all lanes walk the same
-/// bit positions and their multiplications overlap. Same answers.
-pub(crate) fn extra_strong_lucas_lanes<const L: usize>(ms: &[Mont; L]) -> [bool; L] {
+/// The extra strong Lucas test of several machine words at once, interleaved (see
+/// [`super::lanes`]; the generic version is slower for machine words, see
+/// `LaneRing::lucas_lanes`). Same answers as [`extra_strong_lucas`].
+pub(crate) fn extra_strong_lucas_lanes_u64<const L: usize>(ms: &[Mont; L]) -> [bool; L] {
     let mut alive = [true; L];
     let mut pm = [0u64; L];
     let mut two = [0u64; L];

@@ -6,10 +6,12 @@
 //!   strong pseudoprime, and none of the complete list of those below 2^64 passes.
 //! - Above 2^64 the same test runs on u128 Montgomery arithmetic or big integers. No
 //!   composite is known to pass BPSW, but none is proven impossible: see the README.
-//! - [`filter_primes_u64`] tests many machine words at once, running both halves of the test
-//!   on [`LANES`] numbers interleaved so that the multiplier pipeline stays busy.
+//! - [`filter_primes_u64`] and [`filter_primes_u128`] test many numbers at once, running
+//!   each half of the test on several numbers interleaved so that the multiplier pipeline
+//!   stays busy (see [`lanes`]).
 
 mod big;
+mod lanes;
 mod lucas;
 mod mont;
 mod mont128;
@@ -18,7 +20,7 @@ mod ring;
 mod sieve;
 mod trial;
 
-pub use big::is_prime_big;
+pub use big::{filter_primes_u128, is_prime_big, is_prime_u128};
 pub use sieve::{warm_up, SIEVE_LIMIT};
 pub use trial::TRIAL_LIMIT;
 
@@ -27,10 +29,10 @@ use mont::Mont;
 use ring::ModRing;
 
 /// How many base-2 tests run interleaved in [`filter_primes_u64`]: independent Montgomery
-/// multiplications in flight hide one multiplication's latency.
-pub const LANES: usize = MR_LANES;
+/// multiplications in flight hide one multiplication's latency (measured: 6 beats 4 and 8).
 const MR_LANES: usize = 6;
-/// Lucas tests interleaved: each has two independent multiplications per bit already.
+/// Lucas tests interleaved: each has two independent multiplications per bit already (4
+/// measured best; 6 and 8 run out of registers and take twice as long).
 const LUCAS_LANES: usize = 4;
 
 /// Outcome of the cheap first stage for one machine word.
@@ -72,65 +74,18 @@ pub fn is_prime_u64(n: u64) -> bool {
 /// strong tests are appended when their batch completes).
 ///
 /// Same answers as [`is_prime_u64`] on each number, faster on a batch: the numbers that
-/// survive trial division are queued and their base-2 tests run [`LANES`] at a time; those
-/// that pass are queued again for Lucas tests, also [`LANES`] at a time.
+/// survive trial division are queued and their base-2 tests run [`MR_LANES`] at a time;
+/// those that pass are queued again for Lucas tests, [`LUCAS_LANES`] at a time.
 pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
-    let mut mr = Lanes::<MR_LANES>::default();
-    let mut lucas = Lanes::<LUCAS_LANES>::default();
+    let mut lanes = lanes::Pipeline::<Mont, MR_LANES, LUCAS_LANES>::new(Mont::new(3));
     for &n in nums {
         match quick(n) {
             Quick::Prime => out.push(n),
             Quick::Composite => {}
-            Quick::Unknown => {
-                if mr.push(Mont::new(n)) {
-                    let pass = mont::strong_base2_lanes(&mr.ms);
-                    for (m, ok) in mr.ms.iter().zip(pass) {
-                        if ok && lucas.push(*m) {
-                            let pass = lucas::extra_strong_lucas_lanes(&lucas.ms);
-                            out.extend(lucas.ms.iter().zip(pass).filter(|x| x.1).map(|x| x.0.n));
-                            lucas.len = 0;
-                        }
-                    }
-                    mr.len = 0;
-                }
-            }
+            Quick::Unknown => lanes.push(Mont::new(n), |m| out.push(m.n)),
         }
     }
-    for m in &mr.ms[..mr.len] {
-        if m.strong_base2() && extra_strong_lucas(m) {
-            out.push(m.n);
-        }
-    }
-    for m in &lucas.ms[..lucas.len] {
-        if extra_strong_lucas(m) {
-            out.push(m.n);
-        }
-    }
-}
-
-/// A queue of up to `L` numbers waiting for an interleaved test.
-struct Lanes<const L: usize> {
-    ms: [Mont; L],
-    len: usize,
-}
-
-impl<const L: usize> Default for Lanes<L> {
-    fn default() -> Self {
-        Lanes {
-            ms: [Mont::new(3); L],
-            len: 0,
-        }
-    }
-}
-
-impl<const L: usize> Lanes<L> {
-    /// Queues `m`; true when the queue is full (the caller runs it and resets `len`).
-    #[inline]
-    fn push(&mut self, m: Mont) -> bool {
-        self.ms[self.len] = m;
-        self.len += 1;
-        self.len == L
-    }
+    lanes.finish(|m| out.push(m.n));
 }
 
 /// Jacobi symbol (a/n) for odd n > 0.

@@ -120,38 +120,3 @@ impl ModRing for Mont {
         self.n as u128 + 1
     }
 }
-
-/// Strong base-2 tests of several numbers at once. Each lane's exponent runs over the same
-/// bit positions (leading zero bits cost a squaring of one, which stays one), so the
-/// multiplications of all lanes are independent and overlap in the pipeline.
-#[inline]
-pub(crate) fn strong_base2_lanes<const L: usize>(ms: &[Mont; L]) -> [bool; L] {
-    let mut d = [0u64; L];
-    let mut s = [0u32; L];
-    let mut top = 0;
-    for i in 0..L {
-        let nm1 = ms[i].n - 1;
-        s[i] = nm1.trailing_zeros();
-        d[i] = nm1 >> s[i];
-        top = top.max(64 - d[i].leading_zeros());
-    }
-    let mut x = [0u64; L];
-    for i in 0..L {
-        x[i] = ms[i].one;
-        // The next bit is always the top one: one shift per lane and bit.
-        d[i] <<= 64 - top.max(1);
-    }
-    for _ in 0..top {
-        for i in 0..L {
-            let y = ms[i].mul(x[i], x[i]);
-            let dbl = ms[i].add(y, y);
-            x[i] = if d[i] >> 63 == 1 { dbl } else { y };
-            d[i] <<= 1;
-        }
-    }
-    let mut out = [false; L];
-    for i in 0..L {
-        out[i] = ms[i].finish_strong(x[i], s[i] as u64);
-    }
-    out
-}

@@ -37,6 +37,11 @@ pub(crate) trait ModRing {
     fn one(&self) -> Self::E;
     fn zero(&self) -> Self::E;
     fn mul(&self, a: &Self::E, b: &Self::E) -> Self::E;
+    /// a * a (an implementation may square faster than it multiplies).
+    #[inline(always)]
+    fn sqr(&self, a: &Self::E) -> Self::E {
+        self.mul(a, a)
+    }
     fn add(&self, a: &Self::E, b: &Self::E) -> Self::E;
     fn sub(&self, a: &Self::E, b: &Self::E) -> Self::E;
     /// x / 2 mod n.
@@ -81,7 +86,7 @@ pub(crate) trait ModRing {
         let d = nm1.shr(s);
         let mut x = self.one();
         for i in (0..d.bits()).rev() {
-            x = self.mul(&x, &x);
+            x = self.sqr(&x);
             if d.bit(i) {
                 x = self.add(&x, &x);
             }
@@ -97,7 +102,7 @@ pub(crate) trait ModRing {
             return true;
         }
         for _ in 1..s {
-            x = self.mul(&x, &x);
+            x = self.sqr(&x);
             if x == minus_one {
                 return true;
             }

@@ -111,15 +111,35 @@ fn agrees_on_random_u64() {
 fn agrees_on_random_u128() {
     let mut r = rng("agrees_on_random_u128");
     let mut found = 0;
-    for _ in 0..20_000 {
-        let n: u128 = (r.gen::<u128>() >> r.gen_range(0..63)) | (1 << 64) | 1;
+    let mut all = Vec::new();
+    let mut want_all = Vec::new();
+    for i in 0..20_000 {
+        let n: u128 = match i % 10 {
+            // Machine words and even numbers go through the batch too.
+            0 => r.gen::<u64>() as u128,
+            1 => r.gen::<u128>() & !1,
+            _ => (r.gen::<u128>() >> r.gen_range(0..63)) | (1 << 64) | 1,
+        };
         let want = machine_prime::is_prime_128(n);
         found += want as u32;
         assert_eq!(is_prime_big(&BigUint::from(n)), want, "n = {n}");
+        assert_eq!(is_prime_u128(n), want, "n = {n}");
+        all.push(n);
+        if want {
+            want_all.push(n);
+        }
     }
     assert!(
         found > 100,
         "the sample should hold primes too, found {found}"
+    );
+    let mut got = Vec::new();
+    filter_primes_u128(&all, &mut got);
+    got.sort_unstable();
+    want_all.sort_unstable();
+    assert_eq!(
+        got, want_all,
+        "the interleaved batch gives the same answers"
     );
 }
 
@@ -269,7 +289,7 @@ fn lucas_variants_agree() {
         }
         let es = lucas::extra_strong_lucas(&m);
         assert_eq!(es, lucas::strong_lucas(&m), "n = {n}");
-        let lanes = lucas::extra_strong_lucas_lanes(&[m, Mont::new(1_000_003), m, Mont::new(989)]);
+        let lanes = lanes::extra_strong_lucas_lanes(&[m, Mont::new(1_000_003), m, Mont::new(989)]);
         assert_eq!(lanes, [es, true, es, true], "n = {n}");
         n_checked += 1;
     }
@@ -282,5 +302,43 @@ fn lucas_variants_agree() {
             machine_prime::is_prime_128(n),
             "n = {n}"
         );
+    }
+}
+
+#[test]
+/// The 128-bit Montgomery product and square agree with big-integer arithmetic, for moduli
+/// of every width up to 2^128 - 3 and operands at the edges (0, 1, n - 1) and at random.
+fn montgomery_128_matches_big_integers() {
+    use super::mont128::Mont128;
+    use super::ring::ModRing;
+    let mut r = rng("montgomery_128_matches_big_integers");
+    let big = |x: u128| BigUint::from(x);
+    let r128: BigUint = BigUint::from(1u8) << 128u32;
+    for round in 0..3000 {
+        let n: u128 = match round {
+            0 => u128::MAX - 2,
+            1 => (1u128 << 64) + 1,
+            _ => (r.gen::<u128>() >> r.gen_range(0..63)) | (1 << 64) | 1,
+        };
+        if n == u128::MAX {
+            continue;
+        }
+        let m = Mont128::new(n);
+        // Montgomery form of x is x * R mod n; mul(xR, yR) = xyR.
+        let rinv = r128.modinv(&big(n)).expect("R is invertible mod odd n");
+        let from = |x: u128| big(x) * &rinv % big(n);
+        for k in 0..8 {
+            let (a, b) = match k {
+                0 => (0, n - 1),
+                1 => (n - 1, n - 1),
+                2 => (1, n - 1),
+                _ => (r.gen::<u128>() % n, r.gen::<u128>() % n),
+            };
+            let want = big(a) * big(b) * &rinv % big(n);
+            assert_eq!(big(m.mul(&a, &b)), want, "{a} * {b} mod {n}");
+            let want_sq = big(a) * big(a) * &rinv % big(n);
+            assert_eq!(big(m.sqr(&a)), want_sq, "{a}^2 mod {n}");
+            assert_eq!(from(m.one()), BigUint::from(1u8), "one mod {n}");
+        }
     }
 }

@@ -59,3 +59,31 @@ pub(crate) fn has_small_factor(n: u64) -> bool {
         .iter()
         .any(|&(_, inv, lim)| n.wrapping_mul(inv) <= lim)
 }
+
+/// (p^-1 mod 2^128, (2^128 - 1) / p) for the same primes as [`TABLE`]: the same
+/// division-free test for numbers up to 2^128 (a u128 remainder by a u64 is a library call
+/// of a few dozen cycles; this is three multiplications).
+const TABLE128: [(u128, u128); COUNT] = {
+    let mut t = [(0u128, 0u128); COUNT];
+    let mut i = 0;
+    while i < COUNT {
+        let p = TABLE[i].0 as u128;
+        let mut inv = p;
+        let mut k = 0;
+        while k < 6 {
+            inv = inv.wrapping_mul(2u128.wrapping_sub(p.wrapping_mul(inv)));
+            k += 1;
+        }
+        t[i] = (inv, u128::MAX / p);
+        i += 1;
+    }
+    t
+};
+
+/// True if an odd prime <= TRIAL_LIMIT divides n (n larger than TRIAL_LIMIT).
+#[inline]
+pub(crate) fn has_small_factor_u128(n: u128) -> bool {
+    TABLE128
+        .iter()
+        .any(|&(inv, lim)| n.wrapping_mul(inv) <= lim)
+}
