@@ -10,15 +10,18 @@
 #     snap: dataset b with snapshots every 1 s vs snapshots off, alternating
 #     snap10k: size and write time of snapshots holding 10,000 queued tasks
 #     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
-# Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline.
+# Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline,
+# SYSTEM_BIN=DIR to measure the afs-server, coordinator and worker binaries of another build
+# (e.g. an older commit's target/release) with this script and its tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=${1:?usage: bench/pipeline.sh a|b|c|snap [RUNS]}
 runs=${2:-3}
 workers=${WORKERS:-2}
 threads=${THREADS:-1}
-B=$PWD/target/release
+T=$PWD/target/release            # tools: gen-input, wait-files
 cargo build --release --workspace --bins -q
+B=${SYSTEM_BIN:-$T}               # the measured system
 cache=$PWD/target/bench-data   # under the repo: file creation in /tmp measured 4x slower here
 mkdir -p "$cache"
 
@@ -26,7 +29,7 @@ gen() { # NAME ARGS... : generate once into $cache/NAME
   local name=$1; shift
   if [ ! -f "$cache/$name/.done" ]; then
     rm -rf "$cache/$name"
-    "$B/gen-input" --out "$cache/$name" "$@"
+    "$T/gen-input" --out "$cache/$name" "$@"
     touch "$cache/$name/.done"
   fi
 }
@@ -67,7 +70,7 @@ run_system() {
   for i in $(seq "$workers"); do
     "$B/worker" --id "w$i" --coordinator "$(cat run/c.addr)" --afs "$(cat run/s.addr)" --cache-root "$work/cache" --threads "$threads" > "w$i.log" 2>&1 & pids+=($!)
   done
-  "$B/wait-files" data/output "$files"
+  "$T/wait-files" data/output "$files"
   t1=$(now)
   # CPU (user + system) of every process of the system, in clock ticks, before they go.
   local ticks=0 p
