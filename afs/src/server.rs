@@ -318,13 +318,7 @@ async fn handle_request(
             };
             shared.promise(&info.path, id);
             if have_version.as_deref() == Some(info.version.as_str()) {
-                shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
-                return conn
-                    .send(&Reply::NotModified {
-                        path: info.path,
-                        version: info.version,
-                    })
-                    .await;
+                return not_modified(shared, conn, info).await;
             }
             shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
             send_file(shared, conn, &info).await
@@ -478,12 +472,7 @@ async fn fetch_small(
     if let Some(Ok(Some((info, _)))) = have_version.map(|_| store.cached_info(&rel)) {
         if have_version == Some(info.version.as_str()) {
             shared.promise(&info.path, id);
-            shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
-            conn.send(&Reply::NotModified {
-                path: info.path,
-                version: info.version,
-            })
-            .await?;
+            not_modified(shared, conn, info).await?;
             return Ok(true);
         }
     }
@@ -497,12 +486,7 @@ async fn fetch_small(
         }
     };
     if have_version == Some(info.version.as_str()) {
-        shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
-        conn.send(&Reply::NotModified {
-            path: info.path,
-            version: info.version,
-        })
-        .await?;
+        not_modified(shared, conn, info).await?;
         return Ok(true);
     }
     shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
@@ -522,6 +506,20 @@ async fn fetch_small(
     })
     .await?;
     Ok(true)
+}
+
+/// Answers a fetch of a version the client already holds (no body).
+async fn not_modified(
+    shared: &Shared,
+    conn: &mut Connection,
+    info: FileInfo,
+) -> Result<(), ProtoError> {
+    shared.stats.not_modified.fetch_add(1, Ordering::Relaxed);
+    conn.send(&Reply::NotModified {
+        path: info.path,
+        version: info.version,
+    })
+    .await
 }
 
 /// Size, version and fingerprint of `path`: inline when the version is known, on a blocking

@@ -20,39 +20,29 @@ pub(crate) trait LaneExp: Copy {
     fn take_top(&mut self) -> bool;
 }
 
-impl LaneExp for u64 {
-    #[inline(always)]
-    fn bits(self) -> u32 {
-        64 - self.leading_zeros()
-    }
-    #[inline(always)]
-    fn align(self, top: u32) -> Self {
-        self << (64 - top.clamp(1, 64))
-    }
-    #[inline(always)]
-    fn take_top(&mut self) -> bool {
-        let b = *self >> 63 == 1;
-        *self <<= 1;
-        b
-    }
+macro_rules! lane_exp {
+    ($t:ty) => {
+        impl LaneExp for $t {
+            #[inline(always)]
+            fn bits(self) -> u32 {
+                <$t>::BITS - self.leading_zeros()
+            }
+            #[inline(always)]
+            fn align(self, top: u32) -> Self {
+                self << (<$t>::BITS - top.clamp(1, <$t>::BITS))
+            }
+            #[inline(always)]
+            fn take_top(&mut self) -> bool {
+                let b = *self >> (<$t>::BITS - 1) == 1;
+                *self <<= 1;
+                b
+            }
+        }
+    };
 }
 
-impl LaneExp for u128 {
-    #[inline(always)]
-    fn bits(self) -> u32 {
-        128 - self.leading_zeros()
-    }
-    #[inline(always)]
-    fn align(self, top: u32) -> Self {
-        self << (128 - top.clamp(1, 128))
-    }
-    #[inline(always)]
-    fn take_top(&mut self) -> bool {
-        let b = *self >> 127 == 1;
-        *self <<= 1;
-        b
-    }
-}
+lane_exp!(u64);
+lane_exp!(u128);
 
 /// A ring whose elements are machine values, with its two exponents as machine values.
 pub(crate) trait LaneRing: ModRing<E: Copy> + Copy {
