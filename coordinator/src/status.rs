@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
+/// Tasks named per worker in the text status.
+const SHOWN_TASKS: usize = 4;
+
 /// Reads the status file and whether its coordinator is still alive.
 pub fn read(path: &Path) -> anyhow::Result<Value> {
     let bytes = std::fs::read(path).with_context(|| {
@@ -96,12 +99,23 @@ pub fn render(v: &Value) -> String {
     }
     s.push_str("workers:\n");
     for w in v["workers"].as_array().into_iter().flatten() {
-        let tasks: Vec<&str> = w["tasks"]
+        let all: Vec<&str> = w["tasks"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|x| x.as_str())
             .collect();
+        // A worker may hold dozens of small files: name a few, count the rest (all of
+        // them are in --json).
+        let mut tasks = all
+            .iter()
+            .take(SHOWN_TASKS)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if all.len() > SHOWN_TASKS {
+            tasks.push_str(&format!(" (+{} more)", all.len() - SHOWN_TASKS));
+        }
         s.push_str(&format!(
             "  {:<12} {:<12} done {:>6}  numbers {:>12}  seen {:>6} ms ago  {}\n",
             w["id"].as_str().unwrap_or("?"),
@@ -109,7 +123,7 @@ pub fn render(v: &Value) -> String {
             w["tasks_done"].as_u64().unwrap_or(0),
             w["numbers_tested"].as_u64().unwrap_or(0),
             w["last_seen_ms_ago"].as_u64().unwrap_or(0),
-            tasks.join(", ")
+            tasks
         ));
     }
     let pending: Vec<&Value> = v["files"]
@@ -197,5 +211,29 @@ pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
         }
         out.flush()?;
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// A worker holding many tasks is one line: the first few named, the rest counted.
+    fn many_tasks_are_counted_not_listed() {
+        let tasks: Vec<String> = (0..6).map(|i| format!("f{i}.txt#0")).collect();
+        let v = serde_json::json!({
+            "workers": [{"id": "worker-1", "state": "busy", "tasks": tasks}],
+        });
+        let text = render(&v);
+        let line = text
+            .lines()
+            .find(|l| l.contains("worker-1"))
+            .expect("the worker's line");
+        assert!(
+            line.contains("f0.txt#0, f1.txt#0, f2.txt#0, f3.txt#0 (+2 more)"),
+            "{line}"
+        );
+        assert!(!line.contains("f4.txt"), "{line}");
     }
 }
