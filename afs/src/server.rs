@@ -103,8 +103,17 @@ pub async fn run(
         changes,
         stats: Stats::default(),
     });
+    // The first scan is the baseline that later scans compare with to break callbacks: it
+    // must precede every fetch. A fetch served before it, of a file that changed before it,
+    // would hold a promise that no scan ever breaks (the change is in the baseline).
+    let first = {
+        let s = shared.store.clone();
+        tokio::task::spawn_blocking(move || s.scan())
+            .await
+            .unwrap_or_default()
+    };
     let tracker = TaskTracker::new();
-    tracker.spawn(scan_loop(shared.clone(), shutdown.clone()));
+    tracker.spawn(scan_loop(shared.clone(), first, shutdown.clone()));
     if shared.cfg.role == Role::Primary {
         for addr in shared.cfg.backups.clone() {
             tracker.spawn(replicate_loop(shared.clone(), addr, shutdown.clone()));
@@ -162,14 +171,12 @@ fn large(files: &HashMap<String, Fingerprint>) -> Vec<String> {
         .collect()
 }
 
-async fn scan_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn scan_loop(
+    shared: Arc<Shared>,
+    mut last: HashMap<String, Fingerprint>,
+    shutdown: CancellationToken,
+) {
     let store = shared.store.clone();
-    let mut last = {
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.scan())
-            .await
-            .unwrap_or_default()
-    };
     warm_versions(&store, large(&last));
     loop {
         tokio::select! {

@@ -33,6 +33,8 @@ pub struct InputWatcher {
     writing: HashSet<String>,
     /// Entries that are not regular files (symlinks, FIFOs, sockets), logged once each.
     skipped: HashSet<String>,
+    /// Files the last scan saw that are not stable yet (they need more scans).
+    waiting: usize,
 }
 
 pub fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
@@ -58,6 +60,7 @@ impl InputWatcher {
             closed: HashMap::new(),
             writing: HashSet::new(),
             skipped: HashSet::new(),
+            waiting: 0,
         }
     }
 
@@ -98,6 +101,12 @@ impl InputWatcher {
         }
     }
 
+    /// True while a file waits to become stable (its quiet period or its close), or one is
+    /// known to be open for writing: only scans can see it become ready.
+    pub fn pending(&self) -> bool {
+        self.waiting > 0 || !self.writing.is_empty()
+    }
+
     /// Looks at the folder now.
     pub fn scan(&mut self, now_ms: u64) -> ScanOutcome {
         let (files, skipped) = proto::files::walk(&self.dir);
@@ -113,6 +122,7 @@ impl InputWatcher {
         }
         self.skipped = now_skipped;
         let mut out = ScanOutcome::default();
+        self.waiting = 0;
         for (name, fp) in &files {
             let since = match self.seen.get(name) {
                 Some((old, since)) if old == fp => *since,
@@ -146,6 +156,8 @@ impl InputWatcher {
                 self.reported.insert(name.clone(), *fp);
                 self.writing.remove(name);
                 out.ready.push((name.clone(), *fp));
+            } else {
+                self.waiting += 1;
             }
         }
         let gone: Vec<String> = self
@@ -182,9 +194,14 @@ mod tests {
         std::fs::write(d.join(".git/x"), "3\n").expect("write");
         let mut w = InputWatcher::new(d, 500);
         assert!(w.scan(1000).ready.is_empty(), "not quiet yet");
+        assert!(
+            w.pending(),
+            "a file waits for its quiet period: keep scanning"
+        );
         let r = w.scan(1600);
         assert_eq!(r.ready.len(), 1);
         assert_eq!(r.ready[0].0, "a.txt");
+        assert!(!w.pending(), "nothing waits: the periodic walk may rest");
         assert!(w.scan(2200).ready.is_empty(), "reported once");
 
         std::fs::write(d.join("b.txt"), "5\n").expect("write");
@@ -197,6 +214,7 @@ mod tests {
 
         std::fs::write(d.join("c.txt"), "7\n").expect("write");
         w.note_writing(&d.join("c.txt"));
+        assert!(w.pending(), "held open for writing");
         assert!(w.scan(2400).ready.is_empty());
         assert!(
             w.scan(3000).ready.is_empty(),
@@ -204,6 +222,7 @@ mod tests {
         );
         w.note_closed(&d.join("c.txt"));
         assert_eq!(w.scan(3100).ready.len(), 1);
+        assert!(!w.pending());
 
         std::fs::remove_file(d.join("a.txt")).expect("rm");
         assert_eq!(w.scan(3200).removed, vec!["a.txt".to_string()]);

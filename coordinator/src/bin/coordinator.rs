@@ -90,7 +90,9 @@ struct RunArgs {
     /// many ms, doubled after each failed round up to 30 min; a restart retries at once.
     #[arg(long, env = "PRIMES_FAILED_RETRY_MS", default_value_t = 30_000)]
     failed_retry_ms: u64,
-    /// How often the input folder is rescanned, in ms (notify events trigger scans too).
+    /// How often the input folder is rescanned, in ms, while a file waits to become stable or
+    /// file notifications are unavailable; otherwise notify events trigger scans and the
+    /// folder is walked every 30 periods as a safety net.
     #[arg(long, env = "PRIMES_SCAN_MS", default_value_t = 250)]
     scan_ms: u64,
     /// A file written in place is queued after this many ms without change.
