@@ -11,6 +11,7 @@
 #     snap10k: size and write time of snapshots holding 10,000 queued tasks
 #     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
 # Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline,
+# WARMUP discarded system runs before the measured ones (2; see below),
 # SYSTEM_BIN=DIR to measure the afs-server, coordinator and worker binaries of another build
 # (e.g. an older commit's target/release) with this script and its tools.
 set -euo pipefail
@@ -168,6 +169,11 @@ if [ "$dataset" = snap10k ]; then
   exit 0
 fi
 sys=(); chk=(); sys_cpu=(); chk_cpu=()
+# Discarded warm-up runs of the system (WARMUP, default 2): ext4 skips inodes freed in the
+# last 60-300 s when it allocates new ones (`recently_deleted`), which made the first runs
+# after any mass delete (such as this script's cleanup of the previous invocation) 2-3x
+# slower, most of it in creating the reports; two runs of new files get past it.
+for r in $(seq "${WARMUP:-2}"); do run_system 30000 > /dev/null; done
 for r in $(seq "$runs"); do
   read -r t c <<< "$(run_check)"; chk+=("$t"); chk_cpu+=("$c")
   read -r t c <<< "$(run_system 30000)"; sys+=("$t"); sys_cpu+=("$c")

@@ -306,6 +306,21 @@ fn start_notify(
 /// walked every this many scan periods (a safety net for events the kernel dropped).
 const IDLE_WALKS: u32 = 30;
 
+/// Whether a periodic tick walks the input folder: always the first time (the files already
+/// there at start-up), while notifications are unavailable, and while something waits to
+/// become stable (only a walk sees it settle); otherwise once every [`IDLE_WALKS`] periods.
+fn periodic_walk(
+    since_last_walk: Option<Duration>,
+    events_open: bool,
+    pending: bool,
+    period: Duration,
+) -> bool {
+    match since_last_walk {
+        None => true,
+        Some(since) => !events_open || pending || since >= period * IDLE_WALKS,
+    }
+}
+
 async fn input_loop(
     shared: Arc<Shared>,
     mut watcher: InputWatcher,
@@ -346,7 +361,7 @@ async fn input_loop(
     // A full walk stats every input file (about 2 µs each: 0.2 s for 100,000 files). With
     // notifications working and nothing waiting to become stable, the periodic walk is only
     // a safety net, so it runs every IDLE_WALKS periods instead of every period.
-    let mut last_walk = tokio::time::Instant::now();
+    let mut last_walk: Option<tokio::time::Instant> = None;
     // A fixed ticker, not a sleep re-armed on every event: irrelevant events (our own scans
     // open the folder, which inotify reports) must not postpone the periodic scan forever.
     let mut tick = tokio::time::interval(period);
@@ -368,12 +383,13 @@ async fn input_loop(
                 }
             }
             _ = tick.tick() => {
-                if events_open && !watcher.pending() && last_walk.elapsed() < period * IDLE_WALKS {
+                let since = last_walk.map(|t| t.elapsed());
+                if !periodic_walk(since, events_open, watcher.pending(), period) {
                     continue;
                 }
             }
         }
-        last_walk = tokio::time::Instant::now();
+        last_walk = Some(tokio::time::Instant::now());
         let now = shared.now();
         let outcome = watcher.scan(now.ms);
         if outcome.ready.is_empty() && outcome.removed.is_empty() {
@@ -515,4 +531,30 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// The first tick always walks (the inputs present at start-up); later ticks walk while
+    /// notifications are off or an input waits to settle, else once every IDLE_WALKS periods.
+    fn when_the_input_folder_is_walked() {
+        let p = Duration::from_millis(250);
+        for (events, pending) in [(true, false), (false, false), (true, true)] {
+            assert!(periodic_walk(None, events, pending, p), "the first tick");
+        }
+        let soon = Some(p);
+        assert!(
+            !periodic_walk(soon, true, false, p),
+            "idle with notifications"
+        );
+        assert!(periodic_walk(soon, false, false, p), "no notifications");
+        assert!(periodic_walk(soon, true, true, p), "a file settling");
+        assert!(
+            periodic_walk(Some(p * IDLE_WALKS), true, false, p),
+            "the safety net"
+        );
+    }
 }
