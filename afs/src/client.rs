@@ -807,7 +807,7 @@ impl AfsClient {
             Reply::File { size, version, .. } => {
                 let in_memory = size <= self.cfg.memory_file_max;
                 let got = if in_memory {
-                    self.receive_memory(size, &version).await?.map(Some)
+                    self.receive_memory(rel, size, &version).await?.map(Some)
                 } else {
                     self.receive(rel, size, &version).await?.map(|()| None)
                 };
@@ -867,6 +867,7 @@ impl AfsClient {
     /// `Ok(None)`: the server said the file changed mid-transfer.
     async fn receive_memory(
         &mut self,
+        rel: &str,
         size: u64,
         version: &str,
     ) -> Result<Option<Arc<Vec<u8>>>, AfsError> {
@@ -889,21 +890,35 @@ impl AfsClient {
             .map_err(proto_err)?;
         let local_hash = w.hasher.finish();
         self.stats.body_bytes += size;
-        match self.reply().await.map_err(proto_err)? {
-            Reply::FileEnd { version: sent } if sent == version && local_hash == sent => {
-                Ok(Some(Arc::new(w.inner)))
-            }
+        let good = self.trailer(rel, version, &local_hash).await?;
+        Ok(good.then(|| Arc::new(w.inner)))
+    }
+
+    /// Reads the trailer after a body: `Ok(true)` when the server confirms `version` and
+    /// the bytes received hash to it; `Ok(false)` when the file changed during the transfer
+    /// or the bytes do not match (fetch again); `Err` on a protocol failure.
+    async fn trailer(
+        &mut self,
+        rel: &str,
+        version: &str,
+        local_hash: &str,
+    ) -> Result<bool, AfsError> {
+        let reply = self.reply().await.map_err(|e| AfsError::Unavailable {
+            message: e.to_string(),
+        })?;
+        match reply {
+            Reply::FileEnd { version: sent } if sent == version && local_hash == sent => Ok(true),
             Reply::FileEnd { .. } => {
                 warn!(
-                    version,
+                    path = rel,
                     "received bytes do not match their version; refetching"
                 );
-                Ok(None)
+                Ok(false)
             }
             Reply::Error {
                 code: ErrorCode::Changed,
                 ..
-            } => Ok(None),
+            } => Ok(false),
             other => {
                 self.drop_connection("bad trailer");
                 Err(AfsError::Unavailable {
@@ -959,34 +974,15 @@ impl AfsClient {
             return Err(AfsError::Cache(format!("writing {}: {e}", tmp.display())));
         }
         self.stats.body_bytes += size;
-        match self.reply().await {
-            Ok(Reply::FileEnd { version: sent }) => {
-                if sent != version || local_hash != sent {
-                    cleanup(&tmp);
-                    warn!(
-                        path = rel,
-                        "received bytes do not match their version; refetching"
-                    );
-                    return Ok(None);
-                }
-            }
-            Ok(Reply::Error {
-                code: ErrorCode::Changed,
-                ..
-            }) => {
+        match self.trailer(rel, version, &local_hash).await {
+            Ok(true) => {}
+            Ok(false) => {
                 cleanup(&tmp);
                 return Ok(None);
             }
-            Ok(other) => {
-                cleanup(&tmp);
-                self.drop_connection("bad trailer");
-                return Err(AfsError::Unavailable {
-                    message: format!("unexpected trailer {other:?}"),
-                });
-            }
             Err(e) => {
                 cleanup(&tmp);
-                return Err(proto_err(e));
+                return Err(e);
             }
         }
         std::fs::rename(&tmp, &local)

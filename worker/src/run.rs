@@ -524,8 +524,11 @@ async fn execute(
     if jobs.is_empty() {
         return None;
     }
-    for j in &jobs {
-        lock(local).set_phase(&j.a.attempt, Phase::Testing);
+    {
+        let mut l = lock(local);
+        for j in &jobs {
+            l.set_phase(&j.a.attempt, Phase::Testing);
+        }
     }
     if cfg.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;

@@ -42,14 +42,11 @@ fn has_small_factor(rem: impl Fn(u64) -> u64) -> bool {
 
 /// BPSW primality of any non-negative integer (exact below 2^64).
 pub fn is_prime_big(n: &BigUint) -> bool {
-    if let Some(x) = n.to_u64() {
-        return super::is_prime_u64(x);
+    if let Some(x) = n.to_u128() {
+        return is_prime_u128(x);
     }
     if !n.bit(0) {
         return false;
-    }
-    if let Some(x) = n.to_u128() {
-        return is_prime_u128_above_64(x);
     }
     if has_small_factor(|m| rem_u64(n, m)) {
         return false;
