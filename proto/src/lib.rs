@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod conn;
 pub mod files;
+pub mod jobs;
 pub mod msg;
 pub mod process;
 

@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod chunk;
+pub mod gen;
 pub mod parse;
 pub mod prime;
 pub mod run;

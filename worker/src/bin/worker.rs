@@ -97,6 +97,23 @@ enum Command {
         #[arg(long, env = "PRIMES_THREADS")]
         threads: Option<usize>,
     },
+    /// Run a generation job in this one process, no cluster (the baseline of the cluster's
+    /// jobs): `primes A B` prints every prime in [A, B], one per line; `count A B` the
+    /// number of primes in [A, B]; `nth N` the N-th prime; `factorial N` N! in decimal.
+    ///
+    /// Exit status: 0 on success, 2 on a malformed job.
+    Gen {
+        /// The job, as a line of a job file: primes A B | count A B | nth N | factorial N.
+        #[arg(required = true, num_args = 1..=3)]
+        job: Vec<String>,
+        /// How `count` works: `auto` (the prime-counting function when that is cheaper than
+        /// sieving the range, as the cluster decides), `sieve` or `pi`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "sieve", "pi"])]
+        method: String,
+        /// Threads for sieving (default: one per core).
+        #[arg(long, env = "PRIMES_THREADS")]
+        threads: Option<usize>,
+    },
 }
 
 fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
@@ -140,6 +157,31 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("worker: error: {e:#}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Gen {
+            job,
+            method,
+            threads,
+        }) => {
+            let spec = match proto::jobs::JobSpec::parse(&job.join(" ")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("worker: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = set_threads(threads) {
+                eprintln!("worker: error: {e:#}");
+                return ExitCode::from(2);
+            }
+            let stdout = std::io::stdout();
+            match worker::gen::run_local(spec, &method, &mut stdout.lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("worker: error: {e:#}");
+                    ExitCode::FAILURE
                 }
             }
         }

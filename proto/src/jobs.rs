@@ -1,0 +1,226 @@
+//! Generation jobs: the one-line job files of `data/jobs/`, and how a job is cut into tasks
+//! (ranges into segments, a factorial into a product tree). Shared by the coordinator (which
+//! schedules) and the worker (whose `worker gen` runs a job alone, the baseline).
+
+use serde::{Deserialize, Serialize};
+
+/// Largest N of `nth N`.
+pub const NTH_MAX: u64 = 1_000_000_000_000;
+/// Largest N of `factorial N`.
+pub const FACTORIAL_MAX: u64 = 200_000;
+/// Factors one product task multiplies at most.
+pub const FANOUT: usize = 4;
+
+/// What a job file asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Every prime in [lo, hi] into primes.txt.
+    Primes { lo: u64, hi: u64 },
+    /// How many primes in [lo, hi].
+    Count { lo: u64, hi: u64 },
+    /// The n-th prime (the first is 2).
+    Nth { n: u64 },
+    /// n!, in decimal.
+    Factorial { n: u64 },
+}
+
+fn number(word: &str, what: &str) -> Result<u64, String> {
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        let shown: String = word.chars().take(40).collect();
+        return Err(format!("{what} {shown:?} is not a non-negative integer"));
+    }
+    word.parse::<u64>()
+        .map_err(|_| format!("{what} {word} is too large: the limit is 2^64 - 1"))
+}
+
+impl JobSpec {
+    /// Parses a job file's text: one line (surrounding whitespace and blank lines around it
+    /// are fine), `primes A B`, `count A B`, `nth N` or `factorial N`. The error says why.
+    pub fn parse(text: &str) -> Result<JobSpec, String> {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let line = match lines.as_slice() {
+            [] => return Err("empty job file: expected one line such as `primes 1 1000`".into()),
+            [one] => *one,
+            _ => {
+                return Err(format!(
+                    "{} lines: a job file holds one job on one line",
+                    lines.len()
+                ))
+            }
+        };
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let usage = "expected `primes A B`, `count A B`, `nth N` or `factorial N`";
+        match words.as_slice() {
+            [kind @ ("primes" | "count"), a, b] => {
+                let lo = number(a, "A")?;
+                let hi = number(b, "B")?;
+                if lo > hi {
+                    return Err(format!("empty range: A = {lo} is larger than B = {hi}"));
+                }
+                Ok(if *kind == "primes" {
+                    JobSpec::Primes { lo, hi }
+                } else {
+                    JobSpec::Count { lo, hi }
+                })
+            }
+            ["nth", n] => {
+                let n = number(n, "N")?;
+                if n == 0 || n > NTH_MAX {
+                    return Err(format!("N = {n}: nth takes N from 1 to 10^12"));
+                }
+                Ok(JobSpec::Nth { n })
+            }
+            ["factorial", n] => {
+                let n = number(n, "N")?;
+                if n > FACTORIAL_MAX {
+                    return Err(format!("N = {n}: factorial takes N up to {FACTORIAL_MAX}"));
+                }
+                Ok(JobSpec::Factorial { n })
+            }
+            [kind @ ("primes" | "count" | "nth" | "factorial"), ..] => {
+                Err(format!("wrong number of arguments for {kind}: {usage}"))
+            }
+            [other, ..] => {
+                let shown: String = other.chars().take(40).collect();
+                Err(format!("unknown job {shown:?}: {usage}"))
+            }
+            [] => Err(format!("empty line: {usage}")),
+        }
+    }
+
+    /// The job as its file would say it.
+    pub fn line(&self) -> String {
+        match self {
+            JobSpec::Primes { lo, hi } => format!("primes {lo} {hi}"),
+            JobSpec::Count { lo, hi } => format!("count {lo} {hi}"),
+            JobSpec::Nth { n } => format!("nth {n}"),
+            JobSpec::Factorial { n } => format!("factorial {n}"),
+        }
+    }
+}
+
+/// Whether `count A B` asks the prime-counting function for π(B) - π(A - 1) rather than
+/// sieving [A, B]: when B is small enough for it (2^48) and it costs less. π(x) costs about
+/// x^(3/4) ns here and sieving about 0.3 ns a number (measured, BENCHMARKS.md); the sieve
+/// also spreads over the workers while each π(x) runs on one, so π must win clearly.
+pub fn count_by_pi(lo: u64, hi: u64) -> bool {
+    if hi > 1 << 48 {
+        return false;
+    }
+    let pi_ns = 2.0 * (hi as f64).powf(0.75);
+    let sieve_ns = 0.3 * (hi - lo) as f64;
+    pi_ns * 4.0 < sieve_ns
+}
+
+/// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter).
+pub fn segments(lo: u64, hi: u64, width: u64) -> Vec<(u64, u64)> {
+    let width = width.max(1);
+    let mut out = Vec::new();
+    let mut a = lo;
+    loop {
+        let b = a.saturating_add(width - 1).min(hi);
+        out.push((a, b));
+        if b == hi {
+            return out;
+        }
+        a = b + 1;
+    }
+}
+
+/// The product tree of n!: level 0 holds the leaves (groups of up to [`FANOUT`] consecutive
+/// factors 1..=n, or the single factor 1 for 0! and 1!), each level above multiplies up to
+/// [`FANOUT`] consecutive nodes of the level below, and the last level has one node, the
+/// answer. Returns each level's node count.
+pub fn factorial_levels(n: u64) -> Vec<usize> {
+    let mut levels = vec![(n.max(1) as usize).div_ceil(FANOUT)];
+    while let Some(&last) = levels.last() {
+        if last <= 1 {
+            break;
+        }
+        levels.push(last.div_ceil(FANOUT));
+    }
+    levels
+}
+
+/// The factors of leaf `i` of n!'s tree.
+pub fn factorial_leaf(n: u64, i: usize) -> Vec<u64> {
+    let first = i as u64 * FANOUT as u64 + 1;
+    (first..=(first + FANOUT as u64 - 1).min(n.max(1))).collect()
+}
+
+/// Big integers on the wire: lowercase hex, no leading zeros ("0" for zero).
+pub fn is_hex(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (s == "0" || !s.starts_with('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_lines() {
+        assert_eq!(
+            JobSpec::parse("primes 10 20\n"),
+            Ok(JobSpec::Primes { lo: 10, hi: 20 })
+        );
+        assert_eq!(
+            JobSpec::parse("\n  count 0 18446744073709551615  \n\n"),
+            Ok(JobSpec::Count {
+                lo: 0,
+                hi: u64::MAX
+            })
+        );
+        assert_eq!(
+            JobSpec::parse("nth 1000000000000"),
+            Ok(JobSpec::Nth { n: NTH_MAX })
+        );
+        assert_eq!(
+            JobSpec::parse("factorial 0"),
+            Ok(JobSpec::Factorial { n: 0 })
+        );
+        for (bad, why) in [
+            ("", "empty job file"),
+            ("primes 1", "wrong number of arguments"),
+            ("primes 5 4", "empty range"),
+            ("primes -1 4", "not a non-negative integer"),
+            ("primes 1 18446744073709551616", "too large"),
+            ("nth 0", "nth takes N from 1"),
+            ("nth 1000000000001", "nth takes N from 1"),
+            ("factorial 200001", "factorial takes N up to"),
+            ("sieve 1 2", "unknown job"),
+            ("primes 1 2\ncount 1 2", "2 lines"),
+            ("primes 1e3 2", "not a non-negative integer"),
+        ] {
+            let e = JobSpec::parse(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn segments_cover_the_range_once() {
+        assert_eq!(segments(5, 5, 10), vec![(5, 5)]);
+        assert_eq!(segments(0, 25, 10), vec![(0, 9), (10, 19), (20, 25)]);
+        let top = segments(u64::MAX - 25, u64::MAX, 10);
+        assert_eq!(top.last(), Some(&(u64::MAX - 5, u64::MAX)));
+        assert_eq!(top.len(), 3);
+    }
+
+    #[test]
+    fn factorial_tree() {
+        assert_eq!(factorial_levels(0), vec![1]);
+        assert_eq!(factorial_levels(4), vec![1]);
+        assert_eq!(factorial_levels(5), vec![2, 1]);
+        assert_eq!(factorial_levels(100), vec![25, 7, 2, 1]);
+        assert_eq!(factorial_leaf(0, 0), vec![1]);
+        assert_eq!(factorial_leaf(10, 2), vec![9, 10]);
+        assert!(is_hex("0") && is_hex("1f") && !is_hex("01") && !is_hex("1F") && !is_hex(""));
+    }
+}

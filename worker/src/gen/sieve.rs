@@ -1,0 +1,532 @@
+//! A segmented sieve of Eratosthenes on a mod-30 wheel: the primes (or their count) in any
+//! range [lo, hi] of 64-bit numbers, a segment at a time.
+//!
+//! - **Wheel.** One byte stands for 30 consecutive numbers, one bit for each residue
+//!   coprime to 30 (1, 7, 11, 13, 17, 19, 23, 29): multiples of 2, 3 and 5 take no space and
+//!   no time.
+//! - **Pre-sieve.** The multiples of the primes 7 to 71 repeat with short periods: each
+//!   segment starts as a copy of those patterns (five of them, ANDed) instead of being
+//!   crossed off (about half of all crossings on [10^12, 10^12 + 10^10]).
+//! - **Cache-sized segments.** A segment is [`SEGMENT_BYTES`] bytes (31 million numbers,
+//!   in the L2 cache); primes below 2^20 cross it in blocks of 32 KiB, each while it is in
+//!   L1. Each sieving prime keeps its next multiple and its place on the wheel from one
+//!   segment to the next, and crosses off eight multiples per turn of the wheel with offsets
+//!   computed once per segment.
+//! - **Above 2^44.** Sieving primes go up to [`BASE_LIMIT`] (2^22) at most, so memory stays
+//!   small for ranges near 2^64 (where the square root is 2^32); the numbers that survive
+//!   (about 4%) are then tested with the exact 64-bit test ([`crate::prime`]). Below 2^44
+//!   the sieve alone decides.
+//!
+//! No bucket sieve: sieving primes larger than a segment are visited once per segment (at
+//! most 295,947 of them), which costs little next to the crossings up to 2^44 and next to
+//! the survivors' tests beyond.
+
+use super::isqrt;
+use crate::prime;
+
+/// The residues mod 30 that a bit stands for, in bit order.
+const R: [u64; 8] = [1, 7, 11, 13, 17, 19, 23, 29];
+/// R[j + 1] - R[j] (the last wraps to 31).
+const GAP: [u64; 8] = [6, 4, 2, 4, 2, 4, 6, 2];
+
+/// Bytes of one segment (30 numbers each).
+pub const SEGMENT_BYTES: usize = 1024 * 1024;
+
+/// Bytes of a core's L1 data cache (the sub-blocks small primes cross).
+const L1_BYTES: u64 = 32 * 1024;
+
+/// Sieving primes go up to this at most; above BASE_LIMIT², survivors are tested.
+pub const BASE_LIMIT: u64 = 1 << 22;
+
+/// Below this the wheel is not used (2, 3 and 5, and the pre-sieved primes themselves).
+const SMALL: u64 = 1024;
+
+/// Pre-sieved primes, in groups whose multiples repeat every product-of-the-group bytes:
+/// a segment starts as a copy of the first group's pattern, ANDed with the others'.
+const PRE: [&[u64]; 5] = [
+    &[7, 11, 13, 17, 19],
+    &[23, 29, 31],
+    &[37, 41, 43],
+    &[47, 53, 59],
+    &[61, 67, 71],
+];
+/// The largest pre-sieved prime: sieving primes start above it.
+const PRE_MAX: u64 = 71;
+
+const fn bit_of(r: u64) -> u8 {
+    let mut k = 0;
+    while k < 8 {
+        if R[k] == r {
+            return k as u8;
+        }
+        k += 1;
+    }
+    255
+}
+
+/// For a prime of residue class `c` (index into R) whose cofactor is at wheel position `j`:
+/// the mask clearing the multiple's bit, and how many bytes the next multiple is further
+/// beyond `a * GAP[j]` (a = p / 30).
+struct Tables {
+    mask: [[u8; 8]; 8],
+    corr: [[u64; 8]; 8],
+    /// Byte offset of the k-th multiple in one turn of the wheel (cofactor 30b + R[k]),
+    /// beyond a * (R[k] - 1), from the first (cofactor 30b + 1).
+    off: [[u64; 8]; 8],
+}
+
+const TABLES: Tables = {
+    let mut t = Tables {
+        mask: [[0; 8]; 8],
+        corr: [[0; 8]; 8],
+        off: [[0; 8]; 8],
+    };
+    let mut c = 0;
+    while c < 8 {
+        let mut j = 0;
+        while j < 8 {
+            let r = (R[c] * R[j]) % 30;
+            let r2 = (R[c] * R[(j + 1) % 8]) % 30;
+            t.mask[c][j] = !(1u8 << bit_of(r));
+            t.corr[c][j] = (R[c] * GAP[j] + r - r2) / 30;
+            t.off[c][j] = (R[c] * R[j]) / 30;
+            j += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// One sieving prime's state between segments.
+#[derive(Clone, Copy)]
+struct Sieving {
+    /// Byte of its next multiple, from the start of the current segment.
+    byte: u64,
+    /// p / 30.
+    a: u64,
+    /// Index of p mod 30 in R.
+    class: u8,
+    /// Wheel position of the next multiple's cofactor.
+    wheel: u8,
+}
+
+/// The odd primes up to `limit` (a plain sieve; at most 2^22, a few milliseconds).
+pub fn small_primes(limit: u64) -> Vec<u64> {
+    let limit = limit as usize;
+    if limit < 2 {
+        return Vec::new();
+    }
+    let mut composite = vec![false; limit + 1];
+    let mut out = vec![2];
+    let mut i = 3;
+    while i <= limit {
+        if !composite[i] {
+            out.push(i as u64);
+            let mut m = i * i;
+            while m <= limit {
+                composite[m] = true;
+                m += 2 * i;
+            }
+        }
+        i += 2;
+    }
+    out
+}
+
+/// The pre-sieve patterns, built once per process (845 KB).
+fn patterns() -> &'static [Vec<u8>] {
+    static PATTERNS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        PRE.iter()
+            .map(|group| {
+                let period: u64 = group.iter().product();
+                let mut pat = vec![0xffu8; period as usize];
+                for &p in group.iter() {
+                    // Every multiple p*q with q coprime to 30 over one period (30 * period numbers).
+                    let mut q = 1u64;
+                    while p * q < 30 * period {
+                        let m = p * q;
+                        let b = bit_of(m % 30);
+                        if b != 255 {
+                            pat[(m / 30) as usize] &= !(1 << b);
+                        }
+                        q += 1;
+                    }
+                }
+                pat
+            })
+            .collect()
+    })
+}
+
+/// Crosses off `sp`'s multiples in `seg` up to byte `end` (exclusive), leaving it at its
+/// next multiple (bytes counted from the start of `seg`).
+#[inline]
+fn cross(seg: &mut [u8], sp: &mut Sieving, end: u64) {
+    let c = sp.class as usize;
+    let mut i = sp.byte;
+    if i >= end {
+        return;
+    }
+    let mut j = sp.wheel as usize;
+    let a = sp.a;
+    while j != 0 && i < end {
+        seg[i as usize] &= TABLES.mask[c][j];
+        i += a * GAP[j] + TABLES.corr[c][j];
+        j = (j + 1) & 7;
+    }
+    if j == 0 {
+        let p = a * 30 + R[c];
+        let off: [u64; 8] = std::array::from_fn(|k| a * (R[k] - 1) + TABLES.off[c][k]);
+        let m = &TABLES.mask[c];
+        while i + off[7] < end {
+            let b = i as usize;
+            seg[b + off[0] as usize] &= m[0];
+            seg[b + off[1] as usize] &= m[1];
+            seg[b + off[2] as usize] &= m[2];
+            seg[b + off[3] as usize] &= m[3];
+            seg[b + off[4] as usize] &= m[4];
+            seg[b + off[5] as usize] &= m[5];
+            seg[b + off[6] as usize] &= m[6];
+            seg[b + off[7] as usize] &= m[7];
+            i += p;
+        }
+        while i < end {
+            seg[i as usize] &= TABLES.mask[c][j];
+            i += a * GAP[j] + TABLES.corr[c][j];
+            j = (j + 1) & 7;
+        }
+    }
+    sp.byte = i;
+    sp.wheel = j as u8;
+}
+
+/// The sieve of one range, walked a segment at a time.
+pub struct RangeSieve {
+    lo: u64,
+    hi: u64,
+    /// Primes below [`SMALL`] in the range, reported with the first segment.
+    small: Vec<u64>,
+    small_sent: bool,
+    /// First number (a multiple of 30) of the next segment; None when done.
+    next: Option<u128>,
+    sieving: Vec<Sieving>,
+    /// Survivors must be tested (the sieving primes stop below sqrt(hi)).
+    test_survivors: bool,
+    seg: Vec<u8>,
+}
+
+/// One sieved segment: numbers [first, first + 30 * bytes.len()), clipped to the range.
+pub struct Segment<'a> {
+    first: u128,
+    lo: u64,
+    hi: u64,
+    bytes: &'a [u8],
+    small: &'a [u64],
+    test: bool,
+}
+
+impl RangeSieve {
+    /// The sieve of [lo, hi] (inclusive; empty if lo > hi).
+    pub fn new(lo: u64, hi: u64) -> Self {
+        let small: Vec<u64> = if lo < SMALL {
+            (lo..=hi.min(SMALL - 1))
+                .filter(|&n| prime::is_prime_u64(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let start = lo.max(SMALL);
+        let next = (start <= hi && lo <= hi).then(|| (start / 30 * 30) as u128);
+        let root = isqrt(hi);
+        let limit = root.min(BASE_LIMIT);
+        let base = next.map_or(0, |b| b as u64);
+        let sieving = small_primes(limit)
+            .into_iter()
+            .filter(|&p| p > PRE_MAX)
+            .map(|p| {
+                // First multiple p*q >= max(p^2, base) with q coprime to 30.
+                let q0 = (p as u128).max((base as u128).div_ceil(p as u128));
+                let (b, r) = (q0 / 30, (q0 % 30) as u64);
+                let (b, j) = match R.iter().position(|&x| x >= r) {
+                    Some(j) => (b, j),
+                    None => (b + 1, 0),
+                };
+                let q = b * 30 + R[j] as u128;
+                let m = p as u128 * q;
+                Sieving {
+                    byte: u64::try_from(m / 30 - base as u128 / 30).unwrap_or(u64::MAX),
+                    a: p / 30,
+                    class: bit_of(p % 30),
+                    wheel: j as u8,
+                }
+            })
+            .collect();
+        RangeSieve {
+            lo,
+            hi,
+            small,
+            small_sent: false,
+            next,
+            sieving,
+            test_survivors: root > limit,
+            seg: vec![0; SEGMENT_BYTES],
+        }
+    }
+
+    /// Numbers in the range not yet sieved.
+    pub fn remaining(&self) -> u64 {
+        match self.next {
+            Some(n) => (self.hi as u128 + 1 - n.max(self.lo as u128)).min(u64::MAX as u128) as u64,
+            None => 0,
+        }
+    }
+
+    /// Sieves the next segment; None once the range is done.
+    pub fn next_segment(&mut self) -> Option<Segment<'_>> {
+        let Some(first) = self.next else {
+            if self.small_sent || self.small.is_empty() {
+                return None;
+            }
+            // A range below the wheel: only its small primes.
+            self.small_sent = true;
+            return Some(Segment {
+                first: 0,
+                lo: self.lo,
+                hi: self.hi,
+                bytes: &[],
+                small: &self.small,
+                test: false,
+            });
+        };
+        let end = self.hi as u128 + 1;
+        let len = ((end - first).div_ceil(30) as usize).min(SEGMENT_BYTES);
+        let after = first + 30 * len as u128;
+        self.next = (after < end).then_some(after);
+        let seg = &mut self.seg[..len];
+        // Pre-sieved patterns, from this segment's place in each period.
+        for (g, pat) in patterns().iter().enumerate() {
+            let mut at = ((first / 30) % pat.len() as u128) as usize;
+            let mut filled = 0;
+            while filled < len {
+                let n = (len - filled).min(pat.len() - at);
+                let (dst, src) = (&mut seg[filled..filled + n], &pat[at..at + n]);
+                if g == 0 {
+                    dst.copy_from_slice(src);
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d &= s);
+                }
+                filled += n;
+                at = 0;
+            }
+        }
+        // Primes that hit an L1-sized block many times cross it block by block, while it is
+        // in L1; the others cross the whole segment at once.
+        let len64 = len as u64;
+        let split = self.sieving.partition_point(|sp| sp.a * 30 < L1_BYTES);
+        let (near, far) = self.sieving.split_at_mut(split);
+        let mut end = 0;
+        while end < len64 {
+            end = (end + L1_BYTES).min(len64);
+            for sp in near.iter_mut() {
+                cross(seg, sp, end);
+            }
+        }
+        for sp in far.iter_mut() {
+            cross(seg, sp, len64);
+        }
+        for sp in self.sieving.iter_mut() {
+            sp.byte -= len64;
+        }
+        let small: &[u64] = if self.small_sent {
+            &[]
+        } else {
+            self.small_sent = true;
+            &self.small
+        };
+        Some(Segment {
+            first,
+            lo: self.lo,
+            hi: self.hi,
+            bytes: &self.seg[..len],
+            small,
+            test: self.test_survivors,
+        })
+    }
+}
+
+impl Segment<'_> {
+    /// Numbers of this segment, clipped to the range: (first, last).
+    pub fn span(&self) -> (u64, u64) {
+        if self.bytes.is_empty() {
+            return (self.lo, self.hi.min(SMALL - 1));
+        }
+        let end = self.first + 30 * self.bytes.len() as u128 - 1;
+        (
+            (self.first.max(self.lo.max(SMALL) as u128)) as u64,
+            end.min(self.hi as u128) as u64,
+        )
+    }
+
+    /// Calls `f` with every survivor of the wheel in range, ascending.
+    fn survivors(&self, mut f: impl FnMut(u64)) {
+        let lo = self.lo.max(SMALL) as u128;
+        let hi = self.hi as u128;
+        for (i, &byte) in self.bytes.iter().enumerate() {
+            let mut b = byte;
+            while b != 0 {
+                let k = b.trailing_zeros() as usize;
+                b &= b - 1;
+                let n = self.first + 30 * i as u128 + R[k] as u128;
+                if n >= lo && n <= hi {
+                    f(n as u64);
+                }
+            }
+        }
+    }
+
+    /// How many primes: popcount of the interior, with the edges checked one by one.
+    pub fn count(&self) -> u64 {
+        let mut n = self.small.len() as u64;
+        if self.bytes.is_empty() {
+            return n;
+        }
+        if self.test {
+            let mut buf = Vec::new();
+            self.primes(&mut buf);
+            return buf.len() as u64;
+        }
+        let (first, last) = self.span();
+        let bytes = self.bytes;
+        // Bytes wholly inside [first, last].
+        let byte_of = |x: u64| ((x as u128 - self.first) / 30) as usize;
+        let (b0, b1) = (byte_of(first), byte_of(last));
+        let full_lo = b0 + 1;
+        let full_hi = b1; // exclusive
+        if full_lo < full_hi {
+            let mut words = bytes[full_lo..full_hi].chunks_exact(8);
+            for c in &mut words {
+                let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                n += w.count_ones() as u64;
+            }
+            n += words
+                .remainder()
+                .iter()
+                .map(|b| b.count_ones() as u64)
+                .sum::<u64>();
+        }
+        for &b in [b0, b1].iter().take(if b0 == b1 { 1 } else { 2 }) {
+            let mut byte = bytes[b];
+            while byte != 0 {
+                let k = byte.trailing_zeros() as usize;
+                byte &= byte - 1;
+                let x = self.first + 30 * b as u128 + R[k] as u128;
+                if x >= first as u128 && x <= last as u128 {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Appends the primes of this segment, ascending.
+    pub fn primes(&self, out: &mut Vec<u64>) {
+        out.extend_from_slice(self.small);
+        if self.test {
+            let mut cands = Vec::new();
+            self.survivors(|n| cands.push(n));
+            let start = out.len();
+            prime::filter_primes_u64(&cands, out);
+            out[start..].sort_unstable();
+        } else {
+            self.survivors(|n| out.push(n));
+        }
+    }
+}
+
+/// The number of primes in [lo, hi].
+pub fn count_primes(lo: u64, hi: u64) -> u64 {
+    let mut s = RangeSieve::new(lo, hi);
+    let mut n = 0;
+    while let Some(seg) = s.next_segment() {
+        n += seg.count();
+    }
+    n
+}
+
+/// The primes in [lo, hi], ascending.
+pub fn primes_in(lo: u64, hi: u64) -> Vec<u64> {
+    let mut s = RangeSieve::new(lo, hi);
+    let mut out = Vec::new();
+    while let Some(seg) = s.next_segment() {
+        seg.primes(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(lo: u64, hi: u64) -> Vec<u64> {
+        (lo..=hi).filter(|&n| prime::is_prime_u64(n)).collect()
+    }
+
+    #[test]
+    fn small_ranges_match_the_exact_test() {
+        for (lo, hi) in [
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (2, 2),
+            (0, 100),
+            (1000, 1100),
+            (1019, 1031),
+            (0, 2_000_000),
+            (999_983, 1_000_003),
+            (5, 4),
+        ] {
+            assert_eq!(primes_in(lo, hi), naive(lo, hi), "[{lo}, {hi}]");
+            assert_eq!(
+                count_primes(lo, hi),
+                naive(lo, hi).len() as u64,
+                "[{lo}, {hi}]"
+            );
+        }
+    }
+
+    #[test]
+    fn segments_and_edges() {
+        // Ranges straddling segment boundaries at many offsets.
+        let seg = 30 * SEGMENT_BYTES as u64;
+        for k in [1u64, 2, 3, 7] {
+            for d in [0u64, 1, 29, 30, 31] {
+                let lo = k * seg - d - 100;
+                let hi = k * seg + d + 100;
+                assert_eq!(primes_in(lo, hi), naive(lo, hi), "[{lo}, {hi}]");
+            }
+        }
+        assert_eq!(count_primes(0, 10_000_000), 664_579);
+        assert_eq!(count_primes(0, 100_000_000), 5_761_455);
+    }
+
+    #[test]
+    fn large_numbers_and_the_top_of_u64() {
+        let top = u64::MAX;
+        for (lo, hi) in [
+            (top - 2000, top),
+            (top - 100, top - 50),
+            (1u64 << 44, (1u64 << 44) + 5000),
+            ((1u64 << 44) - 5000, (1u64 << 44) + 5000),
+            (1_000_000_000_000, 1_000_000_050_000),
+            ((1 << 62) - 3000, (1 << 62) + 3000),
+        ] {
+            assert_eq!(primes_in(lo, hi), naive(lo, hi), "[{lo}, {hi}]");
+            assert_eq!(
+                count_primes(lo, hi),
+                naive(lo, hi).len() as u64,
+                "[{lo}, {hi}]"
+            );
+        }
+    }
+}
