@@ -52,6 +52,8 @@ pub enum Action {
     Send(u64, CoordMsg),
     Close(u64, String),
     WriteReport(Report),
+    /// Write a generation job's report (and a factorial's value).
+    WriteJobReport(Box<JobReport>),
 }
 
 /// Where one chunk stands.
@@ -102,6 +104,8 @@ struct Job {
     /// The report is on disk (status calls a file done only then: a crash before the
     /// write means the file is processed again).
     report_written: bool,
+    /// A generation job's plan (None for an input file).
+    work: Option<Box<GenJob>>,
 }
 
 impl Job {
@@ -125,6 +129,7 @@ impl Job {
             reported_numbers: 0,
             report_error: None,
             report_written: false,
+            work: None,
         }
     }
 
@@ -524,6 +529,7 @@ impl Core {
     /// are all done get their report.
     pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
         let mut files = BTreeSet::new();
+        let mut job_tasks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for ChunkKey { file, gen, chunk } in done {
             let Some(job) = self.jobs.get_mut(&file) else {
                 continue;
@@ -534,26 +540,39 @@ impl Core {
             let c = &mut job.chunks[chunk as usize];
             if let ChunkState::Flushing { result, worker } = c.clone() {
                 *c = ChunkState::Done { result, worker };
+                if job.work.is_some() {
+                    job_tasks.entry(file.clone()).or_default().push(chunk);
+                }
                 files.insert(file);
             }
         }
-        files
+        let woke = !job_tasks.is_empty();
+        for (key, tasks) in job_tasks {
+            self.wake_parents(&key, &tasks, now);
+        }
+        let mut actions: Vec<Action> = files
             .into_iter()
             .filter_map(|f| self.maybe_report(&f, now))
-            .collect()
+            .collect();
+        if woke {
+            actions.extend(self.assign(now));
+        }
+        actions
     }
 }
 
 mod assign;
 mod failures;
+pub mod gen;
 mod record;
 mod report;
 mod status;
 
 pub use assign::{bad_batch, chunk_count, chunk_range, SMALL_INFLIGHT_FACTOR};
+pub use gen::{job_key, job_name, GenJob, JobReport, Plan};
 pub use record::{CoordState, FileState};
 pub use report::{InvalidSummary, Report, ReportStatus};
-pub use status::{FileProgress, FileStatus, StatusView, WorkerLink, WorkerStatus};
+pub use status::{FileProgress, FileStatus, JobStatus, StatusView, WorkerLink, WorkerStatus};
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,7 @@ pub mod core;
 pub mod crash;
 pub mod flusher;
 pub mod inputs;
+pub mod jobs;
 pub mod machine;
 pub mod primes;
 pub mod report;

@@ -33,6 +33,12 @@ pub enum Event {
     Tick,
     /// The input folder changed: files newly stable, files gone.
     Inputs(ScanOutcome),
+    /// The jobs folder changed: job files newly stable (with what they ask for, or why they
+    /// cannot run), job files gone (by job name).
+    Jobs {
+        ready: Vec<(String, Fingerprint, Result<core::GenJob, String>)>,
+        removed: Vec<String>,
+    },
     /// Time to flush: the machine hands over what waits in its buffer ([`Action::Flush`]).
     FlushDue,
     /// The flusher made these chunks' primes durable.
@@ -64,6 +70,9 @@ pub enum Action {
     Close(u64, String),
     /// Write a file's report; answer [`Event::ReportWritten`] or [`Event::ReportFailed`].
     WriteReport(Report),
+    /// Write a job's report (and a factorial's value); answer [`Event::ReportWritten`] or
+    /// [`Event::ReportFailed`] with the job's key.
+    WriteJobReport(Box<core::JobReport>),
     /// Append these primes durably, then answer [`Event::Flushed`] with `done` (or
     /// [`Event::FlushFailed`] with everything).
     Flush(Pending),
@@ -79,6 +88,7 @@ impl From<core::Action> for Action {
             core::Action::Send(c, m) => Action::Send(c, m),
             core::Action::Close(c, r) => Action::Close(c, r),
             core::Action::WriteReport(r) => Action::WriteReport(r),
+            core::Action::WriteJobReport(r) => Action::WriteJobReport(r),
         }
     }
 }
@@ -93,6 +103,8 @@ pub struct Coordinator {
     snaps: Snapshots,
     /// Primes and completions recovered from a snapshot, flushed first.
     recovered: Option<Pending>,
+    /// The plans of the valid job files present at start-up, by key, for recovery.
+    job_plans: HashMap<String, core::GenJob>,
 }
 
 impl Coordinator {
@@ -101,6 +113,7 @@ impl Coordinator {
             core,
             snaps,
             recovered: None,
+            job_plans: HashMap::new(),
         }
     }
 
@@ -173,6 +186,7 @@ impl Coordinator {
                 actions
             }
             Event::Inputs(outcome) => self.inputs(outcome, now),
+            Event::Jobs { ready, removed } => self.jobs(ready, removed, now),
             Event::FlushDue => {
                 let mut pending = self.core.take_pending();
                 if let Some(r) = self.recovered.take() {
@@ -234,6 +248,37 @@ impl Coordinator {
         }
     }
 
+    fn jobs(
+        &mut self,
+        ready: Vec<(String, Fingerprint, Result<core::GenJob, String>)>,
+        removed: Vec<String>,
+        now: Now,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for name in removed {
+            info!(job = name, "job file removed");
+            actions.extend(lift(self.core.file_removed(&core::job_key(&name))));
+        }
+        for (name, fp, job) in ready {
+            actions.extend(lift(match job {
+                Ok(job) => {
+                    info!(
+                        job = name,
+                        line = job.spec.line(),
+                        tasks = job.plan.tasks(),
+                        "job queued"
+                    );
+                    self.core.job_ready(job, fp, now)
+                }
+                Err(reason) => {
+                    info!(job = name, reason, "job file invalid");
+                    self.core.job_invalid(&name, fp, reason, now)
+                }
+            }));
+        }
+        actions
+    }
+
     fn inputs(&mut self, outcome: ScanOutcome, now: Now) -> Vec<Action> {
         let mut actions = Vec::new();
         for name in &outcome.removed {
@@ -257,6 +302,13 @@ impl Coordinator {
             actions.extend(lift(self.core.file_ready(name, *fp, now)));
         }
         actions
+    }
+
+    /// The valid job files present at start-up (their keys must also be in `current` for
+    /// [`Coordinator::recover`], with their fingerprints): a job the snapshot shows in
+    /// progress resumes with this plan.
+    pub fn set_job_plans(&mut self, plans: HashMap<String, core::GenJob>) {
+        self.job_plans = plans;
     }
 
     /// Recovery from `snap`, the newest snapshot, after the files with a `done` report were
@@ -310,10 +362,19 @@ impl Coordinator {
                     _ => None,
                 })
                 .collect();
+            let plan = self.job_plans.get(&f.file);
+            if core::job_name(&f.file).is_some()
+                && plan.is_none_or(|p| p.plan.tasks() != f.chunks.len())
+            {
+                continue;
+            }
             pending.done.extend(
                 self.core
                     .restore_file(&f.file, f.fingerprint, finished, now),
             );
+            if let Some(p) = plan {
+                self.core.attach_plan(&f.file, p.clone());
+            }
             resumed += 1;
         }
         self.recovered = Some(pending);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::core::Report;
+use crate::core::{JobReport, Report};
 
 /// Where the report of input `file` lives.
 pub fn report_path(output: &Path, file: &str) -> PathBuf {
@@ -21,6 +21,28 @@ pub fn write_report(output: &Path, r: &Report) -> anyhow::Result<()> {
         Some(why) => e.context(why),
         None => e,
     })
+}
+
+/// Where the report of job `name` lives: `data/output/jobs/<name>.json`.
+pub fn job_report_path(output: &Path, name: &str) -> PathBuf {
+    output.join("jobs").join(format!("{name}.json"))
+}
+
+/// Writes a job's report atomically; a factorial's value goes first to
+/// `data/output/jobs/<name>.txt` (decimal, a newline after), fsynced, and the report names
+/// its digits and the SHA-256 of the file's bytes.
+pub fn write_job_report(output: &Path, r: &mut JobReport) -> anyhow::Result<()> {
+    use sha2::Digest;
+    if let Some(value) = r.value.take() {
+        let path = output.join("jobs").join(format!("{}.txt", r.job));
+        let mut bytes = value.into_bytes();
+        r.digits = Some(bytes.len() as u64);
+        bytes.push(b'\n');
+        r.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
+        write_replace(&path, &bytes, true)?;
+    }
+    let json = serde_json::to_vec_pretty(r).context("encoding job report")?;
+    write_replace(&job_report_path(output, &r.job), &json, true)
 }
 
 /// Why `path` cannot hold a report because of another input's reports, if that is why:
@@ -55,6 +77,12 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()>
 }
 
 /// The existing report of `file`, if it is readable.
+/// The report of job `name`, if one is there and readable.
+pub fn read_job_report(output: &Path, name: &str) -> Option<JobReport> {
+    let bytes = std::fs::read(job_report_path(output, name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 pub fn read_report(output: &Path, file: &str) -> Option<Report> {
     let bytes = std::fs::read(report_path(output, file)).ok()?;
     serde_json::from_slice(&bytes).ok()

@@ -3,6 +3,7 @@
 //! the timers (ticks, snapshots, status file, file-server probes). Every decision is the
 //! machine's ([`crate::machine`]), reached through [`Shared::apply`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.input.display()))?;
     std::fs::create_dir_all(&cfg.output)
         .with_context(|| format!("creating {}", cfg.output.display()))?;
+    std::fs::create_dir_all(&cfg.jobs)
+        .with_context(|| format!("creating {}", cfg.jobs.display()))?;
     std::fs::create_dir_all(&cfg.snapshots.dir)
         .with_context(|| format!("creating {}", cfg.snapshots.dir.display()))?;
     let primes_path = cfg.primes.clone();
@@ -82,6 +85,28 @@ pub async fn run(
             _ => {}
         }
     }
+    // Jobs: a matching report (done, or invalid) means nothing to do; a valid job the
+    // snapshot shows in progress resumes.
+    let mut job_watcher = InputWatcher::new(&cfg.jobs, cfg.quiet_ms);
+    let mut current = current;
+    let mut plans = HashMap::new();
+    for (rel, fp) in list_files(&cfg.jobs) {
+        let name = crate::jobs::job_name_of(&rel);
+        let key = crate::core::job_key(&name);
+        match crate::report::read_job_report(&cfg.output, &name) {
+            Some(r) if r.source == fp && (r.status == "done" || r.status == "invalid") => {
+                machine.core_mut().file_reported(&key, fp, 0, 0);
+                job_watcher.mark_reported(&rel, fp);
+                continue;
+            }
+            _ => {}
+        }
+        if let Ok(job) = crate::jobs::read_job(&cfg.jobs, &rel, cfg.segment_numbers) {
+            current.insert(key.clone(), fp);
+            plans.insert(key, job);
+        }
+    }
+    machine.set_job_plans(plans);
     let start = Instant::now();
     if let Some(snap) = newest_snapshot(&cfg.snapshots.dir) {
         let now = Now {
@@ -108,6 +133,7 @@ pub async fn run(
         events_rx,
         shutdown.clone(),
     ));
+    tracker.spawn(jobs_loop(shared.clone(), job_watcher, shutdown.clone()));
     tracker.spawn(tick_loop(shared.clone(), shutdown.clone()));
     tracker.spawn(status_loop(shared.clone(), shutdown.clone()));
     if !shared.cfg.afs_servers.is_empty() {
@@ -396,6 +422,42 @@ async fn input_loop(
             continue;
         }
         shared.apply(Event::Inputs(outcome)).await;
+    }
+}
+
+/// Polls the jobs folder every scan period (jobs are few: no notifications needed).
+async fn jobs_loop(shared: Arc<Shared>, mut watcher: InputWatcher, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.cfg.scan_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let outcome = watcher.scan(shared.now().ms);
+        if outcome.ready.is_empty() && outcome.removed.is_empty() {
+            continue;
+        }
+        let dir = shared.cfg.jobs.clone();
+        let segment = shared.cfg.segment_numbers;
+        let ready = tokio::task::spawn_blocking(move || {
+            outcome
+                .ready
+                .into_iter()
+                .map(|(rel, fp)| {
+                    let job = crate::jobs::read_job(&dir, &rel, segment);
+                    (crate::jobs::job_name_of(&rel), fp, job)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let removed = outcome
+            .removed
+            .iter()
+            .map(|r| crate::jobs::job_name_of(r))
+            .collect();
+        shared.apply(Event::Jobs { ready, removed }).await;
     }
 }
 

@@ -26,6 +26,9 @@ use crate::snapshot::{write_snapshot_file, SnapshotConfig, SnapshotInfo};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub input: PathBuf,
+    pub jobs: PathBuf,
+    /// Numbers per segment of a `primes` job.
+    pub segment_numbers: u64,
     pub output: PathBuf,
     pub primes: PathBuf,
     pub status_file: PathBuf,
@@ -161,6 +164,7 @@ impl Shared {
             for a in rest {
                 match a {
                     Action::WriteReport(r) => reports.push(r),
+                    Action::WriteJobReport(r) => events.push_back(self.write_job_report(*r).await),
                     Action::Flush(p) => {
                         let _ = self.flush_tx.send(p);
                     }
@@ -223,6 +227,47 @@ impl Shared {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Writes a job's report (a factorial's value too) on a blocking thread.
+    async fn write_job_report(&self, mut r: crate::core::JobReport) -> Event {
+        let output = self.cfg.output.clone();
+        let (key, source) = (crate::core::job_key(&r.job), r.source);
+        let file = key.clone();
+        tokio::task::spawn_blocking(move || {
+            match crate::report::write_job_report(&output, &mut r) {
+                Ok(()) => {
+                    info!(
+                        job = r.job,
+                        status = r.status,
+                        answer = r.answer.as_deref().unwrap_or(""),
+                        "job report written"
+                    );
+                    Event::ReportWritten {
+                        file: key,
+                        source: r.source,
+                    }
+                }
+                Err(e) => {
+                    error!(
+                        job = r.job,
+                        error = format!("{e:#}"),
+                        "cannot write job report"
+                    );
+                    Event::ReportFailed {
+                        file: key,
+                        source: r.source,
+                        reason: format!("{e:#}"),
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Event::ReportFailed {
+            file,
+            source,
+            reason: format!("report writer failed: {e}"),
+        })
     }
 
     /// Writes a finished snapshot atomically and prunes old ones; returns what the machine

@@ -6,9 +6,11 @@
 //! worker -> {"type":"register","worker_id":"worker-1","pid":4242,"threads":2,"instance":9120379011}
 //! coord  -> {"type":"welcome","session":"7f3a9c","heartbeat_ms":5000}
 //! coord  -> {"type":"assign","attempt":"7f3a9c-12","file":"a.txt","chunk":0,"chunks":1,"start":0,"end":1234,"size":1234}
+//! coord  -> {"type":"assign","attempt":"7f3a9c-13","file":".jobs/big","chunk":3,"chunks":16,"start":0,"end":67108864,"size":67108864,"work":{"kind":"primes","lo":201326592,"hi":268435455}}
 //! worker -> {"type":"heartbeat","busy":["7f3a9c-12"],"bytes_done":512,"bytes_total":1234}
 //! worker -> {"type":"primes","attempt":"7f3a9c-12","small":[2,3,5],"big":["170141183460469231731687303715884105727"]}
 //! worker -> {"type":"task_done","attempt":"7f3a9c-12","version":"9c1e","size":1234,"lines":10,"numbers":8,"blank":1,"invalid":1,"first_invalid":[{"line":4,"reason":"not a number: unexpected 'x' at column 1"}],"primes":4}
+//! worker -> {"type":"task_done","attempt":"7f3a9c-14","version":"","size":1,"lines":0,"numbers":1,"blank":0,"invalid":0,"first_invalid":[],"primes":0,"answer":"29"}
 //! worker -> {"type":"task_failed","attempt":"7f3a9c-12","reason":"a.txt: not found on any file server","retryable":true}
 //! coord  -> {"type":"cancel","attempt":"7f3a9c-12"}
 //! coord  -> {"type":"marker","snapshot":3}
@@ -151,6 +153,32 @@ pub struct Assignment {
     pub end: u64,
     /// File size when the coordinator queued it.
     pub size: u64,
+    /// A generation task instead of a chunk of a file (`file` then names the job,
+    /// `.jobs/<name>`, and `start`..`end` counts its numbers, for progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Work>,
+}
+
+/// What a generation task computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Work {
+    /// Every prime in [lo, hi]: sent in `primes` messages, then `task_done` with their
+    /// count in `primes` and the first and last.
+    Primes { lo: u64, hi: u64 },
+    /// The number of primes in [lo, hi], in `answer`.
+    Count { lo: u64, hi: u64 },
+    /// π(x), in `answer`.
+    Pi { x: u64 },
+    /// The n-th prime, in `answer`.
+    Nth { n: u64 },
+    /// The product of 1 to 4 factors (lowercase hex), in `answer`: hex, or decimal when
+    /// `decimal` (the last product of a factorial).
+    Multiply {
+        factors: Vec<String>,
+        #[serde(default)]
+        decimal: bool,
+    },
 }
 
 /// One invalid line, numbered from 1 within the chunk (the coordinator renumbers).
@@ -177,6 +205,14 @@ pub struct TaskDone {
     pub first_invalid: Vec<InvalidLine>,
     /// Primes found in the chunk, repeats counted.
     pub primes: u64,
+    /// A generation task's result (see [`Work`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// A `primes` task's smallest and largest prime, if it found any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_prime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prime: Option<String>,
 }
 
 /// A worker's local state, recorded when a snapshot marker reaches it.
@@ -250,7 +286,7 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 14, "every message has an example");
+        assert_eq!(n, 16, "every message has an example");
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"goodbye","x":1}"#).is_err());
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"self_destruct"}"#).is_err());
     }

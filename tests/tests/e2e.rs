@@ -5,6 +5,7 @@ mod chaos_tests;
 mod container_tests;
 mod dashboard_tests;
 mod hostile_tests;
+mod jobs_tests;
 mod netns_tests;
 mod outside_tests;
 mod pipeline_tests;

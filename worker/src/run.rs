@@ -406,6 +406,9 @@ impl Afs {
         max_line: u64,
     ) -> Vec<Result<Fetched, AfsError>> {
         if let [a] = batch {
+            if a.work.is_some() {
+                return vec![Ok(Fetched::Nothing)];
+            }
             return vec![self.fetch(a, max_line).await];
         }
         let Some(client) = self.clients.get(self.mine) else {
@@ -429,6 +432,8 @@ impl Afs {
 enum Fetched {
     Whole(afs::client::OpenedFile),
     Range(ChunkBytes),
+    /// A generation task reads no input.
+    Nothing,
 }
 
 type FetchHandle = tokio::task::JoinHandle<Vec<Result<Fetched, AfsError>>>;
@@ -477,6 +482,16 @@ async fn execute(
     batch: Vec<Taken>,
     pending: Option<FetchHandle>,
 ) -> Option<Prefetched> {
+    if let [t] = batch.as_slice() {
+        if t.a.work.is_some() {
+            if let Some(fetch) = pending {
+                fetch.abort();
+            }
+            let t = batch.into_iter().next()?;
+            execute_gen(ex, t).await;
+            return None;
+        }
+    }
     let (cfg, afs, local, out, crashed) = (&ex.cfg, &ex.afs, &ex.local, &ex.out, &ex.crashed);
     let work = &mut ex.work;
     let max_line = cfg.scan.max_line_bytes;
@@ -553,6 +568,7 @@ async fn execute(
                         }
                     },
                     Fetched::Range(c) => Ok(scan_slice(c.lines(), &scan_cfg, report)),
+                    Fetched::Nothing => Ok(ScanResult::default()),
                 }
             })
             .collect();
@@ -644,6 +660,7 @@ async fn execute(
             // A chunk read before the server finished hashing a large file has no version;
             // the coordinator takes the file's version from its other chunks.
             Fetched::Range(c) => (c.version.clone().unwrap_or_default(), c.size),
+            Fetched::Nothing => (String::new(), 0),
         };
         let _ = out.send(WorkerMsg::TaskDone(TaskDone {
             attempt: a.attempt.clone(),
@@ -655,6 +672,9 @@ async fn execute(
             invalid: r.invalid,
             first_invalid: invalid_lines(&r),
             primes: (r.primes.len() + r.big_primes.len()) as u64,
+            answer: None,
+            first_prime: None,
+            last_prime: None,
         }));
         l.completed(&a.attempt, r.numbers);
         debug!(
@@ -666,4 +686,100 @@ async fn execute(
         );
     }
     prefetched
+}
+
+/// Runs a generation task on a blocking thread (cancellable between sieve segments) and
+/// reports it: a `primes` task's primes in bounded batches, then `task_done` with the
+/// answer.
+async fn execute_gen(ex: &mut Executor, t: Taken) {
+    let (cfg, local, out) = (&ex.cfg, &ex.local, &ex.out);
+    let a = t.a.clone();
+    lock(local).set_phase(&a.attempt, Phase::Testing);
+    if cfg.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(cfg.delay_ms)).await;
+    }
+    let (progress, cancel) = (t.bytes.clone(), t.cancel.clone());
+    let Some(work) = a.work.clone() else {
+        return;
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        crate::gen::run_work(&work, &cancel, |n| {
+            progress.store(n, std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+    .await;
+    let fail = |reason: String, retryable: bool| {
+        let mut l = lock(local);
+        l.finish(&a.attempt);
+        let _ = out.send(WorkerMsg::TaskFailed {
+            attempt: a.attempt.clone(),
+            reason,
+            retryable,
+        });
+    };
+    let done = match result {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => {
+            info!(
+                attempt = a.attempt,
+                "cancelled task stopped; its results dropped"
+            );
+            lock(local).finish(&a.attempt);
+            return;
+        }
+        Ok(Err(e)) => return fail(format!("{e:#}"), false),
+        Err(e) => return fail(format!("generation task failed: {e}"), true),
+    };
+    let mut l = lock(local);
+    l.set_phase(&a.attempt, Phase::Sending);
+    if l.is_cancelled(&a.attempt) {
+        l.finish(&a.attempt);
+        return;
+    }
+    let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
+    for (i, batch) in done
+        .primes
+        .chunks(proto::msg::MAX_PRIMES_PER_BATCH)
+        .enumerate()
+    {
+        let _ = out.send(WorkerMsg::Primes {
+            attempt: a.attempt.clone(),
+            small: batch.to_vec(),
+            big: Vec::new(),
+        });
+        if crash && i == 0 {
+            break;
+        }
+    }
+    if crash {
+        drop(l);
+        error!(
+            attempt = a.attempt,
+            "fault injection (--fail-prob): crashing mid-task"
+        );
+        ex.crashed.cancel();
+        return;
+    }
+    let numbers = a.end - a.start;
+    let _ = out.send(WorkerMsg::TaskDone(TaskDone {
+        attempt: a.attempt.clone(),
+        version: String::new(),
+        size: 0,
+        lines: 0,
+        numbers,
+        blank: 0,
+        invalid: 0,
+        first_invalid: Vec::new(),
+        primes: done.count,
+        answer: done.answer,
+        first_prime: done.primes.first().map(|p| p.to_string()),
+        last_prime: done.primes.last().map(|p| p.to_string()),
+    }));
+    l.completed(&a.attempt, numbers);
+    debug!(
+        attempt = a.attempt,
+        job = a.file,
+        task = a.chunk,
+        "generation task done"
+    );
 }

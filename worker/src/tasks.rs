@@ -88,7 +88,7 @@ impl BatchLimits {
     }
 
     fn small(&self, a: &Assignment) -> bool {
-        a.chunks == 1 && a.size <= self.file_max
+        a.chunks == 1 && a.size <= self.file_max && a.work.is_none()
     }
 }
 
@@ -297,6 +297,7 @@ mod tests {
             start,
             end,
             size: end,
+            work: None,
         }
     }
 

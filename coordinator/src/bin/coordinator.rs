@@ -33,6 +33,13 @@ struct RunArgs {
     /// Folder of input files.
     #[arg(long, env = "PRIMES_INPUT", default_value = "data/input")]
     input: PathBuf,
+    /// Folder of generation jobs: one file per job (`<name>.job`), one line: `primes A B`,
+    /// `count A B`, `nth N` or `factorial N`. Reports go to <output>/jobs/<name>.json.
+    #[arg(long, env = "PRIMES_JOBS", default_value = "data/jobs")]
+    jobs: PathBuf,
+    /// Numbers per task of a `primes` job (a `count` job's tasks are 64 times longer).
+    #[arg(long, env = "PRIMES_SEGMENT_NUMBERS", default_value_t = coordinator::core::gen::PRIMES_SEGMENT)]
+    segment_numbers: u64,
     /// Folder of per-file reports.
     #[arg(long, env = "PRIMES_OUTPUT", default_value = "data/output")]
     output: PathBuf,
@@ -279,6 +286,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
     let cfg = Config {
         input: a.input,
+        jobs: a.jobs,
+        segment_numbers: a.segment_numbers.max(1000),
         output: a.output,
         primes: a.primes,
         status_file: a.status_file,

@@ -97,11 +97,34 @@ impl Core {
                 _ => continue,
             }
             let chunk = key.chunk;
+            let n = job.chunks.len() as u64;
+            // A generation task: what it computes (a product waits for its factors).
+            let work = match &job.work {
+                Some(g) => {
+                    let chunks = &job.chunks;
+                    let answer = |t: usize| match chunks.get(t) {
+                        Some(ChunkState::Done { result, .. }) => result.answer.clone(),
+                        _ => None,
+                    };
+                    match g.plan.work(chunk as usize, answer) {
+                        Some(w) => Some(w),
+                        None => {
+                            job.chunks[chunk as usize] = ChunkState::Queued {
+                                ready_ms: gen::WAITING,
+                            };
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
             self.next_attempt += 1;
             let attempt = format!("{}-{}", self.session, self.next_attempt);
-            let n = job.chunks.len() as u64;
-            let size = job.fp.size;
-            let (start, end) = chunk_range(size, n, chunk as u64);
+            let (size, (start, end)) = match &work {
+                Some((_, weight)) => (*weight, (0, *weight)),
+                None => (job.fp.size, chunk_range(job.fp.size, n, chunk as u64)),
+            };
+            let work = work.map(|(w, _)| w);
             job.chunks[chunk as usize] = ChunkState::Assigned {
                 attempt: attempt.clone(),
                 worker: worker.clone(),
@@ -124,6 +147,7 @@ impl Core {
                         start,
                         end,
                         size,
+                        work,
                     }),
                 ));
             }

@@ -60,6 +60,9 @@ impl Core {
         }
         job.reported = true;
         job.report_written = false;
+        if job.work.is_some() {
+            return self.job_report(file, now);
+        }
         let mut r = Report {
             file: file.to_string(),
             status: ReportStatus::Done,

@@ -10,6 +10,44 @@ impl Core {
             ..StatusView::default()
         };
         for (name, job) in &self.jobs {
+            if let Some(g) = &job.work {
+                let state = if !job.reported {
+                    "running"
+                } else if !job.report_written {
+                    "finishing"
+                } else if job
+                    .chunks
+                    .iter()
+                    .any(|c| matches!(c, ChunkState::Failed { .. }))
+                {
+                    "failed"
+                } else {
+                    "done"
+                };
+                v.jobs.push(JobStatus {
+                    job: g.name.clone(),
+                    line: g.spec.line(),
+                    state: state.into(),
+                    tasks: job.chunks.len(),
+                    tasks_done: job
+                        .chunks
+                        .iter()
+                        .filter(|c| matches!(c, ChunkState::Done { .. }))
+                        .count(),
+                });
+                continue;
+            }
+            if job_name(name).is_some() {
+                // An invalid job file: its report says why.
+                v.jobs.push(JobStatus {
+                    job: job_name(name).unwrap_or_default().to_string(),
+                    line: String::new(),
+                    state: "invalid".into(),
+                    tasks: 0,
+                    tasks_done: 0,
+                });
+                continue;
+            }
             if job.reported {
                 v.numbers_in_reports += job.reported_numbers;
                 if job.chunks.is_empty() {
@@ -71,7 +109,12 @@ impl Core {
                 });
             }
         }
-        v.bytes_total = self.jobs.values().map(|j| j.fp.size).sum();
+        v.bytes_total = self
+            .jobs
+            .iter()
+            .filter(|(k, _)| job_name(k).is_none())
+            .map(|(_, j)| j.fp.size)
+            .sum();
         for (id, w) in &self.workers {
             let tasks: Vec<String> = w
                 .assigned
@@ -117,6 +160,9 @@ pub struct StatusView {
     #[serde(default)]
     pub numbers_in_reports: u64,
     pub files: Vec<FileStatus>,
+    /// Generation jobs (`data/jobs/`).
+    #[serde(default)]
+    pub jobs: Vec<JobStatus>,
     pub workers: Vec<WorkerStatus>,
     #[serde(skip_deserializing)]
     pub totals: Totals,
@@ -163,6 +209,18 @@ pub struct FileStatus {
     /// Why a failed file failed (a chunk's reason, or why its report could not be written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A generation job as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: String,
+    /// The job's line (empty for an invalid job file).
+    pub line: String,
+    /// running, finishing (results durable, report being written), done, failed, invalid.
+    pub state: String,
+    pub tasks: usize,
+    pub tasks_done: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -53,6 +53,9 @@ fn done(attempt: &str, lines: u64, primes: u64) -> WorkerMsg {
             reason: "x".into(),
         }],
         primes,
+        answer: None,
+        first_prime: None,
+        last_prime: None,
     })
 }
 

@@ -85,6 +85,9 @@ pub(super) fn done_msg(attempt: &str, primes: u64) -> WorkerMsg {
         invalid: 0,
         first_invalid: vec![],
         primes,
+        answer: None,
+        first_prime: None,
+        last_prime: None,
     })
 }
 

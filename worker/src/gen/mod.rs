@@ -19,7 +19,10 @@ pub mod product;
 
 use std::io::Write;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use proto::jobs::{segments, JobSpec};
+use proto::msg::Work;
 use rayon::prelude::*;
 
 /// Numbers per segment when a job is run in one process (rayon shares them out).
@@ -73,4 +76,71 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
     }
     out.flush()?;
     Ok(())
+}
+
+/// What a generation task produced.
+#[derive(Debug, Default)]
+pub struct WorkDone {
+    /// A `primes` task's primes, ascending.
+    pub primes: Vec<u64>,
+    /// Primes found (listed or counted).
+    pub count: u64,
+    /// The answer of a count, π, n-th prime or product task.
+    pub answer: Option<String>,
+}
+
+/// Runs one generation task; `progress` is told how many of its numbers are done. None if
+/// `cancel` was set (checked between segments).
+pub fn run_work(
+    work: &Work,
+    cancel: &AtomicBool,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<Option<WorkDone>> {
+    let mut done = WorkDone::default();
+    match work {
+        Work::Primes { lo, hi } | Work::Count { lo, hi } => {
+            if lo > hi {
+                anyhow::bail!("empty range [{lo}, {hi}]");
+            }
+            let list = matches!(work, Work::Primes { .. });
+            let mut s = sieve::RangeSieve::new(*lo, *hi);
+            while let Some(seg) = s.next_segment() {
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                if list {
+                    seg.primes(&mut done.primes);
+                } else {
+                    done.count += seg.count();
+                }
+                let (_, last) = seg.span();
+                progress(last - lo + 1);
+            }
+            if list {
+                done.count = done.primes.len() as u64;
+            } else {
+                done.answer = Some(done.count.to_string());
+            }
+        }
+        Work::Pi { x } => {
+            if *x > pi::PI_MAX {
+                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^48");
+            }
+            done.answer = Some(pi::prime_pi(*x).to_string());
+        }
+        Work::Nth { n } => {
+            let p = pi::nth_prime(*n, |_| {})
+                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^12, not {n}"))?;
+            done.answer = Some(p.to_string());
+        }
+        Work::Multiply { factors, decimal } => {
+            let hex = product::multiply_hex(factors)?;
+            done.answer = Some(if *decimal {
+                product::from_hex(&hex)?.to_str_radix(10)
+            } else {
+                hex
+            });
+        }
+    }
+    Ok(Some(done))
 }

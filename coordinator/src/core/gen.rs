@@ -1,0 +1,476 @@
+//! Generation jobs (`data/jobs/<name>.job`): how a job becomes tasks, and its report. A job
+//! is kept like a file (its tasks are its chunks: queued, assigned, flushing, done, in the
+//! snapshots too), under a key no input can have (`.jobs/<name>`: inputs never have a
+//! hidden component), with a plan that says what each task computes.
+
+use proto::jobs::{factorial_leaf, factorial_levels, segments, JobSpec, FANOUT};
+use proto::msg::Work;
+
+use super::*;
+
+/// Numbers per segment of a `primes` job by default (about 2.4 million primes at 10^12: a
+/// few MB of messages and of flush buffer per segment; `coordinator --segment-numbers`).
+pub const PRIMES_SEGMENT: u64 = 1 << 26;
+/// A `count` job's segments are this many times longer (nothing to send back: 2^32 numbers
+/// by default, about a second of sieving).
+pub const COUNT_SEGMENT_FACTOR: u64 = 64;
+
+/// The key of job `name` in the core's table.
+pub fn job_key(name: &str) -> String {
+    format!(".jobs/{name}")
+}
+
+/// The job name of a key made by [`job_key`].
+pub fn job_name(key: &str) -> Option<&str> {
+    key.strip_prefix(".jobs/")
+}
+
+/// What a job's tasks are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Range segments, sieved (listing primes, or counting them).
+    Segments { list: bool, segs: Vec<(u64, u64)> },
+    /// π(B) and π(A - 1) (task 1 absent when A <= 1): a count by the prime-counting function.
+    Pi { hi: u64, lo: u64 },
+    /// One task: the n-th prime.
+    Nth { n: u64 },
+    /// The product tree of n!: level sizes; tasks numbered level by level, leaves first.
+    Factorial { n: u64, levels: Vec<usize> },
+}
+
+impl Plan {
+    /// The plan of `spec`, with `primes` segments of `segment` numbers.
+    pub fn of(spec: JobSpec, segment: u64) -> Plan {
+        match spec {
+            JobSpec::Primes { lo, hi } => Plan::Segments {
+                list: true,
+                segs: segments(lo, hi, segment),
+            },
+            JobSpec::Count { lo, hi } if proto::jobs::count_by_pi(lo, hi) => Plan::Pi { hi, lo },
+            JobSpec::Count { lo, hi } => Plan::Segments {
+                list: false,
+                segs: segments(lo, hi, segment.saturating_mul(COUNT_SEGMENT_FACTOR)),
+            },
+            JobSpec::Nth { n } => Plan::Nth { n },
+            JobSpec::Factorial { n } => Plan::Factorial {
+                n,
+                levels: factorial_levels(n),
+            },
+        }
+    }
+
+    pub fn tasks(&self) -> usize {
+        match self {
+            Plan::Segments { segs, .. } => segs.len(),
+            Plan::Pi { lo, .. } => 1 + usize::from(*lo > 1),
+            Plan::Nth { .. } => 1,
+            Plan::Factorial { levels, .. } => levels.iter().sum(),
+        }
+    }
+
+    /// (level, index in level) of factorial task `t`.
+    fn node(levels: &[usize], t: usize) -> (usize, usize) {
+        let mut t = t;
+        for (l, &size) in levels.iter().enumerate() {
+            if t < size {
+                return (l, t);
+            }
+            t -= size;
+        }
+        (levels.len(), t)
+    }
+
+    /// The factorial tasks whose products task `t` multiplies (none for a leaf).
+    pub fn children(&self, t: usize) -> Vec<usize> {
+        let Plan::Factorial { levels, .. } = self else {
+            return Vec::new();
+        };
+        let (l, i) = Self::node(levels, t);
+        if l == 0 {
+            return Vec::new();
+        }
+        let below: usize = levels[..l - 1].iter().sum();
+        let first = i * FANOUT;
+        (first..(first + FANOUT).min(levels[l - 1]))
+            .map(|c| below + c)
+            .collect()
+    }
+
+    /// The task whose product includes task `t`'s (None for the root and other plans).
+    pub fn parent(&self, t: usize) -> Option<usize> {
+        let Plan::Factorial { levels, .. } = self else {
+            return None;
+        };
+        let (l, i) = Self::node(levels, t);
+        if l + 1 >= levels.len() {
+            return None;
+        }
+        let above: usize = levels[..=l].iter().sum();
+        Some(above + i / FANOUT)
+    }
+
+    /// What task `t` computes, and how much work it is (numbers, for progress); None while
+    /// a product task's factors are not all known (`answers` gives the done tasks' answers).
+    pub fn work(&self, t: usize, answers: impl Fn(usize) -> Option<String>) -> Option<(Work, u64)> {
+        match self {
+            Plan::Segments { list, segs } => {
+                let &(lo, hi) = segs.get(t)?;
+                let w = if *list {
+                    Work::Primes { lo, hi }
+                } else {
+                    Work::Count { lo, hi }
+                };
+                Some((w, hi - lo + 1))
+            }
+            Plan::Pi { hi, lo } => {
+                let x = if t == 0 { *hi } else { lo - 1 };
+                Some((Work::Pi { x }, 1))
+            }
+            Plan::Nth { n } => Some((Work::Nth { n: *n }, 1)),
+            Plan::Factorial { n, levels } => {
+                let (l, i) = Self::node(levels, t);
+                let factors: Vec<String> = if l == 0 {
+                    factorial_leaf(*n, i)
+                        .into_iter()
+                        .map(|f| format!("{f:x}"))
+                        .collect()
+                } else {
+                    self.children(t)
+                        .into_iter()
+                        .map(&answers)
+                        .collect::<Option<Vec<String>>>()?
+                };
+                let decimal = t + 1 == self.tasks();
+                Some((Work::Multiply { factors, decimal }, 1))
+            }
+        }
+    }
+}
+
+/// A generation job's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenJob {
+    pub name: String,
+    pub spec: JobSpec,
+    pub plan: Plan,
+}
+
+/// A job's report (`data/output/jobs/<name>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub job: String,
+    /// The job file's line, as understood (absent when it could not be parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
+    /// `done`, `failed` (a task failed every try; tried again later) or `invalid` (the job
+    /// file is malformed: `errors` says why; fix the file and it runs).
+    pub status: String,
+    pub source: Fingerprint,
+    /// count: the number of primes; nth: the prime; factorial: not here (`value_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// primes: primes found in the range (all of them, also those already in primes.txt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_prime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prime: Option<String>,
+    /// factorial: the value's file (`<name>.txt`, decimal), digits and SHA-256 of the digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub segments: usize,
+    pub workers: Vec<String>,
+    pub errors: Vec<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    /// The factorial's value in decimal, for the writer to put in `value_file` (not in the
+    /// report itself).
+    #[serde(skip)]
+    pub value: Option<String>,
+}
+
+impl Core {
+    /// A job file (new or changed) parsed: queue its tasks. A factorial's product tasks
+    /// wait for their factors.
+    pub fn job_ready(&mut self, job: GenJob, fp: Fingerprint, now: Now) -> Vec<Action> {
+        let key = job_key(&job.name);
+        if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
+            return Vec::new();
+        }
+        let mut actions = self.drop_job(&key);
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let n = job.plan.tasks();
+        let mut chunks = Vec::with_capacity(n);
+        for t in 0..n {
+            if job.plan.children(t).is_empty() {
+                chunks.push(ChunkState::Queued { ready_ms: now.ms });
+                self.queue.push_back(ChunkKey::new(&key, gen, t as u32));
+            } else {
+                chunks.push(ChunkState::Queued { ready_ms: WAITING });
+            }
+        }
+        let mut j = Job::new(gen, fp, chunks, None);
+        j.work = Some(Box::new(job));
+        self.jobs.insert(key, j);
+        actions.extend(self.assign(now));
+        actions
+    }
+
+    /// Makes the job restored under `key` (from a snapshot) a generation job with `job`'s
+    /// plan.
+    pub fn attach_plan(&mut self, key: &str, job: GenJob) {
+        if let Some(j) = self.jobs.get_mut(key) {
+            j.work = Some(Box::new(job));
+        }
+    }
+
+    /// A job file that cannot be parsed: its report says why, and nothing runs.
+    pub fn job_invalid(
+        &mut self,
+        name: &str,
+        fp: Fingerprint,
+        reason: String,
+        now: Now,
+    ) -> Vec<Action> {
+        let key = job_key(name);
+        if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
+            return Vec::new();
+        }
+        let mut actions = self.drop_job(&key);
+        self.next_gen += 1;
+        let mut j = Job::new(self.next_gen, fp, Vec::new(), Some(now.wall));
+        j.reported = true;
+        self.jobs.insert(key, j);
+        actions.push(Action::WriteJobReport(Box::new(JobReport {
+            job: name.to_string(),
+            spec: None,
+            status: "invalid".into(),
+            source: fp,
+            answer: None,
+            count: None,
+            first_prime: None,
+            last_prime: None,
+            value_file: None,
+            digits: None,
+            sha256: None,
+            segments: 0,
+            workers: Vec::new(),
+            errors: vec![reason],
+            started_at: now.wall.to_rfc3339(),
+            finished_at: now.wall.to_rfc3339(),
+            value: None,
+        })));
+        actions
+    }
+
+    /// The job's product tasks whose factors just became all known go to the queue.
+    pub(super) fn wake_parents(&mut self, key: &str, done: &[u32], now: Now) {
+        let Some(job) = self.jobs.get_mut(key) else {
+            return;
+        };
+        let Some(work) = job.work.as_ref() else {
+            return;
+        };
+        let mut woken = BTreeSet::new();
+        for &t in done {
+            if let Some(p) = work.plan.parent(t as usize) {
+                let ready = work
+                    .plan
+                    .children(p)
+                    .iter()
+                    .all(|&c| matches!(job.chunks.get(c), Some(ChunkState::Done { .. })));
+                if ready && matches!(job.chunks[p], ChunkState::Queued { ready_ms: WAITING }) {
+                    woken.insert(p);
+                }
+            }
+        }
+        for p in woken {
+            job.chunks[p] = ChunkState::Queued { ready_ms: now.ms };
+            self.queue.push_back(ChunkKey::new(key, job.gen, p as u32));
+        }
+    }
+
+    /// The report of a finished job.
+    pub(super) fn job_report(&mut self, key: &str, now: Now) -> Option<Action> {
+        let job = self.jobs.get_mut(key)?;
+        let work = job.work.as_ref()?;
+        let mut r = JobReport {
+            job: work.name.clone(),
+            spec: Some(work.spec),
+            status: "done".into(),
+            source: job.fp,
+            answer: None,
+            count: None,
+            first_prime: None,
+            last_prime: None,
+            value_file: None,
+            digits: None,
+            sha256: None,
+            segments: job.chunks.len(),
+            workers: Vec::new(),
+            errors: Vec::new(),
+            started_at: job.started_at.unwrap_or(now.wall).to_rfc3339(),
+            finished_at: now.wall.to_rfc3339(),
+            value: None,
+        };
+        let mut workers = BTreeSet::new();
+        let mut answers = Vec::with_capacity(job.chunks.len());
+        for (i, c) in job.chunks.iter().enumerate() {
+            match c {
+                ChunkState::Done { result, worker } => {
+                    workers.insert(worker.clone());
+                    answers.push(Some(result));
+                }
+                ChunkState::Failed { reason } => {
+                    r.status = "failed".into();
+                    r.errors.push(format!("task {i}: {reason}"));
+                    answers.push(None);
+                }
+                _ => answers.push(None),
+            }
+        }
+        r.workers = workers.into_iter().collect();
+        if r.status == "done" {
+            let num = |i: usize| -> Option<u64> {
+                answers.get(i)?.as_ref()?.answer.as_deref()?.parse().ok()
+            };
+            match &work.plan {
+                Plan::Segments { list, .. } => {
+                    let total: u64 = answers.iter().flatten().map(|d| d.primes).sum();
+                    r.count = Some(total);
+                    if !list {
+                        r.answer = Some(total.to_string());
+                    }
+                    r.first_prime = answers.iter().flatten().find_map(|d| d.first_prime.clone());
+                    r.last_prime = answers
+                        .iter()
+                        .rev()
+                        .flatten()
+                        .find_map(|d| d.last_prime.clone());
+                }
+                Plan::Pi { lo, .. } => {
+                    let below = if *lo > 1 { num(1) } else { Some(0) };
+                    match (num(0), below) {
+                        (Some(a), Some(b)) if a >= b => {
+                            r.answer = Some((a - b).to_string());
+                            r.count = Some(a - b);
+                        }
+                        _ => {
+                            r.status = "failed".into();
+                            r.errors
+                                .push("a prime count is missing or inconsistent".into());
+                        }
+                    }
+                }
+                Plan::Nth { .. } => match num(0) {
+                    Some(p) => {
+                        r.answer = Some(p.to_string());
+                        r.first_prime = r.answer.clone();
+                        r.last_prime = r.answer.clone();
+                    }
+                    None => {
+                        r.status = "failed".into();
+                        r.errors.push("the worker's answer is missing".into());
+                    }
+                },
+                Plan::Factorial { .. } => {
+                    let root = answers.last().and_then(|a| a.as_ref()?.answer.clone());
+                    match root {
+                        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                            r.value_file = Some(format!("{}.txt", work.name));
+                            r.value = Some(digits);
+                        }
+                        _ => {
+                            r.status = "failed".into();
+                            r.errors
+                                .push("the product is missing or not decimal".into());
+                        }
+                    }
+                }
+            }
+        }
+        if r.status != "done" {
+            job.failed_round(self.cfg.failed_retry_ms, now);
+        }
+        Some(Action::WriteJobReport(Box::new(r)))
+    }
+}
+
+/// `ready_ms` of a product task whose factors are not all known yet (never assigned until
+/// [`Core::wake_parents`] queues it).
+pub const WAITING: u64 = u64::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factorial_plan_links_children_and_parents() {
+        let p = Plan::of(JobSpec::Factorial { n: 100 }, PRIMES_SEGMENT);
+        // Levels 25, 7, 2, 1.
+        assert_eq!(p.tasks(), 35);
+        assert_eq!(p.children(0), Vec::<usize>::new());
+        assert_eq!(p.children(25), vec![0, 1, 2, 3]);
+        assert_eq!(p.children(31), vec![24]);
+        assert_eq!(p.children(34), vec![32, 33]);
+        assert_eq!(p.parent(24), Some(31));
+        assert_eq!(p.parent(33), Some(34));
+        assert_eq!(p.parent(34), None);
+        for t in 0..34 {
+            let up = p.parent(t).expect("parent");
+            assert!(p.children(up).contains(&t));
+        }
+        assert!(p.work(25, |_| None).is_none());
+        assert_eq!(
+            p.work(24, |_| None).map(|w| w.0),
+            Some(Work::Multiply {
+                factors: vec!["61".into(), "62".into(), "63".into(), "64".into()],
+                decimal: false,
+            })
+        );
+    }
+
+    #[test]
+    fn count_plans() {
+        assert_eq!(
+            Plan::of(
+                JobSpec::Count {
+                    lo: 0,
+                    hi: 1_000_000_000_000
+                },
+                PRIMES_SEGMENT
+            ),
+            Plan::Pi {
+                hi: 1_000_000_000_000,
+                lo: 0
+            }
+        );
+        assert_eq!(
+            Plan::of(
+                JobSpec::Count {
+                    lo: 0,
+                    hi: 1_000_000_000_000
+                },
+                PRIMES_SEGMENT
+            )
+            .tasks(),
+            1
+        );
+        assert!(matches!(
+            Plan::of(
+                JobSpec::Count {
+                    lo: 1_000_000_000_000,
+                    hi: 1_010_000_000_000
+                },
+                PRIMES_SEGMENT
+            ),
+            Plan::Segments { list: false, .. }
+        ));
+    }
+}

@@ -1,0 +1,218 @@
+//! Generation jobs (`data/jobs/`) through the real cluster: answers checked against
+//! independent sources (a plain sieve here, the `machine-prime` crate's test, published
+//! values of π(x) and p_n, num-bigint's straightforward product), each prime once across
+//! files and overlapping ranges, and kills in the middle of a range job.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use num_bigint::BigUint;
+use serde_json::Value;
+
+use crate::pipeline_tests::Pipeline;
+use e2e::wait_for;
+
+const T: Duration = Duration::from_secs(120);
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+/// The primes in [lo, hi] by a plain sieve up to 10^7, else number by number with
+/// `machine-prime` (an implementation independent of ours).
+fn primes_between(lo: u64, hi: u64) -> Vec<u64> {
+    if hi <= 10_000_000 {
+        let n = hi as usize;
+        let mut comp = vec![false; n + 1];
+        let mut out = Vec::new();
+        for i in 2..=n {
+            if !comp[i] {
+                if i as u64 >= lo {
+                    out.push(i as u64);
+                }
+                let mut m = i * i;
+                while m <= n {
+                    comp[m] = true;
+                    m += i;
+                }
+            }
+        }
+        return out;
+    }
+    (lo..=hi).filter(|&x| machine_prime::is_prime(x)).collect()
+}
+
+fn job_report(p: &Pipeline, name: &str) -> Option<Value> {
+    let bytes = std::fs::read(p.path(&format!("data/output/jobs/{name}.json"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn wait_reports(p: &Pipeline, names: &[&str]) {
+    wait_for(T, "a report for every job", || {
+        names.iter().all(|n| job_report(p, n).is_some())
+    });
+}
+
+fn add_job(p: &Pipeline, name: &str, line: &str) {
+    let tmp = p.path(&format!("data/{name}.tmp"));
+    std::fs::write(&tmp, format!("{line}\n")).expect("write job");
+    std::fs::create_dir_all(p.path("data/jobs")).expect("mkdir jobs");
+    std::fs::rename(&tmp, p.path(&format!("data/jobs/{name}.job"))).expect("move job");
+}
+
+fn primes_file(p: &Pipeline) -> Vec<u64> {
+    let text = std::fs::read_to_string(p.path("primes.txt")).expect("primes.txt");
+    assert!(text.is_empty() || text.ends_with('\n'), "no torn line");
+    text.lines()
+        .map(|l| l.parse::<u64>().unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Asserts primes.txt holds exactly `want`, each once.
+fn assert_primes(p: &Pipeline, want: &BTreeSet<u64>) {
+    let got = primes_file(p);
+    let set: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(set.len(), got.len(), "no prime twice in primes.txt");
+    let missing: Vec<_> = want.difference(&set).take(5).collect();
+    let extra: Vec<_> = set.difference(want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "primes.txt differs: missing {missing:?}, extra {extra:?}"
+    );
+}
+
+#[test]
+/// Every kind of job on a small cluster, with an input file whose primes overlap two range
+/// jobs and two ranges that overlap each other: answers match, primes.txt has each prime
+/// once, malformed jobs get a report with the reason.
+fn jobs_match_independent_answers() {
+    let mut p = Pipeline::new();
+    let t12 = 1_000_000_000_000u64;
+    let top = u64::MAX;
+    // An input file sharing primes with the ranges below (and holding one outside them).
+    let mut input = String::new();
+    for x in (90_000..110_000)
+        .chain(t12..t12 + 3000)
+        .chain([top - 58, 1_000_003_233])
+    {
+        input.push_str(&format!("{x}\n"));
+    }
+    std::fs::write(p.path("data/input/mixed.txt"), input).expect("write input");
+    p.start_simple(2);
+    let jobs = [
+        ("small", s("primes 0 100000")),
+        ("overlap", s("primes 95000 150000")),
+        ("t12", format!("primes {t12} {}", t12 + 2_000_000)),
+        ("top", format!("primes {} {top}", top - 300_000)),
+        ("pi9", s("count 1 1000000000")),
+        ("sieved", format!("count {t12} {}", t12 + 100_000_000)),
+        ("n1", s("nth 1")),
+        ("n1000", s("nth 1000")),
+        ("n6", s("nth 1000000")),
+        ("n8", s("nth 100000000")),
+        ("n10", s("nth 10000000000")),
+        ("f1000", s("factorial 1000")),
+        ("f20000", s("factorial 20000")),
+        ("f0", s("factorial 0")),
+        ("bad", s("primes 10 1")),
+        ("junk", s("make me a sandwich")),
+    ];
+    for (name, line) in &jobs {
+        add_job(&p, name, line);
+    }
+    let names: Vec<&str> = jobs.iter().map(|(n, _)| *n).collect();
+    wait_reports(&p, &names);
+    p.wait_all_reported(T);
+
+    let answer = |name: &str| -> String {
+        let r = job_report(&p, name).expect("report");
+        assert_eq!(r["status"], "done", "{name}: {r}");
+        r["answer"].as_str().unwrap_or_default().to_string()
+    };
+    // pi(10^9) and the count on [10^12, 10^12 + 10^8] (primesieve 11 says 3618282).
+    assert_eq!(answer("pi9"), "50847534");
+    assert_eq!(answer("sieved"), "3618282");
+    for (name, want) in [
+        ("n1", "2"),
+        ("n1000", "7919"),
+        ("n6", "15485863"),
+        ("n8", "2038074743"),
+        ("n10", "252097800623"),
+    ] {
+        assert_eq!(answer(name), want, "{name}");
+    }
+    // Factorials against a plain product, digits and SHA-256 in the report.
+    for (name, n) in [("f1000", 1000u32), ("f20000", 20_000), ("f0", 0)] {
+        let r = job_report(&p, name).expect("report");
+        assert_eq!(r["status"], "done", "{name}: {r}");
+        let mut want = BigUint::from(1u32);
+        for k in 2..=n {
+            want *= k;
+        }
+        let want = want.to_string();
+        let got = std::fs::read_to_string(p.path(&format!("data/output/jobs/{name}.txt")))
+            .expect("factorial value");
+        assert_eq!(got.trim_end(), want, "{name}");
+        assert_eq!(r["digits"].as_u64(), Some(want.len() as u64), "{name}");
+    }
+    for (name, why) in [("bad", "empty range"), ("junk", "unknown job")] {
+        let r = job_report(&p, name).expect("report");
+        assert_eq!(r["status"], "invalid", "{name}");
+        assert!(r["errors"].to_string().contains(why), "{name}: {r}");
+    }
+    // primes.txt: the file's primes and every range's, each once.
+    let mut want: BTreeSet<u64> = BTreeSet::new();
+    want.extend(primes_between(0, 150_000));
+    want.extend(primes_between(t12, t12 + 2_000_000));
+    want.extend(primes_between(top - 300_000, top));
+    if machine_prime::is_prime(1_000_003_233) {
+        want.insert(1_000_003_233);
+    }
+    assert_primes(&p, &want);
+    let r = job_report(&p, "t12").expect("report");
+    let n = primes_between(t12, t12 + 2_000_000);
+    assert_eq!(r["count"].as_u64(), Some(n.len() as u64));
+    assert_eq!(r["first_prime"], n[0].to_string());
+    assert_eq!(r["last_prime"], n[n.len() - 1].to_string());
+    let st = p.status();
+    let listed = st["jobs"].as_array().map_or(0, |j| j.len());
+    assert_eq!(listed, jobs.len(), "status lists every job: {}", st["jobs"]);
+}
+
+#[test]
+/// kill -9 of a worker and of the coordinator in the middle of a long range job: after
+/// restarts the report and primes.txt are exact (each prime once, none missing).
+fn range_job_survives_kills() {
+    let mut p = Pipeline::new();
+    p.coord_flags_mut(vec![
+        s("--segment-numbers"),
+        s("250000"),
+        s("--snapshot-ms"),
+        s("300"),
+    ]);
+    p.worker_flags_mut(vec![s("--delay-ms"), s("60")]);
+    p.start_simple(2);
+    let t12 = 1_000_000_000_000u64;
+    let (lo, hi) = (t12, t12 + 10_000_000 - 1); // 40 segments
+    add_job(&p, "long", &format!("primes {lo} {hi}"));
+    let done = |p: &Pipeline| -> u64 {
+        p.status()["jobs"]
+            .as_array()
+            .and_then(|j| j.first().cloned())
+            .and_then(|j| j["tasks_done"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_for(T, "a few segments done", || done(&p) >= 5);
+    p.kill_worker("worker-1");
+    wait_for(T, "more segments done", || done(&p) >= 12);
+    p.kill_coordinator();
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    wait_reports(&p, &["long"]);
+    let r = job_report(&p, "long").expect("report");
+    assert_eq!(r["status"], "done", "{r}");
+    let want: BTreeSet<u64> = primes_between(lo, hi).into_iter().collect();
+    assert_eq!(r["count"].as_u64(), Some(want.len() as u64));
+    assert_eq!(r["segments"].as_u64(), Some(40));
+    assert_primes(&p, &want);
+}
