@@ -97,6 +97,21 @@ pub fn render(v: &Value) -> String {
         )),
         None => s.push_str("last snapshot: none yet\n"),
     }
+    if let Some(jobs) = v["jobs"].as_array().filter(|j| !j.is_empty()) {
+        s.push_str("jobs:\n");
+        for j in jobs {
+            let g = |k: &str| j[k].as_u64().unwrap_or(0);
+            s.push_str(&format!(
+                "  {:<12} {:<10} {} {}/{} tasks  {}\n",
+                j["job"].as_str().unwrap_or("?"),
+                j["state"].as_str().unwrap_or("?"),
+                bar(g("tasks_done"), g("tasks"), 20),
+                g("tasks_done"),
+                g("tasks"),
+                j["line"].as_str().unwrap_or("")
+            ));
+        }
+    }
     s.push_str("workers:\n");
     for w in v["workers"].as_array().into_iter().flatten() {
         let all: Vec<&str> = w["tasks"]

@@ -634,22 +634,8 @@ async fn execute(
             continue;
         }
         let crash = crash && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
-        for (i, (small, big)) in prime_batches(&r).into_iter().enumerate() {
-            let _ = out.send(WorkerMsg::Primes {
-                attempt: a.attempt.clone(),
-                small,
-                big,
-            });
-            if crash && i == 0 {
-                break;
-            }
-        }
-        if crash {
+        if send_primes(out, &a.attempt, prime_batches(&r), crash) {
             drop(l);
-            error!(
-                attempt = a.attempt,
-                "fault injection (--fail-prob): crashing mid-task"
-            );
             // The session ends at once with the partial result on the wire and no goodbye;
             // the binary then exits as a crash would (the library never exits the process).
             crashed.cancel();
@@ -737,26 +723,12 @@ async fn execute_gen(ex: &mut Executor, t: Taken) {
         return;
     }
     let crash = cfg.fail_prob > 0.0 && rand::thread_rng().gen_bool(cfg.fail_prob.min(1.0));
-    for (i, batch) in done
+    let batches = done
         .primes
         .chunks(proto::msg::MAX_PRIMES_PER_BATCH)
-        .enumerate()
-    {
-        let _ = out.send(WorkerMsg::Primes {
-            attempt: a.attempt.clone(),
-            small: batch.to_vec(),
-            big: Vec::new(),
-        });
-        if crash && i == 0 {
-            break;
-        }
-    }
-    if crash {
+        .map(|b| (b.to_vec(), Vec::new()));
+    if send_primes(out, &a.attempt, batches, crash) {
         drop(l);
-        error!(
-            attempt = a.attempt,
-            "fault injection (--fail-prob): crashing mid-task"
-        );
         ex.crashed.cancel();
         return;
     }
@@ -782,4 +754,28 @@ async fn execute_gen(ex: &mut Executor, t: Taken) {
         task = a.chunk,
         "generation task done"
     );
+}
+
+/// Queues a task's `primes` messages; with `crash` (fault injection, --fail-prob) only the
+/// first, and says so: the caller then ends the session as a crash would. Returns `crash`.
+fn send_primes(
+    out: &mpsc::UnboundedSender<WorkerMsg>,
+    attempt: &str,
+    batches: impl IntoIterator<Item = (Vec<u64>, Vec<String>)>,
+    crash: bool,
+) -> bool {
+    for (small, big) in batches {
+        let _ = out.send(WorkerMsg::Primes {
+            attempt: attempt.to_string(),
+            small,
+            big,
+        });
+        if crash {
+            break;
+        }
+    }
+    if crash {
+        error!(attempt, "fault injection (--fail-prob): crashing mid-task");
+    }
+    crash
 }

@@ -194,6 +194,38 @@ pub struct JobReport {
     pub value: Option<String>,
 }
 
+impl JobReport {
+    /// A report of `status` with nothing found yet.
+    fn new(
+        name: &str,
+        spec: Option<JobSpec>,
+        status: &str,
+        source: Fingerprint,
+        started: DateTime<Utc>,
+        now: Now,
+    ) -> Self {
+        JobReport {
+            job: name.to_string(),
+            spec,
+            status: status.into(),
+            source,
+            answer: None,
+            count: None,
+            first_prime: None,
+            last_prime: None,
+            value_file: None,
+            digits: None,
+            sha256: None,
+            segments: 0,
+            workers: Vec::new(),
+            errors: Vec::new(),
+            started_at: started.to_rfc3339(),
+            finished_at: now.wall.to_rfc3339(),
+            value: None,
+        }
+    }
+}
+
 impl Core {
     /// A job file (new or changed) parsed: queue its tasks. A factorial's product tasks
     /// wait for their factors.
@@ -247,25 +279,9 @@ impl Core {
         let mut j = Job::new(self.next_gen, fp, Vec::new(), Some(now.wall));
         j.reported = true;
         self.jobs.insert(key, j);
-        actions.push(Action::WriteJobReport(Box::new(JobReport {
-            job: name.to_string(),
-            spec: None,
-            status: "invalid".into(),
-            source: fp,
-            answer: None,
-            count: None,
-            first_prime: None,
-            last_prime: None,
-            value_file: None,
-            digits: None,
-            sha256: None,
-            segments: 0,
-            workers: Vec::new(),
-            errors: vec![reason],
-            started_at: now.wall.to_rfc3339(),
-            finished_at: now.wall.to_rfc3339(),
-            value: None,
-        })));
+        let mut r = JobReport::new(name, None, "invalid", fp, now.wall, now);
+        r.errors.push(reason);
+        actions.push(Action::WriteJobReport(Box::new(r)));
         actions
     }
 
@@ -300,25 +316,15 @@ impl Core {
     pub(super) fn job_report(&mut self, key: &str, now: Now) -> Option<Action> {
         let job = self.jobs.get_mut(key)?;
         let work = job.work.as_ref()?;
-        let mut r = JobReport {
-            job: work.name.clone(),
-            spec: Some(work.spec),
-            status: "done".into(),
-            source: job.fp,
-            answer: None,
-            count: None,
-            first_prime: None,
-            last_prime: None,
-            value_file: None,
-            digits: None,
-            sha256: None,
-            segments: job.chunks.len(),
-            workers: Vec::new(),
-            errors: Vec::new(),
-            started_at: job.started_at.unwrap_or(now.wall).to_rfc3339(),
-            finished_at: now.wall.to_rfc3339(),
-            value: None,
-        };
+        let mut r = JobReport::new(
+            &work.name,
+            Some(work.spec),
+            "done",
+            job.fp,
+            job.started_at.unwrap_or(now.wall),
+            now,
+        );
+        r.segments = job.chunks.len();
         let mut workers = BTreeSet::new();
         let mut answers = Vec::with_capacity(job.chunks.len());
         for (i, c) in job.chunks.iter().enumerate() {
