@@ -9,7 +9,7 @@
 //! there with π, and sieves only the short stretch between.
 
 use super::isqrt;
-use super::sieve::RangeSieve;
+use super::sieve::primes_in;
 
 /// Largest x [`prime_pi`] accepts: √x values of 8 bytes in two tables (~1.1 GB at 2^50
 /// would be too much; 2^48 is 2 × 134 MB) and minutes of work.
@@ -102,12 +102,7 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
         return None;
     }
     if n < 1000 {
-        let mut s = RangeSieve::new(0, 8000);
-        let mut all = Vec::new();
-        while let Some(seg) = s.next_segment() {
-            seg.primes(&mut all);
-        }
-        return all.get(n as usize - 1).copied();
+        return primes_in(0, 8000).get(n as usize - 1).copied();
     }
     progress("counting");
     let x = li_inverse(n);
@@ -120,11 +115,7 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
         let step: u64 = 1 << 22;
         loop {
             let lo = hi.saturating_sub(step - 1);
-            let mut ps = Vec::new();
-            let mut s = RangeSieve::new(lo, hi);
-            while let Some(seg) = s.next_segment() {
-                seg.primes(&mut ps);
-            }
+            let ps = primes_in(lo, hi);
             let k = ps.len() as u64;
             // ps holds the primes numbered above - k + 1 ..= above.
             if above - k < n {
@@ -139,11 +130,7 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
         let step: u64 = 1 << 22;
         loop {
             let hi = lo + step - 1;
-            let mut ps = Vec::new();
-            let mut s = RangeSieve::new(lo, hi);
-            while let Some(seg) = s.next_segment() {
-                seg.primes(&mut ps);
-            }
+            let ps = primes_in(lo, hi);
             let k = ps.len() as u64;
             if below + k >= n {
                 return ps.get((n - below - 1) as usize).copied();
