@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use proto::msg::{Assignment, CoordMsg, InvalidLine, TaskDone, WorkerMsg};
 use serde::{Deserialize, Serialize};
 
+use crate::ranges::{RangeDone, Run};
+
 /// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
@@ -192,8 +194,44 @@ impl ChunkKey {
 pub struct Pending {
     pub small: Vec<u64>,
     pub big: Vec<String>,
-    /// Chunks whose primes are all in `small`/`big` (or already durable).
+    /// Primes of `primes` job segments, by segment, in arrival order (deduplicated by
+    /// intervals, never held in the dedup set: [`crate::ranges`]).
+    pub runs: Vec<Run>,
+    /// `primes` segments finished: recorded in the ledger once their primes are durable.
+    pub ranges: Vec<RangeDone>,
+    /// Chunks whose primes are all in `small`/`big`/`runs` (or already durable).
     pub done: Vec<ChunkKey>,
+}
+
+impl Pending {
+    /// True if there is nothing to flush.
+    pub fn is_empty(&self) -> bool {
+        self.small.is_empty()
+            && self.big.is_empty()
+            && self.runs.is_empty()
+            && self.ranges.is_empty()
+            && self.done.is_empty()
+    }
+
+    /// Puts `later` after what this holds (order matters for runs: a segment's primes must
+    /// reach the flusher in the order they were sent).
+    pub fn extend(&mut self, later: Pending) {
+        self.small.extend(later.small);
+        self.big.extend(later.big);
+        for run in later.runs {
+            self.push_run(run.lo, run.hi, run.primes);
+        }
+        self.ranges.extend(later.ranges);
+        self.done.extend(later.done);
+    }
+
+    /// Appends primes of segment `[lo, hi]` (to the last run if it is the same segment's).
+    pub fn push_run(&mut self, lo: u64, hi: u64, primes: Vec<u64>) {
+        match self.runs.last_mut() {
+            Some(r) if (r.lo, r.hi) == (lo, hi) => r.primes.extend(primes),
+            _ => self.runs.push(Run { lo, hi, primes }),
+        }
+    }
 }
 
 /// Counters for status.
@@ -218,6 +256,9 @@ pub struct Core {
     workers: BTreeMap<String, Worker>,
     conns: HashMap<u64, String>,
     pending: Pending,
+    /// `primes` segments whose primes are durable (the ledger, and those finished since),
+    /// with their results: a job meeting one again does not sieve it again.
+    done_ranges: HashMap<(u64, u64), (TaskDone, String)>,
     pub totals: Totals,
     /// When [`Core::tick`] last ran: a much longer gap means the coordinator itself was not
     /// running (SIGSTOP, a VM pause, swap), which says nothing about the workers.
@@ -237,6 +278,7 @@ impl Core {
             workers: BTreeMap::new(),
             conns: HashMap::new(),
             pending: Pending::default(),
+            done_ranges: HashMap::new(),
             totals: Totals::default(),
             last_tick_ms: None,
         }
@@ -461,13 +503,27 @@ impl Core {
                     a.extend(self.disconnected(conn, now));
                     return a;
                 }
-                if self.current(conn, &attempt).is_none() {
+                let Some(key) = self.current(conn, &attempt) else {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();
+                };
+                let segment = self.list_segment(&key);
+                if let Some(why) = segment.and_then(|(lo, hi)| gen::bad_run(lo, hi, &small, &big)) {
+                    let mut a = vec![Action::Close(
+                        conn,
+                        format!("rejected a primes message: {why}"),
+                    )];
+                    a.extend(self.disconnected(conn, now));
+                    return a;
                 }
                 self.totals.primes_received += (small.len() + big.len()) as u64;
-                self.pending.small.extend(small);
-                self.pending.big.extend(big);
+                match segment {
+                    Some((lo, hi)) => self.pending.push_run(lo, hi, small),
+                    None => {
+                        self.pending.small.extend(small);
+                        self.pending.big.extend(big);
+                    }
+                }
                 Vec::new()
             }
             WorkerMsg::TaskDone(done) => {
@@ -482,6 +538,14 @@ impl Core {
                     w.assigned.retain(|(a, _)| *a != done.attempt);
                     w.tasks_done += 1;
                     w.numbers += done.numbers;
+                }
+                if let Some((lo, hi)) = self.list_segment(&key) {
+                    self.pending.ranges.push(RangeDone {
+                        lo,
+                        hi,
+                        worker: worker.clone(),
+                        result: done.clone(),
+                    });
                 }
                 if let Some(job) = self.jobs.get_mut(&key.file) {
                     job.chunks[key.chunk as usize] = ChunkState::Flushing {
@@ -539,6 +603,10 @@ impl Core {
             }
             let c = &mut job.chunks[chunk as usize];
             if let ChunkState::Flushing { result, worker } = c.clone() {
+                if let Some(seg) = job.work.as_ref().and_then(|w| w.plan.list_segment(chunk)) {
+                    self.done_ranges
+                        .insert(seg, (result.clone(), worker.clone()));
+                }
                 *c = ChunkState::Done { result, worker };
                 if job.work.is_some() {
                     job_tasks.entry(file.clone()).or_default().push(chunk);

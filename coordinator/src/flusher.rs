@@ -56,13 +56,13 @@ async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: P
     let p = primes.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut f = lock(&p);
-        let r = f.append(&pending.small, &pending.big);
-        (r, f.len(), pending)
+        let r = f.append(&pending.small, &pending.big, &pending.runs, &pending.ranges);
+        (r, (f.len(), f.in_set()), pending)
     })
     .await;
     match result {
-        Ok((Ok(new), total, pending)) => {
-            shared.set_primes(total as u64);
+        Ok((Ok(new), (total, in_set), pending)) => {
+            shared.set_primes(total as u64, in_set as u64);
             if new > 0 {
                 debug!(new, total, "flushed primes");
             }

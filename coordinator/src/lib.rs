@@ -32,6 +32,7 @@ pub mod inputs;
 pub mod jobs;
 pub mod machine;
 pub mod primes;
+pub mod ranges;
 pub mod report;
 pub mod server;
 pub mod snapshot;

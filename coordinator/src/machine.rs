@@ -188,25 +188,22 @@ impl Coordinator {
             Event::Inputs(outcome) => self.inputs(outcome, now),
             Event::Jobs { ready, removed } => self.jobs(ready, removed, now),
             Event::FlushDue => {
-                let mut pending = self.core.take_pending();
-                if let Some(r) = self.recovered.take() {
-                    pending.small.extend(r.small);
-                    pending.big.extend(r.big);
-                    pending.done.extend(r.done);
-                }
-                if pending.small.is_empty() && pending.big.is_empty() && pending.done.is_empty() {
+                // What was recovered, or handed back by a failed flush, goes first.
+                let mut pending = self.recovered.take().unwrap_or_default();
+                pending.extend(self.core.take_pending());
+                if pending.is_empty() {
                     Vec::new()
                 } else {
                     vec![Action::Flush(pending)]
                 }
             }
             Event::Flushed(done) => lift(self.core.flushed(done, now)),
-            Event::FlushFailed(p) => {
+            Event::FlushFailed(mut p) => {
                 // Back in front of whatever arrived since; nothing was marked done.
-                let r = self.recovered.get_or_insert_with(Pending::default);
-                r.small.extend(p.small);
-                r.big.extend(p.big);
-                r.done.extend(p.done);
+                if let Some(r) = self.recovered.take() {
+                    p.extend(r);
+                }
+                self.recovered = Some(p);
                 Vec::new()
             }
             Event::ReportWritten { file, source } => {
@@ -350,23 +347,46 @@ impl Coordinator {
             if self.core.known(&f.file).is_some() || current.get(&f.file) != Some(&f.fingerprint) {
                 continue;
             }
+            let plan = self.job_plans.get(&f.file);
+            // A `primes` segment whose primes the ledger shows durable is finished too.
+            let ledger = |t: usize| {
+                let (lo, hi) = plan?.plan.list_segment(t as u32)?;
+                self.core.done_range(lo, hi)
+            };
             let finished: Vec<Option<(TaskDone, String)>> = f
                 .chunks
                 .iter()
-                .map(|c| match c {
+                .enumerate()
+                .map(|(t, c)| match c {
                     ChunkState::Done { result, worker }
                     | ChunkState::Flushing { result, worker } => {
                         Some((result.clone(), worker.clone()))
                     }
-                    ChunkState::Assigned { attempt, .. } => channel_done.get(attempt).cloned(),
-                    _ => None,
+                    ChunkState::Assigned { attempt, .. } => {
+                        channel_done.get(attempt).cloned().or_else(|| ledger(t))
+                    }
+                    _ => ledger(t),
                 })
                 .collect();
-            let plan = self.job_plans.get(&f.file);
             if core::job_name(&f.file).is_some()
                 && plan.is_none_or(|p| p.plan.tasks() != f.chunks.len())
             {
                 continue;
+            }
+            // Finished segments the ledger lacks are recorded once their primes (recovered
+            // here, or flushed before the crash) are durable.
+            for (t, f) in finished.iter().enumerate() {
+                let seg = plan.and_then(|p| p.plan.list_segment(t as u32));
+                if let (Some((lo, hi)), Some((result, worker))) = (seg, f) {
+                    if self.core.done_range(lo, hi).is_none() {
+                        pending.ranges.push(crate::ranges::RangeDone {
+                            lo,
+                            hi,
+                            worker: worker.clone(),
+                            result: result.clone(),
+                        });
+                    }
+                }
             }
             pending.done.extend(
                 self.core

@@ -44,7 +44,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.snapshots.dir)
         .with_context(|| format!("creating {}", cfg.snapshots.dir.display()))?;
     let primes_path = cfg.primes.clone();
-    let primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
+    let mut primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
         .await
         .context("primes task")??;
     if primes.truncated_bytes > 0 {
@@ -53,7 +53,15 @@ pub async fn run(
             "cut a torn last line from primes.txt (a crash mid-append)"
         );
     }
-    info!(primes = primes.len(), "dedup set rebuilt from primes.txt");
+    let (segments, _) = primes.range_stats();
+    info!(
+        primes = primes.len(),
+        in_set = primes.in_set(),
+        finished_segments = primes.done_ranges.len(),
+        covered_intervals = segments,
+        "dedup set rebuilt from primes.txt"
+    );
+    let done_ranges = std::mem::take(&mut primes.done_ranges);
     let session = format!("{:08x}", rand::random::<u32>());
     let next_seq = list_snapshots(&cfg.snapshots.dir)
         .first()
@@ -62,6 +70,7 @@ pub async fn run(
         Core::new(cfg.core.clone(), session.clone()),
         Snapshots::new(cfg.snapshots.marker_timeout_ms, next_seq),
     );
+    machine.core_mut().set_done_ranges(done_ranges);
 
     // Recovery: files with a matching `done` report are done; the newest snapshot resumes
     // the files it shows in progress (its primes flushed first); the first scan queues the
@@ -122,7 +131,11 @@ pub async fn run(
         recovered_primes = machine.recovered_primes(),
         "coordinator ready"
     );
-    let (shared, buffers) = Shared::new(cfg.clone(), machine, primes.len() as u64);
+    let (shared, buffers) = Shared::new(
+        cfg.clone(),
+        machine,
+        (primes.len() as u64, primes.in_set() as u64),
+    );
 
     let tracker = TaskTracker::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();

@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     start: Instant,
     /// Primes in primes.txt (set by the flusher).
     pub(crate) primes_count: AtomicU64,
+    /// Of those, the primes held in the dedup set (set by the flusher).
+    pub(crate) primes_in_set: AtomicU64,
     /// Progress samples for the dashboard's chart.
     pub(crate) history: Mutex<VecDeque<Sample>>,
     /// The last probe of each file server.
@@ -89,7 +91,7 @@ impl Shared {
     pub(crate) fn new(
         cfg: Config,
         machine: Coordinator,
-        primes: u64,
+        (primes, in_set): (u64, u64),
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Pending>) {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -100,6 +102,7 @@ impl Shared {
             cfg,
             start: Instant::now(),
             primes_count: AtomicU64::new(primes),
+            primes_in_set: AtomicU64::new(in_set),
             history: Mutex::new(VecDeque::new()),
             servers: Mutex::new(Vec::new()),
             flush_tx,
@@ -320,9 +323,10 @@ impl Shared {
         }
     }
 
-    /// The primes count after a flush.
-    pub(crate) fn set_primes(&self, n: u64) {
+    /// The primes count, and how many of them the dedup set holds, after a flush.
+    pub(crate) fn set_primes(&self, n: u64, in_set: u64) {
         self.primes_count.store(n, Ordering::Relaxed);
+        self.primes_in_set.store(in_set, Ordering::Relaxed);
     }
 }
 
@@ -333,6 +337,9 @@ struct StatusFile<'a> {
     running: bool,
     pid: u32,
     primes_in_file: u64,
+    /// Of those, the primes held in the coordinator's dedup set (memory): primes of
+    /// `primes` jobs are known by their segments instead.
+    primes_in_set: u64,
     uptime_ms: u64,
     last_snapshot: Option<SnapshotInfo>,
     file_servers: Vec<afs::probe::ServerProbe>,
@@ -355,6 +362,7 @@ pub(crate) struct Status {
     pub now: Now,
     pub view: StatusView,
     pub primes: u64,
+    pub primes_in_set: u64,
     pub last_snapshot: Option<SnapshotInfo>,
     pub servers: Vec<afs::probe::ServerProbe>,
 }
@@ -367,6 +375,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         now,
         view,
         primes: shared.primes_count.load(Ordering::Relaxed),
+        primes_in_set: shared.primes_in_set.load(Ordering::Relaxed),
         last_snapshot,
         servers: lock(&shared.servers).clone(),
     }
@@ -387,6 +396,7 @@ pub(crate) fn status_value(shared: &Shared, running: bool) -> (serde_json::Value
         running,
         pid: std::process::id(),
         primes_in_file: st.primes,
+        primes_in_set: st.primes_in_set,
         uptime_ms: st.now.ms,
         last_snapshot: st.last_snapshot,
         file_servers: st.servers,

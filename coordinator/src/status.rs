@@ -75,9 +75,10 @@ pub fn render(v: &Value) -> String {
         n("chunks_total")
     ));
     s.push_str(&format!(
-        "totals:  numbers in finished files {}   primes in primes.txt {}\n",
+        "totals:  numbers in finished files {}   primes in primes.txt {} ({} in the dedup set)\n",
         n("numbers_in_reports"),
         n("primes_in_file"),
+        n("primes_in_set"),
     ));
     s.push_str(&format!(
         "this session: numbers tested {}   tasks done {}   retried/failed tasks {}   workers lost {}\n",

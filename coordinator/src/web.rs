@@ -205,6 +205,52 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         vec![(String::new(), st.primes)],
     );
     metric(
+        "primes_dedup_set",
+        "Primes held in the coordinator's dedup set (primes of primes jobs are known by their segments instead).",
+        "gauge",
+        vec![(String::new(), st.primes_in_set)],
+    );
+    let mut jobs_by_state = std::collections::BTreeMap::new();
+    for state in ["running", "finishing", "done", "failed", "invalid"] {
+        jobs_by_state.insert(state, 0u64);
+    }
+    for j in &v.jobs {
+        *jobs_by_state.entry(j.state.as_str()).or_insert(0) += 1;
+    }
+    metric(
+        "primes_jobs",
+        "Generation jobs by state.",
+        "gauge",
+        jobs_by_state
+            .into_iter()
+            .map(|(s, c)| (format!("{{state=\"{s}\"}}"), c))
+            .collect(),
+    );
+    let label = |j: &crate::core::JobStatus| {
+        format!(
+            "{{job=\"{}\"}}",
+            j.job
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        )
+    };
+    metric(
+        "primes_job_tasks",
+        "Tasks of each generation job.",
+        "gauge",
+        v.jobs.iter().map(|j| (label(j), j.tasks as u64)).collect(),
+    );
+    metric(
+        "primes_job_tasks_done",
+        "Tasks of each generation job whose results are durable.",
+        "gauge",
+        v.jobs
+            .iter()
+            .map(|j| (label(j), j.tasks_done as u64))
+            .collect(),
+    );
+    metric(
         "primes_numbers_tested_total",
         "Numbers tested in this coordinator session.",
         "counter",

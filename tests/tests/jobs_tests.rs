@@ -215,4 +215,48 @@ fn range_job_survives_kills() {
     assert_eq!(r["count"].as_u64(), Some(want.len() as u64));
     assert_eq!(r["segments"].as_u64(), Some(40));
     assert_primes(&p, &want);
+
+    // The ledger of finished segments: the same job again (its report removed) after a
+    // restart is done without sieving anything, and the range's primes are not loaded
+    // into the dedup set.
+    let restart = |p: &mut Pipeline| {
+        let old = p.status()["session"].clone();
+        p.kill_coordinator();
+        std::fs::remove_file(p.path("data/output/jobs/long.json")).expect("remove report");
+        p.start_coordinator();
+        wait_for(T, "the new coordinator's status", || {
+            let st = p.status();
+            st["session"] != old && st["running"] == true
+        });
+        wait_reports(p, &["long"]);
+        let r = job_report(p, "long").expect("report");
+        assert_eq!(r["status"], "done", "{r}");
+        assert_eq!(r["count"].as_u64(), Some(want.len() as u64), "{r}");
+        assert_eq!(r["first_prime"], want.first().expect("a prime").to_string());
+        assert_eq!(r["last_prime"], want.last().expect("a prime").to_string());
+        assert_primes(p, &want);
+    };
+    restart(&mut p);
+    wait_for(T, "status after the report", || {
+        p.status()["jobs"][0]["state"] == "done"
+    });
+    let st = p.status();
+    assert_eq!(
+        st["totals"]["tasks_done"], 0,
+        "no segment sieved again: {st}"
+    );
+    assert_eq!(
+        st["primes_in_set"], 0,
+        "range primes are not in the set: {st}"
+    );
+    assert_eq!(st["primes_in_file"].as_u64(), Some(want.len() as u64));
+
+    // primes.txt deleted, the ledger kept: the ledger no longer describes primes.txt, so it
+    // is dropped and the whole range is sieved again (never skipped).
+    std::fs::remove_file(p.path("primes.txt")).expect("remove primes.txt");
+    restart(&mut p);
+    wait_for(T, "status after the report", || {
+        p.status()["jobs"][0]["state"] == "done"
+    });
+    assert_eq!(p.status()["totals"]["tasks_done"], 40);
 }

@@ -268,8 +268,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("the chunk size must be positive");
     }
     if a.fresh {
-        for f in [&a.primes] {
-            match std::fs::remove_file(f) {
+        for f in [
+            a.primes.clone(),
+            coordinator::primes::ledger_path(&a.primes),
+        ] {
+            match std::fs::remove_file(&f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),

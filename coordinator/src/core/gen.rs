@@ -59,6 +59,14 @@ impl Plan {
         }
     }
 
+    /// The segment `[lo, hi]` of task `t` if it lists primes (a `primes` job).
+    pub fn list_segment(&self, t: u32) -> Option<(u64, u64)> {
+        match self {
+            Plan::Segments { list: true, segs } => segs.get(t as usize).copied(),
+            _ => None,
+        }
+    }
+
     pub fn tasks(&self) -> usize {
         match self {
             Plan::Segments { segs, .. } => segs.len(),
@@ -226,9 +234,49 @@ impl JobReport {
     }
 }
 
+/// Why a `primes` message for segment `[lo, hi]` must be refused, if it must: a segment's
+/// primes come ascending, inside it, below 2^64 (the flusher relies on the order).
+pub fn bad_run(lo: u64, hi: u64, small: &[u64], big: &[String]) -> Option<String> {
+    if !big.is_empty() {
+        return Some(format!("a prime of 2^64 or more for segment [{lo}, {hi}]"));
+    }
+    if let Some(p) = small.iter().find(|&&p| p < lo || p > hi) {
+        return Some(format!("{p} is outside segment [{lo}, {hi}]"));
+    }
+    if let Some(w) = small.windows(2).find(|w| w[0] >= w[1]) {
+        return Some(format!(
+            "primes of segment [{lo}, {hi}] out of order ({} then {})",
+            w[0], w[1]
+        ));
+    }
+    None
+}
+
 impl Core {
+    /// The segment of `key` if its task lists primes.
+    pub(super) fn list_segment(&self, key: &ChunkKey) -> Option<(u64, u64)> {
+        self.jobs
+            .get(&key.file)?
+            .work
+            .as_ref()?
+            .plan
+            .list_segment(key.chunk)
+    }
+
+    /// The segments the ledger shows finished (at start-up).
+    pub fn set_done_ranges(&mut self, done: Vec<crate::ranges::RangeDone>) {
+        for r in done {
+            self.done_ranges.insert((r.lo, r.hi), (r.result, r.worker));
+        }
+    }
+
+    /// The result of segment `[lo, hi]` if its primes are durable.
+    pub fn done_range(&self, lo: u64, hi: u64) -> Option<(TaskDone, String)> {
+        self.done_ranges.get(&(lo, hi)).cloned()
+    }
+
     /// A job file (new or changed) parsed: queue its tasks. A factorial's product tasks
-    /// wait for their factors.
+    /// wait for their factors; `primes` segments already durable are done at once.
     pub fn job_ready(&mut self, job: GenJob, fp: Fingerprint, now: Now) -> Vec<Action> {
         let key = job_key(&job.name);
         if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
@@ -240,7 +288,13 @@ impl Core {
         let n = job.plan.tasks();
         let mut chunks = Vec::with_capacity(n);
         for t in 0..n {
-            if job.plan.children(t).is_empty() {
+            let known = job
+                .plan
+                .list_segment(t as u32)
+                .and_then(|(lo, hi)| self.done_range(lo, hi));
+            if let Some((result, worker)) = known {
+                chunks.push(ChunkState::Done { result, worker });
+            } else if job.plan.children(t).is_empty() {
                 chunks.push(ChunkState::Queued { ready_ms: now.ms });
                 self.queue.push_back(ChunkKey::new(&key, gen, t as u32));
             } else {
@@ -249,7 +303,8 @@ impl Core {
         }
         let mut j = Job::new(gen, fp, chunks, None);
         j.work = Some(Box::new(job));
-        self.jobs.insert(key, j);
+        self.jobs.insert(key.clone(), j);
+        actions.extend(self.maybe_report(&key, now));
         actions.extend(self.assign(now));
         actions
     }

@@ -11,7 +11,7 @@ pub struct CoordState {
     /// Files still being worked on, chunk by chunk.
     pub files: Vec<FileState>,
     /// Primes received but not yet flushed (they belong to `flushing` chunks or to attempts
-    /// still running).
+    /// still running; those of `primes` job segments included).
     pub pending_small: Vec<u64>,
     pub pending_big: Vec<String>,
     /// Workers connected when the state was recorded.
@@ -48,7 +48,14 @@ impl Core {
                     chunks: j.chunks.clone(),
                 })
                 .collect(),
-            pending_small: self.pending.small.clone(),
+            // Segment primes too: recovery flushes them as plain primes (into the set).
+            pending_small: self
+                .pending
+                .small
+                .iter()
+                .chain(self.pending.runs.iter().flat_map(|r| &r.primes))
+                .copied()
+                .collect(),
             pending_big: self.pending.big.clone(),
             workers: self
                 .workers

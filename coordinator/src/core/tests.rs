@@ -462,3 +462,78 @@ fn worker_ids_are_not_shared() {
     );
     assert_eq!(c.worker_of(4), Some("w1"));
 }
+
+#[test]
+/// A `primes` job's primes travel as runs of their segment (never the plain buffer), its
+/// finished segments as ledger entries; a second job over the same segments is done at once
+/// from them; primes outside the segment or out of order are refused.
+fn primes_segments_flow_as_runs() {
+    use proto::jobs::JobSpec;
+    let mut c = Core::new(cfg(), "s".into());
+    let spec = JobSpec::Primes { lo: 10, hi: 29 };
+    let job = |name: &str| GenJob {
+        name: name.into(),
+        spec,
+        plan: Plan::of(spec, 10),
+    };
+    c.job_ready(job("a"), fp(1), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    assert_eq!(a.len(), 1);
+    let (lo, hi) = match a[0].1.work {
+        Some(proto::msg::Work::Primes { lo, hi }) => (lo, hi),
+        ref w => panic!("not a primes task: {w:?}"),
+    };
+    assert_eq!((lo, hi), (10, 19));
+    let primes = |small: Vec<u64>| WorkerMsg::Primes {
+        attempt: a[0].1.attempt.clone(),
+        small,
+        big: vec![],
+    };
+    assert!(c.message(1, primes(vec![11, 13]), at(1)).is_empty());
+    assert!(c.message(1, primes(vec![17, 19]), at(1)).is_empty());
+    let mut d = done(&a[0].1.attempt, 0, 4);
+    if let WorkerMsg::TaskDone(t) = &mut d {
+        t.first_prime = Some("11".into());
+        t.last_prime = Some("19".into());
+    }
+    let next = assigns(&c.message(1, d, at(2)));
+    let p = c.take_pending();
+    assert!(
+        p.small.is_empty(),
+        "segment primes never go to the plain buffer"
+    );
+    assert_eq!(
+        p.runs,
+        vec![crate::ranges::Run {
+            lo: 10,
+            hi: 19,
+            primes: vec![11, 13, 17, 19]
+        }]
+    );
+    assert_eq!(
+        p.ranges.iter().map(|r| (r.lo, r.hi)).collect::<Vec<_>>(),
+        vec![(10, 19)]
+    );
+    c.flushed(p.done, at(3));
+    // The second segment: one prime out of place closes the connection.
+    let bad = WorkerMsg::Primes {
+        attempt: next[0].1.attempt.clone(),
+        small: vec![29, 23],
+        big: vec![],
+    };
+    let actions = c.message(1, bad, at(4));
+    assert!(
+        matches!(&actions[0], Action::Close(1, why) if why.contains("out of order")),
+        "{actions:?}"
+    );
+    // A job over the same first segment finds it durable: only [20, 29] is left to do.
+    assert_eq!(c.done_range(10, 19).map(|(r, _)| r.primes), Some(4));
+    c.job_ready(job("b"), fp(1), at(5));
+    let b = assigns(&c.register(2, "w2", at(5)));
+    let left: Vec<_> = b.iter().map(|(_, x)| x.work.clone()).collect();
+    assert!(
+        left.iter()
+            .all(|w| *w == Some(proto::msg::Work::Primes { lo: 20, hi: 29 })),
+        "{left:?}"
+    );
+}

@@ -257,6 +257,7 @@ fn flush_hand_off() {
         small: vec![3, 5],
         big: vec![],
         done: vec![ChunkKey::new("a.txt", 1, 0)],
+        ..Pending::default()
     };
     assert_eq!(
         m.handle(Event::FlushDue, at(3)),
