@@ -3,7 +3,8 @@
 // Protocol with the calling test (one JSON object per line on stdout, commands on stdin):
 //   -> {"ready": {...first view...}}         the page shows the running job's workers
 //   <- "killed <worker-id>"                  the test killed that worker
-//   -> {"updated": {...}}                    the same page (no reload) shows it disconnected
+//   -> {"updated": {...}}                    the same page (no reload) shows it disconnected,
+//                                            and the generation job done
 //   -> {"error": "..."}                      something did not appear in time
 import { chromium } from "playwright-core";
 import readline from "node:readline";
@@ -25,6 +26,7 @@ try {
     workers: [...document.querySelectorAll(".worker")].map(w => ({ id: w.id.slice(2), state: w.dataset.state })),
     servers: [...document.querySelectorAll("#servers tr")].map(r => r.textContent),
     log: document.getElementById("log").textContent,
+    jobs: [...document.querySelectorAll("#jobs tr[data-job]")].map(r => ({ job: r.dataset.job, text: r.textContent })),
   }));
   await page.waitForFunction(() => document.querySelectorAll(".worker").length >= 2
       && Number(document.getElementById("updates").textContent) >= 2, null, { timeout: 20000 });
@@ -39,6 +41,9 @@ try {
       return w && w.dataset.state === "disconnected";
     }, id, { timeout: 30000 });
     await page.waitForFunction((n) => Number(document.getElementById("updates").textContent) > n, before.updates + 2, { timeout: 10000 });
+    // The generation job the test dropped shows as done, 1 of 1 task.
+    await page.waitForFunction(() => [...document.querySelectorAll("#jobs tr[data-job]")]
+        .some(r => r.textContent.includes("done") && r.textContent.includes("1/1")), null, { timeout: 30000 });
     await page.screenshot({ path: shot, fullPage: true });
     say({ updated: await view(), before });
     break;

@@ -22,6 +22,22 @@ impl Drop for Driver {
     }
 }
 
+/// The body of `GET path` from the dashboard at `addr` (HTTP/1.0: the server closes).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out
+}
+
 fn chromium() -> Option<PathBuf> {
     let p = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
     p.exists().then_some(p)
@@ -51,6 +67,8 @@ fn dashboard_shows_the_job_and_updates_live() {
     };
     let mut p = Pipeline::new();
     write_inputs_pub(&p.path("data/input"), "d", 150, 500, 41);
+    std::fs::create_dir_all(p.path("data/jobs")).expect("jobs folder");
+    std::fs::write(p.path("data/jobs/n1000.job"), "nth 1000\n").expect("job file");
     p.worker_flags_mut(vec!["--delay-ms".into(), "120".into()]);
     p.simple();
     let afs = p.afs_list();
@@ -148,6 +166,24 @@ fn dashboard_shows_the_job_and_updates_live() {
             .is_some_and(|l| l.contains("worker-1")),
         "the change was logged on the page"
     );
+    let jobs = after["jobs"].to_string();
+    assert!(
+        jobs.contains("n1000") && jobs.contains("nth 1000") && jobs.contains("done"),
+        "the job table shows the job done: {jobs}"
+    );
+    // /metrics: the job and its tasks, the dedup set.
+    let metrics = http_get(&http, "/metrics");
+    for want in [
+        "primes_jobs{state=\"done\"} 1",
+        "primes_job_tasks{job=\"n1000\"} 1",
+        "primes_job_tasks_done{job=\"n1000\"} 1",
+        "# TYPE primes_dedup_set gauge",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "/metrics lacks {want:?}:\n{metrics}"
+        );
+    }
     assert!(shot.exists(), "screenshot saved at {}", shot.display());
     println!("dashboard screenshot: {}", shot.display());
 }
