@@ -259,6 +259,10 @@ pub struct Core {
     /// `primes` segments whose primes are durable (the ledger, and those finished since),
     /// with their results: a job meeting one again does not sieve it again.
     done_ranges: HashMap<(u64, u64), (TaskDone, String)>,
+    /// Segment primes handed to the flusher and not yet reported flushed.
+    in_flush: usize,
+    /// A `primes` segment was held back by the backlog: assign again after a flush.
+    held_back: bool,
     pub totals: Totals,
     /// When [`Core::tick`] last ran: a much longer gap means the coordinator itself was not
     /// running (SIGSTOP, a VM pause, swap), which says nothing about the workers.
@@ -279,6 +283,8 @@ impl Core {
             conns: HashMap::new(),
             pending: Pending::default(),
             done_ranges: HashMap::new(),
+            in_flush: 0,
+            held_back: false,
             totals: Totals::default(),
             last_tick_ms: None,
         }
@@ -586,12 +592,26 @@ impl Core {
 
     /// Hands the flush buffer to the flusher.
     pub fn take_pending(&mut self) -> Pending {
-        std::mem::take(&mut self.pending)
+        let p = std::mem::take(&mut self.pending);
+        self.in_flush += p.runs.iter().map(|r| r.primes.len()).sum::<usize>();
+        p
+    }
+
+    /// Segment primes received and not yet durable (the buffer and the flush under way).
+    pub fn backlog(&self) -> usize {
+        self.in_flush
+            + self
+                .pending
+                .runs
+                .iter()
+                .map(|r| r.primes.len())
+                .sum::<usize>()
     }
 
     /// The flusher made `done`'s primes durable: those chunks are done; files whose chunks
     /// are all done get their report.
     pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
+        self.in_flush = 0;
         let mut files = BTreeSet::new();
         let mut job_tasks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for ChunkKey { file, gen, chunk } in done {
@@ -614,7 +634,7 @@ impl Core {
                 files.insert(file);
             }
         }
-        let woke = !job_tasks.is_empty();
+        let woke = !job_tasks.is_empty() || std::mem::take(&mut self.held_back);
         for (key, tasks) in job_tasks {
             self.wake_parents(&key, &tasks, now);
         }

@@ -33,6 +33,8 @@ pub struct PrimesFile {
     big: HashSet<String, Hash>,
     /// Lines of primes.txt known through `ranges` rather than the set.
     in_ranges: u64,
+    /// The file's length (where the next append begins).
+    bytes: u64,
     ranges: Ranges,
     ledger_path: PathBuf,
     ledger: File,
@@ -41,6 +43,9 @@ pub struct PrimesFile {
     /// Bytes cut from a torn tail at open, for the log.
     pub truncated_bytes: u64,
 }
+
+/// Bytes formatted before they are handed to the file during an append.
+const WRITE_PIECE: usize = 1 << 20;
 
 /// The ledger of `path` (`primes.txt` -> `primes.txt.ranges`).
 pub fn ledger_path(path: &Path) -> PathBuf {
@@ -160,6 +165,7 @@ impl PrimesFile {
             small: loaded.small,
             big: loaded.big,
             in_ranges: loaded.in_ranges,
+            bytes: good,
             ranges,
             ledger_path,
             ledger,
@@ -212,32 +218,56 @@ impl PrimesFile {
             .iter()
             .filter(|p| !self.big.contains(*p) && self.big.insert((*p).clone()))
             .collect();
-        let mut from_runs = Vec::new();
+        // Written in pieces of about WRITE_PIECE bytes as they are decided (a large batch
+        // of segment primes is never formatted whole in memory); on any failure the file is
+        // cut back to where the batch began, so a retry cannot duplicate a line.
+        let start = self.bytes;
+        let mut out = Vec::with_capacity(WRITE_PIECE + 64);
+        let mut written: std::io::Result<()> = Ok(());
+        let mut total = 0u64;
+        let mut digits = itoa::Buffer::new();
+        let file = &mut self.file;
+        let mut put = |text: &[u8], out: &mut Vec<u8>| {
+            out.extend_from_slice(text);
+            out.push(b'\n');
+            total += text.len() as u64 + 1;
+            if out.len() >= WRITE_PIECE && written.is_ok() {
+                written = file.write_all(out);
+                out.clear();
+            }
+        };
+        for p in &new_small {
+            put(digits.format(*p).as_bytes(), &mut out);
+        }
+        for p in &new_big {
+            put(p.as_bytes(), &mut out);
+        }
         let mut undo = Undo::default();
+        let mut from_runs = 0u64;
         for run in runs {
             let set = &self.small;
-            self.ranges
-                .take_run(run, |p| set.contains(&p), &mut from_runs, &mut undo);
+            self.ranges.take_run(
+                run,
+                |p| set.contains(&p),
+                |p| {
+                    from_runs += 1;
+                    put(digits.format(p).as_bytes(), &mut out);
+                },
+                &mut undo,
+            );
         }
-        let new = new_small.len() + new_big.len() + from_runs.len();
+        let new = new_small.len() + new_big.len() + from_runs as usize;
         if new > 0 {
-            let mut out = Vec::with_capacity((new_small.len() + from_runs.len()) * 21);
-            let mut digits = itoa::Buffer::new();
-            for p in new_small.iter().chain(&from_runs) {
-                out.extend_from_slice(digits.format(*p).as_bytes());
-                out.push(b'\n');
-            }
-            for p in &new_big {
-                out.extend_from_slice(p.as_bytes());
-                out.push(b'\n');
-            }
-            let written = self
-                .file
-                .write_all(&out)
+            let result = written
+                .and_then(|_| self.file.write_all(&out))
                 .and_then(|_| self.file.sync_data())
                 .with_context(|| format!("appending to {}", self.path.display()));
-            if let Err(e) = written {
-                // Not durable: forget them, so that the retry writes them.
+            if let Err(e) = result {
+                // Not durable: cut what was written, forget the batch's decisions, so that
+                // the retry writes them.
+                if let Err(cut) = self.file.set_len(start).and_then(|_| self.file.sync_data()) {
+                    tracing::error!(error = %cut, path = %self.path.display(), "cannot cut a failed append back");
+                }
                 for p in &new_small {
                     self.small.remove(p);
                 }
@@ -247,8 +277,9 @@ impl PrimesFile {
                 self.ranges.undo(undo);
                 return Err(e);
             }
+            self.bytes = start + total;
         }
-        self.in_ranges += from_runs.len() as u64;
+        self.in_ranges += from_runs;
         if !covers.is_empty() {
             let mut lines = Vec::new();
             for c in covers {

@@ -136,13 +136,13 @@ impl Ranges {
         self.written(p, None)
     }
 
-    /// Decides `run`: pushes onto `out` the primes to write (those neither in the intervals
-    /// nor `in_set`) and advances the segment's progress (recorded in `undo`).
+    /// Decides `run`: hands `write` the primes to write (those neither in the intervals nor
+    /// `in_set`), in order, and advances the segment's progress (recorded in `undo`).
     pub fn take_run(
         &mut self,
         run: &Run,
         in_set: impl Fn(u64) -> bool,
-        out: &mut Vec<u64>,
+        mut write: impl FnMut(u64),
         undo: &mut Undo,
     ) {
         let key = (run.lo, run.hi);
@@ -159,7 +159,7 @@ impl Ranges {
                 continue;
             }
             if !in_set(p) && (alone || !self.written(p, Some(key))) {
-                out.push(p);
+                write(p);
             }
             w = Some(p);
         }
@@ -305,7 +305,7 @@ mod tests {
                                     hi: segs[*s].1,
                                     primes: primes.clone(),
                                 };
-                                r.take_run(&run, |p| set.contains(&p), &mut out, &mut undo);
+                                r.take_run(&run, |p| set.contains(&p), |p| out.push(p), &mut undo);
                             }
                             Item::Cover(_) => {}
                         }

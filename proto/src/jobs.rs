@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 pub const NTH_MAX: u64 = 1_000_000_000_000;
 /// Largest N of `factorial N`.
 pub const FACTORIAL_MAX: u64 = 200_000;
+/// Most numbers one `primes` job may span (about 1.1 x 10^12: some 4 x 10^10 primes and
+/// 600 GB of primes.txt near 10^12); a longer range is split into several jobs.
+pub const PRIMES_MAX_SPAN: u64 = 1 << 40;
+/// Most numbers a `count` job may sieve (when the prime-counting function cannot answer
+/// it: B above 2^48): about a day of one core's sieving.
+pub const COUNT_MAX_SIEVE_SPAN: u64 = 1 << 48;
+/// Most tasks a range job is cut into: longer ranges get wider segments (each task costs
+/// the coordinator a few hundred bytes of state and a line in every snapshot).
+pub const MAX_SEGMENTS: u64 = 1 << 17;
 /// Factors one product task multiplies at most.
 pub const FANOUT: usize = 4;
 
@@ -61,6 +70,22 @@ impl JobSpec {
                 let hi = number(b, "B")?;
                 if lo > hi {
                     return Err(format!("empty range: A = {lo} is larger than B = {hi}"));
+                }
+                let span = hi - lo;
+                if *kind == "primes" && span >= PRIMES_MAX_SPAN {
+                    return Err(format!(
+                        "the range holds {} numbers; a primes job takes at most 2^40 \
+                         ({PRIMES_MAX_SPAN}): split it into several jobs",
+                        span as u128 + 1
+                    ));
+                }
+                if *kind == "count" && span >= COUNT_MAX_SIEVE_SPAN && !count_by_pi(lo, hi) {
+                    return Err(format!(
+                        "the range holds {} numbers above 2^48, where primes can only be \
+                         counted by sieving; a count job sieves at most 2^48 \
+                         ({COUNT_MAX_SIEVE_SPAN}) numbers: split it into several jobs",
+                        span as u128 + 1
+                    ));
                 }
                 Ok(if *kind == "primes" {
                     JobSpec::Primes { lo, hi }
@@ -117,9 +142,13 @@ pub fn count_by_pi(lo: u64, hi: u64) -> bool {
     pi_ns * 4.0 < sieve_ns
 }
 
-/// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter).
+/// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter), wider
+/// if that would make more than [`MAX_SEGMENTS`].
 pub fn segments(lo: u64, hi: u64, width: u64) -> Vec<(u64, u64)> {
-    let width = width.max(1);
+    let span = (hi - lo) as u128 + 1;
+    let width = width
+        .max(1)
+        .max(span.div_ceil(MAX_SEGMENTS as u128).min(u64::MAX as u128) as u64);
     let mut out = Vec::new();
     let mut a = lo;
     loop {
@@ -172,12 +201,15 @@ mod tests {
             Ok(JobSpec::Primes { lo: 10, hi: 20 })
         );
         assert_eq!(
-            JobSpec::parse("\n  count 0 18446744073709551615  \n\n"),
+            JobSpec::parse("\n  count 18446744073709551000 18446744073709551615  \n\n"),
             Ok(JobSpec::Count {
-                lo: 0,
+                lo: u64::MAX - 615,
                 hi: u64::MAX
             })
         );
+        // The longest ranges allowed: 2^40 numbers to list, π for any count up to 2^48.
+        assert!(JobSpec::parse("primes 0 1099511627775").is_ok());
+        assert!(JobSpec::parse("count 0 281474976710656").is_ok());
         assert_eq!(
             JobSpec::parse("nth 1000000000000"),
             Ok(JobSpec::Nth { n: NTH_MAX })
@@ -198,6 +230,12 @@ mod tests {
             ("sieve 1 2", "unknown job"),
             ("primes 1 2\ncount 1 2", "2 lines"),
             ("primes 1e3 2", "not a non-negative integer"),
+            ("primes 0 1099511627776", "at most 2^40"),
+            (
+                "primes 0 18446744073709551615",
+                "split it into several jobs",
+            ),
+            ("count 0 18446744073709551615", "sieves at most 2^48"),
         ] {
             let e = JobSpec::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad:?}: {e}");
@@ -211,6 +249,12 @@ mod tests {
         let top = segments(u64::MAX - 25, u64::MAX, 10);
         assert_eq!(top.last(), Some(&(u64::MAX - 5, u64::MAX)));
         assert_eq!(top.len(), 3);
+        // However narrow the segments asked for, a range makes at most MAX_SEGMENTS.
+        let wide = segments(0, PRIMES_MAX_SPAN - 1, 1000);
+        assert!(wide.len() as u64 <= MAX_SEGMENTS, "{}", wide.len());
+        assert_eq!(wide.last().map(|s| s.1), Some(PRIMES_MAX_SPAN - 1));
+        assert!(wide.windows(2).all(|w| w[0].1 + 1 == w[1].0));
+        assert_eq!(segments(0, u64::MAX, 1).len() as u64, MAX_SEGMENTS);
     }
 
     #[test]

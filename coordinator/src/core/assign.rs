@@ -33,6 +33,11 @@ pub fn bad_batch(small: &[u64], big: &[String]) -> Option<String> {
 /// [`CoreConfig::small_inflight_bytes`]).
 pub const SMALL_INFLIGHT_FACTOR: usize = 32;
 
+/// Segment primes the coordinator holds (received, not yet durable) beyond which no more
+/// `primes` segments are handed out until the flusher catches up: workers sieve faster than
+/// primes.txt is written, and without this the whole range would wait in memory.
+pub const BACKLOG_PRIMES: usize = 4 << 20;
+
 /// How many chunks a file of `size` bytes is cut into: the nearest whole number of
 /// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file
 /// is one chunk, not two).
@@ -71,6 +76,7 @@ impl Core {
     pub fn assign(&mut self, now: Now) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut deferred = Vec::new();
+        let backlog = self.backlog();
         // The worker with the fewest assignments that has room, each round.
         while let Some(worker) = self
             .workers
@@ -98,6 +104,15 @@ impl Core {
             }
             let chunk = key.chunk;
             let n = job.chunks.len() as u64;
+            let lists = job
+                .work
+                .as_ref()
+                .is_some_and(|g| g.plan.list_segment(chunk).is_some());
+            if lists && backlog > BACKLOG_PRIMES {
+                self.held_back = true;
+                deferred.push(key);
+                continue;
+            }
             // A generation task: what it computes (a product waits for its factors).
             let work = match &job.work {
                 Some(g) => {

@@ -8,12 +8,14 @@ use proto::msg::Work;
 
 use super::*;
 
-/// Numbers per segment of a `primes` job by default (about 2.4 million primes at 10^12: a
-/// few MB of messages and of flush buffer per segment; `coordinator --segment-numbers`).
-pub const PRIMES_SEGMENT: u64 = 1 << 26;
+/// Numbers per segment of a `primes` job by default (about 600,000 primes at 10^12, 5 MB
+/// held by the coordinator until durable; `coordinator --segment-numbers`). Measured on
+/// [10^12, 10^12 + 10^9]: as fast end to end as 2^26, with a lower peak memory
+/// (BENCHMARKS.md).
+pub const PRIMES_SEGMENT: u64 = 1 << 24;
 /// A `count` job's segments are this many times longer (nothing to send back: 2^32 numbers
 /// by default, about a second of sieving).
-pub const COUNT_SEGMENT_FACTOR: u64 = 64;
+pub const COUNT_SEGMENT_FACTOR: u64 = 256;
 
 /// The key of job `name` in the core's table.
 pub fn job_key(name: &str) -> String {
