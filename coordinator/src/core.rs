@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use proto::msg::{Assignment, CoordMsg, InvalidLine, TaskDone, WorkerMsg};
 use serde::{Deserialize, Serialize};
 
-use crate::ranges::{RangeDone, Run};
+use crate::ranges::{Finished, Run};
 
 /// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
 #[derive(Clone, Copy, Debug)]
@@ -197,8 +197,9 @@ pub struct Pending {
     /// Primes of `primes` job segments, by segment, in arrival order (deduplicated by
     /// intervals, never held in the dedup set: [`crate::ranges`]).
     pub runs: Vec<Run>,
-    /// `primes` segments finished: recorded in the ledger once their primes are durable.
-    pub ranges: Vec<RangeDone>,
+    /// Generation tasks finished (but products): recorded in the ledger once their results
+    /// (a `primes` segment's primes) are durable.
+    pub finished: Vec<Finished>,
     /// Chunks whose primes are all in `small`/`big`/`runs` (or already durable).
     pub done: Vec<ChunkKey>,
 }
@@ -209,7 +210,7 @@ impl Pending {
         self.small.is_empty()
             && self.big.is_empty()
             && self.runs.is_empty()
-            && self.ranges.is_empty()
+            && self.finished.is_empty()
             && self.done.is_empty()
     }
 
@@ -221,7 +222,7 @@ impl Pending {
         for run in later.runs {
             self.push_run(run.lo, run.hi, run.primes);
         }
-        self.ranges.extend(later.ranges);
+        self.finished.extend(later.finished);
         self.done.extend(later.done);
     }
 
@@ -256,9 +257,9 @@ pub struct Core {
     workers: BTreeMap<String, Worker>,
     conns: HashMap<u64, String>,
     pending: Pending,
-    /// `primes` segments whose primes are durable (the ledger, and those finished since),
-    /// with their results: a job meeting one again does not sieve it again.
-    done_ranges: HashMap<(u64, u64), (TaskDone, String)>,
+    /// Generation tasks whose results are durable (the ledger, and those finished since),
+    /// with their results: a job meeting the same work again does not compute it again.
+    done_work: HashMap<proto::msg::Work, (TaskDone, String)>,
     /// Segment primes handed to the flusher and not yet reported flushed.
     in_flush: usize,
     /// A `primes` segment was held back by the backlog: assign again after a flush.
@@ -282,7 +283,7 @@ impl Core {
             workers: BTreeMap::new(),
             conns: HashMap::new(),
             pending: Pending::default(),
-            done_ranges: HashMap::new(),
+            done_work: HashMap::new(),
             in_flush: 0,
             held_back: false,
             totals: Totals::default(),
@@ -545,10 +546,9 @@ impl Core {
                     w.tasks_done += 1;
                     w.numbers += done.numbers;
                 }
-                if let Some((lo, hi)) = self.list_segment(&key) {
-                    self.pending.ranges.push(RangeDone {
-                        lo,
-                        hi,
+                if let Some(work) = self.recorded_work(&key) {
+                    self.pending.finished.push(Finished {
+                        work,
                         worker: worker.clone(),
                         result: done.clone(),
                     });
@@ -623,9 +623,8 @@ impl Core {
             }
             let c = &mut job.chunks[chunk as usize];
             if let ChunkState::Flushing { result, worker } = c.clone() {
-                if let Some(seg) = job.work.as_ref().and_then(|w| w.plan.list_segment(chunk)) {
-                    self.done_ranges
-                        .insert(seg, (result.clone(), worker.clone()));
+                if let Some(w) = job.work.as_ref().and_then(|g| g.plan.recorded_work(chunk)) {
+                    self.done_work.insert(w, (result.clone(), worker.clone()));
                 }
                 *c = ChunkState::Done { result, worker };
                 if job.work.is_some() {

@@ -56,7 +56,12 @@ async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: P
     let p = primes.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut f = lock(&p);
-        let r = f.append(&pending.small, &pending.big, &pending.runs, &pending.ranges);
+        let r = f.append(
+            &pending.small,
+            &pending.big,
+            &pending.runs,
+            &pending.finished,
+        );
         (r, (f.len(), f.in_set()), pending)
     })
     .await;

@@ -348,10 +348,10 @@ impl Coordinator {
                 continue;
             }
             let plan = self.job_plans.get(&f.file);
-            // A `primes` segment whose primes the ledger shows durable is finished too.
+            // A task whose results the ledger shows durable is finished too.
             let ledger = |t: usize| {
-                let (lo, hi) = plan?.plan.list_segment(t as u32)?;
-                self.core.done_range(lo, hi)
+                let w = plan?.plan.recorded_work(t as u32)?;
+                self.core.done_work(&w)
             };
             let finished: Vec<Option<(TaskDone, String)>> = f
                 .chunks
@@ -373,15 +373,14 @@ impl Coordinator {
             {
                 continue;
             }
-            // Finished segments the ledger lacks are recorded once their primes (recovered
+            // Finished tasks the ledger lacks are recorded once their results (recovered
             // here, or flushed before the crash) are durable.
             for (t, f) in finished.iter().enumerate() {
-                let seg = plan.and_then(|p| p.plan.list_segment(t as u32));
-                if let (Some((lo, hi)), Some((result, worker))) = (seg, f) {
-                    if self.core.done_range(lo, hi).is_none() {
-                        pending.ranges.push(crate::ranges::RangeDone {
-                            lo,
-                            hi,
+                let work = plan.and_then(|p| p.plan.recorded_work(t as u32));
+                if let (Some(work), Some((result, worker))) = (work, f) {
+                    if self.core.done_work(&work).is_none() {
+                        pending.finished.push(crate::ranges::Finished {
+                            work,
                             worker: worker.clone(),
                             result: result.clone(),
                         });

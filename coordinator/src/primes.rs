@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::ranges::{Covered, RangeDone, Ranges, Run, Undo};
+use crate::ranges::{Covered, Finished, Ranges, Run, Undo};
 
 /// The dedup set's hasher: foldhash, seeded at random per process (fast on u64 keys, where
 /// the default SipHash spent more time than the table itself; the random seed keeps inputs
@@ -38,8 +38,9 @@ pub struct PrimesFile {
     ranges: Ranges,
     ledger_path: PathBuf,
     ledger: File,
-    /// The ledger's segments read at open, for the machine to take (jobs resume from them).
-    pub done_ranges: Vec<RangeDone>,
+    /// The ledger's finished tasks read at open, for the machine to take (jobs resume from
+    /// them).
+    pub finished: Vec<Finished>,
     /// Bytes cut from a torn tail at open, for the log.
     pub truncated_bytes: u64,
 }
@@ -99,9 +100,9 @@ fn open_lines(path: &Path) -> anyhow::Result<(File, u64, u64)> {
     Ok((file, good, len - good))
 }
 
-/// The ledger's segments (a line that cannot be read is logged and skipped: its segment's
-/// primes are then loaded into the set, which costs memory, never exactness).
-fn read_ledger(path: &Path, file: &mut File) -> anyhow::Result<Vec<RangeDone>> {
+/// The ledger's finished tasks (a line that cannot be read is logged and skipped: a
+/// segment's primes are then loaded into the set, which costs memory, never exactness).
+fn read_ledger(path: &Path, file: &mut File) -> anyhow::Result<Vec<Finished>> {
     file.seek(SeekFrom::Start(0))
         .with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -110,8 +111,8 @@ fn read_ledger(path: &Path, file: &mut File) -> anyhow::Result<Vec<RangeDone>> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<RangeDone>(&line) {
-            Ok(r) if r.lo <= r.hi => out.push(r),
+        match serde_json::from_str::<Finished>(&line) {
+            Ok(r) if r.covers().is_none_or(|(lo, hi)| lo <= hi) => out.push(r),
             Ok(_) => tracing::warn!(line, "ignoring a ledger line with lo > hi"),
             Err(e) => {
                 tracing::warn!(line, error = %e, "ignoring a ledger line that cannot be read")
@@ -131,28 +132,35 @@ impl PrimesFile {
         if ledger_cut > 0 {
             tracing::warn!(bytes = ledger_cut, path = %ledger_path.display(), "cut a torn last line");
         }
-        let mut done_ranges = read_ledger(&ledger_path, &mut ledger)?;
+        let mut finished = read_ledger(&ledger_path, &mut ledger)?;
         let mut ranges = Ranges::default();
-        for r in &done_ranges {
-            ranges.cover(r.lo, r.hi);
+        for (lo, hi) in finished.iter().filter_map(Finished::covers) {
+            ranges.cover(lo, hi);
         }
         let (mut file, good, truncated_bytes) = open_lines(path)?;
         let mut loaded = load(&mut file, good, &ranges.covered)
             .with_context(|| format!("reading {}", path.display()))?;
         // The ledger must describe this primes.txt: a segment it lists whose primes are not
         // all there (primes.txt deleted or replaced, the ledger kept) would be skipped for
-        // good. Then the ledger is dropped and everything loads into the set.
-        if let Some(why) = ledger_mismatch(&done_ranges, &ranges.covered, &loaded.per_interval) {
+        // good. Then its segments are dropped and everything loads into the set.
+        if let Some(why) = ledger_mismatch(&finished, &ranges.covered, &loaded.per_interval) {
             tracing::warn!(
                 path = %ledger_path.display(),
                 why,
-                "the ledger of finished segments does not match primes.txt; discarding it"
+                "the ledger's primes segments do not match primes.txt; dropping them"
             );
-            ledger
-                .set_len(0)
-                .and_then(|_| ledger.sync_all())
-                .with_context(|| format!("clearing {}", ledger_path.display()))?;
-            done_ranges.clear();
+            // The other tasks' results do not depend on primes.txt: they stay.
+            finished.retain(|f| f.covers().is_none());
+            let mut keep = Vec::new();
+            for f in &finished {
+                if let Ok(l) = serde_json::to_vec(f) {
+                    keep.extend_from_slice(&l);
+                    keep.push(b'\n');
+                }
+            }
+            proto::files::write_atomic(&ledger_path, &keep, true)
+                .with_context(|| format!("rewriting {}", ledger_path.display()))?;
+            ledger = open_lines(&ledger_path)?.0;
             ranges = Ranges::default();
             loaded = load(&mut file, good, &ranges.covered)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -169,7 +177,7 @@ impl PrimesFile {
             ranges,
             ledger_path,
             ledger,
-            done_ranges,
+            finished,
             truncated_bytes,
         })
     }
@@ -193,8 +201,8 @@ impl PrimesFile {
         self.len() == 0
     }
 
-    /// Appends the primes not yet written, then fsyncs; then records `covers` (segments
-    /// whose primes are now all durable) in the ledger. Returns how many primes were new.
+    /// Appends the primes not yet written, then fsyncs; then records `finished` (tasks whose
+    /// results are now all durable; a `primes` segment's primes included) in the ledger. Returns how many primes were new.
     /// `big` MUST hold canonical decimal (no sign, no leading zeros) of values of 2^64 or
     /// more; each run MUST list its segment's primes ascending from its start, without a gap
     /// (several attempts one after another).
@@ -203,7 +211,7 @@ impl PrimesFile {
         small: &[u64],
         big: &[String],
         runs: &[Run],
-        covers: &[RangeDone],
+        finished: &[Finished],
     ) -> anyhow::Result<usize> {
         // One probe per prime: insert at once (a duplicate, in the set or earlier in this
         // batch, is refused), and take the new ones out again if the write fails.
@@ -280,10 +288,12 @@ impl PrimesFile {
             self.bytes = start + total;
         }
         self.in_ranges += from_runs;
-        if !covers.is_empty() {
+        if !finished.is_empty() {
             let mut lines = Vec::new();
-            for c in covers {
-                self.ranges.cover(c.lo, c.hi);
+            for c in finished {
+                if let Some((lo, hi)) = c.covers() {
+                    self.ranges.cover(lo, hi);
+                }
                 if let Ok(l) = serde_json::to_vec(c) {
                     lines.extend_from_slice(&l);
                     lines.push(b'\n');
@@ -373,14 +383,16 @@ struct Loaded {
 /// Why the ledger cannot describe this primes.txt, if it cannot: a covered interval holds
 /// fewer lines than disjoint segments of it found primes.
 fn ledger_mismatch(
-    done: &[RangeDone],
+    done: &[Finished],
     covered: &Covered,
     per_interval: &HashMap<u64, u64>,
 ) -> Option<String> {
     // Per covered interval, the primes of a set of disjoint segments in it (greedy by start):
     // a lower bound of the distinct primes it holds.
-    let mut segs: Vec<(u64, u64, u64)> =
-        done.iter().map(|r| (r.lo, r.hi, r.result.primes)).collect();
+    let mut segs: Vec<(u64, u64, u64)> = done
+        .iter()
+        .filter_map(|r| r.covers().map(|(lo, hi)| (lo, hi, r.result.primes)))
+        .collect();
     segs.sort_unstable();
     segs.dedup();
     let mut want: HashMap<u64, u64> = HashMap::new();
@@ -507,10 +519,9 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read"), b"");
     }
 
-    fn done(lo: u64, hi: u64, primes: u64) -> RangeDone {
-        RangeDone {
-            lo,
-            hi,
+    fn done(lo: u64, hi: u64, primes: u64) -> Finished {
+        Finished {
+            work: proto::msg::Work::Primes { lo, hi },
             worker: "w".into(),
             result: proto::msg::TaskDone {
                 attempt: "a".into(),
@@ -564,6 +575,14 @@ mod tests {
             1
         );
         assert_eq!(f.len(), 8);
+        // A count task's result is in the ledger too (it covers nothing).
+        let mut count = done(100, 200, 21);
+        count.work = proto::msg::Work::Count { lo: 100, hi: 200 };
+        assert_eq!(
+            f.append(&[], &[], &[], std::slice::from_ref(&count))
+                .expect("append"),
+            0
+        );
         drop(f);
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
@@ -581,7 +600,7 @@ mod tests {
         let f = PrimesFile::open(&path).expect("reopen");
         assert_eq!(f.len(), 8);
         assert_eq!(f.in_set(), 0, "every line lies in a covered segment");
-        assert_eq!(f.done_ranges.len(), 2);
+        assert_eq!(f.finished.len(), 3);
         drop(f);
         // primes.txt replaced while the ledger stays: the ledger is dropped.
         std::fs::write(
@@ -592,12 +611,14 @@ mod tests {
         .expect("write");
         let f = PrimesFile::open(&path).expect("reopen");
         assert_eq!((f.len(), f.in_set()), (2, 2));
-        assert!(f.done_ranges.is_empty());
+        assert_eq!(f.finished, vec![count.clone()], "only the count stays");
         assert_eq!(f.range_stats(), (0, 0));
+        drop(f);
+        let f = PrimesFile::open(&path).expect("reopen");
         assert_eq!(
-            std::fs::read(ledger_path(&path)).expect("ledger").len(),
-            0,
-            "the stale ledger is cleared"
+            f.finished,
+            vec![count],
+            "the ledger was rewritten without the segments"
         );
     }
 }

@@ -6,7 +6,7 @@
 //! described by intervals:
 //!
 //! - **covered**: segments whose primes are all durable (each recorded in the ledger
-//!   `primes.txt.ranges` once they are), merged;
+//!   `primes.txt.ranges` once they are, with the other finished generation tasks), merged;
 //! - **progress**: for a segment `[lo, hi]` being streamed, the largest prime `w` handled so
 //!   far: every prime in `[lo, w]` is in primes.txt. A worker lists a segment's primes in
 //!   ascending order from `lo` without a gap, so the next one it sends above `w` is the next
@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use proto::msg::TaskDone;
+use proto::msg::{TaskDone, Work};
 use serde::{Deserialize, Serialize};
 
 /// Disjoint, non-adjacent closed intervals of u64, merged on insert.
@@ -86,15 +86,25 @@ impl Covered {
     }
 }
 
-/// One line of the ledger (`primes.txt.ranges`): a `primes` segment whose primes are all
-/// durable in primes.txt, with the worker's result (so a job that meets this segment again,
-/// after a restart or in another job, does not sieve it again).
+/// One line of the ledger (`primes.txt.ranges`): a generation task whose results are all
+/// durable (for a `primes` segment: every prime of it in primes.txt), with the worker's
+/// result, so a job that meets the same work again (after a restart, or another job) does
+/// not compute it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RangeDone {
-    pub lo: u64,
-    pub hi: u64,
+pub struct Finished {
+    pub work: Work,
     pub worker: String,
     pub result: TaskDone,
+}
+
+impl Finished {
+    /// The interval whose primes are all in primes.txt, for a `primes` segment.
+    pub fn covers(&self) -> Option<(u64, u64)> {
+        match self.work {
+            Work::Primes { lo, hi } => Some((lo, hi)),
+            _ => None,
+        }
+    }
 }
 
 /// A segment's primes as a worker sent them (one or several `primes` messages, possibly of

@@ -57,11 +57,11 @@ pub async fn run(
     info!(
         primes = primes.len(),
         in_set = primes.in_set(),
-        finished_segments = primes.done_ranges.len(),
+        finished_tasks = primes.finished.len(),
         covered_intervals = segments,
         "dedup set rebuilt from primes.txt"
     );
-    let done_ranges = std::mem::take(&mut primes.done_ranges);
+    let finished = std::mem::take(&mut primes.finished);
     let session = format!("{:08x}", rand::random::<u32>());
     let next_seq = list_snapshots(&cfg.snapshots.dir)
         .first()
@@ -70,7 +70,7 @@ pub async fn run(
         Core::new(cfg.core.clone(), session.clone()),
         Snapshots::new(cfg.snapshots.marker_timeout_ms, next_seq),
     );
-    machine.core_mut().set_done_ranges(done_ranges);
+    machine.core_mut().set_finished(finished);
 
     // Recovery: files with a matching `done` report are done; the newest snapshot resumes
     // the files it shows in progress (its primes flushed first); the first scan queues the
@@ -140,13 +140,22 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let _notify = start_notify(&cfg.input, events_tx);
-    tracker.spawn(input_loop(
+    tracker.spawn(folder_loop(
         shared.clone(),
+        Folder::Inputs,
         watcher,
         events_rx,
         shutdown.clone(),
     ));
-    tracker.spawn(jobs_loop(shared.clone(), job_watcher, shutdown.clone()));
+    let (job_events_tx, job_events_rx) = mpsc::unbounded_channel();
+    let _job_notify = start_notify(&cfg.jobs, job_events_tx);
+    tracker.spawn(folder_loop(
+        shared.clone(),
+        Folder::Jobs,
+        job_watcher,
+        job_events_rx,
+        shutdown.clone(),
+    ));
     tracker.spawn(tick_loop(shared.clone(), shutdown.clone()));
     tracker.spawn(status_loop(shared.clone(), shutdown.clone()));
     if !shared.cfg.afs_servers.is_empty() {
@@ -335,7 +344,7 @@ fn start_notify(
         }
     };
     if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
-        warn!(error = %e, "cannot watch the input folder; relying on periodic scans");
+        warn!(dir = %dir.display(), error = %e, "cannot watch the folder; relying on periodic scans");
         return None;
     }
     Some(w)
@@ -360,8 +369,20 @@ fn periodic_walk(
     }
 }
 
-async fn input_loop(
+/// A watched folder: where its stable files go.
+#[derive(Clone, Copy)]
+enum Folder {
+    /// `data/input`: files to test.
+    Inputs,
+    /// `data/jobs`: generation jobs, parsed before the machine sees them.
+    Jobs,
+}
+
+/// Watches one folder (notifications, and periodic walks as a safety net or while a file
+/// waits to become stable) and hands the machine what became stable or vanished.
+async fn folder_loop(
     shared: Arc<Shared>,
+    folder: Folder,
     mut watcher: InputWatcher,
     mut events: mpsc::UnboundedReceiver<notify::Event>,
     shutdown: CancellationToken,
@@ -434,44 +455,35 @@ async fn input_loop(
         if outcome.ready.is_empty() && outcome.removed.is_empty() {
             continue;
         }
-        shared.apply(Event::Inputs(outcome)).await;
+        match folder {
+            Folder::Inputs => shared.apply(Event::Inputs(outcome)).await,
+            Folder::Jobs => shared.apply(read_jobs(&shared, outcome).await).await,
+        }
     }
 }
 
-/// Polls the jobs folder every scan period (jobs are few: no notifications needed).
-async fn jobs_loop(shared: Arc<Shared>, mut watcher: InputWatcher, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.cfg.scan_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let outcome = watcher.scan(shared.now().ms);
-        if outcome.ready.is_empty() && outcome.removed.is_empty() {
-            continue;
-        }
-        let dir = shared.cfg.jobs.clone();
-        let segment = shared.cfg.segment_numbers;
-        let ready = tokio::task::spawn_blocking(move || {
-            outcome
-                .ready
-                .into_iter()
-                .map(|(rel, fp)| {
-                    let job = crate::jobs::read_job(&dir, &rel, segment);
-                    (crate::jobs::job_name_of(&rel), fp, job)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        let removed = outcome
-            .removed
-            .iter()
-            .map(|r| crate::jobs::job_name_of(r))
-            .collect();
-        shared.apply(Event::Jobs { ready, removed }).await;
-    }
+/// The event for job files that became stable (read and parsed) or vanished.
+async fn read_jobs(shared: &Shared, outcome: crate::inputs::ScanOutcome) -> Event {
+    let dir = shared.cfg.jobs.clone();
+    let segment = shared.cfg.segment_numbers;
+    let ready = tokio::task::spawn_blocking(move || {
+        outcome
+            .ready
+            .into_iter()
+            .map(|(rel, fp)| {
+                let job = crate::jobs::read_job(&dir, &rel, segment);
+                (crate::jobs::job_name_of(&rel), fp, job)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let removed = outcome
+        .removed
+        .iter()
+        .map(|r| crate::jobs::job_name_of(r))
+        .collect();
+    Event::Jobs { ready, removed }
 }
 
 async fn tick_loop(shared: Arc<Shared>, shutdown: CancellationToken) {

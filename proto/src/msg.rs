@@ -160,7 +160,7 @@ pub struct Assignment {
 }
 
 /// What a generation task computes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Work {
     /// Every prime in [lo, hi]: sent in `primes` messages, then `task_done` with their

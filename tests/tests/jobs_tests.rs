@@ -216,30 +216,46 @@ fn range_job_survives_kills() {
     assert_eq!(r["segments"].as_u64(), Some(40));
     assert_primes(&p, &want);
 
-    // The ledger of finished segments: the same job again (its report removed) after a
-    // restart is done without sieving anything, and the range's primes are not loaded
+    // A count and an nth job too, to be found again in the ledger below.
+    add_job(&p, "c", &format!("count {t12} {}", t12 + 100_000_000));
+    add_job(&p, "n", "nth 100000000");
+    wait_reports(&p, &["c", "n"]);
+    let answer = |p: &Pipeline, name: &str| job_report(p, name).expect("report")["answer"].clone();
+    assert_eq!(answer(&p, "c"), "3618282");
+    assert_eq!(answer(&p, "n"), "2038074743");
+
+    // The ledger of finished tasks: the same jobs again (their reports removed) after a
+    // restart are done without computing anything, and the range's primes are not loaded
     // into the dedup set.
     let restart = |p: &mut Pipeline| {
         let old = p.status()["session"].clone();
         p.kill_coordinator();
-        std::fs::remove_file(p.path("data/output/jobs/long.json")).expect("remove report");
+        for name in ["long", "c", "n"] {
+            std::fs::remove_file(p.path(&format!("data/output/jobs/{name}.json")))
+                .expect("remove report");
+        }
         p.start_coordinator();
         wait_for(T, "the new coordinator's status", || {
             let st = p.status();
             st["session"] != old && st["running"] == true
         });
-        wait_reports(p, &["long"]);
+        wait_reports(p, &["long", "c", "n"]);
         let r = job_report(p, "long").expect("report");
         assert_eq!(r["status"], "done", "{r}");
         assert_eq!(r["count"].as_u64(), Some(want.len() as u64), "{r}");
         assert_eq!(r["first_prime"], want.first().expect("a prime").to_string());
         assert_eq!(r["last_prime"], want.last().expect("a prime").to_string());
+        assert_eq!(answer(p, "c"), "3618282");
+        assert_eq!(answer(p, "n"), "2038074743");
         assert_primes(p, &want);
     };
     restart(&mut p);
-    wait_for(T, "status after the report", || {
-        p.status()["jobs"][0]["state"] == "done"
-    });
+    let all_done = |p: &Pipeline| {
+        p.status()["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 3 && j.iter().all(|j| j["state"] == "done"))
+    };
+    wait_for(T, "status after the reports", || all_done(&p));
     let st = p.status();
     assert_eq!(
         st["totals"]["tasks_done"], 0,
@@ -255,8 +271,10 @@ fn range_job_survives_kills() {
     // is dropped and the whole range is sieved again (never skipped).
     std::fs::remove_file(p.path("primes.txt")).expect("remove primes.txt");
     restart(&mut p);
-    wait_for(T, "status after the report", || {
-        p.status()["jobs"][0]["state"] == "done"
-    });
-    assert_eq!(p.status()["totals"]["tasks_done"], 40);
+    wait_for(T, "status after the reports", || all_done(&p));
+    assert_eq!(
+        p.status()["totals"]["tasks_done"],
+        40,
+        "only the primes segments are redone (count and nth stay in the ledger)"
+    );
 }

@@ -37,8 +37,9 @@ struct RunArgs {
     /// `count A B`, `nth N` or `factorial N`. Reports go to <output>/jobs/<name>.json.
     #[arg(long, env = "PRIMES_JOBS", default_value = "data/jobs")]
     jobs: PathBuf,
-    /// Numbers per task of a `primes` job (a `count` job's tasks are 256 times longer; a range
-    /// is cut into at most 131,072 tasks, wider ones if need be).
+    /// Numbers per task of a `primes` job (a `count` job's tasks are up to 256 times longer,
+    /// at least 64 of them when they can be; a range is cut into at most 131,072 tasks, wider
+    /// ones if need be).
     #[arg(long, env = "PRIMES_SEGMENT_NUMBERS", default_value_t = coordinator::core::gen::PRIMES_SEGMENT)]
     segment_numbers: u64,
     /// Folder of per-file reports.

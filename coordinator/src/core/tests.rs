@@ -511,8 +511,8 @@ fn primes_segments_flow_as_runs() {
         }]
     );
     assert_eq!(
-        p.ranges.iter().map(|r| (r.lo, r.hi)).collect::<Vec<_>>(),
-        vec![(10, 19)]
+        p.finished.iter().map(|r| r.covers()).collect::<Vec<_>>(),
+        vec![Some((10, 19))]
     );
     c.flushed(p.done, at(3));
     // The second segment: one prime out of place closes the connection.
@@ -527,7 +527,11 @@ fn primes_segments_flow_as_runs() {
         "{actions:?}"
     );
     // A job over the same first segment finds it durable: only [20, 29] is left to do.
-    assert_eq!(c.done_range(10, 19).map(|(r, _)| r.primes), Some(4));
+    assert_eq!(
+        c.done_work(&proto::msg::Work::Primes { lo: 10, hi: 19 })
+            .map(|(r, _)| r.primes),
+        Some(4)
+    );
     c.job_ready(job("b"), fp(1), at(5));
     let b = assigns(&c.register(2, "w2", at(5)));
     let left: Vec<_> = b.iter().map(|(_, x)| x.work.clone()).collect();
