@@ -108,6 +108,8 @@ struct Job {
     report_written: bool,
     /// A generation job's plan (None for an input file).
     work: Option<Box<GenJob>>,
+    /// A job without a plan (done in an earlier session, or invalid), as status shows it.
+    shown: Option<Box<JobStatus>>,
 }
 
 impl Job {
@@ -132,6 +134,7 @@ impl Job {
             report_error: None,
             report_written: false,
             work: None,
+            shown: None,
         }
     }
 

@@ -104,7 +104,7 @@ pub async fn run(
         let key = crate::core::job_key(&name);
         match crate::report::read_job_report(&cfg.output, &name) {
             Some(r) if r.source == fp && (r.status == "done" || r.status == "invalid") => {
-                machine.core_mut().file_reported(&key, fp, 0, 0);
+                machine.core_mut().job_reported(&name, fp, &r);
                 job_watcher.mark_reported(&rel, fp);
                 continue;
             }

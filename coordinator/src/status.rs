@@ -103,13 +103,17 @@ pub fn render(v: &Value) -> String {
         for j in jobs {
             let g = |k: &str| j[k].as_u64().unwrap_or(0);
             s.push_str(&format!(
-                "  {:<12} {:<10} {} {}/{} tasks  {}\n",
+                "  {:<12} {:<10} {} {}/{} tasks  {}{}\n",
                 j["job"].as_str().unwrap_or("?"),
                 j["state"].as_str().unwrap_or("?"),
                 bar(g("tasks_done"), g("tasks"), 20),
                 g("tasks_done"),
                 g("tasks"),
-                j["line"].as_str().unwrap_or("")
+                j["line"].as_str().unwrap_or(""),
+                j["error"]
+                    .as_str()
+                    .map(|e| format!("({e})"))
+                    .unwrap_or_default()
             ));
         }
     }

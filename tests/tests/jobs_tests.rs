@@ -177,6 +177,17 @@ fn jobs_match_independent_answers() {
     let st = p.status();
     let listed = st["jobs"].as_array().map_or(0, |j| j.len());
     assert_eq!(listed, jobs.len(), "status lists every job: {}", st["jobs"]);
+    let junk = st["jobs"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["job"] == "junk").cloned())
+        .unwrap_or_default();
+    assert_eq!(junk["state"], "invalid", "{junk}");
+    assert!(
+        junk["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown job")),
+        "status says why a job is invalid: {junk}"
+    );
 }
 
 #[test]
@@ -277,4 +288,22 @@ fn range_job_survives_kills() {
         40,
         "only the primes segments are redone (count and nth stay in the ledger)"
     );
+
+    // A restart with the reports in place: status shows the jobs done, as the reports say.
+    let old = p.status()["session"].clone();
+    p.kill_coordinator();
+    p.start_coordinator();
+    wait_for(T, "the new coordinator's status", || {
+        let st = p.status();
+        st["session"] != old && st["running"] == true
+    });
+    let st = p.status();
+    let jobs = st["jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(jobs.len(), 3, "{st}");
+    for j in &jobs {
+        assert_eq!(j["state"], "done", "{j}");
+        assert!(j["line"].as_str().is_some_and(|l| !l.is_empty()), "{j}");
+        assert_eq!(j["tasks"], j["tasks_done"], "{j}");
+    }
+    assert_eq!(st["totals"]["tasks_done"], 0, "nothing recomputed: {st}");
 }

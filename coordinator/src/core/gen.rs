@@ -349,6 +349,23 @@ impl Core {
         }
     }
 
+    /// A job file whose report (`done`, or `invalid` for this version) exists: nothing to
+    /// do; status shows it as the report says.
+    pub fn job_reported(&mut self, name: &str, fp: Fingerprint, report: &JobReport) {
+        let key = job_key(name);
+        self.file_reported(&key, fp, 0, 0);
+        if let Some(j) = self.jobs.get_mut(&key) {
+            j.shown = Some(Box::new(JobStatus {
+                job: name.to_string(),
+                line: report.spec.map(|s| s.line()).unwrap_or_default(),
+                state: report.status.clone(),
+                tasks: report.segments,
+                tasks_done: report.segments,
+                error: report.errors.first().cloned(),
+            }));
+        }
+    }
+
     /// A job file that cannot be parsed: its report says why, and nothing runs.
     pub fn job_invalid(
         &mut self,
@@ -365,6 +382,14 @@ impl Core {
         self.next_gen += 1;
         let mut j = Job::new(self.next_gen, fp, Vec::new(), Some(now.wall));
         j.reported = true;
+        j.shown = Some(Box::new(JobStatus {
+            job: name.to_string(),
+            line: String::new(),
+            state: "invalid".into(),
+            tasks: 0,
+            tasks_done: 0,
+            error: Some(reason.clone()),
+        }));
         self.jobs.insert(key, j);
         let mut r = JobReport::new(name, None, "invalid", fp, now.wall, now);
         r.errors.push(reason);

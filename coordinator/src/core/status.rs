@@ -34,17 +34,25 @@ impl Core {
                         .iter()
                         .filter(|c| matches!(c, ChunkState::Done { .. }))
                         .count(),
+                    error: job.chunks.iter().find_map(|c| match c {
+                        ChunkState::Failed { reason } => Some(reason.clone()),
+                        _ => None,
+                    }),
                 });
                 continue;
             }
-            if job_name(name).is_some() {
-                // An invalid job file: its report says why.
-                v.jobs.push(JobStatus {
-                    job: job_name(name).unwrap_or_default().to_string(),
-                    line: String::new(),
-                    state: "invalid".into(),
-                    tasks: 0,
-                    tasks_done: 0,
+            if let Some(jn) = job_name(name) {
+                // Done in an earlier session, or invalid: as its report says.
+                v.jobs.push(match &job.shown {
+                    Some(s) => (**s).clone(),
+                    None => JobStatus {
+                        job: jn.to_string(),
+                        line: String::new(),
+                        state: "invalid".into(),
+                        tasks: 0,
+                        tasks_done: 0,
+                        error: None,
+                    },
                 });
                 continue;
             }
@@ -221,6 +229,9 @@ pub struct JobStatus {
     pub state: String,
     pub tasks: usize,
     pub tasks_done: usize,
+    /// Why it is invalid or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
