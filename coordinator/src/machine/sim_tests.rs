@@ -1,10 +1,14 @@
 //! A seeded simulation of scripted workers and a network that cuts links, pauses workers
 //! and delays messages (FIFO per link, like TCP), in the style of raft-rs's test network:
-//! every snapshot must be a consistent cut and the durable primes exact.
+//! every snapshot must be a consistent cut and the durable primes exact. Input files and
+//! overlapping `primes` range jobs run together; the flusher is the real
+//! [`crate::primes::PrimesFile`] on a temporary file, so primes.txt must hold each prime
+//! once whatever was cut or repeated.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use proto::msg::{Assignment, CoordMsg, TaskProgress, WorkerMsg};
+use proto::jobs::JobSpec;
+use proto::msg::{Assignment, CoordMsg, TaskProgress, Work, WorkerMsg};
 
 use super::tests::{at, done_msg, fp, machine, register, state};
 use super::*;
@@ -45,6 +49,7 @@ struct SimWorker {
 struct Effects {
     flushes: Vec<Pending>,
     reports: BTreeMap<String, ReportStatus>,
+    job_reports: BTreeMap<String, String>,
     snapshots: usize,
 }
 
@@ -63,7 +68,8 @@ fn send(wire: &mut Vec<(u64, u64, WorkerMsg)>, conn: u64, t: u64, msg: WorkerMsg
 /// Simulation (seeded; `PRIMES_SIM_SEED` picks another): three scripted workers and a
 /// network that delays messages, cuts connections (the worker reconnects) and pauses a
 /// worker past the heartbeat limit, with snapshots and flushes on timers. Every snapshot is
-/// a consistent cut, and the durable primes are exactly those of the files.
+/// a consistent cut, and primes.txt holds exactly the primes of the files and of the range
+/// jobs (which overlap each other and the files), each once.
 fn simulated_cluster_with_faults() {
     let seeds: Vec<u64> = match std::env::var("PRIMES_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("PRIMES_SIM_SEED is a number")],
@@ -92,7 +98,40 @@ fn simulate(seed: u64) {
         .copied()
         .filter(|&n| is_prime(n))
         .collect();
+    // Range jobs overlapping each other and the files' numbers, in segments of 150.
+    let ranges = [(100u64, 1400u64), (900, 2600), (2500, 2600)];
+    let want: BTreeSet<u64> = want
+        .into_iter()
+        .chain(
+            ranges
+                .iter()
+                .flat_map(|&(lo, hi)| (lo..=hi).filter(|&n| is_prime(n))),
+        )
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primes_path = dir.path().join("primes.txt");
+    let mut primes_file = crate::primes::PrimesFile::open(&primes_path).expect("primes.txt");
     let mut m = machine();
+    let jobs: Vec<_> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, &(lo, hi))| {
+            let spec = JobSpec::Primes { lo, hi };
+            let job = crate::core::GenJob {
+                name: format!("r{i}"),
+                spec,
+                plan: crate::core::Plan::of(spec, 150),
+            };
+            (format!("r{i}"), fp(1), Ok(job))
+        })
+        .collect();
+    let _ = m.handle(
+        Event::Jobs {
+            ready: jobs,
+            removed: vec![],
+        },
+        at(0),
+    );
     for (name, nums) in &files {
         // 100 "bytes" per number: files over 1000 are split into chunks.
         let size = nums.len() as u64 * 100;
@@ -115,7 +154,6 @@ fn simulate(seed: u64) {
     let mut next_conn = 0u64;
     // Messages in flight from workers to the coordinator: (deliver at, conn, message).
     let mut wire: Vec<(u64, u64, WorkerMsg)> = Vec::new();
-    let mut durable: BTreeSet<u64> = BTreeSet::new();
     let mut fx = Effects::default();
     let mut paused_until: HashMap<usize, u64> = HashMap::new();
     let (mut cuts, mut pauses) = (0, 0);
@@ -139,8 +177,10 @@ fn simulate(seed: u64) {
                     fx.reports.insert(r.file.clone(), r.status);
                 }
                 Action::Flush(p) => fx.flushes.push(p),
-                // This simulation drops input files only (jobs: tests/tests/jobs_tests.rs).
-                Action::FlushSoon | Action::WriteJobReport(_) => {}
+                Action::WriteJobReport(r) => {
+                    fx.job_reports.insert(r.job.clone(), r.status.clone());
+                }
+                Action::FlushSoon => {}
                 Action::WriteSnapshot(s) => {
                     let v = crate::verify::verify(&s);
                     assert!(
@@ -153,7 +193,10 @@ fn simulate(seed: u64) {
             }
         }
     };
-    while fx.reports.len() < files.len() || fx.reports.values().any(|s| *s != ReportStatus::Done) {
+    while fx.reports.len() < files.len()
+        || fx.reports.values().any(|s| *s != ReportStatus::Done)
+        || fx.job_reports.len() < ranges.len()
+    {
         now += 10;
         assert!(
             now < 600_000,
@@ -220,6 +263,34 @@ fn simulate(seed: u64) {
                 },
             );
             if let Some(t) = workers[i].tasks.pop_front() {
+                if let Some(Work::Primes { lo, hi }) = t.work {
+                    // A segment's primes, ascending, in one to three messages.
+                    let primes: Vec<u64> = (lo..=hi).filter(|&n| is_prime(n)).collect();
+                    // Spread over time, so a cut link can leave a segment half sent.
+                    let mut d = now + 1 + rng.below(40);
+                    let cut1 = rng.below(primes.len() as u64 + 1) as usize;
+                    let cut2 = cut1 + rng.below((primes.len() - cut1) as u64 + 1) as usize;
+                    for part in [&primes[..cut1], &primes[cut1..cut2], &primes[cut2..]] {
+                        d += rng.below(30);
+                        send(
+                            &mut wire,
+                            conn,
+                            d,
+                            WorkerMsg::Primes {
+                                attempt: t.attempt.clone(),
+                                small: part.to_vec(),
+                                big: vec![],
+                            },
+                        );
+                    }
+                    send(
+                        &mut wire,
+                        conn,
+                        d,
+                        done_msg(&t.attempt, primes.len() as u64),
+                    );
+                    continue;
+                }
                 let nums = &files[&t.file];
                 let (lo, hi) = (
                     (t.start / 100) as usize,
@@ -299,7 +370,9 @@ fn simulate(seed: u64) {
         }
         // The flusher: durable, then done (which writes reports, never another flush).
         for p in std::mem::take(&mut fx.flushes) {
-            durable.extend(p.small.iter().copied());
+            primes_file
+                .append(&p.small, &p.big, &p.runs, &p.finished)
+                .expect("append");
             route(
                 m.handle(Event::Flushed(p.done), at(now)),
                 &mut workers,
@@ -318,9 +391,23 @@ fn simulate(seed: u64) {
             }
         }
     }
+    drop(primes_file);
+    let text = std::fs::read_to_string(&primes_path).expect("primes.txt");
+    let lines: Vec<u64> = text.lines().map(|l| l.parse().expect("a number")).collect();
+    let durable: BTreeSet<u64> = lines.iter().copied().collect();
+    assert_eq!(
+        durable.len(),
+        lines.len(),
+        "seed {seed}: a prime twice in primes.txt"
+    );
     assert_eq!(
         durable, want,
-        "seed {seed}: the durable primes are exactly the files'"
+        "seed {seed}: the durable primes are exactly the files' and the ranges'"
+    );
+    assert!(
+        fx.job_reports.values().all(|s| s == "done"),
+        "seed {seed}: {:?}",
+        fx.job_reports
     );
     let snapshots = fx.snapshots;
     assert!(snapshots > 0, "seed {seed}: snapshots were taken");
