@@ -13,6 +13,7 @@
 //!   version, with failover from the primary to the backups and an LRU size limit.
 
 pub mod client;
+pub mod listing;
 pub mod msg;
 pub mod names;
 pub mod probe;

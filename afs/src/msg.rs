@@ -56,6 +56,10 @@ pub enum Request {
         path: String,
     },
     List {},
+    /// The files and their fingerprints (stat only, no hashing), with a promise: the
+    /// server pushes `list_changed` once when any file appears, changes or goes. The
+    /// coordinator learns its inputs this way, without a disk shared with the server.
+    WatchList {},
     Store {
         path: String,
         size: u64,
@@ -88,6 +92,13 @@ impl std::fmt::Display for Role {
             Role::Backup => "backup",
         })
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListedFile {
+    pub path: String,
+    pub fingerprint: proto::files::Fingerprint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +168,12 @@ pub enum Reply {
     Listing {
         files: Vec<FileInfo>,
     },
+    /// Answer to `watch_list`.
+    FileList {
+        files: Vec<ListedFile>,
+    },
+    /// Pushed once after a `watch_list` when the listing has changed since.
+    ListChanged {},
     Stored {
         path: String,
         version: String,

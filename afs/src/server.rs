@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::msg::{ErrorCode, FileInfo, Reply, Request, Role, MAX_LINE};
+use crate::msg::{ErrorCode, FileInfo, ListedFile, Reply, Request, Role, MAX_LINE};
 use crate::store::{Fingerprint, Hasher, Store, StoreError};
 use crate::SERVICE;
 
@@ -55,21 +55,38 @@ struct Shared {
     cfg: ServerConfig,
     /// path -> connections holding a callback promise for it.
     callbacks: Mutex<HashMap<String, HashSet<u64>>>,
-    /// connection -> where to push its callback breaks.
-    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>,
+    /// connection -> where to push its callback breaks and listing changes.
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Push>>>,
+    /// Connections promised a `list_changed` (they sent `watch_list`).
+    list_watchers: Mutex<HashSet<u64>>,
+    /// Asks the scan loop for a scan now (the root's notifications).
+    scan_now: tokio::sync::Notify,
     /// Bumped on every change; replicators wait on it.
     changes: watch::Sender<u64>,
     stats: Stats,
 }
 
+/// What a connection is told unasked.
+#[derive(Debug)]
+enum Push {
+    Break(String),
+    ListChanged,
+}
+
 impl Shared {
     fn break_callbacks(&self, path: &str) {
         let holders = lock(&self.callbacks).remove(path).unwrap_or_default();
-        if !holders.is_empty() {
+        let watchers = std::mem::take(&mut *lock(&self.list_watchers));
+        if !holders.is_empty() || !watchers.is_empty() {
             let conns = lock(&self.conns);
             for id in holders {
                 if let Some(tx) = conns.get(&id) {
-                    let _ = tx.send(path.to_string());
+                    let _ = tx.send(Push::Break(path.to_string()));
+                }
+            }
+            for id in watchers {
+                if let Some(tx) = conns.get(&id) {
+                    let _ = tx.send(Push::ListChanged);
                 }
             }
         }
@@ -100,9 +117,12 @@ pub async fn run(
         cfg,
         callbacks: Mutex::new(HashMap::new()),
         conns: Mutex::new(HashMap::new()),
+        list_watchers: Mutex::new(HashSet::new()),
+        scan_now: tokio::sync::Notify::new(),
         changes,
         stats: Stats::default(),
     });
+    let _notify = watch_root(&shared);
     // The first scan is the baseline that later scans compare with to break callbacks: it
     // must precede every fetch. A fetch served before it, of a file that changed before it,
     // would hold a promise that no scan ever breaks (the change is in the baseline).
@@ -132,6 +152,7 @@ pub async fn run(
                 Err(e) => info!(%peer, error = %e, "connection closed on error"),
             }
             lock(&shared.conns).remove(&id);
+            lock(&shared.list_watchers).remove(&id);
             for holders in lock(&shared.callbacks).values_mut() {
                 holders.remove(&id);
             }
@@ -171,6 +192,44 @@ fn large(files: &HashMap<String, Fingerprint>) -> Vec<String> {
         .collect()
 }
 
+/// After a notification of the root, how long to wait for the rest of its burst.
+const NOTIFY_GATHER: Duration = Duration::from_millis(20);
+
+/// Watches the root with notifications: a change asks the scan loop for a scan at once
+/// (the periodic scan stays as the safety net). None if notifications are unavailable.
+fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::Watcher;
+    let weak = Arc::downgrade(shared);
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let relevant = match &res {
+            // Our own reads (opens, closes without writing) change nothing.
+            Ok(ev) => !matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Open(_))
+                    | EventKind::Access(AccessKind::Read)
+                    | EventKind::Access(AccessKind::Close(AccessMode::Read))
+                    | EventKind::Access(AccessKind::Any)
+            ),
+            Err(_) => true,
+        };
+        if let (true, Some(s)) = (relevant, weak.upgrade()) {
+            s.scan_now.notify_one();
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "file notifications unavailable; relying on periodic scans");
+            return None;
+        }
+    };
+    if let Err(e) = w.watch(shared.store.root(), notify::RecursiveMode::Recursive) {
+        warn!(error = %e, "cannot watch the root; relying on periodic scans");
+        return None;
+    }
+    Some(w)
+}
+
 async fn scan_loop(
     shared: Arc<Shared>,
     mut last: HashMap<String, Fingerprint>,
@@ -182,6 +241,10 @@ async fn scan_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(shared.cfg.scan_interval) => {}
+            _ = shared.scan_now.notified() => {
+                // Events come in bursts (a write is many): one scan for the burst.
+                tokio::time::sleep(NOTIFY_GATHER).await;
+            }
         }
         let s = store.clone();
         let now = match tokio::task::spawn_blocking(move || s.scan()).await {
@@ -279,9 +342,14 @@ async fn serve_connection(
     loop {
         let req = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            Some(path) = breaks.recv() => {
-                shared.stats.breaks_sent.fetch_add(1, Ordering::Relaxed);
-                conn.send(&Reply::CallbackBreak { path }).await?;
+            Some(push) = breaks.recv() => {
+                match push {
+                    Push::Break(path) => {
+                        shared.stats.breaks_sent.fetch_add(1, Ordering::Relaxed);
+                        conn.send(&Reply::CallbackBreak { path }).await?;
+                    }
+                    Push::ListChanged => conn.send(&Reply::ListChanged {}).await?,
+                }
                 continue;
             }
             r = tokio::time::timeout(shared.cfg.idle_timeout, conn.read_msg::<Request>()) => match r {
@@ -419,6 +487,20 @@ async fn handle_request(
                 }
                 Err(e) => reply_error(conn, &e).await,
             }
+        }
+        Request::WatchList {} => {
+            // The promise first: a change during the scan below is then pushed after it.
+            lock(&shared.list_watchers).insert(id);
+            let s = shared.store.clone();
+            let files = tokio::task::spawn_blocking(move || s.scan())
+                .await
+                .unwrap_or_default();
+            let mut files: Vec<ListedFile> = files
+                .into_iter()
+                .map(|(path, fingerprint)| ListedFile { path, fingerprint })
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            conn.send(&Reply::FileList { files }).await
         }
         Request::Ping {} => conn.send(&Reply::Pong {}).await,
         Request::Hello { .. } => {

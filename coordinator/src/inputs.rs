@@ -121,9 +121,29 @@ impl InputWatcher {
             }
         }
         self.skipped = now_skipped;
+        self.scan_files(&files, now_ms)
+    }
+
+    /// Decides on a listing of the folder made elsewhere (the file server's, when the
+    /// coordinator learns its inputs from it): the same quiet-period rule, without close
+    /// events. Hidden paths are ignored, as in a walk.
+    pub fn scan_listing(
+        &mut self,
+        files: &HashMap<String, Fingerprint>,
+        now_ms: u64,
+    ) -> ScanOutcome {
+        let visible: HashMap<String, Fingerprint> = files
+            .iter()
+            .filter(|(n, _)| !n.is_empty() && !n.split('/').any(|p| p.starts_with('.')))
+            .map(|(n, fp)| (n.clone(), *fp))
+            .collect();
+        self.scan_files(&visible, now_ms)
+    }
+
+    fn scan_files(&mut self, files: &HashMap<String, Fingerprint>, now_ms: u64) -> ScanOutcome {
         let mut out = ScanOutcome::default();
         self.waiting = 0;
-        for (name, fp) in &files {
+        for (name, fp) in files {
             let since = match self.seen.get(name) {
                 Some((old, since)) if old == fp => *since,
                 _ => {

@@ -76,7 +76,40 @@ pub async fn run(
     // the files it shows in progress (its primes flushed first); the first scan queues the
     // rest, failed files included.
     let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
-    let current = list_files(&cfg.input);
+    // The input files: the local folder, or the file servers' listing.
+    let mut listings = None;
+    let current = if cfg.inputs_from_afs {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watch = afs::listing::ListWatch {
+            servers: cfg.afs_servers.clone(),
+            key: cfg.key.clone(),
+            client_id: "coordinator".into(),
+            timeout: Duration::from_secs(3),
+            refresh: LISTING_REFRESH,
+        };
+        tokio::spawn(watch.run(tx, shutdown.clone()));
+        let files = match tokio::time::timeout(FIRST_LISTING, rx.recv()).await {
+            Ok(Some(l)) => {
+                info!(
+                    server = l.server,
+                    files = l.files.len(),
+                    "inputs listed by the file server"
+                );
+                l.files
+            }
+            _ => {
+                warn!(
+                    "no file server listed the inputs within {FIRST_LISTING:?}; starting with none \
+                     (they are queued once one answers)"
+                );
+                HashMap::new()
+            }
+        };
+        listings = Some((rx, files.clone()));
+        files
+    } else {
+        list_files(&cfg.input)
+    };
     let mut done = 0;
     for (name, fp) in &current {
         match read_report(&cfg.output, name) {
@@ -138,15 +171,30 @@ pub async fn run(
     );
 
     let tracker = TaskTracker::new();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let _notify = start_notify(&cfg.input, events_tx);
-    tracker.spawn(folder_loop(
-        shared.clone(),
-        Folder::Inputs,
-        watcher,
-        events_rx,
-        shutdown.clone(),
-    ));
+    let _notify = match listings {
+        Some((rx, first)) => {
+            tracker.spawn(listing_loop(
+                shared.clone(),
+                watcher,
+                rx,
+                first,
+                shutdown.clone(),
+            ));
+            None
+        }
+        None => {
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let notify = start_notify(&cfg.input, events_tx);
+            tracker.spawn(folder_loop(
+                shared.clone(),
+                Folder::Inputs,
+                watcher,
+                events_rx,
+                shutdown.clone(),
+            ));
+            notify
+        }
+    };
     let (job_events_tx, job_events_rx) = mpsc::unbounded_channel();
     let _job_notify = start_notify(&cfg.jobs, job_events_tx);
     tracker.spawn(folder_loop(
@@ -459,6 +507,47 @@ async fn folder_loop(
             Folder::Inputs => shared.apply(Event::Inputs(outcome)).await,
             Folder::Jobs => shared.apply(read_jobs(&shared, outcome).await).await,
         }
+    }
+}
+
+/// The file server's listing is asked for again after this long without a `list_changed`
+/// push (a safety net: the pushes are what make a new file known at once).
+const LISTING_REFRESH: Duration = Duration::from_secs(60);
+
+/// How long start-up waits for the first listing of the inputs from a file server.
+const FIRST_LISTING: Duration = Duration::from_secs(10);
+
+/// The inputs as the file servers list them (`--inputs-from-afs`): each new listing is
+/// decided on at once, and again every scan period while a file waits for its quiet period.
+async fn listing_loop(
+    shared: Arc<Shared>,
+    mut watcher: InputWatcher,
+    mut listings: mpsc::UnboundedReceiver<afs::listing::Listing>,
+    mut latest: HashMap<String, crate::core::Fingerprint>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.cfg.scan_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            l = listings.recv() => match l {
+                Some(l) => latest = l.files,
+                None => return,
+            },
+            _ = tick.tick() => {
+                if !first && !watcher.pending() {
+                    continue;
+                }
+            }
+        }
+        first = false;
+        let outcome = watcher.scan_listing(&latest, shared.now().ms);
+        if outcome.ready.is_empty() && outcome.removed.is_empty() {
+            continue;
+        }
+        shared.apply(Event::Inputs(outcome)).await;
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     pub key: ClusterKey,
     /// File servers to show on the dashboard (probed every 2 s); may be empty.
     pub afs_servers: Vec<String>,
+    /// Learn the input files from the file servers' listing (`watch_list`) instead of the
+    /// local `input` folder: no disk shared with the file server is needed.
+    pub inputs_from_afs: bool,
 }
 
 /// What a connection's writer task sends.

@@ -430,3 +430,60 @@ fn rerun_reuses_the_remembered_settings() {
     );
     wait_for(T, "both files done", || s.status()["files_done"] == 2);
 }
+
+#[test]
+/// `--inputs-from-afs`: the coordinator's own input folder stays empty; it learns the files
+/// from the file server's listing and its `list_changed` pushes: files there at start, a
+/// file dropped later, a file rewritten, a file removed.
+fn inputs_from_the_file_server() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "s", 4, 200, 7);
+    p.simple();
+    let afs = p.afs_list();
+    std::fs::create_dir_all(p.path("coord-input")).expect("mkdir");
+    p.coord_flags_mut(vec![
+        "--afs".into(),
+        afs,
+        "--inputs-from-afs".into(),
+        "--input".into(),
+        p.path("coord-input").display().to_string(),
+    ]);
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    p.wait_all_reported(T);
+    p.assert_exact();
+    // Dropped on the server's side while running: queued from the server's push (the
+    // coordinator lists again by itself only every 60 s).
+    drop_file(&p, "late.txt", "1000003\n1000033\n");
+    wait_for(Duration::from_secs(20), "a report for late.txt", || {
+        report(&p, "late.txt")["status"] == "done"
+    });
+    // Rewritten: processed again; removed: its report stays, nothing breaks.
+    let before = report(&p, "late.txt")["source"].clone();
+    drop_file(&p, "late.txt", "1000037\n1000039\n1000081\n");
+    wait_for(T, "late.txt processed again", || {
+        let r = report(&p, "late.txt");
+        r["status"] == "done" && r["source"] != before
+    });
+    std::fs::remove_file(p.path("data/input/s000.txt")).expect("remove");
+    drop_file(&p, "last.txt", "1000099\n");
+    wait_for(T, "a report for last.txt", || {
+        report(&p, "last.txt")["status"] == "done"
+    });
+    p.wait_all_reported(T);
+    let got = primes(&p);
+    for want in [
+        "1000003", "1000033", "1000037", "1000039", "1000081", "1000099",
+    ] {
+        assert!(got.iter().any(|x| x == want), "{want} in primes.txt");
+    }
+    let own = std::fs::read_dir(p.path("coord-input"))
+        .expect("coord-input")
+        .count();
+    assert_eq!(own, 0, "the coordinator's input folder is not used");
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
+    assert!(
+        log.contains("inputs listed by the file server"),
+        "the coordinator says where its inputs come from"
+    );
+}

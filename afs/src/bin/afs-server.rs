@@ -44,7 +44,8 @@ struct Args {
     /// Cluster key file (hex). The environment variable PRIMES_CLUSTER_KEY overrides it.
     #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
     key_file: PathBuf,
-    /// How often the root is scanned for changes made outside the protocol, in ms.
+    /// How often the root is scanned for changes made outside the protocol, in ms (a safety
+    /// net: the root's notifications trigger a scan within ~20 ms of a change).
     #[arg(long, env = "AFS_SCAN_MS", default_value_t = 300)]
     scan_ms: u64,
     /// Most connections served at once.

@@ -120,6 +120,12 @@ struct RunArgs {
     /// File servers to show on the dashboard (probed every 2 s), comma-separated.
     #[arg(long = "afs", env = "AFS_SERVERS", value_delimiter = ',')]
     afs: Vec<String>,
+    /// Learn the input files from the file servers (--afs, the primary first) instead of the
+    /// local --input folder: the server sends its listing (paths, sizes, mtimes) and says
+    /// when it changes, so the coordinator needs no disk shared with it. Reports still go
+    /// to --output. The same quiet period applies (--quiet-ms)
+    #[arg(long, env = "PRIMES_INPUTS_FROM_AFS", requires = "afs")]
+    inputs_from_afs: bool,
     /// Start over: clear primes.txt, reports, snapshots (never the input files).
     #[arg(long)]
     fresh: bool,
@@ -318,6 +324,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         key,
         afs_servers: a.afs,
+        inputs_from_afs: a.inputs_from_afs,
     };
     // One async thread: the coordinator's work is short message handling under one lock;
     // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).
