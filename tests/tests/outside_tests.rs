@@ -239,11 +239,16 @@ fn report_name_clash_is_a_failure() {
 
 /// Starts a bare worker process with id `id` against `p`'s coordinator (not tracked by `p`).
 fn extra_worker(p: &Pipeline, id: &str, log: &str) -> Proc {
+    extra_worker_to(p, id, log, p.coord_addr())
+}
+
+/// [`extra_worker`] with its `--coordinator` list.
+fn extra_worker_to(p: &Pipeline, id: &str, log: &str, coordinators: &str) -> Proc {
     let args: Vec<String> = [
         "--id",
         id,
         "--coordinator",
-        p.coord_addr(),
+        coordinators,
         "--afs",
         &p.afs_list(),
         "--cache-root",
@@ -485,5 +490,29 @@ fn inputs_from_the_file_server() {
     assert!(
         log.contains("inputs listed by the file server"),
         "the coordinator says where its inputs come from"
+    );
+}
+
+#[test]
+/// A worker given several coordinator addresses registers with one that answers: the first
+/// listed is dead, the job still completes exactly.
+fn worker_tries_each_coordinator_address() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "c", 3, 100, 9);
+    p.simple();
+    p.start_coordinator();
+    // An address nobody listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let list = format!("{dead},{}", p.coord_addr());
+    let _w = extra_worker_to(&p, "worker-x", "logs/worker-x.log", &list);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let log = std::fs::read_to_string(p.path("logs/worker-x.log")).unwrap_or_default();
+    assert!(
+        log.contains("coordinator not reachable") && log.contains(&dead),
+        "the dead address was tried first"
     );
 }

@@ -33,7 +33,8 @@ use proto::lock;
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub id: String,
-    pub coordinator: String,
+    /// Coordinator addresses, tried in turn (at least one).
+    pub coordinators: Vec<String>,
     pub afs_servers: Vec<String>,
     pub cache_root: PathBuf,
     pub cache_limit_bytes: u64,
@@ -82,11 +83,17 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // Names this process to the coordinator: its reconnections replace its old connection,
     // while another process using the same id is refused.
     let instance: u64 = rand::random();
+    if cfg.coordinators.is_empty() {
+        anyhow::bail!("no coordinator address given (--coordinator)");
+    }
+    // The address to try next, and how many have failed in a row.
+    let (mut at, mut failed) = (0usize, 0usize);
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match session(&cfg, instance, afs.clone(), &shutdown).await {
+        let addr = cfg.coordinators[at % cfg.coordinators.len()].clone();
+        match session(&cfg, &addr, instance, afs.clone(), &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::InjectedCrash) => return Err(InjectedCrash.into()),
             Ok(SessionEnd::Refused(reason)) => {
@@ -94,11 +101,24 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 return Err(Refused(reason).into());
             }
             Ok(SessionEnd::Lost(why)) => {
-                warn!(why, "lost the coordinator; reconnecting");
+                warn!(
+                    why,
+                    coordinator = addr,
+                    "lost the coordinator; reconnecting"
+                );
+                // The same coordinator first, after a short pause (it may be back at
+                // once), then the others.
                 backoff = Duration::from_millis(100);
+                failed = 0;
             }
             Err(e) => {
-                info!(error = %e, coordinator = cfg.coordinator, "coordinator not reachable; retrying");
+                info!(error = %e, coordinator = addr, "coordinator not reachable; retrying");
+                at += 1;
+                failed += 1;
+                // Another address to try: at once, until every one has failed in a row.
+                if failed % cfg.coordinators.len() != 0 {
+                    continue;
+                }
             }
         }
         let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
@@ -131,11 +151,12 @@ pub struct Refused(pub String);
 
 async fn session(
     cfg: &WorkerConfig,
+    addr: &str,
     instance: u64,
     afs: Afs,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, ProtoError> {
-    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&cfg.coordinator))
+    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
         .map_err(|_| ProtoError::Timeout(Duration::from_secs(3)))??;
     let mut conn = Connection::new(stream).with_max_line(MAX_LINE);

@@ -26,9 +26,16 @@ struct RunArgs {
     /// Stable worker id (letters, digits, '-', '_', '.'); names the log and the cache folder.
     #[arg(long, env = "WORKER_ID", default_value = "worker-1")]
     id: String,
-    /// Coordinator address.
-    #[arg(long, env = "PRIMES_COORDINATOR", default_value = "127.0.0.1:7400")]
-    coordinator: String,
+    /// Coordinator address, or several (comma-separated or repeated): the worker registers
+    /// with the first that answers and, when it loses it, tries the next at once (a round
+    /// of all of them failing waits out the backoff).
+    #[arg(
+        long,
+        env = "PRIMES_COORDINATOR",
+        default_value = "127.0.0.1:7400",
+        value_delimiter = ','
+    )]
+    coordinator: Vec<String>,
     /// File servers, primary first (comma-separated or repeated).
     #[arg(
         long = "afs",
@@ -221,7 +228,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
     let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
     let cfg = WorkerConfig {
         id: a.id,
-        coordinator: a.coordinator,
+        coordinators: a.coordinator,
         afs_servers: a.afs,
         cache_root: a.cache_root,
         cache_limit_bytes: a.cache_mib << 20,
@@ -239,7 +246,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         max_backoff: Duration::from_millis(a.max_backoff_ms.max(10)),
         marker_delay: Duration::from_millis(a.marker_delay_ms),
     };
-    tracing::info!(id = cfg.id, coordinator = cfg.coordinator, afs = ?cfg.afs_servers, threads, "worker starting");
+    tracing::info!(id = cfg.id, coordinator = ?cfg.coordinators, afs = ?cfg.afs_servers, threads, "worker starting");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
