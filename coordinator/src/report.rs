@@ -14,8 +14,22 @@ pub fn report_path(output: &Path, file: &str) -> PathBuf {
 /// Writes `r` atomically (temporary file, rename) without fsync: a report lost or unreadable
 /// after a power failure only means the file is processed again (its primes are durable and
 /// deduplicated), while an fsync per report would cost more than small files take to test.
-pub fn write_report(output: &Path, r: &Report) -> anyhow::Result<()> {
+/// `jobs` is the jobs folder: a job owns `data/output/jobs/<name>.json`, so an input
+/// `jobs/<name>` (whose report would be the same file) cannot have its report.
+pub fn write_report(output: &Path, r: &Report, jobs: &Path) -> anyhow::Result<()> {
     let path = report_path(output, &r.file);
+    if let Some(rest) = r.file.strip_prefix("jobs/") {
+        let job = crate::inputs::list_files(jobs)
+            .into_keys()
+            .find(|rel| crate::jobs::job_name_of(rel) == rest);
+        if let Some(job) = job {
+            anyhow::bail!(
+                "report name clash: {} is the report of the job {}; rename the input folder `jobs`",
+                path.display(),
+                jobs.join(job).display()
+            );
+        }
+    }
     let json = serde_json::to_vec_pretty(r).context("encoding report")?;
     write_replace(&path, &json, false).map_err(|e| match clash(output, &path) {
         Some(why) => e.context(why),

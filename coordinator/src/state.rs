@@ -196,11 +196,11 @@ impl Shared {
     /// how each went, for the machine: a file is done in status only once its report is on
     /// disk, and failed when it cannot be written.
     async fn write_reports(&self, reports: Vec<Report>) -> Vec<Event> {
-        let output = self.cfg.output.clone();
+        let (output, jobs) = (self.cfg.output.clone(), self.cfg.jobs.clone());
         tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::new();
             for r in reports {
-                match write_report(&output, &r) {
+                match write_report(&output, &r, &jobs) {
                     Ok(()) => {
                         debug!(
                             file = r.file,

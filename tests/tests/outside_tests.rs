@@ -516,3 +516,39 @@ fn worker_tries_each_coordinator_address() {
         "the dead address was tried first"
     );
 }
+
+#[test]
+/// An input folder named `jobs` holding `n1`, and a job `n1`: both would report to
+/// data/output/jobs/n1.json. The job keeps it; the input counts as failed with the reason.
+fn input_folder_jobs_does_not_take_a_jobs_report() {
+    let mut p = Pipeline::new();
+    std::fs::create_dir_all(p.path("data/input/jobs")).expect("mkdir");
+    std::fs::write(p.path("data/input/jobs/n1"), "13\n").expect("write");
+    std::fs::create_dir_all(p.path("data/jobs")).expect("mkdir");
+    std::fs::write(p.path("data/jobs/n1.job"), "nth 10\n").expect("write");
+    p.start_simple(1);
+    wait_for(T, "the job done and the input failed", || {
+        let st = p.status();
+        st["files_failed"] == 1
+            && st["jobs"]
+                .as_array()
+                .is_some_and(|j| j.iter().any(|j| j["state"] == "done"))
+    });
+    let r = report(&p, "jobs/n1");
+    assert_eq!(r["job"], "n1", "the job's report: {r}");
+    assert_eq!(r["answer"], "29", "{r}");
+    let st = p.status();
+    let failed = st["files"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["state"] == "failed"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(failed["file"], "jobs/n1", "{st}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is the report of the job")),
+        "{failed}"
+    );
+    assert_eq!(primes(&p), vec!["13"], "the input's primes are durable");
+}
