@@ -19,8 +19,9 @@ use crate::msg::{Reply, Request, MAX_LINE};
 pub struct Listing {
     /// The server that answered.
     pub server: String,
-    /// Relative path -> fingerprint (size, mtime, ctime, inode on that server).
-    pub files: HashMap<String, Fingerprint>,
+    /// Relative path -> fingerprint (size, mtime, ctime, inode on that server) and content
+    /// version if the server knows it.
+    pub files: HashMap<String, (Fingerprint, Option<String>)>,
 }
 
 /// Where to watch, and how.
@@ -120,7 +121,10 @@ impl ListWatch {
             debug!(server = addr, files = files.len(), "listing");
             let listing = Listing {
                 server: addr.to_string(),
-                files: files.into_iter().map(|f| (f.path, f.fingerprint)).collect(),
+                files: files
+                    .into_iter()
+                    .map(|f| (f.path, (f.fingerprint, f.version)))
+                    .collect(),
             };
             if tx.send(listing).is_err() {
                 return Ok(());

@@ -99,6 +99,11 @@ impl std::fmt::Display for Role {
 pub struct ListedFile {
     pub path: String,
     pub fingerprint: proto::files::Fingerprint,
+    /// The content version, if the server knows it without hashing (it hashed this state of
+    /// the file before): the same content on another server has the same version, while
+    /// its fingerprint (mtime, inode) is that server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -492,13 +492,18 @@ async fn handle_request(
             // The promise first: a change during the scan below is then pushed after it.
             lock(&shared.list_watchers).insert(id);
             let s = shared.store.clone();
-            let files = tokio::task::spawn_blocking(move || s.scan())
-                .await
-                .unwrap_or_default();
-            let mut files: Vec<ListedFile> = files
-                .into_iter()
-                .map(|(path, fingerprint)| ListedFile { path, fingerprint })
-                .collect();
+            let mut files: Vec<ListedFile> = tokio::task::spawn_blocking(move || {
+                s.scan()
+                    .into_iter()
+                    .map(|(path, fingerprint)| ListedFile {
+                        version: s.known_version(&path, &fingerprint),
+                        path,
+                        fingerprint,
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
             files.sort_by(|a, b| a.path.cmp(&b.path));
             conn.send(&Reply::FileList { files }).await
         }

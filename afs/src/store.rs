@@ -294,6 +294,14 @@ impl Store {
         self.resolve_stat(rel).map(|(rel, _, fp)| (rel, fp))
     }
 
+    /// The version of `rel` in fingerprint `fp`, if it was hashed in that state (no I/O).
+    pub fn known_version(&self, rel: &str, fp: &Fingerprint) -> Option<String> {
+        match self.lock().get(rel) {
+            Some((cfp, v)) if cfp == fp => Some(v.clone()),
+            _ => None,
+        }
+    }
+
     /// The current fingerprint of `rel`, if it still exists.
     pub fn fingerprint(&self, rel: &str) -> Option<Fingerprint> {
         self.resolve_stat(rel).ok().map(|(_, _, fp)| fp)

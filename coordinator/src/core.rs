@@ -110,6 +110,8 @@ struct Job {
     work: Option<Box<GenJob>>,
     /// A job without a plan (done in an earlier session, or invalid), as status shows it.
     shown: Option<Box<JobStatus>>,
+    /// The content version its report gives (a file reported in an earlier session).
+    reported_version: Option<String>,
 }
 
 impl Job {
@@ -135,6 +137,7 @@ impl Job {
             report_written: false,
             work: None,
             shown: None,
+            reported_version: None,
         }
     }
 
@@ -303,6 +306,47 @@ impl Core {
     /// The fingerprint of the job for `file`, if any.
     pub fn known(&self, file: &str) -> Option<Fingerprint> {
         self.jobs.get(file).map(|j| j.fp)
+    }
+
+    /// The content version of the version of `file` the coordinator knows (what its workers
+    /// read, or what its report says), if known.
+    pub fn content_version(&self, file: &str) -> Option<String> {
+        let job = self.jobs.get(file)?;
+        job.chunks
+            .iter()
+            .find_map(|c| match c {
+                ChunkState::Done { result, .. } | ChunkState::Flushing { result, .. }
+                    if !result.version.is_empty() =>
+                {
+                    Some(result.version.clone())
+                }
+                _ => None,
+            })
+            .or_else(|| job.reported_version.clone())
+    }
+
+    /// Records the content version the report of `file` gives (start-up).
+    pub fn set_reported_version(&mut self, file: &str, version: String) {
+        if let Some(j) = self.jobs.get_mut(file) {
+            j.reported_version = Some(version);
+        }
+    }
+
+    /// The fingerprint to take for `file` as a file server lists it: its own, unless the
+    /// coordinator knows the file under another fingerprint with the same content version
+    /// (another server's copy: its mtime and inode are that server's), then the known one,
+    /// so that a listing failing over to a backup does not make every file look changed.
+    pub fn identify(&self, file: &str, fp: Fingerprint, version: Option<&str>) -> Fingerprint {
+        match (self.known(file), version) {
+            (Some(k), Some(v)) if k != fp && k.size == fp.size => {
+                if self.content_version(file).as_deref() == Some(v) {
+                    k
+                } else {
+                    fp
+                }
+            }
+            _ => fp,
+        }
     }
 
     /// True if `file` has work not finished yet (queued, running, or waiting to be flushed).

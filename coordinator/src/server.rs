@@ -88,7 +88,7 @@ pub async fn run(
             refresh: LISTING_REFRESH,
         };
         tokio::spawn(watch.run(tx, shutdown.clone()));
-        let files = match tokio::time::timeout(FIRST_LISTING, rx.recv()).await {
+        let listed = match tokio::time::timeout(FIRST_LISTING, rx.recv()).await {
             Ok(Some(l)) => {
                 info!(
                     server = l.server,
@@ -105,10 +105,29 @@ pub async fn run(
                 HashMap::new()
             }
         };
-        listings = Some((rx, files.clone()));
+        // A report whose content version is the listed one stands for this file even if
+        // the fingerprint is another server's (a restart while a backup answers).
+        let files: HashMap<String, crate::core::Fingerprint> = listed
+            .iter()
+            .map(|(name, (fp, version))| {
+                let same = version.as_ref().and_then(|v| {
+                    read_report(&cfg.output, name)
+                        .filter(|r| r.source.size == fp.size && r.content_version.contains(v))
+                        .map(|r| r.source)
+                });
+                (name.clone(), same.unwrap_or(*fp))
+            })
+            .collect();
+        listings = Some(rx);
         files
     } else {
         list_files(&cfg.input)
+    };
+    // What the listing loop starts from (the inputs only: job keys join `current` below).
+    let current_inputs = if listings.is_some() {
+        current.clone()
+    } else {
+        HashMap::new()
     };
     let mut done = 0;
     for (name, fp) in &current {
@@ -117,6 +136,9 @@ pub async fn run(
                 machine
                     .core_mut()
                     .file_reported(name, *fp, r.chunks, r.numbers_read);
+                if let [v] = r.content_version.as_slice() {
+                    machine.core_mut().set_reported_version(name, v.clone());
+                }
                 watcher.mark_reported(name, *fp);
                 done += 1;
             }
@@ -172,12 +194,12 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let _notify = match listings {
-        Some((rx, first)) => {
+        Some(rx) => {
             tracker.spawn(listing_loop(
                 shared.clone(),
                 watcher,
                 rx,
-                first,
+                current_inputs,
                 shutdown.clone(),
             ));
             None
@@ -526,6 +548,7 @@ async fn listing_loop(
     mut latest: HashMap<String, crate::core::Fingerprint>,
     shutdown: CancellationToken,
 ) {
+    let mut server = String::new();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.cfg.scan_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut first = true;
@@ -533,7 +556,20 @@ async fn listing_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             l = listings.recv() => match l {
-                Some(l) => latest = l.files,
+                Some(l) => {
+                    if l.server != server {
+                        info!(server = l.server, files = l.files.len(), "inputs listed by the file server");
+                        server = l.server.clone();
+                    }
+                    latest = shared.read(|m| {
+                        l.files
+                            .iter()
+                            .map(|(name, (fp, v))| {
+                                (name.clone(), m.core().identify(name, *fp, v.as_deref()))
+                            })
+                            .collect()
+                    });
+                }
                 None => return,
             },
             _ = tick.tick() => {

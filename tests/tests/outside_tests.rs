@@ -552,3 +552,76 @@ fn input_folder_jobs_does_not_take_a_jobs_report() {
     );
     assert_eq!(primes(&p), vec!["13"], "the input's primes are durable");
 }
+
+/// Waits until the status file has been rewritten `n` more times.
+fn status_rewritten(p: &Pipeline, n: usize) {
+    for _ in 0..n {
+        let at = p.status()["updated_at"].clone();
+        wait_for(T, "the status rewritten", || p.status()["updated_at"] != at);
+    }
+}
+
+#[test]
+/// `--inputs-from-afs` with a primary and two backups: when the primary dies the listing
+/// moves to a backup, whose copies have their own mtimes and inodes, and no file is
+/// processed again (same content versions); a coordinator restarted while only backups
+/// answer redoes nothing either.
+fn listing_failover_redoes_nothing() {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "f", 4, 200, 21);
+    p.replicated();
+    let afs = p.afs_list();
+    std::fs::create_dir_all(p.path("coord-input")).expect("mkdir");
+    p.coord_flags_mut(vec![
+        "--afs".into(),
+        afs.clone(),
+        "--inputs-from-afs".into(),
+        "--input".into(),
+        p.path("coord-input").display().to_string(),
+    ]);
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    p.wait_all_reported(T);
+    wait_for(T, "backups hold every file", || {
+        p.unreported_on_backups() == 0
+    });
+    status_rewritten(&p, 2);
+    let done_before = p.status()["totals"]["tasks_done"].clone();
+    assert_eq!(done_before, 4, "one task per file");
+    let primary = afs.split(',').next().unwrap_or_default().to_string();
+    let from_backup = |p: &Pipeline| {
+        std::fs::read_to_string(p.path("logs/coordinator.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("inputs listed by the file server") && !l.contains(&primary))
+    };
+    assert!(!from_backup(&p), "listed by the primary so far");
+    p.kill_server("server-1");
+    wait_for(T, "the inputs listed by a backup", || from_backup(&p));
+    status_rewritten(&p, 2);
+    let st = p.status();
+    assert_eq!(st["files_done"], 4, "{st}");
+    assert_eq!(
+        (st["files_queued"].clone(), st["files_in_progress"].clone()),
+        (0.into(), 0.into()),
+        "nothing queued again: {st}"
+    );
+    assert_eq!(st["totals"]["tasks_done"], done_before, "nothing redone");
+
+    // A restart while the primary is still down: the reports stand for the backups' copies.
+    let old = st["session"].clone();
+    p.kill_coordinator();
+    p.start_coordinator();
+    wait_for(T, "the new coordinator's status", || {
+        let st = p.status();
+        st["session"] != old && st["running"] == true
+    });
+    status_rewritten(&p, 2);
+    let st = p.status();
+    assert_eq!(st["files_done"], 4, "{st}");
+    assert_eq!(
+        st["totals"]["tasks_done"], 0,
+        "nothing redone after the restart: {st}"
+    );
+    p.assert_exact();
+}
