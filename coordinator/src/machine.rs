@@ -15,7 +15,7 @@ use crate::inputs::ScanOutcome;
 use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
 
 /// Something that happened, for the machine to decide on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Event {
     /// A connection authenticated and registered as `worker_id`.
     Register {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use proto::jobs::JobSpec;
 use proto::msg::{Assignment, CoordMsg, TaskProgress, Work, WorkerMsg};
 
-use super::tests::{at, done_msg, fp, machine, register, state};
+use super::tests::{at, done_msg, fp, machine, state};
 use super::*;
 use crate::core::ReportStatus;
 
@@ -51,6 +51,38 @@ struct Effects {
     reports: BTreeMap<String, ReportStatus>,
     job_reports: BTreeMap<String, String>,
     snapshots: usize,
+}
+
+/// The machine, recording every event it is given with its time and the actions it
+/// returned: replayed into a fresh machine they must give the same actions (a replica fed
+/// the same log decides the same).
+struct Recorded {
+    m: Coordinator,
+    log: Vec<(Event, Now, Vec<Action>)>,
+}
+
+impl Recorded {
+    fn handle(&mut self, e: Event, now: Now) -> Vec<Action> {
+        let actions = self.m.handle(e.clone(), now);
+        self.log.push((e, now, actions.clone()));
+        actions
+    }
+
+    fn core(&self) -> &Core {
+        self.m.core()
+    }
+
+    /// Replays the log into a fresh machine: the same actions, event for event.
+    fn replay(&self, seed: u64) {
+        let mut fresh = machine();
+        for (i, (e, now, want)) in self.log.iter().enumerate() {
+            let got = fresh.handle(e.clone(), *now);
+            assert!(
+                got == *want,
+                "seed {seed}: replaying event {i} ({e:?}) decided differently:\n{got:?}\nvs\n{want:?}"
+            );
+        }
+    }
 }
 
 /// Puts `msg` on `conn`'s link at `t` or later: a link is FIFO, like TCP.
@@ -111,7 +143,10 @@ fn simulate(seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let primes_path = dir.path().join("primes.txt");
     let mut primes_file = crate::primes::PrimesFile::open(&primes_path).expect("primes.txt");
-    let mut m = machine();
+    let mut m = Recorded {
+        m: machine(),
+        log: Vec::new(),
+    };
     let jobs: Vec<_> = ranges
         .iter()
         .enumerate()
@@ -212,7 +247,15 @@ fn simulate(seed: u64) {
                 next_conn += 1;
                 workers[i].conn = Some(next_conn);
                 let id = workers[i].id.clone();
-                let acts = register(&mut m, next_conn, &id, now);
+                let acts = m.handle(
+                    Event::Register {
+                        conn: next_conn,
+                        worker_id: id,
+                        threads: 1,
+                        instance: next_conn,
+                    },
+                    at(now),
+                );
                 route(acts, &mut workers, &mut fx);
                 continue;
             }
@@ -418,4 +461,5 @@ fn simulate(seed: u64) {
         durable.len()
     );
     assert!(cuts + pauses > 0, "seed {seed}: faults were injected");
+    m.replay(seed);
 }
