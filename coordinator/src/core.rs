@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::ranges::{Finished, Run};
 
 /// The time, as the core sees it: monotonic milliseconds for timeouts, wall clock for reports.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Now {
     pub ms: u64,
     pub wall: DateTime<Utc>,
@@ -178,7 +178,7 @@ struct Worker {
 
 /// One chunk of one version of a file: the file, the generation of its job (a changed
 /// file gets a new one, so keys of the old version match nothing), and the chunk's index.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkKey {
     pub file: String,
     pub gen: u64,
@@ -196,7 +196,7 @@ impl ChunkKey {
 }
 
 /// Primes and completions waiting for the flusher.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub small: Vec<u64>,
     pub big: Vec<String>,

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 use crate::core::Fingerprint;
 
 /// What a scan found.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScanOutcome {
     /// Files newly stable with this fingerprint (each fingerprint reported once).
     pub ready: Vec<(String, Fingerprint)>,

@@ -14,8 +14,9 @@ use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, Now, Pending, R
 use crate::inputs::ScanOutcome;
 use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
 
-/// Something that happened, for the machine to decide on.
-#[derive(Debug, Clone)]
+/// Something that happened, for the machine to decide on. Serializable: a replica can
+/// take its events from a log.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// A connection authenticated and registered as `worker_id`.
     Register {

@@ -109,7 +109,7 @@ impl Finished {
 
 /// A segment's primes as a worker sent them (one or several `primes` messages, possibly of
 /// several attempts, in arrival order).
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     pub lo: u64,
     pub hi: u64,

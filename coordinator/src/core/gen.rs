@@ -32,7 +32,7 @@ pub fn job_name(key: &str) -> Option<&str> {
 }
 
 /// What a job's tasks are.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Plan {
     /// Range segments, sieved (listing primes, or counting them).
     Segments { list: bool, segs: Vec<(u64, u64)> },
@@ -178,7 +178,7 @@ impl Plan {
 }
 
 /// A generation job's plan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenJob {
     pub name: String,
     pub spec: JobSpec,

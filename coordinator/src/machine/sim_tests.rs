@@ -72,11 +72,14 @@ impl Recorded {
         self.m.core()
     }
 
-    /// Replays the log into a fresh machine: the same actions, event for event.
+    /// Replays the log into a fresh machine, each event and time through JSON (as a log
+    /// on disk or a network would carry them): the same actions, event for event.
     fn replay(&self, seed: u64) {
         let mut fresh = machine();
         for (i, (e, now, want)) in self.log.iter().enumerate() {
-            let got = fresh.handle(e.clone(), *now);
+            let wire = serde_json::to_string(&(e, now)).expect("an event encodes");
+            let (e, now): (Event, Now) = serde_json::from_str(&wire).expect("and decodes");
+            let got = fresh.handle(e.clone(), now);
             assert!(
                 got == *want,
                 "seed {seed}: replaying event {i} ({e:?}) decided differently:\n{got:?}\nvs\n{want:?}"
