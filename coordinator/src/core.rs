@@ -22,7 +22,7 @@ pub struct Now {
 pub use proto::files::Fingerprint;
 
 /// Scheduling settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CoreConfig {
     pub heartbeat_ms: u64,
     /// A worker silent for `heartbeat_ms * missed_heartbeats` is declared dead.
@@ -83,7 +83,7 @@ pub enum ChunkState {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
     gen: u64,
     fp: Fingerprint,
@@ -158,7 +158,7 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Worker {
     conn: Option<u64>,
     last_seen_ms: u64,
@@ -242,7 +242,7 @@ impl Pending {
 }
 
 /// Counters for status.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Totals {
     pub numbers_tested: u64,
     pub primes_received: u64,
@@ -252,6 +252,9 @@ pub struct Totals {
     pub stale_messages_ignored: u64,
 }
 
+/// Serializable whole (a replica's state-machine snapshot): a replica restored from it and
+/// fed the same events decides as the original.
+#[derive(Serialize, Deserialize)]
 pub struct Core {
     cfg: CoreConfig,
     session: String,
@@ -265,6 +268,7 @@ pub struct Core {
     pending: Pending,
     /// Generation tasks whose results are durable (the ledger, and those finished since),
     /// with their results: a job meeting the same work again does not compute it again.
+    #[serde(with = "as_pairs")]
     done_work: HashMap<proto::msg::Work, (TaskDone, String)>,
     /// Segment primes handed to the flusher and not yet reported flushed.
     in_flush: usize,
@@ -692,6 +696,30 @@ impl Core {
             actions.extend(self.assign(now));
         }
         actions
+    }
+}
+
+/// A map with keys JSON cannot take as object keys, (de)serialized as a list of pairs.
+mod as_pairs {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &HashMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<HashMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

@@ -98,7 +98,9 @@ fn lift(actions: Vec<core::Action>) -> Vec<Action> {
     actions.into_iter().map(Action::from).collect()
 }
 
-/// The coordinator's decisions.
+/// The coordinator's decisions. Serializable whole: what a replica's state-machine snapshot
+/// holds.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Coordinator {
     core: Core,
     snaps: Snapshots,

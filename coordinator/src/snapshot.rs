@@ -69,6 +69,7 @@ pub struct SnapshotInfo {
     pub write_ms: u64,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Active {
     snap: Snapshot,
     started_ms: u64,
@@ -77,6 +78,7 @@ struct Active {
 }
 
 /// The snapshot protocol's state: the snapshot being taken, if any, and the last written.
+#[derive(Serialize, Deserialize)]
 pub struct Snapshots {
     marker_timeout_ms: u64,
     next_seq: u64,

@@ -59,6 +59,9 @@ struct Effects {
 struct Recorded {
     m: Coordinator,
     log: Vec<(Event, Now, Vec<Action>)>,
+    /// The whole machine as JSON after some event (a replica's state-machine snapshot), and
+    /// how many events it had taken.
+    saved: Option<(usize, String)>,
 }
 
 impl Recorded {
@@ -66,6 +69,30 @@ impl Recorded {
         let actions = self.m.handle(e.clone(), now);
         self.log.push((e, now, actions.clone()));
         actions
+    }
+
+    /// Saves the machine as it is now (once).
+    fn save(&mut self) {
+        if self.saved.is_none() {
+            let json = serde_json::to_string(&self.m).expect("the machine encodes");
+            self.saved = Some((self.log.len(), json));
+        }
+    }
+
+    /// A machine restored from the saved state, fed the events after it, decides as the
+    /// original did (a replica installing a snapshot, then the log's tail).
+    fn restore_and_replay(&self, seed: u64) {
+        let Some((at, json)) = &self.saved else {
+            panic!("seed {seed}: no state was saved");
+        };
+        let mut restored: Coordinator = serde_json::from_str(json).expect("the machine decodes");
+        for (i, (e, now, want)) in self.log.iter().enumerate().skip(*at) {
+            let got = restored.handle(e.clone(), *now);
+            assert!(
+                got == *want,
+                "seed {seed}: after restoring at event {at}, event {i} ({e:?}) decided differently:\n{got:?}\nvs\n{want:?}"
+            );
+        }
     }
 
     fn core(&self) -> &Core {
@@ -149,6 +176,7 @@ fn simulate(seed: u64) {
     let mut m = Recorded {
         m: machine(),
         log: Vec::new(),
+        saved: None,
     };
     let jobs: Vec<_> = ranges
         .iter()
@@ -236,6 +264,11 @@ fn simulate(seed: u64) {
         || fx.job_reports.len() < ranges.len()
     {
         now += 10;
+        // Mid-run (tasks assigned, primes buffered, perhaps a snapshot under way): the
+        // state a new replica would install.
+        if now == 250 + 10 * (seed % 20) {
+            m.save();
+        }
         assert!(
             now < 600_000,
             "seed {seed}: the simulated job did not finish: {:?}",
@@ -465,4 +498,5 @@ fn simulate(seed: u64) {
     );
     assert!(cuts + pauses > 0, "seed {seed}: faults were injected");
     m.replay(seed);
+    m.restore_and_replay(seed);
 }
