@@ -342,12 +342,12 @@ impl Core {
     /// so that a listing failing over to a backup does not make every file look changed.
     pub fn identify(&self, file: &str, fp: Fingerprint, version: Option<&str>) -> Fingerprint {
         match (self.known(file), version) {
-            (Some(k), Some(v)) if k != fp && k.size == fp.size => {
-                if self.content_version(file).as_deref() == Some(v) {
-                    k
-                } else {
-                    fp
-                }
+            (Some(k), Some(v))
+                if k != fp
+                    && k.size == fp.size
+                    && self.content_version(file).as_deref() == Some(v) =>
+            {
+                k
             }
             _ => fp,
         }
@@ -565,7 +565,7 @@ impl Core {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();
                 };
-                let segment = self.list_segment(&key);
+                let segment = self.plan_of(&key).and_then(|p| p.list_segment(key.chunk));
                 if let Some(why) = segment.and_then(|(lo, hi)| gen::bad_run(lo, hi, &small, &big)) {
                     let mut a = vec![Action::Close(
                         conn,
@@ -597,7 +597,7 @@ impl Core {
                     w.tasks_done += 1;
                     w.numbers += done.numbers;
                 }
-                if let Some(work) = self.recorded_work(&key) {
+                if let Some(work) = self.plan_of(&key).and_then(|p| p.recorded_work(key.chunk)) {
                     self.pending.finished.push(Finished {
                         work,
                         worker: worker.clone(),

@@ -78,7 +78,9 @@ pub async fn run(
     let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
     // The input files: the local folder, or the file servers' listing.
     let mut listings = None;
-    let current = if cfg.inputs_from_afs {
+    // Content versions the file server listed (by input), when it knew them.
+    let mut versions: HashMap<String, String> = HashMap::new();
+    let mut current = if cfg.inputs_from_afs {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watch = afs::listing::ListWatch {
             servers: cfg.afs_servers.clone(),
@@ -105,33 +107,32 @@ pub async fn run(
                 HashMap::new()
             }
         };
-        // A report whose content version is the listed one stands for this file even if
-        // the fingerprint is another server's (a restart while a backup answers).
-        let files: HashMap<String, crate::core::Fingerprint> = listed
-            .iter()
-            .map(|(name, (fp, version))| {
-                let same = version.as_ref().and_then(|v| {
-                    read_report(&cfg.output, name)
-                        .filter(|r| r.source.size == fp.size && r.content_version.contains(v))
-                        .map(|r| r.source)
-                });
-                (name.clone(), same.unwrap_or(*fp))
-            })
-            .collect();
         listings = Some(rx);
+        let mut files = HashMap::with_capacity(listed.len());
+        for (name, (fp, version)) in listed {
+            if let Some(v) = version {
+                versions.insert(name.clone(), v);
+            }
+            files.insert(name, fp);
+        }
         files
     } else {
         list_files(&cfg.input)
     };
-    // What the listing loop starts from (the inputs only: job keys join `current` below).
-    let current_inputs = if listings.is_some() {
-        current.clone()
-    } else {
-        HashMap::new()
-    };
     let mut done = 0;
-    for (name, fp) in &current {
-        match read_report(&cfg.output, name) {
+    for (name, fp) in current.iter_mut() {
+        let report = read_report(&cfg.output, name);
+        // A report whose content version is the listed one stands for this file even if
+        // the fingerprint is another server's (a restart while a backup answers).
+        if let Some(r) = &report {
+            let same_content = versions
+                .get(name)
+                .is_some_and(|v| r.content_version.contains(v));
+            if r.source != *fp && r.source.size == fp.size && same_content {
+                *fp = r.source;
+            }
+        }
+        match report {
             Some(r) if r.source == *fp && r.status == ReportStatus::Done => {
                 machine
                     .core_mut()
@@ -149,10 +150,15 @@ pub async fn run(
             _ => {}
         }
     }
+    // What the listing loop starts from (the inputs only: job keys join `current` below).
+    let current_inputs = if listings.is_some() {
+        current.clone()
+    } else {
+        HashMap::new()
+    };
     // Jobs: a matching report (done, or invalid) means nothing to do; a valid job the
     // snapshot shows in progress resumes.
     let mut job_watcher = InputWatcher::new(&cfg.jobs, cfg.quiet_ms);
-    let mut current = current;
     let mut plans = HashMap::new();
     for (rel, fp) in list_files(&cfg.jobs) {
         let name = crate::jobs::job_name_of(&rel);

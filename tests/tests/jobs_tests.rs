@@ -239,16 +239,11 @@ fn range_job_survives_kills() {
     // restart are done without computing anything, and the range's primes are not loaded
     // into the dedup set.
     let restart = |p: &mut Pipeline| {
-        let old = p.status()["session"].clone();
-        p.kill_coordinator();
-        for name in ["long", "c", "n"] {
-            std::fs::remove_file(p.path(&format!("data/output/jobs/{name}.json")))
-                .expect("remove report");
-        }
-        p.start_coordinator();
-        wait_for(T, "the new coordinator's status", || {
-            let st = p.status();
-            st["session"] != old && st["running"] == true
+        p.restart_coordinator_with(|p| {
+            for name in ["long", "c", "n"] {
+                std::fs::remove_file(p.path(&format!("data/output/jobs/{name}.json")))
+                    .expect("remove report");
+            }
         });
         wait_reports(p, &["long", "c", "n"]);
         let r = job_report(p, "long").expect("report");
@@ -290,13 +285,7 @@ fn range_job_survives_kills() {
     );
 
     // A restart with the reports in place: status shows the jobs done, as the reports say.
-    let old = p.status()["session"].clone();
-    p.kill_coordinator();
-    p.start_coordinator();
-    wait_for(T, "the new coordinator's status", || {
-        let st = p.status();
-        st["session"] != old && st["running"] == true
-    });
+    p.restart_coordinator();
     let st = p.status();
     let jobs = st["jobs"].as_array().cloned().unwrap_or_default();
     assert_eq!(jobs.len(), 3, "{st}");

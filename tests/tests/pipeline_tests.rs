@@ -323,6 +323,23 @@ impl Pipeline {
             c.kill9();
         }
     }
+    /// kill -9 the coordinator, runs `meanwhile` (changes made while it is down), starts it
+    /// again on its address and waits for the new coordinator's status (the killed one's
+    /// status file stays until it is rewritten).
+    pub fn restart_coordinator_with(&mut self, meanwhile: impl FnOnce(&Pipeline)) {
+        let old = self.status()["session"].clone();
+        self.kill_coordinator();
+        meanwhile(self);
+        self.start_coordinator();
+        wait_for(T, "the new coordinator's status", || {
+            let st = self.status();
+            st["session"] != old && st["running"] == true
+        });
+    }
+    /// [`Pipeline::restart_coordinator_with`] with nothing changed meanwhile.
+    pub fn restart_coordinator(&mut self) {
+        self.restart_coordinator_with(|_| {});
+    }
     /// kill -9 a file server and start it again on the same address with the same role.
     pub fn restart_server(&mut self, id: &str) {
         self.kill_server(id);

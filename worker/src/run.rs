@@ -533,13 +533,7 @@ async fn execute(
         }
     };
     let finish_failed = |a: &Assignment, reason: String, retryable: bool| {
-        let mut l = lock(local);
-        l.finish(&a.attempt);
-        let _ = out.send(WorkerMsg::TaskFailed {
-            attempt: a.attempt.clone(),
-            reason,
-            retryable,
-        });
+        task_failed(local, out, &a.attempt, reason, retryable)
     };
     let mut jobs = Vec::with_capacity(batch.len());
     for (t, r) in batch.into_iter().zip(opened) {
@@ -715,15 +709,8 @@ async fn execute_gen(ex: &mut Executor, t: Taken) {
         })
     })
     .await;
-    let fail = |reason: String, retryable: bool| {
-        let mut l = lock(local);
-        l.finish(&a.attempt);
-        let _ = out.send(WorkerMsg::TaskFailed {
-            attempt: a.attempt.clone(),
-            reason,
-            retryable,
-        });
-    };
+    let fail =
+        |reason: String, retryable: bool| task_failed(local, out, &a.attempt, reason, retryable);
     let done = match result {
         Ok(Ok(Some(d))) => d,
         Ok(Ok(None)) => {
@@ -775,6 +762,24 @@ async fn execute_gen(ex: &mut Executor, t: Taken) {
         task = a.chunk,
         "generation task done"
     );
+}
+
+/// Ends `attempt` locally and reports it failed, under the one lock: a snapshot marker
+/// cannot come between (the task would be in neither the recorded state nor the channel).
+fn task_failed(
+    local: &Mutex<Tasks>,
+    out: &mpsc::UnboundedSender<WorkerMsg>,
+    attempt: &str,
+    reason: String,
+    retryable: bool,
+) {
+    let mut l = lock(local);
+    l.finish(attempt);
+    let _ = out.send(WorkerMsg::TaskFailed {
+        attempt: attempt.to_string(),
+        reason,
+        retryable,
+    });
 }
 
 /// Queues a task's `primes` messages; with `crash` (fault injection, --fail-prob) only the

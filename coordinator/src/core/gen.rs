@@ -275,24 +275,9 @@ pub fn bad_run(lo: u64, hi: u64, small: &[u64], big: &[String]) -> Option<String
 }
 
 impl Core {
-    /// The segment of `key` if its task lists primes.
-    pub(super) fn list_segment(&self, key: &ChunkKey) -> Option<(u64, u64)> {
-        self.jobs
-            .get(&key.file)?
-            .work
-            .as_ref()?
-            .plan
-            .list_segment(key.chunk)
-    }
-
-    /// What `key`'s task computes, if the ledger records it.
-    pub(super) fn recorded_work(&self, key: &ChunkKey) -> Option<Work> {
-        self.jobs
-            .get(&key.file)?
-            .work
-            .as_ref()?
-            .plan
-            .recorded_work(key.chunk)
+    /// The plan of `key`'s job, if it is a generation job.
+    pub(super) fn plan_of(&self, key: &ChunkKey) -> Option<&Plan> {
+        Some(&self.jobs.get(&key.file)?.work.as_ref()?.plan)
     }
 
     /// The tasks the ledger shows finished (at start-up).
