@@ -109,7 +109,7 @@ if [ "$fresh" = 1 ]; then
     echo "--fresh: stopping the running system first"
     bash ./stop_system.sh || { echo "start_system.sh: could not stop the running system" >&2; exit 1; }
   fi
-  rm -rf primes.txt primes.txt.ranges snapshots data/output data/replicas run/status.json run/*.addr
+  rm -rf primes.txt primes.txt.ranges primes.txt.leader snapshots data/output data/replicas data/coordinators run/status.json run/*.addr
   rm -rf "$cache_root"/worker-* 2>/dev/null
   echo "fresh start: cleared primes.txt, snapshots/, data/output/, replicas and worker caches (data/input kept)"
 fi
@@ -178,10 +178,25 @@ if [ "$mode" = replicated ]; then
 else
   launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr
 fi
-launch coordinator run/coordinator.addr "$BIN/coordinator" --listen "$coord_addr" --addr-file run/coordinator.addr \
-  --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
+coordinators=(coordinator)
+if [ "$mode" = replicated ]; then
+  # A group of three (Raft): workers' ports base, base+4, base+5; Raft ports base+6..8;
+  # dashboards base+10..12 (served by whichever leads).
+  coordinators=(coordinator-1 coordinator-2 coordinator-3)
+  c_addrs=("$coord_addr" "$host:$((base + 4))" "$host:$((base + 5))")
+  group="${c_addrs[0]}/$host:$((base + 6)),${c_addrs[1]}/$host:$((base + 7)),${c_addrs[2]}/$host:$((base + 8))"
+  coord_list="${c_addrs[0]},${c_addrs[1]},${c_addrs[2]}"
+  for n in 1 2 3; do
+    launch "coordinator-$n" "run/coordinator-$n.addr" "$BIN/coordinator" --group "$group" --group-id "$n" \
+      --addr-file "run/coordinator-$n.addr" --http "$host:$((base + 9 + n))" --afs "$afs_list" --inputs-from-afs
+  done
+else
+  coord_list="$coord_addr"
+  launch coordinator run/coordinator.addr "$BIN/coordinator" --listen "$coord_addr" --addr-file run/coordinator.addr \
+    --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
+fi
 for i in $(seq "$workers"); do
-  launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_addr" --afs "$afs_list" --cache-root "$cache_root" --threads "$threads"
+  launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_list" --afs "$afs_list" --cache-root "$cache_root" --threads "$threads"
 done
 
 # Wait until every worker is registered (the coordinator's status shows it connected). A
@@ -211,18 +226,27 @@ for i in $(seq "$workers"); do
     not_up+=("$name (pid $(pid_of "$name")) is running but not registered with the coordinator: left as it is; see logs/$name.log")
   fi
 done
-for n in coordinator server-1 server-2 server-3; do
+for n in "${coordinators[@]}" server-1 server-2 server-3; do
   is_ours "$n" && is_stopped "$n" && not_up+=("$n (pid $(pid_of "$n")) is suspended (SIGSTOP): kill -CONT $(pid_of "$n") resumes it")
 done
 
+if [ "$mode" = replicated ]; then
+  dashboard="http://$host:$((base + 10))/ (or :$((base + 11)), :$((base + 12)): the leader serves it)"
+  group_note="  group:     coordinator-1..3 (Raft); state in data/coordinators/coordinator-N/; status shows the leader
+"
+else
+  dashboard="http://$(cat run/http.addr 2>/dev/null || echo "$http_addr")/"
+  group_note=""
+fi
 cat <<MSG
 system up ($mode, $workers workers). Drop files into data/input/; primes go to primes.txt.
-  dashboard: http://$(cat run/http.addr 2>/dev/null || echo "$http_addr")/
+  dashboard: $dashboard
   progress:  $BIN/coordinator status          (--watch for a live view, --json for scripts)
-  logs:      logs/coordinator.log, logs/worker-N.log, logs/server-N.log
+  logs:      logs/coordinator*.log, logs/worker-N.log, logs/server-N.log
   reports:   data/output/<file>.json     snapshots: snapshots/
   stop:      ./stop_system.sh
 MSG
+printf '%s' "$group_note"
 if [ ${#not_up[@]} -gt 0 ]; then
   for m in "${not_up[@]}"; do echo "start_system.sh: not up: $m" >&2; done
   exit 3

@@ -52,13 +52,23 @@ workers=()
 for f in run/worker-*.pid; do workers+=("$(basename "$f" .pid)"); done
 servers=()
 for f in run/server-*.pid; do servers+=("$(basename "$f" .pid)"); done
-if [ ${#workers[@]} -eq 0 ] && [ ! -f run/coordinator.pid ] && [ ${#servers[@]} -eq 0 ]; then
+coords=()
+for f in run/coordinator*.pid; do coords+=("$(basename "$f" .pid)"); done
+if [ ${#workers[@]} -eq 0 ] && [ ${#coords[@]} -eq 0 ] && [ ${#servers[@]} -eq 0 ]; then
   echo "nothing to stop (no pid files in run/)"
   exit 0
 fi
 echo "stopping workers, then the coordinator (final flush and snapshot), then the file servers:"
 stop "${workers[@]}"
-stop coordinator
+# A group's leader goes first, while the others can still commit its final flush; it is the
+# one whose pid the status file shows.
+leader_pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' run/status.json 2>/dev/null | head -n 1)
+first=(); rest=()
+for n in "${coords[@]}"; do
+  if [ -n "$leader_pid" ] && [ "$(cat "run/$n.pid" 2>/dev/null)" = "$leader_pid" ]; then first+=("$n"); else rest+=("$n"); fi
+done
+stop "${first[@]}"
+stop "${rest[@]}"
 stop "${servers[@]}"
 rm -f run/*.addr
 echo "stopped. primes.txt has $(wc -l < primes.txt 2>/dev/null || echo 0) primes."

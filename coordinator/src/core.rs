@@ -43,6 +43,9 @@ pub struct CoreConfig {
     /// file server was down) is tried again after this pause, doubled after every failed
     /// round up to [`MAX_FAILED_RETRY_MS`]: the cause may have gone.
     pub failed_retry_ms: u64,
+    /// The group term this coordinator leads (a replicated group), told to workers.
+    #[serde(default)]
+    pub term: Option<u64>,
 }
 
 /// Longest pause between two rounds of a failed file (30 min).
@@ -504,6 +507,7 @@ impl Core {
             CoordMsg::Welcome {
                 session: self.session.clone(),
                 heartbeat_ms: self.cfg.heartbeat_ms,
+                term: self.cfg.term,
             },
         ));
         actions.extend(self.assign(now));

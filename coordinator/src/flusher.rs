@@ -18,21 +18,36 @@ use crate::state::{lock, Shared};
 /// Shortest time between two early flushes (completions within it share one fsync).
 const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
+/// Where flushed primes go.
+pub(crate) enum Sink {
+    /// A single coordinator's primes.txt.
+    Local(PrimesFile),
+    /// A group's log: committed, then applied by every replica (the leader copies its own
+    /// replica's primes to the root primes.txt before the commit is answered).
+    Group(crate::group::node::Handle),
+}
+
 /// Runs until `shutdown`, then does a last round.
 pub(crate) async fn flush_loop(
     shared: Arc<Shared>,
-    primes: PrimesFile,
+    sink: Sink,
     mut buffers: mpsc::UnboundedReceiver<Pending>,
     shutdown: CancellationToken,
 ) {
-    let primes = Arc::new(Mutex::new(primes));
+    let sink = match sink {
+        Sink::Local(p) => Ok(Arc::new(Mutex::new(p))),
+        Sink::Group(g) => Err(g),
+    };
     let period = Duration::from_millis(shared.cfg.flush_ms);
     loop {
         let stopping = shutdown.is_cancelled();
         let last_flush = tokio::time::Instant::now();
         shared.apply(Event::FlushDue).await;
         while let Ok(pending) = buffers.try_recv() {
-            flush(&shared, &primes, pending).await;
+            match &sink {
+                Ok(primes) => flush(&shared, primes, pending).await,
+                Err(group) => flush_group(&shared, group, pending).await,
+            }
         }
         if stopping {
             return;
@@ -84,5 +99,29 @@ async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: P
             shared.apply(Event::FlushFailed(pending)).await;
         }
         Err(e) => error!(error = %e, "flush task failed"),
+    }
+}
+
+/// Commits one buffer through the group's log, then reports the chunks done (or hands it all
+/// back: not committed, e.g. this coordinator no longer leads).
+async fn flush_group(shared: &Arc<Shared>, group: &crate::group::node::Handle, pending: Pending) {
+    crate::crash::point("flush-before-append");
+    match group.flush(pending.clone()).await {
+        Ok((new, total, in_set)) => {
+            shared.set_primes(total, in_set);
+            if new > 0 {
+                debug!(new, total, "flushed primes through the group");
+            }
+            crate::crash::point("flush-after-append");
+            let had_done = !pending.done.is_empty();
+            shared.apply(Event::Flushed(pending.done)).await;
+            if had_done {
+                crate::crash::point("flush-after-report");
+            }
+        }
+        Err(e) => {
+            error!(error = format!("{e:#}"), "flush not committed; will retry");
+            shared.apply(Event::FlushFailed(pending)).await;
+        }
     }
 }

@@ -16,6 +16,8 @@
 //! - [`server`]: start-up and recovery, the accept loop and worker connections, the input
 //!   watcher, timers (ticks, snapshots, status file, file-server probes).
 //! - [`flusher`]: appends the machine's buffered primes to primes.txt, fsyncs, reports back.
+//! - [`group`]: a replicated group of coordinators (Raft through `openraft`): the leader
+//!   runs the above with its flushes and reports committed through the group's log.
 //! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics).
 //!
 //! Files and commands:
@@ -28,6 +30,7 @@
 pub mod core;
 pub mod crash;
 pub mod flusher;
+pub mod group;
 pub mod inputs;
 pub mod jobs;
 pub mod machine;

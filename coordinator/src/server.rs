@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::core::{Core, Now, ReportStatus};
+use crate::flusher::Sink;
 use crate::inputs::{list_files, InputWatcher};
 use crate::machine::{Coordinator, Event};
 use crate::primes::PrimesFile;
@@ -43,25 +44,43 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.jobs.display()))?;
     std::fs::create_dir_all(&cfg.snapshots.dir)
         .with_context(|| format!("creating {}", cfg.snapshots.dir.display()))?;
-    let primes_path = cfg.primes.clone();
-    let mut primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
-        .await
-        .context("primes task")??;
-    if primes.truncated_bytes > 0 {
-        warn!(
-            bytes = primes.truncated_bytes,
-            "cut a torn last line from primes.txt (a crash mid-append)"
-        );
-    }
-    let (segments, _) = primes.range_stats();
-    info!(
-        primes = primes.len(),
-        in_set = primes.in_set(),
-        finished_tasks = primes.finished.len(),
-        covered_intervals = segments,
-        "dedup set rebuilt from primes.txt"
-    );
-    let finished = std::mem::take(&mut primes.finished);
+    let (finished, counts, sink) = match &cfg.group {
+        // A group's leader starts from its replica, which has applied everything committed.
+        Some(g) => {
+            let (finished, total, in_set) = g.ledger();
+            info!(
+                primes = total,
+                in_set,
+                finished_tasks = finished.len(),
+                term = g.term(),
+                "dedup state from this replica"
+            );
+            (finished, (total, in_set), Sink::Group(g.clone()))
+        }
+        None => {
+            let primes_path = cfg.primes.clone();
+            let mut primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
+                .await
+                .context("primes task")??;
+            if primes.truncated_bytes > 0 {
+                warn!(
+                    bytes = primes.truncated_bytes,
+                    "cut a torn last line from primes.txt (a crash mid-append)"
+                );
+            }
+            let (segments, _) = primes.range_stats();
+            info!(
+                primes = primes.len(),
+                in_set = primes.in_set(),
+                finished_tasks = primes.finished.len(),
+                covered_intervals = segments,
+                "dedup set rebuilt from primes.txt"
+            );
+            let finished = std::mem::take(&mut primes.finished);
+            let counts = (primes.len() as u64, primes.in_set() as u64);
+            (finished, counts, Sink::Local(primes))
+        }
+    };
     let session = format!("{:08x}", rand::random::<u32>());
     let next_seq = list_snapshots(&cfg.snapshots.dir)
         .first()
@@ -192,11 +211,7 @@ pub async fn run(
         recovered_primes = machine.recovered_primes(),
         "coordinator ready"
     );
-    let (shared, buffers) = Shared::new(
-        cfg.clone(),
-        machine,
-        (primes.len() as u64, primes.in_set() as u64),
-    );
+    let (shared, buffers) = Shared::new(cfg.clone(), machine, counts);
 
     let tracker = TaskTracker::new();
     let _notify = match listings {
@@ -243,7 +258,7 @@ pub async fn run(
     tracker.spawn(snapshot_loop(shared.clone(), shutdown.clone()));
     let flusher = tokio::spawn(crate::flusher::flush_loop(
         shared.clone(),
-        primes,
+        sink,
         buffers,
         shutdown.clone(),
     ));
@@ -266,10 +281,21 @@ pub async fn run(
     info!("stopping: final flush and snapshot");
     // The flusher does a last round when it sees the shutdown; wait for it.
     let _ = flusher.await;
-    final_snapshot(&shared).await;
-    shared.broadcast(CoordMsg::Shutdown {
-        reason: "coordinator stopping".into(),
-    });
+    match &cfg.group {
+        None => {
+            final_snapshot(&shared).await;
+            shared.broadcast(CoordMsg::Shutdown {
+                reason: "coordinator stopping".into(),
+            });
+        }
+        // A group's workers go on with the next leader (their connections close); a
+        // deposed leader writes no snapshot.
+        Some(g) => {
+            if g.is_leader() {
+                final_snapshot(&shared).await;
+            }
+        }
+    }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
     write_status(&shared, false);

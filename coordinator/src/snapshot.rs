@@ -45,6 +45,16 @@ pub struct Snapshot {
     /// Messages each worker sent after the coordinator recorded its state and before that
     /// worker's marker: the state of the channel worker -> coordinator.
     pub channels: BTreeMap<String, Vec<WorkerMsg>>,
+    /// In a coordinator group: the leader's term and the log index applied when written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<SnapshotGroup>,
+}
+
+/// Where in a group's history a snapshot was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotGroup {
+    pub term: u64,
+    pub commit_index: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +182,7 @@ impl Snapshots {
                 coordinator: state,
                 workers: BTreeMap::new(),
                 channels,
+                group: None,
             },
             started_ms: now.ms,
             waiting,

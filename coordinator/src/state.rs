@@ -44,6 +44,9 @@ pub struct Config {
     /// Learn the input files from the file servers' listing (`watch_list`) instead of the
     /// local `input` folder: no disk shared with the file server is needed.
     pub inputs_from_afs: bool,
+    /// Set while this coordinator leads a replicated group: flushes and reports go
+    /// through the group's log ([`crate::group`]).
+    pub group: Option<crate::group::node::Handle>,
 }
 
 /// What a connection's writer task sends.
@@ -196,6 +199,28 @@ impl Shared {
     /// how each went, for the machine: a file is done in status only once its report is on
     /// disk, and failed when it cannot be written.
     async fn write_reports(&self, reports: Vec<Report>) -> Vec<Event> {
+        if let Some(group) = &self.cfg.group {
+            let keys: Vec<_> = reports.iter().map(|r| (r.file.clone(), r.source)).collect();
+            let results = match group.reports(reports).await {
+                Ok(r) => r,
+                Err(e) => vec![Err(format!("{e:#}")); keys.len()],
+            };
+            return keys
+                .into_iter()
+                .zip(results)
+                .map(|((file, source), r)| match r {
+                    Ok(()) => Event::ReportWritten { file, source },
+                    Err(reason) => {
+                        error!(file, reason, "report not committed");
+                        Event::ReportFailed {
+                            file,
+                            source,
+                            reason,
+                        }
+                    }
+                })
+                .collect();
+        }
         let (output, jobs) = (self.cfg.output.clone(), self.cfg.jobs.clone());
         tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::new();
@@ -239,6 +264,32 @@ impl Shared {
     async fn write_job_report(&self, mut r: crate::core::JobReport) -> Event {
         let output = self.cfg.output.clone();
         let (key, source) = (crate::core::job_key(&r.job), r.source);
+        if let Some(group) = &self.cfg.group {
+            let job = r.job.clone();
+            return match group
+                .job_report(r)
+                .await
+                .and_then(|w| w.map_err(anyhow::Error::msg))
+            {
+                Ok(w) => {
+                    info!(
+                        job,
+                        status = w.status,
+                        answer = w.answer.as_deref().unwrap_or(""),
+                        "job report written"
+                    );
+                    Event::ReportWritten { file: key, source }
+                }
+                Err(e) => {
+                    error!(job, error = format!("{e:#}"), "job report not committed");
+                    Event::ReportFailed {
+                        file: key,
+                        source,
+                        reason: format!("{e:#}"),
+                    }
+                }
+            };
+        }
         let file = key.clone();
         tokio::task::spawn_blocking(move || {
             match crate::report::write_job_report(&output, &mut r) {
@@ -278,7 +329,13 @@ impl Shared {
 
     /// Writes a finished snapshot atomically and prunes old ones; returns what the machine
     /// learns of it (nothing if the write failed).
-    async fn write_snapshot(&self, snap: crate::snapshot::Snapshot) -> Option<Event> {
+    async fn write_snapshot(&self, mut snap: crate::snapshot::Snapshot) -> Option<Event> {
+        if let Some(g) = &self.cfg.group {
+            snap.group = Some(crate::snapshot::SnapshotGroup {
+                term: g.term(),
+                commit_index: g.applied_index(),
+            });
+        }
         let dir = self.cfg.snapshots.dir.clone();
         let keep = self.cfg.snapshots.keep;
         let seq = snap.seq;
@@ -346,6 +403,9 @@ struct StatusFile<'a> {
     uptime_ms: u64,
     last_snapshot: Option<SnapshotInfo>,
     file_servers: Vec<afs::probe::ServerProbe>,
+    /// The coordinator group (members, leader, term, log indexes), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<crate::group::GroupStatus>,
     history: Vec<Sample>,
     #[serde(flatten)]
     view: &'a StatusView,
@@ -368,6 +428,8 @@ pub(crate) struct Status {
     pub primes_in_set: u64,
     pub last_snapshot: Option<SnapshotInfo>,
     pub servers: Vec<afs::probe::ServerProbe>,
+    /// The coordinator group, when this coordinator leads one.
+    pub group: Option<crate::group::GroupStatus>,
 }
 
 /// The status now.
@@ -381,6 +443,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         primes_in_set: shared.primes_in_set.load(Ordering::Relaxed),
         last_snapshot,
         servers: lock(&shared.servers).clone(),
+        group: shared.cfg.group.as_ref().map(|g| g.status()),
     }
 }
 
@@ -403,6 +466,7 @@ pub(crate) fn status_value(shared: &Shared, running: bool) -> (serde_json::Value
         uptime_ms: st.now.ms,
         last_snapshot: st.last_snapshot,
         file_servers: st.servers,
+        group: st.group,
         history: lock(&shared.history).iter().copied().collect(),
         view: &st.view,
     };

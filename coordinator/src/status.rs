@@ -87,6 +87,35 @@ pub fn render(v: &Value) -> String {
         t("tasks_failed"),
         t("workers_lost")
     ));
+    if let Some(g) = v["group"].as_object() {
+        let gn = |k: &str| g.get(k).and_then(|x| x.as_u64());
+        s.push_str(&format!(
+            "group:   term {}, leader coordinator-{}, applied index {} (this status is the leader's)\n",
+            gn("term").unwrap_or(0),
+            gn("leader").map_or("?".to_string(), |l| l.to_string()),
+            gn("applied_index").unwrap_or(0),
+        ));
+        for m in g
+            .get("members")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let id = m["id"].as_u64().unwrap_or(0);
+            s.push_str(&format!(
+                "  coordinator-{id} {:<22} log replicated to index {}{}\n",
+                m["workers"].as_str().unwrap_or("?"),
+                m["matched_index"]
+                    .as_u64()
+                    .map_or("? (unreachable)".to_string(), |i| i.to_string()),
+                if gn("leader") == Some(id) {
+                    "  (leader)"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
     match v["last_snapshot"].as_object() {
         Some(snap) => s.push_str(&format!(
             "last snapshot: #{} at {} ({})\n",

@@ -303,6 +303,40 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             st.last_snapshot.as_ref().map_or(0, |s| s.seq),
         )],
     );
+    if let Some(g) = &st.group {
+        metric(
+            "primes_group_term",
+            "Raft term of the coordinator group (served by its leader).",
+            "gauge",
+            vec![(String::new(), g.term)],
+        );
+        metric(
+            "primes_group_leader",
+            "Member number of the group's leader.",
+            "gauge",
+            vec![(String::new(), g.leader.unwrap_or(0))],
+        );
+        metric(
+            "primes_group_applied_index",
+            "Last log index applied by the leader's replica.",
+            "gauge",
+            vec![(String::new(), g.applied_index.unwrap_or(0))],
+        );
+        metric(
+            "primes_group_matched_index",
+            "Last log index known replicated to each member.",
+            "gauge",
+            g.members
+                .iter()
+                .map(|m| {
+                    (
+                        format!("{{member=\"coordinator-{}\"}}", m.id),
+                        m.matched_index.unwrap_or(0),
+                    )
+                })
+                .collect(),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

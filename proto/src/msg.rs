@@ -116,6 +116,16 @@ pub enum CoordMsg {
     Welcome {
         session: String,
         heartbeat_ms: u64,
+        /// The group term of the coordinator (a replicated group's leader): a worker refuses
+        /// a coordinator whose term is older than one it has already followed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
+    },
+    /// This coordinator does not lead its group (answer to `register`): try `leader` (its
+    /// workers' address) if known, else the next coordinator. The connection then closes.
+    NotLeader {
+        #[serde(default)]
+        leader: Option<String>,
     },
     Assign(Assignment),
     Cancel {

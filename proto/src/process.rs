@@ -44,12 +44,17 @@ pub fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
 }
 
 /// Installs the log subscriber every binary uses: human-readable lines on stderr (the
-/// scripts send them to `logs/<name>.log`), level from `RUST_LOG` (default `info`).
+/// scripts send them to `logs/<name>.log`), level from `RUST_LOG` (default `info`, with the
+/// Raft library's own chatter off: a coordinator logs each election and lost lead itself,
+/// while openraft logs every vote at info and every failed heartbeat to a dead peer).
+pub const DEFAULT_LOG: &str =
+    "info,openraft=warn,openraft::replication=off,openraft::core::raft_core=off";
+
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -4,6 +4,7 @@ mod afs_tests;
 mod chaos_tests;
 mod container_tests;
 mod dashboard_tests;
+mod group_tests;
 mod hostile_tests;
 mod jobs_tests;
 mod netns_tests;

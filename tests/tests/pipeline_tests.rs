@@ -23,6 +23,9 @@ pub struct Pipeline {
     coord_flags: Vec<String>,
     coord_env: Vec<(&'static str, String)>,
     worker_flags: Vec<String>,
+    /// A coordinator group (replicated coordinators): each member's process, workers' and
+    /// Raft addresses.
+    members: Vec<(Option<Proc>, String, String)>,
 }
 
 fn s(x: &str) -> String {
@@ -45,6 +48,7 @@ impl Pipeline {
             coord_flags: Vec::new(),
             coord_env: Vec::new(),
             worker_flags: Vec::new(),
+            members: Vec::new(),
         }
     }
 
@@ -299,6 +303,106 @@ impl Pipeline {
             missing.is_empty() && extra.is_empty(),
             "primes.txt differs: missing {missing:?}, extra {extra:?}"
         );
+    }
+}
+
+/// Coordinator groups.
+impl Pipeline {
+    /// Starts a group of `n` coordinators on free ports (learning inputs from the file
+    /// servers); workers started after get every member's address.
+    pub fn start_group(&mut self, n: usize) {
+        let held: Vec<std::net::TcpListener> = (0..2 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let addrs: Vec<String> = held
+            .iter()
+            .map(|l| l.local_addr().expect("addr").to_string())
+            .collect();
+        drop(held);
+        self.members = (0..n)
+            .map(|i| (None, addrs[2 * i].clone(), addrs[2 * i + 1].clone()))
+            .collect();
+        self.coord_addr = self
+            .members
+            .iter()
+            .map(|m| m.1.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        for i in 1..=n {
+            self.start_member(i);
+        }
+    }
+
+    /// Starts (again) group member `id` (1-based).
+    pub fn start_member(&mut self, id: usize) {
+        let spec = self
+            .members
+            .iter()
+            .map(|m| format!("{}/{}", m.1, m.2))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec![
+            s("--group"),
+            spec,
+            s("--group-id"),
+            id.to_string(),
+            s("--afs"),
+            self.afs_list(),
+            s("--inputs-from-afs"),
+            s("--heartbeat-ms"),
+            s("200"),
+            s("--flush-ms"),
+            s("100"),
+            s("--quiet-ms"),
+            s("200"),
+            s("--retry-ms"),
+            s("200"),
+            s("--marker-timeout-ms"),
+            s("2000"),
+        ];
+        args.extend(self.coord_flags.iter().cloned());
+        let mut env = self.env();
+        env.extend(self.coord_env.iter().cloned());
+        let p = Proc::start(
+            &format!("coordinator-{id}"),
+            &bin("coordinator"),
+            &args,
+            &env,
+            self.dir.path(),
+            &self.path(&format!("logs/coordinator-{id}.log")),
+        );
+        self.members[id - 1].0 = Some(p);
+    }
+
+    /// kill -9 group member `id`.
+    pub fn kill_member(&mut self, id: usize) {
+        if let Some(p) = self.members[id - 1].0.as_mut() {
+            p.kill9();
+        }
+    }
+
+    /// The member leading now, by the status file, if that member is alive and wrote it.
+    pub fn leader(&mut self) -> Option<usize> {
+        let st = self.status();
+        let id = st["group"]["leader"].as_u64()? as usize;
+        let pid = st["pid"].as_i64()? as i32;
+        let m = self.members.get_mut(id.checked_sub(1)?)?.0.as_mut()?;
+        (m.pid() == pid && m.is_running() && st["running"] == true).then_some(id)
+    }
+
+    /// Waits for a leader other than `old`; returns it.
+    pub fn wait_leader_other_than(&mut self, old: Option<usize>, limit: Duration) -> usize {
+        let mut found = None;
+        wait_for(limit, "a (new) leader of the group", || {
+            found = self.leader().filter(|l| Some(*l) != old);
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+
+    /// Log of member `id`, its last lines.
+    pub fn member_log(&self, id: usize, n: usize) -> String {
+        e2e::log_tail(&self.path(&format!("logs/coordinator-{id}.log")), n)
     }
 }
 
@@ -1037,9 +1141,11 @@ pub fn free_base() -> u16 {
         .map(|i| 21000 + ((std::process::id() as u16 % 1500) * 13) % 20000 + i * 11)
         .filter(|b| given.iter().all(|g| b.abs_diff(*g) > 220))
         .find(|b| {
-            [0, 1, 2, 3, 10, 100, 101, 102, 103, 110]
-                .iter()
-                .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 100, 101, 102, 103, 110,
+            ]
+            .iter()
+            .all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok())
         })
         .expect("free ports");
     given.push(base);

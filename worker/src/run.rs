@@ -88,12 +88,40 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
     // The address to try next, and how many have failed in a row.
     let (mut at, mut failed) = (0usize, 0usize);
+    // A coordinator group: the leader a follower named (tried next), the highest term
+    // followed so far (an older one is refused: a deposed leader), redirects in a row.
+    let (mut redirect, mut max_term, mut redirects): (Option<String>, u64, usize) = (None, 0, 0);
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let addr = cfg.coordinators[at % cfg.coordinators.len()].clone();
-        match session(&cfg, &addr, instance, afs.clone(), &shutdown).await {
+        let addr = redirect
+            .take()
+            .unwrap_or_else(|| cfg.coordinators[at % cfg.coordinators.len()].clone());
+        match session(&cfg, &addr, instance, afs.clone(), &shutdown, &mut max_term).await {
+            Ok(SessionEnd::NotLeader(leader)) => {
+                redirects += 1;
+                info!(
+                    coordinator = addr,
+                    leader = leader.as_deref().unwrap_or("unknown"),
+                    "that coordinator does not lead its group"
+                );
+                match leader {
+                    Some(l) if l != addr => {
+                        if let Some(i) = cfg.coordinators.iter().position(|c| *c == l) {
+                            at = i;
+                        }
+                        redirect = Some(l);
+                    }
+                    _ => at += 1,
+                }
+                // Followers answer at once: go on at once, but pause after a round without
+                // a leader (an election under way).
+                if redirects % (cfg.coordinators.len() + 1) != 0 {
+                    continue;
+                }
+                backoff = Duration::from_millis(50);
+            }
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::InjectedCrash) => return Err(InjectedCrash.into()),
             Ok(SessionEnd::Refused(reason)) => {
@@ -101,6 +129,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 return Err(Refused(reason).into());
             }
             Ok(SessionEnd::Lost(why)) => {
+                redirects = 0;
                 warn!(
                     why,
                     coordinator = addr,
@@ -137,6 +166,8 @@ enum SessionEnd {
     Refused(String),
     /// `--fail-prob` fired: the process must end as if it crashed.
     InjectedCrash,
+    /// A coordinator group's member that does not lead: the leader's address if it knows.
+    NotLeader(Option<String>),
 }
 
 /// `--fail-prob` fired: the binary exits with [`INJECTED_CRASH_EXIT`] at once.
@@ -155,6 +186,7 @@ async fn session(
     instance: u64,
     afs: Afs,
     shutdown: &CancellationToken,
+    max_term: &mut u64,
 ) -> Result<SessionEnd, ProtoError> {
     let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
@@ -172,12 +204,29 @@ async fn session(
         CoordMsg::Welcome {
             session,
             heartbeat_ms,
+            term,
         } => {
-            info!(session, heartbeat_ms, "registered with the coordinator");
+            if let Some(t) = term {
+                if t < *max_term {
+                    // A leader deposed since: its assignments could never be committed.
+                    warn!(
+                        term = t,
+                        newer = *max_term,
+                        "refusing a coordinator of an older term"
+                    );
+                    return Ok(SessionEnd::NotLeader(None));
+                }
+                *max_term = t;
+            }
+            info!(
+                session,
+                heartbeat_ms, term, "registered with the coordinator"
+            );
             Duration::from_millis(heartbeat_ms.max(10))
         }
         CoordMsg::Error { message } => return Err(ProtoError::Peer(message)),
         CoordMsg::Refused { reason } => return Ok(SessionEnd::Refused(reason)),
+        CoordMsg::NotLeader { leader } => return Ok(SessionEnd::NotLeader(leader)),
         other => return Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
     };
     let (mut reader, mut writer) = conn.into_split();
@@ -336,6 +385,7 @@ async fn session(
             Ok(Some(CoordMsg::Welcome { .. })) => {
                 break SessionEnd::Lost("unexpected second welcome".into())
             }
+            Ok(Some(CoordMsg::NotLeader { leader })) => break SessionEnd::NotLeader(leader),
             Ok(None) => break SessionEnd::Lost("coordinator closed the connection".into()),
             Err(e) => break SessionEnd::Lost(e.to_string()),
         }

@@ -126,7 +126,35 @@ struct RunArgs {
     /// to --output. The same quiet period applies (--quiet-ms)
     #[arg(long, env = "PRIMES_INPUTS_FROM_AFS", requires = "afs")]
     inputs_from_afs: bool,
-    /// Start over: clear primes.txt, reports, snapshots (never the input files).
+    /// Run as one replica of a coordinator group (Raft): every member as
+    /// WORKERS_ADDR/RAFT_ADDR, comma-separated, in the same order on every member (member n
+    /// is coordinator-n). Workers are served on this member's WORKERS_ADDR (--listen is not
+    /// used) while it leads; otherwise they are told the leader's address. Without it: a
+    /// single coordinator, no group.
+    #[arg(
+        long,
+        env = "PRIMES_GROUP",
+        value_delimiter = ',',
+        requires = "group_id"
+    )]
+    group: Vec<String>,
+    /// This replica's number in --group (1-based).
+    #[arg(long, env = "PRIMES_GROUP_ID")]
+    group_id: Option<u64>,
+    /// Folder of the replicas' own state: this one uses <DIR>/coordinator-<id>/ (its Raft
+    /// log, vote, primes, reports and state-machine snapshot).
+    #[arg(long, env = "PRIMES_GROUP_DIR", default_value = "data/coordinators")]
+    group_dir: PathBuf,
+    /// Shortest Raft election timeout in ms (the longest is twice it; the leader's
+    /// heartbeats go every quarter of it). A dead leader is replaced within about 2x this.
+    #[arg(long, env = "PRIMES_ELECTION_MS", default_value_t = 300)]
+    election_ms: u64,
+    /// Entries between two state-machine snapshots of a replica (the log is compacted to
+    /// them; a replica that was down long catches up from one).
+    #[arg(long, env = "PRIMES_GROUP_SNAPSHOT_ENTRIES", default_value_t = 1000)]
+    group_snapshot_entries: u64,
+    /// Start over: clear primes.txt, reports, snapshots (never the input files); in a group,
+    /// this replica's own state too.
     #[arg(long)]
     fresh: bool,
 }
@@ -311,6 +339,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             chunk_bytes,
             retry_ms: a.retry_ms,
             failed_retry_ms: a.failed_retry_ms.max(1),
+            term: None,
         },
         flush_ms: a.flush_ms,
         scan_ms: a.scan_ms,
@@ -325,6 +354,34 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         key,
         afs_servers: a.afs,
         inputs_from_afs: a.inputs_from_afs,
+        group: None,
+    };
+    let group = match a.group_id {
+        Some(id) => {
+            let members = coordinator::group::parse_members(&a.group)?;
+            if !members.contains_key(&id) {
+                anyhow::bail!(
+                    "--group-id {id} is not a member: --group lists {} member(s)",
+                    members.len()
+                );
+            }
+            let dir = a.group_dir.join(format!("coordinator-{id}"));
+            if a.fresh {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
+                }
+            }
+            Some(coordinator::group::node::GroupConfig {
+                id,
+                members,
+                dir,
+                election_ms: a.election_ms,
+                snapshot_entries: a.group_snapshot_entries,
+            })
+        }
+        None => None,
     };
     // One async thread: the coordinator's work is short message handling under one lock;
     // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).
@@ -333,6 +390,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if let Some(group) = group {
+        return rt.block_on(run_group(a.addr_file, a.http, a.http_addr_file, cfg, group));
+    }
     rt.block_on(async move {
         let listener = coordinator::server::bind(&a.listen).await?;
         let addr = listener
@@ -368,4 +428,54 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     })?;
     let _ = Duration::ZERO;
     Ok(())
+}
+
+/// Runs one replica of a group: the peers' listener now, the workers' and the dashboard's
+/// while it leads.
+async fn run_group(
+    addr_file: Option<PathBuf>,
+    http: Option<String>,
+    http_addr_file: Option<PathBuf>,
+    cfg: Config,
+    group: coordinator::group::node::GroupConfig,
+) -> anyhow::Result<()> {
+    let me = group.members.get(&group.id).cloned().unwrap_or_default();
+    let resolve = |addr: &str, what: &str| -> anyhow::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .with_context(|| format!("{what} address {addr:?}"))?
+            .next()
+            .with_context(|| format!("{what} address {addr:?} resolves to nothing"))
+    };
+    let workers = resolve(&me.workers, "workers")?;
+    let raft = coordinator::server::bind(&me.raft)
+        .await
+        .context("the Raft address")?;
+    // The workers' address is bound only while leading: check now that it is free.
+    drop(
+        tokio::net::TcpListener::bind(workers)
+            .await
+            .with_context(|| format!("listening on {workers}"))?,
+    );
+    let http = match &http {
+        Some(h) => Some(resolve(h, "dashboard")?),
+        None => None,
+    };
+    if let Some(f) = &addr_file {
+        proto::process::write_addr_file(f, &workers.to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    if let (Some(f), Some(h)) = (&http_addr_file, http) {
+        proto::process::write_addr_file(f, &h.to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    tracing::info!(id = group.id, workers = %workers, raft = me.raft, "coordinator replica starting");
+    println!(
+        "coordinator-{} of a group of {}: workers {workers}, raft {}",
+        group.id,
+        group.members.len(),
+        me.raft
+    );
+    let shutdown = proto::process::shutdown_on_signals();
+    coordinator::group::node::run(workers, raft, http, cfg, group, shutdown).await
 }

@@ -19,6 +19,7 @@ pub(super) fn cfg() -> CoreConfig {
         chunk_bytes: 1000,
         retry_ms: 50,
         failed_retry_ms: 1000,
+        term: None,
     }
 }
 

@@ -1,0 +1,163 @@
+//! The coordinator group: coordinators replicated through Raft (the `openraft` crate; no
+//! election or log replication of our own).
+//!
+//! The leader runs the coordinator as one process does ([`crate::server::run`]): it watches
+//! the inputs, assigns, collects primes and takes snapshots. What must survive a crash goes
+//! through the group's log before it takes effect ([`Command`]): each flush (the buffered,
+//! deduplicated primes with the chunks they complete) and each report. Every replica applies
+//! the committed log to its own files under `data/coordinators/coordinator-<n>/`
+//! ([`replica`]); the leader also keeps the root `primes.txt` and `data/output/` a copy of
+//! its own, fenced by its term ([`mirror`]). A new leader starts from its replica's state
+//! as a restarted coordinator starts from disk.
+//!
+//! - [`log`]: the Raft log and vote on disk (append + fsync, truncate, purge).
+//! - [`replica`]: the state machine: applies commands, builds and installs snapshots.
+//! - [`mirror`]: the root files the leader maintains, and the term fence.
+//! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
+//! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
+
+pub mod log;
+pub mod mirror;
+pub mod net;
+pub mod node;
+pub mod replica;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{JobReport, Pending, Report};
+
+openraft::declare_raft_types!(
+    /// The group's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = Member,
+);
+
+/// A Raft node of the group.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry of the group.
+pub type LogEntry = openraft::Entry<TypeConfig>;
+/// A log position.
+pub type LogId = openraft::LogId<u64>;
+
+/// A member of the group: where its peers reach it, and where workers do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The Raft address (coordinators only).
+    pub raft: String,
+    /// The workers' address.
+    pub workers: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (raft {})", self.workers, self.raft)
+    }
+}
+
+/// A decision that must survive any one coordinator: applied by every replica, in log order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Command {
+    /// Primes (deduplicated again on apply) and the chunks they complete.
+    Flush(Pending),
+    /// File reports, written once their primes are applied.
+    Reports(Vec<Report>),
+    /// A job's report (with a factorial's value).
+    JobReport(Box<JobReport>),
+}
+
+/// What applying a command did, for the leader that proposed it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A membership change or a blank entry.
+    #[default]
+    Nothing,
+    /// Primes appended: how many were new; the replica's totals after.
+    Flushed { new: u64, total: u64, in_set: u64 },
+    /// Each report: written, or why not.
+    Reports(Vec<Result<(), String>>),
+    /// The job report as written (digits and hash filled in), or why not.
+    JobReport(Result<Box<JobReport>, String>),
+}
+
+/// Parses `--group`: `WORKERS/RAFT` per member, comma-separated, members numbered from 1.
+pub fn parse_members(spec: &[String]) -> anyhow::Result<std::collections::BTreeMap<u64, Member>> {
+    let mut members = std::collections::BTreeMap::new();
+    for (i, m) in spec.iter().enumerate() {
+        let (workers, raft) = m.split_once('/').ok_or_else(|| {
+            anyhow::anyhow!("--group member {m:?} must be WORKERS_ADDR/RAFT_ADDR")
+        })?;
+        if workers.is_empty() || raft.is_empty() {
+            anyhow::bail!("--group member {m:?} must be WORKERS_ADDR/RAFT_ADDR");
+        }
+        members.insert(
+            i as u64 + 1,
+            Member {
+                raft: raft.to_string(),
+                workers: workers.to_string(),
+            },
+        );
+    }
+    if members.is_empty() {
+        anyhow::bail!("--group lists no member");
+    }
+    Ok(members)
+}
+
+/// The replica's status, for `coordinator status`, the dashboard and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// This replica.
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Role of this replica: leader, follower, candidate, learner.
+    pub role: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Each member: id, workers' address, and (on the leader) the index replicated to it.
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub workers: String,
+    pub matched_index: Option<u64>,
+}
+
+/// The group's state as this replica sees it.
+pub fn status_of(raft: &Raft) -> GroupStatus {
+    let m = raft.metrics().borrow().clone();
+    let replication = m.replication.clone().unwrap_or_default();
+    let members = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, node)| MemberStatus {
+            id: *id,
+            workers: node.workers.clone(),
+            matched_index: if *id == m.id {
+                m.last_log_index
+            } else {
+                replication.get(id).cloned().flatten().map(|l| l.index)
+            },
+        })
+        .collect();
+    GroupStatus {
+        id: m.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        role: format!("{:?}", m.state).to_lowercase(),
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        members,
+    }
+}

@@ -1,0 +1,224 @@
+//! The root files users read (`primes.txt`, its ledger, `data/output/`), kept by the leader
+//! as a copy of its replica's, fenced by its term.
+//!
+//! When a replica becomes leader it takes the fence (`primes.txt.leader`: the term of the
+//! leader that owns the root files, changed under an exclusive `flock`), replaces the root
+//! files with its replica's (the replica has applied every committed entry by then), and
+//! from then on copies what each applied entry adds. Every write checks the fence under the
+//! lock first: once a newer leader took it, an older one (cut off, not yet knowing) writes
+//! nothing more. The root files are therefore always the state of one leader's replica, at
+//! most one flush behind it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::core::{JobReport, Report};
+use crate::primes::ledger_path;
+
+pub struct Mirror {
+    primes: PathBuf,
+    output: PathBuf,
+    jobs: PathBuf,
+    fence: PathBuf,
+    /// The term this replica holds the root files for, while it does.
+    term: Option<u64>,
+    /// Bytes of the replica's primes file and ledger already in the root ones.
+    copied: (u64, u64),
+}
+
+impl Mirror {
+    pub fn new(primes: &Path, output: &Path, jobs: &Path) -> Self {
+        let mut fence = primes.as_os_str().to_owned();
+        fence.push(".leader");
+        Mirror {
+            primes: primes.to_path_buf(),
+            output: output.to_path_buf(),
+            jobs: jobs.to_path_buf(),
+            fence: PathBuf::from(fence),
+            term: None,
+            copied: (0, 0),
+        }
+    }
+
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
+    /// Runs `f` holding the fence's lock, if the fence still names `term` (or, `take`, an
+    /// older one, which it then replaces).
+    fn fenced<T>(
+        &self,
+        term: u64,
+        take: bool,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.fence)
+            .with_context(|| format!("opening {}", self.fence.display()))?;
+        // SAFETY: flock on an fd this function owns; released when `file` closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", self.fence.display()));
+        }
+        let mut text = String::new();
+        (&file)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}", self.fence.display()))?;
+        let holder: u64 = text.trim().parse().unwrap_or(0);
+        if holder > term || (!take && holder != term) {
+            anyhow::bail!(
+                "the root files belong to the leader of term {holder} now (this one led term {term})"
+            );
+        }
+        if take {
+            let mut w = &file;
+            w.set_len(0)
+                .and_then(|()| w.seek(SeekFrom::Start(0)).map(|_| ()))
+                .and_then(|()| w.write_all(format!("{term}\n").as_bytes()))
+                .and_then(|()| w.sync_data())
+                .with_context(|| format!("writing {}", self.fence.display()))?;
+        }
+        f()
+    }
+
+    /// Takes the root files for `term`: they become copies of the replica's (`dir`).
+    pub fn activate(&mut self, term: u64, dir: &Path) -> anyhow::Result<()> {
+        let (src_primes, src_output) = (dir.join("primes.txt"), dir.join("output"));
+        let copied = self.fenced(term, true, || {
+            let a = copy_file(&src_primes, &self.primes)?;
+            let b = copy_file(&ledger_path(&src_primes), &ledger_path(&self.primes))?;
+            copy_tree(&src_output, &self.output)?;
+            Ok((a, b))
+        })?;
+        self.copied = copied;
+        self.term = Some(term);
+        Ok(())
+    }
+
+    pub fn deactivate(&mut self) {
+        self.term = None;
+    }
+
+    /// Copies what the replica's primes file and ledger (`dir`) grew by since the last call.
+    pub fn follow(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let Some(term) = self.term else {
+            return Ok(());
+        };
+        let src = dir.join("primes.txt");
+        let (from_p, from_l) = self.copied;
+        let r = self.fenced(term, false, || {
+            let a = append_tail(&src, &self.primes, from_p)?;
+            let b = append_tail(&ledger_path(&src), &ledger_path(&self.primes), from_l)?;
+            Ok((from_p + a, from_l + b))
+        });
+        if let Ok(c) = r {
+            self.copied = c;
+        }
+        self.settle(r.map(|_| ()))
+    }
+
+    pub fn report(&mut self, r: &Report) -> anyhow::Result<()> {
+        let Some(term) = self.term else {
+            return Ok(());
+        };
+        let res = self.fenced(term, false, || {
+            crate::report::write_report(&self.output, r, &self.jobs)
+        });
+        self.settle(res)
+    }
+
+    pub fn job_report(&mut self, r: &JobReport) -> anyhow::Result<()> {
+        let Some(term) = self.term else {
+            return Ok(());
+        };
+        let mut r = r.clone();
+        let res = self.fenced(term, false, || {
+            crate::report::write_job_report(&self.output, &mut r)
+        });
+        self.settle(res)
+    }
+
+    /// A failed mirror write gives the root files up (a newer leader re-copies them).
+    fn settle(&mut self, r: anyhow::Result<()>) -> anyhow::Result<()> {
+        if r.is_err() {
+            self.term = None;
+        }
+        r
+    }
+}
+
+/// Replaces `to` with a copy of `from` (empty if `from` is missing), atomically; its length.
+fn copy_file(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    let bytes = match std::fs::read(from) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+    };
+    proto::files::write_atomic(to, &bytes, true)
+        .with_context(|| format!("writing {}", to.display()))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Copies every file under `from` to the same place under `to`.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let kind = e
+            .file_type()
+            .with_context(|| format!("reading {}", src.display()))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_file() && !e.file_name().to_string_lossy().starts_with('.') {
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            proto::files::write_atomic(&dst, &bytes, false)
+                .with_context(|| format!("writing {}", dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `from`'s bytes after offset `at` to `to`, fsynced; how many.
+fn append_tail(from: &Path, to: &Path, at: u64) -> anyhow::Result<u64> {
+    let mut src = match File::open(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", from.display())),
+    };
+    let len = src
+        .metadata()
+        .with_context(|| format!("reading {}", from.display()))?
+        .len();
+    if len <= at {
+        return Ok(0);
+    }
+    src.seek(SeekFrom::Start(at))
+        .with_context(|| format!("reading {}", from.display()))?;
+    let mut tail = Vec::with_capacity((len - at) as usize);
+    src.take(len - at)
+        .read_to_end(&mut tail)
+        .with_context(|| format!("reading {}", from.display()))?;
+    let mut dst = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(to)
+        .with_context(|| format!("opening {}", to.display()))?;
+    dst.write_all(&tail)
+        .and_then(|()| dst.sync_data())
+        .with_context(|| format!("appending to {}", to.display()))?;
+    Ok(tail.len() as u64)
+}

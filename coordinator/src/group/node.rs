@@ -1,0 +1,417 @@
+//! One coordinator of a group: its Raft node, the peers' RPC server, and the role loop. While
+//! another replica leads, workers that connect here are told where the leader is
+//! ([`CoordMsg::NotLeader`]). Once this replica leads (and has applied everything committed
+//! before its term), it takes the root files ([`super::mirror`]) and runs the coordinator
+//! ([`crate::server::run`]) with its durable steps going through the log ([`Handle`]) until
+//! it leads no more.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use proto::auth::{authenticate, Admitted};
+use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
+use proto::ClusterKey;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::log::LogStore;
+use super::net::Network;
+use super::replica::Replica;
+use super::{Command, GroupStatus, Member, Outcome, Raft};
+use crate::core::{JobReport, Pending, Report};
+use crate::ranges::Finished;
+use crate::server::Config;
+
+/// What makes this process one replica of a group.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// This replica's number (1-based, its place in `members`).
+    pub id: u64,
+    pub members: BTreeMap<u64, Member>,
+    /// This replica's own folder (`data/coordinators/coordinator-<id>`).
+    pub dir: PathBuf,
+    /// Shortest election timeout, in ms (the longest is twice it; heartbeats every quarter).
+    pub election_ms: u64,
+    /// A state-machine snapshot (and log compaction) every this many entries.
+    pub snapshot_entries: u64,
+}
+
+/// The leader's access to the group, for the coordinator it runs.
+#[derive(Clone)]
+pub struct Handle {
+    raft: Raft,
+    replica: Replica,
+    id: u64,
+    term: u64,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "group replica {} (term {})", self.id, self.term)
+    }
+}
+
+impl Handle {
+    /// The term this coordinator leads.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// True while this replica still leads in its term.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.current_term == self.term && m.running_state.is_ok()
+    }
+
+    /// The last index applied here (everything up to it is committed).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// The finished generation tasks and the primes counts of the replica.
+    pub fn ledger(&self) -> (Vec<Finished>, u64, u64) {
+        self.replica.ledger()
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        super::status_of(&self.raft)
+    }
+
+    async fn write(&self, cmd: Command) -> anyhow::Result<Outcome> {
+        let r = self
+            .raft
+            .client_write(cmd)
+            .await
+            .map_err(|e| anyhow::anyhow!("not committed by the group: {e}"))?;
+        Ok(r.data)
+    }
+
+    /// Commits a flush; the replica's primes count and dedup-set size after it.
+    pub async fn flush(&self, p: Pending) -> anyhow::Result<(u64, u64, u64)> {
+        match self.write(Command::Flush(p)).await? {
+            Outcome::Flushed { new, total, in_set } => Ok((new, total, in_set)),
+            other => anyhow::bail!("unexpected outcome of a flush: {other:?}"),
+        }
+    }
+
+    /// Commits reports; how each was written.
+    pub async fn reports(&self, rs: Vec<Report>) -> anyhow::Result<Vec<Result<(), String>>> {
+        match self.write(Command::Reports(rs)).await? {
+            Outcome::Reports(r) => Ok(r),
+            other => anyhow::bail!("unexpected outcome of reports: {other:?}"),
+        }
+    }
+
+    /// Commits a job report; the report as written.
+    pub async fn job_report(&self, r: JobReport) -> anyhow::Result<Result<Box<JobReport>, String>> {
+        match self.write(Command::JobReport(Box::new(r))).await? {
+            Outcome::JobReport(r) => Ok(r),
+            other => anyhow::bail!("unexpected outcome of a job report: {other:?}"),
+        }
+    }
+}
+
+/// Runs this replica until `shutdown`: `workers` is the address to serve workers on (bound
+/// while leading, answered with the leader's address otherwise); `raft` the peers' listener.
+pub async fn run(
+    workers: SocketAddr,
+    raft_listener: TcpListener,
+    http: Option<SocketAddr>,
+    cfg: Config,
+    group: GroupConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let log = LogStore::open(&group.dir)?;
+    let pristine = log.is_pristine();
+    let replica = Replica::open(&group.dir, &cfg.primes, &cfg.output, &cfg.jobs)?;
+    let election = group.election_ms.max(50);
+    let rcfg = openraft::Config {
+        cluster_name: "primes-coordinators".into(),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        heartbeat_interval: (election / 4).max(10),
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(group.snapshot_entries.max(2)),
+        max_in_snapshot_log_to_keep: 16,
+        ..Default::default()
+    }
+    .validate()
+    .context("Raft configuration")?;
+    let raft = Raft::new(
+        group.id,
+        Arc::new(rcfg),
+        Network {
+            key: cfg.key.clone(),
+        },
+        log,
+        replica.clone(),
+    )
+    .await
+    .context("starting the Raft node")?;
+    let peers = tokio::spawn(super::net::serve(
+        raft_listener,
+        raft.clone(),
+        cfg.key.clone(),
+        shutdown.clone(),
+    ));
+    if pristine {
+        match raft.initialize(group.members.clone()).await {
+            Ok(()) => info!(members = group.members.len(), "group initialized"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(anyhow::anyhow!("initializing the group: {e}")),
+        }
+    }
+    tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
+
+    let result = role_loop(workers, http, &raft, &replica, &cfg, &group, &shutdown).await;
+    let _ = raft.shutdown().await;
+    peers.abort();
+    result
+}
+
+async fn role_loop(
+    workers: SocketAddr,
+    http: Option<SocketAddr>,
+    raft: &Raft,
+    replica: &Replica,
+    cfg: &Config,
+    group: &GroupConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        // Follow: answer workers with the leader's address until this replica leads.
+        let listener = bind(workers).await?;
+        let stop = shutdown.child_token();
+        let redirect = tokio::spawn(redirect_workers(
+            listener,
+            raft.clone(),
+            cfg.key.clone(),
+            stop.clone(),
+        ));
+        let led = wait_to_lead(raft, group.id, lease(group), shutdown).await;
+        stop.cancel();
+        let _ = redirect.await;
+        let term = match led? {
+            Some(t) => t,
+            None => return Ok(()),
+        };
+        if let Err(e) = replica.lead(term) {
+            error!(
+                term,
+                error = format!("{e:#}"),
+                "cannot take the root files; not serving"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        info!(term, "this coordinator leads the group: serving workers");
+        let handle = Handle {
+            raft: raft.clone(),
+            replica: replica.clone(),
+            id: group.id,
+            term,
+        };
+        let lead_stop = shutdown.child_token();
+        let watcher = tokio::spawn(watch_lead(handle.clone(), lease(group), lead_stop.clone()));
+        let mut lead_cfg = cfg.clone();
+        lead_cfg.group = Some(handle);
+        lead_cfg.core.term = Some(term);
+        let listener = bind(workers).await?;
+        let http = match http {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        if let Err(e) = crate::server::run(listener, http, lead_cfg, lead_stop.clone()).await {
+            error!(
+                term,
+                error = format!("{e:#}"),
+                "the coordinator stopped with an error"
+            );
+        }
+        lead_stop.cancel();
+        watcher.abort();
+        replica.step_down();
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        info!(term, "no longer the leader: following");
+    }
+}
+
+/// Binds `addr`, retrying briefly (the previous role's listener has just closed).
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..40 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("bind failed"), anyhow::Error::from))
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// How long a leader may go without confirming its lead with a majority before it stops
+/// serving workers (cut off from the others: its flushes could not commit anyway).
+fn lease(group: &GroupConfig) -> Duration {
+    Duration::from_millis(group.election_ms.max(50) * 4)
+}
+
+/// True if this replica leads in `term` and a majority confirms it now; also waits until
+/// everything committed before is applied here (a read barrier).
+async fn confirmed(raft: &Raft, lease: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(lease, raft.ensure_linearizable()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Waits until this replica leads, confirmed by a majority and caught up; its term (None at
+/// shutdown; an error if the Raft node failed).
+async fn wait_to_lead(
+    raft: &Raft,
+    id: u64,
+    lease: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    let mut rx = raft.metrics();
+    loop {
+        let leading = {
+            let m = rx.borrow_and_update();
+            if let Err(e) = &m.running_state {
+                anyhow::bail!("the Raft node stopped: {e}");
+            }
+            (m.state == ServerState::Leader && m.current_leader == Some(id))
+                .then_some(m.current_term)
+        };
+        if let Some(term) = leading {
+            if confirmed(raft, lease).await && raft.metrics().borrow().current_term == term {
+                return Ok(Some(term));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(lease / 4) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = rx.changed() => if r.is_err() { anyhow::bail!("the Raft node stopped") },
+        }
+    }
+}
+
+/// Cancels `stop` once the handle's replica no longer leads in its term, or cannot confirm
+/// its lead with a majority within `lease`.
+async fn watch_lead(handle: Handle, lease: Duration, stop: CancellationToken) {
+    let mut rx = handle.raft.metrics();
+    let mut check = tokio::time::interval(lease / 2);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.current_leader != Some(handle.id)
+                || m.current_term != handle.term
+                || m.running_state.is_err()
+            {
+                info!(
+                    term = handle.term,
+                    now = m.current_term,
+                    leader = ?m.current_leader,
+                    "lost the lead"
+                );
+                stop.cancel();
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = rx.changed() => if r.is_err() { stop.cancel(); return; },
+            _ = check.tick() => {
+                if !confirmed(&handle.raft, lease).await {
+                    warn!(term = handle.term, "no majority confirms this leader: stop serving");
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One log line per change of leader or term.
+async fn log_elections(raft: Raft, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    let mut last = (0u64, None);
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            let now = (m.current_term, m.current_leader);
+            if now != last {
+                match m.current_leader {
+                    Some(l) => info!(
+                        term = m.current_term,
+                        leader = l,
+                        "group: coordinator-{l} leads"
+                    ),
+                    None => info!(term = m.current_term, "group: no leader (election)"),
+                }
+                last = now;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// While following: each worker that registers hears where the leader is, then the
+/// connection closes.
+async fn redirect_workers(
+    listener: TcpListener,
+    raft: Raft,
+    key: ClusterKey,
+    stop: CancellationToken,
+) {
+    let mut acceptor = proto::conn::Acceptor::new(listener, 256);
+    while let Some((admission, stream, _peer)) = acceptor.next(&stop).await {
+        let (raft, key) = (raft.clone(), key.clone());
+        tokio::spawn(async move {
+            let Ok(Admitted::Ready(mut conn, _permit)) =
+                authenticate(admission, stream, &key, SERVICE, MAX_LINE).await
+            else {
+                return;
+            };
+            if let Ok(WorkerMsg::Register { .. }) =
+                conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await
+            {
+                let leader = {
+                    let m = raft.metrics().borrow().clone();
+                    // Itself while not serving: a leader that lost its majority.
+                    m.current_leader.filter(|l| *l != m.id).and_then(|l| {
+                        m.membership_config
+                            .membership()
+                            .get_node(&l)
+                            .map(|n| n.workers.clone())
+                    })
+                };
+                let _ = conn.send(&CoordMsg::NotLeader { leader }).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,229 @@
+//! A replicated group of coordinators (Raft, real processes): the leader killed mid-run and
+//! never restarted, each new leader killed in turn, a follower lost and caught up by a
+//! state-machine snapshot, the whole group killed and restarted without redoing anything.
+//! Root primes.txt must be exact and every snapshot a consistent cut, across failovers.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{bin, wait_for};
+use serde_json::Value;
+
+use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+
+const T: Duration = Duration::from_secs(90);
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+/// A group of three on one file server, snapshots every 400 ms, workers slowed a little so
+/// the run lasts long enough to kill things in the middle of it.
+fn group(files: usize, lines: usize, extra: &[&str]) -> Pipeline {
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "g", files, lines, 11);
+    let mut flags = vec![s("--snapshot-ms"), s("400")];
+    flags.extend(extra.iter().map(|x| s(x)));
+    p.coord_flags_mut(flags);
+    p.worker_flags_mut(vec![s("--delay-ms"), s("60")]);
+    p.simple();
+    p.start_group(3);
+    p
+}
+
+/// Every snapshot in snapshots/ verifies as a consistent cut; how many there are.
+fn verify_snapshots(p: &Pipeline) -> usize {
+    let snaps: Vec<PathBuf> = std::fs::read_dir(p.path("snapshots"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if snaps.is_empty() {
+        return 0;
+    }
+    let out = Command::new(bin("coordinator"))
+        .arg("verify-snapshot")
+        .args(&snaps)
+        .output()
+        .expect("verify-snapshot runs");
+    assert!(
+        out.status.success(),
+        "every snapshot is a consistent cut:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    snaps.len()
+}
+
+/// The terms recorded in the snapshots.
+fn snapshot_terms(p: &Pipeline) -> Vec<u64> {
+    let mut terms: Vec<u64> = std::fs::read_dir(p.path("snapshots"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter_map(|v| v["group"]["term"].as_u64())
+        .collect();
+    terms.sort();
+    terms.dedup();
+    terms
+}
+
+fn sorted_lines(path: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(s)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn group_leader_killed_mid_run_is_replaced() {
+    let mut p = group(24, 20_000, &[]);
+    let first = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    wait_for(T, "some files reported, not all", || {
+        let left = p.unreported().len();
+        left < 22
+    });
+    assert!(!p.unreported().is_empty(), "killed mid-run");
+    let t0 = Instant::now();
+    p.kill_member(first);
+    let next = p.wait_leader_other_than(Some(first), T);
+    let took = t0.elapsed();
+    // The dead leader is never restarted.
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let n = verify_snapshots(&p);
+    assert!(n >= 1, "snapshots were taken");
+    // The snapshots kept (the newest 20) name the term of the leader that took them.
+    let terms = snapshot_terms(&p);
+    assert!(
+        !terms.is_empty() && terms.iter().all(|t| *t >= 1),
+        "snapshots record their term: {terms:?}"
+    );
+    // The surviving replicas hold the same primes as the root file.
+    let root = sorted_lines(&p.path("primes.txt"));
+    let replica =
+        sorted_lines(&p.path(&format!("data/coordinators/coordinator-{next}/primes.txt")));
+    assert_eq!(root, replica, "the new leader's replica is the root primes");
+    // Measured precisely in BENCHMARKS.md (goal 2 s); a loaded test machine gets slack.
+    assert!(
+        took < Duration::from_secs(10),
+        "a new leader took {took:?}:\n{}",
+        p.member_log(next, 20)
+    );
+}
+
+#[test]
+fn group_each_new_leader_killed_in_turn() {
+    let mut p = group(40, 15_000, &[]);
+    let mut leader = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    for round in 0..3 {
+        let before = p.unreported().len();
+        wait_for(T, "progress under this leader", || {
+            p.unreported().len() + 2 <= before || p.unreported().is_empty()
+        });
+        if p.unreported().is_empty() {
+            break;
+        }
+        p.kill_member(leader);
+        let next = p.wait_leader_other_than(Some(leader), T);
+        // The dead one comes back as a follower and catches up.
+        p.start_member(leader);
+        eprintln!("round {round}: coordinator-{leader} killed, coordinator-{next} leads");
+        leader = next;
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert!(verify_snapshots(&p) >= 1);
+}
+
+#[test]
+fn group_follower_lost_then_caught_up_by_snapshot() {
+    // A state-machine snapshot every 4 entries: the log the returning follower missed is
+    // compacted away, so it must install a snapshot.
+    let mut p = group(30, 6_000, &["--group-snapshot-entries", "4"]);
+    let leader = p.wait_leader_other_than(None, T);
+    let follower = if leader == 1 { 2 } else { 1 };
+    p.kill_member(follower);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert_eq!(
+        p.leader(),
+        Some(leader),
+        "losing a follower changed nothing"
+    );
+    p.start_member(follower);
+    let root = sorted_lines(&p.path("primes.txt"));
+    let replica = p.path(&format!(
+        "data/coordinators/coordinator-{follower}/primes.txt"
+    ));
+    wait_for(T, "the returning follower to catch up", || {
+        sorted_lines(&replica) == root
+    });
+    let reports =
+        std::fs::read_dir(p.path(&format!("data/coordinators/coordinator-{follower}/output")))
+            .map(|d| d.count())
+            .unwrap_or(0);
+    assert_eq!(reports, 30, "the follower holds every report");
+    let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{follower}.log")))
+        .unwrap_or_default();
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "caught up by a snapshot:\n{}",
+        p.member_log(follower, 30)
+    );
+}
+
+#[test]
+fn group_killed_whole_and_restarted_redoes_nothing() {
+    let mut p = group(8, 10_000, &[]);
+    p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let report = |p: &Pipeline| std::fs::read(p.path("data/output/g000.txt.json")).ok();
+    let before = report(&p);
+    for id in 1..=3 {
+        p.kill_member(id);
+    }
+    for id in 1..=3 {
+        p.start_member(id);
+    }
+    p.wait_leader_other_than(None, T);
+    wait_for(T, "both workers back with the new leader", || {
+        let st = p.status();
+        st["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().filter(|w| w["state"] != "disconnected").count() == 2)
+            && st["files_done"] == 8
+    });
+    let st = p.status();
+    assert_eq!(
+        st["totals"]["numbers_tested"], 0,
+        "nothing redone after the restart: {st}"
+    );
+    assert_eq!(report(&p), before, "reports untouched");
+    // And it goes on: a new file is processed.
+    write_inputs_pub(&p.path("data/input"), "h", 1, 2_000, 5);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    verify_snapshots(&p);
+}
