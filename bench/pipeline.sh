@@ -10,7 +10,8 @@
 #     snap: dataset b with snapshots every 1 s vs snapshots off, alternating
 #     snap10k: size and write time of snapshots holding 10,000 queued tasks
 #     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
-# Environment: WORKERS (2), THREADS per worker (1), FACTOR=1 to time the coreutils pipeline,
+# Environment: WORKERS (2), THREADS per worker (1), GROUP=1 to run the coordinator as a
+# group of three (Raft, --inputs-from-afs) instead of one, FACTOR=1 to time the coreutils pipeline,
 # WARMUP discarded system runs before the measured ones (2; see below),
 # SYSTEM_BIN=DIR to measure the afs-server, coordinator and worker binaries of another build
 # (e.g. an older commit's target/release) with this script and its tools.
@@ -47,6 +48,7 @@ files=$(find "$data" -name '*.txt' | wc -l)
 bytes=$(du -sb "$data" | cut -f1)
 
 now() { date +%s.%N; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Work folders are removed when the script ends, not between runs: ext4 is slow to create
 # files right after thousands were deleted (it skips recently freed inodes), which made each
 # run of dataset (a) slower than the one before it (0.58 s, 0.98 s, 2.1 s, ...).
@@ -66,7 +68,20 @@ run_system() {
   cd "$work"
   t0=$(now)
   "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
-  "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr --snapshot-ms "$snap_ms" > c.log 2>&1 & pids+=($!)
+  if [ "${GROUP:-0}" = 1 ]; then
+    while [ ! -s run/s.addr ]; do sleep 0.002; done
+    local gw=() gr=() n spec
+    for n in 1 2 3; do gw+=("127.0.0.1:$(free_port)"); gr+=("127.0.0.1:$(free_port)"); done
+    spec="${gw[0]}/${gr[0]},${gw[1]}/${gr[1]},${gw[2]}/${gr[2]}"
+    for n in 1 2 3; do
+      "$B/coordinator" --group "$spec" --group-id "$n" --afs "$(< run/s.addr)" --inputs-from-afs \
+        --addr-file "run/c$n.addr" --snapshot-ms "$snap_ms" > "c$n.log" 2>&1 & pids+=($!)
+    done
+    while [ ! -s run/c3.addr ]; do sleep 0.002; done
+    echo "${gw[0]},${gw[1]},${gw[2]}" > run/c.addr
+  else
+    "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr --snapshot-ms "$snap_ms" > c.log 2>&1 & pids+=($!)
+  fi
   # The harness's own latency before the workers start is not the system's: poll every 2 ms
   # and read the addresses with bash builtins (four `cat` processes and a 10 ms poll took
   # ~10 ms of the ~0.18 s of dataset a).
