@@ -10,8 +10,9 @@
 #     snap: dataset b with snapshots every 1 s vs snapshots off, alternating
 #     snap10k: size and write time of snapshots holding 10,000 queued tasks
 #     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
-# Environment: WORKERS (2), THREADS per worker (1), GROUP=1 to run the coordinator as a
-# group of three (Raft, --inputs-from-afs) instead of one, FACTOR=1 to time the coreutils pipeline,
+# Environment: WORKERS (2), THREADS per worker (1), GROUP=N (1 or 3) to run the coordinator
+# as a Raft group of N members (a group of three learns the inputs from the file server)
+# instead of a coordinator without a group, FACTOR=1 to time the coreutils pipeline,
 # WARMUP discarded system runs before the measured ones (2; see below),
 # SYSTEM_BIN=DIR to measure the afs-server, coordinator and worker binaries of another build
 # (e.g. an older commit's target/release) with this script and its tools.
@@ -66,12 +67,15 @@ run_system() {
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/run/cluster.key"
   export PRIMES_KEY_FILE="$work/run/cluster.key"
   cd "$work"
+  # A group's ports, picked before the clock starts (each pick runs python).
+  local gw=() gr=() n spec
+  if [ "${GROUP:-0}" != 0 ]; then
+    for n in $(seq "$GROUP"); do gw+=("127.0.0.1:$(free_port)"); gr+=("127.0.0.1:$(free_port)"); done
+  fi
   t0=$(now)
   "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
-  if [ "${GROUP:-0}" = 1 ]; then
+  if [ "${GROUP:-0}" = 3 ]; then
     while [ ! -s run/s.addr ]; do sleep 0.002; done
-    local gw=() gr=() n spec
-    for n in 1 2 3; do gw+=("127.0.0.1:$(free_port)"); gr+=("127.0.0.1:$(free_port)"); done
     spec="${gw[0]}/${gr[0]},${gw[1]}/${gr[1]},${gw[2]}/${gr[2]}"
     for n in 1 2 3; do
       "$B/coordinator" --group "$spec" --group-id "$n" --afs "$(< run/s.addr)" --inputs-from-afs \
@@ -79,6 +83,9 @@ run_system() {
     done
     while [ ! -s run/c3.addr ]; do sleep 0.002; done
     echo "${gw[0]},${gw[1]},${gw[2]}" > run/c.addr
+  elif [ "${GROUP:-0}" = 1 ]; then
+    "$B/coordinator" --group "${gw[0]}/${gr[0]}" --group-id 1 \
+      --addr-file run/c.addr --snapshot-ms "$snap_ms" > c.log 2>&1 & pids+=($!)
   else
     "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr --snapshot-ms "$snap_ms" > c.log 2>&1 & pids+=($!)
   fi

@@ -86,12 +86,7 @@ async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: P
             if new > 0 {
                 debug!(new, total, "flushed primes");
             }
-            crate::crash::point("flush-after-append");
-            let had_done = !pending.done.is_empty();
-            shared.apply(Event::Flushed(pending.done)).await;
-            if had_done {
-                crate::crash::point("flush-after-report");
-            }
+            durable(shared, pending.done).await;
         }
         Ok((Err(e), _, pending)) => {
             // Nothing was marked done; everything goes back for the next round.
@@ -106,22 +101,32 @@ async fn flush(shared: &Arc<Shared>, primes: &Arc<Mutex<PrimesFile>>, pending: P
 /// back: not committed, e.g. this coordinator no longer leads).
 async fn flush_group(shared: &Arc<Shared>, group: &crate::group::node::Handle, pending: Pending) {
     crate::crash::point("flush-before-append");
+    let t = std::time::Instant::now();
     match group.flush(pending.clone()).await {
         Ok((new, total, in_set)) => {
             shared.set_primes(total, in_set);
-            if new > 0 {
-                debug!(new, total, "flushed primes through the group");
-            }
-            crate::crash::point("flush-after-append");
-            let had_done = !pending.done.is_empty();
-            shared.apply(Event::Flushed(pending.done)).await;
-            if had_done {
-                crate::crash::point("flush-after-report");
-            }
+            debug!(
+                new,
+                total,
+                done = pending.done.len(),
+                ms = t.elapsed().as_millis() as u64,
+                "flushed primes through the group"
+            );
+            durable(shared, pending.done).await;
         }
         Err(e) => {
             error!(error = format!("{e:#}"), "flush not committed; will retry");
             shared.apply(Event::FlushFailed(pending)).await;
         }
+    }
+}
+
+/// The chunks `done` are durable: the machine may mark them done and write reports.
+async fn durable(shared: &Arc<Shared>, done: Vec<crate::core::ChunkKey>) {
+    crate::crash::point("flush-after-append");
+    let had_done = !done.is_empty();
+    shared.apply(Event::Flushed(done)).await;
+    if had_done {
+        crate::crash::point("flush-after-report");
     }
 }

@@ -70,6 +70,11 @@ pub enum Command {
     Reports(Vec<Report>),
     /// A job's report (with a factorial's value).
     JobReport(Box<JobReport>),
+    /// The root files (name, text) a coordinator left before there was a group (a system
+    /// started before in simple mode, or by an older version): taken as the replicated
+    /// state by every member whose replica is still empty, so switching to a group loses
+    /// nothing.
+    Import(Vec<(String, String)>),
 }
 
 /// What applying a command did, for the leader that proposed it.
@@ -85,6 +90,8 @@ pub enum Outcome {
     Reports(Vec<Result<(), String>>),
     /// The job report as written (digits and hash filled in), or why not.
     JobReport(Result<Box<JobReport>, String>),
+    /// Whether an import was taken (only an empty replica takes one).
+    Imported(bool),
 }
 
 /// Parses `--group`: `WORKERS/RAFT` per member, comma-separated, members numbered from 1.

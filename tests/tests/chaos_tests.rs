@@ -1,6 +1,7 @@
-//! Chaos: the replicated system over a couple of thousand files while, for a bounded time,
-//! random workers, file servers and the coordinator are killed (SIGKILL) and restarted and
-//! workers are suspended (SIGSTOP/SIGCONT). The seed is fixed (PRIMES_CHAOS_SEED overrides)
+//! Chaos: the replicated system (three file servers, a group of three coordinators) over a
+//! couple of thousand files while, for a bounded time, random workers, file servers and
+//! coordinators (the leader or a follower) are killed (SIGKILL) and restarted and workers
+//! are suspended (SIGSTOP/SIGCONT). The seed is fixed (PRIMES_CHAOS_SEED overrides)
 //! and printed; at the end primes.txt must be exact.
 
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ fn chaos_replicated_exact() {
         "backups to hold every input",
         || p.unreported_on_backups() == 0,
     );
-    p.start_coordinator();
+    p.start_group(3);
     let workers: Vec<String> = (1..=3).map(|i| format!("worker-{i}")).collect();
     for w in &workers {
         p.start_worker(w);
@@ -94,10 +95,18 @@ fn chaos_replicated_exact() {
                 ));
             }
             _ => {
-                p.kill_coordinator();
-                p.start_coordinator();
+                let m = rng.gen_range(1..=3);
+                let role = if p.leader() == Some(m) {
+                    "the leader"
+                } else {
+                    "a follower"
+                };
+                p.kill_member(m);
+                p.start_member(m);
                 coord_kills += 1;
-                log.push(format!("{t:>6} ms  kill -9 coordinator, restarted"));
+                log.push(format!(
+                    "{t:>6} ms  kill -9 coordinator-{m} ({role}), restarted"
+                ));
             }
         }
     }
@@ -116,12 +125,16 @@ fn chaos_replicated_exact() {
         st["primes_in_file"],
         st["totals"]
     );
-    let recoveries = std::fs::read_to_string(p.path("logs/coordinator.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("recovered from snapshot"))
-        .count();
-    println!("chaos: coordinator recoveries from a snapshot: {recoveries}");
+    let recoveries: usize = (1..=3)
+        .map(|m| {
+            std::fs::read_to_string(p.path(&format!("logs/coordinator-{m}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("recovered from snapshot"))
+                .count()
+        })
+        .sum();
+    println!("chaos: leaders that recovered from a snapshot: {recoveries}");
     assert!(
         kills + stops + server_kills + coord_kills > 5,
         "enough faults were injected"

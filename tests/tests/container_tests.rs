@@ -1,6 +1,7 @@
 //! The compose cluster (deploy/compose.yaml) with real container faults: the image is built,
 //! the cluster brought up, input dropped through the primary's mounted folder, then a worker,
-//! the primary file server and the coordinator are `docker kill`ed, a worker paused, a
+//! the primary file server and the coordinator group's leader are `docker kill`ed (the
+//! leader stays down until the job is done: another member leads), a worker paused, a
 //! worker cut off the network and reconnected, a worker's process crashed (restarted by the
 //! `restart: unless-stopped` policy); the results must equal the single-process check.
 //! Containers, networks and volumes are removed at the end. Without a working docker the
@@ -59,6 +60,8 @@ impl Cluster {
             .env("PRIMES_KEY_FILE", self.path("cluster.key"))
             .env("PRIMES_IMAGE", &self.image)
             .env("PRIMES_HTTP_PUBLISH", "127.0.0.1:")
+            .env("PRIMES_HTTP_PUBLISH_2", "127.0.0.1:")
+            .env("PRIMES_HTTP_PUBLISH_3", "127.0.0.1:")
             .env("PRIMES_HEARTBEAT_MS", "500")
             .env("PRIMES_SNAPSHOT_MS", "2000")
             .env("PRIMES_FLUSH_MS", "100")
@@ -212,7 +215,14 @@ fn compose_cluster_survives_container_faults() {
     // Faults while the job runs.
     let worker1 = c.container("worker-1");
     let server1 = c.container("server-1");
-    let coord = c.container("coordinator");
+    // The group's leader, by the status file it writes.
+    let leader = c.status()["group"]["leader"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&leader),
+        "the status names the group's leader: {}",
+        c.status()["group"]
+    );
+    let coord = c.container(&format!("coordinator-{leader}"));
     let worker2 = c.container("worker-2");
     let worker3 = c.container("worker-3");
     c.docker(&["kill", &worker1]);
@@ -238,8 +248,14 @@ fn compose_cluster_survives_container_faults() {
     c.docker(&["network", "disconnect", &net, &worker2]);
     std::thread::sleep(Duration::from_secs(2)); // the fault: a cut link
     c.docker(&["network", "connect", &net, &worker2]);
+    // The leader's container killed: another member leads without it.
     c.docker(&["kill", &coord]);
-    c.docker(&["start", &coord]);
+    wait_for(T, "another coordinator to lead", || {
+        let st = c.status();
+        st["group"]["leader"]
+            .as_u64()
+            .is_some_and(|l| l != leader && st["running"] == true)
+    });
     c.docker(&["start", &server1]);
     c.docker(&["start", &worker1]);
     // A process that dies by itself is restarted by the restart policy.
@@ -283,6 +299,8 @@ fn compose_cluster_survives_container_faults() {
     let want_text = String::from_utf8_lossy(&check.stdout).to_string();
     let want: std::collections::BTreeSet<&str> = want_text.lines().collect();
     assert_eq!(set, want, "the containers' primes.txt equals worker check");
+    // The killed leader comes back as a follower.
+    c.docker(&["start", &coord]);
     assert!(
         std::fs::read_dir(c.path("results/snapshots")).map_or(0, |d| d.count()) >= 1,
         "snapshots were written"

@@ -227,3 +227,39 @@ fn group_killed_whole_and_restarted_redoes_nothing() {
     p.assert_exact();
     verify_snapshots(&p);
 }
+
+#[test]
+fn group_takes_over_a_single_coordinators_state() {
+    // A system run with one coordinator (simple mode before), then switched to a group on
+    // the same folders: its primes and reports become the group's; nothing is redone.
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "s", 6, 5_000, 3);
+    p.simple();
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let primes_before = sorted_lines(&p.path("primes.txt"));
+    p.kill_coordinator();
+    p.kill_worker("worker-1");
+    p.coord_flags_mut(vec![s("--snapshot-ms"), s("400")]);
+    p.start_group(3);
+    p.start_worker("worker-1");
+    p.wait_leader_other_than(None, T);
+    wait_for(T, "the worker registered with the group's leader", || {
+        let st = p.status();
+        st["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["state"] != "disconnected"))
+            && st["files_done"] == 6
+    });
+    assert_eq!(
+        p.status()["totals"]["numbers_tested"],
+        0,
+        "nothing redone after the switch"
+    );
+    assert_eq!(sorted_lines(&p.path("primes.txt")), primes_before);
+    write_inputs_pub(&p.path("data/input"), "t", 2, 3_000, 4);
+    p.wait_all_reported(T);
+    p.assert_exact();
+}

@@ -283,3 +283,185 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
     drop(procs);
     drop(net);
 }
+
+/// The applied log index of a group member's replica (its `applied.json`).
+fn applied_index(p: &Pipeline, id: u8) -> u64 {
+    std::fs::read(p.path(&format!("data/coordinators/coordinator-{id}/applied.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["applied"]["index"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn group_leader_cut_off_by_a_partition() {
+    let mut net = match Net::new() {
+        Ok(n) => n,
+        Err(e) => panic!("this test needs network namespaces (run as root with iproute2): {e}"),
+    };
+    // Coordinators on hosts 1..3 (.31-.33), the file server on .11, workers on .21/.22.
+    let mut hosts = Vec::new();
+    for n in [31u8, 32, 33, 11, 21, 22] {
+        hosts.push(
+            net.host(n)
+                .unwrap_or_else(|e| panic!("setting up host {n}: {e}")),
+        );
+    }
+    let p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "q", 40, 3000, 41);
+    let addr = |n: u8, port: u16| format!("{SUBNET}.{n}:{port}");
+    let mut procs = Vec::new();
+    procs.push(start_in(
+        &p,
+        &hosts[3],
+        "server-1",
+        "afs-server",
+        &[
+            s("--id"),
+            s("server-1"),
+            s("--root"),
+            s("data/input"),
+            s("--listen"),
+            addr(11, 7000),
+            s("--addr-file"),
+            p.path("run/server-1.addr").display().to_string(),
+            s("--scan-ms"),
+            s("50"),
+        ],
+    ));
+    read_addr(&p.path("run/server-1.addr"), Duration::from_secs(20));
+    let group = [31u8, 32, 33]
+        .iter()
+        .map(|n| format!("{}/{}", addr(*n, 7000), addr(*n, 7001)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::new();
+    for id in 1..=3u8 {
+        members.push(start_in(
+            &p,
+            &hosts[id as usize - 1],
+            &format!("coordinator-{id}"),
+            "coordinator",
+            &[
+                s("--group"),
+                group.clone(),
+                s("--group-id"),
+                id.to_string(),
+                s("--afs"),
+                addr(11, 7000),
+                s("--inputs-from-afs"),
+                s("--heartbeat-ms"),
+                s("200"),
+                s("--flush-ms"),
+                s("100"),
+                s("--quiet-ms"),
+                s("200"),
+                s("--snapshot-ms"),
+                s("500"),
+            ],
+        ));
+    }
+    let coordinators = [31u8, 32, 33]
+        .iter()
+        .map(|n| addr(*n, 7000))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (ns, id) in [(&hosts[4], "worker-1"), (&hosts[5], "worker-2")] {
+        procs.push(start_in(
+            &p,
+            ns,
+            id,
+            "worker",
+            &[
+                s("--id"),
+                s(id),
+                s("--coordinator"),
+                coordinators.clone(),
+                s("--afs"),
+                addr(11, 7000),
+                s("--cache-root"),
+                p.path("cache").display().to_string(),
+                s("--threads"),
+                s("1"),
+                s("--delay-ms"),
+                s("150"),
+                s("--max-backoff-ms"),
+                s("300"),
+            ],
+        ));
+    }
+    let leader_of = |p: &Pipeline| -> Option<u8> {
+        let st: serde_json::Value = std::fs::read(p.path("run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        (st["running"] == true).then_some(())?;
+        st["group"]["leader"].as_u64().map(|l| l as u8)
+    };
+    let mut old = 0u8;
+    wait_for(
+        Duration::from_secs(60),
+        "a leader and some progress",
+        || {
+            old = leader_of(&p).unwrap_or(0);
+            old > 0 && p.unreported().len() <= 36
+        },
+    );
+    let host_of = |id: u8| 30 + id;
+    println!("cutting coordinator-{old}'s link (the leader)");
+    net.link(host_of(old), false);
+    let mut new = 0u8;
+    wait_for(
+        Duration::from_secs(20),
+        "the majority to elect a new leader",
+        || {
+            new = leader_of(&p).unwrap_or(0);
+            new > 0 && new != old
+        },
+    );
+    // Whatever was in flight at the cut may still apply; after that, nothing more.
+    std::thread::sleep(Duration::from_millis(1500));
+    let frozen = applied_index(&p, old);
+    let before = p.unreported().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(p.unreported().len() + 3 <= before || p.unreported().is_empty()) {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "no progress without the old leader (coordinator-{old}); new leader coordinator-{new}:\n{}\nworker-1:\n{}",
+                e2e::log_tail(&p.path(&format!("logs/coordinator-{new}.log")), 40),
+                e2e::log_tail(&p.path("logs/worker-1.log"), 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        applied_index(&p, old),
+        frozen,
+        "the cut-off leader applied (so committed) nothing while cut off"
+    );
+    println!("restoring coordinator-{old}'s link");
+    net.link(host_of(old), true);
+    p.wait_all_reported(Duration::from_secs(120));
+    p.assert_exact();
+    let log =
+        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("no majority confirms this leader") || log.contains("lost the lead"),
+        "the old leader stopped serving:\n{}",
+        e2e::log_tail(&p.path(&format!("logs/coordinator-{old}.log")), 30)
+    );
+    // It rejoins as a follower and catches up.
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to catch up",
+        || applied_index(&p, old) >= applied_index(&p, new),
+    );
+    assert!(
+        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log")))
+            .unwrap_or_default()
+            .contains(&format!("group: coordinator-{new} leads")),
+        "the old leader follows the new one"
+    );
+    drop(members);
+    drop(procs);
+    drop(net);
+}

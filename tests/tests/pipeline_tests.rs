@@ -165,19 +165,8 @@ impl Pipeline {
             listen,
             s("--addr-file"),
             addr_file.display().to_string(),
-            s("--heartbeat-ms"),
-            s("200"),
-            s("--flush-ms"),
-            s("100"),
-            s("--scan-ms"),
-            s("50"),
-            s("--quiet-ms"),
-            s("200"),
-            s("--retry-ms"),
-            s("200"),
-            s("--marker-timeout-ms"),
-            s("2000"),
         ];
+        args.extend(short_intervals());
         args.extend(self.coord_flags.iter().cloned());
         let mut env = self.env();
         env.extend(self.coord_env.iter().cloned());
@@ -349,17 +338,8 @@ impl Pipeline {
             s("--afs"),
             self.afs_list(),
             s("--inputs-from-afs"),
-            s("--heartbeat-ms"),
-            s("200"),
-            s("--flush-ms"),
-            s("100"),
-            s("--quiet-ms"),
-            s("200"),
-            s("--retry-ms"),
-            s("200"),
-            s("--marker-timeout-ms"),
-            s("2000"),
         ];
+        args.extend(short_intervals());
         args.extend(self.coord_flags.iter().cloned());
         let mut env = self.env();
         env.extend(self.coord_env.iter().cloned());
@@ -506,6 +486,27 @@ impl Pipeline {
             })
             .count()
     }
+}
+
+/// The coordinator's intervals in tests: short, so failures are noticed and work flows fast.
+fn short_intervals() -> Vec<String> {
+    [
+        "--heartbeat-ms",
+        "200",
+        "--flush-ms",
+        "100",
+        "--scan-ms",
+        "50",
+        "--quiet-ms",
+        "200",
+        "--retry-ms",
+        "200",
+        "--marker-timeout-ms",
+        "2000",
+    ]
+    .iter()
+    .map(|x| s(x))
+    .collect()
 }
 
 /// [`write_inputs`] for other test modules.

@@ -191,6 +191,10 @@ async fn session(
     let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
         .map_err(|_| ProtoError::Timeout(Duration::from_secs(3)))??;
+    // Until the welcome names the heartbeat: a coordinator cut off by the network is given
+    // up after 15 s of unacknowledged sends.
+    proto::conn::set_user_timeout(&stream, Duration::from_secs(15));
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
     client_handshake(&mut conn, &cfg.key, SERVICE).await?;
     conn.send(&WorkerMsg::Register {
@@ -221,6 +225,13 @@ async fn session(
             info!(
                 session,
                 heartbeat_ms, term, "registered with the coordinator"
+            );
+            // Heartbeats unacknowledged for 3 intervals (at least 1 s): the coordinator is cut
+            // off (a network partition sends no FIN), so the connection drops and the next
+            // coordinator is tried, as the coordinator declares a silent worker dead.
+            proto::conn::set_user_timeout_fd(
+                raw,
+                Duration::from_millis((heartbeat_ms * 3).max(1000)),
             );
             Duration::from_millis(heartbeat_ms.max(10))
         }

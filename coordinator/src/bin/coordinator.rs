@@ -379,6 +379,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 dir,
                 election_ms: a.election_ms,
                 snapshot_entries: a.group_snapshot_entries,
+                addr_file: a.addr_file.clone(),
             })
         }
         None => None,
@@ -391,7 +392,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     if let Some(group) = group {
-        return rt.block_on(run_group(a.addr_file, a.http, a.http_addr_file, cfg, group));
+        return rt.block_on(run_group(a.http, a.http_addr_file, cfg, group));
     }
     rt.block_on(async move {
         let listener = coordinator::server::bind(&a.listen).await?;
@@ -433,7 +434,6 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 /// Runs one replica of a group: the peers' listener now, the workers' and the dashboard's
 /// while it leads.
 async fn run_group(
-    addr_file: Option<PathBuf>,
     http: Option<String>,
     http_addr_file: Option<PathBuf>,
     cfg: Config,
@@ -461,10 +461,6 @@ async fn run_group(
         Some(h) => Some(resolve(h, "dashboard")?),
         None => None,
     };
-    if let Some(f) = &addr_file {
-        proto::process::write_addr_file(f, &workers.to_string())
-            .with_context(|| format!("writing {}", f.display()))?;
-    }
     if let (Some(f), Some(h)) = (&http_addr_file, http) {
         proto::process::write_addr_file(f, &h.to_string())
             .with_context(|| format!("writing {}", f.display()))?;

@@ -32,13 +32,11 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(primes: &Path, output: &Path, jobs: &Path) -> Self {
-        let mut fence = primes.as_os_str().to_owned();
-        fence.push(".leader");
         Mirror {
             primes: primes.to_path_buf(),
             output: output.to_path_buf(),
             jobs: jobs.to_path_buf(),
-            fence: PathBuf::from(fence),
+            fence: fence_path(primes),
             term: None,
             copied: (0, 0),
         }
@@ -153,6 +151,13 @@ impl Mirror {
         }
         r
     }
+}
+
+/// The fence of the root primes file `primes`: `<primes>.leader`.
+pub fn fence_path(primes: &Path) -> PathBuf {
+    let mut fence = primes.as_os_str().to_owned();
+    fence.push(".leader");
+    PathBuf::from(fence)
 }
 
 /// Replaces `to` with a copy of `from` (empty if `from` is missing), atomically; its length.

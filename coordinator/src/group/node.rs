@@ -41,6 +41,9 @@ pub struct GroupConfig {
     pub election_ms: u64,
     /// A state-machine snapshot (and log compaction) every this many entries.
     pub snapshot_entries: u64,
+    /// Written with the workers' address once it is first bound (as follower or leader):
+    /// scripts wait for it.
+    pub addr_file: Option<PathBuf>,
 }
 
 /// The leader's access to the group, for the coordinator it runs.
@@ -189,9 +192,17 @@ async fn role_loop(
     group: &GroupConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut announced = false;
     loop {
         // Follow: answer workers with the leader's address until this replica leads.
         let listener = bind(workers).await?;
+        if !announced {
+            announced = true;
+            if let Some(f) = &group.addr_file {
+                proto::process::write_addr_file(f, &workers.to_string())
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+        }
         let stop = shutdown.child_token();
         let redirect = tokio::spawn(redirect_workers(
             listener,
@@ -206,6 +217,18 @@ async fn role_loop(
             Some(t) => t,
             None => return Ok(()),
         };
+        if let Err(e) = import_root(raft, replica, cfg).await {
+            error!(
+                term,
+                error = format!("{e:#}"),
+                "cannot import the root files; not serving"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         if let Err(e) = replica.lead(term) {
             error!(
                 term,
@@ -249,6 +272,43 @@ async fn role_loop(
             return Ok(());
         }
         info!(term, "no longer the leader: following");
+    }
+}
+
+/// Before the first lead of a new group: root files that no group ever owned (no fence),
+/// left by a coordinator that ran without a group, become the group's state through the
+/// log (every member takes them); the lead would otherwise replace them with the empty
+/// replica's.
+async fn import_root(raft: &Raft, replica: &Replica, cfg: &Config) -> anyhow::Result<()> {
+    if super::mirror::fence_path(&cfg.primes).exists() || !replica.is_empty() {
+        return Ok(());
+    }
+    let (primes, output) = (cfg.primes.clone(), cfg.output.clone());
+    let files =
+        tokio::task::spawn_blocking(move || super::replica::collect_files(&primes, &output))
+            .await
+            .context("reading the root files")??;
+    if files.iter().all(|(_, b)| b.is_empty()) {
+        return Ok(());
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
+        match String::from_utf8(bytes) {
+            Ok(t) => texts.push((name, t)),
+            Err(_) => warn!(file = name, "not text: not imported"),
+        }
+    }
+    info!(
+        files = texts.len(),
+        "importing the root files left by a coordinator without a group"
+    );
+    let r = raft
+        .client_write(Command::Import(texts))
+        .await
+        .map_err(|e| anyhow::anyhow!("import not committed: {e}"))?;
+    match r.data {
+        Outcome::Imported(_) => Ok(()),
+        other => anyhow::bail!("unexpected outcome of an import: {other:?}"),
     }
 }
 

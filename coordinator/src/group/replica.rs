@@ -125,6 +125,11 @@ impl Replica {
         tokio::task::block_in_place(|| g.mirror.activate(term, &dir))
     }
 
+    /// True if the replica holds nothing yet.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.inner).is_empty()
+    }
+
     /// Stops copying to the root files.
     pub fn step_down(&self) {
         lock(&self.inner).mirror.deactivate();
@@ -179,6 +184,25 @@ impl State {
                 }
                 Outcome::Reports(results)
             }
+            Command::Import(files) => {
+                // Only into an empty replica: the same decision on every member.
+                if !self.is_empty() {
+                    return Ok(Outcome::Imported(false));
+                }
+                let n = files.len();
+                self.install(
+                    files
+                        .into_iter()
+                        .map(|(name, text)| (name, text.into_bytes()))
+                        .collect(),
+                )?;
+                info!(
+                    files = n,
+                    primes = self.primes.len(),
+                    "imported the root files of a coordinator that ran before the group"
+                );
+                Outcome::Imported(true)
+            }
             Command::JobReport(r) => {
                 self.follow();
                 let mut written = (*r).clone();
@@ -200,25 +224,29 @@ impl State {
 
     /// The replica's files, packed.
     fn pack(&self) -> anyhow::Result<Vec<u8>> {
-        let mut files = Vec::new();
-        let primes = self.dir.join("primes.txt");
-        for (name, path) in [
-            ("primes.txt".to_string(), primes.clone()),
-            ("primes.txt.ranges".to_string(), ledger_path(&primes)),
-        ] {
-            match std::fs::read(&path) {
-                Ok(b) => files.push((name, b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-            }
-        }
-        collect_tree(&self.dir.join("output"), "output", &mut files)?;
+        let files = collect_files(&self.dir.join("primes.txt"), &self.dir.join("output"))?;
         Ok(pack_files(&files))
     }
 
     /// Replaces the replica's files with a snapshot's.
     fn unpack(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        let files = unpack_files(data)?;
+        self.install(unpack_files(data)?)
+    }
+
+    /// True if the replica holds nothing yet (no prime, no finished task, no report).
+    fn is_empty(&self) -> bool {
+        self.primes.is_empty()
+            && self.primes.finished.is_empty()
+            && std::fs::read_dir(self.dir.join("output")).map_or(true, |mut d| d.next().is_none())
+    }
+
+    /// Replaces the replica's files with `files` (names relative to its folder).
+    fn install(&mut self, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        for (name, _) in &files {
+            if name.split('/').any(|c| c == ".." || c.is_empty()) || name.starts_with('/') {
+                anyhow::bail!("a file outside the replica: {name:?}");
+            }
+        }
         let output = self.dir.join("output");
         if output.exists() {
             std::fs::remove_dir_all(&output)
@@ -227,9 +255,6 @@ impl State {
         let primes = self.dir.join("primes.txt");
         let mut seen_ledger = false;
         for (name, bytes) in &files {
-            if name.contains("..") || name.starts_with('/') {
-                anyhow::bail!("snapshot names a file outside the replica: {name:?}");
-            }
             seen_ledger |= name == "primes.txt.ranges";
             let path = self.dir.join(name);
             proto::files::write_atomic(&path, bytes, true)
@@ -268,6 +293,24 @@ fn decode_stored(b: &[u8]) -> anyhow::Result<Stored> {
         meta,
         data: b[nl + 1..].to_vec(),
     })
+}
+
+/// A primes file, its ledger and the reports under `output`, as (name, bytes): `primes.txt`,
+/// `primes.txt.ranges`, `output/...` (what a replica holds; the root files have the same).
+pub fn collect_files(primes: &Path, output: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for (name, path) in [
+        ("primes.txt".to_string(), primes.to_path_buf()),
+        ("primes.txt.ranges".to_string(), ledger_path(primes)),
+    ] {
+        match std::fs::read(&path) {
+            Ok(b) => files.push((name, b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    collect_tree(output, "output", &mut files)?;
+    Ok(files)
 }
 
 fn collect_tree(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
