@@ -192,10 +192,11 @@ if [ "$mode" = replicated ]; then
   done
 else
   # A group of one, through the same code (its Raft port base+6): the same log, replica
-  # state and root files as a group of three, without failover.
+  # state and root files as a group of three, without failover. Its state has a folder of
+  # its own (a group of three is another group: switching modes merges the root files).
   coord_list="$coord_addr"
   launch coordinator run/coordinator.addr "$BIN/coordinator" --group "$coord_addr/$host:$((base + 6))" --group-id 1 \
-    --addr-file run/coordinator.addr --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
+    --group-dir data/coordinators/simple --addr-file run/coordinator.addr --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
 fi
 for i in $(seq "$workers"); do
   launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_list" --afs "$afs_list" --cache-root "$cache_root" --threads "$threads"

@@ -70,10 +70,10 @@ pub enum Command {
     Reports(Vec<Report>),
     /// A job's report (with a factorial's value).
     JobReport(Box<JobReport>),
-    /// The root files (name, text) a coordinator left before there was a group (a system
-    /// started before in simple mode, or by an older version): taken as the replicated
-    /// state by every member whose replica is still empty, so switching to a group loses
-    /// nothing.
+    /// The root files (name, text) another group or a coordinator without a group wrote
+    /// last (simple mode before replicated, the other way round, an older version): every
+    /// member takes them into its state (an empty one as they are; one with state of its
+    /// own merges them), so switching modes loses and redoes nothing.
     Import(Vec<(String, String)>),
 }
 

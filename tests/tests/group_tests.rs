@@ -263,3 +263,58 @@ fn group_takes_over_a_single_coordinators_state() {
     p.wait_all_reported(T);
     p.assert_exact();
 }
+
+#[test]
+fn switching_between_simple_and_replicated_keeps_everything() {
+    // The scripts' modes are two groups on the same root files: a group of one (its own
+    // folder), then three, then one again; each switch merges what the other found.
+    let mut p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "a", 4, 4_000, 21);
+    p.simple();
+    p.coord_flags_mut(vec![
+        s("--snapshot-ms"),
+        s("400"),
+        s("--group-dir"),
+        s("data/coordinators/simple"),
+    ]);
+    p.start_group(1);
+    p.start_worker("worker-1");
+    p.wait_all_reported(T);
+    p.assert_exact();
+    p.kill_member(1);
+    // Replicated: three members with a folder of their own.
+    p.coord_flags_mut(vec![s("--snapshot-ms"), s("400")]);
+    p.start_group(3);
+    // The worker learns the new addresses as a user's restart of the scripts gives them.
+    p.kill_worker("worker-1");
+    p.start_worker("worker-1");
+    write_inputs_pub(&p.path("data/input"), "b", 3, 4_000, 22);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    for id in 1..=3 {
+        p.kill_member(id);
+    }
+    // Simple again: its old state plus what the group of three found.
+    p.coord_flags_mut(vec![
+        s("--snapshot-ms"),
+        s("400"),
+        s("--group-dir"),
+        s("data/coordinators/simple"),
+    ]);
+    p.start_group(1);
+    p.kill_worker("worker-1");
+    p.start_worker("worker-1");
+    p.wait_leader_other_than(None, T);
+    write_inputs_pub(&p.path("data/input"), "c", 2, 4_000, 23);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    wait_for(T, "the worker back with the group of one", || {
+        p.status()["files_done"] == 9
+    });
+    assert_eq!(
+        p.status()["totals"]["numbers_tested"],
+        8_000,
+        "only the two new files were tested after the last switch: {}",
+        p.status()["totals"]
+    );
+}

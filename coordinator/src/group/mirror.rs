@@ -26,6 +26,8 @@ pub struct Mirror {
     fence: PathBuf,
     /// The term this replica holds the root files for, while it does.
     term: Option<u64>,
+    /// The group it leads (see [`group_id`]).
+    group: String,
     /// Bytes of the replica's primes file and ledger already in the root ones.
     copied: (u64, u64),
 }
@@ -38,6 +40,7 @@ impl Mirror {
             jobs: jobs.to_path_buf(),
             fence: fence_path(primes),
             term: None,
+            group: String::new(),
             copied: (0, 0),
         }
     }
@@ -46,8 +49,9 @@ impl Mirror {
         self.term
     }
 
-    /// Runs `f` holding the fence's lock, if the fence still names `term` (or, `take`, an
-    /// older one, which it then replaces).
+    /// Runs `f` holding the fence's lock, if the fence still names this group and `term`;
+    /// or, `take`, if it names an older term of this group, another group or nobody (then
+    /// it names this group and `term` from now on).
     fn fenced<T>(
         &self,
         term: u64,
@@ -70,25 +74,33 @@ impl Mirror {
         (&file)
             .read_to_string(&mut text)
             .with_context(|| format!("reading {}", self.fence.display()))?;
-        let holder: u64 = text.trim().parse().unwrap_or(0);
-        if holder > term || (!take && holder != term) {
+        let (holder, group) = parse_fence(&text);
+        let same_group = group == self.group;
+        let allowed = if take {
+            !same_group || holder <= term
+        } else {
+            same_group && holder == term
+        };
+        if !allowed {
             anyhow::bail!(
-                "the root files belong to the leader of term {holder} now (this one led term {term})"
+                "the root files belong to the leader of term {holder} of group [{group}] now (this one led term {term} of [{}])",
+                self.group
             );
         }
         if take {
             let mut w = &file;
             w.set_len(0)
                 .and_then(|()| w.seek(SeekFrom::Start(0)).map(|_| ()))
-                .and_then(|()| w.write_all(format!("{term}\n").as_bytes()))
+                .and_then(|()| w.write_all(format!("{term} {}\n", self.group).as_bytes()))
                 .and_then(|()| w.sync_data())
                 .with_context(|| format!("writing {}", self.fence.display()))?;
         }
         f()
     }
 
-    /// Takes the root files for `term`: they become copies of the replica's (`dir`).
-    pub fn activate(&mut self, term: u64, dir: &Path) -> anyhow::Result<()> {
+    /// Takes the root files for `term` of `group`: they become copies of the replica's (`dir`).
+    pub fn activate(&mut self, term: u64, group: &str, dir: &Path) -> anyhow::Result<()> {
+        self.group = group.to_string();
         let (src_primes, src_output) = (dir.join("primes.txt"), dir.join("output"));
         let copied = self.fenced(term, true, || {
             let a = copy_file(&src_primes, &self.primes)?;
@@ -158,6 +170,27 @@ pub fn fence_path(primes: &Path) -> PathBuf {
     let mut fence = primes.as_os_str().to_owned();
     fence.push(".leader");
     PathBuf::from(fence)
+}
+
+/// Who holds the root files by the fence's text: (term, group); (0, "") if nobody.
+pub fn parse_fence(text: &str) -> (u64, String) {
+    let mut it = text.split_whitespace();
+    let term = it.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    (term, it.next().unwrap_or("").to_string())
+}
+
+/// Reads the fence of the root primes file `primes`: (term, group); (0, "") if none.
+pub fn read_fence(primes: &Path) -> (u64, String) {
+    parse_fence(&std::fs::read_to_string(fence_path(primes)).unwrap_or_default())
+}
+
+/// A group's name in the fence: its member numbers (`1,2,3`; a group of one is `1`). Two
+/// groups that take turns on the same root files (simple mode, then replicated) differ.
+pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a u64>) -> String {
+    ids.into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Replaces `to` with a copy of `from` (empty if `from` is missing), atomically; its length.

@@ -49,6 +49,10 @@ enum Response {
 /// Makes a [`Peer`] per member.
 pub struct Network {
     pub key: ClusterKey,
+    /// The members' addresses as configured now (`--group`): they win over the addresses
+    /// stored in the log's membership, so a group restarted on other ports still finds its
+    /// members (their numbers stay).
+    pub members: std::collections::BTreeMap<u64, Member>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -57,7 +61,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
         Peer {
             target,
-            addr: node.raft.clone(),
+            addr: self
+                .members
+                .get(&target)
+                .map_or_else(|| node.raft.clone(), |m| m.raft.clone()),
             key: self.key.clone(),
             conn: None,
         }

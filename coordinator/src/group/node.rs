@@ -138,6 +138,16 @@ pub async fn run(
     let log = LogStore::open(&group.dir)?;
     let pristine = log.is_pristine();
     let replica = Replica::open(&group.dir, &cfg.primes, &cfg.output, &cfg.jobs)?;
+    let configured: std::collections::BTreeSet<u64> = group.members.keys().copied().collect();
+    if let Some(voters) = replica.voters() {
+        if voters != configured {
+            anyhow::bail!(
+                "the state in {} belongs to a group of members {voters:?}, not {configured:?} as --group says: \
+                 give the same members, another --group-dir, or --fresh",
+                group.dir.display()
+            );
+        }
+    }
     let election = group.election_ms.max(50);
     let rcfg = openraft::Config {
         cluster_name: "primes-coordinators".into(),
@@ -156,6 +166,7 @@ pub async fn run(
         Arc::new(rcfg),
         Network {
             key: cfg.key.clone(),
+            members: group.members.clone(),
         },
         log,
         replica.clone(),
@@ -207,6 +218,7 @@ async fn role_loop(
         let redirect = tokio::spawn(redirect_workers(
             listener,
             raft.clone(),
+            group.members.clone(),
             cfg.key.clone(),
             stop.clone(),
         ));
@@ -217,7 +229,8 @@ async fn role_loop(
             Some(t) => t,
             None => return Ok(()),
         };
-        if let Err(e) = import_root(raft, replica, cfg).await {
+        let gid = super::mirror::group_id(group.members.keys());
+        if let Err(e) = import_root(raft, &gid, cfg).await {
             error!(
                 term,
                 error = format!("{e:#}"),
@@ -229,7 +242,7 @@ async fn role_loop(
             }
             continue;
         }
-        if let Err(e) = replica.lead(term) {
+        if let Err(e) = replica.lead(term, &gid) {
             error!(
                 term,
                 error = format!("{e:#}"),
@@ -275,12 +288,14 @@ async fn role_loop(
     }
 }
 
-/// Before the first lead of a new group: root files that no group ever owned (no fence),
-/// left by a coordinator that ran without a group, become the group's state through the
-/// log (every member takes them); the lead would otherwise replace them with the empty
-/// replica's.
-async fn import_root(raft: &Raft, replica: &Replica, cfg: &Config) -> anyhow::Result<()> {
-    if super::mirror::fence_path(&cfg.primes).exists() || !replica.is_empty() {
+/// Before taking the root files: if this group did not write them last (the fence names
+/// another group, or nobody: a coordinator without a group, simple mode before replicated
+/// or the other way round), they become part of the group's state through the log (every
+/// member merges them); the lead would otherwise replace them with this member's older or
+/// empty state.
+async fn import_root(raft: &Raft, group_id: &str, cfg: &Config) -> anyhow::Result<()> {
+    let (_, holder) = super::mirror::read_fence(&cfg.primes);
+    if holder == group_id {
         return Ok(());
     }
     let (primes, output) = (cfg.primes.clone(), cfg.output.clone());
@@ -445,12 +460,13 @@ async fn log_elections(raft: Raft, shutdown: CancellationToken) {
 async fn redirect_workers(
     listener: TcpListener,
     raft: Raft,
+    members: BTreeMap<u64, Member>,
     key: ClusterKey,
     stop: CancellationToken,
 ) {
     let mut acceptor = proto::conn::Acceptor::new(listener, 256);
     while let Some((admission, stream, _peer)) = acceptor.next(&stop).await {
-        let (raft, key) = (raft.clone(), key.clone());
+        let (raft, key, members) = (raft.clone(), key.clone(), members.clone());
         tokio::spawn(async move {
             let Ok(Admitted::Ready(mut conn, _permit)) =
                 authenticate(admission, stream, &key, SERVICE, MAX_LINE).await
@@ -464,10 +480,12 @@ async fn redirect_workers(
                     let m = raft.metrics().borrow().clone();
                     // Itself while not serving: a leader that lost its majority.
                     m.current_leader.filter(|l| *l != m.id).and_then(|l| {
-                        m.membership_config
-                            .membership()
-                            .get_node(&l)
-                            .map(|n| n.workers.clone())
+                        members.get(&l).map(|n| n.workers.clone()).or_else(|| {
+                            m.membership_config
+                                .membership()
+                                .get_node(&l)
+                                .map(|n| n.workers.clone())
+                        })
                     })
                 };
                 let _ = conn.send(&CoordMsg::NotLeader { leader }).await;

@@ -118,11 +118,19 @@ impl Replica {
         lock(&self.inner).dir.clone()
     }
 
-    /// Takes the root files for `term` (see [`Mirror`]).
-    pub fn lead(&self, term: u64) -> anyhow::Result<()> {
+    /// Takes the root files for `term` of group `group` (see [`Mirror`]).
+    pub fn lead(&self, term: u64, group: &str) -> anyhow::Result<()> {
         let mut g = lock(&self.inner);
         let dir = g.dir.clone();
-        tokio::task::block_in_place(|| g.mirror.activate(term, &dir))
+        tokio::task::block_in_place(|| g.mirror.activate(term, group, &dir))
+    }
+
+    /// The voters of the membership applied so far (none before the first).
+    pub fn voters(&self) -> Option<std::collections::BTreeSet<u64>> {
+        let g = lock(&self.inner);
+        g.applied
+            .applied
+            .map(|_| g.applied.membership.membership().voter_ids().collect())
     }
 
     /// True if the replica holds nothing yet.
@@ -185,21 +193,23 @@ impl State {
                 Outcome::Reports(results)
             }
             Command::Import(files) => {
-                // Only into an empty replica: the same decision on every member.
-                if !self.is_empty() {
-                    return Ok(Outcome::Imported(false));
-                }
+                // The same decision on every member: an empty replica takes the files as
+                // they are; one with state of its own merges them (primes and ledger as a
+                // union, the imported reports replacing its own: they are the newer).
                 let n = files.len();
-                self.install(
-                    files
-                        .into_iter()
-                        .map(|(name, text)| (name, text.into_bytes()))
-                        .collect(),
-                )?;
+                let files: Vec<(String, Vec<u8>)> = files
+                    .into_iter()
+                    .map(|(name, text)| (name, text.into_bytes()))
+                    .collect();
+                if self.is_empty() {
+                    self.install(files)?;
+                } else {
+                    self.merge(files)?;
+                }
                 info!(
                     files = n,
                     primes = self.primes.len(),
-                    "imported the root files of a coordinator that ran before the group"
+                    "took the root files left by another coordinator (or group) into this group's state"
                 );
                 Outcome::Imported(true)
             }
@@ -238,6 +248,51 @@ impl State {
         self.primes.is_empty()
             && self.primes.finished.is_empty()
             && std::fs::read_dir(self.dir.join("output")).map_or(true, |mut d| d.next().is_none())
+    }
+
+    /// Adds `files` (names relative to its folder) to what the replica holds: the primes and
+    /// ledger entries it lacks, and the reports (which replace its own).
+    fn merge(&mut self, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        let (mut small, mut big, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, bytes) in files {
+            if name.split('/').any(|c| c == ".." || c.is_empty()) || name.starts_with('/') {
+                anyhow::bail!("a file outside the replica: {name:?}");
+            }
+            match name.as_str() {
+                "primes.txt" => {
+                    for line in bytes.split(|b| *b == b'\n') {
+                        let Ok(t) = std::str::from_utf8(line) else {
+                            continue;
+                        };
+                        let t = t.trim();
+                        if let Ok(v) = t.parse::<u64>() {
+                            small.push(v);
+                        } else if !t.is_empty()
+                            && !t.starts_with('0')
+                            && t.bytes().all(|b| b.is_ascii_digit())
+                        {
+                            big.push(t.to_string());
+                        }
+                    }
+                }
+                "primes.txt.ranges" => {
+                    for line in bytes.split(|b| *b == b'\n') {
+                        if let Ok(f) = serde_json::from_slice::<Finished>(line) {
+                            if !self.primes.finished.contains(&f) && !finished.contains(&f) {
+                                finished.push(f);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let path = self.dir.join(&name);
+                    proto::files::write_atomic(&path, &bytes, true)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+        }
+        self.primes.append(&small, &big, &[], &finished)?;
+        Ok(())
     }
 
     /// Replaces the replica's files with `files` (names relative to its folder).
