@@ -135,6 +135,11 @@ impl Coordinator {
         self.snaps.last()
     }
 
+    /// The newest snapshot on disk at start-up, for status.
+    pub fn set_last_snapshot(&mut self, info: SnapshotInfo) {
+        self.snaps.set_last(info);
+    }
+
     /// The number the next snapshot will have.
     pub fn next_snapshot(&self) -> u64 {
         self.snaps.next_seq()

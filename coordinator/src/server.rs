@@ -204,6 +204,18 @@ pub async fn run(
         };
         let files = machine.recover(&snap, &current, now);
         info!(seq = snap.seq, files, "recovered from snapshot");
+        if let Some((_, path)) = list_snapshots(&cfg.snapshots.dir)
+            .into_iter()
+            .find(|(seq, _)| *seq == snap.seq)
+        {
+            machine.set_last_snapshot(crate::snapshot::SnapshotInfo {
+                seq: snap.seq,
+                bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
+                path: path.display().to_string(),
+                completed_at: snap.completed_at.clone(),
+                write_ms: 0,
+            });
+        }
     }
     info!(
         session,

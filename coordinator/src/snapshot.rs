@@ -137,6 +137,12 @@ impl Snapshots {
         self.last.clone()
     }
 
+    /// The last snapshot on disk at start-up (a previous run's or another leader's), for
+    /// status until this run writes one.
+    pub fn set_last(&mut self, info: SnapshotInfo) {
+        self.last = Some(info);
+    }
+
     /// The snapshot file `info` was written.
     pub fn written(&mut self, info: SnapshotInfo) {
         self.last = Some(info);

@@ -226,12 +226,12 @@ async fn session(
                 session,
                 heartbeat_ms, term, "registered with the coordinator"
             );
-            // Heartbeats unacknowledged for 3 intervals (at least 1 s): the coordinator is cut
+            // Heartbeats unacknowledged for 2 intervals (at least 1 s): the coordinator is cut
             // off (a network partition sends no FIN), so the connection drops and the next
-            // coordinator is tried, as the coordinator declares a silent worker dead.
+            // coordinator is tried: a new leader is found within two heartbeats.
             proto::conn::set_user_timeout_fd(
                 raw,
-                Duration::from_millis((heartbeat_ms * 3).max(1000)),
+                Duration::from_millis((heartbeat_ms * 2).max(1000)),
             );
             Duration::from_millis(heartbeat_ms.max(10))
         }
