@@ -376,8 +376,31 @@ async fn serve_worker(
     shared.connect(conn_id, tx);
     let closed = CancellationToken::new();
     let writer_closed = closed.clone();
+    // Liveness: `alive` on a connection idle for a heartbeat interval, so a worker can tell a
+    // paused or cut-off coordinator (whose kernel still acknowledges its heartbeats) from a
+    // quiet one.
+    let mut idle =
+        tokio::time::interval(Duration::from_millis(shared.cfg.core.heartbeat_ms.max(10)));
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let writer_task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        let mut wrote = false;
+        loop {
+            let out = tokio::select! {
+                out = rx.recv() => match out {
+                    Some(out) => out,
+                    None => break,
+                },
+                _ = idle.tick() => {
+                    if !std::mem::take(&mut wrote)
+                        && (writer.write_msg(&CoordMsg::Alive {}).await.is_err()
+                            || writer.flush().await.is_err())
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            wrote = true;
             match out {
                 Out::Msg(m) => {
                     if writer.write_msg(&m).await.is_err() {

@@ -121,6 +121,10 @@ pub enum CoordMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
+    /// Sent by the coordinator on a connection it has sent nothing else on for a heartbeat
+    /// interval: a worker that hears nothing for 3 intervals gives the coordinator up (a
+    /// paused or cut-off leader) and tries the others.
+    Alive {},
     /// This coordinator does not lead its group (answer to `register`): try `leader` (its
     /// workers' address) if known, else the next coordinator. The connection then closes.
     NotLeader {

@@ -319,3 +319,24 @@ fn switching_between_simple_and_replicated_keeps_everything() {
         p.status()["totals"]
     );
 }
+
+#[test]
+fn group_leader_paused_is_replaced() {
+    // SIGSTOP of the leader: its kernel still acknowledges the workers' heartbeats, so only
+    // its silence (no `alive`) tells them; the others elect a leader and the job goes on.
+    let mut p = group(30, 8_000, &[]);
+    let first = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    wait_for(T, "some files reported", || p.unreported().len() < 28);
+    p.member_signal(first, libc::SIGSTOP);
+    let before = p.unreported().len();
+    wait_for(T, "progress while the old leader is paused", || {
+        p.unreported().len() + 3 <= before || p.unreported().is_empty()
+    });
+    p.member_signal(first, libc::SIGCONT);
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert!(verify_snapshots(&p) >= 1);
+}

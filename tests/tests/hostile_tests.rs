@@ -106,7 +106,7 @@ async fn hostile_peers_do_not_disturb_a_job() {
         let mut closed = false;
         for _ in 0..20 {
             match c.expect_msg::<CoordMsg>(Duration::from_secs(5)).await {
-                Ok(CoordMsg::Error { .. }) | Ok(CoordMsg::Assign(_)) | Ok(CoordMsg::Marker { .. }) | Ok(CoordMsg::Cancel { .. }) => continue,
+                Ok(CoordMsg::Error { .. }) | Ok(CoordMsg::Assign(_)) | Ok(CoordMsg::Marker { .. }) | Ok(CoordMsg::Cancel { .. }) | Ok(CoordMsg::Alive {}) => continue,
                 Ok(other) => panic!("case {i}: unexpected {other:?}"),
                 Err(_) => {
                     closed = true;

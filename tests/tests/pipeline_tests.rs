@@ -354,6 +354,13 @@ impl Pipeline {
         self.members[id - 1].0 = Some(p);
     }
 
+    /// Sends `sig` to group member `id`.
+    pub fn member_signal(&mut self, id: usize, sig: i32) {
+        if let Some(p) = self.members[id - 1].0.as_ref() {
+            p.signal(sig);
+        }
+    }
+
     /// kill -9 group member `id`.
     pub fn kill_member(&mut self, id: usize) {
         if let Some(p) = self.members[id - 1].0.as_mut() {

@@ -342,8 +342,21 @@ async fn session(
         })
         .collect();
 
+    // A coordinator sends at least `alive` every heartbeat interval: silence for 3 of them
+    // (at least 1 s) means it is paused or cut off, and the others are tried. With one
+    // coordinator there is no other to try: a paused one is waited for (it resumes with
+    // every worker still connected, none declared lost for its own pause).
+    let silence = if cfg.coordinators.len() > 1 {
+        (heartbeat * 3).max(Duration::from_secs(1))
+    } else {
+        Duration::from_secs(365 * 24 * 3600)
+    };
+    let mut heard = tokio::time::Instant::now();
     let result = loop {
         let msg = tokio::select! {
+            _ = tokio::time::sleep_until(heard + silence) => {
+                break SessionEnd::Lost(format!("coordinator silent for {silence:?}"));
+            }
             _ = shutdown.cancelled() => {
                 let _ = out_tx.send(WorkerMsg::Goodbye {});
                 let _ = tokio::time::timeout(Duration::from_secs(2), end.cancelled()).await;
@@ -353,7 +366,9 @@ async fn session(
             _ = crashed.cancelled() => break SessionEnd::InjectedCrash,
             m = reader.read_msg::<CoordMsg>() => m,
         };
+        heard = tokio::time::Instant::now();
         match msg {
+            Ok(Some(CoordMsg::Alive {})) => {}
             Ok(Some(CoordMsg::Assign(a))) => {
                 debug!(
                     attempt = a.attempt,
