@@ -265,6 +265,19 @@ fn group_takes_over_a_single_coordinators_state() {
     p.assert_exact();
 }
 
+/// The flags of the scripts' simple mode (a group of one with a folder of its own).
+fn simple_flags() -> Vec<String> {
+    [
+        "--snapshot-ms",
+        "400",
+        "--group-dir",
+        "data/coordinators/simple",
+    ]
+    .iter()
+    .map(|x| s(x))
+    .collect()
+}
+
 #[test]
 fn switching_between_simple_and_replicated_keeps_everything() {
     // The scripts' modes are two groups on the same root files: a group of one (its own
@@ -272,12 +285,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
     let mut p = Pipeline::new();
     write_inputs_pub(&p.path("data/input"), "a", 4, 4_000, 21);
     p.simple();
-    p.coord_flags_mut(vec![
-        s("--snapshot-ms"),
-        s("400"),
-        s("--group-dir"),
-        s("data/coordinators/simple"),
-    ]);
+    p.coord_flags_mut(simple_flags());
     p.start_group(1);
     p.start_worker("worker-1");
     p.wait_all_reported(T);
@@ -296,12 +304,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
         p.kill_member(id);
     }
     // Simple again: its old state plus what the group of three found.
-    p.coord_flags_mut(vec![
-        s("--snapshot-ms"),
-        s("400"),
-        s("--group-dir"),
-        s("data/coordinators/simple"),
-    ]);
+    p.coord_flags_mut(simple_flags());
     p.start_group(1);
     p.kill_worker("worker-1");
     p.start_worker("worker-1");

@@ -126,6 +126,32 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
+/// A worker's flags in these tests: one thread, slowed by `delay_ms` per task, short backoff.
+fn worker_args(
+    p: &Pipeline,
+    id: &str,
+    coordinators: &str,
+    afs: &str,
+    delay_ms: u64,
+) -> Vec<String> {
+    vec![
+        s("--id"),
+        s(id),
+        s("--coordinator"),
+        s(coordinators),
+        s("--afs"),
+        s(afs),
+        s("--cache-root"),
+        p.path("cache").display().to_string(),
+        s("--threads"),
+        s("1"),
+        s("--delay-ms"),
+        delay_ms.to_string(),
+        s("--max-backoff-ms"),
+        s("300"),
+    ]
+}
+
 #[test]
 fn hosts_on_their_own_addresses_with_link_cuts() {
     let mut net = match Net::new() {
@@ -230,30 +256,15 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
     ));
     read_addr(&p.path("run/coordinator.addr"), Duration::from_secs(20));
     for (ns, id) in [(&w1, "worker-1"), (&w2, "worker-2")] {
-        procs.push(start_in(
+        let mut args = worker_args(
             &p,
-            ns,
             id,
-            "worker",
-            &[
-                s("--id"),
-                s(id),
-                s("--coordinator"),
-                addr(10),
-                s("--afs"),
-                format!("{},{}", addr(11), addr(12)),
-                s("--cache-root"),
-                p.path("cache").display().to_string(),
-                s("--threads"),
-                s("1"),
-                s("--delay-ms"),
-                s("300"),
-                s("--afs-timeout-ms"),
-                s("1500"),
-                s("--max-backoff-ms"),
-                s("300"),
-            ],
-        ));
+            &addr(10),
+            &format!("{},{}", addr(11), addr(12)),
+            300,
+        );
+        args.extend([s("--afs-timeout-ms"), s("1500")]);
+        procs.push(start_in(&p, ns, id, "worker", &args));
     }
     wait_for(Duration::from_secs(30), "some progress", || {
         p.unreported().len() <= 26
@@ -367,28 +378,8 @@ fn group_leader_cut_off_by_a_partition() {
         .collect::<Vec<_>>()
         .join(",");
     for (ns, id) in [(&hosts[4], "worker-1"), (&hosts[5], "worker-2")] {
-        procs.push(start_in(
-            &p,
-            ns,
-            id,
-            "worker",
-            &[
-                s("--id"),
-                s(id),
-                s("--coordinator"),
-                coordinators.clone(),
-                s("--afs"),
-                addr(11, 7000),
-                s("--cache-root"),
-                p.path("cache").display().to_string(),
-                s("--threads"),
-                s("1"),
-                s("--delay-ms"),
-                s("150"),
-                s("--max-backoff-ms"),
-                s("300"),
-            ],
-        ));
+        let args = worker_args(&p, id, &coordinators, &addr(11, 7000), 150);
+        procs.push(start_in(&p, ns, id, "worker", &args));
     }
     let leader_of = |p: &Pipeline| -> Option<u8> {
         let st: serde_json::Value = std::fs::read(p.path("run/status.json"))

@@ -230,23 +230,16 @@ async fn role_loop(
             None => return Ok(()),
         };
         let gid = super::mirror::group_id(group.members.keys());
-        if let Err(e) = import_root(raft, &gid, cfg).await {
+        // The root files: merged into the group's state if another wrote them, then taken.
+        let taken = match import_root(raft, &gid, cfg).await {
+            Ok(()) => replica.lead(term, &gid),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = taken {
             error!(
                 term,
                 error = format!("{e:#}"),
-                "cannot import the root files; not serving"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            continue;
-        }
-        if let Err(e) = replica.lead(term, &gid) {
-            error!(
-                term,
-                error = format!("{e:#}"),
-                "cannot take the root files; not serving"
+                "cannot take the root files; not serving (trying again in 1 s)"
             );
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -418,6 +411,13 @@ async fn watch_lead(handle: Handle, lease: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             r = rx.changed() => if r.is_err() { stop.cancel(); return; },
             _ = check.tick() => {
+                // Root files it can no longer write (a failed copy, a newer fence): stop, and
+                // take them again (a full copy) before serving.
+                if !handle.replica.leads_root() {
+                    warn!(term = handle.term, "no longer keeping the root files: stop serving");
+                    stop.cancel();
+                    return;
+                }
                 if !confirmed(&handle.raft, lease).await {
                     warn!(term = handle.term, "no majority confirms this leader: stop serving");
                     stop.cancel();

@@ -138,6 +138,11 @@ impl Replica {
         lock(&self.inner).is_empty()
     }
 
+    /// True while this member keeps the root files (a failed copy or a newer fence ends it).
+    pub fn leads_root(&self) -> bool {
+        lock(&self.inner).mirror.term().is_some()
+    }
+
     /// Stops copying to the root files.
     pub fn step_down(&self) {
         lock(&self.inner).mirror.deactivate();
