@@ -146,7 +146,9 @@ struct RunArgs {
     #[arg(long, env = "PRIMES_GROUP_DIR", default_value = "data/coordinators")]
     group_dir: PathBuf,
     /// Shortest Raft election timeout in ms (the longest is twice it; the leader's
-    /// heartbeats go every quarter of it). A dead leader is replaced within about 2x this.
+    /// heartbeats go every quarter of it). A dead leader is replaced after one or two of
+    /// these plus openraft's leader lease: with 300, the next prime is flushed about 1.3 s
+    /// after a kill -9 of the leader (BENCHMARKS.md).
     #[arg(long, env = "PRIMES_ELECTION_MS", default_value_t = 300)]
     election_ms: u64,
     /// Entries between two state-machine snapshots of a replica (the log is compacted to
