@@ -10,12 +10,14 @@
 //! its own, fenced by its term ([`mirror`]). A new leader starts from its replica's state
 //! as a restarted coordinator starts from disk.
 //!
+//! - [`files`]: a replica's state as a list of files (snapshots, imports, the root copy).
 //! - [`log`]: the Raft log and vote on disk (append + fsync, truncate, purge).
 //! - [`replica`]: the state machine: applies commands, builds and installs snapshots.
 //! - [`mirror`]: the root files the leader maintains, and the term fence.
 //! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
 //! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
 
+pub mod files;
 pub mod log;
 pub mod mirror;
 pub mod net;

@@ -346,16 +346,12 @@ async fn session(
     // (at least 1 s) means it is paused or cut off, and the others are tried. With one
     // coordinator there is no other to try: a paused one is waited for (it resumes with
     // every worker still connected, none declared lost for its own pause).
-    let silence = if cfg.coordinators.len() > 1 {
-        (heartbeat * 3).max(Duration::from_secs(1))
-    } else {
-        Duration::from_secs(365 * 24 * 3600)
-    };
+    let silence = (cfg.coordinators.len() > 1).then(|| (heartbeat * 3).max(Duration::from_secs(1)));
     let mut heard = tokio::time::Instant::now();
     let result = loop {
         let msg = tokio::select! {
-            _ = tokio::time::sleep_until(heard + silence) => {
-                break SessionEnd::Lost(format!("coordinator silent for {silence:?}"));
+            _ = tokio::time::sleep_until(heard + silence.unwrap_or_default()), if silence.is_some() => {
+                break SessionEnd::Lost(format!("coordinator silent for {:?}", silence.unwrap_or_default()));
             }
             _ = shutdown.cancelled() => {
                 let _ = out_tx.send(WorkerMsg::Goodbye {});

@@ -149,6 +149,15 @@ fn apply_record(entries: &mut BTreeMap<u64, LogEntry>, purged: &mut Option<LogId
 }
 
 impl Inner {
+    /// Appends `recs` to the file (fsynced), then to what is held.
+    fn record(&mut self, recs: Vec<Record>) -> anyhow::Result<()> {
+        self.write(&recs)?;
+        for r in recs {
+            apply_record(&mut self.entries, &mut self.purged, r);
+        }
+        Ok(())
+    }
+
     fn write(&mut self, recs: &[Record]) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         for r in recs {
@@ -247,20 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let recs: Vec<Record> = entries.into_iter().map(Record::Append).collect();
         let inner = self.inner.clone();
-        let written = tokio::task::block_in_place(move || {
-            let mut g = lock(&inner);
-            g.write(&recs)?;
-            for r in recs {
-                let (entries, purged) = {
-                    let Inner {
-                        entries, purged, ..
-                    } = &mut *g;
-                    (entries, purged)
-                };
-                apply_record(entries, purged, r);
-            }
-            Ok::<_, anyhow::Error>(())
-        });
+        let written = tokio::task::block_in_place(move || lock(&inner).record(recs));
         match written {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -277,10 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let inner = self.inner.clone();
         tokio::task::block_in_place(move || {
-            let mut g = lock(&inner);
-            g.write(&[Record::Truncate(log_id.index)])?;
-            g.entries.split_off(&log_id.index);
-            Ok(())
+            lock(&inner).record(vec![Record::Truncate(log_id.index)])
         })
         .map_err(io_err)
     }
@@ -289,9 +282,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let inner = self.inner.clone();
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
-            let keep = g.entries.split_off(&(log_id.index + 1));
-            g.entries = keep;
-            g.purged = Some(log_id);
+            let Inner {
+                entries, purged, ..
+            } = &mut *g;
+            apply_record(entries, purged, Record::Purge(log_id));
+            // The file is rewritten with what is left (the purge record first).
             g.compact()
         })
         .map_err(io_err)

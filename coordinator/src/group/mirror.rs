@@ -101,12 +101,9 @@ impl Mirror {
     /// Takes the root files for `term` of `group`: they become copies of the replica's (`dir`).
     pub fn activate(&mut self, term: u64, group: &str, dir: &Path) -> anyhow::Result<()> {
         self.group = group.to_string();
-        let (src_primes, src_output) = (dir.join("primes.txt"), dir.join("output"));
+        let files = super::files::collect_files(&dir.join("primes.txt"), &dir.join("output"))?;
         let copied = self.fenced(term, true, || {
-            let a = copy_file(&src_primes, &self.primes)?;
-            let b = copy_file(&ledger_path(&src_primes), &ledger_path(&self.primes))?;
-            copy_tree(&src_output, &self.output)?;
-            Ok((a, b))
+            super::files::write_files(&files, &self.primes, &self.output, false)
         })?;
         self.copied = copied;
         self.term = Some(term);
@@ -191,43 +188,6 @@ pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a u64>) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Replaces `to` with a copy of `from` (empty if `from` is missing), atomically; its length.
-fn copy_file(from: &Path, to: &Path) -> anyhow::Result<u64> {
-    let bytes = match std::fs::read(from) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
-    };
-    proto::files::write_atomic(to, &bytes, true)
-        .with_context(|| format!("writing {}", to.display()))?;
-    Ok(bytes.len() as u64)
-}
-
-/// Copies every file under `from` to the same place under `to`.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
-    };
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", from.display()))?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let kind = e
-            .file_type()
-            .with_context(|| format!("reading {}", src.display()))?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            proto::files::write_atomic(&dst, &bytes, false)
-                .with_context(|| format!("writing {}", dst.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Appends `from`'s bytes after offset `at` to `to`, fsynced; how many.

@@ -231,10 +231,9 @@ async fn role_loop(
         };
         let gid = super::mirror::group_id(group.members.keys());
         // The root files: merged into the group's state if another wrote them, then taken.
-        let taken = match import_root(raft, &gid, cfg).await {
-            Ok(()) => replica.lead(term, &gid),
-            Err(e) => Err(e),
-        };
+        let taken = import_root(raft, &gid, cfg)
+            .await
+            .and_then(|()| replica.lead(term, &gid));
         if let Err(e) = taken {
             error!(
                 term,
@@ -292,10 +291,9 @@ async fn import_root(raft: &Raft, group_id: &str, cfg: &Config) -> anyhow::Resul
         return Ok(());
     }
     let (primes, output) = (cfg.primes.clone(), cfg.output.clone());
-    let files =
-        tokio::task::spawn_blocking(move || super::replica::collect_files(&primes, &output))
-            .await
-            .context("reading the root files")??;
+    let files = tokio::task::spawn_blocking(move || super::files::collect_files(&primes, &output))
+        .await
+        .context("reading the root files")??;
     if files.iter().all(|(_, b)| b.is_empty()) {
         return Ok(());
     }

@@ -20,9 +20,10 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::files;
 use super::mirror::Mirror;
 use super::{Command, LogEntry, LogId, Member, Outcome, TypeConfig};
-use crate::primes::{ledger_path, PrimesFile};
+use crate::primes::PrimesFile;
 use crate::ranges::Finished;
 use crate::state::lock;
 
@@ -32,17 +33,11 @@ struct Applied {
     membership: StoredMembership<u64, Member>,
 }
 
-struct Stored {
-    meta: SnapshotMeta<u64, Member>,
-    data: Vec<u8>,
-}
-
 struct State {
     dir: PathBuf,
     primes: PrimesFile,
     jobs: PathBuf,
     applied: Applied,
-    snapshot: Option<Stored>,
     mirror: Mirror,
 }
 
@@ -76,14 +71,6 @@ impl Replica {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", applied_path.display())),
         };
-        let snap_path = dir.join("snapshot.bin");
-        let snapshot = match std::fs::read(&snap_path) {
-            Ok(b) => Some(
-                decode_stored(&b).with_context(|| format!("reading {}", snap_path.display()))?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", snap_path.display())),
-        };
         info!(
             dir = %dir.display(),
             primes = primes.len(),
@@ -96,7 +83,6 @@ impl Replica {
                 primes,
                 jobs: jobs.to_path_buf(),
                 applied,
-                snapshot,
                 mirror: Mirror::new(root_primes, root_output, jobs),
             })),
         })
@@ -111,11 +97,6 @@ impl Replica {
             g.primes.len() as u64,
             g.primes.in_set() as u64,
         )
-    }
-
-    /// The replica's folder.
-    pub fn dir(&self) -> PathBuf {
-        lock(&self.inner).dir.clone()
     }
 
     /// Takes the root files for `term` of group `group` (see [`Mirror`]).
@@ -239,13 +220,13 @@ impl State {
 
     /// The replica's files, packed.
     fn pack(&self) -> anyhow::Result<Vec<u8>> {
-        let files = collect_files(&self.dir.join("primes.txt"), &self.dir.join("output"))?;
-        Ok(pack_files(&files))
+        let (primes, output) = self.paths();
+        Ok(files::pack(&files::collect_files(&primes, &output)?))
     }
 
-    /// Replaces the replica's files with a snapshot's.
-    fn unpack(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.install(unpack_files(data)?)
+    /// Its primes file and reports folder.
+    fn paths(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("primes.txt"), self.dir.join("output"))
     }
 
     /// True if the replica holds nothing yet (no prime, no finished task, no report).
@@ -259,10 +240,9 @@ impl State {
     /// ledger entries it lacks, and the reports (which replace its own).
     fn merge(&mut self, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
         let (mut small, mut big, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        let (primes, output) = self.paths();
         for (name, bytes) in files {
-            if name.split('/').any(|c| c == ".." || c.is_empty()) || name.starts_with('/') {
-                anyhow::bail!("a file outside the replica: {name:?}");
-            }
+            let path = files::place(&name, &primes, &output)?;
             match name.as_str() {
                 "primes.txt" => {
                     for line in bytes.split(|b| *b == b'\n') {
@@ -289,147 +269,62 @@ impl State {
                         }
                     }
                 }
-                _ => {
-                    let path = self.dir.join(&name);
-                    proto::files::write_atomic(&path, &bytes, true)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                _ => proto::files::write_atomic(&path, &bytes, true)
+                    .with_context(|| format!("writing {}", path.display()))?,
             }
         }
         self.primes.append(&small, &big, &[], &finished)?;
         Ok(())
     }
 
-    /// Replaces the replica's files with `files` (names relative to its folder).
+    /// Replaces the replica's files with `files` (as [`files::collect_files`] names them).
     fn install(&mut self, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        let (primes, output) = self.paths();
         for (name, _) in &files {
-            if name.split('/').any(|c| c == ".." || c.is_empty()) || name.starts_with('/') {
-                anyhow::bail!("a file outside the replica: {name:?}");
-            }
+            files::place(name, &primes, &output)?;
         }
-        let output = self.dir.join("output");
         if output.exists() {
             std::fs::remove_dir_all(&output)
                 .with_context(|| format!("clearing {}", output.display()))?;
         }
-        let primes = self.dir.join("primes.txt");
-        let mut seen_ledger = false;
-        for (name, bytes) in &files {
-            seen_ledger |= name == "primes.txt.ranges";
-            let path = self.dir.join(name);
-            proto::files::write_atomic(&path, bytes, true)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        if !files.iter().any(|(n, _)| n == "primes.txt") {
-            proto::files::write_atomic(&primes, b"", true)
-                .with_context(|| format!("writing {}", primes.display()))?;
-        }
-        if !seen_ledger {
-            let _ = std::fs::remove_file(ledger_path(&primes));
-        }
+        files::write_files(&files, &primes, &output, true)?;
         self.primes = PrimesFile::open(&primes)?;
         Ok(())
     }
 
-    fn save_snapshot(&self, s: &Stored) -> anyhow::Result<()> {
+    /// Keeps a state-machine snapshot on disk (only there: it is read when a peer needs it)
+    /// as its meta (one JSON line), then its data.
+    fn save_snapshot(&self, meta: &SnapshotMeta<u64, Member>, data: &[u8]) -> anyhow::Result<()> {
         let path = self.dir.join("snapshot.bin");
-        let meta = serde_json::to_vec(&s.meta).context("encoding snapshot meta")?;
-        let mut bytes = Vec::with_capacity(meta.len() + 1 + s.data.len());
+        let meta = serde_json::to_vec(meta).context("encoding snapshot meta")?;
+        let mut bytes = Vec::with_capacity(meta.len() + 1 + data.len());
         bytes.extend_from_slice(&meta);
         bytes.push(b'\n');
-        bytes.extend_from_slice(&s.data);
+        bytes.extend_from_slice(data);
         proto::files::write_atomic(&path, &bytes, true)
             .with_context(|| format!("writing {}", path.display()))
     }
-}
 
-fn decode_stored(b: &[u8]) -> anyhow::Result<Stored> {
-    let nl = b
-        .iter()
-        .position(|c| *c == b'\n')
-        .context("no snapshot meta line")?;
-    let meta = serde_json::from_slice(&b[..nl]).context("snapshot meta")?;
-    Ok(Stored {
-        meta,
-        data: b[nl + 1..].to_vec(),
-    })
-}
-
-/// A primes file, its ledger and the reports under `output`, as (name, bytes): `primes.txt`,
-/// `primes.txt.ranges`, `output/...` (what a replica holds; the root files have the same).
-pub fn collect_files(primes: &Path, output: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut files = Vec::new();
-    for (name, path) in [
-        ("primes.txt".to_string(), primes.to_path_buf()),
-        ("primes.txt.ranges".to_string(), ledger_path(primes)),
-    ] {
-        match std::fs::read(&path) {
-            Ok(b) => files.push((name, b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    /// The snapshot kept by [`State::save_snapshot`], if any.
+    fn load_snapshot(&self) -> anyhow::Result<Option<Snapshot<TypeConfig>>> {
+        let path = self.dir.join("snapshot.bin");
+        let mut b = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+        };
+        let nl = b
+            .iter()
+            .position(|c| *c == b'\n')
+            .with_context(|| format!("{}: no meta line", path.display()))?;
+        let meta = serde_json::from_slice(&b[..nl])
+            .with_context(|| format!("{}: meta", path.display()))?;
+        b.drain(..=nl);
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(b)),
+        }))
     }
-    collect_tree(output, "output", &mut files)?;
-    Ok(files)
-}
-
-fn collect_tree(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
-        let kind = e
-            .file_type()
-            .with_context(|| format!("reading {}", path.display()))?;
-        let rel = format!("{rel}/{name}");
-        if kind.is_dir() {
-            collect_tree(&path, &rel, out)?;
-        } else if kind.is_file() {
-            let b = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            out.push((rel, b));
-        }
-    }
-    Ok(())
-}
-
-/// Files as (u32 name length, name, u64 length, bytes)*, little-endian.
-fn pack_files(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let total: usize = files.iter().map(|(n, b)| 12 + n.len() + b.len()).sum();
-    let mut out = Vec::with_capacity(total);
-    for (n, b) in files {
-        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-        out.extend_from_slice(b);
-    }
-    out
-}
-
-fn unpack_files(mut data: &[u8]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    fn take<'a>(data: &mut &'a [u8], n: usize) -> anyhow::Result<&'a [u8]> {
-        if data.len() < n {
-            anyhow::bail!("snapshot data is cut short");
-        }
-        let (a, b) = data.split_at(n);
-        *data = b;
-        Ok(a)
-    }
-    let mut files = Vec::new();
-    while !data.is_empty() {
-        let n = u32::from_le_bytes(take(&mut data, 4)?.try_into()?) as usize;
-        let name = String::from_utf8(take(&mut data, n)?.to_vec()).context("file name")?;
-        let len = u64::from_le_bytes(take(&mut data, 8)?.try_into()?) as usize;
-        files.push((name, take(&mut data, len)?.to_vec()));
-    }
-    Ok(files)
 }
 
 /// Builds a snapshot from the files as they were when asked.
@@ -452,18 +347,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             last_membership: self.membership.clone(),
             snapshot_id: id,
         };
-        let stored = Stored {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
         let replica = self.replica.clone();
-        tokio::task::block_in_place(|| {
-            let mut g = lock(&replica.inner);
-            g.save_snapshot(&stored)?;
-            g.snapshot = Some(stored);
-            Ok::<_, anyhow::Error>(())
-        })
-        .map_err(sm_err)?;
+        tokio::task::block_in_place(|| lock(&replica.inner).save_snapshot(&meta, &data))
+            .map_err(sm_err)?;
         info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "state-machine snapshot built");
         Ok(Snapshot {
             meta,
@@ -538,16 +424,14 @@ impl RaftStateMachine<TypeConfig> for Replica {
         let meta = meta.clone();
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
-            g.unpack(&data)?;
+            g.install(files::unpack(&data)?)?;
             g.applied = Applied {
                 applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
             g.save_applied()?;
-            let stored = Stored { meta, data };
-            g.save_snapshot(&stored)?;
-            info!(index = ?stored.meta.last_log_id.map(|l| l.index), primes = g.primes.len(), "installed a snapshot from the leader");
-            g.snapshot = Some(stored);
+            g.save_snapshot(&meta, &data)?;
+            info!(index = ?meta.last_log_id.map(|l| l.index), primes = g.primes.len(), "installed a snapshot from the leader");
             Ok::<_, anyhow::Error>(())
         })
         .map_err(sm_err)
@@ -556,10 +440,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let g = lock(&self.inner);
-        Ok(g.snapshot.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        let inner = self.inner.clone();
+        tokio::task::block_in_place(move || lock(&inner).load_snapshot()).map_err(sm_err)
     }
 }
