@@ -126,6 +126,40 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
+/// Starts file server `id` in namespace `ns` with its `role`, `root` and `backups`, and
+/// waits until it listens.
+fn start_server(
+    p: &Pipeline,
+    ns: &str,
+    id: &str,
+    role: &str,
+    root: &str,
+    listen: &str,
+    backups: &[String],
+) -> Proc {
+    let addr_file = p.path(&format!("run/{id}.addr"));
+    let mut args = vec![
+        s("--id"),
+        s(id),
+        s("--role"),
+        s(role),
+        s("--root"),
+        s(root),
+        s("--listen"),
+        s(listen),
+        s("--addr-file"),
+        addr_file.display().to_string(),
+        s("--scan-ms"),
+        s("50"),
+    ];
+    for b in backups {
+        args.extend([s("--backup"), b.clone()]);
+    }
+    let proc = start_in(p, ns, id, "afs-server", &args);
+    read_addr(&addr_file, Duration::from_secs(20));
+    proc
+}
+
 /// A worker's flags in these tests: one thread, slowed by `delay_ms` per task, short backoff.
 fn worker_args(
     p: &Pipeline,
@@ -178,48 +212,24 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
     write_inputs_pub(&p.path("data/input"), "n", 30, 2000, 31);
     let addr = |n: u8| format!("{SUBNET}.{n}:7000");
     let mut procs = Vec::new();
-    procs.push(start_in(
+    procs.push(start_server(
         &p,
         &s2,
         "server-2",
-        "afs-server",
-        &[
-            s("--id"),
-            s("server-2"),
-            s("--role"),
-            s("backup"),
-            s("--root"),
-            s("data/replicas/server-2"),
-            s("--listen"),
-            addr(12),
-            s("--addr-file"),
-            p.path("run/server-2.addr").display().to_string(),
-            s("--scan-ms"),
-            s("50"),
-        ],
+        "backup",
+        "data/replicas/server-2",
+        &addr(12),
+        &[],
     ));
-    read_addr(&p.path("run/server-2.addr"), Duration::from_secs(20));
-    procs.push(start_in(
+    procs.push(start_server(
         &p,
         &s1,
         "server-1",
-        "afs-server",
-        &[
-            s("--id"),
-            s("server-1"),
-            s("--root"),
-            s("data/input"),
-            s("--listen"),
-            addr(11),
-            s("--addr-file"),
-            p.path("run/server-1.addr").display().to_string(),
-            s("--scan-ms"),
-            s("50"),
-            s("--backup"),
-            addr(12),
-        ],
+        "primary",
+        "data/input",
+        &addr(11),
+        &[addr(12)],
     ));
-    read_addr(&p.path("run/server-1.addr"), Duration::from_secs(20));
     wait_for(
         Duration::from_secs(30),
         "the backup to receive every input over the bridge",
@@ -322,25 +332,15 @@ fn group_leader_cut_off_by_a_partition() {
     write_inputs_pub(&p.path("data/input"), "q", 40, 3000, 41);
     let addr = |n: u8, port: u16| format!("{SUBNET}.{n}:{port}");
     let mut procs = Vec::new();
-    procs.push(start_in(
+    procs.push(start_server(
         &p,
         &hosts[3],
         "server-1",
-        "afs-server",
-        &[
-            s("--id"),
-            s("server-1"),
-            s("--root"),
-            s("data/input"),
-            s("--listen"),
-            addr(11, 7000),
-            s("--addr-file"),
-            p.path("run/server-1.addr").display().to_string(),
-            s("--scan-ms"),
-            s("50"),
-        ],
+        "primary",
+        "data/input",
+        &addr(11, 7000),
+        &[],
     ));
-    read_addr(&p.path("run/server-1.addr"), Duration::from_secs(20));
     let group = [31u8, 32, 33]
         .iter()
         .map(|n| format!("{}/{}", addr(*n, 7000), addr(*n, 7001)))
