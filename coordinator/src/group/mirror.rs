@@ -1,17 +1,20 @@
 //! The root files users read (`primes.txt`, its ledger, `data/output/`), kept by the leader
 //! as a copy of its replica's, fenced by its term.
 //!
-//! When a replica becomes leader it takes the fence (`primes.txt.leader`: the term of the
-//! leader that owns the root files, changed under an exclusive `flock`), replaces the root
-//! files with its replica's (the replica has applied every committed entry by then), and
-//! from then on copies what each applied entry adds. Every write checks the fence under the
-//! lock first: once a newer leader took it, an older one (cut off, not yet knowing) writes
-//! nothing more. The root files are therefore always the state of one leader's replica, at
-//! most one flush behind it.
+//! When a replica becomes leader it takes the fence (`primes.txt.leader`: the term and group
+//! of the leader that owns the root files, replaced atomically), then replaces the root files
+//! with its replica's by rename (the replica has applied every committed entry by then), and
+//! from then on copies what each applied entry adds. Every append opens the root file
+//! first, then checks the fence, then writes: an older leader (cut off or paused, not yet
+//! knowing) that checked before the takeover writes into the file the takeover renamed away,
+//! and one that opens after it sees the newer fence and writes nothing. No lock is held
+//! across writes, so a leader paused in the middle of one (SIGSTOP) cannot stop the next
+//! from taking over. A report an older leader still renames in place is one of a committed
+//! entry, the same as the new leader's. The root files are therefore always the state of
+//! one leader's replica, at most one flush behind it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -49,62 +52,41 @@ impl Mirror {
         self.term
     }
 
-    /// Runs `f` holding the fence's lock, if the fence still names this group and `term`;
-    /// or, `take`, if it names an older term of this group, another group or nobody (then
-    /// it names this group and `term` from now on).
-    fn fenced<T>(
-        &self,
-        term: u64,
-        take: bool,
-        f: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.fence)
-            .with_context(|| format!("opening {}", self.fence.display()))?;
-        // SAFETY: flock on an fd this function owns; released when `file` closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", self.fence.display()));
-        }
-        let mut text = String::new();
-        (&file)
-            .read_to_string(&mut text)
-            .with_context(|| format!("reading {}", self.fence.display()))?;
-        let (holder, group) = parse_fence(&text);
-        let same_group = group == self.group;
-        let allowed = if take {
-            !same_group || holder <= term
-        } else {
-            same_group && holder == term
-        };
-        if !allowed {
+    /// Checks that the fence still names this group and `term`.
+    fn check(&self, term: u64) -> anyhow::Result<()> {
+        let (holder, group) = read_fence(&self.primes);
+        if group != self.group || holder != term {
             anyhow::bail!(
                 "the root files belong to the leader of term {holder} of group [{group}] now (this one led term {term} of [{}])",
                 self.group
             );
         }
-        if take {
-            let mut w = &file;
-            w.set_len(0)
-                .and_then(|()| w.seek(SeekFrom::Start(0)).map(|_| ()))
-                .and_then(|()| w.write_all(format!("{term} {}\n", self.group).as_bytes()))
-                .and_then(|()| w.sync_data())
-                .with_context(|| format!("writing {}", self.fence.display()))?;
+        Ok(())
+    }
+
+    /// Takes the fence for `term`, if it names an older term of this group, another group or
+    /// nobody.
+    fn take(&self, term: u64) -> anyhow::Result<()> {
+        let (holder, group) = read_fence(&self.primes);
+        if group == self.group && holder > term {
+            anyhow::bail!(
+                "the root files belong to the leader of term {holder} of this group now (this one leads term {term})"
+            );
         }
-        f()
+        proto::files::write_atomic(
+            &self.fence,
+            format!("{term} {}\n", self.group).as_bytes(),
+            true,
+        )
+        .with_context(|| format!("writing {}", self.fence.display()))
     }
 
     /// Takes the root files for `term` of `group`: they become copies of the replica's (`dir`).
     pub fn activate(&mut self, term: u64, group: &str, dir: &Path) -> anyhow::Result<()> {
         self.group = group.to_string();
         let files = super::files::collect_files(&dir.join("primes.txt"), &dir.join("output"))?;
-        let copied = self.fenced(term, true, || {
-            super::files::write_files(&files, &self.primes, &self.output, false)
-        })?;
+        self.take(term)?;
+        let copied = super::files::write_files(&files, &self.primes, &self.output, false)?;
         self.copied = copied;
         self.term = Some(term);
         Ok(())
@@ -121,11 +103,20 @@ impl Mirror {
         };
         let src = dir.join("primes.txt");
         let (from_p, from_l) = self.copied;
-        let r = self.fenced(term, false, || {
-            let a = append_tail(&src, &self.primes, from_p)?;
-            let b = append_tail(&ledger_path(&src), &ledger_path(&self.primes), from_l)?;
+        let r = (|| {
+            // Opened before the check: a takeover after it renames these away.
+            let mut dst_p = open_append(&self.primes)?;
+            let mut dst_l = open_append(&ledger_path(&self.primes))?;
+            self.check(term)?;
+            let a = append_tail(&src, &mut dst_p, &self.primes, from_p)?;
+            let b = append_tail(
+                &ledger_path(&src),
+                &mut dst_l,
+                &ledger_path(&self.primes),
+                from_l,
+            )?;
             Ok((from_p + a, from_l + b))
-        });
+        })();
         if let Ok(c) = r {
             self.copied = c;
         }
@@ -136,9 +127,9 @@ impl Mirror {
         let Some(term) = self.term else {
             return Ok(());
         };
-        let res = self.fenced(term, false, || {
-            crate::report::write_report(&self.output, r, &self.jobs)
-        });
+        let res = self
+            .check(term)
+            .and_then(|()| crate::report::write_report(&self.output, r, &self.jobs));
         self.settle(res)
     }
 
@@ -147,9 +138,9 @@ impl Mirror {
             return Ok(());
         };
         let mut r = r.clone();
-        let res = self.fenced(term, false, || {
-            crate::report::write_job_report(&self.output, &mut r)
-        });
+        let res = self
+            .check(term)
+            .and_then(|()| crate::report::write_job_report(&self.output, &mut r));
         self.settle(res)
     }
 
@@ -190,8 +181,17 @@ pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a u64>) -> String {
         .join(",")
 }
 
-/// Appends `from`'s bytes after offset `at` to `to`, fsynced; how many.
-fn append_tail(from: &Path, to: &Path, at: u64) -> anyhow::Result<u64> {
+/// `path` opened for appending (created if missing).
+fn open_append(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Appends `from`'s bytes after offset `at` to `dst` (the file `to`), fsynced; how many.
+fn append_tail(from: &Path, dst: &mut File, to: &Path, at: u64) -> anyhow::Result<u64> {
     let mut src = match File::open(from) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -210,11 +210,6 @@ fn append_tail(from: &Path, to: &Path, at: u64) -> anyhow::Result<u64> {
     src.take(len - at)
         .read_to_end(&mut tail)
         .with_context(|| format!("reading {}", from.display()))?;
-    let mut dst = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(to)
-        .with_context(|| format!("opening {}", to.display()))?;
     dst.write_all(&tail)
         .and_then(|()| dst.sync_data())
         .with_context(|| format!("appending to {}", to.display()))?;
