@@ -183,13 +183,17 @@ fn warm_versions(store: &Arc<Store>, paths: Vec<String>) {
     });
 }
 
-/// The files worth hashing ahead of their fetch (see [`warm_versions`]).
+/// The files worth hashing ahead of their fetch (see [`warm_versions`]), by name: the order
+/// the coordinator queues them in, so the first file asked for is the first hashed (in
+/// the map's order, a request for the first file hashed it alongside the warm-up's file).
 fn large(files: &HashMap<String, Fingerprint>) -> Vec<String> {
-    files
+    let mut large: Vec<String> = files
         .iter()
         .filter(|(_, fp)| fp.size > SMALL_FETCH)
         .map(|(p, _)| p.clone())
-        .collect()
+        .collect();
+    large.sort_unstable();
+    large
 }
 
 /// After a notification of the root, how long to wait for the rest of its burst.

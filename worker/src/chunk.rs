@@ -107,14 +107,20 @@ impl ChunkBytes {
     }
 }
 
+/// Bytes read past a chunk's end in its first range, so that the line crossing the end
+/// usually arrives with the chunk: extending the buffer afterwards re-allocated and copied
+/// the whole chunk (8 MiB by default) for every chunk.
+const LOOK_AHEAD: u64 = 4 << 10;
+
 /// Reads the lines of `file` that start in `[start, end)` (the same lines as
 /// [`scan_chunk`] on a local copy) by range from the file servers, all from one version.
 ///
 /// They run from one past the first newline at or after `start - 1` to one past the first
-/// newline at or after `end - 1`: the first range is `[start - 1, end)`, and while the last
-/// line is unfinished, pieces of growing size (64 KiB up to 16 MiB) of the same version
-/// follow. `Ok(None)` when the line crossing `end` is longer than `max_line` (such a line
-/// is invalid anyway, but holding it would need unbounded memory): read the file whole.
+/// newline at or after `end - 1`: the first range is `[start - 1, end + LOOK_AHEAD)`, and
+/// while the last line is unfinished, pieces of growing size (64 KiB up to 16 MiB) of the
+/// same version follow. `Ok(None)` when the line crossing `end` is longer than `max_line`
+/// (such a line is invalid anyway, but holding it would need unbounded memory): read the
+/// file whole.
 pub async fn read_chunk(
     client: &mut afs::client::AfsClient,
     file: &str,
@@ -123,22 +129,42 @@ pub async fn read_chunk(
     max_line: u64,
 ) -> Result<Option<ChunkBytes>, afs::client::AfsError> {
     let lo = start.saturating_sub(1);
+    let end = end.max(lo);
     let first = client
-        .read_range(file, lo, end.saturating_sub(lo), None)
+        .read_range(file, lo, end - lo + LOOK_AHEAD, None)
         .await?;
     let state = first.state().to_string();
     let (mut version, size) = (first.version, first.size);
     let mut bytes = first.bytes;
+    // The chunk's own bytes, [lo, end), within what was read.
+    let own = ((end - lo) as usize).min(bytes.len());
     let from = if start == 0 {
         0
     } else {
         // No newline: no line starts in the chunk.
-        memchr::memchr(b'\n', &bytes).map_or(bytes.len(), |k| k + 1)
+        memchr::memchr(b'\n', &bytes[..own]).map_or(own, |k| k + 1)
     };
+    if from == own {
+        bytes.truncate(own);
+        return Ok(Some(ChunkBytes {
+            bytes,
+            from,
+            to: from,
+            version,
+            size,
+        }));
+    }
+    // The last line ends at the first newline at or after `end - 1`.
+    let last = own.saturating_sub(1).max(from);
     let mut piece: u64 = 64 << 10;
+    let mut searched = last;
     let to = loop {
+        if let Some(k) = memchr::memchr(b'\n', &bytes[searched..]) {
+            break searched + k + 1;
+        }
+        searched = bytes.len();
         let pos = lo + bytes.len() as u64;
-        if pos >= size || bytes.last() == Some(&b'\n') || from == bytes.len() {
+        if pos >= size {
             break bytes.len();
         }
         if pos.saturating_sub(end) > max_line {
@@ -149,17 +175,14 @@ pub async fn read_chunk(
         if more.bytes.is_empty() {
             break bytes.len();
         }
-        let base = bytes.len();
         bytes.extend_from_slice(&more.bytes);
-        if let Some(k) = memchr::memchr(b'\n', &more.bytes) {
-            break base + k + 1;
-        }
         piece = (piece * 2).min(16 << 20);
     };
+    bytes.truncate(to);
     Ok(Some(ChunkBytes {
         bytes,
         from,
-        to: to.max(from),
+        to,
         version,
         size,
     }))
