@@ -101,10 +101,18 @@ run_system() {
   "$T/wait-files" data/output "$files"
   t1=$(now)
   # CPU (user + system) of every process of the system, in clock ticks, before they go.
-  local ticks=0 p
+  local ticks=0 p t detail=""
   for p in "${pids[@]}"; do
-    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    ticks=$((ticks + t))
+    detail+=" $(basename "$(readlink "/proc/$p/exe" 2>/dev/null || echo gone)")=$t"
   done
+  # CPU_DETAIL=1: each process's CPU (clock ticks) per run, on stderr.
+  [ "${CPU_DETAIL:-0}" = 1 ] && echo "cpu ticks:$detail" >&2
+  if [[ "$detail" == *gone=* ]]; then
+    echo "a process of the system exited before the end of the run (logs in $work):" >&2
+    tail -n 3 "$work"/*.log >&2
+  fi
   kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true
   sort primes.txt > sorted.txt
   if ! cmp -s sorted.txt "$cache/expected-${dataset_dir:-$dataset}.txt"; then

@@ -201,6 +201,7 @@ impl ChunkKey {
 /// Primes and completions waiting for the flusher.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
+    #[serde(with = "crate::compact")]
     pub small: Vec<u64>,
     pub big: Vec<String>,
     /// Primes of `primes` job segments, by segment, in arrival order (deduplicated by

@@ -21,7 +21,7 @@ const FLUSH_GATHER: Duration = Duration::from_millis(20);
 /// Where flushed primes go.
 pub(crate) enum Sink {
     /// A single coordinator's primes.txt.
-    Local(PrimesFile),
+    Local(Box<PrimesFile>),
     /// A group's log: committed, then applied by every replica (the leader copies its own
     /// replica's primes to the root primes.txt before the commit is answered).
     Group(crate::group::node::Handle),
@@ -35,7 +35,7 @@ pub(crate) async fn flush_loop(
     shutdown: CancellationToken,
 ) {
     let sink = match sink {
-        Sink::Local(p) => Ok(Arc::new(Mutex::new(p))),
+        Sink::Local(p) => Ok(Arc::new(Mutex::new(*p))),
         Sink::Group(g) => Err(g),
     };
     let period = Duration::from_millis(shared.cfg.flush_ms);

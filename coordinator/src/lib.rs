@@ -17,7 +17,8 @@
 //!   watcher, timers (ticks, snapshots, status file, file-server probes).
 //! - [`flusher`]: appends the machine's buffered primes to primes.txt, fsyncs, reports back.
 //! - [`group`]: a replicated group of coordinators (Raft through `openraft`): the leader
-//!   runs the above with its flushes and reports committed through the group's log.
+//!   runs the above with its flushes and reports committed through the group's log
+//!   (lists of primes in it as one base64 string: [`compact`]).
 //! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics).
 //!
 //! Files and commands:
@@ -27,6 +28,7 @@
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
 //! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
+pub mod compact;
 pub mod core;
 pub mod crash;
 pub mod flusher;

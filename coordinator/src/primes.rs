@@ -43,6 +43,8 @@ pub struct PrimesFile {
     pub finished: Vec<Finished>,
     /// Bytes cut from a torn tail at open, for the log.
     pub truncated_bytes: u64,
+    /// fsync every append (see [`PrimesFile::set_sync`]).
+    sync: bool,
 }
 
 /// Bytes formatted before they are handed to the file during an append.
@@ -179,7 +181,25 @@ impl PrimesFile {
             ledger,
             finished,
             truncated_bytes,
+            sync: true,
         })
+    }
+
+    /// Whether each append is fsynced before it returns (the default). A group's replica
+    /// turns it off: its log is durable and re-applying it is idempotent, so the replica
+    /// syncs only before a snapshot lets the log go ([`PrimesFile::sync`]).
+    pub fn set_sync(&mut self, on: bool) {
+        self.sync = on;
+    }
+
+    /// fsyncs the primes file and its ledger.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        self.ledger
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.ledger_path.display()))
     }
 
     /// Distinct primes on disk.
@@ -268,7 +288,13 @@ impl PrimesFile {
         if new > 0 {
             let result = written
                 .and_then(|_| self.file.write_all(&out))
-                .and_then(|_| self.file.sync_data())
+                .and_then(|_| {
+                    if self.sync {
+                        self.file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                })
                 .with_context(|| format!("appending to {}", self.path.display()));
             if let Err(e) = result {
                 // Not durable: cut what was written, forget the batch's decisions, so that
@@ -302,11 +328,13 @@ impl PrimesFile {
             // The primes are durable: the covers hold in memory whatever happens here. A
             // ledger that misses them only makes the next start load those primes into the
             // set (and sieve those segments again if their job has to resume).
-            if let Err(e) = self
-                .ledger
-                .write_all(&lines)
-                .and_then(|_| self.ledger.sync_data())
-            {
+            if let Err(e) = self.ledger.write_all(&lines).and_then(|_| {
+                if self.sync {
+                    self.ledger.sync_data()
+                } else {
+                    Ok(())
+                }
+            }) {
                 tracing::error!(error = %e, path = %self.ledger_path.display(), "cannot append to the ledger of finished segments");
             }
         }

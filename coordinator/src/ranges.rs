@@ -113,6 +113,7 @@ impl Finished {
 pub struct Run {
     pub lo: u64,
     pub hi: u64,
+    #[serde(with = "crate::compact")]
     pub primes: Vec<u64>,
 }
 

@@ -78,7 +78,7 @@ pub async fn run(
             );
             let finished = std::mem::take(&mut primes.finished);
             let counts = (primes.len() as u64, primes.in_set() as u64);
-            (finished, counts, Sink::Local(primes))
+            (finished, counts, Sink::Local(Box::new(primes)))
         }
     };
     let session = format!("{:08x}", rand::random::<u32>());

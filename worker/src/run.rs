@@ -107,13 +107,15 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                     "that coordinator does not lead its group"
                 );
                 match leader {
-                    Some(l) if l != addr => {
+                    // Another member leads, or this one (it held the registration until it
+                    // began to serve): go there.
+                    Some(l) => {
                         if let Some(i) = cfg.coordinators.iter().position(|c| *c == l) {
                             at = i;
                         }
                         redirect = Some(l);
                     }
-                    _ => at += 1,
+                    None => at += 1,
                 }
                 // Followers answer at once: go on at once, but pause after a round without
                 // a leader (an election under way).

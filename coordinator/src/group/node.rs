@@ -180,17 +180,41 @@ pub async fn run(
         shutdown.clone(),
     ));
     if pristine {
-        match raft.initialize(group.members.clone()).await {
-            Ok(()) => info!(members = group.members.len(), "group initialized"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(anyhow::anyhow!("initializing the group: {e}")),
-        }
+        // The first member initializes the group at once (it stands for election); the
+        // others, one after another, only if they have heard from no one by then (the first
+        // is down): all at once split the first votes, and an election timeout (300-600 ms
+        // by default) passed before a leader was chosen.
+        let rank = group
+            .members
+            .keys()
+            .position(|id| *id == group.id)
+            .unwrap_or(0);
+        let wait = Duration::from_millis(election * 2 * rank as u64);
+        let (raft, members) = (raft.clone(), group.members.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let heard = raft.metrics().borrow().current_term > 0;
+            if heard {
+                return;
+            }
+            match raft.initialize(members.clone()).await {
+                Ok(()) => info!(members = members.len(), "group initialized"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => error!(error = %e, "cannot initialize the group"),
+            }
+        });
     }
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
 
     let result = role_loop(workers, http, &raft, &replica, &cfg, &group, &shutdown).await;
     let _ = raft.shutdown().await;
     peers.abort();
+    if let Err(e) = replica.close() {
+        warn!(
+            error = format!("{e:#}"),
+            "cannot sync the replica's files at stop"
+        );
+    }
     result
 }
 
@@ -204,6 +228,11 @@ async fn role_loop(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut announced = false;
+    // How workers reach this replica (the configured address, as the others name it).
+    let workers_addr = group
+        .members
+        .get(&group.id)
+        .map_or_else(|| workers.to_string(), |m| m.workers.clone());
     loop {
         // Follow: answer workers with the leader's address until this replica leads.
         let listener = bind(workers).await?;
@@ -215,25 +244,37 @@ async fn role_loop(
             }
         }
         let stop = shutdown.child_token();
+        // Cancelled once this replica serves: workers held by the redirect come back here.
+        let serving = CancellationToken::new();
         let redirect = tokio::spawn(redirect_workers(
             listener,
-            raft.clone(),
-            group.members.clone(),
-            cfg.key.clone(),
+            Redirect {
+                raft: raft.clone(),
+                members: group.members.clone(),
+                own: workers_addr.clone(),
+                key: cfg.key.clone(),
+                hold: lease(group),
+            },
             stop.clone(),
+            serving.clone(),
         ));
         let led = wait_to_lead(raft, group.id, lease(group), shutdown).await;
-        stop.cancel();
-        let _ = redirect.await;
-        let term = match led? {
-            Some(t) => t,
-            None => return Ok(()),
+        let term = match led {
+            Ok(Some(t)) => t,
+            other => {
+                stop.cancel();
+                let _ = redirect.await;
+                return other.map(|_| ());
+            }
         };
         let gid = super::mirror::group_id(group.members.keys());
-        // The root files: merged into the group's state if another wrote them, then taken.
+        // The root files: merged into the group's state if another wrote them, then taken
+        // (workers that register meanwhile are held by the redirect).
         let taken = import_root(raft, &gid, cfg)
             .await
             .and_then(|()| replica.lead(term, &gid));
+        stop.cancel();
+        let _ = redirect.await;
         if let Err(e) = taken {
             error!(
                 term,
@@ -259,6 +300,7 @@ async fn role_loop(
         lead_cfg.group = Some(handle);
         lead_cfg.core.term = Some(term);
         let listener = bind(workers).await?;
+        serving.cancel();
         let http = match http {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -453,41 +495,77 @@ async fn log_elections(raft: Raft, shutdown: CancellationToken) {
     }
 }
 
-/// While following: each worker that registers hears where the leader is, then the
-/// connection closes.
-async fn redirect_workers(
-    listener: TcpListener,
+/// What a following replica tells workers that register with it.
+#[derive(Clone)]
+struct Redirect {
     raft: Raft,
     members: BTreeMap<u64, Member>,
+    /// This replica's workers' address, as the members list names it.
+    own: String,
     key: ClusterKey,
+    /// How long a registration waits for a leader to be known.
+    hold: Duration,
+}
+
+/// While following: each worker that registers hears where the leader is, then the
+/// connection closes. While no other replica is known to lead (an election, or this one
+/// about to serve), the answer waits, up to `hold`: for the leader's address, or for this
+/// replica to start serving (`serving`; then the answer names this replica, and the worker
+/// comes back at once), so that workers starting with the group register as soon as it has
+/// a leader instead of backing off.
+async fn redirect_workers(
+    listener: TcpListener,
+    r: Redirect,
     stop: CancellationToken,
+    serving: CancellationToken,
 ) {
     let mut acceptor = proto::conn::Acceptor::new(listener, 256);
     while let Some((admission, stream, _peer)) = acceptor.next(&stop).await {
-        let (raft, key, members) = (raft.clone(), key.clone(), members.clone());
+        let (r, serving) = (r.clone(), serving.clone());
         tokio::spawn(async move {
             let Ok(Admitted::Ready(mut conn, _permit)) =
-                authenticate(admission, stream, &key, SERVICE, MAX_LINE).await
+                authenticate(admission, stream, &r.key, SERVICE, MAX_LINE).await
             else {
                 return;
             };
             if let Ok(WorkerMsg::Register { .. }) =
                 conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await
             {
-                let leader = {
-                    let m = raft.metrics().borrow().clone();
-                    // Itself while not serving: a leader that lost its majority.
-                    m.current_leader.filter(|l| *l != m.id).and_then(|l| {
-                        members.get(&l).map(|n| n.workers.clone()).or_else(|| {
-                            m.membership_config
-                                .membership()
-                                .get_node(&l)
-                                .map(|n| n.workers.clone())
-                        })
-                    })
-                };
+                let leader = leader_for_worker(&r, &serving).await;
                 let _ = conn.send(&CoordMsg::NotLeader { leader }).await;
             }
         });
+    }
+}
+
+/// The workers' address of the replica a worker should register with: another member that
+/// leads, or this one once it serves (`serving` cancelled); None if neither within the hold.
+async fn leader_for_worker(r: &Redirect, serving: &CancellationToken) -> Option<String> {
+    let mut rx = r.raft.metrics();
+    let deadline = tokio::time::Instant::now() + r.hold;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            // Itself while not serving (about to, or a leader that lost its majority): wait.
+            let other = m.current_leader.filter(|l| *l != m.id).and_then(|l| {
+                r.members.get(&l).map(|n| n.workers.clone()).or_else(|| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.workers.clone())
+                })
+            });
+            if other.is_some() {
+                return other;
+            }
+        }
+        if serving.is_cancelled() {
+            return Some(r.own.clone());
+        }
+        tokio::select! {
+            _ = serving.cancelled() => {}
+            r = rx.changed() => if r.is_err() { return None },
+            _ = tokio::time::sleep_until(deadline) => return None,
+        }
     }
 }
