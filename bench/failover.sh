@@ -74,3 +74,18 @@ done
 sorted=$(printf '%s\n' "${times[@]}" | sort -n)
 median=$(echo "$sorted" | awk '{a[NR]=$1} END {print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
 echo "failover (kill -9 of the leader -> next prime in primes.txt), $kills kills: median ${median} ms, worst $(echo "$sorted" | tail -n 1) ms"
+# The run's end: every file reported (bounded), then primes.txt against `worker check`.
+for _ in $(seq 6000); do
+  [ "$(find data/output -name '*.json' 2>/dev/null | wc -l)" -ge 1500 ] && break
+  sleep 0.1
+done
+"$B/worker" check data/input/*.txt 2>/dev/null | sort > expected.txt
+sort primes.txt > got.txt
+if cmp -s expected.txt got.txt; then
+  echo "primes.txt exact after the kills: $(wc -l < got.txt) primes, as worker check finds"
+else
+  echo "primes.txt MISMATCH after the kills ($(wc -l < got.txt) lines, worker check $(wc -l < expected.txt)); logs in $work" >&2
+  trap - EXIT
+  kill -9 "${pids[@]}" 2>/dev/null || true
+  exit 1
+fi
