@@ -169,6 +169,10 @@ impl State {
         Ok(match cmd {
             Command::Flush(p) => {
                 let new = self.primes.append(&p.small, &p.big, &p.runs, &p.finished)?;
+                // The ledger as a leader starting here takes it (read at open, then kept up
+                // to date: a member leads long after it opened). A task applied twice is
+                // one entry of the leader's map.
+                self.primes.finished.extend(p.finished);
                 Outcome::Flushed {
                     new: new as u64,
                     total: self.primes.len() as u64,
@@ -468,5 +472,85 @@ impl RaftStateMachine<TypeConfig> for Replica {
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let inner = self.inner.clone();
         tokio::task::block_in_place(move || lock(&inner).load_snapshot()).map_err(sm_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Pending;
+    use proto::msg::{TaskDone, Work};
+
+    fn finished(lo: u64, hi: u64, primes: u64) -> Finished {
+        Finished {
+            work: Work::Count { lo, hi },
+            worker: "w1".into(),
+            result: TaskDone {
+                attempt: "a-1".into(),
+                version: String::new(),
+                size: 0,
+                lines: 0,
+                numbers: 0,
+                blank: 0,
+                invalid: 0,
+                first_invalid: Vec::new(),
+                primes,
+                answer: Some(primes.to_string()),
+                first_prime: None,
+                last_prime: None,
+            },
+        }
+    }
+
+    fn flush(small: Vec<u64>, done: Vec<Finished>) -> Command {
+        Command::Flush(Pending {
+            small,
+            finished: done,
+            ..Pending::default()
+        })
+    }
+
+    #[test]
+    /// A member keeps the ledger a leader starting on it takes up to date, and a member
+    /// reopened after a crash (its files not synced, applied.json older) applies the same
+    /// entries again without a prime twice.
+    fn ledger_kept_and_entries_applied_again_add_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || {
+            Replica::open(
+                &dir.path().join("member"),
+                &dir.path().join("primes.txt"),
+                &dir.path().join("output"),
+                &dir.path().join("jobs"),
+            )
+            .expect("open")
+        };
+        let entries = [
+            flush(vec![2, 3, 5], vec![finished(1, 10, 4)]),
+            flush(vec![5, 7, 11], vec![finished(11, 20, 4)]),
+        ];
+        let r = open();
+        for e in entries.iter().cloned() {
+            lock(&r.inner).apply_one(e).expect("apply");
+        }
+        let (done, total, _) = r.ledger();
+        assert_eq!(total, 5);
+        assert_eq!(
+            done.len(),
+            2,
+            "both tasks in the ledger a leader would take"
+        );
+        drop(r);
+        // A crash: nothing recorded as applied, the entries come again.
+        let r = open();
+        assert_eq!(r.ledger().0.len(), 2, "the ledger read back at open");
+        for e in entries.iter().cloned() {
+            lock(&r.inner).apply_one(e).expect("apply again");
+        }
+        let text = std::fs::read_to_string(dir.path().join("member/primes.txt")).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["11", "2", "3", "5", "7"]);
+        assert_eq!(r.ledger().1, 5);
     }
 }
