@@ -4,8 +4,9 @@
 //! When a replica becomes leader it takes the fence (`primes.txt.leader`: the term and group
 //! of the leader that owns the root files, replaced atomically), then replaces the root files
 //! with its replica's by rename (the replica has applied every committed entry by then), and
-//! from then on copies what each applied entry adds. Every append opens the root file
-//! first, then checks the fence, then writes: an older leader (cut off or paused, not yet
+//! from then on copies what each applied entry adds (reports as hard links to the
+//! replica's where the folders share a file system). Every append opens the root file
+//! first, then checks the fence (once per entry), then writes: an older leader (cut off or paused, not yet
 //! knowing) that checked before the takeover writes into the file the takeover renamed away,
 //! and one that opens after it sees the newer fence and writes nothing. No lock is held
 //! across writes, so a leader paused in the middle of one (SIGSTOP) cannot stop the next
@@ -123,13 +124,27 @@ impl Mirror {
         self.settle(r.map(|_| ()))
     }
 
-    pub fn report(&mut self, r: &Report) -> anyhow::Result<()> {
+    /// Copies the reports `rs` that the replica has just written in `written` (its reports
+    /// folder), after one check of the fence: each a hard link to the same bytes, renamed
+    /// into place, where the two folders share a file system (no second encoding and write
+    /// of each report); written out otherwise.
+    pub fn reports(&mut self, rs: &[&Report], written: &Path) -> anyhow::Result<()> {
         let Some(term) = self.term else {
             return Ok(());
         };
-        let res = self
-            .check(term)
-            .and_then(|()| crate::report::write_report(&self.output, r, &self.jobs));
+        if rs.is_empty() {
+            return Ok(());
+        }
+        let res = self.check(term).and_then(|()| {
+            for r in rs {
+                let src = crate::report::report_path(written, &r.file);
+                let dst = crate::report::report_path(&self.output, &r.file);
+                if link_into_place(&src, &dst).is_err() {
+                    crate::report::write_report(&self.output, r, &self.jobs)?;
+                }
+            }
+            Ok(())
+        });
         self.settle(res)
     }
 
@@ -181,6 +196,35 @@ pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a u64>) -> String {
         .join(",")
 }
 
+/// Puts a hard link to `src` at `dst`: one `link` where `dst` is new (the common case: a
+/// file's first report); over an existing `dst` atomically (a link under a temporary name,
+/// then a rename over it). Creates `dst`'s folder if missing. Fails where a link cannot be
+/// made (another file system); `dst` is then untouched.
+fn link_into_place(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let first = match std::fs::hard_link(src, dst) {
+        Err(e) if e.kind() == ErrorKind::NotFound && src.exists() => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::hard_link(src, dst)
+        }
+        other => other,
+    };
+    match first {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        other => return other,
+    }
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("report");
+    let tmp = dir.join(format!(".{name}.link{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(src, &tmp)?;
+    let renamed = std::fs::rename(&tmp, dst);
+    // Gone after a rename, except where `dst` already was this file (the same report applied
+    // again): rename then leaves both names.
+    let _ = std::fs::remove_file(&tmp);
+    renamed
+}
+
 /// `path` opened for appending (created if missing).
 fn open_append(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
@@ -214,4 +258,35 @@ fn append_tail(from: &Path, dst: &mut File, to: &Path, at: u64) -> anyhow::Resul
         .and_then(|()| dst.sync_data())
         .with_context(|| format!("appending to {}", to.display()))?;
     Ok(tail.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_into_place;
+
+    #[test]
+    /// A report linked into place: new (its folder made), over an older one, and again over
+    /// itself (an entry applied twice), leaving no temporary name behind.
+    fn reports_linked_into_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("member/a.json");
+        std::fs::create_dir_all(src.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&src, b"v1").expect("write");
+        let dst = dir.path().join("root/sub/a.json");
+        link_into_place(&src, &dst).expect("new");
+        assert_eq!(std::fs::read(&dst).expect("read"), b"v1");
+        // The member rewrites its report (a new file, renamed in place), then links again.
+        let fresh = dir.path().join("member/.a.json.tmp");
+        std::fs::write(&fresh, b"v2").expect("write");
+        std::fs::rename(&fresh, &src).expect("rename");
+        link_into_place(&src, &dst).expect("over an older one");
+        assert_eq!(std::fs::read(&dst).expect("read"), b"v2");
+        link_into_place(&src, &dst).expect("over itself");
+        assert_eq!(std::fs::read(&dst).expect("read"), b"v2");
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("root/sub"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.json"]);
+    }
 }

@@ -183,18 +183,20 @@ impl State {
                 // The root reports follow the root primes (a report means its primes are in).
                 self.follow();
                 let mut results = Vec::with_capacity(reports.len());
+                let mut written = Vec::with_capacity(reports.len());
                 for r in &reports {
                     let res = crate::report::write_report(&output, r, &self.jobs)
                         .map_err(|e| format!("{e:#}"));
                     if res.is_ok() {
-                        if let Err(e) = self.mirror.report(r) {
-                            warn!(
-                                error = format!("{e:#}"),
-                                "stopped copying reports to the root"
-                            );
-                        }
+                        written.push(r);
                     }
                     results.push(res);
+                }
+                if let Err(e) = self.mirror.reports(&written, &output) {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "stopped copying reports to the root"
+                    );
                 }
                 Outcome::Reports(results)
             }
