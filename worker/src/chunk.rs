@@ -144,39 +144,32 @@ pub async fn read_chunk(
         // No newline: no line starts in the chunk.
         memchr::memchr(b'\n', &bytes[..own]).map_or(own, |k| k + 1)
     };
-    if from == own {
-        bytes.truncate(own);
-        return Ok(Some(ChunkBytes {
-            bytes,
-            from,
-            to: from,
-            version,
-            size,
-        }));
-    }
-    // The last line ends at the first newline at or after `end - 1`.
-    let last = own.saturating_sub(1).max(from);
-    let mut piece: u64 = 64 << 10;
-    let mut searched = last;
-    let to = loop {
-        if let Some(k) = memchr::memchr(b'\n', &bytes[searched..]) {
-            break searched + k + 1;
+    let to = if from == own {
+        own
+    } else {
+        // The last line ends at the first newline at or after `end - 1`.
+        let mut searched = own - 1;
+        let mut piece: u64 = 64 << 10;
+        loop {
+            if let Some(k) = memchr::memchr(b'\n', &bytes[searched..]) {
+                break searched + k + 1;
+            }
+            searched = bytes.len();
+            let pos = lo + bytes.len() as u64;
+            if pos >= size {
+                break bytes.len();
+            }
+            if pos.saturating_sub(end) > max_line {
+                return Ok(None);
+            }
+            let more = client.read_range(file, pos, piece, Some(&state)).await?;
+            version = version.or(more.version);
+            if more.bytes.is_empty() {
+                break bytes.len();
+            }
+            bytes.extend_from_slice(&more.bytes);
+            piece = (piece * 2).min(16 << 20);
         }
-        searched = bytes.len();
-        let pos = lo + bytes.len() as u64;
-        if pos >= size {
-            break bytes.len();
-        }
-        if pos.saturating_sub(end) > max_line {
-            return Ok(None);
-        }
-        let more = client.read_range(file, pos, piece, Some(&state)).await?;
-        version = version.or(more.version);
-        if more.bytes.is_empty() {
-            break bytes.len();
-        }
-        bytes.extend_from_slice(&more.bytes);
-        piece = (piece * 2).min(16 << 20);
     };
     bytes.truncate(to);
     Ok(Some(ChunkBytes {
