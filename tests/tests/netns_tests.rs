@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use e2e::{bin, read_addr, wait_for, Proc};
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use crate::pipeline_tests::{server_args, write_inputs_pub, Pipeline};
 
 const SUBNET: &str = "10.199.0";
 
@@ -138,23 +138,7 @@ fn start_server(
     backups: &[String],
 ) -> Proc {
     let addr_file = p.path(&format!("run/{id}.addr"));
-    let mut args = vec![
-        s("--id"),
-        s(id),
-        s("--role"),
-        s(role),
-        s("--root"),
-        s(root),
-        s("--listen"),
-        s(listen),
-        s("--addr-file"),
-        addr_file.display().to_string(),
-        s("--scan-ms"),
-        s("50"),
-    ];
-    for b in backups {
-        args.extend([s("--backup"), b.clone()]);
-    }
+    let args = server_args(id, role, root, listen, backups, &addr_file);
     let proc = start_in(p, ns, id, "afs-server", &args);
     read_addr(&addr_file, Duration::from_secs(20));
     proc

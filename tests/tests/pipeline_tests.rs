@@ -73,28 +73,10 @@ impl Pipeline {
     ) -> String {
         let addr_file = self.path(&format!("run/{id}.addr"));
         let _ = std::fs::remove_file(&addr_file);
-        let mut args = vec![
-            s("--id"),
-            s(id),
-            s("--role"),
-            s(role),
-            s("--root"),
-            s(root),
-            s("--listen"),
-            s(listen),
-            s("--addr-file"),
-            addr_file.display().to_string(),
-            s("--scan-ms"),
-            s("50"),
-        ];
-        for b in backups {
-            args.push(s("--backup"));
-            args.push(b.clone());
-        }
         let p = Proc::start(
             id,
             &bin("afs-server"),
-            &args,
+            &server_args(id, role, root, listen, backups, &addr_file),
             &self.env(),
             self.dir.path(),
             &self.path(&format!("logs/{id}.log")),
@@ -514,6 +496,36 @@ fn short_intervals() -> Vec<String> {
     .iter()
     .map(|x| s(x))
     .collect()
+}
+
+/// A file server's arguments in the tests: `backups` to push to, its address written to
+/// `addr_file`, a short scan interval.
+pub fn server_args(
+    id: &str,
+    role: &str,
+    root: &str,
+    listen: &str,
+    backups: &[String],
+    addr_file: &Path,
+) -> Vec<String> {
+    let mut args = vec![
+        s("--id"),
+        s(id),
+        s("--role"),
+        s(role),
+        s("--root"),
+        s(root),
+        s("--listen"),
+        s(listen),
+        s("--addr-file"),
+        addr_file.display().to_string(),
+        s("--scan-ms"),
+        s("50"),
+    ];
+    for b in backups {
+        args.extend([s("--backup"), b.clone()]);
+    }
+    args
 }
 
 /// [`write_inputs`] for other test modules.
