@@ -10,6 +10,8 @@
 //! its own, fenced by its term ([`mirror`]). A new leader starts from its replica's state
 //! as a restarted coordinator starts from disk.
 //!
+//! - [`batch`]: a flush as bounded entries (range primes by reference, regenerated where
+//!   they are not held).
 //! - [`files`]: a replica's state as a list of files (snapshots, imports, the root copy).
 //! - [`log`]: the Raft log and vote on disk (append + fsync, truncate, purge).
 //! - [`replica`]: the state machine: applies commands, builds and installs snapshots.
@@ -17,6 +19,7 @@
 //! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
 //! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
 
+pub mod batch;
 pub mod files;
 pub mod log;
 pub mod mirror;
@@ -25,7 +28,6 @@ pub mod node;
 pub mod replica;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,7 @@ openraft::declare_raft_types!(
         R = Outcome,
         NodeId = u64,
         Node = Member,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A Raft node of the group.
@@ -66,17 +69,35 @@ impl fmt::Display for Member {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Command {
-    /// Primes (deduplicated again on apply) and the chunks they complete.
+    /// Written by versions before bounded entries (a whole flush with its primes in one
+    /// entry): still applied from old logs, never proposed.
     Flush(Pending),
+    /// One entry's share of a flush ([`batch`]): file primes, range primes by reference,
+    /// and (in the last entries of a flush) the tasks it finishes.
+    Batch(batch::Batch),
     /// File reports, written once their primes are applied.
     Reports(Vec<Report>),
-    /// A job's report (with a factorial's value).
+    /// A job's report, without a factorial's value (versions before bounded entries: the
+    /// value was lost to followers); still applied from old logs.
     JobReport(Box<JobReport>),
+    /// A job's report and a factorial's value in decimal (at most ~1 MB: N <= 200,000), so
+    /// every member writes the same report and `<name>.txt`.
+    JobReportValue {
+        report: Box<JobReport>,
+        value: Option<String>,
+    },
     /// The root files (name, text) another group or a coordinator without a group wrote
     /// last (simple mode before replicated, the other way round, an older version): every
     /// member takes them into its state (an empty one as they are; one with state of its
     /// own merges them), so switching modes loses and redoes nothing.
+    /// Written by versions before bounded entries; still applied from old logs.
     Import(Vec<(String, String)>),
+    /// The root files another group (or a coordinator without a group) wrote last, by
+    /// reference: the proposer linked them (or copied them where links cannot be made) into
+    /// the import folder beside the root `primes.txt` ([`node`]); every member merges the
+    /// first `primes_len` bytes of its primes file, the first `ledger_len` of its ledger and
+    /// its reports into its state, streaming, so switching modes loses and redoes nothing.
+    ImportRoot { primes_len: u64, ledger_len: u64 },
 }
 
 /// What applying a command did, for the leader that proposed it.

@@ -84,6 +84,11 @@ impl Covered {
     pub fn intervals(&self) -> usize {
         self.map.len()
     }
+
+    /// The intervals, ascending (for a checkpoint of primes.txt).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&s, &e)| (s, e))
+    }
 }
 
 /// One line of the ledger (`primes.txt.ranges`): a generation task whose results are all
@@ -201,6 +206,22 @@ impl Ranges {
     /// Segments being streamed (for the log and tests).
     pub fn streaming(&self) -> usize {
         self.progress.len()
+    }
+
+    /// Segments being streamed as `(lo, hi, w)`, `w` the largest prime handled (for a
+    /// checkpoint of primes.txt).
+    pub fn progress(&self) -> Vec<(u64, u64, u64)> {
+        self.progress
+            .iter()
+            .map(|(&(lo, hi), &w)| (lo, hi, w))
+            .collect()
+    }
+
+    /// Takes back a segment's progress from a checkpoint: every prime of `[lo, w]` is in
+    /// primes.txt (the caller checked that the file is the one the checkpoint describes).
+    pub fn resume(&mut self, lo: u64, hi: u64, w: u64) {
+        let p = self.progress.entry((lo, hi)).or_insert(w);
+        *p = (*p).max(w);
     }
 }
 

@@ -17,19 +17,30 @@ pub fn report_path(output: &Path, file: &str) -> PathBuf {
 /// `jobs` is the jobs folder: a job owns `data/output/jobs/<name>.json`, so an input
 /// `jobs/<name>` (whose report would be the same file) cannot have its report.
 pub fn write_report(output: &Path, r: &Report, jobs: &Path) -> anyhow::Result<()> {
-    let path = report_path(output, &r.file);
-    if let Some(rest) = r.file.strip_prefix("jobs/") {
-        let job = crate::inputs::list_files(jobs)
-            .into_keys()
-            .find(|rel| crate::jobs::job_name_of(rel) == rest);
-        if let Some(job) = job {
-            anyhow::bail!(
-                "report name clash: {} is the report of the job {}; rename the input folder `jobs`",
-                path.display(),
-                jobs.join(job).display()
-            );
-        }
+    if let Some(clash) = job_clash(output, r, jobs) {
+        anyhow::bail!(clash);
     }
+    write_report_only(output, r)
+}
+
+/// Why report `r` cannot be written because a job owns its name (an input
+/// `data/input/jobs/<name>` while the job `<name>` exists in `jobs`), if that is why. A
+/// group's leader decides this before it proposes a report (apply depends on the log alone).
+pub fn job_clash(output: &Path, r: &Report, jobs: &Path) -> Option<String> {
+    let rest = r.file.strip_prefix("jobs/")?;
+    let job = crate::inputs::list_files(jobs)
+        .into_keys()
+        .find(|rel| crate::jobs::job_name_of(rel) == rest)?;
+    Some(format!(
+        "report name clash: {} is the report of the job {}; rename the input folder `jobs`",
+        report_path(output, &r.file).display(),
+        jobs.join(job).display()
+    ))
+}
+
+/// Writes report `r` atomically (no check against the jobs: see [`job_clash`]).
+pub fn write_report_only(output: &Path, r: &Report) -> anyhow::Result<()> {
+    let path = report_path(output, &r.file);
     let json = serde_json::to_vec_pretty(r).context("encoding report")?;
     write_replace(&path, &json, false).map_err(|e| match clash(output, &path) {
         Some(why) => e.context(why),

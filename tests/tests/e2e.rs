@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries, ephemeral ports, a temp dir each, children killed on drop.
 
 mod afs_tests;
+mod bulk_tests;
 mod chaos_tests;
 mod container_tests;
 mod dashboard_tests;

@@ -1,27 +1,64 @@
-//! The root files users read (`primes.txt`, its ledger, `data/output/`), kept by the leader
-//! as a copy of its replica's, fenced by its term.
+//! The root files users read (`primes.txt`, its ledger, `data/output/`): the leader's
+//! replica's own files, fenced by its term.
 //!
-//! When a replica becomes leader it takes the fence (`primes.txt.leader`: the term and group
-//! of the leader that owns the root files, replaced atomically), then replaces the root files
-//! with its replica's by rename (the replica has applied every committed entry by then), and
-//! from then on copies what each applied entry adds (reports as hard links to the
-//! replica's where the folders share a file system). Every append opens the root file
-//! first, then checks the fence (once per entry), then writes: an older leader (cut off or paused, not yet
-//! knowing) that checked before the takeover writes into the file the takeover renamed away,
-//! and one that opens after it sees the newer fence and writes nothing. No lock is held
-//! across writes, so a leader paused in the middle of one (SIGSTOP) cannot stop the next
-//! from taking over. A report an older leader still renames in place is one of a committed
-//! entry, the same as the new leader's. The root files are therefore always the state of
-//! one leader's replica, at most one flush behind it.
+//! When a replica becomes leader (it has applied every committed entry by then) it takes the
+//! fence (`primes.txt.leader`: the term and group of the leader that owns the root files,
+//! replaced atomically), then puts its replica's files in place of the root ones: each root
+//! name becomes a hard link to the replica's file, made under a temporary name and renamed
+//! over the root name (atomic), the fence checked just before each rename. From then on the
+//! root primes file and ledger *are* the replica's: what it appends is at root with nothing
+//! copied; a report the replica rewrites (a new file, renamed in its folder) is linked into
+//! place again as its entry is applied. Where a link cannot be made (the folders on different
+//! file systems) the root files are copies instead, streamed to a temporary name and renamed
+//! likewise, and what each applied entry adds is appended to them: the root file opened
+//! first, then the fence checked, then written, so an older leader that checked before a
+//! takeover writes into the file the takeover renamed away, and one that checks after sees
+//! the newer fence and writes nothing.
+//!
+//! Fencing with links. A replica only ever writes its own files; the root names reach them
+//! only through the links. Once a newer leader has renamed its links over the root names,
+//! nothing an older leader appends to its replica's files (it keeps applying as a follower,
+//! or runs on paused, not yet knowing) is reachable by a root name: it never writes into the
+//! root files again. Between a newer leader taking the fence and its renames, the root names
+//! still reach the older replica's files, which hold committed entries only, as the root
+//! files did before the takeover. An older leader changes what a root name points to only by
+//! a rename (its own takeover, a re-link, a report), each after a check of the fence: the
+//! primes file and ledger one check per rename, the reports of an applied batch one check
+//! for the batch. So after a newer fence it can still do at most the renames its last passed
+//! check covered; a root primes file or ledger so put back is not the newer leader's, which
+//! finds that at its next [`Mirror::follow`] and links its own again, and a report so put
+//! back is one of a committed entry. No lock is held across writes, so a leader paused in the
+//! middle of one (SIGSTOP) cannot stop the next from taking over. The root files are
+//! therefore always one leader's replica's files (the same inodes; in copy mode at most one
+//! applied flush behind).
+//!
+//! What sharing the inodes implies: the root primes file and ledger are exactly as durable as
+//! the replica's (fsynced before a snapshot, a membership change, a clean stop; a torn tail
+//! the replica cuts when it opens is cut at root too), and anything else writing the root
+//! primes file in place (a coordinator without a group started on the same folder) would
+//! write into the replica's: it must replace the file (break the link) first. Root reports
+//! the replica lacks are left as they are. A replica whose primes file or ledger is replaced
+//! by a new file (a snapshot installed) calls [`Mirror::relink`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use tracing::info;
 
 use crate::core::{JobReport, Report};
 use crate::primes::ledger_path;
+
+/// How the root primes file and ledger follow the replica's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Hard links to the replica's files: nothing to copy.
+    Link,
+    /// Copies (a link could not be made): each applied entry's bytes appended.
+    Copy,
+}
 
 pub struct Mirror {
     primes: PathBuf,
@@ -32,9 +69,16 @@ pub struct Mirror {
     term: Option<u64>,
     /// The group it leads (see [`group_id`]).
     group: String,
-    /// Bytes of the replica's primes file and ledger already in the root ones.
+    /// How the root files follow the replica's since the takeover.
+    mode: Mode,
+    /// In copy mode: bytes of the replica's primes file and ledger already in the root ones.
     copied: (u64, u64),
+    /// Whether links are tried (always, except in tests of copy mode).
+    links: bool,
 }
+
+/// The replica's primes file and ledger in `dir`, each with its root counterpart.
+type Pairs = [(PathBuf, PathBuf); 2];
 
 impl Mirror {
     pub fn new(primes: &Path, output: &Path, jobs: &Path) -> Self {
@@ -45,7 +89,18 @@ impl Mirror {
             fence: fence_path(primes),
             term: None,
             group: String::new(),
+            mode: Mode::Link,
             copied: (0, 0),
+            links: true,
+        }
+    }
+
+    /// A mirror that never links (copy mode, as across file systems).
+    #[cfg(test)]
+    fn copying(primes: &Path, output: &Path, jobs: &Path) -> Self {
+        Mirror {
+            links: false,
+            ..Mirror::new(primes, output, jobs)
         }
     }
 
@@ -82,13 +137,15 @@ impl Mirror {
         .with_context(|| format!("writing {}", self.fence.display()))
     }
 
-    /// Takes the root files for `term` of `group`: they become copies of the replica's (`dir`).
+    /// Takes the root files for `term` of `group`: after taking the fence, the root primes
+    /// file, ledger and each report become hard links to the replica's (`dir`), or copies
+    /// where links cannot be made. Root reports the replica lacks stay.
     pub fn activate(&mut self, term: u64, group: &str, dir: &Path) -> anyhow::Result<()> {
+        self.term = None;
         self.group = group.to_string();
-        let files = super::files::collect_files(&dir.join("primes.txt"), &dir.join("output"))?;
         self.take(term)?;
-        let copied = super::files::write_files(&files, &self.primes, &self.output, false)?;
-        self.copied = copied;
+        self.place_pair(term, dir, self.links)?;
+        self.place_reports(term, &dir.join("output"))?;
         self.term = Some(term);
         Ok(())
     }
@@ -97,11 +154,38 @@ impl Mirror {
         self.term = None;
     }
 
-    /// Copies what the replica's primes file and ledger (`dir`) grew by since the last call.
+    /// Puts the replica's primes file and ledger (`dir`) in place of the root ones again,
+    /// after a check of the fence, for when the replica's were replaced by new files (a
+    /// snapshot installed, a file rewritten): links again in link mode, copies again in copy
+    /// mode.
+    pub fn relink(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let Some(term) = self.term else {
+            return Ok(());
+        };
+        let links = self.links && self.mode == Mode::Link;
+        let r = self
+            .check(term)
+            .and_then(|()| self.place_pair(term, dir, links));
+        self.settle(r)
+    }
+
+    /// Keeps the root primes file and ledger up with the replica's (`dir`): in link mode
+    /// nothing to copy (the fence checked, and a root file that is no longer the replica's
+    /// linked again); in copy mode, what they grew by since the last call appended.
     pub fn follow(&mut self, dir: &Path) -> anyhow::Result<()> {
         let Some(term) = self.term else {
             return Ok(());
         };
+        if self.mode == Mode::Link {
+            let r = self.check(term).and_then(|()| {
+                let [p, l] = pairs(&self.primes, dir);
+                if same_file(&p.0, &p.1) && same_file(&l.0, &l.1) {
+                    return Ok(());
+                }
+                self.place_pair(term, dir, true)
+            });
+            return self.settle(r);
+        }
         let src = dir.join("primes.txt");
         let (from_p, from_l) = self.copied;
         let r = (|| {
@@ -124,10 +208,109 @@ impl Mirror {
         self.settle(r.map(|_| ()))
     }
 
+    /// Puts the replica's primes file and ledger (`dir`) in place of the root ones: links
+    /// if `links` and they can be made (link mode), else streamed copies (copy mode, their
+    /// lengths the bytes copied). Each rename after a check of the fence.
+    fn place_pair(&mut self, term: u64, dir: &Path, links: bool) -> anyhow::Result<()> {
+        let pairs = pairs(&self.primes, dir);
+        if links && self.link_pair(term, &pairs)? {
+            self.mode = Mode::Link;
+            self.copied = (0, 0);
+            return Ok(());
+        }
+        let [p, l] = &pairs;
+        let a = self.copy_over(term, &p.0, &p.1, true)?;
+        let b = self.copy_over(term, &l.0, &l.1, true)?;
+        self.mode = Mode::Copy;
+        self.copied = (a, b);
+        Ok(())
+    }
+
+    /// Links each replica file of `pairs` at its root name (a missing one created empty):
+    /// both links made under temporary names first, then each renamed into place after a
+    /// check of the fence. `Ok(false)` if a link cannot be made (nothing changed).
+    fn link_pair(&self, term: u64, pairs: &Pairs) -> anyhow::Result<bool> {
+        let mut tmps = Vec::with_capacity(pairs.len());
+        for (src, dst) in pairs {
+            // The replica keeps its files; one missing is an empty one (as the copy makes).
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(src)
+                .with_context(|| format!("opening {}", src.display()))?;
+            match temp_link(src, dst) {
+                Ok(t) => tmps.push(t),
+                Err(e) => {
+                    for t in &tmps {
+                        let _ = std::fs::remove_file(t);
+                    }
+                    info!(
+                        from = %src.display(),
+                        to = %dst.display(),
+                        error = %e,
+                        "cannot link the root files to this member's: copying them"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        let r = (|| {
+            for ((_, dst), tmp) in pairs.iter().zip(&tmps) {
+                self.check(term)?;
+                std::fs::rename(tmp, dst)
+                    .with_context(|| format!("renaming a link over {}", dst.display()))?;
+            }
+            sync_dir(dir_of(&self.primes))
+        })();
+        // Gone after a rename, except where the root name already was this file: rename
+        // then leaves both names.
+        for t in &tmps {
+            let _ = std::fs::remove_file(t);
+        }
+        r.map(|()| true)
+    }
+
+    /// Copies the replica's file `src` (empty if missing) to a temporary name beside `dst`,
+    /// streamed (fsynced if `durable`), then renames it over `dst` after a check of the
+    /// fence; the bytes copied.
+    fn copy_over(&self, term: u64, src: &Path, dst: &Path, durable: bool) -> anyhow::Result<u64> {
+        let tmp = temp_name(dst, "copy");
+        let r = (|| {
+            let n = copy_file(src, &tmp, durable)?;
+            self.check(term)?;
+            std::fs::rename(&tmp, dst)
+                .with_context(|| format!("renaming a copy over {}", dst.display()))?;
+            if durable {
+                sync_dir(dir_of(dst))?;
+            }
+            Ok(n)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// Puts every report of the replica's reports folder `src` in place at root (linked in
+    /// link mode, else or where a link fails copied), each after a check of the fence.
+    fn place_reports(&self, term: u64, src: &Path) -> anyhow::Result<()> {
+        let links = self.mode == Mode::Link;
+        super::files::for_each_report(src, &mut |rel, path| {
+            let dst = self.output.join(rel);
+            if links {
+                self.check(term)?;
+                if link_into_place(path, &dst).is_ok() {
+                    return Ok(());
+                }
+            }
+            self.copy_over(term, path, &dst, false).map(|_| ())
+        })
+    }
+
     /// Copies the reports `rs` that the replica has just written in `written` (its reports
-    /// folder), after one check of the fence: each a hard link to the same bytes, renamed
-    /// into place, where the two folders share a file system (no second encoding and write
-    /// of each report); written out otherwise.
+    /// folder), after one check of the fence: in link mode each a hard link to the same
+    /// bytes, renamed into place (no second encoding and write of each report); written out
+    /// in copy mode, or where a link fails.
     pub fn reports(&mut self, rs: &[&Report], written: &Path) -> anyhow::Result<()> {
         let Some(term) = self.term else {
             return Ok(());
@@ -135,11 +318,12 @@ impl Mirror {
         if rs.is_empty() {
             return Ok(());
         }
+        let links = self.mode == Mode::Link;
         let res = self.check(term).and_then(|()| {
             for r in rs {
                 let src = crate::report::report_path(written, &r.file);
                 let dst = crate::report::report_path(&self.output, &r.file);
-                if link_into_place(&src, &dst).is_err() {
+                if !(links && link_into_place(&src, &dst).is_ok()) {
                     crate::report::write_report(&self.output, r, &self.jobs)?;
                 }
             }
@@ -166,6 +350,99 @@ impl Mirror {
         }
         r
     }
+}
+
+/// The replica's primes file and ledger in `dir`, each with its root counterpart (of the
+/// root primes file `primes`).
+fn pairs(primes: &Path, dir: &Path) -> Pairs {
+    let src = dir.join("primes.txt");
+    [
+        (src.clone(), primes.to_path_buf()),
+        (ledger_path(&src), ledger_path(primes)),
+    ]
+}
+
+/// True if `a` and `b` name the same file (both there).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// `path`'s folder (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary name beside `dst`, hidden, unique to this call (the root folder is shared by
+/// the leaders of several processes, maybe with the same process id in containers).
+fn temp_name(dst: &Path, what: &str) -> PathBuf {
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir_of(dst).join(format!(
+        ".{name}.{what}{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+/// A hard link to `src` under a temporary name beside `dst` (its folder created if
+/// missing); the name.
+fn temp_link(src: &Path, dst: &Path) -> std::io::Result<PathBuf> {
+    let tmp = temp_name(dst, "link");
+    match std::fs::hard_link(src, &tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && src.exists() => {
+            std::fs::create_dir_all(dir_of(dst))?;
+            std::fs::hard_link(src, &tmp)?;
+        }
+        other => other?,
+    }
+    Ok(tmp)
+}
+
+/// Copies file `src` (none: empty) to a new file `to` (its folder created if missing),
+/// streamed through a bounded buffer, fsynced if `durable`; the bytes copied.
+fn copy_file(src: &Path, to: &Path, durable: bool) -> anyhow::Result<u64> {
+    let from = match File::open(src) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("opening {}", src.display())),
+    };
+    let mut out = match File::create(to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = dir_of(to);
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            File::create(to)
+        }
+        other => other,
+    }
+    .with_context(|| format!("creating {}", to.display()))?;
+    let n = match from {
+        Some(f) => {
+            let len = f
+                .metadata()
+                .with_context(|| format!("reading {}", src.display()))?
+                .len();
+            std::io::copy(&mut std::io::Read::take(f, len), &mut out)
+                .with_context(|| format!("copying {} to {}", src.display(), to.display()))?
+        }
+        None => 0,
+    };
+    if durable {
+        out.sync_all()
+            .with_context(|| format!("syncing {}", to.display()))?;
+    }
+    Ok(n)
+}
+
+/// fsyncs folder `dir` (the renames in it made durable).
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// The fence of the root primes file `primes`: `<primes>.leader`.
@@ -214,9 +491,7 @@ fn link_into_place(src: &Path, dst: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
         other => return other,
     }
-    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("report");
-    let tmp = dir.join(format!(".{name}.link{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = temp_name(dst, "link");
     std::fs::hard_link(src, &tmp)?;
     let renamed = std::fs::rename(&tmp, dst);
     // Gone after a rename, except where `dst` already was this file (the same report applied
@@ -234,7 +509,8 @@ fn open_append(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-/// Appends `from`'s bytes after offset `at` to `dst` (the file `to`), fsynced; how many.
+/// Appends `from`'s bytes after offset `at` to `dst` (the file `to`), streamed through a
+/// bounded buffer, fsynced; how many.
 fn append_tail(from: &Path, dst: &mut File, to: &Path, at: u64) -> anyhow::Result<u64> {
     let mut src = match File::open(from) {
         Ok(f) => f,
@@ -250,19 +526,202 @@ fn append_tail(from: &Path, dst: &mut File, to: &Path, at: u64) -> anyhow::Resul
     }
     src.seek(SeekFrom::Start(at))
         .with_context(|| format!("reading {}", from.display()))?;
-    let mut tail = Vec::with_capacity((len - at) as usize);
-    src.take(len - at)
-        .read_to_end(&mut tail)
-        .with_context(|| format!("reading {}", from.display()))?;
-    dst.write_all(&tail)
-        .and_then(|()| dst.sync_data())
-        .with_context(|| format!("appending to {}", to.display()))?;
-    Ok(tail.len() as u64)
+    let n = std::io::copy(&mut std::io::Read::take(src, len - at), dst)
+        .and_then(|n| dst.sync_data().map(|()| n))
+        .with_context(|| format!("appending {} to {}", from.display(), to.display()))?;
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::link_into_place;
+    use super::*;
+    use std::io::Write;
+
+    fn ino(p: &Path) -> u64 {
+        std::fs::metadata(p).expect("stat").ino()
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).expect("read")
+    }
+
+    fn append(p: &Path, text: &str) {
+        OpenOptions::new()
+            .append(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .expect("append");
+    }
+
+    /// A member folder `name` under `root` with primes `text`, a ledger line and a report.
+    fn member(root: &Path, name: &str, text: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("output/sub")).expect("mkdir");
+        std::fs::write(dir.join("primes.txt"), text).expect("write");
+        std::fs::write(dir.join("primes.txt.ranges"), format!("{name}\n")).expect("write");
+        std::fs::write(dir.join("output/sub/r.json"), name).expect("write");
+        dir
+    }
+
+    /// The root folder's primes file, reports folder and jobs folder (with older files).
+    fn root(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (p, o) = (tmp.join("primes.txt"), tmp.join("output"));
+        std::fs::create_dir_all(o.join("sub")).expect("mkdir");
+        std::fs::write(&p, "99\n").expect("write");
+        std::fs::write(o.join("sub/r.json"), "old").expect("write");
+        std::fs::write(o.join("extra.json"), "kept").expect("write");
+        (p, o, tmp.join("jobs"))
+    }
+
+    #[test]
+    /// In link mode the root primes file, ledger and reports are the member's files: what
+    /// the member appends is at root with nothing copied; root reports it lacks stay.
+    fn activate_links_the_members_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (p, o, jobs) = root(tmp.path());
+        let a = member(tmp.path(), "a", "2\n");
+        let mut m = Mirror::new(&p, &o, &jobs);
+        m.activate(1, "1,2", &a).expect("activate");
+        assert_eq!(m.term(), Some(1));
+        assert_eq!(read_fence(&p), (1, "1,2".to_string()));
+        assert_eq!(ino(&p), ino(&a.join("primes.txt")));
+        assert_eq!(ino(&ledger_path(&p)), ino(&a.join("primes.txt.ranges")));
+        assert_eq!(
+            ino(&o.join("sub/r.json")),
+            ino(&a.join("output/sub/r.json"))
+        );
+        assert_eq!(read(&o.join("extra.json")), "kept");
+        append(&a.join("primes.txt"), "3\n");
+        assert_eq!(read(&p), "2\n3\n");
+        m.follow(&a).expect("follow");
+        assert_eq!(read(&p), "2\n3\n");
+        assert_eq!(m.term(), Some(1));
+        let hidden: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "no temporary name left: {hidden:?}");
+    }
+
+    #[test]
+    /// A newer leader's takeover replaces the links: what the older member appends is no
+    /// longer at root, and the older leader's next follow finds the newer fence. A root
+    /// file put back by an older leader's late rename is linked again at the newer one's
+    /// next follow; a member file replaced by a new one is linked again by relink.
+    fn newer_takeover_replaces_the_links() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (p, o, jobs) = root(tmp.path());
+        let a = member(tmp.path(), "a", "2\n");
+        let b = member(tmp.path(), "b", "2\n3\n");
+        let mut old = Mirror::new(&p, &o, &jobs);
+        old.activate(1, "1,2", &a).expect("activate a");
+        let mut new = Mirror::new(&p, &o, &jobs);
+        new.activate(2, "1,2", &b).expect("activate b");
+        assert_eq!(ino(&p), ino(&b.join("primes.txt")));
+        assert_eq!(
+            ino(&o.join("sub/r.json")),
+            ino(&b.join("output/sub/r.json"))
+        );
+        append(&a.join("primes.txt"), "13\n");
+        assert_eq!(
+            read(&p),
+            "2\n3\n",
+            "the older member's append is not at root"
+        );
+        assert!(
+            old.follow(&a).is_err(),
+            "the older leader sees the newer fence"
+        );
+        assert_eq!(old.term(), None);
+        // An older leader cannot take the fence back.
+        assert!(old.activate(1, "1,2", &a).is_err());
+        assert_eq!(ino(&p), ino(&b.join("primes.txt")));
+        new.follow(&b).expect("follow");
+        assert_eq!(read(&p), "2\n3\n");
+        // A late rename by the older leader (its check passed before the newer fence).
+        std::fs::hard_link(a.join("primes.txt"), tmp.path().join("late")).expect("link");
+        std::fs::rename(tmp.path().join("late"), &p).expect("rename");
+        new.follow(&b).expect("follow");
+        assert_eq!(ino(&p), ino(&b.join("primes.txt")), "linked again");
+        // The member's primes file replaced (a snapshot installed).
+        std::fs::write(b.join("fresh"), "5\n").expect("write");
+        std::fs::rename(b.join("fresh"), b.join("primes.txt")).expect("rename");
+        new.relink(&b).expect("relink");
+        assert_eq!(ino(&p), ino(&b.join("primes.txt")));
+        assert_eq!(read(&p), "5\n");
+        assert_eq!(new.term(), Some(2));
+    }
+
+    #[test]
+    /// Where the member's folder is on another file system (here /dev/shm, when it is one)
+    /// the links fail (EXDEV) and the takeover copies instead; follow then appends.
+    fn links_across_file_systems_fall_back_to_copies() {
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dev = |p: &Path| std::fs::metadata(p).expect("stat").dev();
+        if dev(shm.path()) == dev(tmp.path()) {
+            return;
+        }
+        let (p, o, jobs) = root(tmp.path());
+        let a = member(shm.path(), "a", "2\n");
+        let mut m = Mirror::new(&p, &o, &jobs);
+        m.activate(1, "1", &a).expect("activate");
+        assert_eq!(m.mode, Mode::Copy);
+        assert_eq!(read(&p), "2\n");
+        assert_eq!(read(&o.join("sub/r.json")), "a");
+        append(&a.join("primes.txt"), "3\n");
+        m.follow(&a).expect("follow");
+        assert_eq!(read(&p), "2\n3\n");
+    }
+
+    #[test]
+    /// Copy mode (as across file systems): the takeover writes copies, follow streams each
+    /// tail, relink copies again, and an older leader writes nothing after a newer fence.
+    fn copy_mode_follow_streams_a_tail() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (p, o, jobs) = root(tmp.path());
+        let a = member(tmp.path(), "a", "2\n");
+        let mut m = Mirror::copying(&p, &o, &jobs);
+        m.activate(1, "1", &a).expect("activate");
+        assert_ne!(ino(&p), ino(&a.join("primes.txt")));
+        assert_ne!(
+            ino(&o.join("sub/r.json")),
+            ino(&a.join("output/sub/r.json"))
+        );
+        assert_eq!(read(&p), "2\n");
+        assert_eq!(read(&ledger_path(&p)), "a\n");
+        assert_eq!(read(&o.join("sub/r.json")), "a");
+        assert_eq!(read(&o.join("extra.json")), "kept");
+        // A tail larger than any copy buffer.
+        let tail: String = (0..200_000u64)
+            .map(|i| format!("{}\n", 1_000_003 + 2 * i))
+            .collect();
+        append(&a.join("primes.txt"), &tail);
+        append(&a.join("primes.txt.ranges"), "x\n");
+        m.follow(&a).expect("follow");
+        assert_eq!(read(&p), format!("2\n{tail}"));
+        assert_eq!(read(&ledger_path(&p)), "a\nx\n");
+        m.follow(&a).expect("nothing new");
+        assert_eq!(read(&p).len(), 2 + tail.len());
+        // The member's file replaced: copied again, then followed from there.
+        std::fs::write(a.join("fresh"), "5\n").expect("write");
+        std::fs::rename(a.join("fresh"), a.join("primes.txt")).expect("rename");
+        m.relink(&a).expect("relink");
+        assert_eq!(read(&p), "5\n");
+        append(&a.join("primes.txt"), "7\n");
+        m.follow(&a).expect("follow");
+        assert_eq!(read(&p), "5\n7\n");
+        // A newer leader (also copying) takes over; the older one writes nothing more.
+        let b = member(tmp.path(), "b", "11\n");
+        let mut newer = Mirror::copying(&p, &o, &jobs);
+        newer.activate(2, "1", &b).expect("activate b");
+        append(&a.join("primes.txt"), "17\n");
+        assert!(m.follow(&a).is_err());
+        assert_eq!(read(&p), "11\n");
+    }
 
     #[test]
     /// A report linked into place: new (its folder made), over an older one, and again over

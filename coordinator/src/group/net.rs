@@ -25,8 +25,11 @@ use super::{Member, Raft, TypeConfig};
 
 /// The service name in the handshake.
 pub const SERVICE: &str = "coordinator-raft";
-/// Longest line: a log entry carries a flush's primes; snapshot chunks are a few MiB.
-pub const MAX_LINE: usize = 256 << 20;
+/// Longest line. An AppendEntries carries at most 4 entries of at most 256 KiB each
+/// ([`super::batch`]) and a snapshot chunk 256 KiB (~900 KB as JSON): ~1 MiB. The one
+/// larger entry is a factorial's report with its value (up to ~1 MB of digits for N =
+/// 200,000), hence the margin.
+pub const MAX_LINE: usize = 8 << 20;
 /// Most peer connections at once.
 const MAX_PEERS: usize = 64;
 

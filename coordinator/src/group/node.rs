@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ pub struct Handle {
     replica: Replica,
     id: u64,
     term: u64,
+    /// The root reports folder and the jobs folder: a report whose name a job owns is
+    /// refused before it is proposed ([`crate::report::job_clash`]).
+    output: PathBuf,
+    jobs: PathBuf,
 }
 
 impl std::fmt::Debug for Handle {
@@ -100,25 +104,95 @@ impl Handle {
         Ok(r.data)
     }
 
-    /// Commits a flush; the replica's primes count and dedup-set size after it.
+    /// Commits a flush as bounded entries ([`super::batch`]), in order; how many primes were
+    /// new, and the replica's primes count and dedup-set size after it. An entry that does
+    /// not commit ends it with an error: the caller hands the whole flush back (what did
+    /// commit is deduplicated when it comes again).
     pub async fn flush(&self, p: Pending) -> anyhow::Result<(u64, u64, u64)> {
-        match self.write(Command::Flush(p)).await? {
-            Outcome::Flushed { new, total, in_set } => Ok((new, total, in_set)),
-            other => anyhow::bail!("unexpected outcome of a flush: {other:?}"),
+        let batches = super::batch::split(&p, rand::random::<u64>);
+        drop(p);
+        let ids: Vec<u64> = batches.iter().map(|(b, _)| b.id).collect();
+        let (mut new, mut total, mut in_set) = (0, 0, 0);
+        for (i, (b, runs)) in batches.into_iter().enumerate() {
+            self.replica.hold(b.id, runs);
+            let written = self.write(Command::Batch(b)).await;
+            match written {
+                Ok(Outcome::Flushed {
+                    new: n,
+                    total: t,
+                    in_set: s,
+                }) => {
+                    new += n;
+                    (total, in_set) = (t, s);
+                }
+                other => {
+                    for id in &ids[i..] {
+                        self.replica.drop_batch(*id);
+                    }
+                    match other {
+                        Err(e) => return Err(e),
+                        Ok(o) => anyhow::bail!("unexpected outcome of a flush: {o:?}"),
+                    }
+                }
+            }
         }
+        if ids.is_empty() {
+            let (_, t, s) = self.replica.ledger();
+            (total, in_set) = (t, s);
+        }
+        Ok((new, total, in_set))
     }
 
-    /// Commits reports; how each was written.
+    /// Commits reports; how each was written. A report whose name a job owns is refused
+    /// here, by the leader (apply depends on the log alone).
     pub async fn reports(&self, rs: Vec<Report>) -> anyhow::Result<Vec<Result<(), String>>> {
-        match self.write(Command::Reports(rs)).await? {
-            Outcome::Reports(r) => Ok(r),
-            other => anyhow::bail!("unexpected outcome of reports: {other:?}"),
+        let (output, jobs) = (self.output.clone(), self.jobs.clone());
+        let (rs, clashes) = tokio::task::spawn_blocking(move || {
+            let clashes: Vec<Option<String>> = rs
+                .iter()
+                .map(|r| crate::report::job_clash(&output, r, &jobs))
+                .collect();
+            (rs, clashes)
+        })
+        .await
+        .context("checking report names")?;
+        let propose: Vec<Report> = rs
+            .into_iter()
+            .zip(&clashes)
+            .filter(|(_, c)| c.is_none())
+            .map(|(r, _)| r)
+            .collect();
+        let mut written = if propose.is_empty() {
+            Vec::new()
+        } else {
+            match self.write(Command::Reports(propose)).await? {
+                Outcome::Reports(r) => r,
+                other => anyhow::bail!("unexpected outcome of reports: {other:?}"),
+            }
         }
+        .into_iter();
+        Ok(clashes
+            .into_iter()
+            .map(|c| match c {
+                Some(why) => Err(why),
+                None => written
+                    .next()
+                    .unwrap_or_else(|| Err("no outcome for this report".into())),
+            })
+            .collect())
     }
 
-    /// Commits a job report; the report as written.
-    pub async fn job_report(&self, r: JobReport) -> anyhow::Result<Result<Box<JobReport>, String>> {
-        match self.write(Command::JobReport(Box::new(r))).await? {
+    /// Commits a job report, with a factorial's value; the report as written.
+    pub async fn job_report(
+        &self,
+        mut r: JobReport,
+    ) -> anyhow::Result<Result<Box<JobReport>, String>> {
+        let value = r.value.take();
+        let cmd = Command::JobReportValue {
+            report: Box::new(r),
+            value,
+        };
+        match self.write(cmd).await? {
             Outcome::JobReport(r) => Ok(r),
             other => anyhow::bail!("unexpected outcome of a job report: {other:?}"),
         }
@@ -153,14 +227,20 @@ pub async fn run(
         cluster_name: "primes-coordinators".into(),
         election_timeout_min: election,
         election_timeout_max: election * 2,
-        heartbeat_interval: (election / 4).max(10),
+        // Also the AppendEntries timeout (openraft): a third of the election timeout leaves
+        // a loaded 2-core machine room to answer, and an RPC is at most ~1 MiB.
+        heartbeat_interval: (election / 3).max(10),
         install_snapshot_timeout: 10_000,
+        max_payload_entries: super::batch::MAX_PAYLOAD_ENTRIES,
+        // Snapshot chunks travel as JSON arrays (~3.6 bytes a byte): ~900 KB a message.
+        snapshot_max_chunk_size: 256 << 10,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(group.snapshot_entries.max(2)),
         max_in_snapshot_log_to_keep: 16,
         ..Default::default()
     }
     .validate()
     .context("Raft configuration")?;
+    let log_size = log.clone();
     let raft = Raft::new(
         group.id,
         Arc::new(rcfg),
@@ -205,6 +285,7 @@ pub async fn run(
         });
     }
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
+    tokio::spawn(compact_large_logs(raft.clone(), log_size, shutdown.clone()));
 
     let result = role_loop(workers, http, &raft, &replica, &cfg, &group, &shutdown).await;
     let _ = raft.shutdown().await;
@@ -293,6 +374,8 @@ async fn role_loop(
             replica: replica.clone(),
             id: group.id,
             term,
+            output: cfg.output.clone(),
+            jobs: cfg.jobs.clone(),
         };
         let lead_stop = shutdown.child_token();
         let watcher = tokio::spawn(watch_lead(handle.clone(), lease(group), lead_stop.clone()));
@@ -305,18 +388,25 @@ async fn role_loop(
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        if let Err(e) = crate::server::run(listener, http, lead_cfg, lead_stop.clone()).await {
-            error!(
-                term,
-                error = format!("{e:#}"),
-                "the coordinator stopped with an error"
-            );
-        }
+        let failed = crate::server::run(listener, http, lead_cfg, lead_stop.clone()).await;
         lead_stop.cancel();
         watcher.abort();
         replica.step_down();
         if shutdown.is_cancelled() {
             return Ok(());
+        }
+        if let Err(e) = failed {
+            // Not at once again: what failed (a folder it cannot write, say) likely still
+            // does.
+            error!(
+                term,
+                error = format!("{e:#}"),
+                "the coordinator stopped with an error (leading again in 1 s)"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
         info!(term, "no longer the leader: following");
     }
@@ -333,31 +423,129 @@ async fn import_root(raft: &Raft, group_id: &str, cfg: &Config) -> anyhow::Resul
         return Ok(());
     }
     let (primes, output) = (cfg.primes.clone(), cfg.output.clone());
-    let files = tokio::task::spawn_blocking(move || super::files::collect_files(&primes, &output))
+    let lens = tokio::task::spawn_blocking(move || prepare_import(&primes, &output))
         .await
-        .context("reading the root files")??;
-    if files.iter().all(|(_, b)| b.is_empty()) {
+        .context("linking the root files for an import")??;
+    let Some((primes_len, ledger_len)) = lens else {
         return Ok(());
-    }
-    let mut texts = Vec::with_capacity(files.len());
-    for (name, bytes) in files {
-        match String::from_utf8(bytes) {
-            Ok(t) => texts.push((name, t)),
-            Err(_) => warn!(file = name, "not text: not imported"),
-        }
-    }
+    };
     info!(
-        files = texts.len(),
-        "importing the root files left by a coordinator without a group"
+        primes_bytes = primes_len,
+        ledger_bytes = ledger_len,
+        "importing the root files left by another group (or a coordinator without a group)"
     );
     let r = raft
-        .client_write(Command::Import(texts))
+        .client_write(Command::ImportRoot {
+            primes_len,
+            ledger_len,
+        })
         .await
         .map_err(|e| anyhow::anyhow!("import not committed: {e}"))?;
     match r.data {
         Outcome::Imported(_) => Ok(()),
         other => anyhow::bail!("unexpected outcome of an import: {other:?}"),
     }
+}
+
+/// Puts the root files into the import folder beside them ([`super::replica::import_dir`]),
+/// replacing an older import: hard links (the root files of another group are its member's
+/// files, which only ever grow at the end, so the prefix an import names stays as it was;
+/// reports are replaced by rename, so a link keeps the version linked), or streamed copies
+/// where links cannot be made. The lengths of the primes file and ledger linked (whole
+/// lines), or None if the root holds nothing.
+fn prepare_import(primes: &Path, output: &Path) -> anyhow::Result<Option<(u64, u64)>> {
+    let dir = super::replica::import_dir(primes);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("output"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut lens = [0u64; 2];
+    for (i, (from, name)) in [
+        (primes.to_path_buf(), "primes.txt"),
+        (crate::primes::ledger_path(primes), "primes.txt.ranges"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let to = dir.join(name);
+        match link_or_copy(&from, &to) {
+            Ok(()) => lens[i] = whole_lines_len(&to)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("linking {} for an import", from.display()))
+            }
+        }
+    }
+    let reports = link_tree(output, &dir.join("output"))?;
+    if lens == [0, 0] && reports == 0 {
+        return Ok(None);
+    }
+    Ok(Some((lens[0], lens[1])))
+}
+
+/// A hard link to `from` at `to`, or a copy where a link cannot be made.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
+        Err(_) => std::fs::copy(from, to).map(|_| ()),
+    }
+}
+
+/// The length of `path` up to the end of its last complete line.
+fn whole_lines_len(path: &Path) -> anyhow::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut end = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))
+            .and_then(|_| f.read_exact(&mut buf[..n]))
+            .with_context(|| format!("reading {}", path.display()))?;
+        if let Some(k) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + k as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Links (or copies) every file under `from` to the same name under `to`; how many.
+fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+    };
+    let mut n = 0;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let kind = e
+            .file_type()
+            .with_context(|| format!("reading {}", src.display()))?;
+        if kind.is_dir() {
+            std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+            n += link_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            match link_or_copy(&src, &dst) {
+                Ok(()) => n += 1,
+                // Replaced or removed meanwhile: a report of a file in flux is not imported.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("linking {}", src.display())),
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Binds `addr`, retrying briefly (the previous role's listener has just closed).
@@ -463,6 +651,34 @@ async fn watch_lead(handle: Handle, lease: Duration, stop: CancellationToken) {
                     stop.cancel();
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// A log past this many bytes is compacted (a snapshot) whatever its number of entries:
+/// entries are small, but a flush of file primes may take many of 256 KiB.
+const LOG_BYTES_SNAPSHOT: u64 = 64 << 20;
+
+/// Asks for a snapshot (which lets the log go) once the log on disk passes
+/// [`LOG_BYTES_SNAPSHOT`], at most every 10 s, so a restart reads a bounded log.
+async fn compact_large_logs(raft: Raft, log: LogStore, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let recent = last.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if log.bytes_since_purge() > LOG_BYTES_SNAPSHOT && !recent {
+            last = Some(tokio::time::Instant::now());
+            info!(
+                bytes = log.bytes_since_purge(),
+                "the log is large: snapshot and compact"
+            );
+            if let Err(e) = raft.trigger().snapshot().await {
+                warn!(error = %e, "cannot ask for a snapshot");
             }
         }
     }

@@ -2,16 +2,19 @@
 //! `data/coordinators/coordinator-<n>/`: `primes.txt` with its ledger (the same
 //! [`PrimesFile`] a single coordinator keeps, so apply deduplicates exactly as a flush
 //! does), `output/` (reports), `applied.json` (the last entry applied and the membership)
-//! and `snapshot.bin` (the last state-machine snapshot, for peers that need it).
+//! and the last state-machine snapshot (`snapshot.json`, its data packed when a peer needs
+//! it).
 //!
 //! Applying is deterministic and idempotent: re-applying entries adds no prime twice (the
-//! dedup set) and rewrites the same reports. So the replica's files are not fsynced entry
-//! by entry: the log is, and `applied.json` records the last entry applied only once the
-//! files are synced (before a state-machine snapshot lets the log go, with a membership
-//! change, at a clean stop); after a crash the entries since are applied again. A snapshot
-//! is these files; installing one replaces them.
+//! dedup set) and no ledger line twice, and rewrites the same reports. So the replica's
+//! files are not fsynced entry by entry: the log is, and `applied.json` records the last
+//! entry applied only once the files are synced (before a state-machine snapshot lets the
+//! log go, with a membership change, at a clean stop); after a crash the entries since are
+//! applied again. A flush's range primes come by reference ([`super::batch`]): the leader
+//! that proposed it writes the primes it holds, every other member regenerates them.
+//! A snapshot is a record of the files' lengths; installing one replaces the files,
+//! streamed.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +26,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::batch::{self, Held};
 use super::files;
 use super::mirror::Mirror;
 use super::{Command, LogEntry, LogId, Member, Outcome, TypeConfig};
@@ -39,9 +43,12 @@ struct Applied {
 struct State {
     dir: PathBuf,
     primes: PrimesFile,
-    jobs: PathBuf,
     applied: Applied,
     mirror: Mirror,
+    /// Range primes of the batches this process proposed, until they apply.
+    held: Held,
+    /// Where the proposer of an import put the root files it imports.
+    import_dir: PathBuf,
 }
 
 /// One replica's state machine; clones share it.
@@ -85,9 +92,10 @@ impl Replica {
             inner: Arc::new(Mutex::new(State {
                 dir: dir.to_path_buf(),
                 primes,
-                jobs: jobs.to_path_buf(),
                 applied,
                 mirror: Mirror::new(root_primes, root_output, jobs),
+                held: Held::default(),
+                import_dir: import_dir(root_primes),
             })),
         })
     }
@@ -101,6 +109,16 @@ impl Replica {
             g.primes.len() as u64,
             g.primes.in_set() as u64,
         )
+    }
+
+    /// Holds the range primes of batch `id` (about to be proposed) for its apply here.
+    pub fn hold(&self, id: u64, runs: Vec<crate::ranges::Run>) {
+        lock(&self.inner).held.hold(id, runs);
+    }
+
+    /// Forgets batch `id` (not committed).
+    pub fn drop_batch(&self, id: u64) {
+        lock(&self.inner).held.drop_batch(id);
     }
 
     /// Takes the root files for `term` of group `group` (see [`Mirror`]).
@@ -135,15 +153,17 @@ impl Replica {
 
     /// Syncs the files and records what was applied (a clean stop: nothing to re-apply).
     pub fn close(&self) -> anyhow::Result<()> {
-        let g = lock(&self.inner);
+        let mut g = lock(&self.inner);
         tokio::task::block_in_place(|| g.make_durable())
     }
 }
 
 impl State {
     /// Syncs the primes file and ledger, then records what was applied (durably).
-    fn make_durable(&self) -> anyhow::Result<()> {
-        self.primes.sync()?;
+    fn make_durable(&mut self) -> anyhow::Result<()> {
+        // Synced, and a checkpoint of the dedup set and lengths: the next open reads it and
+        // scans only what was appended since, not the whole primes.txt.
+        self.primes.checkpoint()?;
         self.save_applied()
     }
 
@@ -169,15 +189,48 @@ impl State {
         Ok(match cmd {
             Command::Flush(p) => {
                 let new = self.primes.append(&p.small, &p.big, &p.runs, &p.finished)?;
-                // The ledger as a leader starting here takes it (read at open, then kept up
-                // to date: a member leads long after it opened). A task applied twice is
-                // one entry of the leader's map.
-                self.primes.finished.extend(p.finished);
                 Outcome::Flushed {
                     new: new as u64,
                     total: self.primes.len() as u64,
                     in_set: self.primes.in_set() as u64,
                 }
+            }
+            Command::Batch(b) => {
+                let runs = match self.held.take(b.id) {
+                    Some(runs) => runs,
+                    None if b.pieces.is_empty() => Vec::new(),
+                    None => {
+                        let (runs, wrong) =
+                            batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
+                        for w in wrong {
+                            tracing::error!(
+                                problem = w,
+                                "a range's primes as the leader had them differ from this member's sieve: the sieve's are written"
+                            );
+                        }
+                        runs
+                    }
+                };
+                // The ledger a leader starting here takes is kept up to date by append (a
+                // task applied twice is recorded once).
+                let new = self.primes.append(&b.small, &b.big, &runs, &b.finished)?;
+                Outcome::Flushed {
+                    new: new as u64,
+                    total: self.primes.len() as u64,
+                    in_set: self.primes.in_set() as u64,
+                }
+            }
+            Command::ImportRoot {
+                primes_len,
+                ledger_len,
+            } => {
+                self.import_root(primes_len, ledger_len)?;
+                Outcome::Imported(true)
+            }
+            Command::JobReportValue { report, value } => {
+                let mut r = *report;
+                r.value = value;
+                self.job_report(r)
             }
             Command::Reports(reports) => {
                 // The root reports follow the root primes (a report means its primes are in).
@@ -185,8 +238,10 @@ impl State {
                 let mut results = Vec::with_capacity(reports.len());
                 let mut written = Vec::with_capacity(reports.len());
                 for r in &reports {
-                    let res = crate::report::write_report(&output, r, &self.jobs)
-                        .map_err(|e| format!("{e:#}"));
+                    // The leader checked the jobs' names before proposing: apply depends on
+                    // the log alone.
+                    let res =
+                        crate::report::write_report_only(&output, r).map_err(|e| format!("{e:#}"));
                     if res.is_ok() {
                         written.push(r);
                     }
@@ -221,29 +276,61 @@ impl State {
                 );
                 Outcome::Imported(true)
             }
-            Command::JobReport(r) => {
-                self.follow();
-                let mut written = (*r).clone();
-                match crate::report::write_job_report(&output, &mut written) {
-                    Ok(()) => {
-                        if let Err(e) = self.mirror.job_report(&r) {
-                            warn!(
-                                error = format!("{e:#}"),
-                                "stopped copying reports to the root"
-                            );
-                        }
-                        Outcome::JobReport(Ok(Box::new(written)))
-                    }
-                    Err(e) => Outcome::JobReport(Err(format!("{e:#}"))),
-                }
-            }
+            Command::JobReport(r) => self.job_report(*r),
         })
     }
 
-    /// The replica's files, packed.
-    fn pack(&self) -> anyhow::Result<Vec<u8>> {
-        let (primes, output) = self.paths();
-        Ok(files::pack(&files::collect_files(&primes, &output)?))
+    fn job_report(&mut self, r: crate::core::JobReport) -> Outcome {
+        self.follow();
+        let output = self.dir.join("output");
+        let mut written = r.clone();
+        match crate::report::write_job_report(&output, &mut written) {
+            Ok(()) => {
+                if let Err(e) = self.mirror.job_report(&r) {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "stopped copying reports to the root"
+                    );
+                }
+                Outcome::JobReport(Ok(Box::new(written)))
+            }
+            Err(e) => Outcome::JobReport(Err(format!("{e:#}"))),
+        }
+    }
+
+    /// Merges the root files the import folder holds (their first `primes_len` and
+    /// `ledger_len` bytes, all reports) into this replica, streaming: an empty replica
+    /// takes a copy, one with state of its own the union (the imported reports replacing
+    /// its own: they are the newer). A member that cannot see the import folder (on
+    /// another host) logs it and goes on without: it holds less than the others then.
+    fn import_root(&mut self, primes_len: u64, ledger_len: u64) -> anyhow::Result<()> {
+        let src = self.import_dir.clone();
+        let (src_primes, src_output) = (src.join("primes.txt"), src.join("output"));
+        let have = std::fs::metadata(&src_primes).map_or(0, |m| m.len());
+        if have < primes_len {
+            tracing::error!(
+                folder = %src.display(),
+                have,
+                primes_len,
+                "cannot see the root files the leader imports: this member goes on without them"
+            );
+            return Ok(());
+        }
+        let added = self.primes.merge_from(
+            &src_primes,
+            primes_len,
+            &crate::primes::ledger_path(&src_primes),
+            ledger_len,
+        )?;
+        let output = self.dir.join("output");
+        let reports = copy_tree(&src_output, &output)?;
+        info!(
+            added,
+            reports,
+            primes = self.primes.len(),
+            "took the root files left by another group (or a coordinator without a group) into this group's state"
+        );
+        Ok(())
     }
 
     /// Its primes file and reports folder.
@@ -315,68 +402,175 @@ impl State {
         Ok(())
     }
 
-    /// Keeps a state-machine snapshot on disk (only there: it is read when a peer needs it)
-    /// as its meta (one JSON line), then its data.
-    fn save_snapshot(&self, meta: &SnapshotMeta<u64, Member>, data: &[u8]) -> anyhow::Result<()> {
-        let path = self.dir.join("snapshot.bin");
-        let meta = serde_json::to_vec(meta).context("encoding snapshot meta")?;
-        let mut bytes = Vec::with_capacity(meta.len() + 1 + data.len());
-        bytes.extend_from_slice(&meta);
-        bytes.push(b'\n');
-        bytes.extend_from_slice(data);
+    /// The snapshot kept on disk, if any.
+    fn read_kept(&self) -> anyhow::Result<Option<Kept>> {
+        let path = self.dir.join(KEPT);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save_kept(&self, k: &Kept) -> anyhow::Result<()> {
+        let path = self.dir.join(KEPT);
+        let bytes = serde_json::to_vec(k).context("encoding the snapshot's meta")?;
         proto::files::write_atomic(&path, &bytes, true)
             .with_context(|| format!("writing {}", path.display()))
     }
+}
 
-    /// The snapshot kept by [`State::save_snapshot`], if any.
-    fn load_snapshot(&self) -> anyhow::Result<Option<Snapshot<TypeConfig>>> {
-        let path = self.dir.join("snapshot.bin");
-        let mut b = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let nl = b
-            .iter()
-            .position(|c| *c == b'\n')
-            .with_context(|| format!("{}: no meta line", path.display()))?;
-        let meta = serde_json::from_slice(&b[..nl])
-            .with_context(|| format!("{}: meta", path.display()))?;
-        b.drain(..=nl);
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(b)),
-        }))
+/// The snapshot a member keeps: its meta and the lengths of the primes file and ledger it
+/// covers (both only grow at the end, so their first bytes stay what they were). The data
+/// a peer receives is packed from the files when a peer first needs it
+/// (`snapshot-<id>.data`), streamed, never held in memory.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    meta: SnapshotMeta<u64, Member>,
+    primes_len: u64,
+    ledger_len: u64,
+}
+
+/// The kept snapshot's meta file in a member's folder.
+const KEPT: &str = "snapshot.json";
+/// Where a snapshot being received is written.
+const RECEIVING: &str = "snapshot.recv";
+
+fn data_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("snapshot-{id}.data"))
+}
+
+/// Removes the data files of snapshots other than `keep` (and the pre-streaming
+/// `snapshot.bin`).
+fn remove_other_data(dir: &Path, keep: &Path) {
+    let _ = std::fs::remove_file(dir.join("snapshot.bin"));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("snapshot-") && name.ends_with(".data") && e.path() != keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
-/// Builds a snapshot from the files as they were when asked.
+/// The data of snapshot `k` of the member in `dir`: packed now, streaming, unless it
+/// already is. Runs without the replica's lock (the files' first bytes do not change; a
+/// report may be newer than the snapshot, which the entries after it write again anyway).
+fn data_of(dir: &Path, k: &Kept) -> anyhow::Result<PathBuf> {
+    let path = data_path(dir, &k.meta.snapshot_id);
+    if path.exists() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".snapshot-{}.tmp", k.meta.snapshot_id));
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    files::pack_to(
+        &dir.join("primes.txt"),
+        (k.primes_len, k.ledger_len),
+        &dir.join("output"),
+        &mut w,
+    )?;
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    remove_other_data(dir, &path);
+    Ok(path)
+}
+
+/// Copies the files under `from` (hidden ones skipped) to the same names under `to`, each
+/// atomically (reports: small); how many.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+    };
+    let mut n = 0;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        let kind = e
+            .file_type()
+            .with_context(|| format!("reading {}", src.display()))?;
+        if kind.is_dir() {
+            n += copy_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            if let Some(dir) = dst.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            proto::files::write_atomic(&dst, &bytes, false)
+                .with_context(|| format!("writing {}", dst.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The folder beside the root primes file `root_primes` where an import's files are linked
+/// (`primes.txt.import/`).
+pub fn import_dir(root_primes: &Path) -> PathBuf {
+    let mut s = root_primes.as_os_str().to_owned();
+    s.push(".import");
+    PathBuf::from(s)
+}
+
+/// Records a snapshot: the files as they were made durable when asked (see [`Kept`]).
 pub struct Builder {
     replica: Replica,
     applied: Option<LogId>,
     membership: StoredMembership<u64, Member>,
-    data: anyhow::Result<Vec<u8>>,
+    lens: anyhow::Result<(u64, u64)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let data = std::mem::replace(&mut self.data, Ok(Vec::new())).map_err(sm_err)?;
+        let (primes_len, ledger_len) =
+            std::mem::replace(&mut self.lens, Ok((0, 0))).map_err(sm_err)?;
         let id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-            snapshot_id: id,
+        let kept = Kept {
+            meta: SnapshotMeta {
+                last_log_id: self.applied,
+                last_membership: self.membership.clone(),
+                snapshot_id: id,
+            },
+            primes_len,
+            ledger_len,
         };
         let replica = self.replica.clone();
-        tokio::task::block_in_place(|| lock(&replica.inner).save_snapshot(&meta, &data))
+        let path = tokio::task::block_in_place(|| {
+            let g = lock(&replica.inner);
+            g.save_kept(&kept)?;
+            Ok::<_, anyhow::Error>(g.dir.join(KEPT))
+        })
+        .map_err(sm_err)?;
+        info!(index = ?kept.meta.last_log_id.map(|l| l.index), primes_len, "state-machine snapshot recorded");
+        // openraft keeps only the meta of a snapshot it built; the data is read through
+        // get_current_snapshot when a peer needs it.
+        let file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))
             .map_err(sm_err)?;
-        info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "state-machine snapshot built");
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
+            meta: kept.meta,
+            snapshot: Box::new(file),
         })
     }
 }
@@ -429,40 +623,82 @@ impl RaftStateMachine<TypeConfig> for Replica {
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder {
-        let g = lock(&self.inner);
+        let mut g = lock(&self.inner);
         // Durable first: the log up to this snapshot may be purged once it is built.
-        let data = tokio::task::block_in_place(|| g.make_durable().and_then(|()| g.pack()));
+        let lens = tokio::task::block_in_place(|| g.make_durable())
+            .map(|()| (g.primes.bytes(), g.primes.ledger_bytes()));
         Builder {
             replica: self.clone(),
             applied: g.applied.applied,
             membership: g.applied.membership.clone(),
-            data,
+            lens,
         }
     }
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let path = lock(&self.inner).dir.join(RECEIVING);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .with_context(|| format!("creating {}", path.display()))
+            .map_err(sm_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
+        snapshot
+            .sync_all()
+            .await
+            .context("syncing a received snapshot")
+            .map_err(sm_err)?;
+        drop(snapshot);
         let inner = self.inner.clone();
         let meta = meta.clone();
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
-            g.install(files::unpack(&data)?)?;
+            let received = g.dir.join(RECEIVING);
+            let file = std::fs::File::open(&received)
+                .with_context(|| format!("opening {}", received.display()))?;
+            let (primes, output) = g.paths();
+            files::unpack_from(
+                &mut std::io::BufReader::with_capacity(1 << 20, file),
+                &primes,
+                &output,
+            )?;
+            g.primes = PrimesFile::open(&primes)?;
+            g.primes.set_sync(false);
             g.applied = Applied {
                 applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-            g.save_applied()?;
-            g.save_snapshot(&meta, &data)?;
+            g.make_durable()?;
+            let data = data_path(&g.dir, &meta.snapshot_id);
+            std::fs::rename(&received, &data)
+                .with_context(|| format!("renaming {}", received.display()))?;
+            remove_other_data(&g.dir, &data);
+            let kept = Kept {
+                meta: meta.clone(),
+                primes_len: g.primes.bytes(),
+                ledger_len: g.primes.ledger_bytes(),
+            };
+            g.save_kept(&kept)?;
+            let dir = g.dir.clone();
+            if let Err(e) = g.mirror.relink(&dir) {
+                warn!(
+                    error = format!("{e:#}"),
+                    "stopped keeping the root files after installing a snapshot"
+                );
+            }
             info!(index = ?meta.last_log_id.map(|l| l.index), primes = g.primes.len(), "installed a snapshot from the leader");
             Ok::<_, anyhow::Error>(())
         })
@@ -473,7 +709,29 @@ impl RaftStateMachine<TypeConfig> for Replica {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let inner = self.inner.clone();
-        tokio::task::block_in_place(move || lock(&inner).load_snapshot()).map_err(sm_err)
+        let found = tokio::task::block_in_place(move || {
+            let (dir, kept) = {
+                let g = lock(&inner);
+                (g.dir.clone(), g.read_kept()?)
+            };
+            let Some(kept) = kept else {
+                return Ok(None);
+            };
+            let data = data_of(&dir, &kept)?;
+            Ok::<_, anyhow::Error>(Some((kept.meta, data)))
+        })
+        .map_err(sm_err)?;
+        let Some((meta, data)) = found else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&data)
+            .await
+            .with_context(|| format!("opening {}", data.display()))
+            .map_err(sm_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 

@@ -1,0 +1,350 @@
+//! A flush as the group's log carries it: bounded entries, no bulk data.
+//!
+//! A flush ([`Pending`]) can hold millions of primes (a `primes` job's segments stream
+//! ~600,000 per 2^24 numbers near 10^12). Carried in one entry, as before, single log lines
+//! of 46–65 MB outgrew every heartbeat and wedged the group. Now:
+//! - **Range primes travel by reference.** A segment's primes as a worker streamed them are
+//!   cut into [`Piece`]s: every prime in `[first, last]` of segment `[lo, hi]`, with their
+//!   count and a hash. That is a pure function of the bounds, so a member that does not
+//!   hold the primes (a follower; the leader after a restart) regenerates them with the
+//!   sieve (about 0.2 CPU-seconds per 10^9 numbers near 10^12, far less than writing them)
+//!   and checks the count and hash; the leader that proposed the entry uses the primes its
+//!   workers sent, held in memory until the entry applies ([`Held`]). Regenerating needs no
+//!   segment files, no transfer between members and no clean-up; catch-up from the log
+//!   stays a catch-up from the log.
+//! - **File primes are split** into entries of at most [`MAX_ENTRY_BYTES`] (a flush of a
+//!   file made of primes); the tasks a flush finishes go in its last entry, after all of
+//!   its primes, so an entry applied alone never records a task whose primes are missing.
+//!   A flush whose later entries do not commit is handed back whole and sent again: its
+//!   primes already applied are deduplicated.
+//!
+//! Sans I/O: [`split`] and [`regenerate`] are pure; the sieve is passed in.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Pending;
+use crate::ranges::{Finished, Run};
+
+/// The most an entry's primes and tasks take, encoded (JSON, primes as base64 of 8 bytes).
+/// With [`MAX_PAYLOAD_ENTRIES`] per AppendEntries, no RPC between members exceeds ~1 MiB.
+pub const MAX_ENTRY_BYTES: usize = 256 << 10;
+/// Entries per AppendEntries RPC (openraft's `max_payload_entries`).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 4;
+
+/// Primes below 2^64 per entry: base64 of 8 bytes is ~10.7 bytes each.
+const SMALL_PER_ENTRY: usize = MAX_ENTRY_BYTES / 11;
+/// A piece or a finished task, encoded, is at most this many bytes (a ledger line of a
+/// file-less task: ~300 bytes; a piece ~120).
+const ITEM_BYTES: usize = 512;
+
+/// Every prime of segment `[lo, hi]` in `[first, last]`, as a worker sent them: `count`
+/// primes whose little-endian bytes hash to `hash` (xxh3-64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub lo: u64,
+    pub hi: u64,
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+    pub hash: u64,
+}
+
+/// One entry's share of a flush.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Which batch of the leader's this is (its held primes; unique per process).
+    pub id: u64,
+    #[serde(with = "crate::compact", default)]
+    pub small: Vec<u64>,
+    #[serde(default)]
+    pub big: Vec<String>,
+    #[serde(default)]
+    pub pieces: Vec<Piece>,
+    #[serde(default)]
+    pub finished: Vec<Finished>,
+}
+
+/// The hash of a piece's primes.
+pub fn hash_primes(primes: &[u64]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in primes {
+        h.update(&p.to_le_bytes());
+    }
+    h.digest()
+}
+
+/// Cuts runs into pieces (a run holds several attempts one after another: each maximal
+/// ascending stretch is one piece), each with its primes.
+fn pieces_of(runs: &[Run]) -> Vec<(Piece, &[u64])> {
+    let mut out = Vec::new();
+    for run in runs {
+        let mut start = 0;
+        for i in 1..=run.primes.len() {
+            if i == run.primes.len() || run.primes[i] <= run.primes[i - 1] {
+                let ps = &run.primes[start..i];
+                if let (Some(&first), Some(&last)) = (ps.first(), ps.last()) {
+                    out.push((
+                        Piece {
+                            lo: run.lo,
+                            hi: run.hi,
+                            first,
+                            last,
+                            count: ps.len() as u64,
+                            hash: hash_primes(ps),
+                        },
+                        ps,
+                    ));
+                }
+                start = i;
+            }
+        }
+    }
+    out
+}
+
+/// Pieces back into runs (consecutive pieces of one segment make one run, as
+/// [`Pending::push_run`] made them).
+fn runs_from<'a>(pieces: impl IntoIterator<Item = (&'a Piece, Vec<u64>)>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (p, primes) in pieces {
+        match runs.last_mut() {
+            Some(r) if (r.lo, r.hi) == (p.lo, p.hi) => r.primes.extend(primes),
+            _ => runs.push(Run {
+                lo: p.lo,
+                hi: p.hi,
+                primes,
+            }),
+        }
+    }
+    runs
+}
+
+/// A flush as entries: each with its id (`next_id()` gives one per batch) and, for the
+/// proposer to hold, the runs of its pieces. The primes (file ones, then pieces) come before
+/// the finished tasks, which are in the last entries.
+pub fn split(p: &Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<Run>)> {
+    let mut out: Vec<(Batch, Vec<Run>)> = Vec::new();
+    let mut cur = Batch::default();
+    let mut cur_runs: Vec<(&Piece, Vec<u64>)> = Vec::new();
+    let mut used = 0usize;
+    let pieces = pieces_of(&p.runs);
+    let mut flush = |cur: &mut Batch, cur_runs: &mut Vec<(&Piece, Vec<u64>)>, used: &mut usize| {
+        let mut b = std::mem::take(cur);
+        b.id = next_id();
+        let runs = runs_from(cur_runs.drain(..));
+        out.push((b, runs));
+        *used = 0;
+    };
+    for chunk in p.small.chunks(SMALL_PER_ENTRY) {
+        cur.small.extend_from_slice(chunk);
+        used += chunk.len() * 11;
+        if used >= MAX_ENTRY_BYTES - ITEM_BYTES {
+            flush(&mut cur, &mut cur_runs, &mut used);
+        }
+    }
+    for b in &p.big {
+        if used + b.len() + 4 > MAX_ENTRY_BYTES && used > 0 {
+            flush(&mut cur, &mut cur_runs, &mut used);
+        }
+        used += b.len() + 4;
+        cur.big.push(b.clone());
+    }
+    for (piece, primes) in &pieces {
+        if used + ITEM_BYTES > MAX_ENTRY_BYTES {
+            flush(&mut cur, &mut cur_runs, &mut used);
+        }
+        used += ITEM_BYTES / 4;
+        cur.pieces.push(piece.clone());
+        cur_runs.push((piece, primes.to_vec()));
+    }
+    for f in &p.finished {
+        if used + ITEM_BYTES > MAX_ENTRY_BYTES {
+            flush(&mut cur, &mut cur_runs, &mut used);
+        }
+        used += ITEM_BYTES;
+        cur.finished.push(f.clone());
+    }
+    if !cur.small.is_empty()
+        || !cur.big.is_empty()
+        || !cur.pieces.is_empty()
+        || !cur.finished.is_empty()
+    {
+        flush(&mut cur, &mut cur_runs, &mut used);
+    }
+    out
+}
+
+/// The runs of `pieces` regenerated by `sieve(first, last)` (every prime in it, ascending),
+/// with one line for each piece whose count or hash differs from what the worker sent (the
+/// regenerated primes are used: they are the primes of the interval).
+pub fn regenerate(
+    pieces: &[Piece],
+    mut sieve: impl FnMut(u64, u64) -> Vec<u64>,
+) -> (Vec<Run>, Vec<String>) {
+    let mut wrong = Vec::new();
+    let made: Vec<(&Piece, Vec<u64>)> = pieces
+        .iter()
+        .map(|p| {
+            let primes = sieve(p.first, p.last);
+            if primes.len() as u64 != p.count || hash_primes(&primes) != p.hash {
+                wrong.push(format!(
+                    "segment [{}, {}]: the primes in [{}, {}] as sent were {} (hash {:016x}), the sieve finds {} (hash {:016x})",
+                    p.lo,
+                    p.hi,
+                    p.first,
+                    p.last,
+                    p.count,
+                    p.hash,
+                    primes.len(),
+                    hash_primes(&primes)
+                ));
+            }
+            (p, primes)
+        })
+        .collect();
+    (runs_from(made), wrong)
+}
+
+/// The runs a proposer holds for its batches until they apply (by batch id), so the
+/// leader's own apply writes the primes its workers sent instead of sieving them again.
+#[derive(Default)]
+pub struct Held {
+    runs: HashMap<u64, Vec<Run>>,
+}
+
+impl Held {
+    pub fn hold(&mut self, id: u64, runs: Vec<Run>) {
+        if !runs.is_empty() {
+            self.runs.insert(id, runs);
+        }
+    }
+
+    /// The runs held for batch `id` (taken: a batch applies once per process).
+    pub fn take(&mut self, id: u64) -> Option<Vec<Run>> {
+        self.runs.remove(&id)
+    }
+
+    /// Forgets batch `id` (its entry did not commit).
+    pub fn drop_batch(&mut self, id: u64) {
+        self.runs.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primes_in(a: u64, b: u64) -> Vec<u64> {
+        (a.max(2)..=b)
+            .filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+            .collect()
+    }
+
+    fn run(lo: u64, hi: u64, primes: Vec<u64>) -> Run {
+        Run { lo, hi, primes }
+    }
+
+    #[test]
+    /// Pieces regenerate to exactly the runs a worker sent: several attempts in one run
+    /// (a restart from the segment's start), several segments, a continuation.
+    fn pieces_regenerate_the_runs() {
+        let mut attempts = primes_in(100, 160);
+        attempts.extend(primes_in(100, 200));
+        let runs = vec![run(100, 200, attempts), run(300, 400, primes_in(331, 397))];
+        let p = Pending {
+            runs: runs.clone(),
+            ..Pending::default()
+        };
+        let mut id = 0;
+        let batches = split(&p, || {
+            id += 1;
+            id
+        });
+        assert_eq!(batches.len(), 1);
+        let (b, held) = &batches[0];
+        assert_eq!(b.pieces.len(), 3, "two attempts and one continuation");
+        assert_eq!(held, &runs, "the proposer holds the runs as sent");
+        let (again, wrong) = regenerate(&b.pieces, primes_in);
+        assert_eq!(again, runs);
+        assert!(wrong.is_empty());
+    }
+
+    #[test]
+    /// A piece whose primes were not all sent is told, and the sieve's primes are used.
+    fn a_wrong_piece_is_told() {
+        let mut sent = primes_in(10, 50);
+        sent.remove(3);
+        let p = Pending {
+            runs: vec![run(10, 50, sent)],
+            ..Pending::default()
+        };
+        let batches = split(&p, || 7);
+        let (runs, wrong) = regenerate(&batches[0].0.pieces, primes_in);
+        assert_eq!(runs, vec![run(10, 50, primes_in(10, 50))]);
+        assert_eq!(wrong.len(), 1, "{wrong:?}");
+    }
+
+    #[test]
+    /// A large flush becomes entries within the bound, its primes first and its finished
+    /// tasks last, and together they hold all of it.
+    fn large_flushes_are_split_within_the_bound() {
+        let small: Vec<u64> = (0..200_000u64).map(|i| 1_000_000_007 + 2 * i).collect();
+        let finished: Vec<Finished> = (0..3000u64)
+            .map(|i| Finished {
+                work: proto::msg::Work::Count {
+                    lo: i * 10,
+                    hi: i * 10 + 9,
+                },
+                worker: "worker-1".into(),
+                result: proto::msg::TaskDone {
+                    attempt: format!("a-{i}"),
+                    version: String::new(),
+                    size: 0,
+                    lines: 0,
+                    numbers: 10,
+                    blank: 0,
+                    invalid: 0,
+                    first_invalid: Vec::new(),
+                    primes: 1,
+                    answer: Some("1".into()),
+                    first_prime: None,
+                    last_prime: None,
+                },
+            })
+            .collect();
+        let p = Pending {
+            small: small.clone(),
+            big: vec!["18446744073709551629".into(); 3],
+            runs: vec![run(2, 10_000, primes_in(2, 10_000))],
+            finished: finished.clone(),
+            done: Vec::new(),
+        };
+        let mut id = 0;
+        let batches = split(&p, || {
+            id += 1;
+            id
+        });
+        assert!(batches.len() > 3);
+        let mut seen_finished = false;
+        let (mut s, mut f, mut big) = (Vec::new(), Vec::new(), 0);
+        for (b, _) in &batches {
+            let bytes = serde_json::to_vec(b).expect("encode").len();
+            assert!(bytes <= MAX_ENTRY_BYTES, "an entry of {bytes} bytes");
+            if seen_finished {
+                assert!(
+                    b.small.is_empty() && b.pieces.is_empty(),
+                    "primes after tasks"
+                );
+            }
+            seen_finished |= !b.finished.is_empty();
+            s.extend_from_slice(&b.small);
+            f.extend(b.finished.iter().cloned());
+            big += b.big.len();
+        }
+        assert_eq!((s, f, big), (small, finished, 3));
+        let ids: std::collections::BTreeSet<u64> = batches.iter().map(|(b, _)| b.id).collect();
+        assert_eq!(ids.len(), batches.len(), "one id per batch");
+    }
+}
