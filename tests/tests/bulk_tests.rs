@@ -234,7 +234,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
 }
 
 /// The index of the last entry a Raft log file (`raft-log.jsonl`) appends (0 if none).
-fn last_index(log: &[u8]) -> u64 {
+pub(crate) fn last_index(log: &[u8]) -> u64 {
     log.split(|b| *b == b'\n')
         .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
         .filter_map(|v| v["append"]["log_id"]["index"].as_u64())
@@ -243,7 +243,7 @@ fn last_index(log: &[u8]) -> u64 {
 }
 
 /// The index up to which a Raft log file was purged (its first record), 0 if it was not.
-fn purged_index(log: &[u8]) -> u64 {
+pub(crate) fn purged_index(log: &[u8]) -> u64 {
     log.split(|b| *b == b'\n')
         .next()
         .and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
