@@ -109,7 +109,7 @@ if [ "$fresh" = 1 ]; then
     echo "--fresh: stopping the running system first"
     bash ./stop_system.sh || { echo "start_system.sh: could not stop the running system" >&2; exit 1; }
   fi
-  rm -rf primes.txt primes.txt.ranges primes.txt.leader snapshots data/output data/replicas data/coordinators run/status.json run/*.addr
+  rm -rf primes.txt primes.txt.ranges primes.txt.leader primes.txt.import primes.txt.meta primes.txt.set snapshots data/output data/replicas data/coordinators run/status.json run/*.addr
   rm -rf "$cache_root"/worker-* 2>/dev/null
   echo "fresh start: cleared primes.txt, snapshots/, data/output/, replicas and worker caches (data/input kept)"
 fi

@@ -114,36 +114,32 @@ fn open_lines(path: &Path) -> anyhow::Result<(File, u64, u64)> {
         .metadata()
         .with_context(|| format!("stat {}", path.display()))?
         .len();
-    // Find the end of the last complete line.
-    let mut good = len;
-    if len > 0 {
-        let mut pos = len;
-        let mut buf = vec![0u8; 64 << 10];
-        'outer: loop {
-            let start = pos.saturating_sub(buf.len() as u64);
-            let n = (pos - start) as usize;
-            file.seek(SeekFrom::Start(start))
-                .and_then(|_| std::io::Read::read_exact(&mut file, &mut buf[..n]))
-                .with_context(|| format!("reading {}", path.display()))?;
-            for i in (0..n).rev() {
-                if buf[i] == b'\n' {
-                    good = start + i as u64 + 1;
-                    break 'outer;
-                }
-            }
-            if start == 0 {
-                good = 0;
-                break;
-            }
-            pos = start;
-        }
-    }
+    let good = whole_lines_len(&mut file, len, path)?;
     if len > good {
         file.set_len(good)
             .and_then(|_| file.sync_all())
             .with_context(|| format!("cutting the torn tail of {}", path.display()))?;
     }
     Ok((file, good, len - good))
+}
+
+/// The length of the first `len` bytes of `file` (at `path`, for errors) up to the end of
+/// their last complete line: what a torn last line leaves.
+pub(crate) fn whole_lines_len(file: &mut File, len: u64, path: &Path) -> anyhow::Result<u64> {
+    let mut pos = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while pos > 0 {
+        let start = pos.saturating_sub(buf.len() as u64);
+        let n = (pos - start) as usize;
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| std::io::Read::read_exact(file, &mut buf[..n]))
+            .with_context(|| format!("reading {}", path.display()))?;
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
+            return Ok(start + i as u64 + 1);
+        }
+        pos = start;
+    }
+    Ok(0)
 }
 
 /// Calls `f` on each whole line (without its newline) of `file` from byte `from` to `to`;

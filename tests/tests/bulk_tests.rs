@@ -251,19 +251,11 @@ pub(crate) fn purged_index(log: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// The flags of the scripts' simple mode (a group of one with a folder of its own).
+/// The flags of the scripts' simple mode, with the bulk tests' segments.
 fn simple_flags() -> Vec<String> {
-    [
-        "--snapshot-ms",
-        "1000",
-        "--segment-numbers",
-        "2000000",
-        "--group-dir",
-        "data/coordinators/simple",
-    ]
-    .iter()
-    .map(|x| s(x))
-    .collect()
+    let mut flags = crate::group_tests::simple_flags();
+    flags.extend([s("--segment-numbers"), s("2000000")]);
+    flags
 }
 
 #[test]

@@ -295,7 +295,7 @@ fn group_takes_over_a_single_coordinators_state() {
 }
 
 /// The flags of the scripts' simple mode (a group of one with a folder of its own).
-fn simple_flags() -> Vec<String> {
+pub(crate) fn simple_flags() -> Vec<String> {
     [
         "--snapshot-ms",
         "400",

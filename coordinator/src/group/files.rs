@@ -35,30 +35,11 @@ pub fn collect_files(primes: &Path, output: &Path) -> anyhow::Result<Vec<(String
 }
 
 fn collect_tree(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
-        let kind = e
-            .file_type()
-            .with_context(|| format!("reading {}", path.display()))?;
-        let rel = format!("{rel}/{name}");
-        if kind.is_dir() {
-            collect_tree(&path, &rel, out)?;
-        } else if kind.is_file() {
-            let b = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            out.push((rel, b));
-        }
-    }
-    Ok(())
+    for_each_report(dir, &mut |name, path| {
+        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        out.push((format!("{rel}/{name}"), b));
+        Ok(())
+    })
 }
 
 /// Where file `name` (as [`collect_files`] names it) lives for the primes file `primes` and
@@ -152,7 +133,7 @@ pub fn unpack(mut data: &[u8]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 /// relative to it with `/` separators (hidden files and folders skipped, symlinks not
 /// followed; a missing `output` has none). One folder's listing is held at a time, never
 /// the files' bytes.
-pub(super) fn for_each_report(
+pub(crate) fn for_each_report(
     output: &Path,
     f: &mut dyn FnMut(&str, &Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

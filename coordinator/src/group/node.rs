@@ -470,7 +470,15 @@ fn prepare_import(primes: &Path, output: &Path) -> anyhow::Result<Option<(u64, u
     {
         let to = dir.join(name);
         match link_or_copy(&from, &to) {
-            Ok(()) => lens[i] = whole_lines_len(&to)?,
+            Ok(()) => {
+                let mut f = std::fs::File::open(&to)
+                    .with_context(|| format!("opening {}", to.display()))?;
+                let len = f
+                    .metadata()
+                    .with_context(|| format!("reading {}", to.display()))?
+                    .len();
+                lens[i] = crate::primes::whole_lines_len(&mut f, len, &to)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("linking {} for an import", from.display()))
@@ -493,58 +501,22 @@ fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The length of `path` up to the end of its last complete line.
-fn whole_lines_len(path: &Path) -> anyhow::Result<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut end = f
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let mut buf = vec![0u8; 64 << 10];
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let n = (end - start) as usize;
-        f.seek(SeekFrom::Start(start))
-            .and_then(|_| f.read_exact(&mut buf[..n]))
-            .with_context(|| format!("reading {}", path.display()))?;
-        if let Some(k) = buf[..n].iter().rposition(|b| *b == b'\n') {
-            return Ok(start + k as u64 + 1);
-        }
-        end = start;
-    }
-    Ok(0)
-}
-
 /// Links (or copies) every file under `from` to the same name under `to`; how many.
 fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
-    };
     let mut n = 0;
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", from.display()))?;
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue;
+    super::files::for_each_report(from, &mut |name, src| {
+        let dst = to.join(name);
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let kind = e
-            .file_type()
-            .with_context(|| format!("reading {}", src.display()))?;
-        if kind.is_dir() {
-            std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
-            n += link_tree(&src, &dst)?;
-        } else if kind.is_file() {
-            match link_or_copy(&src, &dst) {
-                Ok(()) => n += 1,
-                // Replaced or removed meanwhile: a report of a file in flux is not imported.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("linking {}", src.display())),
-            }
+        match link_or_copy(src, &dst) {
+            Ok(()) => n += 1,
+            // Replaced or removed meanwhile: a report of a file in flux is not imported.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("linking {}", src.display())),
         }
-    }
+        Ok(())
+    })?;
     Ok(n)
 }
 

@@ -488,36 +488,18 @@ fn data_of(dir: &Path, k: &Kept) -> anyhow::Result<PathBuf> {
 /// Copies the files under `from` (hidden ones skipped) to the same names under `to`, each
 /// atomically (reports: small); how many.
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
-    let entries = match std::fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
-    };
     let mut n = 0;
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", from.display()))?;
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
+    files::for_each_report(from, &mut |name, src| {
+        let dst = to.join(name);
+        let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let (src, dst) = (e.path(), to.join(&name));
-        let kind = e
-            .file_type()
-            .with_context(|| format!("reading {}", src.display()))?;
-        if kind.is_dir() {
-            n += copy_tree(&src, &dst)?;
-        } else if kind.is_file() {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            if let Some(dir) = dst.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            proto::files::write_atomic(&dst, &bytes, false)
-                .with_context(|| format!("writing {}", dst.display()))?;
-            n += 1;
-        }
-    }
+        proto::files::write_atomic(&dst, &bytes, false)
+            .with_context(|| format!("writing {}", dst.display()))?;
+        n += 1;
+        Ok(())
+    })?;
     Ok(n)
 }
 
