@@ -17,6 +17,7 @@
 //! - [`replica`]: the state machine: applies commands, builds and installs snapshots.
 //! - [`mirror`]: the root files the leader maintains, and the term fence.
 //! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
+//! - [`prevote`]: a member stands for election only once a majority would vote for it.
 //! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
 
 pub mod batch;
@@ -25,6 +26,7 @@ pub mod log;
 pub mod mirror;
 pub mod net;
 pub mod node;
+pub mod prevote;
 pub mod replica;
 
 use std::fmt;
@@ -141,27 +143,7 @@ pub fn parse_members(spec: &[String]) -> anyhow::Result<std::collections::BTreeM
     Ok(members)
 }
 
-/// The replica's status, for `coordinator status`, the dashboard and `/metrics`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GroupStatus {
-    /// This replica.
-    pub id: u64,
-    pub leader: Option<u64>,
-    pub term: u64,
-    /// Role of this replica: leader, follower, candidate, learner.
-    pub role: String,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    /// Each member: id, workers' address, and (on the leader) the index replicated to it.
-    pub members: Vec<MemberStatus>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MemberStatus {
-    pub id: u64,
-    pub workers: String,
-    pub matched_index: Option<u64>,
-}
+pub use crate::durable::{GroupStatus, MemberStatus};
 
 /// The group's state as this replica sees it.
 pub fn status_of(raft: &Raft) -> GroupStatus {

@@ -10,15 +10,18 @@
 //!   timeouts), and the snapshot files.
 //! - [`inputs`]: when a file in `data/input` is stable enough to queue.
 //!
-//! The shell (I/O only; imports go one way: server → flusher, web → state → machine):
+//! The shell (I/O only; imports go one way: group → server → flusher, web → state →
+//! durable, machine; the shell names no group type):
 //! - [`state`]: the machine and the connections' queues under one lock; `apply(event)`
 //!   performs the machine's actions; the status JSON.
 //! - [`server`]: start-up and recovery, the accept loop and worker connections, the input
 //!   watcher, timers (ticks, snapshots, status file, file-server probes).
-//! - [`flusher`]: appends the machine's buffered primes to primes.txt, fsyncs, reports back.
-//! - [`group`]: a replicated group of coordinators (Raft through `openraft`): the leader
-//!   runs the above with its flushes and reports committed through the group's log
-//!   (lists of primes in it as one base64 string: [`compact`]).
+//! - [`flusher`]: hands the machine's buffered primes to the durability seam, reports back.
+//! - [`durable`]: the seam: the one interface through which the shell makes anything
+//!   durable (flushes, reports, job reports).
+//! - [`group`]: every coordinator is a member of a group (Raft through `openraft`; of one
+//!   in simple mode): the leader runs the above with its flushes and reports committed
+//!   through the group's log, its `Durable` (primes in it as base64: [`compact`]).
 //! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics).
 //!
 //! Files and commands:
@@ -31,6 +34,7 @@
 pub mod compact;
 pub mod core;
 pub mod crash;
+pub mod durable;
 pub mod flusher;
 pub mod group;
 pub mod inputs;

@@ -18,22 +18,22 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::core::{Core, Now, ReportStatus};
-use crate::flusher::Sink;
+use crate::durable::Durable;
 use crate::inputs::{list_files, InputWatcher};
 use crate::machine::{Coordinator, Event};
-use crate::primes::PrimesFile;
 use crate::report::read_report;
 use crate::snapshot::{list_snapshots, newest_snapshot, Snapshots};
 use crate::state::{lock, status_value, Out, Shared};
 
 pub use crate::state::Config;
 
-/// Runs the coordinator on `listener` until `shutdown`; then flushes, writes a final
-/// snapshot and tells the workers.
+/// Runs the coordinator on `listener` until `shutdown`, its durable steps through `durable`
+/// (the group it leads); then flushes and writes a final snapshot.
 pub async fn run(
     listener: TcpListener,
     http: Option<TcpListener>,
     cfg: Config,
+    durable: Arc<dyn Durable>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.input)
@@ -44,43 +44,15 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.jobs.display()))?;
     std::fs::create_dir_all(&cfg.snapshots.dir)
         .with_context(|| format!("creating {}", cfg.snapshots.dir.display()))?;
-    let (finished, counts, sink) = match &cfg.group {
-        // A group's leader starts from its replica, which has applied everything committed.
-        Some(g) => {
-            let (finished, total, in_set) = g.ledger();
-            info!(
-                primes = total,
-                in_set,
-                finished_tasks = finished.len(),
-                term = g.term(),
-                "dedup state from this replica"
-            );
-            (finished, (total, in_set), Sink::Group(g.clone()))
-        }
-        None => {
-            let primes_path = cfg.primes.clone();
-            let mut primes = tokio::task::spawn_blocking(move || PrimesFile::open(&primes_path))
-                .await
-                .context("primes task")??;
-            if primes.truncated_bytes > 0 {
-                warn!(
-                    bytes = primes.truncated_bytes,
-                    "cut a torn last line from primes.txt (a crash mid-append)"
-                );
-            }
-            let (segments, _) = primes.range_stats();
-            info!(
-                primes = primes.len(),
-                in_set = primes.in_set(),
-                finished_tasks = primes.finished.len(),
-                covered_intervals = segments,
-                "dedup set rebuilt from primes.txt"
-            );
-            let finished = std::mem::take(&mut primes.finished);
-            let counts = (primes.len() as u64, primes.in_set() as u64);
-            (finished, counts, Sink::Local(Box::new(primes)))
-        }
-    };
+    // A leader starts from its replica, which has applied everything committed.
+    let (finished, total, in_set) = durable.ledger();
+    info!(
+        primes = total,
+        in_set,
+        finished_tasks = finished.len(),
+        term = durable.term(),
+        "dedup state from this replica"
+    );
     let session = format!("{:08x}", rand::random::<u32>());
     let next_seq = list_snapshots(&cfg.snapshots.dir)
         .first()
@@ -223,7 +195,7 @@ pub async fn run(
         recovered_primes = machine.recovered_primes(),
         "coordinator ready"
     );
-    let (shared, buffers) = Shared::new(cfg.clone(), machine, counts);
+    let (shared, buffers) = Shared::new(cfg.clone(), durable, machine, (total, in_set));
 
     let tracker = TaskTracker::new();
     let _notify = match listings {
@@ -270,7 +242,6 @@ pub async fn run(
     tracker.spawn(snapshot_loop(shared.clone(), shutdown.clone()));
     let flusher = tokio::spawn(crate::flusher::flush_loop(
         shared.clone(),
-        sink,
         buffers,
         shutdown.clone(),
     ));
@@ -293,20 +264,10 @@ pub async fn run(
     info!("stopping: final flush and snapshot");
     // The flusher does a last round when it sees the shutdown; wait for it.
     let _ = flusher.await;
-    match &cfg.group {
-        None => {
-            final_snapshot(&shared).await;
-            shared.broadcast(CoordMsg::Shutdown {
-                reason: "coordinator stopping".into(),
-            });
-        }
-        // A group's workers go on with the next leader (their connections close); a
-        // deposed leader writes no snapshot.
-        Some(g) => {
-            if g.is_leader() {
-                final_snapshot(&shared).await;
-            }
-        }
+    // The workers go on with the next leader (their connections close; in a group of one,
+    // with this coordinator once it is back); a deposed leader writes no snapshot.
+    if shared.durable.still_leads() {
+        final_snapshot(&shared).await;
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;

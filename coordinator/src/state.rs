@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::core::{CoreConfig, Now, Pending, Report, StatusView};
+use crate::durable::{Durable, GroupStatus};
 use crate::machine::{Action, Coordinator, Event};
-use crate::report::write_report;
 use crate::snapshot::{write_snapshot_file, SnapshotConfig, SnapshotInfo};
 
 /// Everything the coordinator needs (validated by the binary).
@@ -44,9 +44,6 @@ pub struct Config {
     /// Learn the input files from the file servers' listing (`watch_list`) instead of the
     /// local `input` folder: no disk shared with the file server is needed.
     pub inputs_from_afs: bool,
-    /// Set while this coordinator leads a replicated group: flushes and reports go
-    /// through the group's log ([`crate::group`]).
-    pub group: Option<crate::group::node::Handle>,
 }
 
 /// What a connection's writer task sends.
@@ -73,6 +70,8 @@ impl Inner {
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub(crate) cfg: Config,
+    /// Where flushes and reports become durable: the group this coordinator leads.
+    pub(crate) durable: Arc<dyn Durable>,
     start: Instant,
     /// Primes in primes.txt (set by the flusher).
     pub(crate) primes_count: AtomicU64,
@@ -96,6 +95,7 @@ impl Shared {
     /// The shared state around `machine`, and the receiving end of the flusher's hand-off.
     pub(crate) fn new(
         cfg: Config,
+        durable: Arc<dyn Durable>,
         machine: Coordinator,
         (primes, in_set): (u64, u64),
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Pending>) {
@@ -106,6 +106,7 @@ impl Shared {
                 senders: HashMap::new(),
             }),
             cfg,
+            durable,
             start: Instant::now(),
             primes_count: AtomicU64::new(primes),
             primes_in_set: AtomicU64::new(in_set),
@@ -190,8 +191,17 @@ impl Shared {
             }
         }
         // Once the machine knows (also when a write failed: nobody must wait forever).
+        // The highest number only: snapshots can finish out of order (one still open when
+        // the next, a final one, begins), and a waiter for the later must not see the
+        // earlier and wait forever.
         for seq in snapshots_done {
-            self.snapshot_written.send_replace(seq);
+            self.snapshot_written.send_if_modified(|last| {
+                let newer = seq > *last;
+                if newer {
+                    *last = seq;
+                }
+                newer
+            });
         }
     }
 
@@ -199,143 +209,68 @@ impl Shared {
     /// how each went, for the machine: a file is done in status only once its report is on
     /// disk, and failed when it cannot be written.
     async fn write_reports(&self, reports: Vec<Report>) -> Vec<Event> {
-        if let Some(group) = &self.cfg.group {
-            let keys: Vec<_> = reports.iter().map(|r| (r.file.clone(), r.source)).collect();
-            let results = match group.reports(reports).await {
-                Ok(r) => r,
-                Err(e) => vec![Err(format!("{e:#}")); keys.len()],
-            };
-            return keys
-                .into_iter()
-                .zip(results)
-                .map(|((file, source), r)| match r {
-                    Ok(()) => Event::ReportWritten { file, source },
-                    Err(reason) => {
-                        error!(file, reason, "report not committed");
-                        Event::ReportFailed {
-                            file,
-                            source,
-                            reason,
-                        }
-                    }
-                })
-                .collect();
-        }
-        let (output, jobs) = (self.cfg.output.clone(), self.cfg.jobs.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut outcomes = Vec::new();
-            for r in reports {
-                match write_report(&output, &r, &jobs) {
-                    Ok(()) => {
-                        debug!(
-                            file = r.file,
-                            status = r.status.as_str(),
-                            primes = r.primes_found,
-                            "report written"
-                        );
-                        outcomes.push(Event::ReportWritten {
-                            file: r.file,
-                            source: r.source,
-                        });
-                    }
-                    // Its primes are durable already; the file counts as failed (never
-                    // done), the write is tried again later, the file redone at a restart.
-                    Err(e) => {
-                        error!(
-                            file = r.file,
-                            error = format!("{e:#}"),
-                            "cannot write report"
-                        );
-                        outcomes.push(Event::ReportFailed {
-                            file: r.file,
-                            source: r.source,
-                            reason: format!("{e:#}"),
-                        });
+        let keys: Vec<_> = reports.iter().map(|r| (r.file.clone(), r.source)).collect();
+        let results = match self.durable.reports(reports).await {
+            Ok(r) => r,
+            Err(e) => vec![Err(format!("{e:#}")); keys.len()],
+        };
+        keys.into_iter()
+            .zip(results)
+            .map(|((file, source), r)| match r {
+                Ok(()) => {
+                    debug!(file, "report written");
+                    Event::ReportWritten { file, source }
+                }
+                // Its primes are durable already; the file counts as failed (never done),
+                // the write is tried again later, the file redone at a restart.
+                Err(reason) => {
+                    error!(file, reason, "report not written");
+                    Event::ReportFailed {
+                        file,
+                        source,
+                        reason,
                     }
                 }
-            }
-            outcomes
-        })
-        .await
-        .unwrap_or_default()
+            })
+            .collect()
     }
 
-    /// Writes a job's report (a factorial's value too) on a blocking thread.
-    async fn write_job_report(&self, mut r: crate::core::JobReport) -> Event {
-        let output = self.cfg.output.clone();
-        let (key, source) = (crate::core::job_key(&r.job), r.source);
-        if let Some(group) = &self.cfg.group {
-            let job = r.job.clone();
-            return match group
-                .job_report(r)
-                .await
-                .and_then(|w| w.map_err(anyhow::Error::msg))
-            {
-                Ok(w) => {
-                    info!(
-                        job,
-                        status = w.status,
-                        answer = w.answer.as_deref().unwrap_or(""),
-                        "job report written"
-                    );
-                    Event::ReportWritten { file: key, source }
-                }
-                Err(e) => {
-                    error!(job, error = format!("{e:#}"), "job report not committed");
-                    Event::ReportFailed {
-                        file: key,
-                        source,
-                        reason: format!("{e:#}"),
-                    }
-                }
-            };
-        }
-        let file = key.clone();
-        tokio::task::spawn_blocking(move || {
-            match crate::report::write_job_report(&output, &mut r) {
-                Ok(()) => {
-                    info!(
-                        job = r.job,
-                        status = r.status,
-                        answer = r.answer.as_deref().unwrap_or(""),
-                        "job report written"
-                    );
-                    Event::ReportWritten {
-                        file: key,
-                        source: r.source,
-                    }
-                }
-                Err(e) => {
-                    error!(
-                        job = r.job,
-                        error = format!("{e:#}"),
-                        "cannot write job report"
-                    );
-                    Event::ReportFailed {
-                        file: key,
-                        source: r.source,
-                        reason: format!("{e:#}"),
-                    }
+    /// Writes a job's report (a factorial's value too).
+    async fn write_job_report(&self, r: crate::core::JobReport) -> Event {
+        let (key, source, job) = (crate::core::job_key(&r.job), r.source, r.job.clone());
+        match self
+            .durable
+            .job_report(r)
+            .await
+            .and_then(|w| w.map_err(anyhow::Error::msg))
+        {
+            Ok(w) => {
+                info!(
+                    job,
+                    status = w.status,
+                    answer = w.answer.as_deref().unwrap_or(""),
+                    "job report written"
+                );
+                Event::ReportWritten { file: key, source }
+            }
+            Err(e) => {
+                error!(job, error = format!("{e:#}"), "job report not written");
+                Event::ReportFailed {
+                    file: key,
+                    source,
+                    reason: format!("{e:#}"),
                 }
             }
-        })
-        .await
-        .unwrap_or_else(|e| Event::ReportFailed {
-            file,
-            source,
-            reason: format!("report writer failed: {e}"),
-        })
+        }
     }
 
     /// Writes a finished snapshot atomically and prunes old ones; returns what the machine
     /// learns of it (nothing if the write failed).
     async fn write_snapshot(&self, mut snap: crate::snapshot::Snapshot) -> Option<Event> {
-        if let Some(g) = &self.cfg.group {
-            snap.group = Some(crate::snapshot::SnapshotGroup {
-                term: g.term(),
-                commit_index: g.applied_index(),
-            });
-        }
+        snap.group = Some(crate::snapshot::SnapshotGroup {
+            term: self.durable.term(),
+            commit_index: self.durable.applied_index(),
+        });
         let dir = self.cfg.snapshots.dir.clone();
         let keep = self.cfg.snapshots.keep;
         let seq = snap.seq;
@@ -375,14 +310,6 @@ impl Shared {
         let _ = rx.wait_for(|s| *s >= seq).await;
     }
 
-    /// Sends a message to every connection (shutdown).
-    pub(crate) fn broadcast(&self, msg: CoordMsg) {
-        let inner = lock(&self.inner);
-        for conn in inner.senders.keys() {
-            inner.queue(*conn, Out::Msg(msg.clone()));
-        }
-    }
-
     /// The primes count, and how many of them the dedup set holds, after a flush.
     pub(crate) fn set_primes(&self, n: u64, in_set: u64) {
         self.primes_count.store(n, Ordering::Relaxed);
@@ -405,7 +332,7 @@ struct StatusFile<'a> {
     file_servers: Vec<afs::probe::ServerProbe>,
     /// The coordinator group (members, leader, term, log indexes), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<crate::group::GroupStatus>,
+    group: Option<GroupStatus>,
     history: Vec<Sample>,
     #[serde(flatten)]
     view: &'a StatusView,
@@ -428,8 +355,8 @@ pub(crate) struct Status {
     pub primes_in_set: u64,
     pub last_snapshot: Option<SnapshotInfo>,
     pub servers: Vec<afs::probe::ServerProbe>,
-    /// The coordinator group, when this coordinator leads one.
-    pub group: Option<crate::group::GroupStatus>,
+    /// The coordinator group this coordinator leads.
+    pub group: Option<GroupStatus>,
 }
 
 /// The status now.
@@ -443,7 +370,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
         primes_in_set: shared.primes_in_set.load(Ordering::Relaxed),
         last_snapshot,
         servers: lock(&shared.servers).clone(),
-        group: shared.cfg.group.as_ref().map(|g| g.status()),
+        group: Some(shared.durable.status()),
     }
 }
 

@@ -116,6 +116,20 @@ fn wait_members_identical(p: &Pipeline, dir: &str, ids: &[usize]) {
     );
 }
 
+/// The files of `sub` (a folder of job reports), by name, of the root output folder and of
+/// each member's own.
+fn reports_of(p: &Pipeline, root: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(p.path(root)) {
+        for e in rd.flatten() {
+            if let Ok(b) = std::fs::read(e.path()) {
+                out.insert(e.file_name().to_string_lossy().into_owned(), b);
+            }
+        }
+    }
+    out
+}
+
 /// The largest line of every member's Raft log: no entry carries bulk data.
 fn assert_log_lines_bounded(p: &Pipeline, dir: &str, ids: &[usize]) {
     for id in ids {
@@ -159,19 +173,59 @@ fn bulk_job_through_a_group_survives_a_leader_kill() {
         p.start_worker(&format!("worker-{i}"));
     }
     add_job(&p, "big", &format!("primes {LO} {HI}"));
+    // Other kinds beside it: a factorial's value and every report must reach every member.
+    add_job(&p, "fact", "factorial 3000");
+    add_job(&p, "cnt", "count 1000000000 1050000000");
+    add_job(&p, "nth", "nth 1000000");
     wait_for(T, "part of the job written", || {
         std::fs::metadata(p.path("primes.txt")).map_or(0, |m| m.len()) > 3 << 20
     });
     assert!(!job_done(&p, "big"), "killed mid-job");
     p.kill_member(first);
     p.wait_leader_other_than(Some(first), T);
-    wait_for(T, "the job's report", || job_done(&p, "big"));
+    wait_for(T, "the jobs' reports", || {
+        ["big", "fact", "cnt", "nth"]
+            .iter()
+            .all(|j| job_done(&p, j))
+    });
     p.wait_all_reported(T);
     let want = expected(&p, &[(LO, HI)]);
     assert_primes(&p.path("primes.txt"), &want);
     let left: Vec<usize> = (1..=3).filter(|i| *i != first).collect();
     wait_members_identical(&p, "data/coordinators", &left);
     assert_log_lines_bounded(&p, "data/coordinators", &left);
+    // Every job report (a factorial's with its digits and hash, and its value file) is
+    // the same on every member as at the root; the ledger has no line twice.
+    let root = reports_of(&p, "data/output/jobs");
+    let fact: serde_json::Value =
+        serde_json::from_slice(root.get("fact.json").map_or(&[][..], |v| v)).expect("fact.json");
+    assert!(
+        fact["digits"].as_u64().is_some() && fact["sha256"].as_str().is_some(),
+        "the factorial's report has its value: {fact}"
+    );
+    assert!(root.contains_key("fact.txt"), "the factorial's value file");
+    let nth: serde_json::Value =
+        serde_json::from_slice(root.get("nth.json").map_or(&[][..], |v| v)).expect("nth.json");
+    assert_eq!(nth["answer"], "15485863");
+    for id in &left {
+        let theirs = reports_of(
+            &p,
+            &format!("data/coordinators/coordinator-{id}/output/jobs"),
+        );
+        assert_eq!(
+            theirs.keys().collect::<Vec<_>>(),
+            root.keys().collect::<Vec<_>>(),
+            "coordinator-{id} has every job report"
+        );
+        assert!(
+            theirs == root,
+            "coordinator-{id}'s job reports are the root's"
+        );
+    }
+    let ledger = std::fs::read_to_string(p.path("primes.txt.ranges")).expect("ledger");
+    let lines: Vec<&str> = ledger.lines().collect();
+    let distinct: BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(distinct.len(), lines.len(), "no ledger line twice");
 }
 
 #[test]

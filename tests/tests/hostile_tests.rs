@@ -33,27 +33,35 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     false
 }
 
+/// A connection registered as `id`: asked again, as a worker does, while the coordinator
+/// says it does not lead yet (a member answers so until it serves).
 async fn registered(addr: &str, key: &ClusterKey, id: &str) -> Connection {
-    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut c = Connection::new(s);
-    client_handshake(&mut c, key, proto::msg::SERVICE)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut c = Connection::new(s);
+        client_handshake(&mut c, key, proto::msg::SERVICE)
+            .await
+            .expect("handshake");
+        c.send(&WorkerMsg::Register {
+            worker_id: id.into(),
+            pid: 1,
+            threads: 1,
+            instance: 1,
+        })
         .await
-        .expect("handshake");
-    c.send(&WorkerMsg::Register {
-        worker_id: id.into(),
-        pid: 1,
-        threads: 1,
-        instance: 1,
-    })
-    .await
-    .expect("register");
-    match c
-        .expect_msg::<CoordMsg>(Duration::from_secs(5))
-        .await
-        .expect("welcome")
-    {
-        CoordMsg::Welcome { .. } => c,
-        other => panic!("expected welcome, got {other:?}"),
+        .expect("register");
+        match c
+            .expect_msg::<CoordMsg>(Duration::from_secs(5))
+            .await
+            .expect("welcome")
+        {
+            CoordMsg::Welcome { .. } => return c,
+            CoordMsg::NotLeader { .. } if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
     }
 }
 

@@ -238,11 +238,19 @@ fn range_job_survives_kills() {
     // The ledger of finished tasks: the same jobs again (their reports removed) after a
     // restart are done without computing anything, and the range's primes are not loaded
     // into the dedup set.
-    let restart = |p: &mut Pipeline| {
+    // The coordinator restarted with the reports removed, and `gone` (files) too.
+    let restart = |p: &mut Pipeline, gone: &[&str]| {
         p.restart_coordinator_with(|p| {
             for name in ["long", "c", "n"] {
                 std::fs::remove_file(p.path(&format!("data/output/jobs/{name}.json")))
                     .expect("remove report");
+            }
+            for f in gone {
+                match std::fs::remove_file(p.path(f)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("removing {f}: {e}"),
+                }
             }
         });
         wait_reports(p, &["long", "c", "n"]);
@@ -255,7 +263,7 @@ fn range_job_survives_kills() {
         assert_eq!(answer(p, "n"), "2038074743");
         assert_primes(p, &want);
     };
-    restart(&mut p);
+    restart(&mut p, &[]);
     let all_done = |p: &Pipeline| {
         p.status()["jobs"]
             .as_array()
@@ -273,15 +281,15 @@ fn range_job_survives_kills() {
     );
     assert_eq!(st["primes_in_file"].as_u64(), Some(want.len() as u64));
 
-    // primes.txt deleted, the ledger kept: the ledger no longer describes primes.txt, so it
-    // is dropped and the whole range is sieved again (never skipped).
-    std::fs::remove_file(p.path("primes.txt")).expect("remove primes.txt");
-    restart(&mut p);
+    // The root primes.txt deleted: it is the leader's view of its member's files, which
+    // give it back whole at the restart (nothing is sieved again).
+    restart(&mut p, &["primes.txt"]);
     wait_for(T, "status after the reports", || all_done(&p));
+    assert_primes(&p, &want);
     assert_eq!(
         p.status()["totals"]["tasks_done"],
-        40,
-        "only the primes segments are redone (count and nth stay in the ledger)"
+        0,
+        "primes.txt is given back, nothing redone"
     );
 
     // A restart with the reports in place: status shows the jobs done, as the reports say.

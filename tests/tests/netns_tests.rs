@@ -37,7 +37,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Net {
     fn new() -> Result<Net, String> {
-        let suffix = std::process::id() % 100_000;
+        // Unique per test in this process too (tests run in parallel): names stay within
+        // the 15 bytes of an interface name.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let suffix = (std::process::id() % 100_000) * 10 + n;
         let bridge = format!("prb{suffix}");
         ip(&["netns", "add", &bridge])?;
         let net = Net {
@@ -298,8 +302,16 @@ fn applied_index(p: &Pipeline, id: u8) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn group_leader_cut_off_by_a_partition() {
+/// A group of three coordinators on hosts .31-.33, a file server on .11 and workers on .21
+/// and .22, each in its own namespace, on `files` input files.
+struct NetGroup {
+    net: Net,
+    p: Pipeline,
+    /// Every process (killed when dropped).
+    procs: Vec<Proc>,
+}
+
+fn net_group(prefix: &str, files: usize, seed: u64) -> NetGroup {
     let mut net = match Net::new() {
         Ok(n) => n,
         Err(e) => panic!("this test needs network namespaces (run as root with iproute2): {e}"),
@@ -313,7 +325,7 @@ fn group_leader_cut_off_by_a_partition() {
         );
     }
     let p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "q", 40, 3000, 41);
+    write_inputs_pub(&p.path("data/input"), prefix, files, 3000, seed);
     let addr = |n: u8, port: u16| format!("{SUBNET}.{n}:{port}");
     let mut procs = Vec::new();
     procs.push(start_server(
@@ -330,9 +342,8 @@ fn group_leader_cut_off_by_a_partition() {
         .map(|n| format!("{}/{}", addr(*n, 7000), addr(*n, 7001)))
         .collect::<Vec<_>>()
         .join(",");
-    let mut members = Vec::new();
     for id in 1..=3u8 {
-        members.push(start_in(
+        procs.push(start_in(
             &p,
             &hosts[id as usize - 1],
             &format!("coordinator-{id}"),
@@ -365,13 +376,34 @@ fn group_leader_cut_off_by_a_partition() {
         let args = worker_args(&p, id, &coordinators, &addr(11, 7000), 150);
         procs.push(start_in(&p, ns, id, "worker", &args));
     }
-    let leader_of = |p: &Pipeline| -> Option<u8> {
-        let st: serde_json::Value = std::fs::read(p.path("run/status.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())?;
-        (st["running"] == true).then_some(())?;
-        st["group"]["leader"].as_u64().map(|l| l as u8)
-    };
+    NetGroup { net, p, procs }
+}
+
+/// The member leading, by the status file the leader writes, if it says it runs.
+fn leader_of(p: &Pipeline) -> Option<u8> {
+    let st: serde_json::Value = std::fs::read(p.path("run/status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    (st["running"] == true).then_some(())?;
+    st["group"]["leader"].as_u64().map(|l| l as u8)
+}
+
+/// The term a member has voted in (its `raft-vote.json`).
+fn vote_term(p: &Pipeline, id: u8) -> u64 {
+    std::fs::read(p.path(&format!(
+        "data/coordinators/coordinator-{id}/raft-vote.json"
+    )))
+    .ok()
+    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    .and_then(|v| v["leader_id"]["term"].as_u64())
+    .unwrap_or(0)
+}
+
+#[test]
+/// The leader's link cut: the other two elect a new leader and go on; the old one commits
+/// nothing meanwhile, stops serving, and follows once back.
+fn group_leader_cut_off_by_a_partition() {
+    let NetGroup { net, p, procs } = net_group("q", 40, 41);
     let mut old = 0u8;
     wait_for(
         Duration::from_secs(60),
@@ -424,19 +456,94 @@ fn group_leader_cut_off_by_a_partition() {
         "the old leader stopped serving:\n{}",
         e2e::log_tail(&p.path(&format!("logs/coordinator-{old}.log")), 30)
     );
-    // It rejoins as a follower and catches up.
+    // It rejoins as a follower (once its connections are back: the work may all be done
+    // by then) and catches up.
+    let follows = || {
+        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log")))
+            .unwrap_or_default()
+            .contains(&format!("group: coordinator-{new} leads"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !follows() {
+        if std::time::Instant::now() >= deadline {
+            for id in 1..=3 {
+                let l = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
+                    .unwrap_or_default();
+                eprintln!("DEBUG coordinator-{id}:");
+                for line in l.lines().filter(|l| {
+                    l.contains("pre-vote")
+                        || l.contains("leads")
+                        || l.contains("election")
+                        || l.contains("cutting")
+                        || l.contains("vote-request")
+                        || l.contains("restor")
+                }) {
+                    eprintln!("  {}", &line[..line.len().min(220)]);
+                }
+            }
+            panic!(
+                "the old leader follows the new one:\n{}",
+                e2e::log_tail(&p.path(&format!("logs/coordinator-{old}.log")), 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_for(
         Duration::from_secs(30),
         "the old leader to catch up",
         || applied_index(&p, old) >= applied_index(&p, new),
     );
-    assert!(
-        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log")))
-            .unwrap_or_default()
-            .contains(&format!("group: coordinator-{new} leads")),
-        "the old leader follows the new one"
+    drop(procs);
+    drop(net);
+}
+
+#[test]
+/// A follower's link cut for several election timeouts: it does not raise its term while
+/// cut off (pre-vote: no majority would elect it), and once back it follows the leader it
+/// had, which keeps its term. Without pre-vote it stood for election at every timeout and
+/// its higher term deposed the healthy leader on its return.
+fn group_follower_cut_off_does_not_depose_the_leader() {
+    let NetGroup { net, p, procs } = net_group("f", 30, 43);
+    let mut leader = 0u8;
+    wait_for(
+        Duration::from_secs(60),
+        "a leader and some progress",
+        || {
+            leader = leader_of(&p).unwrap_or(0);
+            leader > 0 && p.unreported().len() <= 27
+        },
     );
-    drop(members);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let term = vote_term(&p, leader);
+    println!(
+        "cutting coordinator-{follower}'s link (a follower; coordinator-{leader} leads in term {term})"
+    );
+    net.link(30 + follower, false);
+    // Several election timeouts (300 ms by default: an election every 0.9–1.2 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let cut_term = vote_term(&p, follower);
+    println!("restoring coordinator-{follower}'s link (its term {cut_term})");
+    net.link(30 + follower, true);
+    p.wait_all_reported(Duration::from_secs(120));
+    p.assert_exact();
+    // It catches up as a follower.
+    wait_for(Duration::from_secs(30), "the follower to catch up", || {
+        applied_index(&p, follower) >= applied_index(&p, leader)
+    });
+    let flog = std::fs::read_to_string(p.path(&format!("logs/coordinator-{follower}.log")))
+        .unwrap_or_default();
+    assert_eq!(
+        cut_term,
+        term,
+        "the cut-off follower kept its term:\n{}",
+        e2e::log_tail(&p.path(&format!("logs/coordinator-{follower}.log")), 30)
+    );
+    assert!(
+        flog.contains("pre-vote lost"),
+        "it asked and heard no majority"
+    );
+    assert_eq!(leader_of(&p), Some(leader), "the leader still leads");
+    assert_eq!(vote_term(&p, leader), term, "in the same term");
     drop(procs);
     drop(net);
 }

@@ -955,11 +955,8 @@ fn snapshots_are_consistent_under_load() {
     p.assert_exact();
     if let Some(c) = p.coordinator.as_mut() {
         c.signal(libc::SIGTERM);
-        assert_eq!(
-            c.wait_exit(Duration::from_secs(20)),
-            Some(0),
-            "graceful stop"
-        );
+        let code = c.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "graceful stop:\n{}", c.log_tail(30));
     }
     let snaps: Vec<PathBuf> = std::fs::read_dir(p.path("snapshots"))
         .expect("snapshots dir")

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -130,7 +129,7 @@ struct RunArgs {
     /// WORKERS_ADDR/RAFT_ADDR, comma-separated, in the same order on every member (member n
     /// is coordinator-n). Workers are served on this member's WORKERS_ADDR (--listen is not
     /// used) while it leads; otherwise they are told the leader's address. Without it: a
-    /// single coordinator, no group.
+    /// group of one serving workers on --listen (its state in <--group-dir>/coordinator-1).
     #[arg(
         long,
         env = "PRIMES_GROUP",
@@ -356,9 +355,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         key,
         afs_servers: a.afs,
         inputs_from_afs: a.inputs_from_afs,
-        group: None,
     };
-    let group = match a.group_id {
+    // Every coordinator is a member of a group: without --group, of one, serving workers
+    // on --listen (simple mode; start_system.sh names its one member the same way).
+    let (id, members) = match a.group_id {
         Some(id) => {
             let members = coordinator::group::parse_members(&a.group)?;
             if !members.contains_key(&id) {
@@ -367,24 +367,33 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     members.len()
                 );
             }
-            let dir = a.group_dir.join(format!("coordinator-{id}"));
-            if a.fresh {
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
-                }
-            }
-            Some(coordinator::group::node::GroupConfig {
-                id,
-                members,
-                dir,
-                election_ms: a.election_ms,
-                snapshot_entries: a.group_snapshot_entries,
-                addr_file: a.addr_file.clone(),
-            })
+            (id, members)
         }
-        None => None,
+        None => {
+            let workers = concrete(&a.listen).context("the workers' address (--listen)")?;
+            let one = coordinator::group::Member {
+                workers: workers.to_string(),
+                // Never dialled: a group of one has no peer.
+                raft: "127.0.0.1:0".into(),
+            };
+            (1, std::collections::BTreeMap::from([(1, one)]))
+        }
+    };
+    let dir = a.group_dir.join(format!("coordinator-{id}"));
+    if a.fresh {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
+        }
+    }
+    let group = coordinator::group::node::GroupConfig {
+        id,
+        members,
+        dir,
+        election_ms: a.election_ms,
+        snapshot_entries: a.group_snapshot_entries,
+        addr_file: a.addr_file.clone(),
     };
     // One async thread: the coordinator's work is short message handling under one lock;
     // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).
@@ -393,44 +402,24 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    if let Some(group) = group {
-        return rt.block_on(run_group(a.http, a.http_addr_file, cfg, group));
+    rt.block_on(run_group(a.http, a.http_addr_file, cfg, group))
+}
+
+/// `addr` with a port: port 0 becomes a free port, found by binding it once (the member's
+/// address must be known before it serves: its dashboard and workers' listeners are bound
+/// while it leads, and its address is written to --addr-file at start).
+fn concrete(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let a = addr
+        .to_socket_addrs()
+        .with_context(|| format!("address {addr:?}"))?
+        .next()
+        .with_context(|| format!("address {addr:?} resolves to nothing"))?;
+    if a.port() != 0 {
+        return Ok(a);
     }
-    rt.block_on(async move {
-        let listener = coordinator::server::bind(&a.listen).await?;
-        let addr = listener
-            .local_addr()
-            .context("reading the bound address")?
-            .to_string();
-        if let Some(f) = &a.addr_file {
-            proto::process::write_addr_file(f, &addr)
-                .with_context(|| format!("writing {}", f.display()))?;
-        }
-        tracing::info!(%addr, "coordinator listening");
-        println!("coordinator listening on {addr}");
-        let http = match &a.http {
-            Some(h) => {
-                let l = coordinator::server::bind(h)
-                    .await
-                    .context("the dashboard address")?;
-                let haddr = l
-                    .local_addr()
-                    .context("reading the dashboard address")?
-                    .to_string();
-                if let Some(f) = &a.http_addr_file {
-                    proto::process::write_addr_file(f, &haddr)
-                        .with_context(|| format!("writing {}", f.display()))?;
-                }
-                println!("dashboard on http://{haddr}/");
-                Some(l)
-            }
-            None => None,
-        };
-        let shutdown = proto::process::shutdown_on_signals();
-        coordinator::server::run(listener, http, cfg, shutdown).await
-    })?;
-    let _ = Duration::ZERO;
-    Ok(())
+    let l = std::net::TcpListener::bind(a).with_context(|| format!("listening on {a}"))?;
+    l.local_addr().context("reading the bound address")
 }
 
 /// Runs one replica of a group: the peers' listener now, the workers' and the dashboard's
@@ -443,11 +432,7 @@ async fn run_group(
 ) -> anyhow::Result<()> {
     let me = group.members.get(&group.id).cloned().unwrap_or_default();
     let resolve = |addr: &str, what: &str| -> anyhow::Result<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
-        addr.to_socket_addrs()
-            .with_context(|| format!("{what} address {addr:?}"))?
-            .next()
-            .with_context(|| format!("{what} address {addr:?} resolves to nothing"))
+        concrete(addr).with_context(|| format!("the {what} address"))
     };
     let workers = resolve(&me.workers, "workers")?;
     let raft = coordinator::server::bind(&me.raft)

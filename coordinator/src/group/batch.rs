@@ -75,47 +75,46 @@ pub fn hash_primes(primes: &[u64]) -> u64 {
     h.digest()
 }
 
-/// Cuts runs into pieces (a run holds several attempts one after another: each maximal
-/// ascending stretch is one piece), each with its primes.
-fn pieces_of(runs: &[Run]) -> Vec<(Piece, &[u64])> {
-    let mut out = Vec::new();
-    for run in runs {
-        let mut start = 0;
-        for i in 1..=run.primes.len() {
-            if i == run.primes.len() || run.primes[i] <= run.primes[i - 1] {
-                let ps = &run.primes[start..i];
-                if let (Some(&first), Some(&last)) = (ps.first(), ps.last()) {
-                    out.push((
-                        Piece {
-                            lo: run.lo,
-                            hi: run.hi,
-                            first,
-                            last,
-                            count: ps.len() as u64,
-                            hash: hash_primes(ps),
-                        },
-                        ps,
-                    ));
-                }
-                start = i;
-            }
+/// Cuts a run into pieces (a run holds several attempts one after another: each maximal
+/// ascending stretch is one piece), each with its primes. The run's primes are moved, not
+/// copied, where it is one stretch (the usual case): a flush of a large job holds hundreds
+/// of MB of them.
+fn pieces_of(mut run: Run, out: &mut Vec<(Piece, Vec<u64>)>) {
+    let mut starts = vec![0];
+    for i in 1..run.primes.len() {
+        if run.primes[i] <= run.primes[i - 1] {
+            starts.push(i);
         }
     }
-    out
+    let mut stretches = Vec::with_capacity(starts.len());
+    for &s in starts.iter().rev() {
+        stretches.push(run.primes.split_off(s));
+    }
+    for ps in stretches.into_iter().rev() {
+        if let (Some(&first), Some(&last)) = (ps.first(), ps.last()) {
+            out.push((
+                Piece {
+                    lo: run.lo,
+                    hi: run.hi,
+                    first,
+                    last,
+                    count: ps.len() as u64,
+                    hash: hash_primes(&ps),
+                },
+                ps,
+            ));
+        }
+    }
 }
 
 /// Pieces back into runs (consecutive pieces of one segment make one run, as
 /// [`Pending::push_run`] made them).
-fn runs_from<'a>(pieces: impl IntoIterator<Item = (&'a Piece, Vec<u64>)>) -> Vec<Run> {
+fn runs_from(pieces: impl IntoIterator<Item = ((u64, u64), Vec<u64>)>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
-    for (p, primes) in pieces {
+    for ((lo, hi), primes) in pieces {
         match runs.last_mut() {
-            Some(r) if (r.lo, r.hi) == (p.lo, p.hi) => r.primes.extend(primes),
-            _ => runs.push(Run {
-                lo: p.lo,
-                hi: p.hi,
-                primes,
-            }),
+            Some(r) if (r.lo, r.hi) == (lo, hi) => r.primes.extend(primes),
+            _ => runs.push(Run { lo, hi, primes }),
         }
     }
     runs
@@ -123,48 +122,56 @@ fn runs_from<'a>(pieces: impl IntoIterator<Item = (&'a Piece, Vec<u64>)>) -> Vec
 
 /// A flush as entries: each with its id (`next_id()` gives one per batch) and, for the
 /// proposer to hold, the runs of its pieces. The primes (file ones, then pieces) come before
-/// the finished tasks, which are in the last entries.
-pub fn split(p: &Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<Run>)> {
+/// the finished tasks, which are in the last entries. The flush is consumed (its primes
+/// move into the batches and runs) but for `done`, which is left in `p`: [`unsplit`] puts
+/// batches that did not commit back together.
+pub fn split(p: &mut Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<Run>)> {
     let mut out: Vec<(Batch, Vec<Run>)> = Vec::new();
     let mut cur = Batch::default();
-    let mut cur_runs: Vec<(&Piece, Vec<u64>)> = Vec::new();
+    let mut cur_runs: Vec<((u64, u64), Vec<u64>)> = Vec::new();
     let mut used = 0usize;
-    let pieces = pieces_of(&p.runs);
-    let mut flush = |cur: &mut Batch, cur_runs: &mut Vec<(&Piece, Vec<u64>)>, used: &mut usize| {
-        let mut b = std::mem::take(cur);
-        b.id = next_id();
-        let runs = runs_from(cur_runs.drain(..));
-        out.push((b, runs));
-        *used = 0;
-    };
-    for chunk in p.small.chunks(SMALL_PER_ENTRY) {
+    let mut pieces = Vec::new();
+    for run in std::mem::take(&mut p.runs) {
+        pieces_of(run, &mut pieces);
+    }
+    let mut flush =
+        |cur: &mut Batch, cur_runs: &mut Vec<((u64, u64), Vec<u64>)>, used: &mut usize| {
+            let mut b = std::mem::take(cur);
+            b.id = next_id();
+            let runs = runs_from(cur_runs.drain(..));
+            out.push((b, runs));
+            *used = 0;
+        };
+    let small = std::mem::take(&mut p.small);
+    for chunk in small.chunks(SMALL_PER_ENTRY) {
         cur.small.extend_from_slice(chunk);
         used += chunk.len() * 11;
         if used >= MAX_ENTRY_BYTES - ITEM_BYTES {
             flush(&mut cur, &mut cur_runs, &mut used);
         }
     }
-    for b in &p.big {
+    drop(small);
+    for b in std::mem::take(&mut p.big) {
         if used + b.len() + 4 > MAX_ENTRY_BYTES && used > 0 {
             flush(&mut cur, &mut cur_runs, &mut used);
         }
         used += b.len() + 4;
-        cur.big.push(b.clone());
+        cur.big.push(b);
     }
-    for (piece, primes) in &pieces {
+    for (piece, primes) in pieces {
         if used + ITEM_BYTES > MAX_ENTRY_BYTES {
             flush(&mut cur, &mut cur_runs, &mut used);
         }
         used += ITEM_BYTES / 4;
-        cur.pieces.push(piece.clone());
-        cur_runs.push((piece, primes.to_vec()));
+        cur_runs.push(((piece.lo, piece.hi), primes));
+        cur.pieces.push(piece);
     }
-    for f in &p.finished {
+    for f in std::mem::take(&mut p.finished) {
         if used + ITEM_BYTES > MAX_ENTRY_BYTES {
             flush(&mut cur, &mut cur_runs, &mut used);
         }
         used += ITEM_BYTES;
-        cur.finished.push(f.clone());
+        cur.finished.push(f);
     }
     if !cur.small.is_empty()
         || !cur.big.is_empty()
@@ -176,6 +183,20 @@ pub fn split(p: &Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<R
     out
 }
 
+/// Batches that did not commit, back into the flush they came from (`p`, which holds its
+/// `done`), with the runs their proposer held (None where an apply already took them: that
+/// batch committed after all, and its primes are durable).
+pub fn unsplit(p: &mut Pending, batches: impl IntoIterator<Item = (Batch, Option<Vec<Run>>)>) {
+    for (b, runs) in batches {
+        p.small.extend(b.small);
+        p.big.extend(b.big);
+        for r in runs.unwrap_or_default() {
+            p.push_run(r.lo, r.hi, r.primes);
+        }
+        p.finished.extend(b.finished);
+    }
+}
+
 /// The runs of `pieces` regenerated by `sieve(first, last)` (every prime in it, ascending),
 /// with one line for each piece whose count or hash differs from what the worker sent (the
 /// regenerated primes are used: they are the primes of the interval).
@@ -184,7 +205,7 @@ pub fn regenerate(
     mut sieve: impl FnMut(u64, u64) -> Vec<u64>,
 ) -> (Vec<Run>, Vec<String>) {
     let mut wrong = Vec::new();
-    let made: Vec<(&Piece, Vec<u64>)> = pieces
+    let made: Vec<((u64, u64), Vec<u64>)> = pieces
         .iter()
         .map(|p| {
             let primes = sieve(p.first, p.last);
@@ -201,7 +222,7 @@ pub fn regenerate(
                     hash_primes(&primes)
                 ));
             }
-            (p, primes)
+            ((p.lo, p.hi), primes)
         })
         .collect();
     (runs_from(made), wrong)
@@ -224,11 +245,6 @@ impl Held {
     /// The runs held for batch `id` (taken: a batch applies once per process).
     pub fn take(&mut self, id: u64) -> Option<Vec<Run>> {
         self.runs.remove(&id)
-    }
-
-    /// Forgets batch `id` (its entry did not commit).
-    pub fn drop_batch(&mut self, id: u64) {
-        self.runs.remove(&id);
     }
 }
 
@@ -253,12 +269,12 @@ mod tests {
         let mut attempts = primes_in(100, 160);
         attempts.extend(primes_in(100, 200));
         let runs = vec![run(100, 200, attempts), run(300, 400, primes_in(331, 397))];
-        let p = Pending {
+        let mut p = Pending {
             runs: runs.clone(),
             ..Pending::default()
         };
         let mut id = 0;
-        let batches = split(&p, || {
+        let batches = split(&mut p, || {
             id += 1;
             id
         });
@@ -276,11 +292,11 @@ mod tests {
     fn a_wrong_piece_is_told() {
         let mut sent = primes_in(10, 50);
         sent.remove(3);
-        let p = Pending {
+        let mut p = Pending {
             runs: vec![run(10, 50, sent)],
             ..Pending::default()
         };
-        let batches = split(&p, || 7);
+        let batches = split(&mut p, || 7);
         let (runs, wrong) = regenerate(&batches[0].0.pieces, primes_in);
         assert_eq!(runs, vec![run(10, 50, primes_in(10, 50))]);
         assert_eq!(wrong.len(), 1, "{wrong:?}");
@@ -314,15 +330,20 @@ mod tests {
                 },
             })
             .collect();
-        let p = Pending {
+        let whole = Pending {
             small: small.clone(),
             big: vec!["18446744073709551629".into(); 3],
             runs: vec![run(2, 10_000, primes_in(2, 10_000))],
             finished: finished.clone(),
-            done: Vec::new(),
+            done: vec![crate::core::ChunkKey {
+                file: "a.txt".into(),
+                gen: 1,
+                chunk: 0,
+            }],
         };
+        let mut p = whole.clone();
         let mut id = 0;
-        let batches = split(&p, || {
+        let batches = split(&mut p, || {
             id += 1;
             id
         });
@@ -346,5 +367,10 @@ mod tests {
         assert_eq!((s, f, big), (small, finished, 3));
         let ids: std::collections::BTreeSet<u64> = batches.iter().map(|(b, _)| b.id).collect();
         assert_eq!(ids.len(), batches.len(), "one id per batch");
+        // Handed back whole (nothing committed), the flush is what it was.
+        assert!(p.small.is_empty() && p.runs.is_empty() && p.finished.is_empty());
+        assert_eq!(p.done, whole.done, "done stays with the flush");
+        unsplit(&mut p, batches.into_iter().map(|(b, r)| (b, Some(r))));
+        assert_eq!(p, whole);
     }
 }

@@ -380,6 +380,13 @@ impl LogStore {
         g.index.is_empty() && g.purged.is_none() && g.vote.is_none()
     }
 
+    /// The id of the last entry in the log (or the last purged): what Raft's vote rule and
+    /// the pre-vote ([`super::prevote`]) compare.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let g = lock(&self.inner);
+        g.index.last_key_value().map(|(_, s)| s.log_id).or(g.purged)
+    }
+
     /// The log file's length in bytes: the entries kept at the last purge and those appended
     /// since (with the few small truncation and purge records, and entries truncated since).
     /// It grows until a state-machine snapshot lets the log be purged.

@@ -1,9 +1,17 @@
-//! The Raft RPCs between coordinators: one TCP connection per peer, authenticated with the
-//! cluster key like every connection (service `coordinator-raft`), then one JSON request
-//! line and one JSON response line per call. A failed call drops the connection; the next
-//! call connects again.
+//! The Raft RPCs between coordinators, authenticated with the cluster key like every
+//! connection (service `coordinator-raft`), then one JSON request line and one JSON
+//! response line per call. A failed call drops the connection; the next call connects
+//! again.
+//!
+//! Connections: openraft makes a client ([`Peer`]) per use, each with its own connection:
+//! one for a peer's replication stream (entries and heartbeats), one for its snapshot
+//! stream, one per vote request; pre-votes ([`super::prevote`]) take their own too. So a
+//! vote never waits behind a transfer, and a heartbeat waits at most behind one bounded
+//! AppendEntries (at most [`super::batch::MAX_PAYLOAD_ENTRIES`] entries of
+//! [`super::batch::MAX_ENTRY_BYTES`]: ~1 MiB).
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -21,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::prevote::{self, PreVote};
 use super::{Member, Raft, TypeConfig};
 
 /// The service name in the handshake.
@@ -39,6 +48,7 @@ enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    PreVote(PreVote),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,6 +57,32 @@ enum Response {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    PreVote(bool),
+}
+
+/// When this member last heard from a leader: an AppendEntries or snapshot chunk it
+/// accepted (the pre-vote's "a live leader keeps its followers").
+#[derive(Clone, Default)]
+pub struct Contact(Arc<Mutex<Option<Instant>>>);
+
+impl Contact {
+    fn heard(&self) {
+        *proto::lock(&self.0) = Some(Instant::now());
+    }
+
+    /// Time since a leader was last heard; None if never.
+    pub fn since(&self) -> Option<Duration> {
+        proto::lock(&self.0).map(|t| t.elapsed())
+    }
+}
+
+/// What the pre-vote's answer needs besides the Raft node.
+#[derive(Clone)]
+pub struct Answering {
+    pub contact: Contact,
+    pub log: super::log::LogStore,
+    /// The shortest election timeout: a leader heard within it is alive.
+    pub min_timeout: Duration,
 }
 
 /// Makes a [`Peer`] per member.
@@ -82,6 +118,18 @@ pub struct Peer {
     conn: Option<Connection>,
 }
 
+impl Peer {
+    /// A client of member `target` at `addr` (connects at the first call).
+    pub fn new(target: u64, addr: &str, key: &ClusterKey) -> Peer {
+        Peer {
+            target,
+            addr: addr.to_string(),
+            key: key.clone(),
+            conn: None,
+        }
+    }
+}
+
 /// A peer that refuses connections (down) is unreachable: openraft then waits a while
 /// before the next try instead of retrying at every heartbeat; other failures are retried.
 fn net_err<E: std::error::Error>(e: ProtoError) -> RPCError<u64, Member, E> {
@@ -94,6 +142,14 @@ fn net_err<E: std::error::Error>(e: ProtoError) -> RPCError<u64, Member, E> {
 }
 
 impl Peer {
+    /// Asks for a pre-vote; true if granted (an error if there was no answer).
+    pub async fn pre_vote(&mut self, req: PreVote, ttl: Duration) -> Result<bool, ProtoError> {
+        match self.call(&Request::PreVote(req), ttl).await? {
+            Response::PreVote(granted) => Ok(granted),
+            _ => Err(ProtoError::Malformed("unexpected response type".into())),
+        }
+    }
+
     async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, ProtoError> {
         let r = tokio::time::timeout(ttl, self.call_inner(req)).await;
         let r = match r {
@@ -182,11 +238,13 @@ pub async fn serve(
     listener: TcpListener,
     raft: Raft,
     key: ClusterKey,
+    answering: Answering,
     shutdown: CancellationToken,
 ) {
     let mut acceptor = proto::conn::Acceptor::new(listener, MAX_PEERS);
     while let Some((admission, stream, peer)) = acceptor.next(&shutdown).await {
         let (raft, key, shutdown) = (raft.clone(), key.clone(), shutdown.clone());
+        let answering = answering.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (mut conn, _permit) =
@@ -204,10 +262,25 @@ pub async fn serve(
                     r = conn.read_msg::<Request>() => r,
                 };
                 let resp = match req {
-                    Ok(Some(Request::Append(r))) => Response::Append(raft.append_entries(r).await),
+                    Ok(Some(Request::Append(r))) => {
+                        let r = raft.append_entries(r).await;
+                        if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
+                        {
+                            answering.contact.heard();
+                        }
+                        Response::Append(r)
+                    }
                     Ok(Some(Request::Vote(r))) => Response::Vote(raft.vote(r).await),
                     Ok(Some(Request::Snapshot(r))) => {
-                        Response::Snapshot(raft.install_snapshot(r).await)
+                        let vote = r.vote;
+                        let r = raft.install_snapshot(r).await;
+                        if matches!(&r, Ok(s) if s.vote == vote) {
+                            answering.contact.heard();
+                        }
+                        Response::Snapshot(r)
+                    }
+                    Ok(Some(Request::PreVote(r))) => {
+                        Response::PreVote(answer_pre_vote(&raft, &answering, &r))
                     }
                     Ok(None) => return,
                     Err(e) => {
@@ -221,4 +294,25 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// This member's answer to a pre-vote ([`prevote::grant`]).
+fn answer_pre_vote(raft: &Raft, a: &Answering, req: &PreVote) -> bool {
+    let view = {
+        let m = raft.metrics().borrow().clone();
+        prevote::View {
+            term: m.current_term,
+            last_log_id: a.log.last_log_id(),
+            leading: m.state == openraft::ServerState::Leader,
+            since_leader: a.contact.since(),
+        }
+    };
+    let granted = prevote::grant(req, &view, a.min_timeout);
+    debug!(
+        candidate = req.candidate,
+        term = req.term,
+        granted,
+        "pre-vote asked"
+    );
+    granted
 }

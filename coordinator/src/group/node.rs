@@ -26,8 +26,10 @@ use super::net::Network;
 use super::replica::Replica;
 use super::{Command, GroupStatus, Member, Outcome, Raft};
 use crate::core::{JobReport, Pending, Report};
+use crate::durable::{Durable, Flushed};
 use crate::ranges::Finished;
 use crate::server::Config;
+use futures::future::BoxFuture;
 
 /// What makes this process one replica of a group.
 #[derive(Clone, Debug)]
@@ -65,20 +67,32 @@ impl std::fmt::Debug for Handle {
     }
 }
 
-impl Handle {
-    /// The term this coordinator leads.
-    pub fn term(&self) -> u64 {
+/// The shell's durable work, committed through the group's log and applied by every member.
+impl Durable for Handle {
+    fn flush(&self, p: Pending) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, Pending)>> {
+        Box::pin(self.flush(p))
+    }
+
+    fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>> {
+        Box::pin(self.reports(rs))
+    }
+
+    fn job_report(
+        &self,
+        r: JobReport,
+    ) -> BoxFuture<'_, anyhow::Result<Result<Box<JobReport>, String>>> {
+        Box::pin(self.job_report(r))
+    }
+
+    fn ledger(&self) -> (Vec<Finished>, u64, u64) {
+        self.replica.ledger()
+    }
+
+    fn term(&self) -> u64 {
         self.term
     }
 
-    /// True while this replica still leads in its term.
-    pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id) && m.current_term == self.term && m.running_state.is_ok()
-    }
-
-    /// The last index applied here (everything up to it is committed).
-    pub fn applied_index(&self) -> u64 {
+    fn applied_index(&self) -> u64 {
         self.raft
             .metrics()
             .borrow()
@@ -86,15 +100,17 @@ impl Handle {
             .map_or(0, |l| l.index)
     }
 
-    /// The finished generation tasks and the primes counts of the replica.
-    pub fn ledger(&self) -> (Vec<Finished>, u64, u64) {
-        self.replica.ledger()
+    fn still_leads(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.current_term == self.term && m.running_state.is_ok()
     }
 
-    pub fn status(&self) -> GroupStatus {
+    fn status(&self) -> GroupStatus {
         super::status_of(&self.raft)
     }
+}
 
+impl Handle {
     async fn write(&self, cmd: Command) -> anyhow::Result<Outcome> {
         let r = self
             .raft
@@ -105,18 +121,23 @@ impl Handle {
     }
 
     /// Commits a flush as bounded entries ([`super::batch`]), in order; how many primes were
-    /// new, and the replica's primes count and dedup-set size after it. An entry that does
-    /// not commit ends it with an error: the caller hands the whole flush back (what did
-    /// commit is deduplicated when it comes again).
-    pub async fn flush(&self, p: Pending) -> anyhow::Result<(u64, u64, u64)> {
-        let batches = super::batch::split(&p, rand::random::<u64>);
-        drop(p);
-        let ids: Vec<u64> = batches.iter().map(|(b, _)| b.id).collect();
+    /// new, and the replica's primes count and dedup-set size after it. The flush's primes
+    /// move into the entries (no copy is kept: a flush of a large job holds hundreds of MB).
+    /// An entry that does not commit ends it with an error and the flush handed back: what
+    /// did not commit, with its `done` (what did commit is deduplicated when it comes again).
+    async fn flush(&self, mut p: Pending) -> Result<Flushed, (anyhow::Error, Pending)> {
+        let batches = super::batch::split(&mut p, rand::random::<u64>);
         let (mut new, mut total, mut in_set) = (0, 0, 0);
-        for (i, (b, runs)) in batches.into_iter().enumerate() {
-            self.replica.hold(b.id, runs);
-            let written = self.write(Command::Batch(b)).await;
-            match written {
+        let mut batches = batches.into_iter();
+        let mut any = false;
+        while let Some((b, runs)) = batches.next() {
+            any = true;
+            let id = b.id;
+            self.replica.hold(id, runs);
+            // The entry goes by value; a copy of its (bounded) file primes is kept to hand
+            // back if it does not commit.
+            let written = self.write(Command::Batch(b.clone())).await;
+            let e = match written {
                 Ok(Outcome::Flushed {
                     new: n,
                     total: t,
@@ -124,28 +145,26 @@ impl Handle {
                 }) => {
                     new += n;
                     (total, in_set) = (t, s);
+                    continue;
                 }
-                other => {
-                    for id in &ids[i..] {
-                        self.replica.drop_batch(*id);
-                    }
-                    match other {
-                        Err(e) => return Err(e),
-                        Ok(o) => anyhow::bail!("unexpected outcome of a flush: {o:?}"),
-                    }
-                }
-            }
+                Err(e) => e,
+                Ok(o) => anyhow::anyhow!("unexpected outcome of a flush: {o:?}"),
+            };
+            let back = std::iter::once((b, self.replica.take_batch(id)))
+                .chain(batches.map(|(b, runs)| (b, Some(runs))));
+            super::batch::unsplit(&mut p, back);
+            return Err((e, p));
         }
-        if ids.is_empty() {
+        if !any {
             let (_, t, s) = self.replica.ledger();
             (total, in_set) = (t, s);
         }
-        Ok((new, total, in_set))
+        Ok(Flushed { new, total, in_set })
     }
 
     /// Commits reports; how each was written. A report whose name a job owns is refused
     /// here, by the leader (apply depends on the log alone).
-    pub async fn reports(&self, rs: Vec<Report>) -> anyhow::Result<Vec<Result<(), String>>> {
+    async fn reports(&self, rs: Vec<Report>) -> anyhow::Result<Vec<Result<(), String>>> {
         let (output, jobs) = (self.output.clone(), self.jobs.clone());
         let (rs, clashes) = tokio::task::spawn_blocking(move || {
             let clashes: Vec<Option<String>> = rs
@@ -183,10 +202,7 @@ impl Handle {
     }
 
     /// Commits a job report, with a factorial's value; the report as written.
-    pub async fn job_report(
-        &self,
-        mut r: JobReport,
-    ) -> anyhow::Result<Result<Box<JobReport>, String>> {
+    async fn job_report(&self, mut r: JobReport) -> anyhow::Result<Result<Box<JobReport>, String>> {
         let value = r.value.take();
         let cmd = Command::JobReportValue {
             report: Box::new(r),
@@ -223,8 +239,12 @@ pub async fn run(
         }
     }
     let election = group.election_ms.max(50);
+    // Elections start from a pre-vote round ([`super::prevote`]) in a group of several; a
+    // group of one elects itself at once.
+    let pre_vote = group.members.len() > 1;
     let rcfg = openraft::Config {
         cluster_name: "primes-coordinators".into(),
+        enable_elect: !pre_vote,
         election_timeout_min: election,
         election_timeout_max: election * 2,
         // Also the AppendEntries timeout (openraft): a third of the election timeout leaves
@@ -241,6 +261,11 @@ pub async fn run(
     .validate()
     .context("Raft configuration")?;
     let log_size = log.clone();
+    let answering = super::net::Answering {
+        contact: super::net::Contact::default(),
+        log: log.clone(),
+        min_timeout: Duration::from_millis(election * 2),
+    };
     let raft = Raft::new(
         group.id,
         Arc::new(rcfg),
@@ -257,8 +282,18 @@ pub async fn run(
         raft_listener,
         raft.clone(),
         cfg.key.clone(),
+        answering.clone(),
         shutdown.clone(),
     ));
+    if pre_vote {
+        tokio::spawn(stand_for_election(
+            raft.clone(),
+            group.clone(),
+            cfg.key.clone(),
+            answering,
+            shutdown.clone(),
+        ));
+    }
     if pristine {
         // The first member initializes the group at once (it stands for election); the
         // others, one after another, only if they have heard from no one by then (the first
@@ -380,7 +415,6 @@ async fn role_loop(
         let lead_stop = shutdown.child_token();
         let watcher = tokio::spawn(watch_lead(handle.clone(), lease(group), lead_stop.clone()));
         let mut lead_cfg = cfg.clone();
-        lead_cfg.group = Some(handle);
         lead_cfg.core.term = Some(term);
         let listener = bind(workers).await?;
         serving.cancel();
@@ -388,7 +422,14 @@ async fn role_loop(
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let failed = crate::server::run(listener, http, lead_cfg, lead_stop.clone()).await;
+        let failed = crate::server::run(
+            listener,
+            http,
+            lead_cfg,
+            Arc::new(handle),
+            lead_stop.clone(),
+        )
+        .await;
         lead_stop.cancel();
         watcher.abort();
         replica.step_down();
@@ -624,6 +665,108 @@ async fn watch_lead(handle: Handle, lease: Duration, stop: CancellationToken) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Starts an election (openraft's) once a pre-vote round wins ([`super::prevote`]): after
+/// openraft's own wait (its leader lease, twice the election timeout, then one election
+/// timeout with jitter) without hearing from a leader. The peers grant only if they have
+/// not heard from a leader within the lease either, so the election that follows is one
+/// they take part in.
+async fn stand_for_election(
+    raft: Raft,
+    group: GroupConfig,
+    key: ClusterKey,
+    answering: super::net::Answering,
+    shutdown: CancellationToken,
+) {
+    use super::prevote::{won, PreVote, Timer};
+    let min = Duration::from_millis(group.election_ms.max(50));
+    let start = tokio::time::Instant::now();
+    let now = || start.elapsed();
+    let mut timer = Timer::new(answering.min_timeout + min, min, now(), rand::random());
+    let mut tick = tokio::time::interval((min / 6).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers: BTreeMap<u64, super::net::Peer> = group
+        .members
+        .iter()
+        .filter(|(id, _)| **id != group.id)
+        .map(|(id, m)| (*id, super::net::Peer::new(*id, &m.raft, &key)))
+        .collect();
+    let voters = group.members.len();
+    let mut lost_last = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (leading, term) = {
+            let m = raft.metrics().borrow().clone();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if leading {
+            timer.heard(now());
+            lost_last = false;
+            continue;
+        }
+        if let Some(d) = answering.contact.since() {
+            timer.heard(now().saturating_sub(d));
+        }
+        if !timer.due(now()) {
+            continue;
+        }
+        timer.asked(now(), rand::random());
+        let asked_at = now();
+        let req = PreVote {
+            candidate: group.id,
+            term,
+            last_log_id: answering.log.last_log_id(),
+        };
+        // Ends as soon as a majority grants (a peer that is down would hold the round for
+        // its whole timeout, and what the round learnt grows stale meanwhile).
+        let mut grants = 1;
+        {
+            use futures::StreamExt;
+            let mut answers: futures::stream::FuturesUnordered<_> = peers
+                .values_mut()
+                .map(|p| p.pre_vote(req.clone(), min))
+                .collect();
+            while !won(grants, voters) {
+                match answers.next().await {
+                    Some(Ok(true)) => grants += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        // A leader heard, or a term begun, while the round went on: that election is
+        // someone else's, and standing now would depose its winner.
+        let (term_now, leading_now) = {
+            let m = raft.metrics().borrow().clone();
+            (m.current_term, m.state == ServerState::Leader)
+        };
+        let heard_meanwhile = answering
+            .contact
+            .since()
+            .is_some_and(|d| d < now().saturating_sub(asked_at));
+        if term_now != term || leading_now || heard_meanwhile {
+            continue;
+        }
+        if won(grants, voters) {
+            info!(term, grants, voters, "pre-vote won: standing for election");
+            lost_last = false;
+            if let Err(e) = raft.trigger().elect().await {
+                warn!(error = %e, "cannot start an election");
+            }
+        } else if !lost_last {
+            lost_last = true;
+            info!(
+                term,
+                grants,
+                voters,
+                "pre-vote lost: no majority would elect this member now (its term stays)"
+            );
         }
     }
 }

@@ -74,6 +74,12 @@ impl Replica {
         std::fs::create_dir_all(dir.join("output"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let mut primes = PrimesFile::open(&dir.join("primes.txt"))?;
+        if primes.truncated_bytes > 0 {
+            warn!(
+                bytes = primes.truncated_bytes,
+                "cut a torn last line from primes.txt (a crash mid-append)"
+            );
+        }
         primes.set_sync(false);
         let applied_path = dir.join("applied.json");
         let applied = match std::fs::read(&applied_path) {
@@ -116,9 +122,9 @@ impl Replica {
         lock(&self.inner).held.hold(id, runs);
     }
 
-    /// Forgets batch `id` (not committed).
-    pub fn drop_batch(&self, id: u64) {
-        lock(&self.inner).held.drop_batch(id);
+    /// Takes back the runs held for batch `id` (not committed); None if an apply took them.
+    pub fn take_batch(&self, id: u64) -> Option<Vec<crate::ranges::Run>> {
+        lock(&self.inner).held.take(id)
     }
 
     /// Takes the root files for `term` of group `group` (see [`Mirror`]).

@@ -1,0 +1,84 @@
+//! The durability seam: everything the shell ([`crate::server`], [`crate::state`],
+//! [`crate::flusher`]) makes durable goes through one [`Durable`]: a flush's primes with the
+//! tasks it finishes, file reports, job reports. The shell never asks what is behind it.
+//!
+//! Every coordinator is a member of a group ([`crate::group`]): of one in simple mode, of
+//! three in replicated mode; its leader's [`crate::group::node::Handle`] is the one
+//! implementation. A durable step has happened once the group has committed and applied
+//! it; until then nothing is marked done and nothing is reported.
+//!
+//! This module sits beneath both the shell and the group, so imports go one way: the group
+//! runs the shell ([`crate::server::run`]) and hands it its `Durable`; the shell names only
+//! this trait.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::core::{JobReport, Pending, Report};
+use crate::ranges::Finished;
+
+/// A flush made durable: how many primes were new, and the primes file's count and
+/// dedup-set size after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub new: u64,
+    pub total: u64,
+    pub in_set: u64,
+}
+
+/// Where the shell's durable work goes.
+pub trait Durable: Send + Sync {
+    /// Makes a flush's primes and finished tasks durable (not its `done` chunks: those are
+    /// the caller's to mark once this returns). On failure the flush comes back: what did
+    /// not become durable (what did is deduplicated when it comes again).
+    fn flush(&self, p: Pending) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, Pending)>>;
+
+    /// Writes file reports durably; how each went (an `Err` names why that one was not).
+    fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>>;
+
+    /// Writes a job's report (a factorial's value with it) durably; the report as written,
+    /// or why it was refused.
+    fn job_report(
+        &self,
+        r: JobReport,
+    ) -> BoxFuture<'_, anyhow::Result<Result<Box<JobReport>, String>>>;
+
+    /// What is durable at the start: the finished generation tasks, the primes file's count
+    /// and its dedup-set size.
+    fn ledger(&self) -> (Vec<Finished>, u64, u64);
+
+    /// The term this coordinator leads (snapshots and reports carry it).
+    fn term(&self) -> u64;
+
+    /// The last index applied (snapshots record it).
+    fn applied_index(&self) -> u64;
+
+    /// True while this coordinator still leads in its term.
+    fn still_leads(&self) -> bool;
+
+    /// The group as this member sees it (status, dashboard, metrics).
+    fn status(&self) -> GroupStatus;
+}
+
+/// The group's state as one member sees it, for `coordinator status`, the dashboard and
+/// `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// This member.
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Role of this member: leader, follower, candidate, learner.
+    pub role: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Each member: id, workers' address, and (on the leader) the index replicated to it.
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub workers: String,
+    pub matched_index: Option<u64>,
+}
