@@ -1,6 +1,7 @@
 //! Generation work: the primes or their count in a range (a segmented sieve), the prime
 //! counting function and the n-th prime, and products of big integers for factorials.
 
+pub mod lmo;
 pub mod pi;
 pub mod sieve;
 
