@@ -33,9 +33,9 @@ use rayon::prelude::*;
 use super::isqrt;
 use super::sieve::{counts_at, primes_in, RangeSieve};
 
-/// Largest x [`prime_pi`] accepts: the table of π up to √x takes √x/20 bytes (54 MB at
+/// Largest x [`prime_pi`] accepts: the table of π up to √x takes √x/15 bytes (72 MB at
 /// 2^60) and the factor table y/2·4 bytes; beyond, the time is hours anyway.
-pub const PI_MAX: u64 = 1 << 60;
+pub const PI_MAX: u64 = proto::jobs::PI_MAX;
 
 /// Below this, π(x) is a plain count by the sieve (milliseconds).
 const SIEVE_BELOW: u64 = 10_000_000;
@@ -61,27 +61,40 @@ pub fn icbrt(n: u64) -> u64 {
 }
 
 /// π(n) for every n up to a limit: one bit per number coprime to 30 (a u64 word for 240
-/// numbers) and the count of primes before each word, 12 bytes per 240 numbers.
+/// numbers) and the count of primes before each word, 16 bytes per 240 numbers.
 pub struct PiTable {
-    words: Vec<u64>,
-    counts: Vec<u32>,
+    /// Per 240 numbers: (primes before, bits), side by side so a lookup reads one line.
+    entries: Vec<(u64, u64)>,
     limit: u64,
 }
 
 /// Bits of a word standing for numbers <= r (r in 0..240).
-fn word_mask(r: u64) -> u64 {
+const fn word_mask(r: u64) -> u64 {
     let full = r / 30;
     let mut m = if full == 0 { 0 } else { (1u64 << (8 * full)) - 1 };
-    for (k, &res) in R.iter().enumerate() {
-        if res <= r % 30 {
+    let mut k = 0;
+    while k < 8 {
+        if R[k] <= r % 30 {
             m |= 1 << (8 * full + k as u64);
         }
+        k += 1;
     }
     m
 }
 
+/// [`word_mask`] of every r.
+const MASKS: [u64; 240] = {
+    let mut t = [0u64; 240];
+    let mut r = 0;
+    while r < 240 {
+        t[r] = word_mask(r as u64);
+        r += 1;
+    }
+    t
+};
+
 impl PiTable {
-    /// The table up to `limit` (at most 2^32, where the counts would overflow u32).
+    /// The table up to `limit` (at most 2^32: √x for any 64-bit x).
     pub fn new(limit: u64) -> Self {
         let limit = limit.clamp(1, u32::MAX as u64);
         let nwords = (limit / 240 + 1) as usize;
@@ -102,17 +115,16 @@ impl PiTable {
                 }
             }
         }
-        let mut counts = Vec::with_capacity(nwords);
-        let mut acc = 3u32; // 2, 3 and 5 have no bit
-        for w in &words {
-            counts.push(acc);
-            acc += w.count_ones();
-        }
-        PiTable {
-            words,
-            counts,
-            limit,
-        }
+        let mut acc = 3u64; // 2, 3 and 5 have no bit
+        let entries = words
+            .into_iter()
+            .map(|w| {
+                let e = (acc, w);
+                acc += w.count_ones() as u64;
+                e
+            })
+            .collect();
+        PiTable { entries, limit }
     }
 
     /// The largest n the table answers for.
@@ -126,8 +138,8 @@ impl PiTable {
         if n < 7 {
             return [0, 0, 1, 2, 2, 3, 3][n as usize];
         }
-        let i = (n / 240) as usize;
-        self.counts[i] as u64 + (self.words[i] & MASKS.0[(n % 240) as usize]).count_ones() as u64
+        let (before, bits) = self.entries[(n / 240) as usize];
+        before + (bits & MASKS[(n % 240) as usize]).count_ones() as u64
     }
 }
 
@@ -138,9 +150,34 @@ fn bit_index(n: u64) -> u64 {
     8 * ((n % 240) / 30) + k
 }
 
-struct Masks([u64; 240]);
-static MASKS: std::sync::LazyLock<Masks> =
-    std::sync::LazyLock::new(|| Masks(std::array::from_fn(|r| word_mask(r as u64))));
+
+/// Division by a fixed d as two multiplications (Lemire, Kaser and Kurz, "Faster
+/// remainder by direct computation", 2019: with c = ⌈2^128 / d⌉, ⌊n / d⌋ = ⌊c·n / 2^128⌋
+/// for every 64-bit n). The leaves divide x/p by the same primes q again and again; a
+/// 64-bit `div` costs tens of cycles, this a few.
+#[derive(Clone, Copy)]
+struct Divisor {
+    hi: u64,
+    lo: u64,
+}
+
+impl Divisor {
+    /// d >= 2.
+    fn new(d: u64) -> Self {
+        let c = u128::MAX / d.max(2) as u128 + 1;
+        Divisor {
+            hi: (c >> 64) as u64,
+            lo: c as u64,
+        }
+    }
+
+    #[inline]
+    fn div(self, n: u64) -> u64 {
+        let a = self.hi as u128 * n as u128;
+        let b = (self.lo as u128 * n as u128) >> 64;
+        ((a + b) >> 64) as u64
+    }
+}
 
 /// What one computation of π(x) needs, built once per process and shared by its parts.
 pub struct Context {
@@ -153,6 +190,8 @@ pub struct Context {
     pub a: usize,
     /// The primes up to y, 1-based: primes[1] = 2 (primes[0] = 0 is a placeholder).
     primes: Vec<u64>,
+    /// Division by primes[i] (index 0 and 1 unused).
+    divs: Vec<Divisor>,
     /// π up to max(√x, y).
     pi: PiTable,
     /// For odd m <= y (index m / 2): μ(m)·lpf(m), 0 when μ(m) = 0, i32::MAX for m = 1.
@@ -181,6 +220,7 @@ impl Context {
         let mut primes = vec![0u64];
         primes.extend(primes_in(0, y));
         let a = primes.len() - 1;
+        let divs = primes.iter().map(|&p| Divisor::new(p)).collect();
         let pi = PiTable::new(sqrt.max(y));
         let factors = factor_table(y, &primes);
         let phi_c = phi_table();
@@ -200,6 +240,7 @@ impl Context {
             z,
             a,
             primes,
+            divs,
             pi,
             factors,
             phi_c,
@@ -354,9 +395,21 @@ impl Context {
                 let top = trivial_from.min(y);
                 let (i0, i1) = (self.pi.pi(lo) as usize + 1, self.pi.pi(top) as usize);
                 let base = 1 - b as i128;
-                for i in i0..=i1 {
-                    let n = x_p / self.primes[i];
-                    s2 += base + self.pi.pi(n) as i128;
+                let mut i = i0;
+                while i <= i1 {
+                    let n = self.divs[i].div(x_p);
+                    let k = self.pi.pi(n);
+                    if n <= y {
+                        // Clustered leaves (Deléglise–Rivat): every q' <= x/(p·p_k) has
+                        // π(x/(p q')) = k too (k >= b + 1 >= 1: p_k exists and is <= y).
+                        let q_last = self.divs[k as usize].div(x_p);
+                        let j = (self.pi.pi(q_last.min(y)) as usize).min(i1);
+                        s2 += (j - i + 1) as i128 * (base + k as i128);
+                        i = j + 1;
+                    } else {
+                        s2 += base + k as i128;
+                        i += 1;
+                    }
                 }
             }
         }
@@ -366,13 +419,23 @@ impl Context {
     /// Σ π(x/p) for the primes y < p <= √x with x/p in [lo, hi), counted from lo: the sum,
     /// how many such p, and the primes in [lo, hi).
     fn p2(&self, lo: u64, hi: u64) -> PartAnswer {
-        if lo >= hi {
-            return PartAnswer::P2 {
-                sum: 0,
-                n: 0,
-                primes: 0,
-            };
+        // In pieces of P2_PIECE numbers: near √x every number is some x/p, and holding all
+        // the p of a long interval would cost 8 bytes each (GBs near 10^18).
+        let (mut sum, mut n, mut primes) = (0u64, 0u64, 0u64);
+        let mut a = lo;
+        while a < hi {
+            let b = a.saturating_add(P2_PIECE).min(hi);
+            let (s, k, c) = self.p2_piece(a, b);
+            sum += s + k * primes;
+            n += k;
+            primes += c;
+            a = b;
         }
+        PartAnswer::P2 { sum, n, primes }
+    }
+
+    /// [`Context::p2`] of one piece.
+    fn p2_piece(&self, lo: u64, hi: u64) -> (u64, u64, u64) {
         let x = self.x;
         // x/p in [lo, hi) ⟺ p in (x/hi, x/lo].
         let p_lo = (x / hi + 1).max(self.y + 1);
@@ -387,11 +450,7 @@ impl Context {
         let counts = counts_at(lo, hi - 1, &targets);
         let total = counts.last().copied().unwrap_or(0);
         let sum: u64 = counts[..counts.len() - 1].iter().sum();
-        PartAnswer::P2 {
-            sum,
-            n: ps.len() as u64,
-            primes: total,
-        }
+        (sum, ps.len() as u64, total)
     }
 
     /// The hard leaves with n in [lo, hi) (lo a multiple of [`HARD_ALIGN`]), counted as if
@@ -431,7 +490,7 @@ impl Context {
                         let (i0, i1) = (self.pi.pi(m_lo - 1) as usize + 1, self.pi.pi(m_hi) as usize);
                         let mut leaves = 0i64;
                         for j in (i0..=i1).rev() {
-                            let n = x_p / self.primes[j];
+                            let n = self.divs[j].div(x_p);
                             sum += (phi[i] + seg.count_upto(n)) as i128;
                             leaves += 1;
                         }
@@ -474,9 +533,12 @@ impl Context {
     }
 }
 
-/// Numbers per segment of the hard leaves' sieve: 2^18 bits of odd numbers (32 KiB, in
-/// the L1 cache while a prime crosses it).
-const SEG_NUMBERS: u64 = 1 << 19;
+/// Numbers per segment of the hard leaves' sieve: 2^20 bits of odd numbers (128 KiB, in
+/// the L2 cache; four times fewer segments than 2^18 bits in L1, so four times fewer
+/// per-segment setups of each of the ~10^3 primes, which measured no slower).
+const SEG_NUMBERS: u64 = 1 << 21;
+/// Numbers of one piece of a P2 interval (at most as many primes p, 8 bytes each).
+const P2_PIECE: u64 = 1 << 24;
 /// Hard-leaf intervals start at multiples of this (the pre-sieve pattern's word alignment).
 pub const HARD_ALIGN: u64 = 128;
 const SMALL_BITS: usize = 512;
@@ -836,10 +898,28 @@ pub fn prime_pi(x: u64) -> u64 {
     if x < SIEVE_BELOW {
         return super::sieve::count_primes(0, x);
     }
+    let t = std::time::Instant::now();
     let ctx = Context::new(x);
+    tracing::debug!(
+        x,
+        y = ctx.y,
+        z = ctx.z,
+        a = ctx.a,
+        b_max = ctx.b_max,
+        secs = t.elapsed().as_secs_f64(),
+        "pi tables"
+    );
     let threads = rayon::current_num_threads().max(1);
     let parts = ctx.parts(if threads == 1 { 1 } else { 4 * threads });
-    let answers: Vec<PartAnswer> = parts.par_iter().map(|p| ctx.run(p)).collect();
+    let answers: Vec<PartAnswer> = parts
+        .par_iter()
+        .map(|p| {
+            let t = std::time::Instant::now();
+            let a = ctx.run(p);
+            tracing::debug!(part = ?p, secs = t.elapsed().as_secs_f64(), "pi part");
+            a
+        })
+        .collect();
     // The parts come from this process's own context: combining cannot fail.
     combine(&answers).unwrap_or(0)
 }
@@ -854,6 +934,26 @@ mod tests {
         let t = PiTable::new(100_000);
         for n in (0..100_000).step_by(37).chain([0, 1, 2, 3, 4, 5, 6, 7, 239, 240, 241]) {
             assert_eq!(t.pi(n), count_primes(0, n), "pi({n})");
+        }
+    }
+
+    /// Division by multiplication equals `/` (random n and d, seed printed; the edges).
+    #[test]
+    fn divisor_divides() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..200_000 {
+            let shift = rng.gen_range(0..62);
+            let d = rng.gen_range(2..u64::MAX >> shift);
+            let shift = rng.gen_range(0..64);
+            let n: u64 = rng.gen::<u64>() >> shift;
+            assert_eq!(Divisor::new(d).div(n), n / d, "{n} / {d}, seed {seed}");
+        }
+        for d in [2u64, 3, 7, 1 << 32, u64::MAX, u64::MAX - 1] {
+            for n in [0u64, 1, d - 1, d, u64::MAX, u64::MAX - 1] {
+                assert_eq!(Divisor::new(d).div(n), n / d, "{n} / {d}");
+            }
         }
     }
 

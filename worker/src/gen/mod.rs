@@ -55,7 +55,7 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
             };
             let n = if by_pi {
                 if hi > pi::PI_MAX {
-                    anyhow::bail!("the prime-counting function goes up to 2^48; B is larger");
+                    anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
                 }
                 pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
             } else {
@@ -68,7 +68,7 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
         }
         JobSpec::Nth { n } => {
             let p = pi::nth_prime(n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^12"))?;
+                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16"))?;
             writeln!(out, "{p}")?;
         }
         JobSpec::Factorial { n } => {
@@ -125,13 +125,13 @@ pub fn run_work(
         }
         Work::Pi { x } => {
             if *x > pi::PI_MAX {
-                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^48");
+                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^60");
             }
             done.answer = Some(pi::prime_pi(*x).to_string());
         }
         Work::Nth { n } => {
             let p = pi::nth_prime(*n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^12, not {n}"))?;
+                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16, not {n}"))?;
             done.answer = Some(p.to_string());
         }
         Work::Multiply { factors, decimal } => {

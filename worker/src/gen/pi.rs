@@ -11,12 +11,18 @@
 use super::isqrt;
 use super::sieve::primes_in;
 
-/// Largest x [`prime_pi`] accepts: √x values of 8 bytes in two tables (~1.1 GB at 2^50
-/// would be too much; 2^48 is 2 × 134 MB) and minutes of work.
-pub const PI_MAX: u64 = 1 << 48;
+/// Largest x [`prime_pi`] accepts (see [`super::lmo::PI_MAX`]).
+pub const PI_MAX: u64 = super::lmo::PI_MAX;
 
-/// π(x): the number of primes <= x. x at most [`PI_MAX`].
+/// π(x): the number of primes <= x, by Deléglise–Rivat ([`super::lmo`]). x at most
+/// [`PI_MAX`].
 pub fn prime_pi(x: u64) -> u64 {
+    super::lmo::prime_pi(x)
+}
+
+/// π(x) by Lucy's O(x^(3/4)) recursion: the previous method, kept as an independent
+/// cross-check in tests (x up to about 2^40: √x values in two tables).
+pub fn lucy_pi(x: u64) -> u64 {
     if x < 2 {
         return 0;
     }
@@ -92,8 +98,8 @@ fn li_inverse(n: u64) -> u64 {
     x.max(2.0) as u64
 }
 
-/// Largest n [`nth_prime`] accepts.
-pub const NTH_MAX: u64 = 1_000_000_000_000;
+/// Largest n [`nth_prime`] accepts: p(10^16) is about 3.9 · 10^17, below [`PI_MAX`].
+pub const NTH_MAX: u64 = proto::jobs::NTH_MAX;
 
 /// The n-th prime (n >= 1, the first is 2), for n up to [`NTH_MAX`]. `progress` is told
 /// the phase as it goes.
@@ -145,6 +151,14 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::gen::sieve::count_primes;
+
+    /// The two methods agree (Lucy's recursion against Deléglise–Rivat) on scattered x.
+    #[test]
+    fn lucy_and_dr_agree() {
+        for x in [10_000_019u64, 99_999_999_977, 123_456_789_012, 777_777_777_777] {
+            assert_eq!(lucy_pi(x), prime_pi(x), "pi({x})");
+        }
+    }
 
     #[test]
     fn pi_matches_the_sieve() {
