@@ -202,20 +202,24 @@ pub struct Context {
     b_max: usize,
 }
 
-/// α: y = α·∛x. A larger y moves work from the hard leaves' sieve (x/y long) to the
-/// ordinary and easy leaves; tuned by measurement here (BENCHMARKS.md, issue 29).
-fn alpha(x: u64) -> f64 {
-    let l = (x as f64).log10();
-    // ~1 at 10^8, growing to ~12 at 10^18.
-    (0.0025 * l * l * l).clamp(1.0, 24.0)
+/// y = α·∛x. A larger y moves work from the hard leaves' sieve (x/y long) to the
+/// ordinary and easy leaves; tuned by measurement here (BENCHMARKS.md, issue 29). α grows
+/// with the cube of x's bit length, ℓ³/14,660: 1.3 at 10^8, 10.7 at 10^16, 14.7 at 2^60.
+/// Integer arithmetic only: every worker that computes a part of π(x) must find the same
+/// y (a floating-point `log` may differ between hosts); the answers carry y, and
+/// [`combine`] refuses parts that disagree.
+fn choose_y(x: u64) -> u64 {
+    let cbrt = icbrt(x);
+    let bits = 64 - x.leading_zeros() as u128;
+    let y = (cbrt as u128 * (bits * bits * bits).max(14_660) / 14_660) as u64;
+    y.clamp(cbrt.max(100), isqrt(x))
 }
 
 impl Context {
     /// Builds the tables for π(x); x in [[`SIEVE_BELOW`], [`PI_MAX`]].
     pub fn new(x: u64) -> Self {
-        let cbrt = icbrt(x);
         let sqrt = isqrt(x);
-        let y = ((alpha(x) * cbrt as f64) as u64).clamp(cbrt.max(100), sqrt);
+        let y = choose_y(x);
         let z = x / y;
         let mut primes = vec![0u64];
         primes.extend(primes_in(0, y));
@@ -281,18 +285,19 @@ impl Context {
             out.push(Part::Hard { lo, hi });
         }
         // Easy leaves: b in [C, a - 1), cut where the estimated leaves are even.
-        let cost: Vec<f64> = (C..self.a.saturating_sub(1))
+        let cost: Vec<u64> = (C..self.a.saturating_sub(1))
             .map(|b| self.easy_cost(b))
             .collect();
-        let total: f64 = cost.iter().sum::<f64>().max(1.0);
+        let total: u128 = cost.iter().map(|&c| c as u128).sum();
         let mut b = C;
-        let mut acc = 0.0;
+        let mut acc: u128 = 0;
         for i in 0..k {
             let start = b;
-            let goal = total * (i + 1) as f64 / k as f64;
-            while b < self.a.saturating_sub(1) && (i + 1 == k || acc + cost[b - C] / 2.0 < goal)
+            let goal = total * (i + 1) as u128 / k as u128;
+            while b < self.a.saturating_sub(1)
+                && (i + 1 == k || acc + cost[b - C] as u128 / 2 < goal)
             {
-                acc += cost[b - C];
+                acc += cost[b - C] as u128;
                 b += 1;
             }
             out.push(Part::Easy { b_lo: start, b_hi: b });
@@ -309,19 +314,20 @@ impl Context {
         out
     }
 
-    /// About how many easy leaves b has (for cutting them into even parts).
-    fn easy_cost(&self, b: usize) -> f64 {
+    /// About how many easy leaves b has (for cutting them into even parts; integers only,
+    /// so that every worker cuts alike).
+    fn easy_cost(&self, b: usize) -> u64 {
         let p = self.primes[b + 1];
         let x = self.x;
         let lo = p.max(x / p / p / p).max(self.y / p);
         let hi = self.y.min(x / p / p);
         if p * p <= self.y {
             // Scans every odd m above the lower bound.
-            (self.y.saturating_sub(lo)) as f64 / 2.0
+            self.y.saturating_sub(lo) / 2 + 1
         } else if hi > lo {
-            (hi - lo) as f64 / (hi as f64).ln() + 1.0
+            (hi - lo) / (64 - hi.leading_zeros() as u64) + 1
         } else {
-            1.0
+            1
         }
     }
 
@@ -355,6 +361,7 @@ impl Context {
         let big_a = self.pi.pi(sqrt) as i128;
         let closed = (big_a - 1) * big_a / 2 - (a - 1) * a / 2;
         PartAnswer::Base {
+            y: self.y,
             sum: s1 + a - 1 + closed,
             pi_sqrt: self.pi.pi(sqrt - 1),
         }
@@ -463,6 +470,7 @@ impl Context {
         let mut sum: i128 = 0;
         if nb == 0 || lo >= hi {
             return PartAnswer::Hard {
+                y: self.y,
                 sum,
                 mu_sum,
                 count,
@@ -526,6 +534,7 @@ impl Context {
         }
         count.copy_from_slice(&phi);
         PartAnswer::Hard {
+            y: self.y,
             sum,
             mu_sum,
             count,
@@ -746,8 +755,9 @@ pub enum Part {
 /// What a part found; [`PartAnswer::encode`] makes it a task's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartAnswer {
-    Base { sum: i128, pi_sqrt: u64 },
+    Base { y: u64, sum: i128, pi_sqrt: u64 },
     Hard {
+        y: u64,
         sum: i128,
         mu_sum: Vec<i64>,
         count: Vec<u64>,
@@ -760,10 +770,15 @@ impl PartAnswer {
     /// As a task's answer: a letter and numbers, `:`-separated; lists `,`-separated.
     pub fn encode(&self) -> String {
         match self {
-            PartAnswer::Base { sum, pi_sqrt } => format!("b:{sum}:{pi_sqrt}"),
+            PartAnswer::Base { y, sum, pi_sqrt } => format!("b:{y}:{sum}:{pi_sqrt}"),
             PartAnswer::Easy { sum } => format!("e:{sum}"),
             PartAnswer::P2 { sum, n, primes } => format!("p:{sum}:{n}:{primes}"),
-            PartAnswer::Hard { sum, mu_sum, count } => {
+            PartAnswer::Hard {
+                y,
+                sum,
+                mu_sum,
+                count,
+            } => {
                 let mu: Vec<String> = mu_sum.iter().map(|v| v.to_string()).collect();
                 // Counts as differences from the previous b (smaller numbers).
                 let mut prev = 0i128;
@@ -775,7 +790,7 @@ impl PartAnswer {
                         d.to_string()
                     })
                     .collect();
-                format!("h:{sum}:{}:{}", mu.join(","), cs.join(","))
+                format!("h:{y}:{sum}:{}:{}", mu.join(","), cs.join(","))
             }
         }
     }
@@ -787,7 +802,8 @@ impl PartAnswer {
         let nat = |t: &str| t.parse::<u64>().map_err(|_| format!("bad number {t:?}"));
         let shown: String = s.chars().take(40).collect();
         match f.as_slice() {
-            ["b", sum, pi] => Ok(PartAnswer::Base {
+            ["b", y, sum, pi] => Ok(PartAnswer::Base {
+                y: nat(y)?,
                 sum: int(sum)?,
                 pi_sqrt: nat(pi)?,
             }),
@@ -797,7 +813,7 @@ impl PartAnswer {
                 n: nat(n)?,
                 primes: nat(primes)?,
             }),
-            ["h", sum, mu, cs] => {
+            ["h", y, sum, mu, cs] => {
                 let list = |t: &str| -> Result<Vec<i128>, String> {
                     if t.is_empty() {
                         return Ok(Vec::new());
@@ -820,6 +836,7 @@ impl PartAnswer {
                     return Err(format!("hard part {shown:?}: lists of unequal length"));
                 }
                 Ok(PartAnswer::Hard {
+                    y: nat(y)?,
                     sum: int(sum)?,
                     mu_sum,
                     count,
@@ -836,17 +853,33 @@ impl PartAnswer {
 pub fn combine(answers: &[PartAnswer]) -> Result<u64, String> {
     let mut total: i128 = 0;
     let mut pi_sqrt = None;
+    let mut y_seen = None;
+    let mut same_y = |y: u64| match y_seen.replace(y) {
+        Some(other) if other != y => Err(format!("parts computed with y = {other} and y = {y}")),
+        _ => Ok(()),
+    };
     let mut hard_before: Vec<u64> = Vec::new();
     let mut p2_before: Option<u64> = None;
     let mut p2_sum: i128 = 0;
     for a in answers {
         match a {
-            PartAnswer::Base { sum, pi_sqrt: ps } => {
+            PartAnswer::Base {
+                y,
+                sum,
+                pi_sqrt: ps,
+            } => {
+                same_y(*y)?;
                 total += sum;
                 pi_sqrt = Some(*ps);
             }
             PartAnswer::Easy { sum } => total += sum,
-            PartAnswer::Hard { sum, mu_sum, count } => {
+            PartAnswer::Hard {
+                y,
+                sum,
+                mu_sum,
+                count,
+            } => {
+                same_y(*y)?;
                 if hard_before.is_empty() {
                     hard_before = vec![0; count.len()];
                 }
@@ -1031,7 +1064,14 @@ mod tests {
         assert_eq!(back, answers);
         assert_eq!(combine(&back), Ok(prime_pi(x)));
         assert!(combine(&back[1..]).is_err(), "without the base part");
-        assert!(PartAnswer::decode("h:1:2,3:4").is_err());
+        assert!(PartAnswer::decode("h:5:1:2,3:4").is_err());
+        // Parts of two different cuts (another y) are refused.
+        let mut other = back.clone();
+        if let PartAnswer::Base { y, .. } = &mut other[0] {
+            *y += 1;
+        }
+        let r = combine(&other);
+        assert!(r.as_ref().is_err_and(|e| e.contains("y =")), "{r:?}");
         assert!(PartAnswer::decode("q:1").is_err());
         assert!(PartAnswer::decode("e:x").is_err());
     }

@@ -189,6 +189,17 @@ pub fn run_work(
                 .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16, not {n}"))?;
             done.answer = Some(p.to_string());
         }
+        Work::PiPart { x, k, part } => {
+            let a = lmo::run_part(*x, *k as usize, *part as usize)
+                .map_err(|e| anyhow::anyhow!("pi part: {e}"))?;
+            done.answer = Some(a.encode());
+        }
+        Work::NthNear { n, x, pi } => {
+            let p = pi::nth_near(*n, *x, *pi).ok_or_else(|| {
+                anyhow::anyhow!("the {n}-th prime is not near {x} if pi({x}) = {pi}")
+            })?;
+            done.answer = Some(p.to_string());
+        }
         Work::Multiply { factors, decimal } => {
             let hex = product::multiply_hex(factors)?;
             done.answer = Some(if *decimal {
