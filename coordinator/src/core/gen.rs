@@ -561,13 +561,18 @@ impl Core {
                     }
                 }
                 Plan::PiParts { hi, lo } => {
-                    let text = |i: usize| -> Option<String> { answers.get(i)?.as_ref()?.answer.clone() };
+                    let text =
+                        |i: usize| -> Option<String> { answers.get(i)?.as_ref()?.answer.clone() };
                     let first = pi_part_count(*hi);
                     let upper: Option<Vec<String>> = (0..first).map(text).collect();
-                    let upper = upper.ok_or("a part is missing".to_string()).and_then(|a| combine_pi(&a));
+                    let upper = upper
+                        .ok_or("a part is missing".to_string())
+                        .and_then(|a| combine_pi(&a));
                     let lower = match lo.saturating_sub(1) {
                         0 => Ok(0),
-                        below if below < PI_SPLIT_FROM => num(first).ok_or("π(A - 1) is missing".to_string()),
+                        below if below < PI_SPLIT_FROM => {
+                            num(first).ok_or("π(A - 1) is missing".to_string())
+                        }
                         below => (first..first + pi_part_count(below))
                             .map(text)
                             .collect::<Option<Vec<String>>>()
@@ -684,15 +689,31 @@ mod tests {
     fn count_plans() {
         let count = |lo, hi| Plan::of(JobSpec::Count { lo, hi }, PRIMES_SEGMENT);
         // Small x: one π task per bound.
-        assert_eq!(count(0, 5_000_000_000_000), Plan::Pi { hi: 5_000_000_000_000, lo: 0 });
+        assert_eq!(
+            count(0, 5_000_000_000_000),
+            Plan::Pi {
+                hi: 5_000_000_000_000,
+                lo: 0
+            }
+        );
         assert_eq!(count(0, 5_000_000_000_000).tasks(), 1);
         // From 10^13 on: π by parts (3k + 1 tasks, k = 4 below 10^15).
         let p = count(0, 100_000_000_000_000);
-        assert_eq!(p, Plan::PiParts { hi: 100_000_000_000_000, lo: 0 });
+        assert_eq!(
+            p,
+            Plan::PiParts {
+                hi: 100_000_000_000_000,
+                lo: 0
+            }
+        );
         assert_eq!(p.tasks(), 13);
         assert_eq!(
             p.work(12, |_| None).map(|w| w.0),
-            Some(Work::PiPart { x: 100_000_000_000_000, k: 4, part: 12 })
+            Some(Work::PiPart {
+                x: 100_000_000_000_000,
+                k: 4,
+                part: 12
+            })
         );
         assert!(p.work(13, |_| None).is_none());
         // A lower bound below 10^13 is one π task after the parts; above, parts too.
@@ -703,7 +724,11 @@ mod tests {
         assert_eq!(p.tasks(), 25 + 13);
         assert_eq!(
             p.work(37, |_| None).map(|w| w.0),
-            Some(Work::PiPart { x: 500_000_000_000_000, k: 4, part: 12 })
+            Some(Work::PiPart {
+                x: 500_000_000_000_000,
+                k: 4,
+                part: 12
+            })
         );
         assert!(p.children(3).is_empty() && p.parent(3).is_none());
         // A range too short for π is sieved: 10^9 numbers near 10^15 (0.3 s of sieve
@@ -722,7 +747,12 @@ mod tests {
     /// them and is given π(x) from their answers.
     #[test]
     fn nth_plan_waits_for_the_parts_of_pi() {
-        let p = Plan::of(JobSpec::Nth { n: 1_000_000_000_000 }, PRIMES_SEGMENT);
+        let p = Plan::of(
+            JobSpec::Nth {
+                n: 1_000_000_000_000,
+            },
+            PRIMES_SEGMENT,
+        );
         let Plan::NthParts { n, x } = p else {
             panic!("not by parts: {p:?}");
         };
@@ -732,7 +762,9 @@ mod tests {
         assert!((0..13).all(|t| p.parent(t) == Some(13) && p.children(t).is_empty()));
         assert_eq!(p.parent(13), None);
         // Not all parts answered: nothing to run yet.
-        assert!(p.work(13, |t| (t < 12).then(|| "e:0".to_string())).is_none());
+        assert!(p
+            .work(13, |t| (t < 12).then(|| "e:0".to_string()))
+            .is_none());
         // The real parts' answers give π(x).
         let ctx = worker::gen::lmo::Context::new(x);
         let answers: Vec<String> = ctx.parts(4).iter().map(|q| ctx.run(q).encode()).collect();
@@ -747,6 +779,9 @@ mod tests {
             Some(Work::Nth { n })
         );
         // Small n: one task, as before.
-        assert_eq!(Plan::of(JobSpec::Nth { n: 1000 }, PRIMES_SEGMENT), Plan::Nth { n: 1000 });
+        assert_eq!(
+            Plan::of(JobSpec::Nth { n: 1000 }, PRIMES_SEGMENT),
+            Plan::Nth { n: 1000 }
+        );
     }
 }

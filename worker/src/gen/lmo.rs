@@ -71,7 +71,11 @@ pub struct PiTable {
 /// Bits of a word standing for numbers <= r (r in 0..240).
 const fn word_mask(r: u64) -> u64 {
     let full = r / 30;
-    let mut m = if full == 0 { 0 } else { (1u64 << (8 * full)) - 1 };
+    let mut m = if full == 0 {
+        0
+    } else {
+        (1u64 << (8 * full)) - 1
+    };
     let mut k = 0;
     while k < 8 {
         if R[k] <= r % 30 {
@@ -149,7 +153,6 @@ fn bit_index(n: u64) -> u64 {
     let k = R.iter().position(|&x| x == r).unwrap_or(0) as u64;
     8 * ((n % 240) / 30) + k
 }
-
 
 /// Division by a fixed d as two multiplications (Lemire, Kaser and Kurz, "Faster
 /// remainder by direct computation", 2019: with c = ⌈2^128 / d⌉, ⌊n / d⌋ = ⌊c·n / 2^128⌋
@@ -300,7 +303,10 @@ impl Context {
                 acc += cost[b - C] as u128;
                 b += 1;
             }
-            out.push(Part::Easy { b_lo: start, b_hi: b });
+            out.push(Part::Easy {
+                b_lo: start,
+                b_hi: b,
+            });
         }
         // P2: x/p for y < p <= √x lies in [⌊√x⌋, x/y]; equal pieces.
         let (lo, hi) = (isqrt(self.x), self.z + 1);
@@ -495,7 +501,8 @@ impl Context {
                 if m_lo <= m_hi {
                     seg.rewind();
                     if p * p > y {
-                        let (i0, i1) = (self.pi.pi(m_lo - 1) as usize + 1, self.pi.pi(m_hi) as usize);
+                        let (i0, i1) =
+                            (self.pi.pi(m_lo - 1) as usize + 1, self.pi.pi(m_hi) as usize);
                         let mut leaves = 0i64;
                         for j in (i0..=i1).rev() {
                             let n = self.divs[j].div(x_p);
@@ -606,11 +613,7 @@ impl HardSieve {
         let w0 = (lo / 128) as usize % pat.len();
         let nw = self.bits.div_ceil(64);
         for (k, w) in self.words.iter_mut().enumerate() {
-            *w = if k < nw {
-                pat[(w0 + k) % pat.len()]
-            } else {
-                0
-            };
+            *w = if k < nw { pat[(w0 + k) % pat.len()] } else { 0 };
         }
         if self.bits % 64 != 0 {
             self.words[nw - 1] &= (1u64 << (self.bits % 64)) - 1;
@@ -755,15 +758,25 @@ pub enum Part {
 /// What a part found; [`PartAnswer::encode`] makes it a task's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartAnswer {
-    Base { y: u64, sum: i128, pi_sqrt: u64 },
+    Base {
+        y: u64,
+        sum: i128,
+        pi_sqrt: u64,
+    },
     Hard {
         y: u64,
         sum: i128,
         mu_sum: Vec<i64>,
         count: Vec<u64>,
     },
-    Easy { sum: i128 },
-    P2 { sum: u64, n: u64, primes: u64 },
+    Easy {
+        sum: i128,
+    },
+    P2 {
+        sum: u64,
+        n: u64,
+        primes: u64,
+    },
 }
 
 impl PartAnswer {
@@ -916,7 +929,9 @@ pub fn part_count(k: usize) -> usize {
 /// Part `i` of π(x) cut for `k` workers, computed alone (a task): builds its own tables.
 pub fn run_part(x: u64, k: usize, i: usize) -> Result<PartAnswer, String> {
     if !(SIEVE_BELOW..=PI_MAX).contains(&x) {
-        return Err(format!("π({x}) by parts takes x from {SIEVE_BELOW} to 2^60"));
+        return Err(format!(
+            "π({x}) by parts takes x from {SIEVE_BELOW} to 2^60"
+        ));
     }
     let ctx = Context::new(x);
     let parts = ctx.parts(k);
@@ -965,7 +980,10 @@ mod tests {
     #[test]
     fn pi_table_matches_the_sieve() {
         let t = PiTable::new(100_000);
-        for n in (0..100_000).step_by(37).chain([0, 1, 2, 3, 4, 5, 6, 7, 239, 240, 241]) {
+        for n in (0..100_000)
+            .step_by(37)
+            .chain([0, 1, 2, 3, 4, 5, 6, 7, 239, 240, 241])
+        {
             assert_eq!(t.pi(n), count_primes(0, n), "pi({n})");
         }
     }
@@ -1015,7 +1033,11 @@ mod tests {
     #[test]
     fn pi_of_powers_of_ten() {
         let known = known_pi();
-        assert!(known.len() >= 19, "testdata/pi_values.tsv holds {}", known.len());
+        assert!(
+            known.len() >= 19,
+            "testdata/pi_values.tsv holds {}",
+            known.len()
+        );
         for (x, want) in known.into_iter().filter(|&(x, _)| x <= 1_000_000_000_000) {
             assert_eq!(prime_pi(x), want, "pi({x})");
         }
@@ -1025,7 +1047,10 @@ mod tests {
     #[test]
     #[ignore]
     fn pi_of_large_powers() {
-        for (x, want) in known_pi().into_iter().filter(|&(x, _)| x > 1_000_000_000_000) {
+        for (x, want) in known_pi()
+            .into_iter()
+            .filter(|&(x, _)| x > 1_000_000_000_000)
+        {
             assert_eq!(prime_pi(x), want, "pi({x})");
         }
     }
@@ -1044,7 +1069,11 @@ mod tests {
             let ctx = Context::new(x);
             for k in [1, 2, 5] {
                 let answers: Vec<PartAnswer> = ctx.parts(k).iter().map(|p| ctx.run(p)).collect();
-                assert_eq!(combine(&answers), Ok(want), "pi({x}) in {k} parts, seed {seed}");
+                assert_eq!(
+                    combine(&answers),
+                    Ok(want),
+                    "pi({x}) in {k} parts, seed {seed}"
+                );
             }
         }
     }

@@ -169,7 +169,12 @@ mod tests {
     /// The two methods agree (Lucy's recursion against Deléglise–Rivat) on scattered x.
     #[test]
     fn lucy_and_dr_agree() {
-        for x in [10_000_019u64, 99_999_999_977, 123_456_789_012, 777_777_777_777] {
+        for x in [
+            10_000_019u64,
+            99_999_999_977,
+            123_456_789_012,
+            777_777_777_777,
+        ] {
             assert_eq!(lucy_pi(x), prime_pi(x), "pi({x})");
         }
     }
@@ -208,8 +213,14 @@ mod tests {
         let x = nth_estimate(1_000_000_000);
         let c = prime_pi(x);
         assert_eq!(nth_near(1_000_000_000, x, c), Some(22_801_763_489));
-        assert_eq!(nth_near(50_847_534, 1_000_000_000, 50_847_534), Some(999_999_937));
-        assert_eq!(nth_near(50_847_535, 999_999_937, 50_847_534), Some(1_000_000_007));
+        assert_eq!(
+            nth_near(50_847_534, 1_000_000_000, 50_847_534),
+            Some(999_999_937)
+        );
+        assert_eq!(
+            nth_near(50_847_535, 999_999_937, 50_847_534),
+            Some(1_000_000_007)
+        );
         assert_eq!(nth_near(5, 100, 1_000_000), None);
     }
 }

@@ -461,12 +461,18 @@ pub fn counts_at(lo: u64, hi: u64, targets: &[u64]) -> Vec<u64> {
     if lo < SMALL || isqrt(hi) > BASE_LIMIT {
         // Below the wheel or where survivors are tested: list the primes (tests, small x).
         let ps = primes_in(lo, hi);
-        out.extend(targets.iter().map(|&t| ps.partition_point(|&p| p <= t) as u64));
+        out.extend(
+            targets
+                .iter()
+                .map(|&t| ps.partition_point(|&p| p <= t) as u64),
+        );
         return out;
     }
     // Bits of a byte standing for residues <= r.
     let upto: [u8; 30] = std::array::from_fn(|r| {
-        (0..8).filter(|&k| R[k] <= r as u64).fold(0u8, |m, k| m | 1 << k)
+        (0..8)
+            .filter(|&k| R[k] <= r as u64)
+            .fold(0u8, |m, k| m | 1 << k)
     });
     let mut s = RangeSieve::new(lo, hi);
     let mut before = 0u64; // primes in [lo, first of the segment)
