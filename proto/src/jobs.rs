@@ -136,15 +136,17 @@ pub const PI_MAX: u64 = 1 << 60;
 
 /// Whether `count A B` asks the prime-counting function for π(B) - π(A - 1) rather than
 /// sieving [A, B]: when B is small enough for it ([`PI_MAX`]) and it costs less. π(x) by
-/// Deléglise–Rivat costs about 3·x^0.6 ns here and sieving about 0.3 ns a number (measured,
-/// BENCHMARKS.md, issue 29); both spread over the workers, π with more overhead per task,
-/// so it must win by 2x.
+/// Deléglise–Rivat costs about 3·x^0.6 ns here and sieving about 0.3 ns a number below
+/// 2^44, but ~8 ns above, where the sieve's survivors are tested one by one (no bucket
+/// sieve: 78 s for [10^15, 10^15 + 10^10], measured, BENCHMARKS.md, issue 29); both spread
+/// over the workers, π with more overhead per task, so it must win by 2x.
 pub fn count_by_pi(lo: u64, hi: u64) -> bool {
     if hi > PI_MAX {
         return false;
     }
     let pi_ns = |x: u64| 3.0 * (x.max(1) as f64).powf(0.6);
-    let sieve_ns = 0.3 * (hi - lo) as f64;
+    let per_number = if hi < 1 << 44 { 0.3 } else { 8.0 };
+    let sieve_ns = per_number * (hi - lo) as f64;
     (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_ns
 }
 

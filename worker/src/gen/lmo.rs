@@ -608,7 +608,7 @@ impl HardSieve {
     /// Starts the segment [lo, hi] (lo a multiple of 128): the odd numbers free of 3..13.
     fn reset(&mut self, lo: u64, hi: u64) {
         self.lo = lo;
-        self.bits = ((hi - lo + 1) / 2) as usize;
+        self.bits = (hi - lo).div_ceil(2) as usize;
         let pat = &*PATTERN;
         let w0 = (lo / 128) as usize % pat.len();
         let nw = self.bits.div_ceil(64);
@@ -617,9 +617,6 @@ impl HardSieve {
         }
         if self.bits % 64 != 0 {
             self.words[nw - 1] &= (1u64 << (self.bits % 64)) - 1;
-        }
-        if lo == 0 {
-            // 3, 5, 7, 11 and 13 are crossed by the pattern: right for φ(n, b >= 6).
         }
         let per = SMALL_BITS / 64;
         for (s, c) in self.small.iter_mut().enumerate() {
@@ -670,7 +667,7 @@ impl HardSieve {
     /// the last rewind).
     #[inline]
     fn count_upto(&mut self, n: u64) -> u64 {
-        let t = ((n - self.lo + 1) / 2) as usize; // bits [0, t)
+        let t = (n - self.lo).div_ceil(2) as usize; // bits [0, t)
         let tw = t / 64;
         const SW: usize = SMALL_BITS / 64;
         const BW: usize = BIG_BITS / 64;
