@@ -4,15 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Largest N of `nth N`.
-pub const NTH_MAX: u64 = 1_000_000_000_000;
+/// Largest N of `nth N`: p(10^16) is about 3.9 · 10^17, inside the prime-counting
+/// function's range (2^60).
+pub const NTH_MAX: u64 = 10_000_000_000_000_000;
 /// Largest N of `factorial N`.
 pub const FACTORIAL_MAX: u64 = 200_000;
 /// Most numbers one `primes` job may span (about 1.1 x 10^12: some 4 x 10^10 primes and
 /// 600 GB of primes.txt near 10^12); a longer range is split into several jobs.
 pub const PRIMES_MAX_SPAN: u64 = 1 << 40;
 /// Most numbers a `count` job may sieve (when the prime-counting function cannot answer
-/// it: B above 2^48): about a day of one core's sieving.
+/// it: B above 2^60): about a day of one core's sieving.
 pub const COUNT_MAX_SIEVE_SPAN: u64 = 1 << 48;
 /// Most tasks a range job is cut into: longer ranges get wider segments (each task costs
 /// the coordinator a few hundred bytes of state and a line in every snapshot).
@@ -81,7 +82,7 @@ impl JobSpec {
                 }
                 if *kind == "count" && span >= COUNT_MAX_SIEVE_SPAN && !count_by_pi(lo, hi) {
                     return Err(format!(
-                        "the range holds {} numbers above 2^48, where primes can only be \
+                        "the range holds {} numbers above 2^60, where primes can only be \
                          counted by sieving; a count job sieves at most 2^48 \
                          ({COUNT_MAX_SIEVE_SPAN}) numbers: split it into several jobs",
                         span as u128 + 1
@@ -96,7 +97,7 @@ impl JobSpec {
             ["nth", n] => {
                 let n = number(n, "N")?;
                 if n == 0 || n > NTH_MAX {
-                    return Err(format!("N = {n}: nth takes N from 1 to 10^12"));
+                    return Err(format!("N = {n}: nth takes N from 1 to 10^16"));
                 }
                 Ok(JobSpec::Nth { n })
             }
@@ -129,17 +130,24 @@ impl JobSpec {
     }
 }
 
+/// Largest x the prime-counting function takes (the worker's π table holds √x values: 54
+/// MB at 2^60, and π(2^60) is an hour of one core).
+pub const PI_MAX: u64 = 1 << 60;
+
 /// Whether `count A B` asks the prime-counting function for π(B) - π(A - 1) rather than
-/// sieving [A, B]: when B is small enough for it (2^48) and it costs less. π(x) costs about
-/// x^(3/4) ns here and sieving about 0.3 ns a number (measured, BENCHMARKS.md); the sieve
-/// also spreads over the workers while each π(x) runs on one, so π must win clearly.
+/// sieving [A, B]: when B is small enough for it ([`PI_MAX`]) and it costs less. π(x) by
+/// Deléglise–Rivat costs about 3·x^0.6 ns here and sieving about 0.3 ns a number below
+/// 2^44, but ~8 ns above, where the sieve's survivors are tested one by one (no bucket
+/// sieve: 78 s for [10^15, 10^15 + 10^10], measured, BENCHMARKS.md, issue 29); both spread
+/// over the workers, π with more overhead per task, so it must win by 2x.
 pub fn count_by_pi(lo: u64, hi: u64) -> bool {
-    if hi > 1 << 48 {
+    if hi > PI_MAX {
         return false;
     }
-    let pi_ns = 2.0 * (hi as f64).powf(0.75);
-    let sieve_ns = 0.3 * (hi - lo) as f64;
-    pi_ns * 4.0 < sieve_ns
+    let pi_ns = |x: u64| 3.0 * (x.max(1) as f64).powf(0.6);
+    let per_number = if hi < 1 << 44 { 0.3 } else { 8.0 };
+    let sieve_ns = per_number * (hi - lo) as f64;
+    (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_ns
 }
 
 /// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter), wider
@@ -207,11 +215,11 @@ mod tests {
                 hi: u64::MAX
             })
         );
-        // The longest ranges allowed: 2^40 numbers to list, π for any count up to 2^48.
+        // The longest ranges allowed: 2^40 numbers to list, π for any count up to 2^60.
         assert!(JobSpec::parse("primes 0 1099511627775").is_ok());
-        assert!(JobSpec::parse("count 0 281474976710656").is_ok());
+        assert!(JobSpec::parse("count 0 1152921504606846976").is_ok());
         assert_eq!(
-            JobSpec::parse("nth 1000000000000"),
+            JobSpec::parse("nth 10000000000000000"),
             Ok(JobSpec::Nth { n: NTH_MAX })
         );
         assert_eq!(
@@ -225,7 +233,7 @@ mod tests {
             ("primes -1 4", "not a non-negative integer"),
             ("primes 1 18446744073709551616", "too large"),
             ("nth 0", "nth takes N from 1"),
-            ("nth 1000000000001", "nth takes N from 1"),
+            ("nth 10000000000000001", "nth takes N from 1"),
             ("factorial 200001", "factorial takes N up to"),
             ("sieve 1 2", "unknown job"),
             ("primes 1 2\ncount 1 2", "2 lines"),

@@ -186,6 +186,12 @@ pub enum Work {
     Pi { x: u64 },
     /// The n-th prime, in `answer`.
     Nth { n: u64 },
+    /// Part `part` of π(x) cut for `k` workers (the worker's `lmo::Context::parts(k)`:
+    /// 3k + 1 parts), in `answer` as the part's numbers (`lmo::PartAnswer::encode`); the
+    /// coordinator combines the parts.
+    PiPart { x: u64, k: u32, part: u32 },
+    /// The n-th prime, knowing that π(x) = `pi`: a short sieve from x, in `answer`.
+    NthNear { n: u64, x: u64, pi: u64 },
     /// The product of 1 to 4 factors (lowercase hex), in `answer`: hex, or decimal when
     /// `decimal` (the last product of a factorial).
     Multiply {

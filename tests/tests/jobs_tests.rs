@@ -304,3 +304,81 @@ fn range_job_survives_kills() {
     }
     assert_eq!(st["totals"]["tasks_done"], 0, "nothing recomputed: {st}");
 }
+
+#[test]
+/// π(x) and the n-th prime cut into parts over three workers, one of them killed with
+/// SIGKILL while it holds a part: the answers are exact (π(10^14) and p(10^12) as
+/// published; a count whose lower bound is cut into parts too, against primecount's
+/// π(2·10^13 - 1) = 675,895,909,271).
+fn pi_job_split_survives_a_worker_kill() {
+    let mut p = Pipeline::new();
+    // Every task waits 400 ms before it computes: a kill lands inside a task.
+    p.worker_flags_mut(vec![s("--delay-ms"), s("400")]);
+    p.start_simple(3);
+    add_job(&p, "pi14", "count 1 100000000000000");
+    add_job(&p, "n12", "nth 1000000000000");
+    add_job(&p, "c", "count 20000000000000 100000000000000");
+    let job = |p: &Pipeline, name: &str| -> Value {
+        p.status()["jobs"]
+            .as_array()
+            .and_then(|j| j.iter().find(|j| j["job"] == name).cloned())
+            .unwrap_or_default()
+    };
+    // A worker busy with a part of π(10^14), after some of its parts are done.
+    let mut victim = String::new();
+    wait_for(
+        T,
+        "parts of pi14 done and a worker busy with the next",
+        || {
+            if job(&p, "pi14")["tasks_done"].as_u64().unwrap_or(0) < 2 {
+                return false;
+            }
+            let st = p.status();
+            let busy = st["workers"].as_array().and_then(|ws| {
+                ws.iter()
+                    .find(|w| w["state"] == "busy" && w.to_string().contains(".jobs/"))
+                    .and_then(|w| w["id"].as_str().map(s))
+            });
+            match busy {
+                Some(w) => {
+                    victim = w;
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    p.kill_worker(&victim);
+    wait_reports(&p, &["pi14", "n12", "c"]);
+    let report = |name: &str| -> Value {
+        let r = job_report(&p, name).expect("report");
+        assert_eq!(r["status"], "done", "{name}: {r}");
+        r
+    };
+    let r = report("pi14");
+    assert_eq!(r["answer"], "3204941750802", "{r}");
+    assert_eq!(
+        r["segments"].as_u64(),
+        Some(13),
+        "π(10^14) in 3k + 1 = 13 parts: {r}"
+    );
+    assert!(
+        r["workers"].as_array().is_some_and(|w| w.len() >= 2),
+        "the parts ran on several workers: {r}"
+    );
+    assert_eq!(report("n12")["answer"], "29996224275833");
+    let r = report("c");
+    assert_eq!(r["answer"], "2529045841531", "{r}");
+    assert_eq!(
+        r["segments"].as_u64(),
+        Some(26),
+        "both bounds in parts: {r}"
+    );
+    let st = p.status();
+    assert!(
+        st["workers"].as_array().is_some_and(|ws| ws
+            .iter()
+            .any(|w| w["id"] == victim.as_str() && w["state"] == "disconnected")),
+        "{victim} was lost: {st}"
+    );
+}

@@ -21,6 +21,23 @@ pub const COUNT_SEGMENT_FACTOR: u64 = 256;
 /// 2:1 and finished 1.5x faster than one, not 2x).
 pub const COUNT_MIN_TASKS: u64 = 64;
 
+/// π(x) is one task (`Work::Pi`) below this, and cut into parts (`Work::PiPart`) from it
+/// on: below 10^13 a whole π(x) takes under 0.2 s on one core, about the cost of a dozen
+/// tasks' round trips and flushes.
+pub const PI_SPLIT_FROM: u64 = 10_000_000_000_000;
+
+/// How many ways π(x) is cut for x at or above [`PI_SPLIT_FROM`]: k hard-leaf intervals,
+/// k ranges of easy leaves, k P2 intervals and a base part (3k + 1 tasks). Each task
+/// builds its own tables (tens of ms at 10^16), so k grows with x: 4 below 10^15 (13
+/// tasks), 8 from there (25), 16 from 10^17 (49).
+pub fn pi_parts_k(x: u64) -> u32 {
+    match x {
+        0..1_000_000_000_000_000 => 4,
+        1_000_000_000_000_000..100_000_000_000_000_000 => 8,
+        _ => 16,
+    }
+}
+
 /// The key of job `name` in the core's table.
 pub fn job_key(name: &str) -> String {
     format!(".jobs/{name}")
@@ -40,6 +57,14 @@ pub enum Plan {
     Pi { hi: u64, lo: u64 },
     /// One task: the n-th prime.
     Nth { n: u64 },
+    /// π(B) - π(A - 1) by parts: tasks [0, P) are the parts of π(hi) (P = 3k + 1, k =
+    /// [`pi_parts_k`]); then, when lo > 1, the parts of π(lo - 1) likewise, or one `Pi`
+    /// task when lo - 1 is below [`PI_SPLIT_FROM`].
+    PiParts { hi: u64, lo: u64 },
+    /// The n-th prime by parts: tasks [0, P) are the parts of π(x) at the estimate x; the
+    /// last task sieves from x to the prime once they are all done (their answers give
+    /// π(x)).
+    NthParts { n: u64, x: u64 },
     /// The product tree of n!: level sizes; tasks numbered level by level, leaves first.
     Factorial { n: u64, levels: Vec<usize> },
 }
@@ -52,7 +77,13 @@ impl Plan {
                 list: true,
                 segs: segments(lo, hi, segment),
             },
-            JobSpec::Count { lo, hi } if proto::jobs::count_by_pi(lo, hi) => Plan::Pi { hi, lo },
+            JobSpec::Count { lo, hi } if proto::jobs::count_by_pi(lo, hi) => {
+                if hi >= PI_SPLIT_FROM {
+                    Plan::PiParts { hi, lo }
+                } else {
+                    Plan::Pi { hi, lo }
+                }
+            }
             JobSpec::Count { lo, hi } => Plan::Segments {
                 list: false,
                 // Long segments (nothing to send back), but at least COUNT_MIN_TASKS of
@@ -64,7 +95,14 @@ impl Plan {
                         .clamp(segment, segment.saturating_mul(COUNT_SEGMENT_FACTOR)),
                 ),
             },
-            JobSpec::Nth { n } => Plan::Nth { n },
+            JobSpec::Nth { n } => {
+                let x = worker::gen::pi::nth_estimate(n);
+                if x >= PI_SPLIT_FROM {
+                    Plan::NthParts { n, x }
+                } else {
+                    Plan::Nth { n }
+                }
+            }
             JobSpec::Factorial { n } => Plan::Factorial {
                 n,
                 levels: factorial_levels(n),
@@ -94,6 +132,15 @@ impl Plan {
             Plan::Segments { segs, .. } => segs.len(),
             Plan::Pi { lo, .. } => 1 + usize::from(*lo > 1),
             Plan::Nth { .. } => 1,
+            Plan::PiParts { hi, lo } => {
+                pi_part_count(*hi)
+                    + match lo.saturating_sub(1) {
+                        0 => 0,
+                        below if below < PI_SPLIT_FROM => 1,
+                        below => pi_part_count(below),
+                    }
+            }
+            Plan::NthParts { x, .. } => pi_part_count(*x) + 1,
             Plan::Factorial { levels, .. } => levels.iter().sum(),
         }
     }
@@ -110,8 +157,17 @@ impl Plan {
         (levels.len(), t)
     }
 
-    /// The factorial tasks whose products task `t` multiplies (none for a leaf).
+    /// The tasks whose answers task `t` needs (a factorial's product its factors, the
+    /// n-th prime's sieve the parts of π; none for the others).
     pub fn children(&self, t: usize) -> Vec<usize> {
+        if let Plan::NthParts { x, .. } = self {
+            let parts = pi_part_count(*x);
+            return if t == parts {
+                (0..parts).collect()
+            } else {
+                Vec::new()
+            };
+        }
         let Plan::Factorial { levels, .. } = self else {
             return Vec::new();
         };
@@ -126,8 +182,12 @@ impl Plan {
             .collect()
     }
 
-    /// The task whose product includes task `t`'s (None for the root and other plans).
+    /// The task that needs task `t`'s answer (see [`Plan::children`]).
     pub fn parent(&self, t: usize) -> Option<usize> {
+        if let Plan::NthParts { x, .. } = self {
+            let parts = pi_part_count(*x);
+            return (t < parts).then_some(parts);
+        }
         let Plan::Factorial { levels, .. } = self else {
             return None;
         };
@@ -157,6 +217,35 @@ impl Plan {
                 Some((Work::Pi { x }, 1))
             }
             Plan::Nth { n } => Some((Work::Nth { n: *n }, 1)),
+            Plan::PiParts { hi, lo } => {
+                let first = pi_part_count(*hi);
+                if t < first {
+                    return Some((pi_part(*hi, t), 1));
+                }
+                let below = lo.checked_sub(1)?;
+                if below < PI_SPLIT_FROM {
+                    (t == first).then_some((Work::Pi { x: below }, 1))
+                } else {
+                    (t < first + pi_part_count(below)).then(|| (pi_part(below, t - first), 1))
+                }
+            }
+            Plan::NthParts { n, x } => {
+                let parts = pi_part_count(*x);
+                if t < parts {
+                    return Some((pi_part(*x, t), 1));
+                }
+                if t > parts {
+                    return None;
+                }
+                let answers: Option<Vec<String>> = (0..parts).map(&answers).collect();
+                // A part's answer that does not combine (it cannot happen with our
+                // workers) falls back to the whole n-th prime in one task.
+                Some(match answers.map(|a| combine_pi(&a)) {
+                    None => return None, // a part is not done yet
+                    Some(Ok(pi)) => (Work::NthNear { n: *n, x: *x, pi }, 1),
+                    Some(Err(_)) => (Work::Nth { n: *n }, 1),
+                })
+            }
             Plan::Factorial { n, levels } => {
                 let (l, i) = Self::node(levels, t);
                 let factors: Vec<String> = if l == 0 {
@@ -471,7 +560,41 @@ impl Core {
                         }
                     }
                 }
-                Plan::Nth { .. } => match num(0) {
+                Plan::PiParts { hi, lo } => {
+                    let text =
+                        |i: usize| -> Option<String> { answers.get(i)?.as_ref()?.answer.clone() };
+                    let first = pi_part_count(*hi);
+                    let upper: Option<Vec<String>> = (0..first).map(text).collect();
+                    let upper = upper
+                        .ok_or("a part is missing".to_string())
+                        .and_then(|a| combine_pi(&a));
+                    let lower = match lo.saturating_sub(1) {
+                        0 => Ok(0),
+                        below if below < PI_SPLIT_FROM => {
+                            num(first).ok_or("π(A - 1) is missing".to_string())
+                        }
+                        below => (first..first + pi_part_count(below))
+                            .map(text)
+                            .collect::<Option<Vec<String>>>()
+                            .ok_or("a part is missing".to_string())
+                            .and_then(|a| combine_pi(&a)),
+                    };
+                    match (upper, lower) {
+                        (Ok(a), Ok(b)) if a >= b => {
+                            r.answer = Some((a - b).to_string());
+                            r.count = Some(a - b);
+                        }
+                        (a, b) => {
+                            r.status = "failed".into();
+                            r.errors.push(format!(
+                                "the parts of π do not combine: {:?}, {:?}",
+                                a.err(),
+                                b.err()
+                            ));
+                        }
+                    }
+                }
+                Plan::Nth { .. } | Plan::NthParts { .. } => match num(job.chunks.len() - 1) {
                     Some(p) => {
                         r.answer = Some(p.to_string());
                         r.first_prime = r.answer.clone();
@@ -503,6 +626,29 @@ impl Core {
         }
         Some(Action::WriteJobReport(Box::new(r)))
     }
+}
+
+/// How many parts π(x) is cut into (x >= [`PI_SPLIT_FROM`]).
+fn pi_part_count(x: u64) -> usize {
+    worker::gen::lmo::part_count(pi_parts_k(x) as usize)
+}
+
+/// Part `t` of π(x).
+fn pi_part(x: u64, t: usize) -> Work {
+    Work::PiPart {
+        x,
+        k: pi_parts_k(x),
+        part: t as u32,
+    }
+}
+
+/// π(x) from its parts' answers, in order.
+fn combine_pi(answers: &[String]) -> Result<u64, String> {
+    let parts = answers
+        .iter()
+        .map(|a| worker::gen::lmo::PartAnswer::decode(a))
+        .collect::<Result<Vec<_>, String>>()?;
+    worker::gen::lmo::combine(&parts)
 }
 
 /// `ready_ms` of a product task whose factors are not all known yet (never assigned until
@@ -541,39 +687,107 @@ mod tests {
 
     #[test]
     fn count_plans() {
+        let count = |lo, hi| Plan::of(JobSpec::Count { lo, hi }, PRIMES_SEGMENT);
+        // Small x: one π task per bound.
         assert_eq!(
-            Plan::of(
-                JobSpec::Count {
-                    lo: 0,
-                    hi: 1_000_000_000_000
-                },
-                PRIMES_SEGMENT
-            ),
+            count(0, 5_000_000_000_000),
             Plan::Pi {
-                hi: 1_000_000_000_000,
+                hi: 5_000_000_000_000,
                 lo: 0
             }
         );
+        assert_eq!(count(0, 5_000_000_000_000).tasks(), 1);
+        // From 10^13 on: π by parts (3k + 1 tasks, k = 4 below 10^15).
+        let p = count(0, 100_000_000_000_000);
         assert_eq!(
-            Plan::of(
-                JobSpec::Count {
-                    lo: 0,
-                    hi: 1_000_000_000_000
-                },
-                PRIMES_SEGMENT
-            )
-            .tasks(),
-            1
+            p,
+            Plan::PiParts {
+                hi: 100_000_000_000_000,
+                lo: 0
+            }
         );
+        assert_eq!(p.tasks(), 13);
+        assert_eq!(
+            p.work(12, |_| None).map(|w| w.0),
+            Some(Work::PiPart {
+                x: 100_000_000_000_000,
+                k: 4,
+                part: 12
+            })
+        );
+        assert!(p.work(13, |_| None).is_none());
+        // A lower bound below 10^13 is one π task after the parts; above, parts too.
+        let p = count(1_000, 1_000_000_000_000_000);
+        assert_eq!(p.tasks(), 25 + 1);
+        assert_eq!(p.work(25, |_| None).map(|w| w.0), Some(Work::Pi { x: 999 }));
+        let p = count(500_000_000_000_001, 1_000_000_000_000_000);
+        assert_eq!(p.tasks(), 25 + 13);
+        assert_eq!(
+            p.work(37, |_| None).map(|w| w.0),
+            Some(Work::PiPart {
+                x: 500_000_000_000_000,
+                k: 4,
+                part: 12
+            })
+        );
+        assert!(p.children(3).is_empty() && p.parent(3).is_none());
+        // A range too short for π is sieved: 10^9 numbers near 10^15 (0.3 s of sieve
+        // against 2 x 3 s of π); 10^10 near 10^12 is not (π: 0.1 s in all, one task each).
         assert!(matches!(
-            Plan::of(
-                JobSpec::Count {
-                    lo: 1_000_000_000_000,
-                    hi: 1_010_000_000_000
-                },
-                PRIMES_SEGMENT
-            ),
+            count(1_000_000_000_000_000, 1_000_001_000_000_000),
             Plan::Segments { list: false, .. }
         ));
+        assert!(matches!(
+            count(1_000_000_000_000, 1_010_000_000_000),
+            Plan::Pi { .. }
+        ));
+        // Above 2^44 the sieve tests its survivors (~8 ns a number): 10^10 numbers near
+        // 10^15 go to π (78 s of sieve against ~8 s of π, one thread).
+        assert!(matches!(
+            count(1_000_000_000_000_000, 1_000_010_000_000_000),
+            Plan::PiParts { .. }
+        ));
+    }
+
+    /// nth by parts: the parts of π at the estimate, then the sieve task that waits for
+    /// them and is given π(x) from their answers.
+    #[test]
+    fn nth_plan_waits_for_the_parts_of_pi() {
+        let p = Plan::of(
+            JobSpec::Nth {
+                n: 1_000_000_000_000,
+            },
+            PRIMES_SEGMENT,
+        );
+        let Plan::NthParts { n, x } = p else {
+            panic!("not by parts: {p:?}");
+        };
+        assert_eq!(n, 1_000_000_000_000);
+        assert_eq!(p.tasks(), 14);
+        assert_eq!(p.children(13), (0..13).collect::<Vec<_>>());
+        assert!((0..13).all(|t| p.parent(t) == Some(13) && p.children(t).is_empty()));
+        assert_eq!(p.parent(13), None);
+        // Not all parts answered: nothing to run yet.
+        assert!(p
+            .work(13, |t| (t < 12).then(|| "e:0".to_string()))
+            .is_none());
+        // The real parts' answers give π(x).
+        let ctx = worker::gen::lmo::Context::new(x);
+        let answers: Vec<String> = ctx.parts(4).iter().map(|q| ctx.run(q).encode()).collect();
+        let pi = worker::gen::pi::prime_pi(x);
+        assert_eq!(
+            p.work(13, |t| answers.get(t).cloned()).map(|w| w.0),
+            Some(Work::NthNear { n, x, pi })
+        );
+        // Answers that do not combine: the whole n-th prime in one task instead.
+        assert_eq!(
+            p.work(13, |_| Some("e:1".to_string())).map(|w| w.0),
+            Some(Work::Nth { n })
+        );
+        // Small n: one task, as before.
+        assert_eq!(
+            Plan::of(JobSpec::Nth { n: 1000 }, PRIMES_SEGMENT),
+            Plan::Nth { n: 1000 }
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Generation work: the primes or their count in a range (a segmented sieve), the prime
 //! counting function and the n-th prime, and products of big integers for factorials.
 
+pub mod lmo;
 pub mod pi;
 pub mod sieve;
 
@@ -25,25 +26,56 @@ use proto::jobs::{segments, JobSpec};
 use proto::msg::Work;
 use rayon::prelude::*;
 
-/// Numbers per segment when a job is run in one process (rayon shares them out).
+/// Numbers per segment when a count is run in one process (rayon shares them out).
 const LOCAL_SEGMENT: u64 = 1 << 28;
+/// Numbers per segment when `worker gen` lists primes: about 600,000 primes (8 MB of
+/// text) near 10^12, held per thread until written.
+const STREAM_SEGMENT: u64 = 1 << 24;
+
+/// Appends `n` in decimal and a newline.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+    out.push(b'\n');
+}
 
 /// Runs `spec` in this process and writes its answer to `out` (`worker gen`).
 pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::Result<()> {
     match spec {
         JobSpec::Primes { lo, hi } => {
-            let segs = segments(lo, hi, LOCAL_SEGMENT);
-            // A few segments at a time, written in order.
+            // Streamed: a few segments at a time (one per thread, twice over) are sieved
+            // and formatted in parallel, then written in order, so memory stays flat
+            // (a few MB a segment) for any range.
+            let segs = segments(lo, hi, STREAM_SEGMENT);
             for group in segs.chunks(rayon::current_num_threads().max(1) * 2) {
-                let lists: Vec<Vec<u64>> = group
+                let texts: Vec<Vec<u8>> = group
                     .par_iter()
-                    .map(|&(a, b)| sieve::primes_in(a, b))
+                    .map(|&(a, b)| {
+                        let mut text = Vec::new();
+                        let mut s = sieve::RangeSieve::new(a, b);
+                        let mut ps = Vec::new();
+                        while let Some(seg) = s.next_segment() {
+                            ps.clear();
+                            seg.primes(&mut ps);
+                            for &p in &ps {
+                                push_decimal(&mut text, p);
+                            }
+                        }
+                        text
+                    })
                     .collect();
-                let mut buf = Vec::with_capacity(1 << 20);
-                for p in lists.iter().flatten() {
-                    writeln!(buf, "{p}")?;
+                for t in &texts {
+                    out.write_all(t)?;
                 }
-                out.write_all(&buf)?;
             }
         }
         JobSpec::Count { lo, hi } => {
@@ -54,7 +86,7 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
             };
             let n = if by_pi {
                 if hi > pi::PI_MAX {
-                    anyhow::bail!("the prime-counting function goes up to 2^48; B is larger");
+                    anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
                 }
                 pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
             } else {
@@ -67,7 +99,7 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
         }
         JobSpec::Nth { n } => {
             let p = pi::nth_prime(n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^12"))?;
+                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16"))?;
             writeln!(out, "{p}")?;
         }
         JobSpec::Factorial { n } => {
@@ -76,6 +108,30 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `worker gen primes` prints the sieve's primes, one per line, across segment edges.
+    #[test]
+    fn streamed_primes_match_the_sieve() {
+        let lo = 1_000_000_000_000 - 5;
+        let hi = lo + 3 * STREAM_SEGMENT + 12_345;
+        let mut out = Vec::new();
+        run_local(JobSpec::Primes { lo, hi }, "auto", &mut out).expect("run");
+        let want: String = sieve::primes_in(lo, hi)
+            .iter()
+            .map(|p| format!("{p}\n"))
+            .collect();
+        assert!(out == want.as_bytes(), "the listing differs");
+        let mut d = Vec::new();
+        for n in [0u64, 7, 10, u64::MAX] {
+            push_decimal(&mut d, n);
+        }
+        assert_eq!(d, b"0\n7\n10\n18446744073709551615\n");
+    }
 }
 
 /// What a generation task produced.
@@ -124,13 +180,24 @@ pub fn run_work(
         }
         Work::Pi { x } => {
             if *x > pi::PI_MAX {
-                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^48");
+                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^60");
             }
             done.answer = Some(pi::prime_pi(*x).to_string());
         }
         Work::Nth { n } => {
             let p = pi::nth_prime(*n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^12, not {n}"))?;
+                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16, not {n}"))?;
+            done.answer = Some(p.to_string());
+        }
+        Work::PiPart { x, k, part } => {
+            let a = lmo::run_part(*x, *k as usize, *part as usize)
+                .map_err(|e| anyhow::anyhow!("pi part: {e}"))?;
+            done.answer = Some(a.encode());
+        }
+        Work::NthNear { n, x, pi } => {
+            let p = pi::nth_near(*n, *x, *pi).ok_or_else(|| {
+                anyhow::anyhow!("the {n}-th prime is not near {x} if pi({x}) = {pi}")
+            })?;
             done.answer = Some(p.to_string());
         }
         Work::Multiply { factors, decimal } => {

@@ -11,12 +11,18 @@
 use super::isqrt;
 use super::sieve::primes_in;
 
-/// Largest x [`prime_pi`] accepts: √x values of 8 bytes in two tables (~1.1 GB at 2^50
-/// would be too much; 2^48 is 2 × 134 MB) and minutes of work.
-pub const PI_MAX: u64 = 1 << 48;
+/// Largest x [`prime_pi`] accepts (see [`super::lmo::PI_MAX`]).
+pub const PI_MAX: u64 = super::lmo::PI_MAX;
 
-/// π(x): the number of primes <= x. x at most [`PI_MAX`].
+/// π(x): the number of primes <= x, by Deléglise–Rivat ([`super::lmo`]). x at most
+/// [`PI_MAX`].
 pub fn prime_pi(x: u64) -> u64 {
+    super::lmo::prime_pi(x)
+}
+
+/// π(x) by Lucy's O(x^(3/4)) recursion: the previous method, kept as an independent
+/// cross-check in tests (x up to about 2^40: √x values in two tables).
+pub fn lucy_pi(x: u64) -> u64 {
     if x < 2 {
         return 0;
     }
@@ -92,8 +98,8 @@ fn li_inverse(n: u64) -> u64 {
     x.max(2.0) as u64
 }
 
-/// Largest n [`nth_prime`] accepts.
-pub const NTH_MAX: u64 = 1_000_000_000_000;
+/// Largest n [`nth_prime`] accepts: p(10^16) is about 3.9 · 10^17, below [`PI_MAX`].
+pub const NTH_MAX: u64 = proto::jobs::NTH_MAX;
 
 /// The n-th prime (n >= 1, the first is 2), for n up to [`NTH_MAX`]. `progress` is told
 /// the phase as it goes.
@@ -105,20 +111,35 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
         return primes_in(0, 8000).get(n as usize - 1).copied();
     }
     progress("counting");
-    let x = li_inverse(n);
+    let x = nth_estimate(n);
     let count = prime_pi(x);
     progress("refining");
+    nth_near(n, x, count)
+}
+
+/// Where the n-th prime is looked for: an x near it (the inverse of the logarithmic
+/// integral; a few √x·ln x away). The coordinator asks for π there by parts.
+pub fn nth_estimate(n: u64) -> u64 {
+    li_inverse(n)
+}
+
+/// The n-th prime, knowing that π(x) = `count`: sieves from x, a stretch at a time,
+/// toward it. None if `count` cannot be right (the sieve runs out of numbers).
+pub fn nth_near(n: u64, x: u64, count: u64) -> Option<u64> {
+    if n == 0 {
+        return None;
+    }
+    let step: u64 = 1 << 22;
     if count >= n {
-        // p_n <= x: walk back from x, a stretch at a time.
+        // p_n <= x: walk back from x.
         let mut above = count; // primes <= hi
         let mut hi = x;
-        let step: u64 = 1 << 22;
         loop {
             let lo = hi.saturating_sub(step - 1);
             let ps = primes_in(lo, hi);
             let k = ps.len() as u64;
             // ps holds the primes numbered above - k + 1 ..= above.
-            if above - k < n {
+            if above.checked_sub(k)? < n {
                 return ps.get((n - (above - k) - 1) as usize).copied();
             }
             above -= k;
@@ -126,17 +147,16 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
         }
     } else {
         let mut below = count; // primes <= lo - 1
-        let mut lo = x + 1;
-        let step: u64 = 1 << 22;
+        let mut lo = x.checked_add(1)?;
         loop {
-            let hi = lo + step - 1;
+            let hi = lo.checked_add(step - 1)?;
             let ps = primes_in(lo, hi);
             let k = ps.len() as u64;
             if below + k >= n {
                 return ps.get((n - below - 1) as usize).copied();
             }
             below += k;
-            lo = hi + 1;
+            lo = hi.checked_add(1)?;
         }
     }
 }
@@ -145,6 +165,19 @@ pub fn nth_prime(n: u64, mut progress: impl FnMut(&str)) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::gen::sieve::count_primes;
+
+    /// The two methods agree (Lucy's recursion against Deléglise–Rivat) on scattered x.
+    #[test]
+    fn lucy_and_dr_agree() {
+        for x in [
+            10_000_019u64,
+            99_999_999_977,
+            123_456_789_012,
+            777_777_777_777,
+        ] {
+            assert_eq!(lucy_pi(x), prime_pi(x), "pi({x})");
+        }
+    }
 
     #[test]
     fn pi_matches_the_sieve() {
@@ -176,5 +209,18 @@ mod tests {
             assert_eq!(nth_prime(n, |_| {}), Some(p), "p_{n}");
         }
         assert_eq!(nth_prime(0, |_| {}), None);
+        // From either side of the estimate, and a count that cannot be right.
+        let x = nth_estimate(1_000_000_000);
+        let c = prime_pi(x);
+        assert_eq!(nth_near(1_000_000_000, x, c), Some(22_801_763_489));
+        assert_eq!(
+            nth_near(50_847_534, 1_000_000_000, 50_847_534),
+            Some(999_999_937)
+        );
+        assert_eq!(
+            nth_near(50_847_535, 999_999_937, 50_847_534),
+            Some(1_000_000_007)
+        );
+        assert_eq!(nth_near(5, 100, 1_000_000), None);
     }
 }

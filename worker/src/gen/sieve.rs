@@ -368,6 +368,12 @@ impl Segment<'_> {
         )
     }
 
+    /// The segment's wheel bytes as sieved (unclipped: the edge bytes may hold numbers
+    /// outside the range) and the index of its first byte (number / 30).
+    pub fn wheel_bytes(&self) -> (u64, &[u8]) {
+        ((self.first / 30) as u64, self.bytes)
+    }
+
     /// Calls `f` with every survivor of the wheel in range, ascending.
     fn survivors(&self, mut f: impl FnMut(u64)) {
         let lo = self.lo.max(SMALL) as u128;
@@ -442,6 +448,61 @@ impl Segment<'_> {
             self.survivors(|n| out.push(n));
         }
     }
+}
+
+/// For each target `t` of `targets` (ascending, each in [lo, hi]): the number of primes in
+/// [lo, t]. One pass of the sieve over [lo, hi], popcounts from one target to the next: the
+/// prime-counting function's P2 term asks for π at ~√x points of one interval this way.
+pub fn counts_at(lo: u64, hi: u64, targets: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(targets.len());
+    if lo > hi {
+        return out;
+    }
+    if lo < SMALL || isqrt(hi) > BASE_LIMIT {
+        // Below the wheel or where survivors are tested: list the primes (tests, small x).
+        let ps = primes_in(lo, hi);
+        out.extend(
+            targets
+                .iter()
+                .map(|&t| ps.partition_point(|&p| p <= t) as u64),
+        );
+        return out;
+    }
+    // Bits of a byte standing for residues <= r.
+    let upto: [u8; 30] = std::array::from_fn(|r| {
+        (0..8)
+            .filter(|&k| R[k] <= r as u64)
+            .fold(0u8, |m, k| m | 1 << k)
+    });
+    let mut s = RangeSieve::new(lo, hi);
+    let mut before = 0u64; // primes in [lo, first of the segment)
+    let mut k = 0;
+    while let Some(seg) = s.next_segment() {
+        let (_, last) = seg.span();
+        let first = seg.first as u64;
+        // Bits of the first byte below lo (only in the range's first segment).
+        let below = if first < lo {
+            let r = (lo - first - 1).min(29) as usize;
+            (seg.bytes[0] & upto[r]).count_ones() as u64
+        } else {
+            0
+        };
+        let (mut at, mut acc) = (0usize, 0u64); // popcount of bytes [0, at)
+        while k < targets.len() && targets[k] <= last {
+            let t = targets[k];
+            let bt = ((t - first) / 30) as usize;
+            acc += seg.bytes[at..bt]
+                .iter()
+                .map(|b| b.count_ones() as u64)
+                .sum::<u64>();
+            at = bt;
+            let part = (seg.bytes[bt] & upto[((t - first) % 30) as usize]).count_ones() as u64;
+            out.push(before + acc + part - below);
+            k += 1;
+        }
+        before += seg.count();
+    }
+    out
 }
 
 /// The number of primes in [lo, hi].
