@@ -394,3 +394,100 @@ fn recovery_resumes_from_a_snapshot() {
         matches!(&reports[..], [Action::WriteReport(x)] if x.file == "a.txt" && x.status == ReportStatus::Done)
     );
 }
+
+#[test]
+/// A job resumed from a snapshot (a restart, a new leader) keeps the time its first task
+/// was handed out as its report's `started_at`, not the resumption's time (issue 27,
+/// defect 5: the report said the last takeover's time).
+fn resumed_job_keeps_its_start_time() {
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let when = |ms: u64| Now {
+        ms,
+        wall: t0 + chrono::Duration::milliseconds(ms as i64),
+    };
+    let spec = proto::jobs::JobSpec::Count { lo: 0, hi: 100 };
+    let job = || crate::core::GenJob {
+        name: "c".into(),
+        spec,
+        plan: crate::core::Plan::of(spec, 1000),
+    };
+    let mut m = machine();
+    m.handle(
+        Event::Jobs {
+            ready: vec![("c".into(), fp(1), Ok(job()))],
+            removed: vec![],
+        },
+        when(0),
+    );
+    let a = assigned(&m.handle(
+        Event::Register {
+            conn: 1,
+            worker_id: "w1".into(),
+            threads: 1,
+            instance: 1,
+        },
+        when(10),
+    ));
+    assert!(!a.is_empty(), "the job's task is handed out");
+    m.handle(Event::SnapshotDue, when(20));
+    let snap = {
+        let done = m.handle(
+            Event::Message {
+                conn: 1,
+                msg: WorkerMsg::Marker {
+                    snapshot: 1,
+                    state: state(
+                        "w1",
+                        vec![TaskProgress {
+                            attempt: a[0].1.attempt.clone(),
+                            file: a[0].1.file.clone(),
+                            chunk: 0,
+                            phase: "testing".into(),
+                            bytes_done: 0,
+                            bytes_total: 0,
+                        }],
+                    ),
+                },
+            },
+            when(30),
+        );
+        snapshot_of(&done)
+    };
+    // An hour later a new leader resumes the job from that snapshot and finishes it.
+    let later = 3_600_000;
+    let mut r = machine();
+    let key = crate::core::job_key("c");
+    r.set_job_plans([(key.clone(), job())].into());
+    let current: HashMap<String, Fingerprint> = [(key, fp(1))].into();
+    assert_eq!(r.recover(&snap, &current, when(later)), 1);
+    let flush = r.handle(Event::FlushDue, when(later));
+    if let [Action::Flush(p)] = &flush[..] {
+        r.handle(Event::Flushed(p.done.clone()), when(later));
+    }
+    let b = assigned(&register(&mut r, 1, "w1", later + 1));
+    assert_eq!(b.len(), 1, "{b:?}");
+    let mut done = done_msg(&b[0].1.attempt, 0);
+    if let WorkerMsg::TaskDone(d) = &mut done {
+        d.answer = Some("25".into());
+    }
+    r.handle(Event::Message { conn: 1, msg: done }, when(later + 2));
+    let flush = r.handle(Event::FlushDue, when(later + 3));
+    let [Action::Flush(p)] = &flush[..] else {
+        panic!("{flush:?}")
+    };
+    let out = r.handle(Event::Flushed(p.done.clone()), when(later + 4));
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteJobReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a job report: {out:?}"));
+    assert_eq!(
+        report.started_at,
+        when(10).wall.to_rfc3339(),
+        "started when first handed out, not at the takeover"
+    );
+}
