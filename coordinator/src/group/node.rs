@@ -286,8 +286,21 @@ pub async fn run(
     }
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
     tokio::spawn(compact_large_logs(raft.clone(), log_size, shutdown.clone()));
+    // Issue 27: every member says what it is (status reads the members, not only the
+    // last leader's status file).
+    let serving = Arc::new(crate::members::Serving::default());
+    let views = tokio::spawn(crate::members::publish(
+        raft.clone(),
+        serving.clone(),
+        crate::members::status_dir(&cfg.status_file),
+        shutdown.clone(),
+    ));
 
-    let result = role_loop(workers, http, &raft, &replica, &cfg, &group, &shutdown).await;
+    let result = role_loop(
+        workers, http, &raft, &replica, &cfg, &group, &serving, &shutdown,
+    )
+    .await;
+    let _ = views.await;
     let _ = raft.shutdown().await;
     peers.abort();
     if let Err(e) = replica.close() {
@@ -299,6 +312,7 @@ pub async fn run(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn role_loop(
     workers: SocketAddr,
     http: Option<SocketAddr>,
@@ -306,6 +320,7 @@ async fn role_loop(
     replica: &Replica,
     cfg: &Config,
     group: &GroupConfig,
+    views: &crate::members::Serving,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut announced = false;
@@ -388,7 +403,9 @@ async fn role_loop(
             Some(a) => Some(bind(a).await?),
             None => None,
         };
+        views.set(Some(lead_stop.clone()));
         let failed = crate::server::run(listener, http, lead_cfg, lead_stop.clone()).await;
+        views.set(None);
         lead_stop.cancel();
         watcher.abort();
         replica.step_down();
