@@ -491,3 +491,62 @@ fn resumed_job_keeps_its_start_time() {
         "started when first handed out, not at the takeover"
     );
 }
+
+#[test]
+/// A task taken back from a worker (work stealing) and its late result: a snapshot begun
+/// after the move does not record the stale result in the channel, so the cut stays
+/// consistent (each task in exactly one place).
+fn stolen_task_leaves_snapshots_consistent() {
+    let mut m = Coordinator::new(
+        Core::new(
+            CoreConfig {
+                max_inflight: 2,
+                chunk_bytes: 1_000_000,
+                ..cfg()
+            },
+            "s".into(),
+        ),
+        Snapshots::new(500, 1),
+    );
+    ready(&mut m, "a.txt", 10, 0);
+    ready(&mut m, "b.txt", 10, 0);
+    let a = assigned(&register(&mut m, 1, "w1", 0));
+    assert_eq!(a.len(), 2);
+    let moved = register(&mut m, 2, "w2", 1);
+    let b = assigned(&moved);
+    assert_eq!(b.len(), 1, "b.txt moves to the idle w2: {moved:?}");
+    let stale = a[1].1.attempt.clone();
+    m.handle(Event::SnapshotDue, at(2));
+    // w1 had finished b.txt before it saw the cancel: its result arrives, stale.
+    m.handle(
+        Event::Message {
+            conn: 1,
+            msg: done_msg(&stale, 1),
+        },
+        at(3),
+    );
+    let mut written = Vec::new();
+    for (conn, id, x) in [(1, "w1", &a[0].1), (2, "w2", &b[0].1)] {
+        let task = TaskProgress {
+            attempt: x.attempt.clone(),
+            file: x.file.clone(),
+            chunk: 0,
+            phase: "testing".into(),
+            bytes_done: 0,
+            bytes_total: 10,
+        };
+        written.extend(m.handle(
+            Event::Message {
+                conn,
+                msg: WorkerMsg::Marker {
+                    snapshot: 1,
+                    state: state(id, vec![task]),
+                },
+            },
+            at(4),
+        ));
+    }
+    let snap = snapshot_of(&written);
+    let v = crate::verify::verify(&snap);
+    assert!(v.consistent(), "{v:?}");
+}
