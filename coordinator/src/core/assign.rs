@@ -114,16 +114,26 @@ impl Core {
         if !idle {
             return None;
         }
-        let (victim, _) = self
+        // The smallest waiting assignment anywhere (the idle worker is soon free again to
+        // take the next); among equals the one given last.
+        let (victim, at, _) = self
             .workers
             .iter()
             .filter(|(_, w)| w.conn.is_some())
-            .map(|(id, w)| (id, w.assigned.len().saturating_sub(w.threads.max(1))))
-            .filter(|(_, waiting)| *waiting > 0)
-            .max_by_key(|(id, waiting)| (*waiting, std::cmp::Reverse((*id).clone())))?;
-        let victim = victim.clone();
+            .flat_map(|(id, w)| {
+                let start = w.threads.max(1).min(w.assigned.len());
+                w.assigned[start..]
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, (attempt, bytes))| (id, start + i, *bytes, attempt))
+            })
+            .min_by(|a, b| {
+                (a.2, std::cmp::Reverse(self.attempt_number(a.3)))
+                    .cmp(&(b.2, std::cmp::Reverse(self.attempt_number(b.3))))
+            })
+            .map(|(id, i, bytes, _)| (id.clone(), i, bytes))?;
         let w = self.workers.get_mut(&victim)?;
-        let (attempt, _) = w.assigned.pop()?;
+        let (attempt, _) = w.assigned.remove(at);
         let conn = w.conn;
         let key = self.attempts.remove(&attempt)?;
         let job = self.jobs.get_mut(&key.file)?;
@@ -136,6 +146,14 @@ impl Core {
                 .into_iter()
                 .collect(),
         )
+    }
+
+    /// The sequence number in an attempt id (`<session>-<n>`), for ordering.
+    fn attempt_number(&self, attempt: &str) -> u64 {
+        attempt
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Hands queued chunks to workers with room, oldest first.

@@ -646,4 +646,23 @@ fn idle_workers_take_waiting_tasks() {
         (moved[0].0, moved[0].1.file.as_str()),
         (other, "k_small.txt")
     );
+
+    // Two tasks waiting (a long one, a small one) and one worker idle: the small one moves.
+    let mut c = Core::new(
+        CoreConfig {
+            max_inflight: 2,
+            chunk_bytes: 1_000_000,
+            ..cfg()
+        },
+        "s".into(),
+    );
+    for f in ["l1.txt", "l2.txt", "l3.txt"] {
+        c.file_ready(f, fp(900_000), at(0));
+    }
+    c.file_ready("s.txt", fp(3), at(0));
+    c.register(1, "w1", at(0));
+    c.register(2, "w2", at(0));
+    let moved = assigns(&c.register(3, "w3", at(1)));
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].1.file, "s.txt", "the small one, not the long one");
 }
