@@ -354,12 +354,24 @@ async fn role_loop(
             stop.clone(),
             serving.clone(),
         ));
+        // Issue 27: the dashboard port answers while following too (the last leader's
+        // status and the members' views), until this member serves its own.
+        let member_web = match http {
+            Some(a) => Some(tokio::spawn(crate::web::serve_member(
+                bind(a).await?,
+                cfg.status_file.clone(),
+                cfg.snapshots.dir.clone(),
+                stop.clone(),
+            ))),
+            None => None,
+        };
         let led = wait_to_lead(raft, group.id, lease(group), shutdown).await;
         let term = match led {
             Ok(Some(t)) => t,
             other => {
                 stop.cancel();
                 let _ = redirect.await;
+                stop_member_web(member_web).await;
                 return other.map(|_| ());
             }
         };
@@ -371,6 +383,7 @@ async fn role_loop(
             .and_then(|()| replica.lead(term, &gid));
         stop.cancel();
         let _ = redirect.await;
+        stop_member_web(member_web).await;
         if let Err(e) = taken {
             error!(
                 term,
@@ -535,6 +548,19 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
         Ok(())
     })?;
     Ok(n)
+}
+
+/// Waits briefly for a member's dashboard to close (its live views end when it is told to
+/// stop), so the leader's can bind the port.
+async fn stop_member_web(web: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(mut w) = web {
+        if tokio::time::timeout(Duration::from_secs(1), &mut w)
+            .await
+            .is_err()
+        {
+            w.abort();
+        }
+    }
 }
 
 /// Binds `addr`, retrying briefly (the previous role's listener has just closed).
