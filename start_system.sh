@@ -149,6 +149,9 @@ launch() {
   echo "=== $(date -u +%FT%TZ) starting $name" >> "logs/$name.log"
   nohup "$@" >> "logs/$name.log" 2>&1 < /dev/null &
   local pid=$!
+  # Not a job of this script: bash would print a job-control line ("Killed nohup ...") for
+  # each one fail() stops, burying the one line that says why.
+  disown "$pid" 2>/dev/null
   echo "$pid" > "run/$name.pid"
   started+=("$name")
   [ -z "$addrf" ] && echo "  $name started (pid $pid)"
@@ -222,7 +225,14 @@ for i in $(seq "$workers"); do
   new=0
   for n in "${started[@]}"; do [ "$n" = "$name" ] && new=1; done
   if [ "$new" = 1 ]; then
-    fail "$name did not register with the coordinator: $(tail -n 1 "logs/$name.log" 2>/dev/null) (log: logs/$name.log)" "$name"
+    # The cause is usually the coordinators' (no leader, no majority), which status says
+    # in its first line; else the worker's own last log line.
+    cause=$("$BIN/coordinator" status --status-file run/status.json 2>/dev/null | head -n 1)
+    case "$cause" in
+      "coordinator: NOT RUNNING"*) cause=${cause#coordinator: NOT RUNNING: } ;;
+      *) cause="its log ends: $(tail -n 1 "logs/$name.log" 2>/dev/null | cut -c1-300)" ;;
+    esac
+    fail "$name did not register with the coordinator: $cause (logs: logs/$name.log, logs/coordinator*.log; coordinator status shows more)" "$name"
   elif is_stopped "$name"; then
     not_up+=("$name (pid $(pid_of "$name")) is suspended (SIGSTOP): left as it is; kill -CONT $(pid_of "$name") resumes it and it rejoins")
   else

@@ -18,6 +18,7 @@
 //! - [`mirror`]: the root files the leader maintains, and the term fence.
 //! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
 //! - [`prevote`]: a member stands for election only once a majority would vote for it.
+//! - [`publish`]: this member's view of itself, written for status and the dashboards.
 //! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
 
 pub mod batch;
@@ -27,6 +28,7 @@ pub mod mirror;
 pub mod net;
 pub mod node;
 pub mod prevote;
+pub mod publish;
 pub mod replica;
 
 use std::fmt;

@@ -29,6 +29,8 @@
 //! - [`report`]: atomic per-file reports in `data/output/`.
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
+//! - [`members`]: each group member's view of itself (a file beside the status file) and
+//!   what status concludes from them: who is up, who leads or why no one does.
 //! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
 pub mod compact;
@@ -40,6 +42,7 @@ pub mod group;
 pub mod inputs;
 pub mod jobs;
 pub mod machine;
+pub mod members;
 pub mod primes;
 pub mod ranges;
 pub mod report;

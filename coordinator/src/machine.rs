@@ -395,10 +395,13 @@ impl Coordinator {
                     }
                 }
             }
-            pending.done.extend(
-                self.core
-                    .restore_file(&f.file, f.fingerprint, finished, now),
-            );
+            pending.done.extend(self.core.restore_file(
+                &f.file,
+                f.fingerprint,
+                finished,
+                f.started_at,
+                now,
+            ));
             if let Some(p) = plan {
                 self.core.attach_plan(&f.file, p.clone());
             }

@@ -262,11 +262,26 @@ pub async fn run(
         });
     }
     info!("stopping: final flush and snapshot");
-    // The flusher does a last round when it sees the shutdown; wait for it.
-    let _ = flusher.await;
+    // The flusher does a last round when it sees the shutdown; wait for it. The round
+    // commits through the group's log, which a leader cut off from the majority cannot do:
+    // it waits at most FINAL_FLUSH_LIMIT (what it held is not done; the next leader redoes
+    // those chunks) instead of staying up, and in status, for as long as the cut lasts.
+    let mut flusher = flusher;
+    let flushed = match tokio::time::timeout(FINAL_FLUSH_LIMIT, &mut flusher).await {
+        Ok(_) => true,
+        Err(_) => {
+            flusher.abort();
+            warn!(
+                limit_ms = FINAL_FLUSH_LIMIT.as_millis() as u64,
+                "the final flush was not committed in time (no majority?): left to the next leader"
+            );
+            false
+        }
+    };
     // The workers go on with the next leader (their connections close; in a group of one,
-    // with this coordinator once it is back); a deposed leader writes no snapshot.
-    if shared.durable.still_leads() {
+    // with this coordinator once it is back); a deposed leader, or one whose last flush did
+    // not commit, writes no snapshot.
+    if flushed && shared.durable.still_leads() {
         final_snapshot(&shared).await;
     }
     tracker.close();
@@ -676,6 +691,9 @@ async fn begin_snapshot(shared: &Arc<Shared>) -> Option<u64> {
     crate::crash::point("snapshot-begun");
     Some(seq)
 }
+
+/// How long a group's leader that stops waits for its last flush to commit.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long the final snapshot waits for markers before noting workers unresponsive.
 const FINAL_MARKER_WAIT: Duration = Duration::from_secs(2);

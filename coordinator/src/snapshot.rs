@@ -85,6 +85,11 @@ struct Active {
     started_ms: u64,
     /// conn -> worker whose marker we still wait for.
     waiting: HashMap<u64, String>,
+    /// Attempts assigned in the recorded state: a result of any other attempt arriving
+    /// before a marker is stale (taken back, or from a worker declared dead), carries no
+    /// state, and is not recorded.
+    #[serde(default, skip)]
+    assigned: std::collections::HashSet<String>,
 }
 
 /// The snapshot protocol's state: the snapshot being taken, if any, and the last written.
@@ -180,7 +185,17 @@ impl Snapshots {
             channels.insert(worker.clone(), Vec::new());
             waiting.insert(conn, worker);
         }
+        let assigned = state
+            .files
+            .iter()
+            .flat_map(|f| &f.chunks)
+            .filter_map(|c| match c {
+                crate::core::ChunkState::Assigned { attempt, .. } => Some(attempt.clone()),
+                _ => None,
+            })
+            .collect();
         self.active = Some(Active {
+            assigned,
             snap: Snapshot {
                 seq,
                 started_at: now.wall.to_rfc3339(),
@@ -206,6 +221,17 @@ impl Snapshots {
         };
         if matches!(m, WorkerMsg::Heartbeat { .. }) {
             return; // carries no task
+        }
+        let attempt = match m {
+            WorkerMsg::Primes { attempt, .. } | WorkerMsg::TaskFailed { attempt, .. } => {
+                Some(attempt)
+            }
+            WorkerMsg::TaskDone(d) => Some(&d.attempt),
+            _ => None,
+        };
+        // (Empty after a deserialized machine: then everything is recorded, as before.)
+        if attempt.is_some_and(|x| !a.assigned.is_empty() && !a.assigned.contains(x)) {
+            return;
         }
         if let Some(ch) = a.snap.channels.get_mut(worker) {
             ch.push(m.clone());

@@ -146,8 +146,24 @@ impl axum::serve::Listener for Capped {
     }
 }
 
+/// The leader's status with what the members say of themselves (as `coordinator status`
+/// composes it: the same `running`, the same `coordinators`).
+fn live_status(shared: &Shared) -> serde_json::Value {
+    let mut v = status_value(shared, true).0;
+    let dir = crate::members::status_dir(&shared.cfg.status_file);
+    let size = v["group"]["members"].as_array().map_or(0, |m| m.len());
+    let coordinators = crate::members::collect(&dir, size);
+    crate::status::compose(
+        &mut v,
+        coordinators,
+        Some(crate::members::Process::Alive),
+        crate::members::now_ms(),
+    );
+    v
+}
+
 async fn api_status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    axum::Json(status_value(&shared, true).0)
+    axum::Json(live_status(&shared))
 }
 
 async fn events(
@@ -155,7 +171,7 @@ async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures::stream::unfold(shared, |shared| async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let data = status_value(&shared, true).0.to_string();
+        let data = live_status(&shared).to_string();
         Some((Ok(Event::default().event("status").data(data)), shared))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -163,8 +179,14 @@ async fn events(
 
 /// The status in Prometheus text format.
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let st = crate::state::status(&shared);
-    let (v, t) = (&st.view, &st.view.totals);
+    metrics_text(&live_status(&shared))
+}
+
+/// Prometheus text of a status (the leader's live one, or, on a member that does not
+/// serve, the last leader's file with the members' views): the same numbers as
+/// `coordinator status --json`.
+fn metrics_text(v: &serde_json::Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -172,184 +194,321 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             out.push_str(&format!("{name}{labels} {value}\n"));
         }
     };
+    let label = |k: &str, val: &str| {
+        format!(
+            "{{{k}=\"{}\"}}",
+            val.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        )
+    };
+    metric(
+        "primes_up",
+        "1 if a coordinator runs and serves (the status is live), else 0.",
+        "gauge",
+        vec![(String::new(), u64::from(v["running"] == true))],
+    );
     metric(
         "primes_files",
         "Input files by state.",
         "gauge",
-        [
-            ("done", v.files_done),
-            ("in_progress", v.files_in_progress),
-            ("queued", v.files_queued),
-            ("failed", v.files_failed),
-        ]
-        .iter()
-        .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
-        .collect(),
+        ["done", "in_progress", "queued", "failed"]
+            .iter()
+            .map(|s| (label("state", s), n(&v[format!("files_{s}").as_str()])))
+            .collect(),
     );
     metric(
         "primes_chunks_total",
         "Chunks known.",
         "gauge",
-        vec![(String::new(), v.chunks_total)],
+        vec![(String::new(), n(&v["chunks_total"]))],
     );
     metric(
         "primes_chunks_done",
         "Chunks done.",
         "gauge",
-        vec![(String::new(), v.chunks_done)],
+        vec![(String::new(), n(&v["chunks_done"]))],
     );
     metric(
         "primes_in_file",
         "Distinct primes in primes.txt.",
         "gauge",
-        vec![(String::new(), st.primes)],
+        vec![(String::new(), n(&v["primes_in_file"]))],
     );
     metric(
         "primes_dedup_set",
         "Primes held in the coordinator's dedup set (primes of primes jobs are known by their segments instead).",
         "gauge",
-        vec![(String::new(), st.primes_in_set)],
+        vec![(String::new(), n(&v["primes_in_set"]))],
     );
+    let jobs: Vec<&serde_json::Value> = v["jobs"].as_array().into_iter().flatten().collect();
     let mut jobs_by_state = std::collections::BTreeMap::new();
     for state in ["running", "finishing", "done", "failed", "invalid"] {
-        jobs_by_state.insert(state, 0u64);
+        jobs_by_state.insert(state.to_string(), 0u64);
     }
-    for j in &v.jobs {
-        *jobs_by_state.entry(j.state.as_str()).or_insert(0) += 1;
+    for j in &jobs {
+        *jobs_by_state
+            .entry(j["state"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
     }
     metric(
         "primes_jobs",
         "Generation jobs by state.",
         "gauge",
         jobs_by_state
-            .into_iter()
-            .map(|(s, c)| (format!("{{state=\"{s}\"}}"), c))
+            .iter()
+            .map(|(s, c)| (label("state", s), *c))
             .collect(),
     );
-    let label = |j: &crate::core::JobStatus| {
-        format!(
-            "{{job=\"{}\"}}",
-            j.job
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        )
-    };
+    let job = |j: &&serde_json::Value| label("job", j["job"].as_str().unwrap_or("?"));
     metric(
         "primes_job_tasks",
         "Tasks of each generation job.",
         "gauge",
-        v.jobs.iter().map(|j| (label(j), j.tasks as u64)).collect(),
+        jobs.iter().map(|j| (job(j), n(&j["tasks"]))).collect(),
     );
     metric(
         "primes_job_tasks_done",
         "Tasks of each generation job whose results are durable.",
         "gauge",
-        v.jobs
-            .iter()
-            .map(|j| (label(j), j.tasks_done as u64))
-            .collect(),
+        jobs.iter().map(|j| (job(j), n(&j["tasks_done"]))).collect(),
     );
-    metric(
-        "primes_numbers_tested_total",
-        "Numbers tested in this coordinator session.",
-        "counter",
-        vec![(String::new(), t.numbers_tested)],
-    );
-    metric(
-        "primes_tasks_done_total",
-        "Chunks finished in this session.",
-        "counter",
-        vec![(String::new(), t.tasks_done)],
-    );
-    metric(
-        "primes_tasks_failed_total",
-        "Chunk attempts reported failed in this session.",
-        "counter",
-        vec![(String::new(), t.tasks_failed)],
-    );
-    metric(
-        "primes_workers_lost_total",
-        "Workers lost (disconnect or missed heartbeats) in this session.",
-        "counter",
-        vec![(String::new(), t.workers_lost)],
-    );
+    let t = &v["totals"];
+    for (name, key, help) in [
+        (
+            "primes_numbers_tested_total",
+            "numbers_tested",
+            "Numbers tested in this coordinator session.",
+        ),
+        (
+            "primes_tasks_done_total",
+            "tasks_done",
+            "Chunks finished in this session.",
+        ),
+        (
+            "primes_tasks_failed_total",
+            "tasks_failed",
+            "Chunk attempts reported failed in this session.",
+        ),
+        (
+            "primes_workers_lost_total",
+            "workers_lost",
+            "Workers lost (disconnect or missed heartbeats) in this session.",
+        ),
+    ] {
+        metric(name, help, "counter", vec![(String::new(), n(&t[key]))]);
+    }
     let mut by_state = std::collections::BTreeMap::new();
-    for w in &v.workers {
-        *by_state.entry(w.state.as_str()).or_insert(0u64) += 1;
+    for w in v["workers"].as_array().into_iter().flatten() {
+        *by_state
+            .entry(w["state"].as_str().unwrap_or("?").to_string())
+            .or_insert(0u64) += 1;
     }
     metric(
         "primes_workers",
-        "Workers by state.",
+        "Workers by state (as the last coordinator saw them when primes_up is 0).",
         "gauge",
         by_state
-            .into_iter()
-            .map(|(s, c)| (format!("{{state=\"{s}\"}}"), c))
+            .iter()
+            .map(|(s, c)| (label("state", s), *c))
             .collect(),
     );
-    let up = st.servers.iter().filter(|s| s.up).count() as u64;
+    let servers: Vec<&serde_json::Value> =
+        v["file_servers"].as_array().into_iter().flatten().collect();
     metric(
         "primes_file_servers_up",
         "File servers answering the probe.",
         "gauge",
-        vec![(String::new(), up)],
+        vec![(
+            String::new(),
+            servers.iter().filter(|s| s["up"] == true).count() as u64,
+        )],
+    );
+    metric(
+        "primes_file_server_up",
+        "1 if this file server answers the probe (the first listed is the primary).",
+        "gauge",
+        servers
+            .iter()
+            .map(|s| {
+                (
+                    label("addr", s["addr"].as_str().unwrap_or("?")),
+                    u64::from(s["up"] == true),
+                )
+            })
+            .collect(),
     );
     metric(
         "primes_last_snapshot_seq",
         "Sequence number of the last snapshot written.",
         "gauge",
-        vec![(
-            String::new(),
-            st.last_snapshot.as_ref().map_or(0, |s| s.seq),
-        )],
+        vec![(String::new(), n(&v["last_snapshot"]["seq"]))],
     );
-    if let Some(g) = &st.group {
+    if let Some(g) = v["group"].as_object() {
+        let gv = |k: &str| g.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
         metric(
             "primes_group_term",
             "Raft term of the coordinator group (served by its leader).",
             "gauge",
-            vec![(String::new(), g.term)],
+            vec![(String::new(), gv("term"))],
         );
         metric(
             "primes_group_leader",
-            "Member number of the group's leader.",
+            "Member number of the group's leader (0: none serves).",
             "gauge",
-            vec![(String::new(), g.leader.unwrap_or(0))],
+            vec![(
+                String::new(),
+                v["coordinators"]["leader"]
+                    .as_u64()
+                    .unwrap_or(if v["coordinators"].is_null() {
+                        gv("leader")
+                    } else {
+                        0
+                    }),
+            )],
         );
         metric(
             "primes_group_applied_index",
             "Last log index applied by the leader's replica.",
             "gauge",
-            vec![(String::new(), g.applied_index.unwrap_or(0))],
+            vec![(String::new(), gv("applied_index"))],
         );
         metric(
             "primes_group_matched_index",
             "Last log index known replicated to each member.",
             "gauge",
-            g.members
-                .iter()
+            g.get("members")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
                 .map(|m| {
                     (
-                        format!("{{member=\"coordinator-{}\"}}", m.id),
-                        m.matched_index.unwrap_or(0),
+                        label("member", &format!("coordinator-{}", n(&m["id"]))),
+                        n(&m["matched_index"]),
                     )
                 })
+                .collect(),
+        );
+    }
+    if let Some(c) = v["coordinators"].as_object() {
+        let rows: Vec<&serde_json::Value> = c
+            .get("members")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .collect();
+        let member =
+            |m: &&serde_json::Value| label("member", &format!("coordinator-{}", n(&m["id"])));
+        metric(
+            "primes_coordinators_up",
+            "Members of the coordinator group up (alive and reporting).",
+            "gauge",
+            vec![(
+                String::new(),
+                c.get("up")
+                    .and_then(|u| u.as_array())
+                    .map_or(0, |u| u.len() as u64),
+            )],
+        );
+        metric(
+            "primes_coordinator_up",
+            "1 if this member is up (its own view, not the leader's).",
+            "gauge",
+            rows.iter()
+                .map(|m| (member(m), u64::from(m["up"] == true)))
+                .collect(),
+        );
+        metric(
+            "primes_coordinator_applied_index",
+            "Last log index this member applied, as it says itself.",
+            "gauge",
+            rows.iter()
+                .map(|m| (member(m), n(&m["applied_index"])))
                 .collect(),
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-async fn snapshot_list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let dir = shared.cfg.snapshots.dir.clone();
-    let names: Vec<String> = crate::snapshot::list_snapshots(&dir)
+/// The dashboard of a member that does not serve workers (a follower, or any member while
+/// no one leads): the same page and endpoints, from the last leader's status file and the
+/// members' own views (as `coordinator status` shows them), so every member's dashboard
+/// port answers. Live views end when `stop` is cancelled (this member begins to serve).
+pub(crate) async fn serve_member(
+    listener: TcpListener,
+    status_file: std::path::PathBuf,
+    snapshots: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    let read = move || {
+        crate::status::read(&status_file)
+            .unwrap_or_else(|e| serde_json::json!({"running": false, "error": format!("{e:#}")}))
+    };
+    let (r1, r2, r3) = (read.clone(), read.clone(), read);
+    let stop_events = stop.clone();
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/status", get(move || async move { axum::Json(r1()) }))
+        .route(
+            "/events",
+            get(move || async move {
+                let stream = futures::stream::unfold(r2, |r| async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let data = r().to_string();
+                    Some((
+                        Ok::<_, Infallible>(Event::default().event("status").data(data)),
+                        r,
+                    ))
+                });
+                use futures::StreamExt;
+                let stop = stop_events.clone();
+                Sse::new(stream.take_until(async move { stop.cancelled().await }))
+                    .keep_alive(KeepAlive::default())
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics_text(&r3()) }))
+        .route(
+            "/snapshots",
+            get({
+                let dir = snapshots.clone();
+                move || async move { axum::Json(snapshot_names(&dir)) }
+            }),
+        )
+        .route(
+            "/snapshots/{name}",
+            get(move |Path(name): Path<String>| async move {
+                snapshot_response(&snapshots, name).await
+            }),
+        );
+    let listener = Capped {
+        inner: listener,
+        slots: proto::conn::Slots::new(DASHBOARD_CONNECTIONS),
+    };
+    let stop2 = stop.clone();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop2.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "member dashboard stopped");
+    }
+}
+
+fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
+    crate::snapshot::list_snapshots(dir)
         .into_iter()
         .filter_map(|(_, p)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-        .collect();
-    axum::Json(names)
+        .collect()
+}
+
+async fn snapshot_list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    axum::Json(snapshot_names(&shared.cfg.snapshots.dir))
 }
 
 async fn snapshot_file(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    snapshot_response(&shared.cfg.snapshots.dir, name).await
+}
+
+async fn snapshot_response(dir: &std::path::Path, name: String) -> Response {
     // Only names the snapshot writer makes: no path separators, no way out of the folder.
     let ok = name.starts_with("snapshot_")
         && name.ends_with(".json")
@@ -359,7 +518,7 @@ async fn snapshot_file(State(shared): State<Arc<Shared>>, Path(name): Path<Strin
     if !ok {
         return (StatusCode::BAD_REQUEST, "not a snapshot name").into_response();
     }
-    let path = shared.cfg.snapshots.dir.clone().join(&name);
+    let path = dir.join(&name);
     match tokio::fs::read(&path).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(_) => (

@@ -372,3 +372,77 @@ fn group_leader_paused_is_replaced() {
     p.assert_exact();
     assert!(verify_snapshots(&p) >= 1);
 }
+
+/// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
+fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.arg("status").current_dir(p.path(""));
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("coordinator status runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = if json {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    (v, text)
+}
+
+#[test]
+fn group_status_without_a_majority() {
+    // Issue 27, defect 1: the two followers killed, the leader left alone. Status asks the
+    // members: not running, who is up, no leader and why, each member's applied index; the
+    // lone leader's last flush (which cannot commit) does not keep it "running".
+    let mut p = group(12, 20_000, &[]);
+    let leader = p.wait_leader_other_than(None, T);
+    p.start_worker("worker-1");
+    wait_for(T, "the worker busy under the leader", || {
+        p.unreported().len() < 12
+    });
+    wait_for(T, "status: the leader runs", || {
+        let (v, _) = status_cmd(&p, true);
+        v["running"] == true && v["coordinators"]["leader"] == leader as u64
+    });
+    for id in (1..=3).filter(|i| *i != leader) {
+        p.kill_member(id);
+    }
+    let t0 = Instant::now();
+    let mut last = String::new();
+    wait_for(
+        Duration::from_secs(20),
+        "status: no majority, not running",
+        || {
+            let (v, text) = status_cmd(&p, true);
+            last = text;
+            let c = &v["coordinators"];
+            v["running"] == false
+                && c["up"] == serde_json::json!([leader])
+                && c["leader"].is_null()
+                && c["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("1 of 3 members up, no majority"))
+                && c["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().all(|m| m["applied_index"].as_u64().is_some()))
+        },
+    );
+    eprintln!("status said so {:?} after the kills:\n{last}", t0.elapsed());
+    let (_, text) = status_cmd(&p, false);
+    assert!(
+        text.starts_with("coordinator: NOT RUNNING: no coordinator leads: 1 of 3 members up"),
+        "{text}"
+    );
+    // The lone leader stops serving and does not wait without limit on its last flush.
+    wait_for(
+        Duration::from_secs(30),
+        "the lone leader's coordinator stopped",
+        || {
+            std::fs::read_to_string(p.path(&format!("logs/coordinator-{leader}.log")))
+                .unwrap_or_default()
+                .contains("coordinator stopped")
+        },
+    );
+    assert_eq!(p.status()["running"], false, "its status file says so too");
+}

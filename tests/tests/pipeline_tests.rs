@@ -1042,6 +1042,12 @@ fn start_and_stop_scripts() {
     let (code, err) = sc.run("start_system.sh", &[], &[]);
     assert_ne!(code, 0, "start must fail when the port is taken");
     assert!(err.contains("coordinator failed to start"), "{err}");
+    // One reason, no job-control lines ("line 33: 27123 Killed nohup ...") for what the
+    // failed start stopped (issue 27).
+    assert!(
+        !err.contains("Killed") && err.matches("start_system.sh").count() == 1,
+        "one line of reason and nothing else: {err}"
+    );
     drop(blocker);
     let left: Vec<_> = std::fs::read_dir(root.join("run"))
         .expect("run dir")

@@ -101,11 +101,22 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         match session(&cfg, &addr, instance, afs.clone(), &shutdown, &mut max_term).await {
             Ok(SessionEnd::NotLeader(leader)) => {
                 redirects += 1;
-                info!(
-                    coordinator = addr,
-                    leader = leader.as_deref().unwrap_or("unknown"),
-                    "that coordinator does not lead its group"
-                );
+                match leader.as_deref() {
+                    // It held the registration until it began to serve (it was taking
+                    // over): the same address again, at once.
+                    Some(l) if l == addr => {
+                        info!(coordinator = addr, "that coordinator now leads: registering again")
+                    }
+                    Some(l) => info!(
+                        coordinator = addr,
+                        leader = l,
+                        "that coordinator does not lead its group: going to the leader"
+                    ),
+                    None => info!(
+                        coordinator = addr,
+                        "that coordinator does not lead its group and knows no leader yet: trying the next"
+                    ),
+                }
                 match leader {
                     // Another member leads, or this one (it held the registration until it
                     // began to serve): go there.

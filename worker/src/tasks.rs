@@ -238,17 +238,22 @@ impl Tasks {
     /// The worker's state for a snapshot: every task in hand with its phase and progress,
     /// then the queued ones.
     pub fn record(&self, id: &str) -> WorkerState {
-        let held = self.held.iter().map(|h| {
-            let (bytes_done, bytes_total) = h.progress();
-            TaskProgress {
-                attempt: h.a.attempt.clone(),
-                file: h.a.file.clone(),
-                chunk: h.a.chunk,
-                phase: h.phase.as_str().into(),
-                bytes_done,
-                bytes_total,
-            }
-        });
+        // A cancelled task (the coordinator took it back) is no longer this worker's.
+        let held = self
+            .held
+            .iter()
+            .filter(|h| !self.is_cancelled(&h.a.attempt))
+            .map(|h| {
+                let (bytes_done, bytes_total) = h.progress();
+                TaskProgress {
+                    attempt: h.a.attempt.clone(),
+                    file: h.a.file.clone(),
+                    chunk: h.a.chunk,
+                    phase: h.phase.as_str().into(),
+                    bytes_done,
+                    bytes_total,
+                }
+            });
         let queued = self.queue.iter().map(|a| TaskProgress {
             attempt: a.attempt.clone(),
             file: a.file.clone(),

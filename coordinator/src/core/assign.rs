@@ -72,8 +72,92 @@ impl Core {
         held < self.cfg.small_inflight_bytes
     }
 
-    /// Hands queued chunks to workers with room, oldest first.
+    /// Hands queued chunks to workers with room, oldest first; then, while a worker has an
+    /// idle testing thread and another holds assignments it has not started (behind the
+    /// ones its threads test), moves them over ([`Core::steal`]).
     pub fn assign(&mut self, now: Now) -> Vec<Action> {
+        let mut actions = self.assign_queued(now);
+        while let Some(mut moved) = self.steal(now) {
+            let given = self.assign_queued(now);
+            let took = !given.is_empty();
+            moved.extend(given);
+            actions.extend(moved);
+            if !took {
+                break;
+            }
+        }
+        actions
+    }
+
+    /// Work stealing (issue 27): no task waits behind another on one worker while a worker
+    /// is idle. A worker tests `threads` assignments at once, in the order given; the ones
+    /// after those wait. If the queue has nothing ready and a connected worker holds fewer
+    /// assignments than its threads, the last waiting assignment of the worker with the
+    /// most waiting ones is taken back: `cancel` to its holder (a late result of that
+    /// attempt is ignored, as any stale one), the chunk queued first. None if there is no
+    /// such pair.
+    pub(super) fn steal(&mut self, now: Now) -> Option<Vec<Action>> {
+        let ready = self.queue.iter().any(|k| {
+            self.jobs.get(&k.file).is_some_and(|j| {
+                j.gen == k.gen
+                    && matches!(j.chunks.get(k.chunk as usize),
+                        Some(ChunkState::Queued { ready_ms }) if *ready_ms <= now.ms)
+            })
+        });
+        if ready {
+            return None;
+        }
+        let idle = self
+            .workers
+            .values()
+            .any(|w| w.conn.is_some() && w.assigned.len() < w.threads.max(1));
+        if !idle {
+            return None;
+        }
+        // The smallest waiting assignment anywhere (the idle worker is soon free again to
+        // take the next); among equals the one given last.
+        let (victim, at, _) = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some())
+            .flat_map(|(id, w)| {
+                let start = w.threads.max(1).min(w.assigned.len());
+                w.assigned[start..]
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, (attempt, bytes))| (id, start + i, *bytes, attempt))
+            })
+            .min_by(|a, b| {
+                (a.2, std::cmp::Reverse(self.attempt_number(a.3)))
+                    .cmp(&(b.2, std::cmp::Reverse(self.attempt_number(b.3))))
+            })
+            .map(|(id, i, bytes, _)| (id.clone(), i, bytes))?;
+        let w = self.workers.get_mut(&victim)?;
+        let (attempt, _) = w.assigned.remove(at);
+        let conn = w.conn;
+        let key = self.attempts.remove(&attempt)?;
+        let job = self.jobs.get_mut(&key.file)?;
+        if let Some(c) = job.chunks.get_mut(key.chunk as usize) {
+            *c = ChunkState::Queued { ready_ms: now.ms };
+        }
+        self.queue.push_front(key);
+        Some(
+            conn.map(|conn| Action::Send(conn, CoordMsg::Cancel { attempt }))
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// The sequence number in an attempt id (`<session>-<n>`), for ordering.
+    fn attempt_number(&self, attempt: &str) -> u64 {
+        attempt
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Hands queued chunks to workers with room, oldest first.
+    fn assign_queued(&mut self, now: Now) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut deferred = Vec::new();
         let backlog = self.backlog();

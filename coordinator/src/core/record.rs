@@ -24,6 +24,11 @@ pub struct FileState {
     pub fingerprint: Fingerprint,
     pub reported: bool,
     pub chunks: Vec<ChunkState>,
+    /// When its first task was handed out (a file's, a job's report's `started_at`): a
+    /// restart or a new leader that resumes it from this snapshot keeps it. Absent in
+    /// snapshots of older versions, and while nothing of it was handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl Core {
@@ -46,6 +51,7 @@ impl Core {
                     fingerprint: j.fp,
                     reported: j.reported,
                     chunks: j.chunks.clone(),
+                    started_at: j.started_at,
                 })
                 .collect(),
             // Segment primes too: recovery flushes them as plain primes (into the set).
@@ -68,13 +74,15 @@ impl Core {
 
     /// Recovery: a file whose chunks a snapshot knows. `finished` holds, per chunk, the result
     /// if the snapshot proves the chunk finished (its primes are durable or in `Pending`
-    /// being recovered); other chunks are queued. Returns the chunks to mark done once the
+    /// being recovered); other chunks are queued. `started_at` is the time the snapshot
+    /// recorded (the restart's time if none). Returns the chunks to mark done once the
     /// recovered primes are flushed.
     pub fn restore_file(
         &mut self,
         file: &str,
         fp: Fingerprint,
         finished: Vec<Option<(TaskDone, String)>>,
+        started_at: Option<DateTime<Utc>>,
         now: Now,
     ) -> Vec<ChunkKey> {
         self.next_gen += 1;
@@ -93,8 +101,10 @@ impl Core {
                 }
             }
         }
-        self.jobs
-            .insert(file.to_string(), Job::new(gen, fp, chunks, Some(now.wall)));
+        self.jobs.insert(
+            file.to_string(),
+            Job::new(gen, fp, chunks, Some(started_at.unwrap_or(now.wall))),
+        );
         done
     }
 }

@@ -542,3 +542,127 @@ fn primes_segments_flow_as_runs() {
         "{left:?}"
     );
 }
+
+#[test]
+/// Issue 27, defect 2: no task waits behind another on one worker while a worker is idle.
+/// A worker holding a task it has not started (behind the one its thread tests) gives it
+/// up to a worker that becomes idle: `cancel` to the first, the same chunk assigned to the
+/// second; the first's late result is ignored. Nothing is taken from a worker that tests
+/// all it holds, nor while the queue has work ready.
+fn idle_workers_take_waiting_tasks() {
+    let two = CoreConfig {
+        max_inflight: 2,
+        chunk_bytes: 1_000_000,
+        ..cfg()
+    };
+    let mut c = Core::new(two, "s".into());
+    c.file_ready("slow10.txt", fp(500), at(0));
+    c.file_ready("slow11.txt", fp(500), at(0));
+    let a = assigns(&c.register(1, "w1", at(0)));
+    assert_eq!(a.len(), 2, "w1 holds both: slow11 waits behind slow10");
+    let waiting = a[1].1.clone();
+    assert_eq!(waiting.file, "slow11.txt");
+    // w2 comes (or finishes its work): slow11 moves to it at once.
+    let actions = c.register(2, "w2", at(10));
+    assert!(
+        actions.contains(&Action::Send(
+            1,
+            CoordMsg::Cancel {
+                attempt: waiting.attempt.clone()
+            }
+        )),
+        "{actions:?}"
+    );
+    let b = assigns(&actions);
+    assert_eq!(b.len(), 1, "{actions:?}");
+    assert_eq!((b[0].0, b[0].1.file.as_str()), (2, "slow11.txt"));
+    assert_ne!(b[0].1.attempt, waiting.attempt, "a new attempt");
+    // w1's late result of the attempt taken from it counts for nothing.
+    c.message(1, done(&waiting.attempt, 5, 1), at(20));
+    assert_eq!(c.totals.stale_messages_ignored, 1);
+    assert_eq!(
+        c.status(at(20)).workers[0].tasks.len(),
+        1,
+        "w1 keeps slow10 only"
+    );
+
+    // A small file dropped among long ones, with workers busy testing what they hold:
+    // nothing is moved (no one is idle) until a worker finishes; then the small file, not
+    // yet started behind a long one, goes to it.
+    let mut c = Core::new(
+        CoreConfig {
+            max_inflight: 2,
+            chunk_bytes: 1_000_000,
+            ..cfg()
+        },
+        "s".into(),
+    );
+    for i in 0..3 {
+        c.file_ready(&format!("k{i}.txt"), fp(900_000), at(0));
+    }
+    for conn in 1..=3 {
+        c.register(conn, &format!("w{conn}"), at(0));
+    }
+    let queued = c.file_ready("k_small.txt", fp(3), at(5));
+    let small = assigns(&queued);
+    assert_eq!(small.len(), 1, "the small file goes behind a long one");
+    assert!(
+        !queued
+            .iter()
+            .any(|a| matches!(a, Action::Send(_, CoordMsg::Cancel { .. }))),
+        "no one idle: nothing moves"
+    );
+    let holder = small[0].0;
+    let other = (1..=3).find(|w| *w != holder).expect("another worker");
+    let long = c
+        .status(at(6))
+        .workers
+        .iter()
+        .find(|w| w.id == format!("w{other}"))
+        .map(|w| w.tasks.clone())
+        .expect("worker");
+    assert_eq!(long.len(), 1);
+    let attempt = c
+        .attempts
+        .iter()
+        .find(|(_, k)| format!("{}#{}", k.file, k.chunk) == long[0])
+        .map(|(a, _)| a.clone())
+        .expect("attempt");
+    let mut got = c.message(other, done(&attempt, 1, 0), at(100));
+    let durable = c.take_pending().done;
+    got.extend(c.flushed(durable, at(101)));
+    let moved = assigns(&got);
+    assert!(
+        got.contains(&Action::Send(
+            holder,
+            CoordMsg::Cancel {
+                attempt: small[0].1.attempt.clone()
+            }
+        )),
+        "{got:?}"
+    );
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        (moved[0].0, moved[0].1.file.as_str()),
+        (other, "k_small.txt")
+    );
+
+    // Two tasks waiting (a long one, a small one) and one worker idle: the small one moves.
+    let mut c = Core::new(
+        CoreConfig {
+            max_inflight: 2,
+            chunk_bytes: 1_000_000,
+            ..cfg()
+        },
+        "s".into(),
+    );
+    for f in ["l1.txt", "l2.txt", "l3.txt"] {
+        c.file_ready(f, fp(900_000), at(0));
+    }
+    c.file_ready("s.txt", fp(3), at(0));
+    c.register(1, "w1", at(0));
+    c.register(2, "w2", at(0));
+    let moved = assigns(&c.register(3, "w3", at(1)));
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].1.file, "s.txt", "the small one, not the long one");
+}

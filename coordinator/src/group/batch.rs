@@ -167,10 +167,13 @@ pub fn split(p: &mut Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, V
         cur.pieces.push(piece);
     }
     for f in std::mem::take(&mut p.finished) {
-        if used + ITEM_BYTES > MAX_ENTRY_BYTES {
+        // A ledger line is usually ~300 bytes, but a task's answer can be long (a π part's
+        // partial sums near 2^60: ~60 KB): counted as encoded.
+        let bytes = serde_json::to_vec(&f).map_or(ITEM_BYTES, |v| v.len() + 16);
+        if used + bytes > MAX_ENTRY_BYTES && used > 0 {
             flush(&mut cur, &mut cur_runs, &mut used);
         }
-        used += ITEM_BYTES;
+        used += bytes;
         cur.finished.push(f);
     }
     if !cur.small.is_empty()
@@ -372,5 +375,46 @@ mod tests {
         assert_eq!(p.done, whole.done, "done stays with the flush");
         unsplit(&mut p, batches.into_iter().map(|(b, r)| (b, Some(r))));
         assert_eq!(p, whole);
+    }
+
+    #[test]
+    /// Finished tasks with long answers (a π part's: tens of KB) are counted as encoded:
+    /// entries stay within the bound.
+    fn long_answers_stay_within_the_bound() {
+        let long = "7".repeat(60_000);
+        let mut p = Pending {
+            finished: (0..20u64)
+                .map(|i| Finished {
+                    work: proto::msg::Work::Count {
+                        lo: i * 10,
+                        hi: i * 10 + 9,
+                    },
+                    worker: "worker-1".into(),
+                    result: proto::msg::TaskDone {
+                        attempt: format!("a-{i}"),
+                        version: String::new(),
+                        size: 0,
+                        lines: 0,
+                        numbers: 10,
+                        blank: 0,
+                        invalid: 0,
+                        first_invalid: Vec::new(),
+                        primes: 1,
+                        answer: Some(long.clone()),
+                        first_prime: None,
+                        last_prime: None,
+                    },
+                })
+                .collect(),
+            ..Pending::default()
+        };
+        let batches = split(&mut p, || 1);
+        assert!(batches.len() >= 5, "{} entries", batches.len());
+        let n: usize = batches.iter().map(|(b, _)| b.finished.len()).sum();
+        assert_eq!(n, 20);
+        for (b, _) in &batches {
+            let bytes = serde_json::to_vec(b).expect("encode").len();
+            assert!(bytes <= MAX_ENTRY_BYTES, "an entry of {bytes} bytes");
+        }
     }
 }

@@ -321,8 +321,21 @@ pub async fn run(
     }
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
     tokio::spawn(compact_large_logs(raft.clone(), log_size, shutdown.clone()));
+    // Issue 27: every member says what it is (status reads the members, not only the
+    // last leader's status file).
+    let serving = Arc::new(super::publish::Serving::default());
+    let views = tokio::spawn(super::publish::publish(
+        raft.clone(),
+        serving.clone(),
+        crate::members::status_dir(&cfg.status_file),
+        shutdown.clone(),
+    ));
 
-    let result = role_loop(workers, http, &raft, &replica, &cfg, &group, &shutdown).await;
+    let result = role_loop(
+        workers, http, &raft, &replica, &cfg, &group, &serving, &shutdown,
+    )
+    .await;
+    let _ = views.await;
     let _ = raft.shutdown().await;
     peers.abort();
     if let Err(e) = replica.close() {
@@ -334,6 +347,7 @@ pub async fn run(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn role_loop(
     workers: SocketAddr,
     http: Option<SocketAddr>,
@@ -341,6 +355,7 @@ async fn role_loop(
     replica: &Replica,
     cfg: &Config,
     group: &GroupConfig,
+    views: &super::publish::Serving,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut announced = false;
@@ -374,12 +389,24 @@ async fn role_loop(
             stop.clone(),
             serving.clone(),
         ));
+        // Issue 27: the dashboard port answers while following too (the last leader's
+        // status and the members' views), until this member serves its own.
+        let member_web = match http {
+            Some(a) => Some(tokio::spawn(crate::web::serve_member(
+                bind(a).await?,
+                cfg.status_file.clone(),
+                cfg.snapshots.dir.clone(),
+                stop.clone(),
+            ))),
+            None => None,
+        };
         let led = wait_to_lead(raft, group.id, lease(group), shutdown).await;
         let term = match led {
             Ok(Some(t)) => t,
             other => {
                 stop.cancel();
                 let _ = redirect.await;
+                stop_member_web(member_web).await;
                 return other.map(|_| ());
             }
         };
@@ -391,6 +418,7 @@ async fn role_loop(
             .and_then(|()| replica.lead(term, &gid));
         stop.cancel();
         let _ = redirect.await;
+        stop_member_web(member_web).await;
         if let Err(e) = taken {
             error!(
                 term,
@@ -422,6 +450,7 @@ async fn role_loop(
             Some(a) => Some(bind(a).await?),
             None => None,
         };
+        views.set(Some(lead_stop.clone()));
         let failed = crate::server::run(
             listener,
             http,
@@ -430,6 +459,7 @@ async fn role_loop(
             lead_stop.clone(),
         )
         .await;
+        views.set(None);
         lead_stop.cancel();
         watcher.abort();
         replica.step_down();
@@ -559,6 +589,19 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
         Ok(())
     })?;
     Ok(n)
+}
+
+/// Waits briefly for a member's dashboard to close (its live views end when it is told to
+/// stop), so the leader's can bind the port.
+async fn stop_member_web(web: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(mut w) = web {
+        if tokio::time::timeout(Duration::from_secs(1), &mut w)
+            .await
+            .is_err()
+        {
+            w.abort();
+        }
+    }
 }
 
 /// Binds `addr`, retrying briefly (the previous role's listener has just closed).

@@ -394,3 +394,159 @@ fn recovery_resumes_from_a_snapshot() {
         matches!(&reports[..], [Action::WriteReport(x)] if x.file == "a.txt" && x.status == ReportStatus::Done)
     );
 }
+
+#[test]
+/// A job resumed from a snapshot (a restart, a new leader) keeps the time its first task
+/// was handed out as its report's `started_at`, not the resumption's time (issue 27,
+/// defect 5: the report said the last takeover's time).
+fn resumed_job_keeps_its_start_time() {
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let when = |ms: u64| Now {
+        ms,
+        wall: t0 + chrono::Duration::milliseconds(ms as i64),
+    };
+    let spec = proto::jobs::JobSpec::Count { lo: 0, hi: 100 };
+    let job = || crate::core::GenJob {
+        name: "c".into(),
+        spec,
+        plan: crate::core::Plan::of(spec, 1000),
+    };
+    let mut m = machine();
+    m.handle(
+        Event::Jobs {
+            ready: vec![("c".into(), fp(1), Ok(job()))],
+            removed: vec![],
+        },
+        when(0),
+    );
+    let a = assigned(&m.handle(
+        Event::Register {
+            conn: 1,
+            worker_id: "w1".into(),
+            threads: 1,
+            instance: 1,
+        },
+        when(10),
+    ));
+    assert!(!a.is_empty(), "the job's task is handed out");
+    m.handle(Event::SnapshotDue, when(20));
+    let snap = {
+        let done = m.handle(
+            Event::Message {
+                conn: 1,
+                msg: WorkerMsg::Marker {
+                    snapshot: 1,
+                    state: state(
+                        "w1",
+                        vec![TaskProgress {
+                            attempt: a[0].1.attempt.clone(),
+                            file: a[0].1.file.clone(),
+                            chunk: 0,
+                            phase: "testing".into(),
+                            bytes_done: 0,
+                            bytes_total: 0,
+                        }],
+                    ),
+                },
+            },
+            when(30),
+        );
+        snapshot_of(&done)
+    };
+    // An hour later a new leader resumes the job from that snapshot and finishes it.
+    let later = 3_600_000;
+    let mut r = machine();
+    let key = crate::core::job_key("c");
+    r.set_job_plans([(key.clone(), job())].into());
+    let current: HashMap<String, Fingerprint> = [(key, fp(1))].into();
+    assert_eq!(r.recover(&snap, &current, when(later)), 1);
+    let flush = r.handle(Event::FlushDue, when(later));
+    if let [Action::Flush(p)] = &flush[..] {
+        r.handle(Event::Flushed(p.done.clone()), when(later));
+    }
+    let b = assigned(&register(&mut r, 1, "w1", later + 1));
+    assert_eq!(b.len(), 1, "{b:?}");
+    let mut done = done_msg(&b[0].1.attempt, 0);
+    if let WorkerMsg::TaskDone(d) = &mut done {
+        d.answer = Some("25".into());
+    }
+    r.handle(Event::Message { conn: 1, msg: done }, when(later + 2));
+    let flush = r.handle(Event::FlushDue, when(later + 3));
+    let [Action::Flush(p)] = &flush[..] else {
+        panic!("{flush:?}")
+    };
+    let out = r.handle(Event::Flushed(p.done.clone()), when(later + 4));
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteJobReport(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a job report: {out:?}"));
+    assert_eq!(
+        report.started_at,
+        when(10).wall.to_rfc3339(),
+        "started when first handed out, not at the takeover"
+    );
+}
+
+#[test]
+/// A task taken back from a worker (work stealing) and its late result: a snapshot begun
+/// after the move does not record the stale result in the channel, so the cut stays
+/// consistent (each task in exactly one place).
+fn stolen_task_leaves_snapshots_consistent() {
+    let mut m = Coordinator::new(
+        Core::new(
+            CoreConfig {
+                max_inflight: 2,
+                chunk_bytes: 1_000_000,
+                ..cfg()
+            },
+            "s".into(),
+        ),
+        Snapshots::new(500, 1),
+    );
+    ready(&mut m, "a.txt", 10, 0);
+    ready(&mut m, "b.txt", 10, 0);
+    let a = assigned(&register(&mut m, 1, "w1", 0));
+    assert_eq!(a.len(), 2);
+    let moved = register(&mut m, 2, "w2", 1);
+    let b = assigned(&moved);
+    assert_eq!(b.len(), 1, "b.txt moves to the idle w2: {moved:?}");
+    let stale = a[1].1.attempt.clone();
+    m.handle(Event::SnapshotDue, at(2));
+    // w1 had finished b.txt before it saw the cancel: its result arrives, stale.
+    m.handle(
+        Event::Message {
+            conn: 1,
+            msg: done_msg(&stale, 1),
+        },
+        at(3),
+    );
+    let mut written = Vec::new();
+    for (conn, id, x) in [(1, "w1", &a[0].1), (2, "w2", &b[0].1)] {
+        let task = TaskProgress {
+            attempt: x.attempt.clone(),
+            file: x.file.clone(),
+            chunk: 0,
+            phase: "testing".into(),
+            bytes_done: 0,
+            bytes_total: 10,
+        };
+        written.extend(m.handle(
+            Event::Message {
+                conn,
+                msg: WorkerMsg::Marker {
+                    snapshot: 1,
+                    state: state(id, vec![task]),
+                },
+            },
+            at(4),
+        ));
+    }
+    let snap = snapshot_of(&written);
+    let v = crate::verify::verify(&snap);
+    assert!(v.consistent(), "{v:?}");
+}

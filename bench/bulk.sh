@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The shipped path at scale, as a user meets it: start_system.sh (a group of one in simple
+# mode, of three in replicated mode), a job dropped into data/jobs, timed until its report.
+#
+#   bench/bulk.sh job MODE [LO HI]   one fresh run of `primes LO HI` (default [10^12,
+#                                    10^12 + 2·10^9]: 72,383,465 primes, a 1.0 GB primes.txt);
+#                                    prints the drop-to-report time, each coordinator's peak
+#                                    RSS (VmHWM) and CPU seconds, and the primes.txt size
+#   bench/bulk.sh primesieve [LO HI] the reference: `primesieve LO HI -p > file`, timed
+#   bench/bulk.sh small              2,000 files of 1,000 numbers below 10^7 (gen-input),
+#                                    renamed into data/input 1 s after
+#                                    `./start_system.sh simple 2 --fresh`, timed until every
+#                                    report exists; then `worker check` on the same files
+#
+# Run `job simple` and `job replicated` (and `primesieve`) in turn, several times, and quote
+# medians and ratios: the machine is shared and noisy. PRIMES_BASE_PORT is honoured (the
+# start script's). Everything under data/ and the root results is cleared (--fresh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --bins -q
+what=${1:?usage: bench/bulk.sh job MODE [LO HI] | primesieve [LO HI] | small}
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# Peak RSS (MiB) and CPU seconds (user + system) of the process in pid file $1.
+proc_stats() {
+  local pid; pid=$(cat "$1" 2>/dev/null) || { echo "-"; return; }
+  local hwm ticks
+  hwm=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || echo "?")
+  ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+  printf '%s:%sMiB/%.1fs' "$(basename "$1" .pid)" "$hwm" "$(awk -v t="$ticks" -v h="$(getconf CLK_TCK)" 'BEGIN { print t / h }')"
+}
+
+case $what in
+job)
+  mode=${2:?bench/bulk.sh job simple|replicated [LO HI]}
+  lo=${3:-1000000000000}; hi=${4:-1002000000000}
+  ./stop_system.sh >/dev/null 2>&1 || true
+  ./start_system.sh "$mode" 2 --fresh >/dev/null
+  mkdir -p data/jobs
+  name="bulk$$"
+  t0=$(now)
+  printf 'primes %s %s\n' "$lo" "$hi" > "data/jobs/.$name.tmp"
+  mv "data/jobs/.$name.tmp" "data/jobs/$name.job"
+  while [ ! -e "data/output/jobs/$name.json" ]; do sleep 0.05; done
+  t1=$(now)
+  stats=""
+  for f in run/coordinator*.pid; do stats="$stats $(proc_stats "$f")"; done
+  size=$(stat -c %s primes.txt)
+  ./stop_system.sh >/dev/null
+  rm -f "data/jobs/$name.job"
+  echo "job $mode [$lo, $hi]: report after $(secs "$t0" "$t1") s; primes.txt $size bytes; peak RSS/CPU:$stats"
+  ;;
+primesieve)
+  lo=${2:-1000000000000}; hi=${3:-1002000000000}
+  command -v primesieve >/dev/null || { echo "needs primesieve (apt-get install primesieve)" >&2; exit 2; }
+  t0=$(now)
+  primesieve "$lo" "$hi" -p > target/primesieve.out
+  t1=$(now)
+  echo "primesieve [$lo, $hi] -p > file: $(secs "$t0" "$t1") s; $(stat -c %s target/primesieve.out) bytes"
+  rm -f target/primesieve.out
+  ;;
+small)
+  src=target/bench-data/small2000
+  if [ ! -d "$src" ]; then
+    mkdir -p "$src.tmp"
+    target/release/gen-input --kind small --files 2000 --lines 1000 --seed 7 --out "$src.tmp" >/dev/null
+    mv "$src.tmp" "$src"
+  fi
+  ./stop_system.sh >/dev/null 2>&1 || true
+  rm -rf data/input/small2000
+  ./start_system.sh simple 2 --fresh >/dev/null
+  sleep 1
+  mkdir -p data/input/.stage && cp -r "$src" data/input/.stage/small2000
+  t0=$(now)
+  mv data/input/.stage/small2000 data/input/small2000 && rmdir data/input/.stage
+  until [ "$(find data/output/small2000 -name '*.json' 2>/dev/null | wc -l)" -ge 2000 ]; do sleep 0.05; done
+  t1=$(now)
+  ./stop_system.sh >/dev/null
+  t2=$(now)
+  target/release/worker check "$src"/* > /dev/null
+  t3=$(now)
+  rm -rf data/input/small2000
+  echo "small: 2000 files reported $(secs "$t0" "$t1") s after the rename; worker check $(secs "$t2" "$t3") s; ratio check/system $(awk -v a="$(secs "$t2" "$t3")" -v b="$(secs "$t0" "$t1")" 'BEGIN { printf "%.2f", a / b }')"
+  ;;
+*) echo "usage: bench/bulk.sh job MODE [LO HI] | primesieve [LO HI] | small" >&2; exit 2 ;;
+esac
