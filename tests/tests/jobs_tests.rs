@@ -174,9 +174,14 @@ fn jobs_match_independent_answers() {
     assert_eq!(r["count"].as_u64(), Some(n.len() as u64));
     assert_eq!(r["first_prime"], n[0].to_string());
     assert_eq!(r["last_prime"], n[n.len() - 1].to_string());
+    // run/status.json is rewritten every half second: a report can be on disk before the
+    // status that lists its job (seen in CI under load), so wait for it, bounded.
+    wait_for(T, "status listing every job", || {
+        p.status()["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == jobs.len())
+    });
     let st = p.status();
-    let listed = st["jobs"].as_array().map_or(0, |j| j.len());
-    assert_eq!(listed, jobs.len(), "status lists every job: {}", st["jobs"]);
     let junk = st["jobs"]
         .as_array()
         .and_then(|j| j.iter().find(|j| j["job"] == "junk").cloned())
@@ -294,6 +299,9 @@ fn range_job_survives_kills() {
 
     // A restart with the reports in place: status shows the jobs done, as the reports say.
     p.restart_coordinator();
+    wait_for(T, "status listing the three jobs", || {
+        p.status()["jobs"].as_array().is_some_and(|j| j.len() == 3)
+    });
     let st = p.status();
     let jobs = st["jobs"].as_array().cloned().unwrap_or_default();
     assert_eq!(jobs.len(), 3, "{st}");
