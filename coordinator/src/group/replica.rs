@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use super::batch::{self, Held};
 use super::files;
 use super::mirror::Mirror;
+use super::pace::{self, Pace};
 use super::{Command, LogEntry, LogId, Member, Outcome, TypeConfig};
 use crate::primes::PrimesFile;
 use crate::ranges::Finished;
@@ -49,6 +50,8 @@ struct State {
     held: Held,
     /// Where the proposer of an import put the root files it imports.
     import_dir: PathBuf,
+    /// Whether what this member regenerates is applied at idle priority ([`pace`]).
+    pace: Pace,
 }
 
 /// One replica's state machine; clones share it.
@@ -102,6 +105,7 @@ impl Replica {
                 mirror: Mirror::new(root_primes, root_output, jobs),
                 held: Held::default(),
                 import_dir: import_dir(root_primes),
+                pace: Pace::default(),
             })),
         })
     }
@@ -115,6 +119,11 @@ impl Replica {
             g.primes.len() as u64,
             g.primes.in_set() as u64,
         )
+    }
+
+    /// The pace of this member's applies, for [`pace::watch`] to keep up to date.
+    pub fn pace(&self) -> Pace {
+        lock(&self.inner).pace.clone()
     }
 
     /// Holds the range primes of batch `id` (about to be proposed) for its apply here.
@@ -202,24 +211,34 @@ impl State {
                 }
             }
             Command::Batch(b) => {
-                let runs = match self.held.take(b.id) {
-                    Some(runs) => runs,
-                    None if b.pieces.is_empty() => Vec::new(),
-                    None => {
-                        let (runs, wrong) =
-                            batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
-                        for w in wrong {
-                            tracing::error!(
-                                problem = w,
-                                "a range's primes as the leader had them differ from this member's sieve: the sieve's are written"
-                            );
-                        }
-                        runs
-                    }
-                };
+                let held = self.held.take(b.id);
+                let primes = &mut self.primes;
                 // The ledger a leader starting here takes is kept up to date by append (a
                 // task applied twice is recorded once).
-                let new = self.primes.append(&b.small, &b.big, &runs, &b.finished)?;
+                let new = match held {
+                    Some(runs) => primes.append(&b.small, &b.big, &runs, &b.finished)?,
+                    None if b.pieces.is_empty() => {
+                        primes.append(&b.small, &b.big, &[], &b.finished)?
+                    }
+                    None => {
+                        let mut apply = move || {
+                            let (runs, wrong) =
+                                batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
+                            for w in wrong {
+                                tracing::error!(
+                                    problem = w,
+                                    "a range's primes as the leader had them differ from this member's sieve: the sieve's are written"
+                                );
+                            }
+                            primes.append(&b.small, &b.big, &runs, &b.finished)
+                        };
+                        if self.pace.lowly() {
+                            pace::run_lowly(apply)?
+                        } else {
+                            apply()?
+                        }
+                    }
+                };
                 Outcome::Flushed {
                     new: new as u64,
                     total: self.primes.len() as u64,
