@@ -34,11 +34,21 @@ proc_stats() {
 }
 
 # True when every member's own primes.txt (mode $2) is $1 bytes long.
+# (simple: data/coordinators/simple/<member>/, replicated: data/coordinators/<member>/).
 members_have() {
-  local m dirs=(data/coordinators/simple)
-  [ "$2" = simple ] || dirs=(data/coordinators/coordinator-*)
-  for m in "${dirs[@]/%//primes.txt}"; do
-    [ "$(stat -c %s "$m")" = "$1" ] || return 1
+  local m files=(data/coordinators/simple/*/primes.txt)
+  [ "$2" = simple ] || files=(data/coordinators/coordinator-*/primes.txt)
+  for m in "${files[@]}"; do
+    [ "$(stat -c %s "$m" 2>/dev/null)" = "$1" ] || return 1
+  done
+}
+
+# Waits, polling, until "$@" succeeds; gives up after 900 s (a wedged run must not hang).
+wait_for() {
+  local end=$((SECONDS + 900))
+  until "$@"; do
+    [ $SECONDS -lt $end ] || { echo "bench/bulk.sh: gave up waiting for: $*" >&2; ./stop_system.sh >/dev/null 2>&1; exit 1; }
+    sleep 0.05
   done
 }
 
@@ -47,18 +57,24 @@ job)
   mode=${2:?bench/bulk.sh job simple|replicated [LO HI]}
   lo=${3:-1000000000000}; hi=${4:-1002000000000}
   ./stop_system.sh >/dev/null 2>&1 || true
-  ./start_system.sh "$mode" 2 --fresh >/dev/null
   mkdir -p data/jobs
+  # Job files left by an interrupted run would run again beside this one (--fresh keeps
+  # data/jobs): remove this script's, and refuse to time anything else's.
+  rm -f data/jobs/bulk*.job
+  others=$(find data/jobs -maxdepth 1 -name '*.job' | head -3)
+  [ -z "$others" ] || { echo "bench/bulk.sh: data/jobs holds other jobs, which would be timed too: $others" >&2; exit 2; }
   name="bulk$$"
+  trap 'rm -f "data/jobs/$name.job"' EXIT
+  ./start_system.sh "$mode" 2 --fresh >/dev/null
   t0=$(now)
   printf 'primes %s %s\n' "$lo" "$hi" > "data/jobs/.$name.tmp"
   mv "data/jobs/.$name.tmp" "data/jobs/$name.job"
-  while [ ! -e "data/output/jobs/$name.json" ]; do sleep 0.05; done
+  wait_for test -e "data/output/jobs/$name.json"
   t1=$(now)
   size=$(stat -c %s primes.txt)
   # Followers apply behind the leader (at idle priority while the job runs): also time
   # until every member's own primes.txt is as long as the root one.
-  until members_have "$size" "$mode"; do sleep 0.05; done
+  wait_for members_have "$size" "$mode"
   t2=$(now)
   stats=""
   for f in run/coordinator*.pid; do stats="$stats $(proc_stats "$f")"; done
@@ -89,7 +105,8 @@ small)
   mkdir -p data/input/.stage && cp -r "$src" data/input/.stage/small2000
   t0=$(now)
   mv data/input/.stage/small2000 data/input/small2000 && rmdir data/input/.stage
-  until [ "$(find data/output/small2000 -name '*.json' 2>/dev/null | wc -l)" -ge 2000 ]; do sleep 0.05; done
+  reported() { [ "$(find data/output/small2000 -name '*.json' 2>/dev/null | wc -l)" -ge 2000 ]; }
+  wait_for reported
   t1=$(now)
   ./stop_system.sh >/dev/null
   t2=$(now)
