@@ -58,6 +58,11 @@ pub trait Durable: Send + Sync {
 
     /// The group as this member sees it (status, dashboard, metrics).
     fn status(&self) -> GroupStatus;
+
+    /// This member's own results, served beside the dashboard ([`crate::results`]).
+    fn results(&self) -> Option<std::sync::Arc<dyn crate::results::Source>> {
+        None
+    }
 }
 
 /// The group's state as one member sees it, for `coordinator status`, the dashboard and

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use coordinator::core::CoreConfig;
 use coordinator::server::Config;
 use coordinator::snapshot::SnapshotConfig;
@@ -180,6 +180,26 @@ enum Command {
         #[arg(long, conflicts_with_all = ["registered", "watch"])]
         healthy: bool,
     },
+    /// Read the results from the group's members, without a shared disk: the leader's, or
+    /// the most up-to-date member's that answers (stderr says which, and its applied log
+    /// index). `primes` goes to stdout (or DIR/primes.txt); `reports` and `snapshots` are
+    /// listed (or written under DIR).
+    Results {
+        what: WhatArg,
+        /// Write into this folder (primes.txt, the reports' names, the snapshots' names)
+        /// instead of stdout; each file written whole, then renamed into place.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The members' dashboard addresses (`coordinator --http`), comma-separated or
+        /// repeated; every one is asked, those that do not answer are skipped.
+        #[arg(
+            long,
+            env = "PRIMES_RESULTS_FROM",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:7410,127.0.0.1:7411,127.0.0.1:7412"
+        )]
+        from: Vec<String>,
+    },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
     VerifySnapshot {
@@ -189,6 +209,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `coordinator results` reads.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WhatArg {
+    Primes,
+    Reports,
+    Snapshots,
 }
 
 fn main() -> ExitCode {
@@ -226,6 +254,14 @@ fn main() -> ExitCode {
             ..
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
+        Some(Command::Results { what, out, from }) => {
+            let what = match what {
+                WhatArg::Primes => coordinator::results::What::Primes,
+                WhatArg::Reports => coordinator::results::What::Reports,
+                WhatArg::Snapshots => coordinator::results::What::Snapshots,
+            };
+            coordinator::results::run(what, &from, out.as_deref())
+        }
         None => {
             proto::process::init_logging();
             run(cli.run)

@@ -108,6 +108,39 @@ impl Durable for Handle {
     fn status(&self) -> GroupStatus {
         super::status_of(&self.raft)
     }
+
+    fn results(&self) -> Option<Arc<dyn crate::results::Source>> {
+        Some(Arc::new(MemberResults {
+            raft: self.raft.clone(),
+            replica: self.replica.clone(),
+        }))
+    }
+}
+
+/// A member's own results, served beside its dashboard whatever its role
+/// ([`crate::results`]).
+struct MemberResults {
+    raft: Raft,
+    replica: Replica,
+}
+
+impl crate::results::Source for MemberResults {
+    fn info(&self) -> crate::results::Info {
+        let (_, applied_index, primes_bytes) = self.replica.results_view();
+        let st = super::status_of(&self.raft);
+        crate::results::Info {
+            member: st.id,
+            role: st.role,
+            leader: st.leader,
+            term: st.term,
+            applied_index,
+            primes_bytes,
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.replica.results_view().0
+    }
 }
 
 impl Handle {
@@ -396,6 +429,10 @@ async fn role_loop(
                 bind(a).await?,
                 cfg.status_file.clone(),
                 cfg.snapshots.dir.clone(),
+                Some(Arc::new(MemberResults {
+                    raft: raft.clone(),
+                    replica: replica.clone(),
+                })),
                 stop.clone(),
             ))),
             None => None,

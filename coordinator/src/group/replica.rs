@@ -117,6 +117,17 @@ impl Replica {
         )
     }
 
+    /// This replica's folder, its last applied index and the length its primes file had
+    /// then (read under the lock: entries apply under it, so the length is whole lines).
+    pub fn results_view(&self) -> (PathBuf, u64, u64) {
+        let g = lock(&self.inner);
+        (
+            g.dir.clone(),
+            g.applied.applied.map_or(0, |l| l.index),
+            g.primes.bytes(),
+        )
+    }
+
     /// Holds the range primes of batch `id` (about to be proposed) for its apply here.
     pub fn hold(&self, id: u64, runs: Vec<crate::ranges::Run>) {
         lock(&self.inner).held.hold(id, runs);
