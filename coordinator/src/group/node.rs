@@ -109,6 +109,37 @@ impl Durable for Handle {
         super::status_of(&self.raft)
     }
 
+    fn snapshot(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        keep: usize,
+    ) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let text = String::from_utf8(bytes).context("a snapshot file is not UTF-8")?;
+            let parts = super::snapshot_parts(&text, super::SNAPSHOT_PART_BYTES);
+            let count = parts.len();
+            for (i, (offset, data)) in parts.into_iter().enumerate() {
+                self.write(Command::SnapshotPart {
+                    name: name.clone(),
+                    offset,
+                    data: data.to_string(),
+                    last: i + 1 == count,
+                    keep,
+                })
+                .await
+                .with_context(|| format!("committing snapshot {name}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn snapshot_dir(&self) -> Option<PathBuf> {
+        Some(crate::results::snapshots_dir(
+            &self.replica.results_view().0,
+        ))
+    }
+
     fn results(&self) -> Option<Arc<dyn crate::results::Source>> {
         Some(Arc::new(MemberResults {
             raft: self.raft.clone(),

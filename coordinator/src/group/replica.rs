@@ -201,6 +201,76 @@ impl State {
         }
     }
 
+    /// Writes a piece of snapshot `name` into `snapshots/` (a hidden `.part` file until the
+    /// last piece, then renamed, and all but the newest `keep` removed). Idempotent: a
+    /// piece applied again (after a crash) rewrites the same bytes at the same offset.
+    fn snapshot_part(
+        &mut self,
+        name: &str,
+        offset: u64,
+        data: &str,
+        last: bool,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        if !crate::results::snapshot_name_ok(name) {
+            anyhow::bail!("not a snapshot name: {name:?}");
+        }
+        let dir = crate::results::snapshots_dir(&self.dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let done = dir.join(name);
+        let part = dir.join(format!(".{name}.part"));
+        let mut f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(offset == 0)
+            .truncate(false)
+            .open(&part)
+        {
+            Ok(f) => f,
+            // Its earlier pieces are gone: the file was finished before a crash (the
+            // pieces are applied again), or this member installed a state-machine
+            // snapshot in the middle of it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !done.exists() {
+                    warn!(
+                        snapshot = name,
+                        offset, "snapshot piece without its beginning: skipped"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", part.display())),
+        };
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", part.display()))?
+            .len();
+        if len < offset {
+            anyhow::bail!(
+                "{} has {len} bytes, the piece begins at {offset}",
+                part.display()
+            );
+        }
+        f.set_len(offset)
+            .and_then(|()| f.seek(SeekFrom::Start(offset)))
+            .and_then(|_| f.write_all(data.as_bytes()))
+            .with_context(|| format!("writing {}", part.display()))?;
+        if last {
+            f.sync_all()
+                .with_context(|| format!("syncing {}", part.display()))?;
+            drop(f);
+            std::fs::rename(&part, &done)
+                .with_context(|| format!("renaming {}", part.display()))?;
+            for (_, old) in crate::snapshot::list_snapshots(&dir)
+                .into_iter()
+                .skip(keep.max(1))
+            {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
     fn apply_one(&mut self, cmd: Command) -> anyhow::Result<Outcome> {
         let output = self.dir.join("output");
         Ok(match cmd {
@@ -243,6 +313,24 @@ impl State {
             } => {
                 self.import_root(primes_len, ledger_len)?;
                 Outcome::Imported(true)
+            }
+            Command::SnapshotPart {
+                name,
+                offset,
+                data,
+                last,
+                keep,
+            } => {
+                // A snapshot is for reading and resuming, not a decision: a member that
+                // cannot write one says so and applies on.
+                if let Err(e) = self.snapshot_part(&name, offset, &data, last, keep) {
+                    warn!(
+                        snapshot = name,
+                        error = format!("{e:#}"),
+                        "cannot keep a snapshot"
+                    );
+                }
+                Outcome::Nothing
             }
             Command::JobReportValue { report, value } => {
                 let mut r = *report;
