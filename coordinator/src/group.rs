@@ -114,6 +114,12 @@ pub enum Command {
         last: bool,
         keep: usize,
     },
+    /// A job submitted to the group (`coordinator submit`, checked by the leader): every
+    /// member keeps it as `jobs/<name>.job` in its own folder, and the member that keeps
+    /// the root files (the leader) writes it into its jobs folder (`--jobs`), where its
+    /// coordinator picks it up as any job file; a new leader does the same at takeover with
+    /// the submitted jobs that have no report for that line yet.
+    SubmitJob { name: String, line: String },
 }
 
 /// Bytes of snapshot text per [`Command::SnapshotPart`]: as a JSON string (quotes and

@@ -200,6 +200,31 @@ enum Command {
         )]
         from: Vec<String>,
     },
+    /// Submit a generation job to the coordinator group from any host (no shared jobs
+    /// folder): it is committed through the group's log, every member keeps it, and the
+    /// leader runs it as a job file `NAME.job`; its report is `jobs/NAME.json` (read it with
+    /// `coordinator results reports`). Exit 0 once committed.
+    Submit {
+        /// The job's name: 1-64 of [A-Za-z0-9._-], not starting with '.'.
+        name: String,
+        /// The job line: `primes A B`, `count A B`, `nth N` or `factorial N`.
+        line: String,
+        /// The members' Raft addresses (the RAFT part of --group), comma-separated; a
+        /// member that does not lead names the leader.
+        #[arg(
+            long,
+            env = "PRIMES_SUBMIT_TO",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:7406,127.0.0.1:7407,127.0.0.1:7408"
+        )]
+        to: Vec<String>,
+        /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
+        #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
+        key_file: PathBuf,
+        /// How long to keep trying while no leader answers, in ms.
+        #[arg(long, default_value_t = 15_000)]
+        timeout_ms: u64,
+    },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
     VerifySnapshot {
@@ -254,6 +279,13 @@ fn main() -> ExitCode {
             ..
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
+        Some(Command::Submit {
+            name,
+            line,
+            to,
+            key_file,
+            timeout_ms,
+        }) => submit(&name, &line, &to, &key_file, timeout_ms),
         Some(Command::Results { what, out, from }) => {
             let what = match what {
                 WhatArg::Primes => coordinator::results::What::Primes,
@@ -274,6 +306,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn submit(
+    name: &str,
+    line: &str,
+    to: &[String],
+    key_file: &std::path::Path,
+    timeout_ms: u64,
+) -> anyhow::Result<()> {
+    coordinator::jobs::check_submission(name, line)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("the job")?;
+    let key = proto::ClusterKey::resolve(key_file).context("loading the cluster key")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (member, index, addr) = rt.block_on(coordinator::group::net::submit(
+        to,
+        &key,
+        name,
+        line.trim(),
+        std::time::Duration::from_millis(timeout_ms),
+    ))?;
+    eprintln!(
+        "submitted job {name} ({}): committed by coordinator-{member} at {addr}, log index {index}",
+        line.trim()
+    );
+    Ok(())
 }
 
 fn verify(files: &[PathBuf], json: bool) -> ExitCode {

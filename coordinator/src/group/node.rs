@@ -329,6 +329,7 @@ pub async fn run(
         contact: super::net::Contact::default(),
         log: log.clone(),
         min_timeout: Duration::from_millis(election * 2),
+        members: group.members.clone(),
     };
     let raft = Raft::new(
         group.id,

@@ -138,11 +138,19 @@ impl Replica {
         lock(&self.inner).held.take(id)
     }
 
-    /// Takes the root files for `term` of group `group` (see [`Mirror`]).
+    /// Takes the root files for `term` of group `group` (see [`Mirror`]), and puts the
+    /// submitted jobs not yet reported into the jobs folder.
     pub fn lead(&self, term: u64, group: &str) -> anyhow::Result<()> {
         let mut g = lock(&self.inner);
         let dir = g.dir.clone();
-        tokio::task::block_in_place(|| g.mirror.activate(term, group, &dir))
+        tokio::task::block_in_place(|| {
+            g.mirror.activate(term, group, &dir)?;
+            let placed = g.place_submitted_jobs()?;
+            if placed > 0 {
+                info!(placed, "submitted jobs put into the jobs folder");
+            }
+            Ok(())
+        })
     }
 
     /// The voters of the membership applied so far (none before the first).
@@ -271,6 +279,53 @@ impl State {
         Ok(())
     }
 
+    /// Keeps submitted job `name` in `jobs/` here and, while this member keeps the root
+    /// files, in the coordinator's jobs folder.
+    fn submit_job(&mut self, name: &str, line: &str) -> anyhow::Result<()> {
+        crate::jobs::check_submission(name, line).map_err(|e| anyhow::anyhow!(e))?;
+        let file = format!("{name}.job");
+        let text = format!("{}\n", line.trim());
+        let own = self.dir.join("jobs").join(&file);
+        write_if_changed(&own, &text)?;
+        if self.mirror.term().is_some() {
+            write_if_changed(&self.mirror.jobs_dir().join(&file), &text)?;
+        }
+        Ok(())
+    }
+
+    /// At takeover: puts every submitted job that has no report for its line yet into the
+    /// coordinator's jobs folder (the previous leader's was on its own host), so this
+    /// leader runs it; a job already reported is left out (its report is replicated).
+    fn place_submitted_jobs(&self) -> anyhow::Result<usize> {
+        let mut placed = 0;
+        for e in std::fs::read_dir(self.dir.join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(file) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Some(name) = file.strip_suffix(".job") else {
+                continue;
+            };
+            let text = std::fs::read_to_string(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            let Ok(spec) = crate::jobs::check_submission(name, text.trim()) else {
+                continue;
+            };
+            let report = self.dir.join("output/jobs").join(format!("{name}.json"));
+            let reported = std::fs::read(&report)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|r| serde_json::to_value(spec).is_ok_and(|s| r["spec"] == s));
+            if !reported && write_if_changed(&self.mirror.jobs_dir().join(&file), &text)? {
+                placed += 1;
+            }
+        }
+        Ok(placed)
+    }
+
     fn apply_one(&mut self, cmd: Command) -> anyhow::Result<Outcome> {
         let output = self.dir.join("output");
         Ok(match cmd {
@@ -328,6 +383,16 @@ impl State {
                         snapshot = name,
                         error = format!("{e:#}"),
                         "cannot keep a snapshot"
+                    );
+                }
+                Outcome::Nothing
+            }
+            Command::SubmitJob { name, line } => {
+                if let Err(e) = self.submit_job(&name, &line) {
+                    warn!(
+                        job = name,
+                        error = format!("{e:#}"),
+                        "cannot keep a submitted job"
                     );
                 }
                 Outcome::Nothing
@@ -820,6 +885,20 @@ impl RaftStateMachine<TypeConfig> for Replica {
             snapshot: Box::new(file),
         }))
     }
+}
+
+/// Writes `text` to `path` atomically unless it already holds it; true if it wrote.
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<bool> {
+    if std::fs::read(path).is_ok_and(|b| b == text.as_bytes()) {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    proto::files::write_atomic(path, text.as_bytes(), true)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
 }
 
 #[cfg(test)]
