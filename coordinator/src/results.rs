@@ -285,6 +285,8 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<Body> {
 /// What `coordinator results` fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum What {
+    /// What every member that answers says of itself ([`Info`], one JSON line each).
+    Status,
     Primes,
     Reports,
     Snapshots,
@@ -317,6 +319,16 @@ pub fn run(what: What, from: &[String], out: Option<&Path>) -> anyhow::Result<()
     let (answers, failed) = probe(from);
     for f in &failed {
         eprintln!("results: no answer from {f}");
+    }
+    if what == What::Status {
+        for a in &answers {
+            let line = serde_json::json!({"addr": a.addr, "info": a.info});
+            println!("{line}");
+        }
+        if answers.is_empty() {
+            bail!("no member answered (asked {})", from.join(", "));
+        }
+        return Ok(());
     }
     let plan = choose(&answers).with_context(|| {
         format!(
@@ -377,6 +389,7 @@ fn fetch(what: What, addr: &str, out: Option<&Path>) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        What::Status => Ok(()),
         What::Reports | What::Snapshots => {
             let (list, prefix, ok): (&str, &str, fn(&str) -> bool) = match what {
                 What::Reports => ("/reports", "/reports/", report_name_ok),

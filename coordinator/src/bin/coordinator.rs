@@ -183,7 +183,7 @@ enum Command {
     /// Read the results from the group's members, without a shared disk: the leader's, or
     /// the most up-to-date member's that answers (stderr says which, and its applied log
     /// index). `primes` goes to stdout (or DIR/primes.txt); `reports` and `snapshots` are
-    /// listed (or written under DIR).
+    /// listed (or written under DIR); `status` shows what each member says of itself.
     Results {
         what: WhatArg,
         /// Write into this folder (primes.txt, the reports' names, the snapshots' names)
@@ -239,6 +239,9 @@ enum Command {
 /// What `coordinator results` reads.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum WhatArg {
+    /// Each member that answers: its role, term and applied index (one JSON line each;
+    /// exit 1 if none answers: a health check).
+    Status,
     Primes,
     Reports,
     Snapshots,
@@ -288,6 +291,7 @@ fn main() -> ExitCode {
         }) => submit(&name, &line, &to, &key_file, timeout_ms),
         Some(Command::Results { what, out, from }) => {
             let what = match what {
+                WhatArg::Status => coordinator::results::What::Status,
                 WhatArg::Primes => coordinator::results::What::Primes,
                 WhatArg::Reports => coordinator::results::What::Reports,
                 WhatArg::Snapshots => coordinator::results::What::Snapshots,
