@@ -4,7 +4,8 @@
 #
 #   bench/bulk.sh job MODE [LO HI]   one fresh run of `primes LO HI` (default [10^12,
 #                                    10^12 + 2·10^9]: 72,383,465 primes, a 1.0 GB primes.txt);
-#                                    prints the drop-to-report time, each coordinator's peak
+#                                    prints the drop-to-report time, the time until every
+#                                    member applied it, each coordinator's peak
 #                                    RSS (VmHWM) and CPU seconds, and the primes.txt size
 #   bench/bulk.sh primesieve [LO HI] the reference: `primesieve LO HI -p > file`, timed
 #   bench/bulk.sh small              2,000 files of 1,000 numbers below 10^7 (gen-input),
@@ -32,6 +33,15 @@ proc_stats() {
   printf '%s:%sMiB/%.1fs' "$(basename "$1" .pid)" "$hwm" "$(awk -v t="$ticks" -v h="$(getconf CLK_TCK)" 'BEGIN { print t / h }')"
 }
 
+# True when every member's own primes.txt (mode $2) is $1 bytes long.
+members_have() {
+  local m dirs=(data/coordinators/simple)
+  [ "$2" = simple ] || dirs=(data/coordinators/coordinator-*)
+  for m in "${dirs[@]/%//primes.txt}"; do
+    [ "$(stat -c %s "$m")" = "$1" ] || return 1
+  done
+}
+
 case $what in
 job)
   mode=${2:?bench/bulk.sh job simple|replicated [LO HI]}
@@ -45,12 +55,16 @@ job)
   mv "data/jobs/.$name.tmp" "data/jobs/$name.job"
   while [ ! -e "data/output/jobs/$name.json" ]; do sleep 0.05; done
   t1=$(now)
+  size=$(stat -c %s primes.txt)
+  # Followers apply behind the leader (at idle priority while the job runs): also time
+  # until every member's own primes.txt is as long as the root one.
+  until members_have "$size" "$mode"; do sleep 0.05; done
+  t2=$(now)
   stats=""
   for f in run/coordinator*.pid; do stats="$stats $(proc_stats "$f")"; done
-  size=$(stat -c %s primes.txt)
   ./stop_system.sh >/dev/null
   rm -f "data/jobs/$name.job"
-  echo "job $mode [$lo, $hi]: report after $(secs "$t0" "$t1") s; primes.txt $size bytes; peak RSS/CPU:$stats"
+  echo "job $mode [$lo, $hi]: report after $(secs "$t0" "$t1") s; every member applied after $(secs "$t0" "$t2") s; primes.txt $size bytes; peak RSS/CPU:$stats"
   ;;
 primesieve)
   lo=${2:-1000000000000}; hi=${3:-1002000000000}

@@ -17,6 +17,7 @@
 //! - [`replica`]: the state machine: applies commands, builds and installs snapshots.
 //! - [`mirror`]: the root files the leader maintains, and the term fence.
 //! - [`net`]: the Raft RPCs between coordinators (authenticated TCP, one JSON line each).
+//! - [`pace`]: a follower applies what it regenerates at idle priority, within a bound.
 //! - [`prevote`]: a member stands for election only once a majority would vote for it.
 //! - [`publish`]: this member's view of itself, written for status and the dashboards.
 //! - [`node`]: the process: the Raft node, and the role loop (lead, or redirect workers).
@@ -27,6 +28,7 @@ pub mod log;
 pub mod mirror;
 pub mod net;
 pub mod node;
+pub mod pace;
 pub mod prevote;
 pub mod publish;
 pub mod replica;

@@ -385,6 +385,12 @@ pub async fn run(
         });
     }
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
+    tokio::spawn(super::pace::watch(
+        raft.clone(),
+        group.id,
+        replica.pace(),
+        shutdown.clone(),
+    ));
     tokio::spawn(compact_large_logs(raft.clone(), log_size, shutdown.clone()));
     // Issue 27: every member says what it is (status reads the members, not only the
     // last leader's status file).

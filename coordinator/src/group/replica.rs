@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use super::batch::{self, Held};
 use super::files;
 use super::mirror::Mirror;
+use super::pace::{self, Pace};
 use super::{Command, LogEntry, LogId, Member, Outcome, TypeConfig};
 use crate::primes::PrimesFile;
 use crate::ranges::Finished;
@@ -49,12 +50,35 @@ struct State {
     held: Held,
     /// Where the proposer of an import put the root files it imports.
     import_dir: PathBuf,
+    /// Whether what this member regenerates is applied at idle priority ([`pace`]).
+    pace: Pace,
 }
 
 /// One replica's state machine; clones share it.
 #[derive(Clone)]
 pub struct Replica {
     inner: Arc<Mutex<State>>,
+    /// What the results endpoints read ([`Replica::results_view`]), behind a lock of its own:
+    /// an apply holds `inner` for as long as it writes (a follower's at idle priority,
+    /// [`pace`]), and a request on the async thread must not wait for it.
+    view: Arc<Mutex<View>>,
+    dir: PathBuf,
+}
+
+/// The last applied index and the length the primes file had then (whole lines).
+#[derive(Clone, Copy, Default)]
+struct View {
+    applied: u64,
+    primes_bytes: u64,
+}
+
+impl State {
+    fn view(&self) -> View {
+        View {
+            applied: self.applied.applied.map_or(0, |l| l.index),
+            primes_bytes: self.primes.bytes(),
+        }
+    }
 }
 
 fn sm_err(e: anyhow::Error) -> StorageError<u64> {
@@ -94,15 +118,19 @@ impl Replica {
             applied = ?applied.applied.map(|l| l.index),
             "replica opened"
         );
+        let state = State {
+            dir: dir.to_path_buf(),
+            primes,
+            applied,
+            mirror: Mirror::new(root_primes, root_output, jobs),
+            held: Held::default(),
+            import_dir: import_dir(root_primes),
+            pace: Pace::default(),
+        };
         Ok(Replica {
-            inner: Arc::new(Mutex::new(State {
-                dir: dir.to_path_buf(),
-                primes,
-                applied,
-                mirror: Mirror::new(root_primes, root_output, jobs),
-                held: Held::default(),
-                import_dir: import_dir(root_primes),
-            })),
+            view: Arc::new(Mutex::new(state.view())),
+            inner: Arc::new(Mutex::new(state)),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -118,14 +146,16 @@ impl Replica {
     }
 
     /// This replica's folder, its last applied index and the length its primes file had
-    /// then (read under the lock: entries apply under it, so the length is whole lines).
+    /// then (whole lines: the view is updated after each entry applies). Never waits for an
+    /// apply in progress.
     pub fn results_view(&self) -> (PathBuf, u64, u64) {
-        let g = lock(&self.inner);
-        (
-            g.dir.clone(),
-            g.applied.applied.map_or(0, |l| l.index),
-            g.primes.bytes(),
-        )
+        let v = *lock(&self.view);
+        (self.dir.clone(), v.applied, v.primes_bytes)
+    }
+
+    /// The pace of this member's applies, for [`pace::watch`] to keep up to date.
+    pub fn pace(&self) -> Pace {
+        lock(&self.inner).pace.clone()
     }
 
     /// Holds the range primes of batch `id` (about to be proposed) for its apply here.
@@ -338,24 +368,34 @@ impl State {
                 }
             }
             Command::Batch(b) => {
-                let runs = match self.held.take(b.id) {
-                    Some(runs) => runs,
-                    None if b.pieces.is_empty() => Vec::new(),
-                    None => {
-                        let (runs, wrong) =
-                            batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
-                        for w in wrong {
-                            tracing::error!(
-                                problem = w,
-                                "a range's primes as the leader had them differ from this member's sieve: the sieve's are written"
-                            );
-                        }
-                        runs
-                    }
-                };
+                let held = self.held.take(b.id);
+                let primes = &mut self.primes;
                 // The ledger a leader starting here takes is kept up to date by append (a
                 // task applied twice is recorded once).
-                let new = self.primes.append(&b.small, &b.big, &runs, &b.finished)?;
+                let new = match held {
+                    Some(runs) => primes.append(&b.small, &b.big, &runs, &b.finished)?,
+                    None if b.pieces.is_empty() => {
+                        primes.append(&b.small, &b.big, &[], &b.finished)?
+                    }
+                    None => {
+                        let mut apply = move || {
+                            let (runs, wrong) =
+                                batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
+                            for w in wrong {
+                                tracing::error!(
+                                    problem = w,
+                                    "a range's primes as the leader had them differ from this member's sieve: the sieve's are written"
+                                );
+                            }
+                            primes.append(&b.small, &b.big, &runs, &b.finished)
+                        };
+                        if self.pace.lowly() {
+                            pace::run_lowly(apply)?
+                        } else {
+                            apply()?
+                        }
+                    }
+                };
                 Outcome::Flushed {
                     new: new as u64,
                     total: self.primes.len() as u64,
@@ -743,7 +783,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
         I::IntoIter: Send,
     {
         let entries: Vec<LogEntry> = entries.into_iter().collect();
-        let inner = self.inner.clone();
+        let (inner, view) = (self.inner.clone(), self.view.clone());
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
             let mut out = Vec::with_capacity(entries.len());
@@ -759,6 +799,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
                     }
                 };
                 g.applied.applied = Some(e.log_id);
+                *lock(&view) = g.view();
                 out.push(outcome);
             }
             // What was applied is made durable (and recorded in applied.json) only before a
@@ -814,7 +855,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
             .context("syncing a received snapshot")
             .map_err(sm_err)?;
         drop(snapshot);
-        let inner = self.inner.clone();
+        let (inner, view) = (self.inner.clone(), self.view.clone());
         let meta = meta.clone();
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
@@ -834,6 +875,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
                 membership: meta.last_membership.clone(),
             };
             g.make_durable()?;
+            *lock(&view) = g.view();
             let data = data_path(&g.dir, &meta.snapshot_id);
             std::fs::rename(&received, &data)
                 .with_context(|| format!("renaming {}", received.display()))?;

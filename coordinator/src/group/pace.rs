@@ -1,0 +1,214 @@
+//! How fast a member applies what it does not hold: a follower regenerates a flush's range
+//! primes and writes them behind the leader, at idle CPU priority.
+//!
+//! Commit needs a majority's *log*, not its apply: a range prime travels by reference
+//! ([`super::batch`]) and the committed reference is as durable as the primes. So on a
+//! machine the members share with the workers (a group of three on one host), a follower's
+//! apply (sieve, decimal, ~1 GB of page-cache writes per 72 M primes: about 3.5 CPU-seconds)
+//! need not compete with the leader and the workers, which a job waits on. While a follower
+//! follows a known leader and is at most [`LAG_BOUND`] entries behind its own log, its
+//! regeneration runs on a thread of nice 19: it takes the CPU the job leaves idle and
+//! catches up when the job ends. Anything else applies at the normal priority at once:
+//! a leader, a candidate (it must apply everything before it serves), a member with no
+//! leader, and a follower further behind than the bound (so a follower's lag, and the
+//! backlog a member elected next has to apply before it serves, stay bounded under a load
+//! that never ends).
+//!
+//! The decision ([`yields`]) is pure; [`watch`] feeds it the Raft metrics and
+//! [`run_lowly`] runs one apply on a low-priority thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Raft;
+use crate::state::lock;
+
+/// The most entries a follower leaves unapplied at idle priority; beyond, it applies at the
+/// normal priority. An entry references at most one flush (a few million primes; ~0.2 s of
+/// apply), so a member elected from a yielding follower has at most a few seconds to apply
+/// before it serves.
+pub const LAG_BOUND: u64 = 16;
+
+/// What [`yields`] decides from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub me: u64,
+    pub state: ServerState,
+    pub leader: Option<u64>,
+    /// The last index in this member's log, and the last it applied.
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+}
+
+/// True when this member's applies of what it must regenerate can wait for idle CPU.
+pub fn yields(s: Seen) -> bool {
+    let follows = s.state == ServerState::Follower && s.leader.is_some_and(|l| l != s.me);
+    // Entries in the log not yet applied (indexes start at 0).
+    let lag = match (s.last_log, s.applied) {
+        (None, _) => 0,
+        (Some(l), None) => l + 1,
+        (Some(l), Some(a)) => l.saturating_sub(a),
+    };
+    follows && lag <= LAG_BOUND
+}
+
+/// Shared between [`watch`] and the replica: whether to apply at idle priority now.
+#[derive(Clone, Default)]
+pub struct Pace(Arc<AtomicBool>);
+
+impl Pace {
+    pub fn lowly(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, v: bool) {
+        if self.0.swap(v, Ordering::Relaxed) != v {
+            debug!(idle_priority = v, "follower apply pace");
+        }
+    }
+}
+
+/// Keeps `pace` up to date with the Raft metrics until `shutdown`.
+pub async fn watch(raft: Raft, me: u64, pace: Pace, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            pace.set(yields(Seen {
+                me,
+                state: m.state,
+                leader: m.current_leader,
+                last_log: m.last_log_index,
+                applied: m.last_applied.map(|l| l.index),
+            }));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                pace.set(false);
+                return;
+            }
+            r = rx.changed() => if r.is_err() {
+                pace.set(false);
+                return;
+            },
+        }
+    }
+}
+
+/// Runs `f` on a thread of nice 19 and returns what it returns (on this thread if no thread
+/// can be started). Linux keeps the nice value per thread, so nothing else is slowed.
+pub fn run_lowly<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
+    let cell = Mutex::new(Some(f));
+    let ran = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("apply-lowly".into())
+            .spawn_scoped(s, || {
+                lower_this_thread();
+                let f = lock(&cell).take();
+                f.map(|f| f())
+            });
+        match spawned {
+            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(e) => {
+                debug!(error = %e, "no low-priority apply thread: applying here");
+                None
+            }
+        }
+    });
+    match ran {
+        Some(r) => r,
+        None => {
+            let f = lock(&cell).take();
+            match f {
+                Some(f) => f(),
+                // The thread took `f` and returned its result above.
+                None => unreachable!("the closure ran on the low-priority thread"),
+            }
+        }
+    }
+}
+
+/// Nice 19 for the calling thread (a thread's own nice value on Linux; raising it needs no
+/// privilege). Failure leaves the normal priority, which is only slower for the job.
+fn lower_this_thread() {
+    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread on Linux.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "cannot lower the apply thread's priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(state: ServerState, leader: Option<u64>, last_log: u64, applied: u64) -> Seen {
+        Seen {
+            me: 2,
+            state,
+            leader,
+            last_log: Some(last_log),
+            applied: Some(applied),
+        }
+    }
+
+    #[test]
+    /// A follower of a known leader yields while within the bound; nothing else does.
+    fn only_a_follower_close_behind_yields() {
+        assert!(yields(seen(ServerState::Follower, Some(1), 10, 9)));
+        assert!(yields(seen(
+            ServerState::Follower,
+            Some(1),
+            10 + LAG_BOUND,
+            10
+        )));
+        assert!(!yields(seen(
+            ServerState::Follower,
+            Some(1),
+            11 + LAG_BOUND,
+            10
+        )));
+        assert!(!yields(seen(ServerState::Follower, None, 10, 9)));
+        assert!(!yields(seen(ServerState::Leader, Some(2), 10, 9)));
+        assert!(!yields(seen(ServerState::Candidate, None, 10, 9)));
+        // Stale metrics naming this member leader while it follows: it must hurry.
+        assert!(!yields(seen(ServerState::Follower, Some(2), 10, 9)));
+        // Nothing applied yet: the lag counts every entry in the log.
+        let fresh = Seen {
+            me: 2,
+            state: ServerState::Follower,
+            leader: Some(1),
+            last_log: Some(LAG_BOUND + 1),
+            applied: None,
+        };
+        assert!(!yields(fresh));
+        assert!(yields(Seen {
+            last_log: Some(LAG_BOUND - 1),
+            ..fresh
+        }));
+        assert!(yields(Seen {
+            last_log: None,
+            ..fresh
+        }));
+    }
+
+    #[test]
+    /// The closure runs, on another thread of lower priority, and its result comes back.
+    fn runs_lowly_and_returns() {
+        let here = std::thread::current().id();
+        let mut touched = 0;
+        let (there, nice) = run_lowly(|| {
+            touched += 1;
+            // SAFETY: getpriority takes plain integers.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            (std::thread::current().id(), nice)
+        });
+        assert_eq!(touched, 1);
+        assert_ne!(there, here);
+        assert_eq!(nice, 19);
+    }
+}
