@@ -58,6 +58,30 @@ pub trait Durable: Send + Sync {
 
     /// The group as this member sees it (status, dashboard, metrics).
     fn status(&self) -> GroupStatus;
+
+    /// Keeps snapshot file `name` (its text `bytes`) where every member has it, pruned to
+    /// the newest `keep` ([`crate::group::Command::SnapshotPart`]). Best effort: the
+    /// snapshot is already written to the leader's snapshots folder.
+    fn snapshot(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        keep: usize,
+    ) -> BoxFuture<'_, anyhow::Result<()>> {
+        let _ = (name, bytes, keep);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The folder where [`Durable::snapshot`] keeps them on this member, if any: the
+    /// numbering goes on from the newest there, and a new leader resumes from it.
+    fn snapshot_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// This member's own results, served beside the dashboard ([`crate::results`]).
+    fn results(&self) -> Option<std::sync::Arc<dyn crate::results::Source>> {
+        None
+    }
 }
 
 /// The group's state as one member sees it, for `coordinator status`, the dashboard and

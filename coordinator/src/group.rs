@@ -104,6 +104,46 @@ pub enum Command {
     /// first `primes_len` bytes of its primes file, the first `ledger_len` of its ledger and
     /// its reports into its state, streaming, so switching modes loses and redoes nothing.
     ImportRoot { primes_len: u64, ledger_len: u64 },
+    /// A piece of a Chandy–Lamport snapshot file the leader wrote (`name` as the snapshot
+    /// writer names it; `data` its text from byte `offset`, at most
+    /// [`SNAPSHOT_PART_BYTES`] bytes), so every member keeps the snapshots in its own
+    /// folder (`snapshots/`) and any member serves them, and numbers them on, after a
+    /// failover. The last piece renames the file into place and keeps the newest `keep`.
+    SnapshotPart {
+        name: String,
+        offset: u64,
+        data: String,
+        last: bool,
+        keep: usize,
+    },
+    /// A job submitted to the group (`coordinator submit`, checked by the leader): every
+    /// member keeps it as `jobs/<name>.job` in its own folder, and the member that keeps
+    /// the root files (the leader) writes it into its jobs folder (`--jobs`), where its
+    /// coordinator picks it up as any job file; a new leader does the same at takeover with
+    /// the submitted jobs that have no report for that line yet.
+    SubmitJob { name: String, line: String },
+}
+
+/// Bytes of snapshot text per [`Command::SnapshotPart`]: as a JSON string (quotes and
+/// newlines escaped: at most twice as long) well within an entry's 256 KiB.
+pub const SNAPSHOT_PART_BYTES: usize = 96 << 10;
+
+/// `text` cut into pieces of at most `max` bytes at character boundaries: (offset, piece).
+pub fn snapshot_parts(text: &str, max: usize) -> Vec<(u64, &str)> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + max.max(4)).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        parts.push((start as u64, &text[start..end]));
+        start = end;
+    }
+    if parts.is_empty() {
+        parts.push((0, ""));
+    }
+    parts
 }
 
 /// What applying a command did, for the leader that proposed it.
@@ -175,5 +215,25 @@ pub fn status_of(raft: &Raft) -> GroupStatus {
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
         members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snapshot_parts_cut_at_character_boundaries() {
+        let text = "ab\u{e9}cd\u{1f600}e";
+        let parts = super::snapshot_parts(text, 4);
+        let joined: String = parts.iter().map(|(_, p)| *p).collect();
+        assert_eq!(joined, text);
+        for (off, p) in &parts {
+            assert!(p.len() <= 4, "{p:?}");
+            assert_eq!(&text[*off as usize..*off as usize + p.len()], *p);
+        }
+        assert_eq!(
+            super::snapshot_parts("", 4),
+            vec![(0, "")],
+            "an empty file is one piece"
+        );
     }
 }

@@ -18,6 +18,34 @@ pub fn job_name_of(rel: &str) -> String {
     rel.strip_suffix(".job").unwrap_or(rel).to_string()
 }
 
+/// Longest job line `coordinator submit` takes.
+pub const MAX_SUBMIT_LINE: usize = 1024;
+
+/// Whether job `name` with `line` may be submitted to the group (`coordinator submit`):
+/// the name 1–64 of `[A-Za-z0-9._-]`, not starting with `.` (it becomes the file
+/// `<name>.job` and the report `jobs/<name>.json`), and the line a valid job. Checked by
+/// the command and again by the leader before it commits it.
+pub fn check_submission(name: &str, line: &str) -> Result<JobSpec, String> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        return Err(format!(
+            "job name {name:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'"
+        ));
+    }
+    if line.len() > MAX_SUBMIT_LINE {
+        return Err(format!(
+            "a job is one line of at most {MAX_SUBMIT_LINE} bytes, not {}",
+            line.len()
+        ));
+    }
+    JobSpec::parse(line)
+}
+
 /// What a job file asks for, or why it cannot be run.
 pub fn read_job(dir: &Path, rel: &str, segment: u64) -> Result<GenJob, String> {
     let path = dir.join(rel);
@@ -53,6 +81,30 @@ pub fn current_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn submissions() {
+        for (name, line, ok) in [
+            ("a", "primes 1 100", true),
+            ("big-1.x_y", "count 1 1000000", true),
+            ("", "primes 1 100", false),
+            (".hidden", "primes 1 100", false),
+            ("a/b", "primes 1 100", false),
+            ("..", "primes 1 100", false),
+            ("a b", "primes 1 100", false),
+            ("a", "primes 100 1", false),
+            ("a", "frobnicate 3", false),
+            ("a", "", false),
+        ] {
+            assert_eq!(
+                check_submission(name, line).is_ok(),
+                ok,
+                "{name:?} {line:?}"
+            );
+        }
+        assert!(check_submission("a", &format!("nth {}", "1".repeat(2000))).is_err());
+        assert!(check_submission(&"n".repeat(65), "nth 5").is_err());
+    }
 
     #[test]
     fn job_files() {

@@ -22,11 +22,14 @@
 //! - [`group`]: every coordinator is a member of a group (Raft through `openraft`; of one
 //!   in simple mode): the leader runs the above with its flushes and reports committed
 //!   through the group's log, its `Durable` (primes in it as base64: [`compact`]).
-//! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics).
+//! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics),
+//!   and beside it the member's results, read-only ([`results`]).
 //!
 //! Files and commands:
 //! - [`primes`]: `primes.txt` with its dedup set; torn-tail repair on open; append + fsync.
 //! - [`report`]: atomic per-file reports in `data/output/`.
+//! - [`results`]: results without a shared disk: which member to read them from, and the
+//!   `coordinator results` command (an HTTP client of the members' endpoints).
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
 //! - [`members`]: each group member's view of itself (a file beside the status file) and
@@ -46,6 +49,7 @@ pub mod members;
 pub mod primes;
 pub mod ranges;
 pub mod report;
+pub mod results;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -54,9 +54,17 @@ pub async fn run(
         "dedup state from this replica"
     );
     let session = format!("{:08x}", rand::random::<u32>());
-    let next_seq = list_snapshots(&cfg.snapshots.dir)
-        .first()
-        .map_or(1, |(s, _)| s + 1);
+    // Snapshots: those this host's leaders wrote, and those the group keeps in this
+    // member's folder (every leader's, on whatever host it ran): numbers go on from the
+    // newest of either, and recovery starts from it.
+    let snapshot_dirs: Vec<std::path::PathBuf> = std::iter::once(cfg.snapshots.dir.clone())
+        .chain(durable.snapshot_dir())
+        .collect();
+    let newest_snap = snapshot_dirs
+        .iter()
+        .filter_map(|d| list_snapshots(d).into_iter().next())
+        .max_by_key(|(s, _)| *s);
+    let next_seq = newest_snap.as_ref().map_or(1, |(s, _)| s + 1);
     let mut machine = Coordinator::new(
         Core::new(cfg.core.clone(), session.clone()),
         Snapshots::new(cfg.snapshots.marker_timeout_ms, next_seq),
@@ -169,15 +177,20 @@ pub async fn run(
     }
     machine.set_job_plans(plans);
     let start = Instant::now();
-    if let Some(snap) = newest_snapshot(&cfg.snapshots.dir) {
+    let newest = newest_snap
+        .as_ref()
+        .and_then(|(_, p)| p.parent())
+        .and_then(newest_snapshot);
+    if let Some(snap) = newest {
         let now = Now {
             ms: start.elapsed().as_millis() as u64,
             wall: chrono::Utc::now(),
         };
         let files = machine.recover(&snap, &current, now);
         info!(seq = snap.seq, files, "recovered from snapshot");
-        if let Some((_, path)) = list_snapshots(&cfg.snapshots.dir)
-            .into_iter()
+        if let Some((_, path)) = snapshot_dirs
+            .iter()
+            .flat_map(|d| list_snapshots(d))
             .find(|(seq, _)| *seq == snap.seq)
         {
             machine.set_last_snapshot(crate::snapshot::SnapshotInfo {

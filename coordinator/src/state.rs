@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use anyhow::Context;
 use proto::msg::CoordMsg;
 use proto::ClusterKey;
 use serde::Serialize;
@@ -284,6 +285,27 @@ impl Shared {
                 crate::crash::point("snapshot-after-write");
                 let write_ms = t.elapsed().as_millis() as u64;
                 info!(seq, path = %path.display(), bytes, write_ms, "snapshot written");
+                // Every member keeps it too (through the log), so any of them serves it
+                // and numbers on from it after a failover.
+                let durable = self.durable.clone();
+                let (file, keep) = (path.clone(), self.cfg.snapshots.keep);
+                tokio::spawn(async move {
+                    let Some(name) = file.file_name().and_then(|n| n.to_str()).map(String::from)
+                    else {
+                        return;
+                    };
+                    let r = match tokio::fs::read(&file).await {
+                        Ok(b) => durable.snapshot(name, b, keep).await,
+                        Err(e) => Err(anyhow::Error::from(e)).context("reading it back"),
+                    };
+                    if let Err(e) = r {
+                        warn!(
+                            seq,
+                            error = format!("{e:#}"),
+                            "snapshot not replicated to the group"
+                        );
+                    }
+                });
                 let info = SnapshotInfo {
                     seq,
                     path: path.display().to_string(),

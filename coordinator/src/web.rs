@@ -6,8 +6,11 @@
 //! - `GET /events` — server-sent events: the status JSON every 0.5 s
 //! - `GET /metrics` — Prometheus text format
 //! - `GET /snapshots/<file>` — a snapshot file (names as listed in the status)
+//! - `GET /results`, `/primes.txt`, `/reports`, `/reports/<name>`, `/snapshots` — the
+//!   member's own results, read-only ([`crate::results`]), on every member
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +35,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let results = results_routes(shared.durable.results(), shared.cfg.snapshots.dir.clone());
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(api_status))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
-        .route("/snapshots", get(snapshot_list))
-        .route("/snapshots/{name}", get(snapshot_file))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(results);
     info!(%addr, "dashboard listening");
     let stop = shutdown.clone();
     let listener = Capped {
@@ -438,6 +441,7 @@ pub(crate) async fn serve_member(
     listener: TcpListener,
     status_file: std::path::PathBuf,
     snapshots: std::path::PathBuf,
+    results: Option<Arc<dyn crate::results::Source>>,
     stop: CancellationToken,
 ) {
     let read = move || {
@@ -467,19 +471,7 @@ pub(crate) async fn serve_member(
             }),
         )
         .route("/metrics", get(move || async move { metrics_text(&r3()) }))
-        .route(
-            "/snapshots",
-            get({
-                let dir = snapshots.clone();
-                move || async move { axum::Json(snapshot_names(&dir)) }
-            }),
-        )
-        .route(
-            "/snapshots/{name}",
-            get(move |Path(name): Path<String>| async move {
-                snapshot_response(&snapshots, name).await
-            }),
-        );
+        .merge(results_routes(results, snapshots));
     let listener = Capped {
         inner: listener,
         slots: proto::conn::Slots::new(DASHBOARD_CONNECTIONS),
@@ -493,38 +485,147 @@ pub(crate) async fn serve_member(
     }
 }
 
-fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
-    crate::snapshot::list_snapshots(dir)
-        .into_iter()
-        .filter_map(|(_, p)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-        .collect()
-}
-
-async fn snapshot_list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    axum::Json(snapshot_names(&shared.cfg.snapshots.dir))
-}
-
-async fn snapshot_file(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    snapshot_response(&shared.cfg.snapshots.dir, name).await
-}
-
-async fn snapshot_response(dir: &std::path::Path, name: String) -> Response {
-    // Only names the snapshot writer makes: no path separators, no way out of the folder.
-    let ok = name.starts_with("snapshot_")
-        && name.ends_with(".json")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !ok {
-        return (StatusCode::BAD_REQUEST, "not a snapshot name").into_response();
-    }
-    let path = dir.join(&name);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(_) => (
-            StatusCode::NOT_FOUND,
-            "no such snapshot (old ones are pruned)",
+/// The read-only results endpoints ([`crate::results`]): the member's own files when the
+/// group gives a source; the snapshots also from `root_snapshots` (where a leader on this
+/// host writes them).
+fn results_routes(
+    source: Option<Arc<dyn crate::results::Source>>,
+    root_snapshots: PathBuf,
+) -> Router {
+    let dirs = {
+        let source = source.clone();
+        let root = root_snapshots.clone();
+        move || {
+            let mut d = Vec::new();
+            if let Some(s) = &source {
+                d.push(crate::results::snapshots_dir(&s.dir()));
+            }
+            d.push(root.clone());
+            d
+        }
+    };
+    let d1 = dirs.clone();
+    let mut app = Router::new()
+        .route(
+            "/snapshots",
+            get(move || async move { axum::Json(crate::results::snapshot_names(&d1())) }),
         )
-            .into_response(),
-    }
+        .route(
+            "/snapshots/{name}",
+            get(move |Path(name): Path<String>| async move {
+                if !crate::results::snapshot_name_ok(&name) {
+                    return (StatusCode::BAD_REQUEST, "not a snapshot name").into_response();
+                }
+                for d in dirs() {
+                    let path = d.join(&name);
+                    if path.is_file() {
+                        return stream_file(path, None, "application/json").await;
+                    }
+                }
+                (
+                    StatusCode::NOT_FOUND,
+                    "no such snapshot (old ones are pruned)",
+                )
+                    .into_response()
+            }),
+        );
+    let Some(source) = source else {
+        return app;
+    };
+    let (s1, s2, s3, s4) = (source.clone(), source.clone(), source.clone(), source);
+    app = app
+        .route(
+            "/results",
+            get(move || async move { axum::Json(s1.info()) }),
+        )
+        .route(
+            "/primes.txt",
+            get(move || async move {
+                // The length its applied entries wrote: whole lines, whatever is being
+                // appended while this streams.
+                let info = s2.info();
+                stream_file(
+                    s2.dir().join("primes.txt"),
+                    Some(info.primes_bytes),
+                    "text/plain; charset=utf-8",
+                )
+                .await
+            }),
+        )
+        .route(
+            "/reports",
+            get(move || async move {
+                let output = s3.dir().join("output");
+                axum::Json(
+                    tokio::task::spawn_blocking(move || crate::results::report_names(&output))
+                        .await
+                        .unwrap_or_default(),
+                )
+            }),
+        )
+        .route(
+            "/reports/{*name}",
+            get(move |Path(name): Path<String>| async move {
+                if !crate::results::report_name_ok(&name) {
+                    return (StatusCode::BAD_REQUEST, "not a report name").into_response();
+                }
+                let kind = if name.ends_with(".json") {
+                    "application/json"
+                } else {
+                    "text/plain; charset=utf-8"
+                };
+                stream_file(s4.dir().join("output").join(&name), None, kind).await
+            }),
+        );
+    app
+}
+
+/// Streams the first `len` bytes of `path` (the whole file without `len`) with that
+/// Content-Length, in 64 KiB reads: nothing holds the file in memory. A file shorter than
+/// `len` ends the body early, which the client sees as a short body.
+async fn stream_file(path: PathBuf, len: Option<u64>, kind: &'static str) -> Response {
+    use tokio::io::AsyncReadExt;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (StatusCode::NOT_FOUND, "no such file").into_response()
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot open a result file");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file").into_response();
+        }
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot stat a result file");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file").into_response();
+        }
+    };
+    let len = len.unwrap_or(size).min(size);
+    let stream = futures::stream::unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; (left.min(64 << 10)) as usize];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
+                    (file, left - n as u64),
+                ))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, kind.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }

@@ -3,7 +3,9 @@
 //! the primary file server and the coordinator group's leader are `docker kill`ed (the
 //! leader stays down until the job is done: another member leads), a worker paused, a
 //! worker cut off the network and reconnected, a worker's process crashed (restarted by the
-//! `restart: unless-stopped` policy); the results must equal the single-process check.
+//! `restart: unless-stopped` policy); the results, read from the members with
+//! `coordinator results` (no volume is shared by two coordinators), must equal the
+//! single-process check.
 //! Containers, networks and volumes are removed at the end. Without a working docker the
 //! test fails and says why (`.ci/run` installs docker.io and docker-compose and starts
 //! dockerd).
@@ -56,7 +58,6 @@ impl Cluster {
             .arg("-f")
             .arg(repo().join("deploy/compose.yaml"))
             .env("PRIMES_INPUT", self.path("input"))
-            .env("PRIMES_RESULTS", self.path("results"))
             .env("PRIMES_KEY_FILE", self.path("cluster.key"))
             .env("PRIMES_IMAGE", &self.image)
             .env("PRIMES_HTTP_PUBLISH", "127.0.0.1:")
@@ -82,11 +83,62 @@ impl Cluster {
         run(Command::new("docker").args(args))
     }
 
+    /// The members' published dashboard addresses (those whose container runs).
+    fn http_addrs(&self) -> String {
+        (1..=3)
+            .filter_map(|n| {
+                let out = self
+                    .compose()
+                    .args(["port", &format!("coordinator-{n}"), "7410"])
+                    .output()
+                    .ok()?;
+                let a = stdout(&out);
+                (out.status.success() && !a.is_empty()).then_some(a)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `coordinator results ARGS --from <the members>`: its stdout if it succeeded.
+    fn results(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(bin("coordinator"))
+            .arg("results")
+            .args(args)
+            .args(["--from", &self.http_addrs()])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The leading member's number and dashboard address, by what the members say.
+    fn leader(&self) -> Option<(u64, String)> {
+        let out = self.results(&["status"])?;
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["info"]["role"] == "leader")
+            .and_then(|v| {
+                Some((
+                    v["info"]["member"].as_u64()?,
+                    v["addr"].as_str()?.to_string(),
+                ))
+            })
+    }
+
+    /// The serving leader's live status (`/api/status`).
     fn status(&self) -> Value {
-        std::fs::read(self.path("results/run/status.json"))
-            .ok()
+        self.leader()
+            .and_then(|(_, addr)| http_get(&addr, "/api/status"))
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null)
+    }
+
+    /// The reports the members list.
+    fn reported(&self) -> std::collections::BTreeSet<String> {
+        self.results(&["reports"])
+            .map(|o| o.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     fn connected_workers(&self) -> usize {
@@ -123,6 +175,23 @@ impl Drop for Cluster {
             .output();
         let _ = Command::new("docker").args(["rmi", &self.image]).output();
     }
+}
+
+/// The body of `GET path` from `addr` (HTTP/1.0: no chunked body), if it answers 200.
+fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).ok()?;
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&all[..split]);
+    head.lines()
+        .next()?
+        .contains(" 200 ")
+        .then(|| all[split + 4..].to_vec())
 }
 
 /// Says why docker cannot be used here, if it cannot.
@@ -175,20 +244,18 @@ fn compose_cluster_survives_container_faults() {
         project: format!("primese2e{}", stamp.replace('-', "")),
         image,
     };
-    for d in ["input", "results", "stage"] {
+    for d in ["input", "stage"] {
         std::fs::create_dir_all(c.path(d)).expect("mkdir");
     }
     let key = proto::ClusterKey::generate();
     std::fs::write(c.path("cluster.key"), key.to_hex()).expect("key");
-    // The image's user (uid 10001) reads the key and writes the results.
-    for p in ["cluster.key", "results"] {
-        let cp = std::ffi::CString::new(c.path(p).display().to_string()).expect("path");
-        assert_eq!(
-            unsafe { libc::chown(cp.as_ptr(), 10001, 10001) },
-            0,
-            "chown {p}"
-        );
-    }
+    // The image's user (uid 10001) reads the key.
+    let cp = std::ffi::CString::new(c.path("cluster.key").display().to_string()).expect("path");
+    assert_eq!(
+        unsafe { libc::chown(cp.as_ptr(), 10001, 10001) },
+        0,
+        "chown cluster.key"
+    );
     std::fs::set_permissions(
         c.path("cluster.key"),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -215,21 +282,22 @@ fn compose_cluster_survives_container_faults() {
     // Faults while the job runs.
     let worker1 = c.container("worker-1");
     let server1 = c.container("server-1");
-    // The group's leader, by the status file it writes.
-    let leader = c.status()["group"]["leader"].as_u64().unwrap_or(0);
+    // The group's leader, by what the members say.
+    let leader = c.leader().map_or(0, |(l, _)| l);
     assert!(
         (1..=3).contains(&leader),
-        "the status names the group's leader: {}",
-        c.status()["group"]
+        "a member says it leads: {:?}",
+        c.results(&["status"])
     );
     let coord = c.container(&format!("coordinator-{leader}"));
     let worker2 = c.container("worker-2");
     let worker3 = c.container("worker-3");
     c.docker(&["kill", &worker1]);
+    let reported = c.reported();
     let unreported = c
         .inputs()
         .iter()
-        .filter(|f| !c.path(&format!("results/data/output/{f}.json")).exists())
+        .filter(|f| !reported.contains(&format!("{f}.json")))
         .count();
     assert!(
         unreported > 10,
@@ -251,10 +319,7 @@ fn compose_cluster_survives_container_faults() {
     // The leader's container killed: another member leads without it.
     c.docker(&["kill", &coord]);
     wait_for(T, "another coordinator to lead", || {
-        let st = c.status();
-        st["group"]["leader"]
-            .as_u64()
-            .is_some_and(|l| l != leader && st["running"] == true)
+        c.leader().is_some_and(|(l, _)| l != leader) && c.status()["running"] == true
     });
     c.docker(&["start", &server1]);
     c.docker(&["start", &worker1]);
@@ -286,11 +351,14 @@ fn compose_cluster_survives_container_faults() {
     // Every file reported, and the primes exact.
     let inputs = c.inputs();
     wait_for(T, "a report for every input", || {
+        let reported = c.reported();
         inputs
             .iter()
-            .all(|f| c.path(&format!("results/data/output/{f}.json")).exists())
+            .all(|f| reported.contains(&format!("{f}.json")))
     });
-    let text = std::fs::read_to_string(c.path("results/primes.txt")).expect("primes.txt");
+    let text = c
+        .results(&["primes"])
+        .expect("coordinator results primes from a member");
     let got: Vec<&str> = text.lines().collect();
     let set: std::collections::BTreeSet<&str> = got.iter().copied().collect();
     assert_eq!(set.len(), got.len(), "no prime twice");
@@ -302,7 +370,8 @@ fn compose_cluster_survives_container_faults() {
     // The killed leader comes back as a follower.
     c.docker(&["start", &coord]);
     assert!(
-        std::fs::read_dir(c.path("results/snapshots")).map_or(0, |d| d.count()) >= 1,
-        "snapshots were written"
+        c.results(&["snapshots"])
+            .is_some_and(|l| l.lines().count() >= 1),
+        "snapshots were written and are served by the members"
     );
 }

@@ -547,3 +547,359 @@ fn group_follower_cut_off_does_not_depose_the_leader() {
     drop(procs);
     drop(net);
 }
+
+/// Runs `coordinator ARGS` in namespace `ns` (a host of its own) and returns its exit
+/// status, stdout and stderr. The command bounds its own waits (connect 2 s, reads 30 s,
+/// submit 15 s).
+fn coordinator_cmd(p: &Pipeline, ns: &str, args: &[String]) -> (bool, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin("coordinator"))
+        .args(args)
+        .env(
+            "PRIMES_KEY_FILE",
+            p.path("host-client/cluster.key").display().to_string(),
+        )
+        .current_dir(p.path(""))
+        .output()
+        .unwrap_or_else(|e| panic!("running coordinator {args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The member a host's status file says leads and serves, if any.
+fn leader_on_host(p: &Pipeline, id: u8) -> Option<u8> {
+    let st: serde_json::Value = std::fs::read(p.path(&format!("host-{id}/run/status.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    (st["running"] == true).then_some(())?;
+    st["group"]["leader"]
+        .as_u64()
+        .map(|l| l as u8)
+        .filter(|l| *l == id)
+}
+
+#[test]
+/// Three coordinators on three hosts with nothing shared between them (each its own state,
+/// results, snapshots, jobs and status folders; no root results folder): a job submitted
+/// from a fourth host, the leader killed, and the results read from the members that are
+/// left with `coordinator results`, exactly what `worker check` and `worker gen` say.
+fn group_on_separate_hosts_results_from_any_member() {
+    let mut net = match Net::new() {
+        Ok(n) => n,
+        Err(e) => panic!("this test needs network namespaces (run as root with iproute2): {e}"),
+    };
+    let mut hosts = Vec::new();
+    for n in [31u8, 32, 33, 11, 21, 22, 40] {
+        hosts.push(
+            net.host(n)
+                .unwrap_or_else(|e| panic!("setting up host {n}: {e}")),
+        );
+    }
+    let client = hosts[6].clone();
+    let p = Pipeline::new();
+    write_inputs_pub(&p.path("data/input"), "m", 30, 3000, 47);
+    // The client host has its own copy of the key, nothing else.
+    std::fs::create_dir_all(p.path("host-client")).expect("mkdir");
+    std::fs::copy(p.path("run/cluster.key"), p.path("host-client/cluster.key"))
+        .expect("copying the key");
+    let addr = |n: u8, port: u16| format!("{SUBNET}.{n}:{port}");
+    let mut procs = Vec::new();
+    procs.push(start_server(
+        &p,
+        &hosts[3],
+        "server-1",
+        "primary",
+        "data/input",
+        &addr(11, 7000),
+        &[],
+    ));
+    let group = [31u8, 32, 33]
+        .iter()
+        .map(|n| format!("{}/{}", addr(*n, 7000), addr(*n, 7001)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut coordinators: Vec<Option<Proc>> = Vec::new();
+    for id in 1..=3u8 {
+        let h = |rel: &str| p.path(&format!("host-{id}/{rel}")).display().to_string();
+        coordinators.push(Some(start_in(
+            &p,
+            &hosts[id as usize - 1],
+            &format!("coordinator-{id}"),
+            "coordinator",
+            &[
+                s("--group"),
+                group.clone(),
+                s("--group-id"),
+                id.to_string(),
+                s("--group-dir"),
+                h("coordinators"),
+                s("--primes"),
+                h("primes.txt"),
+                s("--output"),
+                h("output"),
+                s("--snapshots"),
+                h("snapshots"),
+                s("--jobs"),
+                h("jobs"),
+                s("--input"),
+                h("input"),
+                s("--status-file"),
+                h("run/status.json"),
+                s("--http"),
+                addr(30 + id, 7010),
+                s("--afs"),
+                addr(11, 7000),
+                s("--inputs-from-afs"),
+                s("--heartbeat-ms"),
+                s("200"),
+                s("--flush-ms"),
+                s("100"),
+                s("--quiet-ms"),
+                s("200"),
+                s("--snapshot-ms"),
+                s("500"),
+                s("--keep-snapshots"),
+                s("1000"),
+            ],
+        )));
+    }
+    let coordinators_addr = [31u8, 32, 33]
+        .iter()
+        .map(|n| addr(*n, 7000))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (ns, id) in [(&hosts[4], "worker-1"), (&hosts[5], "worker-2")] {
+        let args = worker_args(&p, id, &coordinators_addr, &addr(11, 7000), 150);
+        procs.push(start_in(&p, ns, id, "worker", &args));
+    }
+    let raft_addrs = [31u8, 32, 33]
+        .iter()
+        .map(|n| addr(*n, 7001))
+        .collect::<Vec<_>>()
+        .join(",");
+    let http_addrs = [31u8, 32, 33]
+        .iter()
+        .map(|n| addr(*n, 7010))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut leader = 0u8;
+    wait_for(Duration::from_secs(60), "a leader serving", || {
+        leader = (1..=3).find_map(|id| leader_on_host(&p, id)).unwrap_or(0);
+        leader > 0
+    });
+    // A job from a host with no folder of the group's: committed through the log.
+    let job = "primes 1000000 3000000";
+    let (ok, _, err) = coordinator_cmd(
+        &p,
+        &client,
+        &[
+            s("submit"),
+            s("gen1"),
+            s(job),
+            s("--to"),
+            raft_addrs.clone(),
+        ],
+    );
+    assert!(ok, "coordinator submit failed: {err}");
+    assert!(err.contains("committed by coordinator-"), "{err}");
+    let (ok, _, err) = coordinator_cmd(
+        &p,
+        &client,
+        &[
+            s("submit"),
+            s("bad"),
+            s("primes 9 1"),
+            s("--to"),
+            raft_addrs.clone(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("larger than"),
+        "a bad job is refused: {err}"
+    );
+    let reports_on = |id: u8| {
+        std::fs::read_dir(p.path(&format!("host-{id}/coordinators/coordinator-{id}/output")))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(60), "some progress", || {
+        reports_on(leader) >= 8
+    });
+    // Its snapshots so far (their term), to check numbering goes on after the failover.
+    println!("killing coordinator-{leader} (the leader) with SIGKILL");
+    if let Some(mut c) = coordinators[leader as usize - 1].take() {
+        c.kill9();
+    }
+    let mut new = 0u8;
+    wait_for(Duration::from_secs(30), "another member to lead", || {
+        new = (1..=3)
+            .filter(|id| *id != leader)
+            .find_map(|id| leader_on_host(&p, id))
+            .unwrap_or(0);
+        new > 0
+    });
+    // Everything done, as the members left say through the command.
+    let mut listing = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let (ok, out, _) = coordinator_cmd(
+            &p,
+            &client,
+            &[s("results"), s("reports"), s("--from"), http_addrs.clone()],
+        );
+        if ok {
+            listing = out;
+            let files = listing.lines().filter(|l| l.starts_with("m")).count();
+            if files == 30 && listing.lines().any(|l| l == "jobs/gen1.json") {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every report within 180 s; the members list:\n{listing}\nnew leader:\n{}",
+            e2e::log_tail(&p.path(&format!("logs/coordinator-{new}.log")), 30)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out_dir = p.path("host-client/results");
+    for what in ["primes", "reports", "snapshots"] {
+        let (ok, _, err) = coordinator_cmd(
+            &p,
+            &client,
+            &[
+                s("results"),
+                s(what),
+                s("--out"),
+                out_dir.display().to_string(),
+                s("--from"),
+                http_addrs.clone(),
+            ],
+        );
+        assert!(ok, "coordinator results {what} failed: {err}");
+        assert!(
+            err.contains("results: from coordinator-") && err.contains("applied index"),
+            "it says which member and how far: {err}"
+        );
+        assert!(
+            !err.contains(&format!("from coordinator-{leader} ")),
+            "not from the dead leader: {err}"
+        );
+        println!("results {what}: {}", err.trim());
+    }
+    // Exactly the primes of the inputs and of the job, each once.
+    let text = std::fs::read_to_string(out_dir.join("primes.txt")).expect("primes.txt read");
+    assert!(text.is_empty() || text.ends_with('\n'), "whole lines");
+    let lines: Vec<&str> = text.lines().collect();
+    let got: std::collections::BTreeSet<String> = lines.iter().map(|l| l.to_string()).collect();
+    assert_eq!(got.len(), lines.len(), "no prime twice");
+    let mut want = p.expected();
+    let gen = Command::new(bin("worker"))
+        .args(["gen", job])
+        .output()
+        .expect("worker gen");
+    assert!(gen.status.success(), "worker gen failed");
+    want.extend(
+        String::from_utf8_lossy(&gen.stdout)
+            .lines()
+            .map(str::to_string),
+    );
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "results differ: missing {missing:?}, extra {extra:?}"
+    );
+    // The member that neither died nor leads has the same results once it has applied as
+    // far (asked alone: no leader answers, and the command says so).
+    let other = (1..=3u8)
+        .find(|id| *id != leader && *id != new)
+        .expect("a third member");
+    let mut said = String::new();
+    wait_for(
+        Duration::from_secs(30),
+        "the follower's primes equal the expected ones",
+        || {
+            let (ok, out, err) = coordinator_cmd(
+                &p,
+                &client,
+                &[
+                    s("results"),
+                    s("primes"),
+                    s("--from"),
+                    addr(30 + other, 7010),
+                ],
+            );
+            said = err;
+            ok && out
+                .lines()
+                .map(str::to_string)
+                .collect::<std::collections::BTreeSet<_>>()
+                == want
+                && out.lines().count() == want.len()
+        },
+    );
+    assert!(
+        said.contains(&format!("from coordinator-{other} ")) && said.contains("no leader answers"),
+        "{said}"
+    );
+    println!("results primes from the follower alone: {}", said.trim());
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_dir.join("jobs/gen1.json")).expect("the job's report"),
+    )
+    .expect("report JSON");
+    assert_eq!(report["status"], "done", "{report}");
+    // Snapshots: kept by every member, numbered on across the leaders, each consistent.
+    let snaps: Vec<std::path::PathBuf> = std::fs::read_dir(&out_dir)
+        .expect("results folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snapshot_"))
+        })
+        .collect();
+    let mut by_seq: Vec<(u64, u64)> = snaps
+        .iter()
+        .map(|f| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f).expect("snapshot")).expect("json");
+            (
+                v["seq"].as_u64().expect("seq"),
+                v["group"]["term"].as_u64().expect("term"),
+            )
+        })
+        .collect();
+    by_seq.sort();
+    let terms: std::collections::BTreeSet<u64> = by_seq.iter().map(|x| x.1).collect();
+    assert!(
+        terms.len() >= 2,
+        "snapshots of both leaders' terms are kept: {by_seq:?}"
+    );
+    assert!(
+        by_seq
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "sequence numbers go on across leaders: {by_seq:?}"
+    );
+    let verify = Command::new(bin("coordinator"))
+        .arg("verify-snapshot")
+        .args(&snaps)
+        .output()
+        .expect("verify-snapshot");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // Nothing was shared: no results at the root of the folder the hosts share for logs.
+    assert!(!p.path("primes.txt").exists(), "no root primes.txt");
+    assert!(!p.path("data/output").exists(), "no root reports folder");
+    drop(coordinators);
+    drop(procs);
+    drop(net);
+}

@@ -232,7 +232,7 @@ impl Pipeline {
     }
 
     /// The distinct primes the inputs hold, by the single-process `worker check`.
-    fn expected(&self) -> BTreeSet<String> {
+    pub fn expected(&self) -> BTreeSet<String> {
         let files: Vec<PathBuf> = e2e_inputs(&self.path("data/input"))
             .iter()
             .map(|f| self.path(&format!("data/input/{f}")))

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use coordinator::core::CoreConfig;
 use coordinator::server::Config;
 use coordinator::snapshot::SnapshotConfig;
@@ -180,6 +180,51 @@ enum Command {
         #[arg(long, conflicts_with_all = ["registered", "watch"])]
         healthy: bool,
     },
+    /// Read the results from the group's members, without a shared disk: the leader's, or
+    /// the most up-to-date member's that answers (stderr says which, and its applied log
+    /// index). `primes` goes to stdout (or DIR/primes.txt); `reports` and `snapshots` are
+    /// listed (or written under DIR); `status` shows what each member says of itself.
+    Results {
+        what: WhatArg,
+        /// Write into this folder (primes.txt, the reports' names, the snapshots' names)
+        /// instead of stdout; each file written whole, then renamed into place.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The members' dashboard addresses (`coordinator --http`), comma-separated or
+        /// repeated; every one is asked, those that do not answer are skipped.
+        #[arg(
+            long,
+            env = "PRIMES_RESULTS_FROM",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:7410,127.0.0.1:7411,127.0.0.1:7412"
+        )]
+        from: Vec<String>,
+    },
+    /// Submit a generation job to the coordinator group from any host (no shared jobs
+    /// folder): it is committed through the group's log, every member keeps it, and the
+    /// leader runs it as a job file `NAME.job`; its report is `jobs/NAME.json` (read it with
+    /// `coordinator results reports`). Exit 0 once committed.
+    Submit {
+        /// The job's name: 1-64 of [A-Za-z0-9._-], not starting with '.'.
+        name: String,
+        /// The job line: `primes A B`, `count A B`, `nth N` or `factorial N`.
+        line: String,
+        /// The members' Raft addresses (the RAFT part of --group), comma-separated; a
+        /// member that does not lead names the leader.
+        #[arg(
+            long,
+            env = "PRIMES_SUBMIT_TO",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:7406,127.0.0.1:7407,127.0.0.1:7408"
+        )]
+        to: Vec<String>,
+        /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
+        #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
+        key_file: PathBuf,
+        /// How long to keep trying while no leader answers, in ms.
+        #[arg(long, default_value_t = 15_000)]
+        timeout_ms: u64,
+    },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
     VerifySnapshot {
@@ -189,6 +234,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `coordinator results` reads.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WhatArg {
+    /// Each member that answers: its role, term and applied index (one JSON line each;
+    /// exit 1 if none answers: a health check).
+    Status,
+    Primes,
+    Reports,
+    Snapshots,
 }
 
 fn main() -> ExitCode {
@@ -226,6 +282,22 @@ fn main() -> ExitCode {
             ..
         }) => coordinator::status::run(&status_file, json, watch),
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
+        Some(Command::Submit {
+            name,
+            line,
+            to,
+            key_file,
+            timeout_ms,
+        }) => submit(&name, &line, &to, &key_file, timeout_ms),
+        Some(Command::Results { what, out, from }) => {
+            let what = match what {
+                WhatArg::Status => coordinator::results::What::Status,
+                WhatArg::Primes => coordinator::results::What::Primes,
+                WhatArg::Reports => coordinator::results::What::Reports,
+                WhatArg::Snapshots => coordinator::results::What::Snapshots,
+            };
+            coordinator::results::run(what, &from, out.as_deref())
+        }
         None => {
             proto::process::init_logging();
             run(cli.run)
@@ -238,6 +310,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn submit(
+    name: &str,
+    line: &str,
+    to: &[String],
+    key_file: &std::path::Path,
+    timeout_ms: u64,
+) -> anyhow::Result<()> {
+    coordinator::jobs::check_submission(name, line)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("the job")?;
+    let key = proto::ClusterKey::resolve(key_file).context("loading the cluster key")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (member, index, addr) = rt.block_on(coordinator::group::net::submit(
+        to,
+        &key,
+        name,
+        line.trim(),
+        std::time::Duration::from_millis(timeout_ms),
+    ))?;
+    eprintln!(
+        "submitted job {name} ({}): committed by coordinator-{member} at {addr}, log index {index}",
+        line.trim()
+    );
+    Ok(())
 }
 
 fn verify(files: &[PathBuf], json: bool) -> ExitCode {

@@ -104,6 +104,11 @@ impl Mirror {
         }
     }
 
+    /// The jobs folder of the coordinator that keeps the root files.
+    pub fn jobs_dir(&self) -> &Path {
+        &self.jobs
+    }
+
     pub fn term(&self) -> Option<u64> {
         self.term
     }

@@ -49,6 +49,26 @@ enum Request {
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     PreVote(PreVote),
+    Submit(Submission),
+}
+
+/// A job submitted with `coordinator submit` (not a Raft RPC: the command asks a member).
+#[derive(Serialize, Deserialize)]
+pub struct Submission {
+    pub name: String,
+    pub line: String,
+}
+
+/// A member's answer to a [`Submission`].
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Submitted {
+    /// Committed at log `index` by leader `member`.
+    Committed { index: u64, member: u64 },
+    /// This member does not lead: the leader's Raft address, when known.
+    NotLeader { leader: Option<String> },
+    /// Refused for good (a bad name or line), or not committed (`retry`).
+    Refused { reason: String, retry: bool },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +78,7 @@ enum Response {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     PreVote(bool),
+    Submit(Submitted),
 }
 
 /// When this member last heard from a leader: an AppendEntries or snapshot chunk it
@@ -83,6 +104,8 @@ pub struct Answering {
     pub log: super::log::LogStore,
     /// The shortest election timeout: a leader heard within it is alive.
     pub min_timeout: Duration,
+    /// The members' Raft addresses as configured, to redirect a submission to the leader.
+    pub members: std::collections::BTreeMap<u64, Member>,
 }
 
 /// Makes a [`Peer`] per member.
@@ -282,6 +305,9 @@ pub async fn serve(
                     Ok(Some(Request::PreVote(r))) => {
                         Response::PreVote(answer_pre_vote(&raft, &answering, &r))
                     }
+                    Ok(Some(Request::Submit(s))) => {
+                        Response::Submit(answer_submit(&raft, &answering.members, s).await)
+                    }
                     Ok(None) => return,
                     Err(e) => {
                         debug!(%peer, error = %e, "peer connection ended");
@@ -293,6 +319,106 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Commits a submitted job if this member leads (checked first: a bad name or line is
+/// refused before it reaches the log); else names the leader.
+async fn answer_submit(
+    raft: &Raft,
+    members: &std::collections::BTreeMap<u64, Member>,
+    s: Submission,
+) -> Submitted {
+    if let Err(reason) = crate::jobs::check_submission(&s.name, &s.line) {
+        return Submitted::Refused {
+            reason,
+            retry: false,
+        };
+    }
+    let m = raft.metrics().borrow().clone();
+    if m.state != openraft::ServerState::Leader {
+        return Submitted::NotLeader {
+            leader: m
+                .current_leader
+                .and_then(|l| members.get(&l))
+                .map(|l| l.raft.clone()),
+        };
+    }
+    let cmd = super::Command::SubmitJob {
+        name: s.name,
+        line: s.line.trim().to_string(),
+    };
+    match raft.client_write(cmd).await {
+        Ok(r) => Submitted::Committed {
+            index: r.log_id.index,
+            member: m.id,
+        },
+        Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+            Submitted::NotLeader {
+                leader: f
+                    .leader_id
+                    .and_then(|l| members.get(&l))
+                    .map(|l| l.raft.clone()),
+            }
+        }
+        Err(e) => Submitted::Refused {
+            reason: format!("not committed: {e}"),
+            retry: true,
+        },
+    }
+}
+
+/// Submits job `name` (`line`) to the group through the members at `addrs` (their Raft
+/// addresses): a member that does not lead names the leader, which is asked next; while
+/// no one leads (an election) the members are asked again, until `limit`. The member that
+/// committed it, and the log index.
+pub async fn submit(
+    addrs: &[String],
+    key: &ClusterKey,
+    name: &str,
+    line: &str,
+    limit: Duration,
+) -> anyhow::Result<(u64, u64, String)> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("no member was asked");
+    loop {
+        let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
+        let mut asked = 0;
+        while let Some(addr) = queue.pop_front() {
+            asked += 1;
+            if asked > addrs.len() * 3 {
+                break;
+            }
+            let mut peer = Peer::new(0, &addr, key);
+            let req = Request::Submit(Submission {
+                name: name.to_string(),
+                line: line.to_string(),
+            });
+            match peer.call(&req, Duration::from_secs(10)).await {
+                Ok(Response::Submit(Submitted::Committed { index, member })) => {
+                    return Ok((member, index, addr));
+                }
+                Ok(Response::Submit(Submitted::NotLeader { leader })) => {
+                    last = format!("{addr} does not lead");
+                    if let Some(l) = leader {
+                        queue.push_front(l);
+                    }
+                }
+                Ok(Response::Submit(Submitted::Refused {
+                    reason,
+                    retry: false,
+                })) => anyhow::bail!("refused: {reason}"),
+                Ok(Response::Submit(Submitted::Refused { reason, .. })) => {
+                    last = format!("{addr}: {reason}");
+                }
+                Ok(_) => last = format!("{addr}: unexpected answer"),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("no leader committed the job within {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

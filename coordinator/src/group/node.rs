@@ -108,6 +108,70 @@ impl Durable for Handle {
     fn status(&self) -> GroupStatus {
         super::status_of(&self.raft)
     }
+
+    fn snapshot(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        keep: usize,
+    ) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let text = String::from_utf8(bytes).context("a snapshot file is not UTF-8")?;
+            let parts = super::snapshot_parts(&text, super::SNAPSHOT_PART_BYTES);
+            let count = parts.len();
+            for (i, (offset, data)) in parts.into_iter().enumerate() {
+                self.write(Command::SnapshotPart {
+                    name: name.clone(),
+                    offset,
+                    data: data.to_string(),
+                    last: i + 1 == count,
+                    keep,
+                })
+                .await
+                .with_context(|| format!("committing snapshot {name}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn snapshot_dir(&self) -> Option<PathBuf> {
+        Some(crate::results::snapshots_dir(
+            &self.replica.results_view().0,
+        ))
+    }
+
+    fn results(&self) -> Option<Arc<dyn crate::results::Source>> {
+        Some(Arc::new(MemberResults {
+            raft: self.raft.clone(),
+            replica: self.replica.clone(),
+        }))
+    }
+}
+
+/// A member's own results, served beside its dashboard whatever its role
+/// ([`crate::results`]).
+struct MemberResults {
+    raft: Raft,
+    replica: Replica,
+}
+
+impl crate::results::Source for MemberResults {
+    fn info(&self) -> crate::results::Info {
+        let (_, applied_index, primes_bytes) = self.replica.results_view();
+        let st = super::status_of(&self.raft);
+        crate::results::Info {
+            member: st.id,
+            role: st.role,
+            leader: st.leader,
+            term: st.term,
+            applied_index,
+            primes_bytes,
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.replica.results_view().0
+    }
 }
 
 impl Handle {
@@ -265,6 +329,7 @@ pub async fn run(
         contact: super::net::Contact::default(),
         log: log.clone(),
         min_timeout: Duration::from_millis(election * 2),
+        members: group.members.clone(),
     };
     let raft = Raft::new(
         group.id,
@@ -402,6 +467,10 @@ async fn role_loop(
                 bind(a).await?,
                 cfg.status_file.clone(),
                 cfg.snapshots.dir.clone(),
+                Some(Arc::new(MemberResults {
+                    raft: raft.clone(),
+                    replica: replica.clone(),
+                })),
                 stop.clone(),
             ))),
             None => None,

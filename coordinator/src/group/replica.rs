@@ -58,6 +58,27 @@ struct State {
 #[derive(Clone)]
 pub struct Replica {
     inner: Arc<Mutex<State>>,
+    /// What the results endpoints read ([`Replica::results_view`]), behind a lock of its own:
+    /// an apply holds `inner` for as long as it writes (a follower's at idle priority,
+    /// [`pace`]), and a request on the async thread must not wait for it.
+    view: Arc<Mutex<View>>,
+    dir: PathBuf,
+}
+
+/// The last applied index and the length the primes file had then (whole lines).
+#[derive(Clone, Copy, Default)]
+struct View {
+    applied: u64,
+    primes_bytes: u64,
+}
+
+impl State {
+    fn view(&self) -> View {
+        View {
+            applied: self.applied.applied.map_or(0, |l| l.index),
+            primes_bytes: self.primes.bytes(),
+        }
+    }
 }
 
 fn sm_err(e: anyhow::Error) -> StorageError<u64> {
@@ -97,16 +118,19 @@ impl Replica {
             applied = ?applied.applied.map(|l| l.index),
             "replica opened"
         );
+        let state = State {
+            dir: dir.to_path_buf(),
+            primes,
+            applied,
+            mirror: Mirror::new(root_primes, root_output, jobs),
+            held: Held::default(),
+            import_dir: import_dir(root_primes),
+            pace: Pace::default(),
+        };
         Ok(Replica {
-            inner: Arc::new(Mutex::new(State {
-                dir: dir.to_path_buf(),
-                primes,
-                applied,
-                mirror: Mirror::new(root_primes, root_output, jobs),
-                held: Held::default(),
-                import_dir: import_dir(root_primes),
-                pace: Pace::default(),
-            })),
+            view: Arc::new(Mutex::new(state.view())),
+            inner: Arc::new(Mutex::new(state)),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -119,6 +143,14 @@ impl Replica {
             g.primes.len() as u64,
             g.primes.in_set() as u64,
         )
+    }
+
+    /// This replica's folder, its last applied index and the length its primes file had
+    /// then (whole lines: the view is updated after each entry applies). Never waits for an
+    /// apply in progress.
+    pub fn results_view(&self) -> (PathBuf, u64, u64) {
+        let v = *lock(&self.view);
+        (self.dir.clone(), v.applied, v.primes_bytes)
     }
 
     /// The pace of this member's applies, for [`pace::watch`] to keep up to date.
@@ -136,11 +168,19 @@ impl Replica {
         lock(&self.inner).held.take(id)
     }
 
-    /// Takes the root files for `term` of group `group` (see [`Mirror`]).
+    /// Takes the root files for `term` of group `group` (see [`Mirror`]), and puts the
+    /// submitted jobs not yet reported into the jobs folder.
     pub fn lead(&self, term: u64, group: &str) -> anyhow::Result<()> {
         let mut g = lock(&self.inner);
         let dir = g.dir.clone();
-        tokio::task::block_in_place(|| g.mirror.activate(term, group, &dir))
+        tokio::task::block_in_place(|| {
+            g.mirror.activate(term, group, &dir)?;
+            let placed = g.place_submitted_jobs()?;
+            if placed > 0 {
+                info!(placed, "submitted jobs put into the jobs folder");
+            }
+            Ok(())
+        })
     }
 
     /// The voters of the membership applied so far (none before the first).
@@ -199,6 +239,123 @@ impl State {
         }
     }
 
+    /// Writes a piece of snapshot `name` into `snapshots/` (a hidden `.part` file until the
+    /// last piece, then renamed, and all but the newest `keep` removed). Idempotent: a
+    /// piece applied again (after a crash) rewrites the same bytes at the same offset.
+    fn snapshot_part(
+        &mut self,
+        name: &str,
+        offset: u64,
+        data: &str,
+        last: bool,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        if !crate::results::snapshot_name_ok(name) {
+            anyhow::bail!("not a snapshot name: {name:?}");
+        }
+        let dir = crate::results::snapshots_dir(&self.dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let done = dir.join(name);
+        let part = dir.join(format!(".{name}.part"));
+        let mut f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(offset == 0)
+            .truncate(false)
+            .open(&part)
+        {
+            Ok(f) => f,
+            // Its earlier pieces are gone: the file was finished before a crash (the
+            // pieces are applied again), or this member installed a state-machine
+            // snapshot in the middle of it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !done.exists() {
+                    warn!(
+                        snapshot = name,
+                        offset, "snapshot piece without its beginning: skipped"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", part.display())),
+        };
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", part.display()))?
+            .len();
+        if len < offset {
+            anyhow::bail!(
+                "{} has {len} bytes, the piece begins at {offset}",
+                part.display()
+            );
+        }
+        f.set_len(offset)
+            .and_then(|()| f.seek(SeekFrom::Start(offset)))
+            .and_then(|_| f.write_all(data.as_bytes()))
+            .with_context(|| format!("writing {}", part.display()))?;
+        if last {
+            f.sync_all()
+                .with_context(|| format!("syncing {}", part.display()))?;
+            drop(f);
+            std::fs::rename(&part, &done)
+                .with_context(|| format!("renaming {}", part.display()))?;
+            for (_, old) in crate::snapshot::list_snapshots(&dir)
+                .into_iter()
+                .skip(keep.max(1))
+            {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps submitted job `name` in `jobs/` here and, while this member keeps the root
+    /// files, in the coordinator's jobs folder.
+    fn submit_job(&mut self, name: &str, line: &str) -> anyhow::Result<()> {
+        crate::jobs::check_submission(name, line).map_err(|e| anyhow::anyhow!(e))?;
+        let file = format!("{name}.job");
+        let text = format!("{}\n", line.trim());
+        let own = self.dir.join("jobs").join(&file);
+        write_if_changed(&own, &text)?;
+        if self.mirror.term().is_some() {
+            write_if_changed(&self.mirror.jobs_dir().join(&file), &text)?;
+        }
+        Ok(())
+    }
+
+    /// At takeover: puts every submitted job that has no report for its line yet into the
+    /// coordinator's jobs folder (the previous leader's was on its own host), so this
+    /// leader runs it; a job already reported is left out (its report is replicated).
+    fn place_submitted_jobs(&self) -> anyhow::Result<usize> {
+        let mut placed = 0;
+        for e in std::fs::read_dir(self.dir.join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(file) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Some(name) = file.strip_suffix(".job") else {
+                continue;
+            };
+            let text = std::fs::read_to_string(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            let Ok(spec) = crate::jobs::check_submission(name, text.trim()) else {
+                continue;
+            };
+            let report = self.dir.join("output/jobs").join(format!("{name}.json"));
+            let reported = std::fs::read(&report)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|r| serde_json::to_value(spec).is_ok_and(|s| r["spec"] == s));
+            if !reported && write_if_changed(&self.mirror.jobs_dir().join(&file), &text)? {
+                placed += 1;
+            }
+        }
+        Ok(placed)
+    }
+
     fn apply_one(&mut self, cmd: Command) -> anyhow::Result<Outcome> {
         let output = self.dir.join("output");
         Ok(match cmd {
@@ -251,6 +408,34 @@ impl State {
             } => {
                 self.import_root(primes_len, ledger_len)?;
                 Outcome::Imported(true)
+            }
+            Command::SnapshotPart {
+                name,
+                offset,
+                data,
+                last,
+                keep,
+            } => {
+                // A snapshot is for reading and resuming, not a decision: a member that
+                // cannot write one says so and applies on.
+                if let Err(e) = self.snapshot_part(&name, offset, &data, last, keep) {
+                    warn!(
+                        snapshot = name,
+                        error = format!("{e:#}"),
+                        "cannot keep a snapshot"
+                    );
+                }
+                Outcome::Nothing
+            }
+            Command::SubmitJob { name, line } => {
+                if let Err(e) = self.submit_job(&name, &line) {
+                    warn!(
+                        job = name,
+                        error = format!("{e:#}"),
+                        "cannot keep a submitted job"
+                    );
+                }
+                Outcome::Nothing
             }
             Command::JobReportValue { report, value } => {
                 let mut r = *report;
@@ -598,7 +783,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
         I::IntoIter: Send,
     {
         let entries: Vec<LogEntry> = entries.into_iter().collect();
-        let inner = self.inner.clone();
+        let (inner, view) = (self.inner.clone(), self.view.clone());
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
             let mut out = Vec::with_capacity(entries.len());
@@ -614,6 +799,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
                     }
                 };
                 g.applied.applied = Some(e.log_id);
+                *lock(&view) = g.view();
                 out.push(outcome);
             }
             // What was applied is made durable (and recorded in applied.json) only before a
@@ -669,7 +855,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
             .context("syncing a received snapshot")
             .map_err(sm_err)?;
         drop(snapshot);
-        let inner = self.inner.clone();
+        let (inner, view) = (self.inner.clone(), self.view.clone());
         let meta = meta.clone();
         tokio::task::block_in_place(move || {
             let mut g = lock(&inner);
@@ -689,6 +875,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
                 membership: meta.last_membership.clone(),
             };
             g.make_durable()?;
+            *lock(&view) = g.view();
             let data = data_path(&g.dir, &meta.snapshot_id);
             std::fs::rename(&received, &data)
                 .with_context(|| format!("renaming {}", received.display()))?;
@@ -740,6 +927,20 @@ impl RaftStateMachine<TypeConfig> for Replica {
             snapshot: Box::new(file),
         }))
     }
+}
+
+/// Writes `text` to `path` atomically unless it already holds it; true if it wrote.
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<bool> {
+    if std::fs::read(path).is_ok_and(|b| b == text.as_bytes()) {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    proto::files::write_atomic(path, text.as_bytes(), true)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
 }
 
 #[cfg(test)]
