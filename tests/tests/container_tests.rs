@@ -269,17 +269,8 @@ fn compose_cluster_survives_container_faults() {
     });
     eprintln!("compose up to 3 workers registered: {:?}", up.elapsed());
 
-    // Input through the primary's mounted folder (staged, then renamed in: instant).
-    write_inputs_pub(&c.path("stage"), "c", 60, 2000, 15);
-    for f in std::fs::read_dir(c.path("stage")).expect("stage").flatten() {
-        std::fs::rename(f.path(), c.path("input").join(f.file_name())).expect("drop");
-    }
-    let n = c.inputs().len();
-    wait_for(T, "the backups holding every input", || {
-        c.files_on("server-2") == n && c.files_on("server-3") == n
-    });
-
-    // Faults while the job runs.
+    // The fault targets, found before the input is dropped (each lookup runs docker or
+    // the results command: looked up after the drop they let the job finish first).
     let worker1 = c.container("worker-1");
     let server1 = c.container("server-1");
     // The group's leader, by what the members say.
@@ -292,6 +283,18 @@ fn compose_cluster_survives_container_faults() {
     let coord = c.container(&format!("coordinator-{leader}"));
     let worker2 = c.container("worker-2");
     let worker3 = c.container("worker-3");
+
+    // Input through the primary's mounted folder (staged, then renamed in: instant).
+    write_inputs_pub(&c.path("stage"), "c", 60, 2000, 15);
+    for f in std::fs::read_dir(c.path("stage")).expect("stage").flatten() {
+        std::fs::rename(f.path(), c.path("input").join(f.file_name())).expect("drop");
+    }
+    let n = c.inputs().len();
+    wait_for(T, "the backups holding every input", || {
+        c.files_on("server-2") == n && c.files_on("server-3") == n
+    });
+
+    // Faults while the job runs.
     c.docker(&["kill", &worker1]);
     let reported = c.reported();
     let unreported = c
@@ -318,9 +321,28 @@ fn compose_cluster_survives_container_faults() {
     c.docker(&["network", "connect", &net, &worker2]);
     // The leader's container killed: another member leads without it.
     c.docker(&["kill", &coord]);
-    wait_for(T, "another coordinator to lead", || {
-        c.leader().is_some_and(|(l, _)| l != leader) && c.status()["running"] == true
-    });
+    let deadline = Instant::now() + T;
+    while !(c.leader().is_some_and(|(l, _)| l != leader) && c.status()["running"] == true) {
+        if Instant::now() > deadline {
+            let logs = (1..=3)
+                .filter(|&m| m != leader)
+                .map(|m| {
+                    let out = c
+                        .compose()
+                        .args(["logs", "--tail", "15", &format!("coordinator-{m}")])
+                        .output();
+                    out.map(|o| stdout(&o)).unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "timed out after {T:?} waiting for another coordinator than {leader} to lead: members say {:?}; the leader's status {}; logs:\n{logs}",
+                c.results(&["status"]),
+                c.status()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     c.docker(&["start", &server1]);
     c.docker(&["start", &worker1]);
     // A process that dies by itself is restarted by the restart policy.

@@ -691,6 +691,26 @@ fn group_on_separate_hosts_results_from_any_member() {
         leader = (1..=3).find_map(|id| leader_on_host(&p, id)).unwrap_or(0);
         leader > 0
     });
+    // Status on the leader's host sees all three members (no folder is shared: the others'
+    // views come over the network), and says the group runs.
+    let status_file = p.path(&format!("host-{leader}/run/status.json"));
+    let mut seen = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(seen["running"] == true
+        && seen["coordinators"]["up"].as_array().map(Vec::len) == Some(3))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader's status sees three members up and the group running: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let out = Command::new(bin("coordinator"))
+            .args(["status", "--json", "--status-file"])
+            .arg(&status_file)
+            .output()
+            .expect("running coordinator status");
+        seen = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    }
     // A job from a host with no folder of the group's: committed through the log.
     let job = "primes 1000000 3000000";
     let (ok, _, err) = coordinator_cmd(

@@ -50,6 +50,9 @@ enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     PreVote(PreVote),
     Submit(Submission),
+    /// This member's view of itself ([`crate::members::MemberView`]), for the other
+    /// members' status: they share no folder on separate hosts.
+    View,
 }
 
 /// A job submitted with `coordinator submit` (not a Raft RPC: the command asks a member).
@@ -79,6 +82,7 @@ enum Response {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     PreVote(bool),
     Submit(Submitted),
+    View(Box<crate::members::MemberView>),
 }
 
 /// When this member last heard from a leader: an AppendEntries or snapshot chunk it
@@ -106,6 +110,10 @@ pub struct Answering {
     pub min_timeout: Duration,
     /// The members' Raft addresses as configured, to redirect a submission to the leader.
     pub members: std::collections::BTreeMap<u64, Member>,
+    /// Whether this member serves workers (its view's `serving`).
+    pub serving: Arc<super::publish::Serving>,
+    /// This host's name (its view's `host`).
+    pub host: String,
 }
 
 /// Makes a [`Peer`] per member.
@@ -151,6 +159,11 @@ impl Peer {
             conn: None,
         }
     }
+
+    /// The member this client calls.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
 }
 
 /// A peer that refuses connections (down) is unreachable: openraft then waits a while
@@ -169,6 +182,14 @@ impl Peer {
     pub async fn pre_vote(&mut self, req: PreVote, ttl: Duration) -> Result<bool, ProtoError> {
         match self.call(&Request::PreVote(req), ttl).await? {
             Response::PreVote(granted) => Ok(granted),
+            _ => Err(ProtoError::Malformed("unexpected response type".into())),
+        }
+    }
+
+    /// Asks the member for its view of itself.
+    pub async fn view(&mut self, ttl: Duration) -> Result<crate::members::MemberView, ProtoError> {
+        match self.call(&Request::View, ttl).await? {
+            Response::View(v) => Ok(*v),
             _ => Err(ProtoError::Malformed("unexpected response type".into())),
         }
     }
@@ -308,6 +329,11 @@ pub async fn serve(
                     Ok(Some(Request::Submit(s))) => {
                         Response::Submit(answer_submit(&raft, &answering.members, s).await)
                     }
+                    Ok(Some(Request::View)) => Response::View(Box::new(super::publish::view_of(
+                        &raft,
+                        &answering.serving,
+                        &answering.host,
+                    ))),
                     Ok(None) => return,
                     Err(e) => {
                         debug!(%peer, error = %e, "peer connection ended");

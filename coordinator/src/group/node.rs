@@ -325,11 +325,14 @@ pub async fn run(
     .validate()
     .context("Raft configuration")?;
     let log_size = log.clone();
+    let serving = Arc::new(super::publish::Serving::default());
     let answering = super::net::Answering {
         contact: super::net::Contact::default(),
         log: log.clone(),
         min_timeout: Duration::from_millis(election * 2),
         members: group.members.clone(),
+        serving: serving.clone(),
+        host: crate::members::host(),
     };
     let raft = Raft::new(
         group.id,
@@ -394,10 +397,20 @@ pub async fn run(
     tokio::spawn(compact_large_logs(raft.clone(), log_size, shutdown.clone()));
     // Issue 27: every member says what it is (status reads the members, not only the
     // last leader's status file).
-    let serving = Arc::new(super::publish::Serving::default());
     let views = tokio::spawn(super::publish::publish(
         raft.clone(),
         serving.clone(),
+        crate::members::status_dir(&cfg.status_file),
+        shutdown.clone(),
+    ));
+    // On separate hosts the others' views are not in this member's folder: ask them.
+    tokio::spawn(super::publish::gather(
+        group.id,
+        group
+            .members
+            .iter()
+            .map(|(id, m)| super::net::Peer::new(*id, &m.raft, &cfg.key))
+            .collect(),
         crate::members::status_dir(&cfg.status_file),
         shutdown.clone(),
     ));

@@ -1,6 +1,10 @@
 //! Publishes this member's view of itself ([`crate::members::MemberView`]) beside the
 //! status file, for `coordinator status` and every member's dashboard
 //! ([`crate::members::collect`]): the part of the members' views that reads the Raft node.
+//! Members on other hosts share no folder with this one, so [`gather`] also asks every
+//! other member for its view over the Raft port and writes it beside this member's own:
+//! status then sees every member that answers, wherever it runs (one that does not answer
+//! leaves its file to go stale, and status calls it down).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -112,4 +116,54 @@ pub async fn publish(
             _ = serving.changed() => {}
         }
     }
+}
+
+/// How long [`gather`] waits for a member's view: longer than a healthy answer on a loaded
+/// machine, shorter than [`crate::members::STALE_MS`] so one slow member never makes the
+/// others' views look stale.
+const ASK_TTL: Duration = Duration::from_millis(1000);
+
+/// Every [`PUBLISH_EVERY`], asks each other member (`peers`) for its view and writes what
+/// it answers into `status_dir`, until `shutdown`. `me` is this member (not asked).
+pub async fn gather(
+    me: u64,
+    peers: Vec<super::net::Peer>,
+    status_dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut peer in peers.into_iter().filter(|p| p.target() != me) {
+        let (dir, shutdown) = (status_dir.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(PUBLISH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let view = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    v = peer.view(ASK_TTL) => v,
+                };
+                match view {
+                    // Only a view of the member asked (a misconfigured address could reach
+                    // another one, whose own view is its to write).
+                    Ok(v) if v.id == peer.target() => {
+                        let path = view_path(&dir, v.id);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                            if let Err(e) = proto::files::write_atomic(&path, &bytes, false) {
+                                debug!(path = %path.display(), error = %e, "cannot write a member's view");
+                            }
+                        })
+                        .await;
+                    }
+                    Ok(v) => debug!(asked = peer.target(), answered = v.id, "a member's address answers for another"),
+                    Err(e) => debug!(member = peer.target(), error = %e, "no view from a member"),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }
