@@ -1,6 +1,8 @@
 //! Helpers for tests that start the real binaries: find them, run them with a guard that
 //! kills them by pid when dropped, and wait on conditions with a deadline instead of sleeping.
 
+pub mod docker;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

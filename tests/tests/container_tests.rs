@@ -10,38 +10,17 @@
 //! test fails and says why (`.ci/run` installs docker.io and docker-compose and starts
 //! dockerd).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, bin_dir, wait_for};
+use e2e::docker::{build_image, docker_missing, http_get, leader_in, repo, run, stdout};
+use e2e::{bin, wait_for};
 use serde_json::Value;
 
 use crate::pipeline_tests::write_inputs_pub;
 
 const T: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Runs a command; panics with its output if it fails.
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A compose project in a temp dir, taken down (containers, networks, volumes) on drop.
 struct Cluster {
@@ -114,16 +93,7 @@ impl Cluster {
 
     /// The leading member's number and dashboard address, by what the members say.
     fn leader(&self) -> Option<(u64, String)> {
-        let out = self.results(&["status"])?;
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["info"]["role"] == "leader")
-            .and_then(|v| {
-                Some((
-                    v["info"]["member"].as_u64()?,
-                    v["addr"].as_str()?.to_string(),
-                ))
-            })
+        leader_in(&self.results(&["status"])?)
     }
 
     /// The serving leader's live status (`/api/status`).
@@ -177,71 +147,20 @@ impl Drop for Cluster {
     }
 }
 
-/// The body of `GET path` from `addr` (HTTP/1.0: no chunked body), if it answers 200.
-fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
-    use std::io::{Read, Write};
-    let sock: std::net::SocketAddr = addr.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).ok()?;
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&all[..split]);
-    head.lines()
-        .next()?
-        .contains(" 200 ")
-        .then(|| all[split + 4..].to_vec())
-}
-
-/// Says why docker cannot be used here, if it cannot.
-fn docker_missing() -> Option<String> {
-    for (tool, args) in [("docker", ["info"]), ("docker-compose", ["version"])] {
-        match Command::new(tool).args(args).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return Some(format!(
-                    "`{tool} {}` failed: {}",
-                    args[0],
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-            Err(e) => return Some(format!("`{tool}` cannot run: {e}")),
-        }
-    }
-    None
-}
-
 #[test]
 /// The compose cluster under container kills, a pause, a network cut and a crash gives
 /// exactly the primes of the single-process check.
 fn compose_cluster_survives_container_faults() {
-    if let Some(why) = docker_missing() {
+    let _one_cluster = e2e::docker::lock();
+    if let Some(why) = docker_missing(&[("docker-compose", "version")]) {
         panic!("the container test needs docker and docker-compose: {why} (bash .ci/run installs docker.io and docker-compose and starts dockerd)");
     }
     // The image, from the binaries this test runs against.
-    run(Command::new("bash").arg(repo().join("deploy/base-image.sh")));
-    let stamp = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() % 1_000_000)
-    );
-    let image = format!("primes-e2e:{stamp}");
-    assert_eq!(
-        bin_dir().canonicalize().ok(),
-        repo().join("target/release").canonicalize().ok(),
-        "the image is built from target/release of this checkout"
-    );
-    run(Command::new("docker")
-        .args(["build", "-q", "-f"])
-        .arg(repo().join("deploy/Dockerfile"))
-        .args(["-t", &image])
-        .arg(repo()));
+    let stamp = e2e::docker::stamp();
+    let image = build_image(&stamp);
     let c = Cluster {
         dir: tempfile::tempdir().expect("tempdir"),
-        project: format!("primese2e{}", stamp.replace('-', "")),
+        project: format!("primese2e{stamp}"),
         image,
     };
     for d in ["input", "stage"] {

@@ -11,6 +11,7 @@ mod jobs_tests;
 mod netns_tests;
 mod outside_tests;
 mod pipeline_tests;
+mod swarm_tests;
 
 /// `e2e::wait_for`, re-exported for the test modules.
 pub fn e2e_wait(limit: std::time::Duration, what: &str, cond: impl FnMut() -> bool) {
