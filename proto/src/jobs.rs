@@ -150,6 +150,46 @@ pub fn count_by_pi(lo: u64, hi: u64) -> bool {
     (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_ns
 }
 
+/// How one core best sieves a range, and its estimated cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SievePlan {
+    /// The bucket sieve (rather than the plain segmented sieve).
+    pub bucket: bool,
+    /// Estimated nanoseconds on one core of this workplace's VM.
+    pub ns: f64,
+}
+
+/// The cheaper sieve for [lo, hi] with bucket windows of `window` numbers, by estimated
+/// cost (TODO calibrate).
+pub fn sieve_plan(lo: u64, hi: u64, window: u64) -> SievePlan {
+    let n = (hi - lo) as f64 + 1.0;
+    let root = (hi as f64).sqrt();
+    if root <= (1u64 << 22) as f64 {
+        return SievePlan {
+            bucket: false,
+            ns: 0.3 * n,
+        };
+    }
+    let bits = (hi as f64).log2();
+    let plain = n * (8.0 + 3.0 * (bits - 50.0).max(0.0) / 14.0);
+    let windows = (n / window.max(1) as f64).ceil();
+    let primes = root / root.ln();
+    let fixed = root * 0.19 + primes * 5.0;
+    let per = 0.3 + 0.267 * (root.ln() / 22f64.mul_add(std::f64::consts::LN_2, 0.0)).ln() * 2.5;
+    let bucket = windows * fixed + n * per;
+    if bucket < plain {
+        SievePlan {
+            bucket: true,
+            ns: bucket,
+        }
+    } else {
+        SievePlan {
+            bucket: false,
+            ns: plain,
+        }
+    }
+}
+
 /// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter), wider
 /// if that would make more than [`MAX_SEGMENTS`].
 pub fn segments(lo: u64, hi: u64, width: u64) -> Vec<(u64, u64)> {

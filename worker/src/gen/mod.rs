@@ -1,6 +1,7 @@
 //! Generation work: the primes or their count in a range (a segmented sieve), the prime
 //! counting function and the n-th prime, and products of big integers for factorials.
 
+pub mod bucket;
 pub mod lmo;
 pub mod pi;
 pub mod sieve;
@@ -31,6 +32,15 @@ const LOCAL_SEGMENT: u64 = 1 << 28;
 /// Numbers per segment when `worker gen` lists primes: about 600,000 primes (8 MB of
 /// text) near 10^12, held per thread until written.
 const STREAM_SEGMENT: u64 = 1 << 24;
+
+/// Bytes of bucket-sieve windows and their buckets in one process, shared by its threads
+/// (a window each): with the rest of a worker (~30 MiB) its peak RSS stays under 256 MiB.
+pub const SIEVE_MEMORY: usize = 208 << 20;
+
+/// Numbers of one bucket-sieve window when `threads` sieve at once.
+pub fn window_numbers(threads: usize) -> u64 {
+    bucket::window_numbers(SIEVE_MEMORY / threads.max(1))
+}
 
 /// Appends `n` in decimal and a newline.
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -79,16 +89,32 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
             }
         }
         JobSpec::Count { lo, hi } => {
+            let threads = rayon::current_num_threads().max(1);
             let by_pi = match method {
                 "pi" => true,
-                "sieve" => false,
-                _ => proto::jobs::count_by_pi(lo, hi),
+                "auto" => proto::jobs::count_by_pi(lo, hi),
+                _ => false,
+            };
+            let bucket = match method {
+                "bucket" => true,
+                "plain" => false,
+                _ => proto::jobs::sieve_plan(lo, hi, window_numbers(threads)).bucket,
             };
             let n = if by_pi {
                 if hi > pi::PI_MAX {
                     anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
                 }
                 pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
+            } else if bucket {
+                // One piece per thread (more if a piece would not fit one window), each
+                // with its share of the memory.
+                let width = ((hi - lo) / threads as u64 + 1).min(window_numbers(threads));
+                let memory = SIEVE_MEMORY / threads;
+                segments(lo, hi, width)
+                    .par_iter()
+                    .with_max_len(1)
+                    .map(|&(a, b)| bucket::count_primes(a, b, memory))
+                    .sum()
             } else {
                 segments(lo, hi, LOCAL_SEGMENT)
                     .par_iter()
