@@ -88,11 +88,14 @@ impl Plan {
                 list: false,
                 // Long segments (nothing to send back), but at least COUNT_MIN_TASKS of
                 // them so that every worker gets a share.
+                // Wider still where the bucket sieve pays a fixed cost per task (near
+                // 2^64: tasks of 2^31 numbers, proto::jobs::count_min_task).
                 segs: segments(
                     lo,
                     hi,
                     ((hi - lo) / COUNT_MIN_TASKS)
-                        .clamp(segment, segment.saturating_mul(COUNT_SEGMENT_FACTOR)),
+                        .clamp(segment, segment.saturating_mul(COUNT_SEGMENT_FACTOR))
+                        .max(proto::jobs::count_min_task(lo, hi)),
                 ),
             },
             JobSpec::Nth { n } => {

@@ -131,6 +131,37 @@ pub(super) fn pi_upper(x: u64) -> usize {
     (1.25506 * x as f64 / (x as f64).ln()) as usize + 1
 }
 
+/// How a sieve of `needed` wheel bytes up to `hi` spends `memory`: the bytes of its window
+/// and the most primes its classic buckets hold. When every sieving prime's state fits in
+/// half of it, all go to the classic buckets and a window is [`LISTING_WINDOW`] bytes
+/// (it needs no buckets); otherwise the window takes up to 7/8 of it (a long window
+/// amortises the primes above the classic ones, which are found again in every window)
+/// and the classic buckets what is left.
+fn plan(hi: u64, needed: usize, memory: usize) -> (usize, usize) {
+    let root = isqrt(hi);
+    let all = pi_upper(root);
+    let needed = needed.div_ceil(SEGMENT_BYTES).max(1) * SEGMENT_BYTES;
+    if root <= MEDIUM || all.saturating_mul(classic::BYTES_PER_PRIME) <= memory / 2 {
+        return (LISTING_WINDOW.min(needed), all);
+    }
+    let cap = window_for(memory - memory / 8)
+        .min(needed)
+        .max(SEGMENT_BYTES);
+    let used = cap / REGION_BYTES * (REGION_BYTES + 4 * BUCKET_HITS);
+    (cap, memory.saturating_sub(used) / classic::BYTES_PER_PRIME)
+}
+
+/// Window bytes when no bucket needs it (16 MiB, 500 M numbers): a listing is written a
+/// window at a time, several in parallel.
+const LISTING_WINDOW: usize = 16 * SEGMENT_BYTES;
+
+/// Numbers of the windows a sieve of [lo, hi] with `memory` uses: [lo, hi] cut into
+/// pieces this wide takes one window each.
+pub fn window_numbers_for(lo: u64, hi: u64, memory: usize) -> u64 {
+    let needed = (hi / 30 - lo.max(SMALL).min(hi) / 30 + 1) as usize;
+    30 * plan(hi, needed, memory).0 as u64 - 30
+}
+
 /// The sieve of one long range, a window at a time.
 pub struct BucketSieve {
     lo: u64,
@@ -175,22 +206,7 @@ impl BucketSieve {
             0
         };
         let root = isqrt(hi);
-        // Memory: when every sieving prime's state fits in half of it, all go to the
-        // classic buckets and a window is one segment; otherwise the window takes up to
-        // 7/8 of it (a long window amortises the primes above the classic ones, which are
-        // found again in every window) and the classic buckets what is left.
-        let all = pi_upper(root);
-        let (capacity, max_primes) = if root <= MEDIUM {
-            (SEGMENT_BYTES, 0)
-        } else if all.saturating_mul(classic::BYTES_PER_PRIME) <= memory / 2 {
-            (SEGMENT_BYTES, all)
-        } else {
-            let cap = window_for(memory - memory / 8)
-                .min(needed.div_ceil(SEGMENT_BYTES) * SEGMENT_BYTES)
-                .max(SEGMENT_BYTES);
-            let used = cap / REGION_BYTES * (REGION_BYTES + 4 * BUCKET_HITS);
-            (cap, memory.saturating_sub(used) / classic::BYTES_PER_PRIME)
-        };
+        let (capacity, max_primes) = plan(hi, needed, memory);
         let medium = MEDIUM.min(root);
         BucketSieve {
             lo,
