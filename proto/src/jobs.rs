@@ -193,7 +193,8 @@ pub fn sieve_plan(lo: u64, hi: u64, window: u64) -> SievePlan {
     let primes = root / root.ln();
     let setup = primes * 14.0;
     // Every sieving prime's state fits the classic buckets up to ~12 M primes (104 MiB).
-    let windows = if primes < 1.2e7 {
+    let all_fit = primes < 1.2e7;
+    let windows = if all_fit {
         1.0
     } else {
         (n / window.max(1) as f64).ceil()
@@ -204,7 +205,7 @@ pub fn sieve_plan(lo: u64, hi: u64, window: u64) -> SievePlan {
         SievePlan {
             bucket: true,
             ns: bucket,
-            per_window_ns: if windows > 1.0 { setup } else { 0.0 },
+            per_window_ns: if all_fit { 0.0 } else { setup },
         }
     } else {
         SievePlan {

@@ -3,31 +3,30 @@
 //! every segment although most have no multiple there.
 //!
 //! The idea is Tomás Oliveira e Silva's: a large sieving prime is handled only where it has
-//! a multiple. His version keeps each prime in the bucket of the segment of its next
-//! multiple, which needs a place for every prime at once (~120 M primes with a multiple in
-//! [2^64 - 2^32, 2^64), about 0.9 GiB). To stay within a fixed memory we turn the loops
-//! around and keep the range instead of the primes:
+//! a multiple, by keeping it in the bucket of the segment of its next multiple. That needs
+//! a place for every prime at once (~1.2·10^8 primes have a multiple in [2^64 − 2^32,
+//! 2^64): ~0.9 GiB, primesieve's peak there). To stay within a fixed memory:
 //!
-//! - **Windows.** The range is cut into windows of at most [`BucketSieve::new`]'s memory
-//!   (a mod-30 wheel byte per 30 numbers: 2^32 numbers in 143 MB). A window is first sieved
-//!   a segment at a time (L2-sized, cache friendly) by the primes up to [`MEDIUM`], which
-//!   hit every segment many times ([`RangeSieve::partial`], with its pre-sieve).
-//! - **Large primes stream.** The primes in (MEDIUM, √hi] are generated a segment at a time
-//!   (never stored: at most a 1 MiB segment of them in memory), and each one's multiples
-//!   in the window are found from its first one (an f64 quotient, corrected exactly, and
-//!   the mod-30 wheel for the cofactor), then stepped by the wheel.
-//! - **Buckets.** A multiple is not crossed off at once (that would be a cache miss into a
-//!   window of 143 MB per multiple): it goes as 4 bytes (byte in the region, bit mask) into
-//!   the bucket of its region of [`REGION_BYTES`] (64 KiB) of the window. A bucket that holds
-//!   [`BUCKET_HITS`] multiples is applied to its region at once: its region then comes into
-//!   the cache once per several multiples per cache line, not once per multiple.
+//! - **Windows.** The range is cut into windows (a mod-30 wheel byte per 30 numbers: 2^32
+//!   numbers in 143 MB). Each 1 MiB segment of a window is sieved by the primes up to
+//!   [`MEDIUM`] (2^22), which hit every segment many times ([`RangeSieve::partial`], with
+//!   its pre-sieve), then by the classic buckets.
+//! - **Classic buckets** ([`classic`]): the primes above MEDIUM whose 8-byte states fit in
+//!   the memory left (all of them up to ~10^17; the smallest ~4 M near 2^64), each in the
+//!   bucket of its next multiple's 256 KiB segment, over the whole range.
+//! - **The rest, per window.** The primes above those (near 2^64: up to 2^32) are generated
+//!   again for every window, a 16 KiB piece of a segment at a time (never stored), and
+//!   each one's first multiple in the window is found (an f64 quotient corrected exactly,
+//!   and the mod-30 wheel for the cofactor). Its multiples are not crossed off at once
+//!   (a cache miss into 143 MB each): each goes as 4 bytes into the bucket of its 64 KiB
+//!   region of the window, and a bucket holding [`BUCKET_HITS`] multiples is applied to its
+//!   region at once, 4 per cache line. A window is therefore as long as memory allows, so
+//!   that this per-window work (~2.8 s near 2^64) is paid once per 2^32 numbers.
 //!
-//! Memory: the window, plus its buckets (16 KiB per 64 KiB region: a quarter of the
-//! window), plus two 1 MiB segments and the medium primes' state (~5 MB): bounded by the
-//! memory given to [`BucketSieve::new`] and a few MB, whatever the range. The cost of a
-//! window is its numbers (~0.3 ns each for the medium primes) plus its large primes'
-//! multiples (~2-3 ns each) plus generating the primes up to √hi and finding each one's
-//! first multiple (~1.5 s near 2^64, ~20 ms near 10^15): one window per task amortises it.
+//! Memory: the window, its buckets (16 KiB per 64 KiB region), the classic buckets (the
+//! primes they hold, 8 bytes each, and a page per bucket), a 1 MiB segment of the medium
+//! sieve and one of the prime generator: at most the memory given to [`BucketSieve::new`]
+//! plus a few MB, whatever the range ([`plan`]).
 
 mod classic;
 

@@ -12,7 +12,8 @@
 //!   L1. Each sieving prime keeps its next multiple and its place on the wheel from one
 //!   segment to the next, and crosses off eight multiples per turn of the wheel with offsets
 //!   computed once per segment.
-//! - **Above 2^44.** Sieving primes go up to [`BASE_LIMIT`] (2^22) at most, so memory stays
+//! - **Above 2^44** (short ranges; long ones go to [`super::bucket`]). Sieving primes go up
+//!   to [`BASE_LIMIT`] (2^22) at most, so memory stays
 //!   small for ranges near 2^64 (where the square root is 2^32); the numbers that survive
 //!   (about 4%) are then tested with the exact 64-bit test ([`crate::prime`]). Below 2^44
 //!   the sieve alone decides.
