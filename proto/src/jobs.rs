@@ -135,19 +135,97 @@ impl JobSpec {
 pub const PI_MAX: u64 = 1 << 60;
 
 /// Whether `count A B` asks the prime-counting function for π(B) - π(A - 1) rather than
-/// sieving [A, B]: when B is small enough for it ([`PI_MAX`]) and it costs less. π(x) by
-/// Deléglise–Rivat costs about 3·x^0.6 ns here and sieving about 0.3 ns a number below
-/// 2^44, but ~8 ns above, where the sieve's survivors are tested one by one (no bucket
-/// sieve: 78 s for [10^15, 10^15 + 10^10], measured, BENCHMARKS.md, issue 29); both spread
-/// over the workers, π with more overhead per task, so it must win by 2x.
+/// sieving [A, B]: when B is small enough for it ([`PI_MAX`]) and it is estimated cheaper.
+/// π(x) by Deléglise–Rivat costs about 3·x^0.6 ns here (π(10^15): 3.9 s, measured); the
+/// sieve costs [`sieve_plan`] with the window of a one-thread worker ([`BUCKET_WINDOW`]).
+/// Both spread over the workers, π with more overhead per task, so it must win by 2x.
+/// For [10^15, 10^15 + 10^10] the sieve is chosen: ~4.5 s against ~12 s for π twice.
 pub fn count_by_pi(lo: u64, hi: u64) -> bool {
     if hi > PI_MAX {
         return false;
     }
     let pi_ns = |x: u64| 3.0 * (x.max(1) as f64).powf(0.6);
-    let per_number = if hi < 1 << 44 { 0.3 } else { 8.0 };
-    let sieve_ns = per_number * (hi - lo) as f64;
-    (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_ns
+    (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_plan(lo, hi, BUCKET_WINDOW).ns
+}
+
+/// Numbers of the bucket sieve's window in a worker of one thread (its 208 MiB give
+/// ~4.9·10^9; the planner assumes 2^32, the widest `count` task).
+pub const BUCKET_WINDOW: u64 = 1 << 32;
+
+/// Which sieve one core uses for a range, and its estimated cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SievePlan {
+    /// The bucket sieve (worker/src/gen/bucket.rs) rather than the plain segmented sieve.
+    pub bucket: bool,
+    /// Estimated nanoseconds on one core of this workplace's VM.
+    pub ns: f64,
+    /// The part of `ns` paid again by every bucket-sieve window (finding the sieving
+    /// primes that do not fit the classic buckets, and their first multiples).
+    pub per_window_ns: f64,
+}
+
+/// The cheaper sieve for [lo, hi] with bucket windows of `window` numbers, by a cost model
+/// fitted to measurements on this workplace's VM (BENCHMARKS.md, issue 29):
+/// - below 2^44 (sieving primes up to 2^22) the plain sieve: 0.28 ns a number;
+/// - above, the plain sieve tests its survivors: ~8 ns a number at 10^15, 11 ns near 2^64;
+/// - the bucket sieve: 0.3 ns a number, plus ~8 ns per multiple of a sieving prime above
+///   2^22 (0.267·ln(ln √hi / ln 2^22) of them per number), plus ~14 ns per sieving prime
+///   up to √hi (generating it and finding its first multiple) once per task when they all
+///   fit the classic buckets (√hi up to ~2·10^8), else once per window: near 2^64 that is
+///   2.8 s a window, 0.9 ns a number: 7.5 s for 2^32 numbers (measured 7.5 s); at 10^15,
+///   0.57 ns a number: 5.7 s for 10^10 (measured 4.5 s).
+///
+/// So near 2^64 the plain sieve wins below ~3·10^8 numbers (a `primes` task of 2^24) and
+/// the bucket sieve above (a long `count`).
+pub fn sieve_plan(lo: u64, hi: u64, window: u64) -> SievePlan {
+    let n = (hi - lo) as f64 + 1.0;
+    let root = (hi as f64).sqrt();
+    let medium = (1u64 << 22) as f64;
+    if root <= medium {
+        return SievePlan {
+            bucket: false,
+            ns: 0.28 * n,
+            per_window_ns: 0.0,
+        };
+    }
+    let bits = (hi as f64).log2();
+    let plain = n * (8.0 + 3.0 * ((bits - 50.0) / 14.0).clamp(0.0, 1.0));
+    let primes = root / root.ln();
+    let setup = primes * 14.0;
+    // Every sieving prime's state fits the classic buckets up to ~12 M primes (104 MiB).
+    let all_fit = primes < 1.2e7;
+    let windows = if all_fit {
+        1.0
+    } else {
+        (n / window.max(1) as f64).ceil()
+    };
+    let multiples = 0.267 * (root.ln() / medium.ln()).ln();
+    let bucket = windows * setup + n * (0.3 + 8.0 * multiples);
+    if bucket < plain {
+        SievePlan {
+            bucket: true,
+            ns: bucket,
+            per_window_ns: if all_fit { 0.0 } else { setup },
+        }
+    } else {
+        SievePlan {
+            bucket: false,
+            ns: plain,
+            per_window_ns: 0.0,
+        }
+    }
+}
+
+/// The narrowest `count` task worth sending for [lo, hi]: where the bucket sieve pays
+/// [`SievePlan::per_window_ns`] again per task, a task at least as long as that costs in
+/// numbers (near 2^64: 2^31, so that a count of 2^32 numbers still makes two tasks).
+pub fn count_min_task(lo: u64, hi: u64) -> u64 {
+    let plan = sieve_plan(lo, hi, BUCKET_WINDOW);
+    if !plan.bucket || plan.per_window_ns == 0.0 {
+        return 1;
+    }
+    let per_number = (plan.ns - plan.per_window_ns) / ((hi - lo) as f64 + 1.0);
+    ((plan.per_window_ns / per_number) as u64).clamp(1, BUCKET_WINDOW / 2)
 }
 
 /// Cuts [lo, hi] into segments of about `width` numbers (the last may be shorter), wider

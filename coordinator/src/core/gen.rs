@@ -88,11 +88,14 @@ impl Plan {
                 list: false,
                 // Long segments (nothing to send back), but at least COUNT_MIN_TASKS of
                 // them so that every worker gets a share.
+                // Wider still where the bucket sieve pays a fixed cost per task (near
+                // 2^64: tasks of 2^31 numbers, proto::jobs::count_min_task).
                 segs: segments(
                     lo,
                     hi,
                     ((hi - lo) / COUNT_MIN_TASKS)
-                        .clamp(segment, segment.saturating_mul(COUNT_SEGMENT_FACTOR)),
+                        .clamp(segment, segment.saturating_mul(COUNT_SEGMENT_FACTOR))
+                        .max(proto::jobs::count_min_task(lo, hi)),
                 ),
             },
             JobSpec::Nth { n } => {
@@ -741,12 +744,24 @@ mod tests {
             count(1_000_000_000_000, 1_010_000_000_000),
             Plan::Pi { .. }
         ));
-        // Above 2^44 the sieve tests its survivors (~8 ns a number): 10^10 numbers near
-        // 10^15 go to π (78 s of sieve against ~8 s of π, one thread).
+        // Above 2^44 long ranges go to the bucket sieve: 10^10 numbers near 10^15 are
+        // sieved (~5 s against ~2 x 4 s of π, one thread; before the bucket sieve, 78 s).
         assert!(matches!(
             count(1_000_000_000_000_000, 1_000_010_000_000_000),
-            Plan::PiParts { .. }
+            Plan::Segments { list: false, .. }
         ));
+        // Near 2^64 the bucket sieve pays ~3 s per task: 2^32 numbers make two tasks,
+        // not 64; a short range keeps the narrow tasks (the plain sieve).
+        let p = count(u64::MAX - (1 << 32) + 1, u64::MAX);
+        assert!(
+            matches!(&p, Plan::Segments { list: false, segs } if segs.len() == 2),
+            "{p:?}"
+        );
+        let p = count(u64::MAX - (1 << 28) + 1, u64::MAX);
+        assert!(
+            matches!(&p, Plan::Segments { list: false, segs } if segs.len() == 16),
+            "{p:?}"
+        );
     }
 
     /// nth by parts: the parts of π at the estimate, then the sieve task that waits for

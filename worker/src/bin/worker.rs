@@ -113,9 +113,11 @@ enum Command {
         /// The job, as a line of a job file: primes A B | count A B | nth N | factorial N.
         #[arg(required = true, num_args = 1..=3)]
         job: Vec<String>,
-        /// How `count` works: `auto` (the prime-counting function when that is cheaper than
-        /// sieving the range, as the cluster decides), `sieve` or `pi`.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "sieve", "pi"])]
+        /// How `count` works: `auto` (the cheapest by estimated cost, as the cluster
+        /// decides), `sieve` (the cheaper of the two sieves), `plain` (the segmented sieve,
+        /// testing its survivors above 2^44), `bucket` (the bucket sieve) or `pi` (π(B) −
+        /// π(A − 1)).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "sieve", "plain", "bucket", "pi"])]
         method: String,
         /// Threads for sieving (default: one per core).
         #[arg(long, env = "PRIMES_THREADS")]

@@ -1,6 +1,7 @@
 //! Generation work: the primes or their count in a range (a segmented sieve), the prime
 //! counting function and the n-th prime, and products of big integers for factorials.
 
+pub mod bucket;
 pub mod lmo;
 pub mod pi;
 pub mod sieve;
@@ -32,6 +33,82 @@ const LOCAL_SEGMENT: u64 = 1 << 28;
 /// text) near 10^12, held per thread until written.
 const STREAM_SEGMENT: u64 = 1 << 24;
 
+/// Bytes of bucket-sieve windows and their buckets in one process, shared by its threads
+/// (a window each): with the rest of a worker (~30 MiB) its peak RSS stays under 256 MiB.
+pub const SIEVE_MEMORY: usize = 208 << 20;
+
+/// Memory of one bucket sieve when `threads` sieve at once.
+pub fn sieve_memory(threads: usize) -> usize {
+    SIEVE_MEMORY / threads.max(1)
+}
+
+/// Numbers of one bucket-sieve window when `threads` sieve at once.
+pub fn window_numbers(threads: usize) -> u64 {
+    bucket::window_numbers(sieve_memory(threads))
+}
+
+/// Whether the bucket sieve is estimated cheaper than the plain one for [lo, hi] with
+/// `threads` sieving at once ([`proto::jobs::sieve_plan`]).
+pub fn use_bucket(lo: u64, hi: u64, threads: usize) -> bool {
+    proto::jobs::sieve_plan(lo, hi, window_numbers(threads)).bucket
+}
+
+/// Writes the primes of [lo, hi] by the bucket sieve: `threads` windows sieved at once,
+/// each then written in order, its text formatted in parallel pieces of ~1 MB. Memory:
+/// the windows ([`SIEVE_MEMORY`] in all) and 4 pieces of text per thread.
+fn write_bucket_primes(
+    lo: u64,
+    hi: u64,
+    threads: usize,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    /// Window bytes per piece of text (2 M numbers: ~45,000 primes near 2^64).
+    const PIECE: usize = 1 << 16;
+    let memory = sieve_memory(threads);
+    let pieces = segments(lo, hi, bucket::window_numbers_for(lo, hi, memory));
+    for group in pieces.chunks(threads) {
+        let mut sieves: Vec<bucket::BucketSieve> = group
+            .par_iter()
+            .with_max_len(1)
+            .map(|&(a, b)| {
+                let mut s = bucket::BucketSieve::new(a, b, memory);
+                s.sieve_next();
+                s
+            })
+            .collect();
+        for s in &mut sieves {
+            // One window per piece of the range as planned; any further one in turn.
+            loop {
+                if let Some(w) = s.window() {
+                    let n = w.len().div_ceil(PIECE).max(1);
+                    let ks: Vec<usize> = (0..n).collect();
+                    for ks in ks.chunks(threads * 4) {
+                        let texts: Vec<Vec<u8>> = ks
+                            .par_iter()
+                            .map(|&k| {
+                                let mut ps = Vec::new();
+                                w.primes_of(k * PIECE, (k + 1) * PIECE, &mut ps);
+                                let mut text = Vec::with_capacity(ps.len() * 21);
+                                for p in ps {
+                                    push_decimal(&mut text, p);
+                                }
+                                text
+                            })
+                            .collect();
+                        for t in &texts {
+                            out.write_all(t)?;
+                        }
+                    }
+                }
+                if !s.sieve_next() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Appends `n` in decimal and a newline.
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
@@ -51,6 +128,9 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 /// Runs `spec` in this process and writes its answer to `out` (`worker gen`).
 pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::Result<()> {
     match spec {
+        JobSpec::Primes { lo, hi } if use_bucket(lo, hi, rayon::current_num_threads()) => {
+            write_bucket_primes(lo, hi, rayon::current_num_threads().max(1), out)?;
+        }
         JobSpec::Primes { lo, hi } => {
             // Streamed: a few segments at a time (one per thread, twice over) are sieved
             // and formatted in parallel, then written in order, so memory stays flat
@@ -79,16 +159,32 @@ pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::R
             }
         }
         JobSpec::Count { lo, hi } => {
+            let threads = rayon::current_num_threads().max(1);
             let by_pi = match method {
                 "pi" => true,
-                "sieve" => false,
-                _ => proto::jobs::count_by_pi(lo, hi),
+                "auto" => proto::jobs::count_by_pi(lo, hi),
+                _ => false,
+            };
+            let bucket = match method {
+                "bucket" => true,
+                "plain" => false,
+                _ => use_bucket(lo, hi, threads),
             };
             let n = if by_pi {
                 if hi > pi::PI_MAX {
                     anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
                 }
                 pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
+            } else if bucket {
+                // One piece per thread (more if a piece would not fit one window), each
+                // with its share of the memory.
+                let width = ((hi - lo) / threads as u64 + 1).min(window_numbers(threads));
+                let memory = sieve_memory(threads);
+                segments(lo, hi, width)
+                    .par_iter()
+                    .with_max_len(1)
+                    .map(|&(a, b)| bucket::count_primes(a, b, memory))
+                    .sum()
             } else {
                 segments(lo, hi, LOCAL_SEGMENT)
                     .par_iter()
@@ -159,6 +255,33 @@ pub fn run_work(
                 anyhow::bail!("empty range [{lo}, {hi}]");
             }
             let list = matches!(work, Work::Primes { .. });
+            // A worker runs one task per thread (as many as rayon's), each with its share
+            // of the bucket sieve's memory.
+            let threads = rayon::current_num_threads().max(1);
+            if use_bucket(*lo, *hi, threads) {
+                let mut s = bucket::BucketSieve::new(*lo, *hi, sieve_memory(threads));
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    if !s.sieve_next() {
+                        break;
+                    }
+                    let Some(w) = s.window() else { break };
+                    if list {
+                        w.primes(&mut done.primes);
+                    } else {
+                        done.count += w.count();
+                    }
+                    progress(w.span().1 - lo + 1);
+                }
+                if list {
+                    done.count = done.primes.len() as u64;
+                } else {
+                    done.answer = Some(done.count.to_string());
+                }
+                return Ok(Some(done));
+            }
             let mut s = sieve::RangeSieve::new(*lo, *hi);
             while let Some(seg) = s.next_segment() {
                 if cancel.load(Ordering::Relaxed) {

@@ -12,22 +12,23 @@
 //!   L1. Each sieving prime keeps its next multiple and its place on the wheel from one
 //!   segment to the next, and crosses off eight multiples per turn of the wheel with offsets
 //!   computed once per segment.
-//! - **Above 2^44.** Sieving primes go up to [`BASE_LIMIT`] (2^22) at most, so memory stays
+//! - **Above 2^44** (short ranges; long ones go to [`super::bucket`]). Sieving primes go up
+//!   to [`BASE_LIMIT`] (2^22) at most, so memory stays
 //!   small for ranges near 2^64 (where the square root is 2^32); the numbers that survive
 //!   (about 4%) are then tested with the exact 64-bit test ([`crate::prime`]). Below 2^44
 //!   the sieve alone decides.
 //!
-//! No bucket sieve: sieving primes larger than a segment are visited once per segment (at
-//! most 295,947 of them), which costs little next to the crossings up to 2^44 and next to
-//! the survivors' tests beyond.
+//! Sieving primes larger than a segment are visited once per segment (at most 295,947 of
+//! them). Long ranges above 2^44 go to the bucket sieve instead ([`super::bucket`]), which
+//! uses [`RangeSieve::partial`] for its primes up to 2^22.
 
 use super::isqrt;
 use crate::prime;
 
 /// The residues mod 30 that a bit stands for, in bit order.
-const R: [u64; 8] = [1, 7, 11, 13, 17, 19, 23, 29];
+pub(super) const R: [u64; 8] = [1, 7, 11, 13, 17, 19, 23, 29];
 /// R[j + 1] - R[j] (the last wraps to 31).
-const GAP: [u64; 8] = [6, 4, 2, 4, 2, 4, 6, 2];
+pub(super) const GAP: [u64; 8] = [6, 4, 2, 4, 2, 4, 6, 2];
 
 /// Bytes of one segment (30 numbers each).
 pub const SEGMENT_BYTES: usize = 1024 * 1024;
@@ -39,7 +40,7 @@ const L1_BYTES: u64 = 32 * 1024;
 pub const BASE_LIMIT: u64 = 1 << 22;
 
 /// Below this the wheel is not used (2, 3 and 5, and the pre-sieved primes themselves).
-const SMALL: u64 = 1024;
+pub(super) const SMALL: u64 = 1024;
 
 /// Pre-sieved primes, in groups whose multiples repeat every product-of-the-group bytes:
 /// a segment starts as a copy of the first group's pattern, ANDed with the others'.
@@ -53,7 +54,7 @@ const PRE: [&[u64]; 5] = [
 /// The largest pre-sieved prime: sieving primes start above it.
 const PRE_MAX: u64 = 71;
 
-const fn bit_of(r: u64) -> u8 {
+pub(super) const fn bit_of(r: u64) -> u8 {
     let mut k = 0;
     while k < 8 {
         if R[k] == r {
@@ -67,15 +68,15 @@ const fn bit_of(r: u64) -> u8 {
 /// For a prime of residue class `c` (index into R) whose cofactor is at wheel position `j`:
 /// the mask clearing the multiple's bit, and how many bytes the next multiple is further
 /// beyond `a * GAP[j]` (a = p / 30).
-struct Tables {
-    mask: [[u8; 8]; 8],
-    corr: [[u64; 8]; 8],
+pub(super) struct Tables {
+    pub(super) mask: [[u8; 8]; 8],
+    pub(super) corr: [[u64; 8]; 8],
     /// Byte offset of the k-th multiple in one turn of the wheel (cofactor 30b + R[k]),
     /// beyond a * (R[k] - 1), from the first (cofactor 30b + 1).
-    off: [[u64; 8]; 8],
+    pub(super) off: [[u64; 8]; 8],
 }
 
-const TABLES: Tables = {
+pub(super) const TABLES: Tables = {
     let mut t = Tables {
         mask: [[0; 8]; 8],
         corr: [[0; 8]; 8],
@@ -229,6 +230,17 @@ pub struct Segment<'a> {
 impl RangeSieve {
     /// The sieve of [lo, hi] (inclusive; empty if lo > hi).
     pub fn new(lo: u64, hi: u64) -> Self {
+        let root = isqrt(hi);
+        Self::with_limit(lo, hi, root.min(BASE_LIMIT), root > BASE_LIMIT)
+    }
+
+    /// The sieve of [lo, hi] by the primes up to `limit` only: its survivors include
+    /// composites whose factors are all larger (the bucket sieve crosses those off).
+    pub fn partial(lo: u64, hi: u64, limit: u64) -> Self {
+        Self::with_limit(lo, hi, limit, false)
+    }
+
+    fn with_limit(lo: u64, hi: u64, limit: u64, test_survivors: bool) -> Self {
         let small: Vec<u64> = if lo < SMALL {
             (lo..=hi.min(SMALL - 1))
                 .filter(|&n| prime::is_prime_u64(n))
@@ -238,8 +250,6 @@ impl RangeSieve {
         };
         let start = lo.max(SMALL);
         let next = (start <= hi && lo <= hi).then(|| (start / 30 * 30) as u128);
-        let root = isqrt(hi);
-        let limit = root.min(BASE_LIMIT);
         let base = next.map_or(0, |b| b as u64);
         let sieving = small_primes(limit)
             .into_iter()
@@ -269,7 +279,7 @@ impl RangeSieve {
             small_sent: false,
             next,
             sieving,
-            test_survivors: root > limit,
+            test_survivors,
             seg: vec![0; SEGMENT_BYTES],
         }
     }
@@ -366,6 +376,11 @@ impl Segment<'_> {
             (self.first.max(self.lo.max(SMALL) as u128)) as u64,
             end.min(self.hi as u128) as u64,
         )
+    }
+
+    /// The primes below 1024 of the range (with the first segment only).
+    pub fn small(&self) -> &[u64] {
+        self.small
     }
 
     /// The segment's wheel bytes as sieved (unclipped: the edge bytes may hold numbers
