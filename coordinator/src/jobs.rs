@@ -1,6 +1,6 @@
 //! Watching `data/jobs/`: job files become [`crate::core::GenJob`]s (or an invalid job's
 //! reason). The folder is polled (jobs are few and small), with the same stability rule as
-//! inputs ([`InputWatcher`]).
+//! inputs (`InputWatcher`).
 
 use std::collections::HashMap;
 use std::path::Path;

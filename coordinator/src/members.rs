@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// A member's view of itself, as it writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
-    /// Its member number (coordinator-<id>).
+    /// Its member number (`coordinator-<id>`).
     pub id: u64,
     pub pid: u32,
     /// The host it runs on (a pid means something only there).

@@ -1001,7 +1001,7 @@ impl PrimesFile {
     /// (primes of the set they cover leave it, counted by the intervals as a reopen would).
     /// The other file must hold each prime once (as a primes file does). If the other
     /// ledger does not match the other file (a covered interval holds fewer lines than its
-    /// segments found, see [`ledger_mismatch`]), its segments are not taken and the primes
+    /// segments found, see `ledger_mismatch`), its segments are not taken and the primes
     /// appended for them enter the set.
     ///
     /// The decisions depend only on the two inputs and on what this file holds, so the same

@@ -1,7 +1,7 @@
 //! The coordinator's async shell: start-up and recovery (reading reports and the newest
 //! snapshot), the accept loop and one task per worker connection, the input watcher, and
 //! the timers (ticks, snapshots, status file, file-server probes). Every decision is the
-//! machine's ([`crate::machine`]), reached through [`Shared::apply`].
+//! machine's ([`crate::machine`]), reached through `Shared::apply`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The coordinator's shared state: the [`Coordinator`] machine and the worker connections'
-//! send queues under one lock, plus what status shows. [`Shared::apply`] is the only way an
+//! send queues under one lock, plus what status shows. `Shared::apply` is the only way an
 //! event reaches the machine: it queues the machine's messages while still holding the lock
 //! (so the order of decisions is the order of messages on every channel, which snapshots
 //! rely on), then performs the rest of its actions (reports, snapshot files, the flusher's

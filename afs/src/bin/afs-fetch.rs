@@ -26,7 +26,7 @@ struct Args {
     /// Client id (names the cache folder).
     #[arg(long, default_value = "afs-fetch")]
     id: String,
-    /// Cache root; the cache is <cache-root>/<id>/.
+    /// Cache root; the cache is `<cache-root>/<id>/`.
     #[arg(long, env = "AFS_CACHE_ROOT", default_value = "cache")]
     cache_root: PathBuf,
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.

@@ -74,7 +74,7 @@ impl Core {
 
     /// Hands queued chunks to workers with room, oldest first; then, while a worker has an
     /// idle testing thread and another holds assignments it has not started (behind the
-    /// ones its threads test), moves them over ([`Core::steal`]).
+    /// ones its threads test), moves them over (`Core::steal`).
     pub fn assign(&mut self, now: Now) -> Vec<Action> {
         let mut actions = self.assign_queued(now);
         while let Some(mut moved) = self.steal(now) {

@@ -655,7 +655,7 @@ fn combine_pi(answers: &[String]) -> Result<u64, String> {
 }
 
 /// `ready_ms` of a product task whose factors are not all known yet (never assigned until
-/// [`Core::wake_parents`] queues it).
+/// `Core::wake_parents` queues it).
 pub const WAITING: u64 = u64::MAX;
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub fn view_of(raft: &super::Raft, serving: &Serving, host: &str) -> MemberView 
 const PUBLISH_GAP: Duration = Duration::from_millis(50);
 
 /// Rewrites this member's view every [`PUBLISH_EVERY`], and at once (at most every
-/// [`PUBLISH_GAP`]) when its role, term, leader or serving changes, until `shutdown` (and
+/// `PUBLISH_GAP`) when its role, term, leader or serving changes, until `shutdown` (and
 /// once more then).
 pub async fn publish(
     raft: super::Raft,

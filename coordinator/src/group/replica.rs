@@ -721,7 +721,7 @@ pub fn import_dir(root_primes: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Records a snapshot: the files as they were made durable when asked (see [`Kept`]).
+/// Records a snapshot: the files as they were made durable when asked (see `Kept`).
 pub struct Builder {
     replica: Replica,
     applied: Option<LogId>,
