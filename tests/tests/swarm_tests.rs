@@ -2,8 +2,8 @@
 //! orchestrator must absorb: a worker's task killed (the restart policy starts it again), the
 //! group leader's container removed (`docker rm -f`: another member leads; the service
 //! starts a new task on the same volume, which rejoins), and the workers scaled from 3 to 6
-//! mid-run. The results, read from the members with `coordinator results`, must equal the
-//! single-process check exactly. The swarm is initialised if this docker is in none (and
+//! mid-run; then a rolling update of the workers. The results, read from the members with
+//! `coordinator results`, must equal the single-process check exactly. The swarm is initialised if this docker is in none (and
 //! left again at the end); the stack, its volumes, the image and the node labels the test
 //! added are removed at the end. Without docker or swarm mode the test fails and says why.
 
@@ -343,6 +343,31 @@ fn swarm_stack_survives_task_faults_and_scaling() {
     // The killed worker's task was started again by the restart policy.
     wait_for(T, "the killed worker's task restarted", || {
         s.containers("worker").len() == 6
+    });
+
+    // A rolling update of the workers (one task at a time, the old one stopped first):
+    // it completes, and the six workers register again under their slots' names.
+    s.docker(&[
+        "service",
+        "update",
+        "--detach",
+        "--force",
+        &s.service("worker"),
+    ]);
+    wait_for(T, "the rolling update of the workers completed", || {
+        Command::new("docker")
+            .args([
+                "service",
+                "inspect",
+                "--format",
+                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                &s.service("worker"),
+            ])
+            .output()
+            .is_ok_and(|o| stdout(&o) == "completed")
+    });
+    wait_for(T, "six workers registered after the update", || {
+        s.workers().len() == 6
     });
 
     // Every file reported, and the primes exact.
