@@ -2,6 +2,7 @@
 //! kills them by pid when dropped, and wait on conditions with a deadline instead of sleeping.
 
 pub mod docker;
+pub mod pipeline;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

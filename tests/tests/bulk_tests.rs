@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use e2e::{bin, wait_for};
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use e2e::pipeline::{write_inputs, Pipeline};
 
 const T: Duration = Duration::from_secs(180);
 
@@ -148,7 +148,7 @@ fn assert_log_lines_bounded(p: &Pipeline, dir: &str, ids: &[usize]) {
 
 fn group_of_three(extra: &[&str]) -> Pipeline {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "f", 2, 3_000, 41);
+    write_inputs(&p.path("data/input"), "f", 2, 3_000, 41);
     let mut flags = vec![
         s("--snapshot-ms"),
         s("1000"),
@@ -242,7 +242,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
     add_job(&p, "big", &format!("primes {LO} {HI}"));
     // More entries than the 16 a snapshot leaves in the log: the log the member missed
     // is gone.
-    write_inputs_pub(&p.path("data/input"), "more", 30, 500, 43);
+    write_inputs(&p.path("data/input"), "more", 30, 500, 43);
     wait_for(T, "the job's report", || job_done(&p, "big"));
     p.wait_all_reported(T);
     assert_primes(&p.path("primes.txt"), &expected(&p, &[(LO, HI)]));
@@ -263,7 +263,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
         || {
             n += 1;
             if n % 10 == 0 {
-                write_inputs_pub(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
+                write_inputs(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
             }
             purged_index(&member_file(
                 &p,
@@ -318,7 +318,7 @@ fn simple_flags() -> Vec<String> {
 /// nothing twice, the members identical.
 fn bulk_mode_switch_with_a_large_state() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "f", 2, 3_000, 42);
+    write_inputs(&p.path("data/input"), "f", 2, 3_000, 42);
     p.simple();
     p.coord_flags_mut(simple_flags());
     p.start_group(1);

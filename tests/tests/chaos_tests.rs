@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use e2e::pipeline::{write_inputs, Pipeline};
 
 #[test]
 fn chaos_replicated_exact() {
@@ -25,9 +25,9 @@ fn chaos_replicated_exact() {
     println!("chaos: seed {seed} (PRIMES_CHAOS_SEED), {chaos_for:?} of faults (PRIMES_CHAOS_MS)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "c", 2500, 150, seed);
+    write_inputs(&p.path("data/input"), "c", 2500, 150, seed);
     // And some files split into chunks of 6 KB, which workers read by range.
-    write_inputs_pub(&p.path("data/input"), "big", 12, 4000, seed + 1);
+    write_inputs(&p.path("data/input"), "big", 12, 4000, seed + 1);
     p.worker_flags_mut(vec!["--delay-ms".into(), "8".into()]);
     p.coord_flags_mut(vec![
         "--snapshot-ms".into(),

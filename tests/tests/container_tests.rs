@@ -18,7 +18,7 @@ use e2e::docker::{build_image, docker_missing, http_get, leader_in, repo, run, s
 use e2e::{bin, wait_for};
 use serde_json::Value;
 
-use crate::pipeline_tests::write_inputs_pub;
+use e2e::pipeline::write_inputs;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -204,7 +204,7 @@ fn compose_cluster_survives_container_faults() {
     let worker3 = c.container("worker-3");
 
     // Input through the primary's mounted folder (staged, then renamed in: instant).
-    write_inputs_pub(&c.path("stage"), "c", 60, 2000, 15);
+    write_inputs(&c.path("stage"), "c", 60, 2000, 15);
     for f in std::fs::read_dir(c.path("stage")).expect("stage").flatten() {
         std::fs::rename(f.path(), c.path("input").join(f.file_name())).expect("drop");
     }

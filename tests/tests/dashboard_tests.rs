@@ -11,7 +11,7 @@ use std::time::Duration;
 use e2e::{bin_dir, read_addr};
 use serde_json::Value;
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use e2e::pipeline::{write_inputs, Pipeline};
 
 /// Kills the browser driver (and so the browser) when the test ends.
 struct Driver(Child);
@@ -66,7 +66,7 @@ fn dashboard_shows_the_job_and_updates_live() {
         return;
     };
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "d", 150, 500, 41);
+    write_inputs(&p.path("data/input"), "d", 150, 500, 41);
     std::fs::create_dir_all(p.path("data/jobs")).expect("jobs folder");
     std::fs::write(p.path("data/jobs/n1000.job"), "nth 1000\n").expect("job file");
     p.worker_flags_mut(vec!["--delay-ms".into(), "120".into()]);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use e2e::{bin, wait_for};
 use serde_json::Value;
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use e2e::pipeline::{write_inputs, Pipeline};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -22,7 +22,7 @@ fn s(x: &str) -> String {
 /// the run lasts long enough to kill things in the middle of it.
 fn group(files: usize, lines: usize, extra: &[&str]) -> Pipeline {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "g", files, lines, 11);
+    write_inputs(&p.path("data/input"), "g", files, lines, 11);
     let mut flags = vec![s("--snapshot-ms"), s("400")];
     flags.extend(extra.iter().map(|x| s(x)));
     p.coord_flags_mut(flags);
@@ -185,7 +185,7 @@ fn group_follower_lost_then_caught_up_by_snapshot() {
         || {
             n += 1;
             if n % 10 == 0 {
-                write_inputs_pub(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
+                write_inputs(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
             }
             crate::bulk_tests::purged_index(&log_of(leader)) > had
         },
@@ -252,7 +252,7 @@ fn group_killed_whole_and_restarted_redoes_nothing() {
     );
     assert_eq!(report(&p), before, "reports untouched");
     // And it goes on: a new file is processed.
-    write_inputs_pub(&p.path("data/input"), "h", 1, 2_000, 5);
+    write_inputs(&p.path("data/input"), "h", 1, 2_000, 5);
     p.wait_all_reported(T);
     p.assert_exact();
     verify_snapshots(&p);
@@ -263,7 +263,7 @@ fn group_takes_over_a_single_coordinators_state() {
     // A system run with one coordinator (simple mode before), then switched to a group on
     // the same folders: its primes and reports become the group's; nothing is redone.
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "s", 6, 5_000, 3);
+    write_inputs(&p.path("data/input"), "s", 6, 5_000, 3);
     p.simple();
     p.start_coordinator();
     p.start_worker("worker-1");
@@ -289,7 +289,7 @@ fn group_takes_over_a_single_coordinators_state() {
         "nothing redone after the switch"
     );
     assert_eq!(sorted_lines(&p.path("primes.txt")), primes_before);
-    write_inputs_pub(&p.path("data/input"), "t", 2, 3_000, 4);
+    write_inputs(&p.path("data/input"), "t", 2, 3_000, 4);
     p.wait_all_reported(T);
     p.assert_exact();
 }
@@ -312,7 +312,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
     // The scripts' modes are two groups on the same root files: a group of one (its own
     // folder), then three, then one again; each switch merges what the other found.
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "a", 4, 4_000, 21);
+    write_inputs(&p.path("data/input"), "a", 4, 4_000, 21);
     p.simple();
     p.coord_flags_mut(simple_flags());
     p.start_group(1);
@@ -326,7 +326,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
     // The worker learns the new addresses as a user's restart of the scripts gives them.
     p.kill_worker("worker-1");
     p.start_worker("worker-1");
-    write_inputs_pub(&p.path("data/input"), "b", 3, 4_000, 22);
+    write_inputs(&p.path("data/input"), "b", 3, 4_000, 22);
     p.wait_all_reported(T);
     p.assert_exact();
     for id in 1..=3 {
@@ -338,7 +338,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
     p.kill_worker("worker-1");
     p.start_worker("worker-1");
     p.wait_leader_other_than(None, T);
-    write_inputs_pub(&p.path("data/input"), "c", 2, 4_000, 23);
+    write_inputs(&p.path("data/input"), "c", 2, 4_000, 23);
     p.wait_all_reported(T);
     p.assert_exact();
     wait_for(T, "the worker back with the group of one", || {

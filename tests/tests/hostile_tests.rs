@@ -10,7 +10,7 @@ use proto::auth::client_handshake;
 use proto::msg::{CoordMsg, WorkerMsg};
 use proto::{ClusterKey, Connection};
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline};
+use e2e::pipeline::{write_inputs, Pipeline};
 
 /// True when the server closes `s` within `limit` (read returns 0 or an error).
 fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
@@ -69,7 +69,7 @@ async fn registered(addr: &str, key: &ClusterKey, id: &str) -> Connection {
 /// Every kind of bad peer is closed; the job running meanwhile is exact.
 async fn hostile_peers_do_not_disturb_a_job() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "j", 20, 2000, 21);
+    write_inputs(&p.path("data/input"), "j", 20, 2000, 21);
     p.worker_flags_mut(vec!["--delay-ms".into(), "100".into()]);
     p.simple();
     p.start_coordinator();
@@ -183,7 +183,7 @@ fn floods(addr: &str, socks: usize, bytes: usize) -> usize {
 /// answers past 100 silent sockets. The job running meanwhile is exact.
 async fn strangers_cannot_take_memory_or_slots() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "m", 10, 2000, 17);
+    write_inputs(&p.path("data/input"), "m", 10, 2000, 17);
     p.simple();
     p.coord_flags_mut(vec![
         "--http".into(),

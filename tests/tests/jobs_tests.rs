@@ -9,7 +9,7 @@ use std::time::Duration;
 use num_bigint::BigUint;
 use serde_json::Value;
 
-use crate::pipeline_tests::Pipeline;
+use e2e::pipeline::Pipeline;
 use e2e::wait_for;
 
 const T: Duration = Duration::from_secs(120);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use e2e::{bin, read_addr, wait_for, Proc};
 
-use crate::pipeline_tests::{server_args, write_inputs_pub, Pipeline};
+use e2e::pipeline::{server_args, write_inputs, Pipeline};
 
 const SUBNET: &str = "10.199.0";
 
@@ -194,7 +194,7 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
         ),
     };
     let p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "n", 30, 2000, 31);
+    write_inputs(&p.path("data/input"), "n", 30, 2000, 31);
     let addr = |n: u8| format!("{SUBNET}.{n}:7000");
     let mut procs = Vec::new();
     procs.push(start_server(
@@ -322,7 +322,7 @@ fn net_group(prefix: &str, files: usize, seed: u64) -> NetGroup {
         );
     }
     let p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), prefix, files, 3000, seed);
+    write_inputs(&p.path("data/input"), prefix, files, 3000, seed);
     let addr = |n: u8, port: u16| format!("{SUBNET}.{n}:{port}");
     let mut procs = Vec::new();
     procs.push(start_server(
@@ -598,7 +598,7 @@ fn group_on_separate_hosts_results_from_any_member() {
     }
     let client = hosts[6].clone();
     let p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "m", 30, 3000, 47);
+    write_inputs(&p.path("data/input"), "m", 30, 3000, 47);
     // The client host has its own copy of the key, nothing else.
     std::fs::create_dir_all(p.path("host-client")).expect("mkdir");
     std::fs::copy(p.path("run/cluster.key"), p.path("host-client/cluster.key"))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use e2e::{bin, wait_for, Proc};
 use serde_json::Value;
 
-use crate::pipeline_tests::{write_inputs_pub, Pipeline, Scripts};
+use e2e::pipeline::{write_inputs, Pipeline, Scripts};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -142,7 +142,7 @@ fn special_files_are_skipped_and_said_once() {
 /// resumes: the pause was its own, not the workers' silence.
 fn coordinator_pause_is_not_worker_silence() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "z", 12, 2000, 5);
+    write_inputs(&p.path("data/input"), "z", 12, 2000, 5);
     p.worker_flags_mut(vec!["--delay-ms".into(), "150".into()]);
     p.start_simple(2);
     wait_for(T, "two workers registered", || registered(&p, 2));
@@ -274,7 +274,7 @@ fn extra_worker_to(p: &Pipeline, id: &str, log: &str, coordinators: &str) -> Pro
 /// non-zero; the first keeps working and the job is exact; nothing loops.
 fn duplicate_worker_id_is_refused() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "d", 8, 2000, 9);
+    write_inputs(&p.path("data/input"), "d", 8, 2000, 9);
     p.worker_flags_mut(vec!["--delay-ms".into(), "100".into()]);
     p.start_simple(1);
     wait_for(T, "worker-1 registered", || registered(&p, 1));
@@ -453,7 +453,7 @@ fn inputs_from_afs(p: &mut Pipeline) -> String {
 /// file dropped later, a file rewritten, a file removed.
 fn inputs_from_the_file_server() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "s", 4, 200, 7);
+    write_inputs(&p.path("data/input"), "s", 4, 200, 7);
     p.simple();
     inputs_from_afs(&mut p);
     p.start_coordinator();
@@ -501,7 +501,7 @@ fn inputs_from_the_file_server() {
 /// listed is dead, the job still completes exactly.
 fn worker_tries_each_coordinator_address() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "c", 3, 100, 9);
+    write_inputs(&p.path("data/input"), "c", 3, 100, 9);
     p.simple();
     p.start_coordinator();
     // An address nobody listens on: bound, then released.
@@ -571,7 +571,7 @@ fn status_rewritten(p: &Pipeline, n: usize) {
 /// answer redoes nothing either.
 fn listing_failover_redoes_nothing() {
     let mut p = Pipeline::new();
-    write_inputs_pub(&p.path("data/input"), "f", 4, 200, 21);
+    write_inputs(&p.path("data/input"), "f", 4, 200, 21);
     p.replicated();
     let afs = inputs_from_afs(&mut p);
     p.start_coordinator();

@@ -16,7 +16,7 @@ use e2e::docker::{build_image, docker_missing, http_get, leader_in, repo, run, s
 use e2e::{bin, wait_for};
 use serde_json::Value;
 
-use crate::pipeline_tests::write_inputs_pub;
+use e2e::pipeline::write_inputs;
 
 const T: Duration = Duration::from_secs(180);
 const LABELS: [&str; 4] = [
@@ -289,7 +289,7 @@ fn swarm_stack_survives_task_faults_and_scaling() {
     assert_eq!(worker_box.len(), 3, "three worker containers");
 
     // Input through the primary's bind-mounted folder (staged, then renamed in).
-    write_inputs_pub(&s.path("stage"), "w", 90, 2000, 29);
+    write_inputs(&s.path("stage"), "w", 90, 2000, 29);
     for f in std::fs::read_dir(s.path("stage")).expect("stage").flatten() {
         std::fs::rename(f.path(), s.path("input").join(f.file_name())).expect("drop");
     }
