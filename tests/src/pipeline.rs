@@ -693,3 +693,34 @@ pub fn free_base() -> u16 {
     given.push(base);
     base
 }
+
+/// The index of the last entry a Raft log file (`raft-log.jsonl`) appends (0 if none).
+pub fn last_index(log: &[u8]) -> u64 {
+    log.split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["append"]["log_id"]["index"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The index up to which a Raft log file was purged (its first record), 0 if it was not.
+pub fn purged_index(log: &[u8]) -> u64 {
+    log.split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .and_then(|v| v["purge"]["index"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The flags of the scripts' simple mode (a group of one with a folder of its own).
+pub fn simple_flags() -> Vec<String> {
+    [
+        "--snapshot-ms",
+        "400",
+        "--group-dir",
+        "data/coordinators/simple",
+    ]
+    .iter()
+    .map(|x| s(x))
+    .collect()
+}

@@ -250,7 +250,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
     // cannot catch up from the log alone. openraft postpones a purge while a replication
     // to the member that is down is in flight: new entries (small files) give it more
     // chances.
-    let had = last_index(&member_file(
+    let had = e2e::pipeline::last_index(&member_file(
         &p,
         "data/coordinators",
         down,
@@ -265,7 +265,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
             if n % 10 == 0 {
                 write_inputs(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
             }
-            purged_index(&member_file(
+            e2e::pipeline::purged_index(&member_file(
                 &p,
                 "data/coordinators",
                 leader,
@@ -287,27 +287,9 @@ fn bulk_member_down_across_a_compaction_catches_up() {
     );
 }
 
-/// The index of the last entry a Raft log file (`raft-log.jsonl`) appends (0 if none).
-pub(crate) fn last_index(log: &[u8]) -> u64 {
-    log.split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["append"]["log_id"]["index"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
-
-/// The index up to which a Raft log file was purged (its first record), 0 if it was not.
-pub(crate) fn purged_index(log: &[u8]) -> u64 {
-    log.split(|b| *b == b'\n')
-        .next()
-        .and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
-        .and_then(|v| v["purge"]["index"].as_u64())
-        .unwrap_or(0)
-}
-
 /// The flags of the scripts' simple mode, with the bulk tests' segments.
 fn simple_flags() -> Vec<String> {
-    let mut flags = crate::group_tests::simple_flags();
+    let mut flags = e2e::pipeline::simple_flags();
     flags.extend([s("--segment-numbers"), s("2000000")]);
     flags
 }

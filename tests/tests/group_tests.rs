@@ -177,7 +177,7 @@ fn group_follower_lost_then_caught_up_by_snapshot() {
         )))
         .unwrap_or_default()
     };
-    let had = crate::bulk_tests::last_index(&log_of(follower));
+    let had = e2e::pipeline::last_index(&log_of(follower));
     let mut n = 0;
     wait_for(
         T,
@@ -187,7 +187,7 @@ fn group_follower_lost_then_caught_up_by_snapshot() {
             if n % 10 == 0 {
                 write_inputs(&p.path("data/input"), &format!("late{n}-"), 1, 50, n as u64);
             }
-            crate::bulk_tests::purged_index(&log_of(leader)) > had
+            e2e::pipeline::purged_index(&log_of(leader)) > had
         },
     );
     p.wait_all_reported(T);
@@ -294,19 +294,6 @@ fn group_takes_over_a_single_coordinators_state() {
     p.assert_exact();
 }
 
-/// The flags of the scripts' simple mode (a group of one with a folder of its own).
-pub(crate) fn simple_flags() -> Vec<String> {
-    [
-        "--snapshot-ms",
-        "400",
-        "--group-dir",
-        "data/coordinators/simple",
-    ]
-    .iter()
-    .map(|x| s(x))
-    .collect()
-}
-
 #[test]
 fn switching_between_simple_and_replicated_keeps_everything() {
     // The scripts' modes are two groups on the same root files: a group of one (its own
@@ -314,7 +301,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "a", 4, 4_000, 21);
     p.simple();
-    p.coord_flags_mut(simple_flags());
+    p.coord_flags_mut(e2e::pipeline::simple_flags());
     p.start_group(1);
     p.start_worker("worker-1");
     p.wait_all_reported(T);
@@ -333,7 +320,7 @@ fn switching_between_simple_and_replicated_keeps_everything() {
         p.kill_member(id);
     }
     // Simple again: its old state plus what the group of three found.
-    p.coord_flags_mut(simple_flags());
+    p.coord_flags_mut(e2e::pipeline::simple_flags());
     p.start_group(1);
     p.kill_worker("worker-1");
     p.start_worker("worker-1");
