@@ -110,10 +110,8 @@ pub struct Answering {
     pub min_timeout: Duration,
     /// The members' Raft addresses as configured, to redirect a submission to the leader.
     pub members: std::collections::BTreeMap<u64, Member>,
-    /// Whether this member serves workers (its view's `serving`).
-    pub serving: Arc<super::publish::Serving>,
-    /// This host's name (its view's `host`).
-    pub host: String,
+    /// This member's view of itself, as it answers a `view` request.
+    pub view: Arc<dyn Fn() -> crate::members::MemberView + Send + Sync>,
 }
 
 /// Makes a [`Peer`] per member.
@@ -329,11 +327,7 @@ pub async fn serve(
                     Ok(Some(Request::Submit(s))) => {
                         Response::Submit(answer_submit(&raft, &answering.members, s).await)
                     }
-                    Ok(Some(Request::View)) => Response::View(Box::new(super::publish::view_of(
-                        &raft,
-                        &answering.serving,
-                        &answering.host,
-                    ))),
+                    Ok(Some(Request::View)) => Response::View(Box::new((answering.view)())),
                     Ok(None) => return,
                     Err(e) => {
                         debug!(%peer, error = %e, "peer connection ended");

@@ -325,15 +325,7 @@ pub async fn run(
     .validate()
     .context("Raft configuration")?;
     let log_size = log.clone();
-    let serving = Arc::new(super::publish::Serving::default());
-    let answering = super::net::Answering {
-        contact: super::net::Contact::default(),
-        log: log.clone(),
-        min_timeout: Duration::from_millis(election * 2),
-        members: group.members.clone(),
-        serving: serving.clone(),
-        host: crate::members::host(),
-    };
+    let log_answering = log.clone();
     let raft = Raft::new(
         group.id,
         Arc::new(rcfg),
@@ -346,6 +338,17 @@ pub async fn run(
     )
     .await
     .context("starting the Raft node")?;
+    let serving = Arc::new(super::publish::Serving::default());
+    let answering = super::net::Answering {
+        contact: super::net::Contact::default(),
+        log: log_answering,
+        min_timeout: Duration::from_millis(election * 2),
+        members: group.members.clone(),
+        view: {
+            let (raft, serving, host) = (raft.clone(), serving.clone(), crate::members::host());
+            Arc::new(move || super::publish::view_of(&raft, &serving, &host))
+        },
+    };
     let peers = tokio::spawn(super::net::serve(
         raft_listener,
         raft.clone(),
