@@ -6,8 +6,9 @@
 #
 # Each run starts from an empty folder. Prints per run: seconds, the coordinator's peak RSS
 # (VmHWM, MiB), primes in primes.txt, primes held in the dedup set, the report's count or
-# answer; then the median time. With primesieve installed, a `primes`/`count` job's count is
-# checked against `primesieve A B --count`.
+# answer; then the median time. A `count` job's answer is checked against primecount's
+# π(B) − π(A − 1) when primecount is installed, a `primes` job's count against
+# `primesieve A B --count`.
 # Environment: WORKERS (2), THREADS per worker (1), COORD_FLAGS (extra coordinator flags,
 # e.g. "--segment-numbers 16777216"), SYSTEM_BIN=DIR to measure the binaries
 # of another build (e.g. an older commit's target/release) with this script.
@@ -30,7 +31,11 @@ now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 read -r kind a b <<< "$line"
 want=""
-if command -v primesieve >/dev/null && { [ "$kind" = primes ] || [ "$kind" = count ]; }; then
+# The reference count: primecount's π(B) − π(A − 1) for a count (sublinear: seconds at
+# 10^16, where sieving with primesieve takes hours), else primesieve over the range.
+if [ "$kind" = count ] && command -v primecount >/dev/null; then
+  want=$(( $(primecount "$b") - $(primecount "$((a - 1))") ))
+elif command -v primesieve >/dev/null && { [ "$kind" = primes ] || [ "$kind" = count ]; }; then
   want=$(primesieve "$a" "$b" --count --quiet 2>/dev/null || primesieve "$a" "$b" --count | grep -o '[0-9]*$')
 fi
 
