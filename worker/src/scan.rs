@@ -220,7 +220,7 @@ const BLOCK: usize = 16 << 20;
 const SLICE_BLOCK: usize = 1 << 20;
 
 /// [`scan_reader`] over bytes already in memory, without copying them: blocks of about
-/// [`SLICE_BLOCK`] bytes cut at newlines are scanned in place. Same result as
+/// `SLICE_BLOCK` bytes cut at newlines are scanned in place. Same result as
 /// `scan_reader` (a block with no newline, i.e. a line longer than a block, hands the rest
 /// to it).
 pub fn scan_slice(bytes: &[u8], cfg: &ScanConfig, mut progress: impl FnMut(u64)) -> ScanResult {
@@ -248,7 +248,7 @@ pub fn scan_slice(bytes: &[u8], cfg: &ScanConfig, mut progress: impl FnMut(u64))
     total
 }
 
-/// Scans a stream with bounded memory: blocks of about [`BLOCK`] bytes cut at newlines, each
+/// Scans a stream with bounded memory: blocks of about `BLOCK` bytes cut at newlines, each
 /// scanned in parallel. A line longer than `cfg.max_line_bytes` is counted invalid and
 /// skipped without being held. `progress` is called with the bytes consumed so far.
 pub fn scan_reader<R: Read>(

@@ -11,7 +11,7 @@
 //!   numbers in 143 MB). Each 1 MiB segment of a window is sieved by the primes up to
 //!   [`MEDIUM`] (2^22), which hit every segment many times ([`RangeSieve::partial`], with
 //!   its pre-sieve), then by the classic buckets.
-//! - **Classic buckets** ([`classic`]): the primes above MEDIUM whose 8-byte states fit in
+//! - **Classic buckets** (`classic`): the primes above MEDIUM whose 8-byte states fit in
 //!   the memory left (all of them up to ~10^17; the smallest ~4 M near 2^64), each in the
 //!   bucket of its next multiple's 256 KiB segment, over the whole range.
 //! - **The rest, per window.** The primes above those (near 2^64: up to 2^32) are generated
@@ -26,7 +26,7 @@
 //! Memory: the window, its buckets (16 KiB per 64 KiB region), the classic buckets (the
 //! primes they hold, 8 bytes each, and a page per bucket), a 1 MiB segment of the medium
 //! sieve and one of the prime generator: at most the memory given to [`BucketSieve::new`]
-//! plus a few MB, whatever the range ([`plan`]).
+//! plus a few MB, whatever the range (`plan`).
 
 mod classic;
 

@@ -2,13 +2,13 @@
 //!
 //! - Below 2^64 the answer is exact: a sieve bitmap for small numbers, trial division by the
 //!   odd primes up to [`TRIAL_LIMIT`], then ES-BPSW (a strong base-2 Miller–Rabin test and
-//!   the extra strong Lucas test, see [`lucas`]). A composite passing it would be a base-2
+//!   the extra strong Lucas test, see `lucas`). A composite passing it would be a base-2
 //!   strong pseudoprime, and none of the complete list of those below 2^64 passes.
 //! - Above 2^64 the same test runs on u128 Montgomery arithmetic or big integers. No
 //!   composite is known to pass BPSW, but none is proven impossible: see the README.
 //! - [`filter_primes_u64`] and [`filter_primes_u128`] test many numbers at once, running
 //!   each half of the test on several numbers interleaved so that the multiplier pipeline
-//!   stays busy (see [`lanes`]).
+//!   stays busy (see `lanes`).
 
 mod big;
 mod lanes;
@@ -74,8 +74,8 @@ pub fn is_prime_u64(n: u64) -> bool {
 /// strong tests are appended when their batch completes).
 ///
 /// Same answers as [`is_prime_u64`] on each number, faster on a batch: the numbers that
-/// survive trial division are queued and their base-2 tests run [`MR_LANES`] at a time;
-/// those that pass are queued again for Lucas tests, [`LUCAS_LANES`] at a time.
+/// survive trial division are queued and their base-2 tests run `MR_LANES` at a time;
+/// those that pass are queued again for Lucas tests, `LUCAS_LANES` at a time.
 pub fn filter_primes_u64(nums: &[u64], out: &mut Vec<u64>) {
     let mut lanes = lanes::Pipeline::<Mont, MR_LANES, LUCAS_LANES>::new(Mont::new(3));
     for &n in nums {
