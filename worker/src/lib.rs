@@ -7,11 +7,15 @@
 //! - [`scan`]: whole inputs (buffers or streams) split at newlines and scanned in parallel
 //!   with rayon; counts, first invalid lines and primes.
 //! - [`check`]: the one-shot `worker check FILE...` command, the single-process baseline.
+//! - [`gen`]: generation work without input files: primes or their count in a range
+//!   (segmented sieve), the prime counting function and the n-th prime, big products.
 //! - [`chunk`]: one assigned chunk of a file: its line-aligned byte range, scanned.
 //! - [`tasks`]: the cluster worker's decisions without I/O: tasks held and their phases,
 //!   which executor takes which, cancellation, snapshot records, progress.
-//! - [`run`]: the cluster worker's I/O: coordinator session, heartbeats, fetching through
-//!   the AFS client, scanning, sending results, answering markers.
+//! - [`run`]: the cluster worker's I/O: settings and failover between coordinators
+//!   (`run.rs`), one coordinator session with registration, heartbeats and markers
+//!   (`run/session.rs`), the executors that fetch, scan and send (`run/executor.rs`), and
+//!   the AFS clients they fetch through (`run/inputs.rs`).
 
 pub mod check;
 pub mod chunk;

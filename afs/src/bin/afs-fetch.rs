@@ -26,7 +26,9 @@ struct Args {
     /// Client id (names the cache folder).
     #[arg(long, default_value = "afs-fetch")]
     id: String,
-    /// Cache root; the cache is `<cache-root>/<id>/`.
+    /// Cache root; the cache is <cache-root>/<id>/.
+    // Plain text for --help: rustdoc must not read the placeholders as HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long, env = "AFS_CACHE_ROOT", default_value = "cache")]
     cache_root: PathBuf,
     /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.

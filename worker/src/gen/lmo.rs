@@ -219,7 +219,7 @@ fn choose_y(x: u64) -> u64 {
 }
 
 impl Context {
-    /// Builds the tables for π(x); x in [`SIEVE_BELOW`, `PI_MAX`].
+    /// Builds the tables for π(x); x in [`SIEVE_BELOW`, [`PI_MAX`]].
     pub fn new(x: u64) -> Self {
         let sqrt = isqrt(x);
         let y = choose_y(x);

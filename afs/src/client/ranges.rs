@@ -1,0 +1,189 @@
+//! Range reads: bytes of a file read straight into memory from the first server that has
+//! it, pinned to one state of the file across reads; nothing is cached and no callback is
+//! kept (the worker's chunks of large files).
+
+use std::time::Duration;
+
+use proto::ProtoError;
+use tracing::warn;
+
+use super::{AfsClient, AfsError};
+use crate::msg::{ErrorCode, Reply, Request};
+use crate::names::check_rel;
+
+/// Bytes of a file read by [`AfsClient::read_range`].
+#[derive(Debug, Clone)]
+pub struct RangeData {
+    /// The bytes from `start`: fewer than asked for only at the end of the file.
+    pub bytes: Vec<u8>,
+    /// The file's size when the bytes were read.
+    pub size: u64,
+    /// The file's content version, if the server had computed it (a large file's first
+    /// ranges are served while the server hashes it).
+    pub version: Option<String>,
+    /// The server's token for this state of the file: pass it (or the version) to later
+    /// reads that must come from the same state.
+    pub pin: String,
+}
+
+impl RangeData {
+    /// What later reads of the same state pin: the version if known (it holds on every
+    /// replica), else the pin.
+    pub fn state(&self) -> &str {
+        self.version.as_deref().unwrap_or(&self.pin)
+    }
+}
+
+/// Longest range one request may ask for (the reply is held in memory).
+pub const MAX_RANGE: u64 = 256 << 20;
+
+/// What one range request at one server gave.
+enum RangeAttempt {
+    Done(RangeData),
+    NotHere,
+    Changed,
+    Failed(String),
+}
+
+impl AfsClient {
+    /// Reads `len` bytes of `path` from `start` (clamped to the file) from the first server
+    /// that has the file, into memory; nothing is cached and no callback is kept. With
+    /// `version` (a content version or a pin, see [`RangeData::state`]), the file must still
+    /// be in that state (else [`AfsError::Changed`]): a reader assembling one version from
+    /// several ranges passes the state of the first. Content versions hold on every
+    /// replica; a pin only on the server that gave it.
+    pub async fn read_range(
+        &mut self,
+        path: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Result<RangeData, AfsError> {
+        let rel = check_rel(path).map_err(|e| AfsError::Refused {
+            path: path.to_string(),
+            message: e,
+        })?;
+        if len > MAX_RANGE {
+            return Err(AfsError::Refused {
+                path: rel,
+                message: format!("a range of {len} bytes is over the {MAX_RANGE} byte limit"),
+            });
+        }
+        self.drain_breaks();
+        let mut last_err = String::from("no servers configured");
+        let rounds = self.cfg.max_rounds.max(1);
+        for round in 0..rounds {
+            let order = self.server_order();
+            let mut not_found = 0;
+            for &server in &order {
+                match self.range_attempt(server, &rel, start, len, version).await {
+                    Ok(RangeAttempt::Done(d)) => return Ok(d),
+                    Ok(RangeAttempt::NotHere) => not_found += 1,
+                    Ok(RangeAttempt::Changed) if version.is_some() => {
+                        return Err(AfsError::Changed { path: rel })
+                    }
+                    Ok(RangeAttempt::Changed) => {
+                        last_err = format!("{}: changed during the read", self.cfg.servers[server]);
+                    }
+                    Ok(RangeAttempt::Failed(m)) => {
+                        last_err = format!("{}: {m}", self.cfg.servers[server]);
+                    }
+                    Err(e @ AfsError::Refused { .. }) => return Err(e),
+                    Err(e) => {
+                        last_err = format!("{}: {e}", self.cfg.servers[server]);
+                        self.drop_connection(&last_err);
+                    }
+                }
+            }
+            if not_found > 0 && (not_found == order.len() || round + 1 == rounds) {
+                return Err(AfsError::NotFound { path: rel });
+            }
+            warn!(path = rel, round, error = %last_err, "no file server gave the range; retrying");
+            tokio::time::sleep(Duration::from_millis(100 << round.min(4))).await;
+        }
+        Err(AfsError::Unavailable { message: last_err })
+    }
+
+    async fn range_attempt(
+        &mut self,
+        server: usize,
+        rel: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Result<RangeAttempt, AfsError> {
+        let proto_err = |e: ProtoError| AfsError::Unavailable {
+            message: e.to_string(),
+        };
+        self.ensure(server).await.map_err(proto_err)?;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(RangeAttempt::Failed("not connected".into()));
+        };
+        active
+            .conn
+            .send(&Request::FetchRange {
+                path: rel.to_string(),
+                start,
+                len,
+                version: version.map(str::to_string),
+            })
+            .await
+            .map_err(proto_err)?;
+        let (got, size, v, pin) = match self.reply().await.map_err(proto_err)? {
+            Reply::Range {
+                start: s,
+                len: got,
+                size,
+                version: v,
+                pin,
+                ..
+            } if got <= len && s == start.min(size) => (got, size, v, pin),
+            Reply::Error { code, message } => {
+                return match code {
+                    ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
+                    ErrorCode::Changed => Ok(RangeAttempt::Changed),
+                    ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
+                        path: rel.to_string(),
+                        message,
+                    }),
+                    _ => Ok(RangeAttempt::Failed(message)),
+                }
+            }
+            other => {
+                self.drop_connection("unexpected reply to fetch_range");
+                return Ok(RangeAttempt::Failed(format!("unexpected reply {other:?}")));
+            }
+        };
+        let timeout = self.cfg.request_timeout;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(RangeAttempt::Failed("not connected".into()));
+        };
+        let bytes = active
+            .conn
+            .read_body_to_vec(got, Some(timeout))
+            .await
+            .map_err(proto_err)?;
+        self.stats.body_bytes += got;
+        match self.reply().await.map_err(proto_err)? {
+            Reply::FileEnd { version: sent } if sent == *v.as_ref().unwrap_or(&pin) => {
+                self.stats.ranges += 1;
+                Ok(RangeAttempt::Done(RangeData {
+                    bytes,
+                    size,
+                    version: v,
+                    pin,
+                }))
+            }
+            Reply::Error {
+                code: ErrorCode::Changed,
+                ..
+            } => Ok(RangeAttempt::Changed),
+            other => {
+                self.drop_connection("bad range trailer");
+                Ok(RangeAttempt::Failed(format!(
+                    "unexpected trailer {other:?}"
+                )))
+            }
+        }
+    }
+}
