@@ -76,7 +76,7 @@ for r in $(seq "$runs"); do
   times+=("$secs")
   check=""
   if [ -n "$want" ]; then
-    if [ "$result" = "$want" ]; then check="(= primesieve)"; else check="(primesieve says $want!)"; fi
+    if [ "$result" = "$want" ]; then check="(= reference)"; else check="(reference says $want!)"; fi
   fi
   printf 'run %d: %.2f s  coordinator peak RSS %s MiB  primes.txt %s lines  dedup set %s  %s %s %s\n' \
     "$r" "$secs" "$hwm" "$lines" "${in_set:-n/a}" "$status" "$result" "$check"
