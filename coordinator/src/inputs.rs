@@ -90,13 +90,24 @@ impl InputWatcher {
     }
 
     /// `path` was closed after writing, or renamed into the folder: its content is whole.
+    /// A folder renamed in brings whole files too: every file under it is marked (so a
+    /// folder of files staged elsewhere and moved in is queued at once, not after the
+    /// quiet period).
     pub fn note_closed(&mut self, path: &Path) {
         if let Some(r) = self.rel(path) {
             self.writing.remove(&r);
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.is_file() {
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => {
                     self.closed.insert(r, fingerprint(&m));
                 }
+                Ok(m) if m.is_dir() => {
+                    for (sub, m) in proto::files::walk(path).0 {
+                        let name = format!("{r}/{sub}");
+                        self.writing.remove(&name);
+                        self.closed.insert(name, fingerprint(&m));
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -278,5 +289,31 @@ mod tests {
             2,
             "old files are ready at once after a start"
         );
+    }
+
+    #[test]
+    /// A folder of fresh files renamed into the watched folder is ready at once (its files
+    /// were written elsewhere); a fresh file beside it still waits for its quiet period.
+    fn a_folder_renamed_in_is_ready_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let input = d.join("input");
+        let stage = d.join("stage/batch");
+        std::fs::create_dir_all(stage.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(&input).expect("mkdir");
+        std::fs::write(stage.join("a.txt"), "2\n").expect("write");
+        std::fs::write(stage.join("sub/b.txt"), "3\n").expect("write");
+        std::fs::write(stage.join(".hidden"), "5\n").expect("write");
+        let mut w = InputWatcher::new(&input, 500);
+        assert!(w.scan(1000).ready.is_empty());
+        std::fs::rename(&stage, input.join("batch")).expect("rename in");
+        std::fs::write(input.join("fresh.txt"), "7\n").expect("write");
+        w.note_closed(&input.join("batch"));
+        let mut ready: Vec<String> = w.scan(1010).ready.into_iter().map(|r| r.0).collect();
+        ready.sort();
+        assert_eq!(ready, ["batch/a.txt", "batch/sub/b.txt"]);
+        assert!(w.pending(), "fresh.txt waits for its quiet period");
+        let later: Vec<String> = w.scan(1600).ready.into_iter().map(|r| r.0).collect();
+        assert_eq!(later, ["fresh.txt"]);
     }
 }
