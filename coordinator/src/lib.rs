@@ -32,8 +32,9 @@
 //!   `coordinator results` command (an HTTP client of the members' endpoints).
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
 //! - [`status`]: the `coordinator status` command (text, JSON, live view).
-//! - [`members`]: each group member's view of itself (a file beside the status file) and
-//!   what status concludes from them: who is up, who leads or why no one does.
+//! - [`members`]: each group member's view of itself (a file beside the status file,
+//!   written by the member and by the others, which ask it over the Raft port) and what
+//!   status concludes from them: who is up, who leads or why no one does.
 //! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
 pub mod compact;
