@@ -1,6 +1,7 @@
 //! What the container tests share: running docker, building the image from this checkout's
 //! binaries, and one lock so that two clusters never run at once on a 2-core machine.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -101,16 +102,64 @@ pub fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
         .then(|| all[split + 4..].to_vec())
 }
 
-/// The leading member's number and address among `coordinator results status` lines.
-pub fn leader_in(status_lines: &str) -> Option<(u64, String)> {
-    status_lines
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["info"]["role"] == "leader")
-        .and_then(|v| {
-            Some((
-                v["info"]["member"].as_u64()?,
-                v["addr"].as_str()?.to_string(),
-            ))
-        })
+/// A coordinator group reached from outside through its members' published dashboard
+/// addresses: what the tests ask it, through `coordinator results` and `/api/status`.
+pub trait Members {
+    /// The members' dashboard addresses, comma-separated (those that can be reached now).
+    fn http_addrs(&self) -> String;
+
+    /// `coordinator results ARGS --from <the members>`: its stdout if it succeeded.
+    fn results(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(crate::bin("coordinator"))
+            .arg("results")
+            .args(args)
+            .args(["--from", &self.http_addrs()])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The leading member's number and dashboard address, by what the members say.
+    fn leader(&self) -> Option<(u64, String)> {
+        self.results(&["status"])?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["info"]["role"] == "leader")
+            .and_then(|v| {
+                Some((
+                    v["info"]["member"].as_u64()?,
+                    v["addr"].as_str()?.to_string(),
+                ))
+            })
+    }
+
+    /// The serving leader's live status (`/api/status`; null if none answers).
+    fn status(&self) -> serde_json::Value {
+        self.leader()
+            .and_then(|(_, addr)| http_get(&addr, "/api/status"))
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Names of the workers connected to the serving leader.
+    fn workers(&self) -> BTreeSet<String> {
+        self.status()["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w["state"] != "disconnected")
+                    .filter_map(|w| w["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The reports the members list.
+    fn reported(&self) -> BTreeSet<String> {
+        self.results(&["reports"])
+            .map(|o| o.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
 }

@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::docker::{build_image, docker_missing, http_get, leader_in, repo, run, stdout};
+use e2e::docker::{build_image, docker_missing, repo, run, stdout, Members};
 use e2e::{bin, wait_for};
-use serde_json::Value;
 
-use e2e::pipeline::write_inputs;
+use e2e::pipeline::{e2e_inputs, write_inputs};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -62,6 +61,16 @@ impl Cluster {
         run(Command::new("docker").args(args))
     }
 
+    fn files_on(&self, service: &str) -> usize {
+        let id = self.container(service);
+        let out = Command::new("docker")
+            .args(["exec", &id, "ls", "/srv/primes/replica"])
+            .output();
+        out.map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count())
+    }
+}
+
+impl Members for Cluster {
     /// The members' published dashboard addresses (those whose container runs).
     fn http_addrs(&self) -> String {
         (1..=3)
@@ -76,64 +85,6 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join(",")
-    }
-
-    /// `coordinator results ARGS --from <the members>`: its stdout if it succeeded.
-    fn results(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(bin("coordinator"))
-            .arg("results")
-            .args(args)
-            .args(["--from", &self.http_addrs()])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The leading member's number and dashboard address, by what the members say.
-    fn leader(&self) -> Option<(u64, String)> {
-        leader_in(&self.results(&["status"])?)
-    }
-
-    /// The serving leader's live status (`/api/status`).
-    fn status(&self) -> Value {
-        self.leader()
-            .and_then(|(_, addr)| http_get(&addr, "/api/status"))
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    /// The reports the members list.
-    fn reported(&self) -> std::collections::BTreeSet<String> {
-        self.results(&["reports"])
-            .map(|o| o.lines().map(str::to_string).collect())
-            .unwrap_or_default()
-    }
-
-    fn connected_workers(&self) -> usize {
-        self.status()["workers"].as_array().map_or(0, |ws| {
-            ws.iter().filter(|w| w["state"] != "disconnected").count()
-        })
-    }
-
-    fn inputs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path("input"))
-            .expect("input dir")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn files_on(&self, service: &str) -> usize {
-        let id = self.container(service);
-        let out = Command::new("docker")
-            .args(["exec", &id, "ls", "/srv/primes/replica"])
-            .output();
-        out.map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count())
     }
 }
 
@@ -184,7 +135,7 @@ fn compose_cluster_survives_container_faults() {
     let up = Instant::now();
     run(c.compose().args(["up", "-d"]));
     wait_for(T, "three workers registered in the containers", || {
-        c.connected_workers() == 3
+        c.workers().len() == 3
     });
     eprintln!("compose up to 3 workers registered: {:?}", up.elapsed());
 
@@ -208,7 +159,7 @@ fn compose_cluster_survives_container_faults() {
     for f in std::fs::read_dir(c.path("stage")).expect("stage").flatten() {
         std::fs::rename(f.path(), c.path("input").join(f.file_name())).expect("drop");
     }
-    let n = c.inputs().len();
+    let n = e2e_inputs(&c.path("input")).len();
     wait_for(T, "the backups holding every input", || {
         c.files_on("server-2") == n && c.files_on("server-3") == n
     });
@@ -216,8 +167,7 @@ fn compose_cluster_survives_container_faults() {
     // Faults while the job runs.
     c.docker(&["kill", &worker1]);
     let reported = c.reported();
-    let unreported = c
-        .inputs()
+    let unreported = e2e_inputs(&c.path("input"))
         .iter()
         .filter(|f| !reported.contains(&format!("{f}.json")))
         .count();
@@ -290,7 +240,7 @@ fn compose_cluster_survives_container_faults() {
     });
 
     // Every file reported, and the primes exact.
-    let inputs = c.inputs();
+    let inputs = e2e_inputs(&c.path("input"));
     wait_for(T, "a report for every input", || {
         let reported = c.reported();
         inputs

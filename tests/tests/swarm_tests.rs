@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::docker::{build_image, docker_missing, http_get, leader_in, repo, run, stdout};
+use e2e::docker::{build_image, docker_missing, repo, run, stdout, Members};
 use e2e::{bin, wait_for};
 use serde_json::Value;
 
-use e2e::pipeline::write_inputs;
+use e2e::pipeline::{e2e_inputs, write_inputs};
 
 const T: Duration = Duration::from_secs(180);
 const LABELS: [&str; 4] = [
@@ -61,68 +61,6 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    fn http_addrs(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn results(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(bin("coordinator"))
-            .arg("results")
-            .args(args)
-            .args(["--from", &self.http_addrs()])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn leader(&self) -> Option<(u64, String)> {
-        leader_in(&self.results(&["status"])?)
-    }
-
-    /// The serving leader's live status.
-    fn status(&self) -> Value {
-        self.leader()
-            .and_then(|(_, addr)| http_get(&addr, "/api/status"))
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    /// Names of the workers connected to the serving leader.
-    fn workers(&self) -> BTreeSet<String> {
-        self.status()["workers"]
-            .as_array()
-            .map(|ws| {
-                ws.iter()
-                    .filter(|w| w["state"] != "disconnected")
-                    .filter_map(|w| w["id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn reported(&self) -> BTreeSet<String> {
-        self.results(&["reports"])
-            .map(|o| o.lines().map(str::to_string).collect())
-            .unwrap_or_default()
-    }
-
-    fn inputs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path("input"))
-            .expect("input dir")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        v.sort();
-        v
-    }
-
     fn docker(&self, args: &[&str]) -> Output {
         run(Command::new("docker").args(args))
     }
@@ -140,6 +78,16 @@ impl Stack {
                 )
             })
             .unwrap_or_default()
+    }
+}
+
+impl Members for Stack {
+    fn http_addrs(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -293,7 +241,7 @@ fn swarm_stack_survives_task_faults_and_scaling() {
     for f in std::fs::read_dir(s.path("stage")).expect("stage").flatten() {
         std::fs::rename(f.path(), s.path("input").join(f.file_name())).expect("drop");
     }
-    let n = s.inputs().len();
+    let n = e2e_inputs(&s.path("input")).len();
 
     // Faults while the job runs: workers scaled up, a worker's task killed, the leader's
     // container removed.
@@ -306,8 +254,7 @@ fn swarm_stack_survives_task_faults_and_scaling() {
     s.docker(&["kill", &worker_box[0]]);
     s.docker(&["rm", "-f", &leader_box[0]]);
     let reported = s.reported();
-    let left = s
-        .inputs()
+    let left = e2e_inputs(&s.path("input"))
         .iter()
         .filter(|f| !reported.contains(&format!("{f}.json")))
         .count();
@@ -371,7 +318,7 @@ fn swarm_stack_survives_task_faults_and_scaling() {
     });
 
     // Every file reported, and the primes exact.
-    let inputs = s.inputs();
+    let inputs = e2e_inputs(&s.path("input"));
     wait_for(T, "a report for every input", || {
         let reported = s.reported();
         inputs

@@ -66,6 +66,17 @@ pub fn view_of(raft: &super::Raft, serving: &Serving, host: &str) -> MemberView 
     }
 }
 
+/// Writes a member's view to `path` (not fsynced: rewritten every half second).
+async fn write_view(path: PathBuf, view: MemberView) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec_pretty(&view).unwrap_or_default();
+        if let Err(e) = proto::files::write_atomic(&path, &bytes, false) {
+            debug!(path = %path.display(), error = %e, "cannot write a member's view");
+        }
+    })
+    .await;
+}
+
 /// Shortest time between two writes of a member's view when its role changes.
 const PUBLISH_GAP: Duration = Duration::from_millis(50);
 
@@ -95,15 +106,7 @@ pub async fn publish(
         if now >= due || last.as_ref() != Some(&key(&view)) || stopping {
             last = Some(key(&view));
             due = now + PUBLISH_EVERY;
-            let path = path.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let bytes = serde_json::to_vec_pretty(&view).unwrap_or_default();
-                // Not fsynced: rewritten every half second.
-                if let Err(e) = proto::files::write_atomic(&path, &bytes, false) {
-                    debug!(path = %path.display(), error = %e, "cannot write the member's view");
-                }
-            })
-            .await;
+            write_view(path.clone(), view).await;
             if stopping {
                 return;
             }
@@ -150,16 +153,13 @@ pub async fn gather(
                     // Only a view of the member asked (a misconfigured address could reach
                     // another one, whose own view is its to write).
                     Ok(v) if v.id == peer.target() => {
-                        let path = view_path(&dir, v.id);
-                        let _ = tokio::task::spawn_blocking(move || {
-                            let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
-                            if let Err(e) = proto::files::write_atomic(&path, &bytes, false) {
-                                debug!(path = %path.display(), error = %e, "cannot write a member's view");
-                            }
-                        })
-                        .await;
+                        write_view(view_path(&dir, v.id), v).await;
                     }
-                    Ok(v) => debug!(asked = peer.target(), answered = v.id, "a member's address answers for another"),
+                    Ok(v) => debug!(
+                        asked = peer.target(),
+                        answered = v.id,
+                        "a member's address answers for another"
+                    ),
                     Err(e) => debug!(member = peer.target(), error = %e, "no view from a member"),
                 }
             }
