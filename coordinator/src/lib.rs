@@ -26,7 +26,9 @@
 //!   and beside it the member's results, read-only ([`results`]).
 //!
 //! Files and commands:
-//! - [`primes`]: `primes.txt` with its dedup set; torn-tail repair on open; append + fsync.
+//! - [`primes`]: `primes.txt` with its dedup set; torn-tail repair on open; append + fsync;
+//!   reading its lines and ledger (`primes/lines.rs`), its checkpoint (`primes/checkpoint.rs`),
+//!   merging another primes file in (`primes/merge.rs`).
 //! - [`report`]: atomic per-file reports in `data/output/`.
 //! - [`results`]: results without a shared disk: which member to read them from, and the
 //!   `coordinator results` command (an HTTP client of the members' endpoints).
