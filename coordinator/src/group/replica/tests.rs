@@ -1,0 +1,199 @@
+//! Unit tests of the replica: entries applied again, snapshot pieces, submitted jobs.
+
+use super::*;
+use crate::core::Pending;
+use proto::msg::{TaskDone, Work};
+
+fn finished(lo: u64, hi: u64, primes: u64) -> Finished {
+    Finished {
+        work: Work::Count { lo, hi },
+        worker: "w1".into(),
+        result: TaskDone {
+            attempt: "a-1".into(),
+            version: String::new(),
+            size: 0,
+            lines: 0,
+            numbers: 0,
+            blank: 0,
+            invalid: 0,
+            first_invalid: Vec::new(),
+            primes,
+            answer: Some(primes.to_string()),
+            first_prime: None,
+            last_prime: None,
+        },
+    }
+}
+
+fn flush(small: Vec<u64>, done: Vec<Finished>) -> Command {
+    Command::Flush(Pending {
+        small,
+        finished: done,
+        ..Pending::default()
+    })
+}
+
+#[test]
+/// A member keeps the ledger a leader starting on it takes up to date, and a member
+/// reopened after a crash (its files not synced, applied.json older) applies the same
+/// entries again without a prime twice.
+fn ledger_kept_and_entries_applied_again_add_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || {
+        Replica::open(
+            &dir.path().join("member"),
+            &dir.path().join("primes.txt"),
+            &dir.path().join("output"),
+            &dir.path().join("jobs"),
+        )
+        .expect("open")
+    };
+    let entries = [
+        flush(vec![2, 3, 5], vec![finished(1, 10, 4)]),
+        flush(vec![5, 7, 11], vec![finished(11, 20, 4)]),
+    ];
+    let r = open();
+    for e in entries.iter().cloned() {
+        lock(&r.inner).apply_one(e).expect("apply");
+    }
+    let (done, total, _) = r.ledger();
+    assert_eq!(total, 5);
+    assert_eq!(
+        done.len(),
+        2,
+        "both tasks in the ledger a leader would take"
+    );
+    drop(r);
+    // A crash: nothing recorded as applied, the entries come again.
+    let r = open();
+    assert_eq!(r.ledger().0.len(), 2, "the ledger read back at open");
+    for e in entries.iter().cloned() {
+        lock(&r.inner).apply_one(e).expect("apply again");
+    }
+    let text = std::fs::read_to_string(dir.path().join("member/primes.txt")).expect("read");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["11", "2", "3", "5", "7"]);
+    assert_eq!(r.ledger().1, 5);
+}
+
+fn open_in(dir: &Path) -> Replica {
+    Replica::open(
+        &dir.join("member"),
+        &dir.join("primes.txt"),
+        &dir.join("output"),
+        &dir.join("jobs"),
+    )
+    .expect("open")
+}
+
+fn part(name: &str, offset: u64, data: &str, last: bool) -> Command {
+    Command::SnapshotPart {
+        name: name.into(),
+        offset,
+        data: data.into(),
+        last,
+        keep: 2,
+    }
+}
+
+fn snapshot_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("member/snapshots"))
+        .expect("snapshots folder")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+/// Snapshot pieces make the whole file only at the last piece; pieces applied again
+/// (a crash) change nothing; the newest `keep` are kept; a bad name is refused.
+fn snapshot_pieces_assemble_once_and_prune() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = open_in(dir.path());
+    let names = [
+        "snapshot_000001_20261206T000001.000Z.json",
+        "snapshot_000002_20261206T000031.000Z.json",
+        "snapshot_000003_20261206T000101.000Z.json",
+    ];
+    let first = [
+        part(names[0], 0, "{\"seq\":", false),
+        part(names[0], 7, "1}", true),
+    ];
+    for e in first.iter().cloned() {
+        lock(&r.inner).apply_one(e).expect("apply");
+    }
+    let file = dir.path().join("member/snapshots").join(names[0]);
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "{\"seq\":1}");
+    // Applied again after a crash: the finished file stays as it is.
+    for e in first.iter().cloned() {
+        lock(&r.inner).apply_one(e).expect("apply again");
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "{\"seq\":1}");
+    assert_eq!(snapshot_names(dir.path()), [names[0]]);
+    // Half a snapshot is not one: hidden until its last piece.
+    lock(&r.inner)
+        .apply_one(part(names[1], 0, "{\"seq\":", false))
+        .expect("apply");
+    assert_eq!(
+        snapshot_names(dir.path()),
+        [".".to_string() + names[1] + ".part", names[0].to_string()]
+    );
+    lock(&r.inner)
+        .apply_one(part(names[1], 7, "2}", true))
+        .expect("apply");
+    lock(&r.inner)
+        .apply_one(part(names[2], 0, "{\"seq\":3}", true))
+        .expect("apply");
+    assert_eq!(
+        snapshot_names(dir.path()),
+        [names[1], names[2]],
+        "keep 2: the oldest pruned"
+    );
+    // A name that could leave the folder is not written (and does not stop the apply).
+    lock(&r.inner)
+        .apply_one(part("../escape.json", 0, "x", true))
+        .expect("apply goes on");
+    assert!(!dir.path().join("member/escape.json").exists());
+    assert!(!dir.path().join("escape.json").exists());
+}
+
+#[test]
+/// A submitted job is kept in the member's jobs/ (checked again at apply); a bad one is
+/// not written.
+fn submitted_jobs_kept_by_every_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = open_in(dir.path());
+    lock(&r.inner)
+        .apply_one(Command::SubmitJob {
+            name: "big".into(),
+            line: " primes 1 1000 ".into(),
+        })
+        .expect("apply");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("member/jobs/big.job")).expect("read"),
+        "primes 1 1000\n"
+    );
+    lock(&r.inner)
+        .apply_one(Command::SubmitJob {
+            name: "../bad".into(),
+            line: "primes 1 1000".into(),
+        })
+        .expect("apply goes on");
+    lock(&r.inner)
+        .apply_one(Command::SubmitJob {
+            name: "empty".into(),
+            line: "primes 9 1".into(),
+        })
+        .expect("apply goes on");
+    let mut jobs: Vec<String> = std::fs::read_dir(dir.path().join("member/jobs"))
+        .expect("jobs")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, ["big.job"]);
+    assert!(!dir.path().join("member/bad.job").exists());
+}
