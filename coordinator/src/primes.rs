@@ -21,9 +21,9 @@
 //! [`PrimesFile::merge_from`] adds another primes file and its ledger, streaming, with the
 //! same decisions on every member of a group (same files in, same bytes out).
 //!
-//! Its rooms: this file holds the file itself (open, append, the ledger's records); [`lines`]
+//! Its rooms: this file holds the file itself (open, append, the ledger's records); `lines`
 //! reads primes.txt and the ledger line by line (the torn tail, the load into the set, the
-//! ledger's check); [`checkpoint`] writes and resumes the checkpoint; [`merge`] merges another
+//! ledger's check); `checkpoint` writes and resumes the checkpoint; `merge` merges another
 //! primes file in.
 
 use std::collections::HashSet;

@@ -20,8 +20,8 @@
 //! mid-append: that append was never acknowledged) is cut; a line that is not a record ends
 //! the log there (with a warning, and the file is cut before it).//!
 //! Its rooms: this file holds the store (open, append, truncate, purge, the cache);
-//! [`format`] the log file's records (their encoding, the scan at open, reading entries
-//! back); [`raft`] openraft's `RaftLogReader` and `RaftLogStorage` over it; `tests` its unit
+//! `format` the log file's records (their encoding, the scan at open, reading entries
+//! back); `raft` openraft's `RaftLogReader` and `RaftLogStorage` over it; `tests` its unit
 //! tests (openraft's storage suite among them).
 
 use std::collections::BTreeMap;

@@ -1,22 +1,24 @@
 //! One coordinator of a group: its Raft node, the peers' RPC server, and the role loop. While
 //! another replica leads, workers that connect here are told where the leader is
-//! ([`CoordMsg::NotLeader`]). Once this replica leads (and has applied everything committed
-//! before its term), it takes the root files ([`super::mirror`]) and runs the coordinator
-//! ([`crate::server::run`]) with its durable steps going through the log ([`Handle`]) until
-//! it leads no more.
+//! ([`CoordMsg::NotLeader`](proto::msg::CoordMsg::NotLeader)). Once this replica leads (and has
+//! applied everything committed before its term), it takes the root files ([`super::mirror`])
+//! and runs the coordinator ([`crate::server::run`]) with its durable steps going through the
+//! log ([`Handle`]) until it leads no more.
+//!
+//! Its rooms: this file holds start-up ([`run`]) and the role loop; `handle` the leader's
+//! durable steps through the log ([`Handle`]); `lead` winning, confirming and keeping the
+//! lead; `import` the root files of another group taken in through the log; `redirect`
+//! workers sent to the leader while this member follows.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use openraft::error::{InitializeError, RaftError};
-use openraft::{ServerState, SnapshotPolicy};
-use proto::auth::{authenticate, Admitted};
-use proto::msg::{CoordMsg, WorkerMsg, MAX_LINE, SERVICE};
-use proto::ClusterKey;
+use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -24,12 +26,19 @@ use tracing::{error, info, warn};
 use super::log::LogStore;
 use super::net::Network;
 use super::replica::Replica;
-use super::{Command, GroupStatus, Member, Outcome, Raft};
-use crate::core::{JobReport, Pending, Report};
-use crate::durable::{Durable, Flushed};
-use crate::ranges::Finished;
+use super::{Member, Raft};
 use crate::server::Config;
-use futures::future::BoxFuture;
+
+mod handle;
+mod import;
+mod lead;
+mod redirect;
+
+pub use handle::Handle;
+use handle::MemberResults;
+use import::import_root;
+use lead::{lease, stand_for_election, wait_to_lead, watch_lead};
+use redirect::{redirect_workers, Redirect};
 
 /// What makes this process one replica of a group.
 #[derive(Clone, Debug)]
@@ -46,237 +55,6 @@ pub struct GroupConfig {
     /// Written with the workers' address once it is first bound (as follower or leader):
     /// scripts wait for it.
     pub addr_file: Option<PathBuf>,
-}
-
-/// The leader's access to the group, for the coordinator it runs.
-#[derive(Clone)]
-pub struct Handle {
-    raft: Raft,
-    replica: Replica,
-    id: u64,
-    term: u64,
-    /// The root reports folder and the jobs folder: a report whose name a job owns is
-    /// refused before it is proposed ([`crate::report::job_clash`]).
-    output: PathBuf,
-    jobs: PathBuf,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "group replica {} (term {})", self.id, self.term)
-    }
-}
-
-/// The shell's durable work, committed through the group's log and applied by every member.
-impl Durable for Handle {
-    fn flush(&self, p: Pending) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, Pending)>> {
-        Box::pin(self.flush(p))
-    }
-
-    fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>> {
-        Box::pin(self.reports(rs))
-    }
-
-    fn job_report(
-        &self,
-        r: JobReport,
-    ) -> BoxFuture<'_, anyhow::Result<Result<Box<JobReport>, String>>> {
-        Box::pin(self.job_report(r))
-    }
-
-    fn ledger(&self) -> (Vec<Finished>, u64, u64) {
-        self.replica.ledger()
-    }
-
-    fn term(&self) -> u64 {
-        self.term
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index)
-    }
-
-    fn still_leads(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id) && m.current_term == self.term && m.running_state.is_ok()
-    }
-
-    fn status(&self) -> GroupStatus {
-        super::status_of(&self.raft)
-    }
-
-    fn snapshot(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-        keep: usize,
-    ) -> BoxFuture<'_, anyhow::Result<()>> {
-        Box::pin(async move {
-            let text = String::from_utf8(bytes).context("a snapshot file is not UTF-8")?;
-            let parts = super::snapshot_parts(&text, super::SNAPSHOT_PART_BYTES);
-            let count = parts.len();
-            for (i, (offset, data)) in parts.into_iter().enumerate() {
-                self.write(Command::SnapshotPart {
-                    name: name.clone(),
-                    offset,
-                    data: data.to_string(),
-                    last: i + 1 == count,
-                    keep,
-                })
-                .await
-                .with_context(|| format!("committing snapshot {name}"))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn snapshot_dir(&self) -> Option<PathBuf> {
-        Some(crate::results::snapshots_dir(
-            &self.replica.results_view().0,
-        ))
-    }
-
-    fn results(&self) -> Option<Arc<dyn crate::results::Source>> {
-        Some(Arc::new(MemberResults {
-            raft: self.raft.clone(),
-            replica: self.replica.clone(),
-        }))
-    }
-}
-
-/// A member's own results, served beside its dashboard whatever its role
-/// ([`crate::results`]).
-struct MemberResults {
-    raft: Raft,
-    replica: Replica,
-}
-
-impl crate::results::Source for MemberResults {
-    fn info(&self) -> crate::results::Info {
-        let (_, applied_index, primes_bytes) = self.replica.results_view();
-        let st = super::status_of(&self.raft);
-        crate::results::Info {
-            member: st.id,
-            role: st.role,
-            leader: st.leader,
-            term: st.term,
-            applied_index,
-            primes_bytes,
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.replica.results_view().0
-    }
-}
-
-impl Handle {
-    async fn write(&self, cmd: Command) -> anyhow::Result<Outcome> {
-        let r = self
-            .raft
-            .client_write(cmd)
-            .await
-            .map_err(|e| anyhow::anyhow!("not committed by the group: {e}"))?;
-        Ok(r.data)
-    }
-
-    /// Commits a flush as bounded entries ([`super::batch`]), in order; how many primes were
-    /// new, and the replica's primes count and dedup-set size after it. The flush's primes
-    /// move into the entries (no copy is kept: a flush of a large job holds hundreds of MB).
-    /// An entry that does not commit ends it with an error and the flush handed back: what
-    /// did not commit, with its `done` (what did commit is deduplicated when it comes again).
-    async fn flush(&self, mut p: Pending) -> Result<Flushed, (anyhow::Error, Pending)> {
-        let batches = super::batch::split(&mut p, rand::random::<u64>);
-        let (mut new, mut total, mut in_set) = (0, 0, 0);
-        let mut batches = batches.into_iter();
-        let mut any = false;
-        while let Some((b, runs)) = batches.next() {
-            any = true;
-            let id = b.id;
-            self.replica.hold(id, runs);
-            // The entry goes by value; a copy of its (bounded) file primes is kept to hand
-            // back if it does not commit.
-            let written = self.write(Command::Batch(b.clone())).await;
-            let e = match written {
-                Ok(Outcome::Flushed {
-                    new: n,
-                    total: t,
-                    in_set: s,
-                }) => {
-                    new += n;
-                    (total, in_set) = (t, s);
-                    continue;
-                }
-                Err(e) => e,
-                Ok(o) => anyhow::anyhow!("unexpected outcome of a flush: {o:?}"),
-            };
-            let back = std::iter::once((b, self.replica.take_batch(id)))
-                .chain(batches.map(|(b, runs)| (b, Some(runs))));
-            super::batch::unsplit(&mut p, back);
-            return Err((e, p));
-        }
-        if !any {
-            let (_, t, s) = self.replica.ledger();
-            (total, in_set) = (t, s);
-        }
-        Ok(Flushed { new, total, in_set })
-    }
-
-    /// Commits reports; how each was written. A report whose name a job owns is refused
-    /// here, by the leader (apply depends on the log alone).
-    async fn reports(&self, rs: Vec<Report>) -> anyhow::Result<Vec<Result<(), String>>> {
-        let (output, jobs) = (self.output.clone(), self.jobs.clone());
-        let (rs, clashes) = tokio::task::spawn_blocking(move || {
-            let clashes: Vec<Option<String>> = rs
-                .iter()
-                .map(|r| crate::report::job_clash(&output, r, &jobs))
-                .collect();
-            (rs, clashes)
-        })
-        .await
-        .context("checking report names")?;
-        let propose: Vec<Report> = rs
-            .into_iter()
-            .zip(&clashes)
-            .filter(|(_, c)| c.is_none())
-            .map(|(r, _)| r)
-            .collect();
-        let mut written = if propose.is_empty() {
-            Vec::new()
-        } else {
-            match self.write(Command::Reports(propose)).await? {
-                Outcome::Reports(r) => r,
-                other => anyhow::bail!("unexpected outcome of reports: {other:?}"),
-            }
-        }
-        .into_iter();
-        Ok(clashes
-            .into_iter()
-            .map(|c| match c {
-                Some(why) => Err(why),
-                None => written
-                    .next()
-                    .unwrap_or_else(|| Err("no outcome for this report".into())),
-            })
-            .collect())
-    }
-
-    /// Commits a job report, with a factorial's value; the report as written.
-    async fn job_report(&self, mut r: JobReport) -> anyhow::Result<Result<Box<JobReport>, String>> {
-        let value = r.value.take();
-        let cmd = Command::JobReportValue {
-            report: Box::new(r),
-            value,
-        };
-        match self.write(cmd).await? {
-            Outcome::JobReport(r) => Ok(r),
-            other => anyhow::bail!("unexpected outcome of a job report: {other:?}"),
-        }
-    }
 }
 
 /// Runs this replica until `shutdown`: `workers` is the address to serve workers on (bound
@@ -574,114 +352,6 @@ async fn role_loop(
     }
 }
 
-/// Before taking the root files: if this group did not write them last (the fence names
-/// another group, or nobody: a coordinator without a group, simple mode before replicated
-/// or the other way round), they become part of the group's state through the log (every
-/// member merges them); the lead would otherwise replace them with this member's older or
-/// empty state.
-async fn import_root(raft: &Raft, group_id: &str, cfg: &Config) -> anyhow::Result<()> {
-    let (_, holder) = super::mirror::read_fence(&cfg.primes);
-    if holder == group_id {
-        return Ok(());
-    }
-    let (primes, output) = (cfg.primes.clone(), cfg.output.clone());
-    let lens = tokio::task::spawn_blocking(move || prepare_import(&primes, &output))
-        .await
-        .context("linking the root files for an import")??;
-    let Some((primes_len, ledger_len)) = lens else {
-        return Ok(());
-    };
-    info!(
-        primes_bytes = primes_len,
-        ledger_bytes = ledger_len,
-        "importing the root files left by another group (or a coordinator without a group)"
-    );
-    let r = raft
-        .client_write(Command::ImportRoot {
-            primes_len,
-            ledger_len,
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("import not committed: {e}"))?;
-    match r.data {
-        Outcome::Imported(_) => Ok(()),
-        other => anyhow::bail!("unexpected outcome of an import: {other:?}"),
-    }
-}
-
-/// Puts the root files into the import folder beside them ([`super::replica::import_dir`]),
-/// replacing an older import: hard links (the root files of another group are its member's
-/// files, which only ever grow at the end, so the prefix an import names stays as it was;
-/// reports are replaced by rename, so a link keeps the version linked), or streamed copies
-/// where links cannot be made. The lengths of the primes file and ledger linked (whole
-/// lines), or None if the root holds nothing.
-fn prepare_import(primes: &Path, output: &Path) -> anyhow::Result<Option<(u64, u64)>> {
-    let dir = super::replica::import_dir(primes);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir.join("output"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let mut lens = [0u64; 2];
-    for (i, (from, name)) in [
-        (primes.to_path_buf(), "primes.txt"),
-        (crate::primes::ledger_path(primes), "primes.txt.ranges"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let to = dir.join(name);
-        match link_or_copy(&from, &to) {
-            Ok(()) => {
-                let mut f = std::fs::File::open(&to)
-                    .with_context(|| format!("opening {}", to.display()))?;
-                let len = f
-                    .metadata()
-                    .with_context(|| format!("reading {}", to.display()))?
-                    .len();
-                lens[i] = crate::primes::whole_lines_len(&mut f, len, &to)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("linking {} for an import", from.display()))
-            }
-        }
-    }
-    let reports = link_tree(output, &dir.join("output"))?;
-    if lens == [0, 0] && reports == 0 {
-        return Ok(None);
-    }
-    Ok(Some((lens[0], lens[1])))
-}
-
-/// A hard link to `from` at `to`, or a copy where a link cannot be made.
-fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    match std::fs::hard_link(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
-        Err(_) => std::fs::copy(from, to).map(|_| ()),
-    }
-}
-
-/// Links (or copies) every file under `from` to the same name under `to`; how many.
-fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
-    let mut n = 0;
-    super::files::for_each_report(from, &mut |name, src| {
-        let dst = to.join(name);
-        if let Some(dir) = dst.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        match link_or_copy(src, &dst) {
-            Ok(()) => n += 1,
-            // Replaced or removed meanwhile: a report of a file in flux is not imported.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("linking {}", src.display())),
-        }
-        Ok(())
-    })?;
-    Ok(n)
-}
-
 /// Waits briefly for a member's dashboard to close (its live views end when it is told to
 /// stop), so the leader's can bind the port.
 async fn stop_member_web(web: Option<tokio::task::JoinHandle<()>>) {
@@ -707,202 +377,6 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
     Err(last.map_or_else(|| anyhow::anyhow!("bind failed"), anyhow::Error::from))
         .with_context(|| format!("listening on {addr}"))
-}
-
-/// How long a leader may go without confirming its lead with a majority before it stops
-/// serving workers (cut off from the others: its flushes could not commit anyway).
-fn lease(group: &GroupConfig) -> Duration {
-    Duration::from_millis(group.election_ms.max(50) * 4)
-}
-
-/// True if this replica leads in `term` and a majority confirms it now; also waits until
-/// everything committed before is applied here (a read barrier).
-async fn confirmed(raft: &Raft, lease: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(lease, raft.ensure_linearizable()).await,
-        Ok(Ok(_))
-    )
-}
-
-/// Waits until this replica leads, confirmed by a majority and caught up; its term (None at
-/// shutdown; an error if the Raft node failed).
-async fn wait_to_lead(
-    raft: &Raft,
-    id: u64,
-    lease: Duration,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<u64>> {
-    let mut rx = raft.metrics();
-    loop {
-        let leading = {
-            let m = rx.borrow_and_update();
-            if let Err(e) = &m.running_state {
-                anyhow::bail!("the Raft node stopped: {e}");
-            }
-            (m.state == ServerState::Leader && m.current_leader == Some(id))
-                .then_some(m.current_term)
-        };
-        if let Some(term) = leading {
-            if confirmed(raft, lease).await && raft.metrics().borrow().current_term == term {
-                return Ok(Some(term));
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(lease / 4) => {}
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            r = rx.changed() => if r.is_err() { anyhow::bail!("the Raft node stopped") },
-        }
-    }
-}
-
-/// Cancels `stop` once the handle's replica no longer leads in its term, or cannot confirm
-/// its lead with a majority within `lease`.
-async fn watch_lead(handle: Handle, lease: Duration, stop: CancellationToken) {
-    let mut rx = handle.raft.metrics();
-    let mut check = tokio::time::interval(lease / 2);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        {
-            let m = rx.borrow_and_update();
-            if m.current_leader != Some(handle.id)
-                || m.current_term != handle.term
-                || m.running_state.is_err()
-            {
-                info!(
-                    term = handle.term,
-                    now = m.current_term,
-                    leader = ?m.current_leader,
-                    "lost the lead"
-                );
-                stop.cancel();
-                return;
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = rx.changed() => if r.is_err() { stop.cancel(); return; },
-            _ = check.tick() => {
-                // Root files it can no longer write (a failed copy, a newer fence): stop, and
-                // take them again (a full copy) before serving.
-                if !handle.replica.leads_root() {
-                    warn!(term = handle.term, "no longer keeping the root files: stop serving");
-                    stop.cancel();
-                    return;
-                }
-                if !confirmed(&handle.raft, lease).await {
-                    warn!(term = handle.term, "no majority confirms this leader: stop serving");
-                    stop.cancel();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Starts an election (openraft's) once a pre-vote round wins ([`super::prevote`]): after
-/// openraft's own wait (its leader lease, twice the election timeout, then one election
-/// timeout with jitter) without hearing from a leader. The peers grant only if they have
-/// not heard from a leader within the lease either, so the election that follows is one
-/// they take part in.
-async fn stand_for_election(
-    raft: Raft,
-    group: GroupConfig,
-    key: ClusterKey,
-    answering: super::net::Answering,
-    shutdown: CancellationToken,
-) {
-    use super::prevote::{won, PreVote, Timer};
-    let min = Duration::from_millis(group.election_ms.max(50));
-    let start = tokio::time::Instant::now();
-    let now = || start.elapsed();
-    let mut timer = Timer::new(answering.min_timeout + min, min, now(), rand::random());
-    let mut tick = tokio::time::interval((min / 6).max(Duration::from_millis(5)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut peers: BTreeMap<u64, super::net::Peer> = group
-        .members
-        .iter()
-        .filter(|(id, _)| **id != group.id)
-        .map(|(id, m)| (*id, super::net::Peer::new(*id, &m.raft, &key)))
-        .collect();
-    let voters = group.members.len();
-    let mut lost_last = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let (leading, term) = {
-            let m = raft.metrics().borrow().clone();
-            (m.state == ServerState::Leader, m.current_term)
-        };
-        if leading {
-            timer.heard(now());
-            lost_last = false;
-            continue;
-        }
-        if let Some(d) = answering.contact.since() {
-            timer.heard(now().saturating_sub(d));
-        }
-        if !timer.due(now()) {
-            continue;
-        }
-        timer.asked(now(), rand::random());
-        let asked_at = now();
-        let req = PreVote {
-            candidate: group.id,
-            term,
-            last_log_id: answering.log.last_log_id(),
-        };
-        // Ends as soon as a majority grants (a peer that is down would hold the round for
-        // its whole timeout, and what the round learnt grows stale meanwhile).
-        let mut grants = 1;
-        {
-            use futures::StreamExt;
-            let mut answers: futures::stream::FuturesUnordered<_> = peers
-                .values_mut()
-                .map(|p| p.pre_vote(req.clone(), min))
-                .collect();
-            while !won(grants, voters) {
-                match answers.next().await {
-                    Some(Ok(true)) => grants += 1,
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-        }
-        // A leader heard, or a term begun, while the round went on: that election is
-        // someone else's, and standing now would depose its winner.
-        let (term_now, leading_now) = {
-            let m = raft.metrics().borrow().clone();
-            (m.current_term, m.state == ServerState::Leader)
-        };
-        let heard_meanwhile = answering
-            .contact
-            .since()
-            .is_some_and(|d| d < now().saturating_sub(asked_at));
-        if term_now != term || leading_now || heard_meanwhile {
-            continue;
-        }
-        if won(grants, voters) {
-            info!(term, grants, voters, "pre-vote won: standing for election");
-            lost_last = false;
-            if let Err(e) = raft.trigger().elect().await {
-                warn!(error = %e, "cannot start an election");
-            }
-        } else if !lost_last {
-            lost_last = true;
-            info!(
-                term,
-                grants,
-                voters,
-                "pre-vote lost: no majority would elect this member now (its term stays)"
-            );
-        }
-    }
 }
 
 /// A log past this many bytes is compacted (a snapshot) whatever its number of entries:
@@ -956,81 +430,6 @@ async fn log_elections(raft: Raft, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-/// What a following replica tells workers that register with it.
-#[derive(Clone)]
-struct Redirect {
-    raft: Raft,
-    members: BTreeMap<u64, Member>,
-    /// This replica's workers' address, as the members list names it.
-    own: String,
-    key: ClusterKey,
-    /// How long a registration waits for a leader to be known.
-    hold: Duration,
-}
-
-/// While following: each worker that registers hears where the leader is, then the
-/// connection closes. While no other replica is known to lead (an election, or this one
-/// about to serve), the answer waits, up to `hold`: for the leader's address, or for this
-/// replica to start serving (`serving`; then the answer names this replica, and the worker
-/// comes back at once), so that workers starting with the group register as soon as it has
-/// a leader instead of backing off.
-async fn redirect_workers(
-    listener: TcpListener,
-    r: Redirect,
-    stop: CancellationToken,
-    serving: CancellationToken,
-) {
-    let mut acceptor = proto::conn::Acceptor::new(listener, 256);
-    while let Some((admission, stream, _peer)) = acceptor.next(&stop).await {
-        let (r, serving) = (r.clone(), serving.clone());
-        tokio::spawn(async move {
-            let Ok(Admitted::Ready(mut conn, _permit)) =
-                authenticate(admission, stream, &r.key, SERVICE, MAX_LINE).await
-            else {
-                return;
-            };
-            if let Ok(WorkerMsg::Register { .. }) =
-                conn.expect_msg::<WorkerMsg>(Duration::from_secs(10)).await
-            {
-                let leader = leader_for_worker(&r, &serving).await;
-                let _ = conn.send(&CoordMsg::NotLeader { leader }).await;
-            }
-        });
-    }
-}
-
-/// The workers' address of the replica a worker should register with: another member that
-/// leads, or this one once it serves (`serving` cancelled); None if neither within the hold.
-async fn leader_for_worker(r: &Redirect, serving: &CancellationToken) -> Option<String> {
-    let mut rx = r.raft.metrics();
-    let deadline = tokio::time::Instant::now() + r.hold;
-    loop {
-        {
-            let m = rx.borrow_and_update();
-            // Itself while not serving (about to, or a leader that lost its majority): wait.
-            let other = m.current_leader.filter(|l| *l != m.id).and_then(|l| {
-                r.members.get(&l).map(|n| n.workers.clone()).or_else(|| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| n.workers.clone())
-                })
-            });
-            if other.is_some() {
-                return other;
-            }
-        }
-        if serving.is_cancelled() {
-            return Some(r.own.clone());
-        }
-        tokio::select! {
-            _ = serving.cancelled() => {}
-            r = rx.changed() => if r.is_err() { return None },
-            _ = tokio::time::sleep_until(deadline) => return None,
         }
     }
 }

@@ -15,9 +15,9 @@
 //! A snapshot is a record of the files' lengths; installing one replaces the files,
 //! streamed.
 //!
-//! Its rooms: this file holds the replica and applies entries; [`snapshot`] keeps, packs,
-//! builds and installs state-machine snapshots; [`import`] takes in the root files of
-//! another group; [`raft`] is openraft's `RaftStateMachine` over it; `tests` its unit tests.
+//! Its rooms: this file holds the replica and applies entries; `snapshot` keeps, packs,
+//! builds and installs state-machine snapshots; `import` takes in the root files of
+//! another group; `raft` is openraft's `RaftStateMachine` over it; `tests` its unit tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
