@@ -14,8 +14,9 @@
 //! durable, machine; the shell names no group type):
 //! - [`state`]: the machine and the connections' queues under one lock; `apply(event)`
 //!   performs the machine's actions; the status JSON.
-//! - [`server`]: start-up and recovery, the accept loop and worker connections, the input
-//!   watcher, timers (ticks, snapshots, status file, file-server probes).
+//! - [`server`]: start-up and recovery, the accept loop and worker connections; the input
+//!   watchers (`server/watch.rs`: the folders, or the file server's listing); the timers
+//!   (`server/timers.rs`: ticks, snapshots, status file, file-server probes).
 //! - [`flusher`]: hands the machine's buffered primes to the durability seam, reports back.
 //! - [`durable`]: the seam: the one interface through which the shell makes anything
 //!   durable (flushes, reports, job reports).
