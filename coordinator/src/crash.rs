@@ -9,6 +9,11 @@
 //! - `snapshot-begun`: coordinator state recorded and markers sent, markers not back
 //! - `snapshot-before-write`: all markers back, file not yet written
 //! - `snapshot-after-write`: snapshot file written
+//!
+//! `PRIMES_SLOW_AT=POINT:MS` instead sleeps MS milliseconds every time POINT is reached (a
+//! slow disk, on purpose). Points:
+//!
+//! - `apply-reports`: a group member applying an entry of reports, its state locked
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -33,6 +38,23 @@ pub fn point(name: &str) {
         if p == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             eprintln!("PRIMES_CRASH_AT: crash point {name} reached; aborting");
             std::process::abort();
+        }
+    }
+}
+
+static SLOW: OnceLock<Option<(String, u64)>> = OnceLock::new();
+
+/// Sleeps (blocking the thread: the point's caller holds what a slow disk would hold) if
+/// `PRIMES_SLOW_AT` names this point.
+pub fn slow(name: &str) {
+    let spec = SLOW.get_or_init(|| {
+        let v = std::env::var("PRIMES_SLOW_AT").ok()?;
+        let (p, ms) = v.split_once(':')?;
+        Some((p.to_string(), ms.parse().ok()?))
+    });
+    if let Some((p, ms)) = spec {
+        if p == name {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
 }

@@ -360,6 +360,36 @@ fn group_leader_paused_is_replaced() {
     assert!(verify_snapshots(&p) >= 1);
 }
 
+#[test]
+fn group_leader_keeps_its_lead_through_slow_applies() {
+    // Every member takes 2 s to apply each entry of reports (a slow disk, on purpose), longer
+    // than the leader's lease (4 x the 300 ms election timeout). A leader that waited for its
+    // own apply to confirm its lead stopped serving at every such entry, with every member up
+    // and answering ("no majority confirms this leader"), and handed all work out again.
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "slow", 6, 2_000, 5);
+    p.coord_env
+        .push(("PRIMES_SLOW_AT", s("apply-reports:2000")));
+    p.simple();
+    p.start_group(3);
+    let first = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert_eq!(p.leader(), Some(first), "the same leader throughout");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
+            .unwrap_or_default();
+        assert!(
+            !log.contains("stop serving") && !log.contains("lost the lead"),
+            "coordinator-{id} lost or gave up the lead while healthy:\n{}",
+            p.member_log(id, 30)
+        );
+    }
+}
+
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
 fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
     let mut cmd = Command::new(bin("coordinator"));

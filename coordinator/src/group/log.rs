@@ -116,7 +116,7 @@ fn anyerror_of(e: anyhow::Error) -> openraft::AnyError {
 /// Runs blocking I/O: through `block_in_place` on a multi-thread tokio runtime (so the other
 /// tasks of the worker move on), directly elsewhere (a current-thread runtime, where
 /// `block_in_place` panics, or no runtime).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

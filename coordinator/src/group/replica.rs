@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::batch::{self, Held};
+use super::log::blocking;
 use super::mirror::Mirror;
 use super::pace::{self, Pace};
 use super::{Command, LogId, Member, Outcome};
@@ -55,8 +56,9 @@ struct State {
     primes: PrimesFile,
     applied: Applied,
     mirror: Mirror,
-    /// Range primes of the batches this process proposed, until they apply.
-    held: Held,
+    /// Range primes of the batches this process proposed, until they apply (shared with
+    /// [`Replica`]: the proposer holds them without waiting for an apply).
+    held: Arc<Mutex<Held>>,
     /// Where the proposer of an import put the root files it imports.
     import_dir: PathBuf,
     /// Whether what this member regenerates is applied at idle priority ([`pace`]).
@@ -67,18 +69,27 @@ struct State {
 #[derive(Clone)]
 pub struct Replica {
     inner: Arc<Mutex<State>>,
-    /// What the results endpoints read ([`Replica::results_view`]), behind a lock of its own:
-    /// an apply holds `inner` for as long as it writes (a follower's at idle priority,
-    /// [`pace`]), and a request on the async thread must not wait for it.
+    /// What the async side reads ([`Replica::results_view`], [`Replica::leads_root`],
+    /// [`Replica::counts`]), behind a lock of its own: an apply holds `inner` for as long as
+    /// it writes (thousands of reports, a follower's regeneration at idle priority), and a
+    /// task on a runtime thread must never wait for it. With two cores the runtime has two
+    /// threads: two tasks waiting on `inner` stopped every timer of the process, the
+    /// leader's heartbeats and lease checks too (a status file seconds old).
     view: Arc<Mutex<View>>,
+    held: Arc<Mutex<Held>>,
+    pace: Pace,
     dir: PathBuf,
 }
 
-/// The last applied index and the length the primes file had then (whole lines).
+/// What the async side reads: the last applied index, the length the primes file had then
+/// (whole lines), its counts, and whether this member keeps the root files.
 #[derive(Clone, Copy, Default)]
 struct View {
     applied: u64,
     primes_bytes: u64,
+    total: u64,
+    in_set: u64,
+    leads_root: bool,
 }
 
 impl State {
@@ -86,6 +97,9 @@ impl State {
         View {
             applied: self.applied.applied.map_or(0, |l| l.index),
             primes_bytes: self.primes.bytes(),
+            total: self.primes.len() as u64,
+            in_set: self.primes.in_set() as u64,
+            leads_root: self.mirror.term().is_some(),
         }
     }
 }
@@ -132,12 +146,14 @@ impl Replica {
             primes,
             applied,
             mirror: Mirror::new(root_primes, root_output, jobs),
-            held: Held::default(),
+            held: Arc::default(),
             import_dir: import_dir(root_primes),
             pace: Pace::default(),
         };
         Ok(Replica {
             view: Arc::new(Mutex::new(state.view())),
+            held: state.held.clone(),
+            pace: state.pace.clone(),
             inner: Arc::new(Mutex::new(state)),
             dir: dir.to_path_buf(),
         })
@@ -146,12 +162,21 @@ impl Replica {
     /// The finished generation tasks and the primes counts (total, in the dedup set), for a
     /// leader starting its coordinator.
     pub fn ledger(&self) -> (Vec<Finished>, u64, u64) {
-        let g = lock(&self.inner);
-        (
-            g.primes.finished.clone(),
-            g.primes.len() as u64,
-            g.primes.in_set() as u64,
-        )
+        blocking(|| {
+            let g = lock(&self.inner);
+            (
+                g.primes.finished.clone(),
+                g.primes.len() as u64,
+                g.primes.in_set() as u64,
+            )
+        })
+    }
+
+    /// The primes counts (total, in the dedup set) after the last entry applied. Never waits
+    /// for an apply in progress.
+    pub fn counts(&self) -> (u64, u64) {
+        let v = *lock(&self.view);
+        (v.total, v.in_set)
     }
 
     /// This replica's folder, its last applied index and the length its primes file had
@@ -164,31 +189,34 @@ impl Replica {
 
     /// The pace of this member's applies, for [`pace::watch`] to keep up to date.
     pub fn pace(&self) -> Pace {
-        lock(&self.inner).pace.clone()
+        self.pace.clone()
     }
 
     /// Holds the range primes of batch `id` (about to be proposed) for its apply here.
     pub fn hold(&self, id: u64, runs: Vec<crate::ranges::Run>) {
-        lock(&self.inner).held.hold(id, runs);
+        lock(&self.held).hold(id, runs);
     }
 
     /// Takes back the runs held for batch `id` (not committed); None if an apply took them.
     pub fn take_batch(&self, id: u64) -> Option<Vec<crate::ranges::Run>> {
-        lock(&self.inner).held.take(id)
+        lock(&self.held).take(id)
     }
 
     /// Takes the root files for `term` of group `group` (see [`Mirror`]), and puts the
     /// submitted jobs not yet reported into the jobs folder.
     pub fn lead(&self, term: u64, group: &str) -> anyhow::Result<()> {
-        let mut g = lock(&self.inner);
-        let dir = g.dir.clone();
-        tokio::task::block_in_place(|| {
-            g.mirror.activate(term, group, &dir)?;
-            let placed = g.place_submitted_jobs()?;
-            if placed > 0 {
-                info!(placed, "submitted jobs put into the jobs folder");
-            }
-            Ok(())
+        blocking(|| {
+            let mut g = lock(&self.inner);
+            let dir = g.dir.clone();
+            let r = g.mirror.activate(term, group, &dir).and_then(|()| {
+                let placed = g.place_submitted_jobs()?;
+                if placed > 0 {
+                    info!(placed, "submitted jobs put into the jobs folder");
+                }
+                Ok(())
+            });
+            *lock(&self.view) = g.view();
+            r
         })
     }
 
@@ -202,23 +230,27 @@ impl Replica {
 
     /// True if the replica holds nothing yet.
     pub fn is_empty(&self) -> bool {
-        lock(&self.inner).is_empty()
+        blocking(|| lock(&self.inner).is_empty())
     }
 
-    /// True while this member keeps the root files (a failed copy or a newer fence ends it).
+    /// True while this member keeps the root files (a failed copy or a newer fence ends it),
+    /// as of the last entry applied. Never waits for an apply in progress.
     pub fn leads_root(&self) -> bool {
-        lock(&self.inner).mirror.term().is_some()
+        lock(&self.view).leads_root
     }
 
-    /// Stops copying to the root files.
+    /// Stops copying to the root files (after the apply in progress, if any).
     pub fn step_down(&self) {
-        lock(&self.inner).mirror.deactivate();
+        blocking(|| {
+            let mut g = lock(&self.inner);
+            g.mirror.deactivate();
+            *lock(&self.view) = g.view();
+        })
     }
 
     /// Syncs the files and records what was applied (a clean stop: nothing to re-apply).
     pub fn close(&self) -> anyhow::Result<()> {
-        let mut g = lock(&self.inner);
-        tokio::task::block_in_place(|| g.make_durable())
+        blocking(|| lock(&self.inner).make_durable())
     }
 }
 
@@ -377,7 +409,7 @@ impl State {
                 }
             }
             Command::Batch(b) => {
-                let held = self.held.take(b.id);
+                let held = lock(&self.held).take(b.id);
                 let primes = &mut self.primes;
                 // The ledger a leader starting here takes is kept up to date by append (a
                 // task applied twice is recorded once).
@@ -452,6 +484,7 @@ impl State {
                 self.job_report(r)
             }
             Command::Reports(reports) => {
+                crate::crash::slow("apply-reports");
                 // The root reports follow the root primes (a report means its primes are in).
                 self.follow();
                 let mut results = Vec::with_capacity(reports.len());

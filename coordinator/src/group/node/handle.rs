@@ -186,8 +186,7 @@ impl Handle {
             return Err((e, p));
         }
         if !any {
-            let (_, t, s) = self.replica.ledger();
-            (total, in_set) = (t, s);
+            (total, in_set) = self.replica.counts();
         }
         Ok(Flushed { new, total, in_set })
     }

@@ -27,6 +27,17 @@ async fn confirmed(raft: &Raft, lease: Duration) -> bool {
     )
 }
 
+/// True if a majority confirms this replica's lead now (heartbeats answered), whatever its
+/// own applies are doing: while serving. Waiting for the apply as well (the read barrier of
+/// [`confirmed`]) deposed a healthy leader whose apply of thousands of reports outlasted the
+/// lease ("no majority confirms this leader" with every member up).
+async fn majority_confirms(raft: &Raft, lease: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(lease, raft.get_read_log_id()).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Waits until this replica leads, confirmed by a majority and caught up; its term (None at
 /// shutdown; an error if the Raft node failed).
 pub(super) async fn wait_to_lead(
@@ -96,7 +107,7 @@ pub(super) async fn watch_lead(handle: Handle, lease: Duration, stop: Cancellati
                     stop.cancel();
                     return;
                 }
-                if !confirmed(&handle.raft, lease).await {
+                if !majority_confirms(&handle.raft, lease).await {
                     warn!(term = handle.term, "no majority confirms this leader: stop serving");
                     stop.cancel();
                     return;

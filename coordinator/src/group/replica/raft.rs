@@ -62,22 +62,25 @@ impl RaftStateMachine<TypeConfig> for Replica {
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder {
-        let mut g = lock(&self.inner);
-        // Durable first: the log up to this snapshot may be purged once it is built.
-        let lens = tokio::task::block_in_place(|| g.make_durable())
-            .map(|()| (g.primes.bytes(), g.primes.ledger_bytes()));
-        Builder {
-            replica: self.clone(),
-            applied: g.applied.applied,
-            membership: g.applied.membership.clone(),
-            lens,
-        }
+        tokio::task::block_in_place(|| {
+            let mut g = lock(&self.inner);
+            // Durable first: the log up to this snapshot may be purged once it is built.
+            let lens = g
+                .make_durable()
+                .map(|()| (g.primes.bytes(), g.primes.ledger_bytes()));
+            Builder {
+                replica: self.clone(),
+                applied: g.applied.applied,
+                membership: g.applied.membership.clone(),
+                lens,
+            }
+        })
     }
 
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
-        let path = lock(&self.inner).dir.join(RECEIVING);
+        let path = self.dir.join(RECEIVING);
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -197,3 +197,38 @@ fn submitted_jobs_kept_by_every_member() {
     assert_eq!(jobs, ["big.job"]);
     assert!(!dir.path().join("member/bad.job").exists());
 }
+
+#[test]
+/// What the async side asks of a replica never waits for an apply in progress (here
+/// simulated by holding the state's lock): a task on a runtime thread that waited for one
+/// stopped the process's timers, the leader's heartbeats and lease checks with them.
+fn the_async_side_never_waits_for_an_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = open_in(dir.path());
+    let apply = lock(&r.inner);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asker = r.clone();
+    std::thread::spawn(move || {
+        let run = crate::ranges::Run {
+            lo: 10,
+            hi: 20,
+            primes: vec![11, 13],
+        };
+        asker.hold(7, vec![run]);
+        let back = asker.take_batch(7).map(|runs| runs.len());
+        let answers = (
+            asker.leads_root(),
+            asker.counts(),
+            asker.results_view().1,
+            asker.pace().lowly(),
+            back,
+        );
+        let _ = tx.send(answers);
+    });
+    let answers = rx.recv_timeout(std::time::Duration::from_secs(10));
+    drop(apply);
+    assert_eq!(
+        answers.expect("an accessor waited for the apply in progress"),
+        (false, (0, 0), 0, false, Some(1))
+    );
+}
