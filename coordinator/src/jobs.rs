@@ -7,7 +7,7 @@ use std::path::Path;
 
 use proto::jobs::JobSpec;
 
-use crate::core::{Fingerprint, GenJob, Plan};
+use crate::core::{Fingerprint, GenJob};
 use crate::inputs::list_files;
 
 /// Largest job file read: a job is one short line.
@@ -43,7 +43,7 @@ pub fn check_submission(name: &str, line: &str) -> Result<JobSpec, String> {
             line.len()
         ));
     }
-    JobSpec::parse(line)
+    worker::kinds::parse(line)
 }
 
 /// What a job file asks for, or why it cannot be run.
@@ -59,12 +59,8 @@ pub fn read_job(dir: &Path, rel: &str, segment: u64) -> Result<GenJob, String> {
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read the job file: {e}"))?;
     let text =
         String::from_utf8(bytes).map_err(|_| "the job file is not UTF-8 text".to_string())?;
-    let spec = JobSpec::parse(&text)?;
-    Ok(GenJob {
-        name: job_name_of(rel),
-        spec,
-        plan: Plan::of(spec, segment),
-    })
+    let spec = worker::kinds::parse(&text)?;
+    GenJob::new(job_name_of(rel), spec, segment)
 }
 
 /// The job files present now, by job name: fingerprint and what each asks for.
@@ -94,6 +90,7 @@ mod tests {
             ("a b", "primes 1 100", false),
             ("a", "primes 100 1", false),
             ("a", "frobnicate 3", false),
+            ("tw", "twins 1 1000", true),
             ("a", "", false),
         ] {
             assert_eq!(
@@ -115,8 +112,8 @@ mod tests {
         std::fs::write(d.path().join("d.job"), [0xff, 0xfe]).expect("write");
         let jobs = current_jobs(d.path(), 1000);
         assert_eq!(
-            jobs["a"].1.as_ref().map(|j| j.spec),
-            Ok(JobSpec::Primes { lo: 1, hi: 100 })
+            jobs["a"].1.as_ref().map(|j| j.spec.clone()),
+            Ok(JobSpec::new("primes", &[("lo", 1), ("hi", 100)]))
         );
         assert!(jobs["b"]
             .1

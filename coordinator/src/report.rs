@@ -53,15 +53,17 @@ pub fn job_report_path(output: &Path, name: &str) -> PathBuf {
     output.join("jobs").join(format!("{name}.json"))
 }
 
-/// Writes a job's report atomically; a factorial's value goes first to
-/// `data/output/jobs/<name>.txt` (decimal, a newline after), fsynced, and the report names
-/// its digits and the SHA-256 of the file's bytes.
+/// Writes a job's report atomically; a job's value (a factorial's decimal digits, twin
+/// pairs) goes first to `data/output/jobs/<name>.txt` (a newline after), fsynced, and the
+/// report names the SHA-256 of the file's bytes, and its digits if it is one number.
 pub fn write_job_report(output: &Path, r: &mut JobReport) -> anyhow::Result<()> {
     use sha2::Digest;
     if let Some(value) = r.value.take() {
         let path = output.join("jobs").join(format!("{}.txt", r.job));
         let mut bytes = value.into_bytes();
-        r.digits = Some(bytes.len() as u64);
+        if bytes.iter().all(u8::is_ascii_digit) {
+            r.digits = Some(bytes.len() as u64);
+        }
         bytes.push(b'\n');
         r.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
         write_replace(&path, &bytes, true)?;

@@ -1,6 +1,8 @@
-//! Generation jobs: the one-line job files of `data/jobs/`, and how a job is cut into tasks
-//! (ranges into segments, a factorial into a product tree). Shared by the coordinator (which
-//! schedules) and the worker (whose `worker gen` runs a job alone, the baseline).
+//! Generation jobs, what the coordinator and the worker share of them: the shape of a job's
+//! spec ([`Params`]: a kind's word and named arguments), the helpers that read a job line,
+//! the limits and cost models of the built-in kinds, and how ranges are cut into segments
+//! and a factorial into a product tree. The kinds themselves (their words, plans,
+//! computations and reports) are `worker::kinds`, one module each.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,21 +23,105 @@ pub const MAX_SEGMENTS: u64 = 1 << 17;
 /// Factors one product task multiplies at most.
 pub const FANOUT: usize = 4;
 
-/// What a job file asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum JobSpec {
-    /// Every prime in [lo, hi] into primes.txt.
-    Primes { lo: u64, hi: u64 },
-    /// How many primes in [lo, hi].
-    Count { lo: u64, hi: u64 },
-    /// The n-th prime (the first is 2).
-    Nth { n: u64 },
-    /// n!, in decimal.
-    Factorial { n: u64 },
+/// A job as its line says it: its kind's word and its arguments by name (`primes 10 20` is
+/// `primes` with `lo` = 10 and `hi` = 20). Which words and arguments exist is the kinds'
+/// business (`worker::kinds`, one module per kind); here is only the shape, so that the
+/// coordinator can keep, log and report a job of any kind.
+pub type JobSpec = Params;
+
+/// A kind's word with named integer arguments. Serialized flat, the word under `kind`:
+/// `{"kind":"primes","lo":10,"hi":20}` (the shape job reports have always had). Used for a
+/// job's line ([`JobSpec`]) and for a task of a kind that has no variant of its own in
+/// [`crate::msg::Work`] ([`crate::msg::OpenWork`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Params {
+    pub kind: String,
+    /// In the order the line gives them.
+    pub args: Vec<(String, u64)>,
 }
 
-fn number(word: &str, what: &str) -> Result<u64, String> {
+impl Params {
+    /// `kind` with `args`, in order.
+    pub fn new(kind: &str, args: &[(&str, u64)]) -> Params {
+        Params {
+            kind: kind.to_string(),
+            args: args.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        }
+    }
+
+    /// Argument `name`.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.args.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// Argument `name`, or an error that names it (a spec from an older or foreign writer).
+    pub fn need(&self, name: &str) -> Result<u64, String> {
+        self.get(name)
+            .ok_or_else(|| format!("{} has no argument {name:?}", self.kind))
+    }
+
+    /// The job as its file would say it: the word, then the arguments in order.
+    pub fn line(&self) -> String {
+        let mut out = self.kind.clone();
+        for (_, v) in &self.args {
+            out.push(' ');
+            out.push_str(&v.to_string());
+        }
+        out
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.args.len() + 1))?;
+        m.serialize_entry("kind", &self.kind)?;
+        for (n, v) in &self.args {
+            m.serialize_entry(n, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Params;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with a string `kind` and integer arguments")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Params, A::Error> {
+                use serde::de::Error;
+                let mut kind = None;
+                let mut args: Vec<(String, u64)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "kind" {
+                        if kind.is_some() {
+                            return Err(A::Error::duplicate_field("kind"));
+                        }
+                        kind = Some(map.next_value::<String>()?);
+                    } else {
+                        if args.iter().any(|(n, _)| *n == key) {
+                            return Err(A::Error::custom(format!("duplicate argument {key:?}")));
+                        }
+                        let v = map.next_value::<u64>()?;
+                        args.push((key, v));
+                    }
+                }
+                let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+                Ok(Params { kind, args })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A non-negative integer argument of a job line; the error names it (`what`) and says why.
+pub fn number(word: &str, what: &str) -> Result<u64, String> {
     if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
         let shown: String = word.chars().take(40).collect();
         return Err(format!("{what} {shown:?} is not a non-negative integer"));
@@ -44,89 +130,31 @@ fn number(word: &str, what: &str) -> Result<u64, String> {
         .map_err(|_| format!("{what} {word} is too large: the limit is 2^64 - 1"))
 }
 
-impl JobSpec {
-    /// Parses a job file's text: one line (surrounding whitespace and blank lines around it
-    /// are fine), `primes A B`, `count A B`, `nth N` or `factorial N`. The error says why.
-    pub fn parse(text: &str) -> Result<JobSpec, String> {
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let line = match lines.as_slice() {
-            [] => return Err("empty job file: expected one line such as `primes 1 1000`".into()),
-            [one] => *one,
-            _ => {
-                return Err(format!(
-                    "{} lines: a job file holds one job on one line",
-                    lines.len()
-                ))
-            }
-        };
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        let usage = "expected `primes A B`, `count A B`, `nth N` or `factorial N`";
-        match words.as_slice() {
-            [kind @ ("primes" | "count"), a, b] => {
-                let lo = number(a, "A")?;
-                let hi = number(b, "B")?;
-                if lo > hi {
-                    return Err(format!("empty range: A = {lo} is larger than B = {hi}"));
-                }
-                let span = hi - lo;
-                if *kind == "primes" && span >= PRIMES_MAX_SPAN {
-                    return Err(format!(
-                        "the range holds {} numbers; a primes job takes at most 2^40 \
-                         ({PRIMES_MAX_SPAN}): split it into several jobs",
-                        span as u128 + 1
-                    ));
-                }
-                if *kind == "count" && span >= COUNT_MAX_SIEVE_SPAN && !count_by_pi(lo, hi) {
-                    return Err(format!(
-                        "the range holds {} numbers above 2^60, where primes can only be \
-                         counted by sieving; a count job sieves at most 2^48 \
-                         ({COUNT_MAX_SIEVE_SPAN}) numbers: split it into several jobs",
-                        span as u128 + 1
-                    ));
-                }
-                Ok(if *kind == "primes" {
-                    JobSpec::Primes { lo, hi }
-                } else {
-                    JobSpec::Count { lo, hi }
-                })
-            }
-            ["nth", n] => {
-                let n = number(n, "N")?;
-                if n == 0 || n > NTH_MAX {
-                    return Err(format!("N = {n}: nth takes N from 1 to 10^16"));
-                }
-                Ok(JobSpec::Nth { n })
-            }
-            ["factorial", n] => {
-                let n = number(n, "N")?;
-                if n > FACTORIAL_MAX {
-                    return Err(format!("N = {n}: factorial takes N up to {FACTORIAL_MAX}"));
-                }
-                Ok(JobSpec::Factorial { n })
-            }
-            [kind @ ("primes" | "count" | "nth" | "factorial"), ..] => {
-                Err(format!("wrong number of arguments for {kind}: {usage}"))
-            }
-            [other, ..] => {
-                let shown: String = other.chars().take(40).collect();
-                Err(format!("unknown job {shown:?}: {usage}"))
-            }
-            [] => Err(format!("empty line: {usage}")),
-        }
+/// A range argument pair `A B` with A <= B.
+pub fn range(a: &str, b: &str) -> Result<(u64, u64), String> {
+    let lo = number(a, "A")?;
+    let hi = number(b, "B")?;
+    if lo > hi {
+        return Err(format!("empty range: A = {lo} is larger than B = {hi}"));
     }
+    Ok((lo, hi))
+}
 
-    /// The job as its file would say it.
-    pub fn line(&self) -> String {
-        match self {
-            JobSpec::Primes { lo, hi } => format!("primes {lo} {hi}"),
-            JobSpec::Count { lo, hi } => format!("count {lo} {hi}"),
-            JobSpec::Nth { n } => format!("nth {n}"),
-            JobSpec::Factorial { n } => format!("factorial {n}"),
-        }
+/// The one line of a job file's text (surrounding whitespace and blank lines around it are
+/// fine), split into words; the error says why there is not exactly one.
+pub fn job_words(text: &str) -> Result<Vec<&str>, String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => Err("empty job file: expected one line such as `primes 1 1000`".into()),
+        [one] => Ok(one.split_ascii_whitespace().collect()),
+        _ => Err(format!(
+            "{} lines: a job file holds one job on one line",
+            lines.len()
+        )),
     }
 }
 
@@ -281,51 +309,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_lines() {
-        assert_eq!(
-            JobSpec::parse("primes 10 20\n"),
-            Ok(JobSpec::Primes { lo: 10, hi: 20 })
-        );
-        assert_eq!(
-            JobSpec::parse("\n  count 18446744073709551000 18446744073709551615  \n\n"),
-            Ok(JobSpec::Count {
-                lo: u64::MAX - 615,
-                hi: u64::MAX
-            })
-        );
-        // The longest ranges allowed: 2^40 numbers to list, π for any count up to 2^60.
-        assert!(JobSpec::parse("primes 0 1099511627775").is_ok());
-        assert!(JobSpec::parse("count 0 1152921504606846976").is_ok());
-        assert_eq!(
-            JobSpec::parse("nth 10000000000000000"),
-            Ok(JobSpec::Nth { n: NTH_MAX })
-        );
-        assert_eq!(
-            JobSpec::parse("factorial 0"),
-            Ok(JobSpec::Factorial { n: 0 })
-        );
-        for (bad, why) in [
-            ("", "empty job file"),
-            ("primes 1", "wrong number of arguments"),
-            ("primes 5 4", "empty range"),
-            ("primes -1 4", "not a non-negative integer"),
-            ("primes 1 18446744073709551616", "too large"),
-            ("nth 0", "nth takes N from 1"),
-            ("nth 10000000000000001", "nth takes N from 1"),
-            ("factorial 200001", "factorial takes N up to"),
-            ("sieve 1 2", "unknown job"),
-            ("primes 1 2\ncount 1 2", "2 lines"),
-            ("primes 1e3 2", "not a non-negative integer"),
-            ("primes 0 1099511627776", "at most 2^40"),
-            (
-                "primes 0 18446744073709551615",
-                "split it into several jobs",
-            ),
-            ("count 0 18446744073709551615", "sieves at most 2^48"),
+    /// A spec serializes flat, as the old per-kind enum did, and back.
+    fn params_are_flat() {
+        let p = Params::new("primes", &[("lo", 10), ("hi", 20)]);
+        let json = serde_json::to_string(&p).expect("encode");
+        assert_eq!(json, r#"{"kind":"primes","lo":10,"hi":20}"#);
+        assert_eq!(serde_json::from_str::<Params>(&json).expect("decode"), p);
+        assert_eq!(p.line(), "primes 10 20");
+        assert_eq!(p.need("hi"), Ok(20));
+        assert!(p.need("n").is_err());
+        for bad in [
+            r#"{"lo":1}"#,
+            r#"{"kind":"primes","lo":-1}"#,
+            r#"{"kind":"primes","lo":1,"lo":2}"#,
+            r#"{"kind":3}"#,
         ] {
-            let e = JobSpec::parse(bad).expect_err(bad);
-            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(serde_json::from_str::<Params>(bad).is_err(), "{bad}");
         }
+        assert_eq!(job_words(" \n nth  5 \n\n"), Ok(vec!["nth", "5"]));
+        assert!(job_words("").is_err_and(|e| e.contains("empty job file")));
+        assert!(job_words("a\nb").is_err_and(|e| e.contains("2 lines")));
+        assert!(range("5", "4").is_err_and(|e| e.contains("empty range")));
+        assert!(number("1e3", "A").is_err_and(|e| e.contains("not a non-negative")));
+        assert!(number("18446744073709551616", "B").is_err_and(|e| e.contains("too large")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! coord  -> {"type":"welcome","session":"7f3a9c","heartbeat_ms":5000}
 //! coord  -> {"type":"assign","attempt":"7f3a9c-12","file":"a.txt","chunk":0,"chunks":1,"start":0,"end":1234,"size":1234}
 //! coord  -> {"type":"assign","attempt":"7f3a9c-13","file":".jobs/big","chunk":3,"chunks":16,"start":0,"end":67108864,"size":67108864,"work":{"kind":"primes","lo":201326592,"hi":268435455}}
+//! coord  -> {"type":"assign","attempt":"7f3a9c-14","file":".jobs/tw","chunk":0,"chunks":10,"start":0,"end":1048577,"size":1048577,"work":{"kind":"twins","lo":0,"hi":1048577}}
 //! worker -> {"type":"heartbeat","busy":["7f3a9c-12"],"bytes_done":512,"bytes_total":1234}
 //! worker -> {"type":"primes","attempt":"7f3a9c-12","small":[2,3,5],"big":["170141183460469231731687303715884105727"]}
 //! worker -> {"type":"task_done","attempt":"7f3a9c-12","version":"9c1e","size":1234,"lines":10,"numbers":8,"blank":1,"invalid":1,"first_invalid":[{"line":4,"reason":"not a number: unexpected 'x' at column 1"}],"primes":4}
@@ -22,6 +23,8 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+
+use crate::jobs::Params;
 
 /// Service name in the handshake.
 pub const SERVICE: &str = "coordinator";
@@ -199,6 +202,36 @@ pub enum Work {
         #[serde(default)]
         decimal: bool,
     },
+    /// A task of a kind without a variant of its own (a kind added as one module in
+    /// `worker::kinds`): its word and integer arguments, flat like the others, e.g.
+    /// `{"kind":"twins","lo":0,"hi":1048577}`, in `answer` as the kind says. Only a word
+    /// that is none of the variants above lands here.
+    #[serde(untagged)]
+    Other(OpenWork),
+}
+
+/// The task of [`Work::Other`]: a [`Params`] whose word is not one of [`Work`]'s own (so a
+/// malformed `primes` task is an error, not an open one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct OpenWork(pub Params);
+
+/// The words of [`Work`]'s own variants.
+const WORK_WORDS: [&str; 7] = [
+    "primes", "count", "pi", "nth", "pi_part", "nth_near", "multiply",
+];
+
+impl<'de> Deserialize<'de> for OpenWork {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = Params::deserialize(d)?;
+        if WORK_WORDS.contains(&p.kind.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "a {} task with missing or unknown fields",
+                p.kind
+            )));
+        }
+        Ok(OpenWork(p))
+    }
 }
 
 /// One invalid line, numbered from 1 within the chunk (the coordinator renumbers).
@@ -306,7 +339,7 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 16, "every message has an example");
+        assert_eq!(n, 17, "every message has an example");
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"goodbye","x":1}"#).is_err());
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"self_destruct"}"#).is_err());
     }
@@ -333,6 +366,32 @@ mod tests {
             assert_eq!(fast, slow, "{c}");
         }
         assert!(WorkerMsg::decode(cases[0].as_bytes()).is_ok());
+    }
+
+    #[test]
+    /// A task of a kind without its own variant travels flat; a malformed built-in one is
+    /// refused rather than taken for an open one.
+    fn open_work() {
+        let w: Work = serde_json::from_str(r#"{"kind":"twins","lo":3,"hi":100}"#).expect("open");
+        assert_eq!(
+            w,
+            Work::Other(OpenWork(Params::new("twins", &[("lo", 3), ("hi", 100)])))
+        );
+        assert_eq!(
+            serde_json::to_string(&w).expect("encode"),
+            r#"{"kind":"twins","lo":3,"hi":100}"#
+        );
+        let p: Work = serde_json::from_str(r#"{"kind":"primes","lo":3,"hi":100}"#).expect("primes");
+        assert_eq!(p, Work::Primes { lo: 3, hi: 100 });
+        for bad in [
+            r#"{"kind":"primes","lo":3}"#,
+            r#"{"kind":"primes","lo":3,"hi":4,"x":1}"#,
+            r#"{"kind":"multiply"}"#,
+            r#"{"kind":"twins","lo":"3"}"#,
+            r#"{"lo":3}"#,
+        ] {
+            assert!(serde_json::from_str::<Work>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -114,6 +114,8 @@ fn jobs_match_independent_answers() {
         ("f1000", s("factorial 1000")),
         ("f20000", s("factorial 20000")),
         ("f0", s("factorial 0")),
+        ("tw7", s("twins 0 10000000")),
+        ("tw", s("twins 1000037 3000000")),
         ("bad", s("primes 10 1")),
         ("junk", s("make me a sandwich")),
     ];
@@ -154,6 +156,43 @@ fn jobs_match_independent_answers() {
             .expect("factorial value");
         assert_eq!(got.trim_end(), want, "{name}");
         assert_eq!(r["digits"].as_u64(), Some(want.len() as u64), "{name}");
+    }
+    // Twin pairs: the published count below 10^7, and a range that starts on a pair
+    // (1000037, 1000039), listed against the plain sieve's consecutive primes.
+    let r = job_report(&p, "tw7").expect("report");
+    assert_eq!(r["status"], "done", "tw7: {r}");
+    assert_eq!(
+        r["count"].as_u64(),
+        Some(58_980),
+        "twin pairs below 10^7: {r}"
+    );
+    assert_eq!(r["answer"], "58980");
+    for (name, lo, hi) in [("tw7", 0u64, 10_000_000u64), ("tw", 1_000_037, 3_000_000)] {
+        let r = job_report(&p, name).expect("report");
+        assert_eq!(r["status"], "done", "{name}: {r}");
+        let pairs: Vec<u64> = primes_between(lo, hi)
+            .windows(2)
+            .filter(|w| w[1] - w[0] == 2)
+            .map(|w| w[0])
+            .collect();
+        let want: String = pairs.iter().map(|p| format!("{p} {}\n", p + 2)).collect();
+        let got = std::fs::read_to_string(p.path(&format!("data/output/jobs/{name}.txt")))
+            .expect("twins listing");
+        assert!(
+            got == want,
+            "{name}: the listing differs from the plain sieve's pairs"
+        );
+        assert_eq!(r["count"].as_u64(), Some(pairs.len() as u64), "{name}");
+        assert_eq!(r["first_prime"], pairs[0].to_string(), "{name}");
+        assert_eq!(
+            r["last_prime"],
+            (pairs[pairs.len() - 1] + 2).to_string(),
+            "{name}"
+        );
+        assert!(
+            r["sha256"].is_string() && r["digits"].is_null(),
+            "{name}: {r}"
+        );
     }
     for (name, why) in [("bad", "empty range"), ("junk", "unknown job")] {
         let r = job_report(&p, name).expect("report");

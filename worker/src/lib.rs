@@ -9,6 +9,9 @@
 //! - [`check`]: the one-shot `worker check FILE...` command, the single-process baseline.
 //! - [`gen`]: generation work without input files: primes or their count in a range
 //!   (segmented sieve), the prime counting function and the n-th prime, big products.
+//! - [`kinds`]: the generation job kinds, one module each behind one trait (line, plan,
+//!   computation, report), registered in one list; the coordinator plans and reports
+//!   through it too.
 //! - [`chunk`]: one assigned chunk of a file: its line-aligned byte range, scanned.
 //! - [`tasks`]: the cluster worker's decisions without I/O: tasks held and their phases,
 //!   which executor takes which, cancellation, snapshot records, progress.
@@ -20,6 +23,7 @@
 pub mod check;
 pub mod chunk;
 pub mod gen;
+pub mod kinds;
 pub mod parse;
 pub mod prime;
 pub mod run;

@@ -471,12 +471,8 @@ fn worker_ids_are_not_shared() {
 fn primes_segments_flow_as_runs() {
     use proto::jobs::JobSpec;
     let mut c = Core::new(cfg(), "s".into());
-    let spec = JobSpec::Primes { lo: 10, hi: 29 };
-    let job = |name: &str| GenJob {
-        name: name.into(),
-        spec,
-        plan: Plan::of(spec, 10),
-    };
+    let spec = JobSpec::new("primes", &[("lo", 10), ("hi", 29)]);
+    let job = |name: &str| GenJob::new(name.into(), spec.clone(), 10).expect("plan");
     c.job_ready(job("a"), fp(1), at(0));
     let a = assigns(&c.register(1, "w1", at(0)));
     assert_eq!(a.len(), 1);

@@ -182,12 +182,8 @@ fn simulate(seed: u64) {
         .iter()
         .enumerate()
         .map(|(i, &(lo, hi))| {
-            let spec = JobSpec::Primes { lo, hi };
-            let job = crate::core::GenJob {
-                name: format!("r{i}"),
-                spec,
-                plan: crate::core::Plan::of(spec, 150),
-            };
+            let spec = JobSpec::new("primes", &[("lo", lo), ("hi", hi)]);
+            let job = crate::core::GenJob::new(format!("r{i}"), spec, 150).expect("plan");
             (format!("r{i}"), fp(1), Ok(job))
         })
         .collect();

@@ -407,12 +407,8 @@ fn resumed_job_keeps_its_start_time() {
         ms,
         wall: t0 + chrono::Duration::milliseconds(ms as i64),
     };
-    let spec = proto::jobs::JobSpec::Count { lo: 0, hi: 100 };
-    let job = || crate::core::GenJob {
-        name: "c".into(),
-        spec,
-        plan: crate::core::Plan::of(spec, 1000),
-    };
+    let spec = proto::jobs::JobSpec::new("count", &[("lo", 0), ("hi", 100)]);
+    let job = || crate::core::GenJob::new("c".into(), spec.clone(), 1000).expect("plan");
     let mut m = machine();
     m.handle(
         Event::Jobs {

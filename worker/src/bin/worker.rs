@@ -110,7 +110,8 @@ enum Command {
     ///
     /// Exit status: 0 on success, 2 on a malformed job.
     Gen {
-        /// The job, as a line of a job file: primes A B | count A B | nth N | factorial N.
+        /// The job, as a line of a job file: primes A B | count A B | nth N | factorial N |
+        /// twins A B (any kind of `worker::kinds`).
         #[arg(required = true, num_args = 1..=3)]
         job: Vec<String>,
         /// How `count` works: `auto` (the cheapest by estimated cost, as the cluster
@@ -174,7 +175,7 @@ fn main() -> ExitCode {
             method,
             threads,
         }) => {
-            let spec = match proto::jobs::JobSpec::parse(&job.join(" ")) {
+            let spec = match worker::kinds::parse(&job.join(" ")) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("worker: error: {e}");
@@ -186,7 +187,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let stdout = std::io::stdout();
-            match worker::gen::run_local(spec, &method, &mut stdout.lock()) {
+            match worker::kinds::run_local(&spec, &method, &mut stdout.lock()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("worker: error: {e:#}");

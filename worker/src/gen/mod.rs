@@ -1,5 +1,6 @@
-//! Generation work: the primes or their count in a range (a segmented sieve), the prime
-//! counting function and the n-th prime, and products of big integers for factorials.
+//! Generation work, the algorithms: the primes or their count in a range (a segmented
+//! sieve), the prime counting function and the n-th prime, and products of big integers
+//! for factorials. Which job uses which, and how, is `crate::kinds`.
 
 pub mod bucket;
 pub mod lmo;
@@ -23,8 +24,7 @@ use std::io::Write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use proto::jobs::{segments, JobSpec};
-use proto::msg::Work;
+use proto::jobs::segments;
 use rayon::prelude::*;
 
 /// Numbers per segment when a count is run in one process (rayon shares them out).
@@ -60,7 +60,7 @@ fn write_bucket_primes(
     lo: u64,
     hi: u64,
     threads: usize,
-    out: &mut impl Write,
+    out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     /// Window bytes per piece of text (2 M numbers: ~45,000 primes near 2^64).
     const PIECE: usize = 1 << 16;
@@ -125,85 +125,143 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.push(b'\n');
 }
 
-/// Runs `spec` in this process and writes its answer to `out` (`worker gen`).
-pub fn run_local(spec: JobSpec, method: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    match spec {
-        JobSpec::Primes { lo, hi } if use_bucket(lo, hi, rayon::current_num_threads()) => {
-            write_bucket_primes(lo, hi, rayon::current_num_threads().max(1), out)?;
-        }
-        JobSpec::Primes { lo, hi } => {
-            // Streamed: a few segments at a time (one per thread, twice over) are sieved
-            // and formatted in parallel, then written in order, so memory stays flat
-            // (a few MB a segment) for any range.
-            let segs = segments(lo, hi, STREAM_SEGMENT);
-            for group in segs.chunks(rayon::current_num_threads().max(1) * 2) {
-                let texts: Vec<Vec<u8>> = group
-                    .par_iter()
-                    .map(|&(a, b)| {
-                        let mut text = Vec::new();
-                        let mut s = sieve::RangeSieve::new(a, b);
-                        let mut ps = Vec::new();
-                        while let Some(seg) = s.next_segment() {
-                            ps.clear();
-                            seg.primes(&mut ps);
-                            for &p in &ps {
-                                push_decimal(&mut text, p);
-                            }
-                        }
-                        text
-                    })
-                    .collect();
-                for t in &texts {
-                    out.write_all(t)?;
+/// Writes the primes of [lo, hi], one per line (`worker gen primes`). Streamed: a few
+/// segments at a time (one per thread, twice over) are sieved and formatted in parallel,
+/// then written in order, so memory stays flat (a few MB a segment) for any range; the
+/// bucket sieve where it is estimated cheaper.
+pub fn write_primes(lo: u64, hi: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+    let threads = rayon::current_num_threads().max(1);
+    if use_bucket(lo, hi, threads) {
+        return write_bucket_primes(lo, hi, threads, out);
+    }
+    let segs = segments(lo, hi, STREAM_SEGMENT);
+    for group in segs.chunks(threads * 2) {
+        let texts: Vec<Vec<u8>> = group
+            .par_iter()
+            .map(|&(a, b)| {
+                let mut text = Vec::new();
+                let mut s = sieve::RangeSieve::new(a, b);
+                let mut ps = Vec::new();
+                while let Some(seg) = s.next_segment() {
+                    ps.clear();
+                    seg.primes(&mut ps);
+                    for &p in &ps {
+                        push_decimal(&mut text, p);
+                    }
                 }
-            }
-        }
-        JobSpec::Count { lo, hi } => {
-            let threads = rayon::current_num_threads().max(1);
-            let by_pi = match method {
-                "pi" => true,
-                "auto" => proto::jobs::count_by_pi(lo, hi),
-                _ => false,
-            };
-            let bucket = match method {
-                "bucket" => true,
-                "plain" => false,
-                _ => use_bucket(lo, hi, threads),
-            };
-            let n = if by_pi {
-                if hi > pi::PI_MAX {
-                    anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
-                }
-                pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
-            } else if bucket {
-                // One piece per thread (more if a piece would not fit one window), each
-                // with its share of the memory.
-                let width = ((hi - lo) / threads as u64 + 1).min(window_numbers(threads));
-                let memory = sieve_memory(threads);
-                segments(lo, hi, width)
-                    .par_iter()
-                    .with_max_len(1)
-                    .map(|&(a, b)| bucket::count_primes(a, b, memory))
-                    .sum()
-            } else {
-                segments(lo, hi, LOCAL_SEGMENT)
-                    .par_iter()
-                    .map(|&(a, b)| sieve::count_primes(a, b))
-                    .sum()
-            };
-            writeln!(out, "{n}")?;
-        }
-        JobSpec::Nth { n } => {
-            let p = pi::nth_prime(n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16"))?;
-            writeln!(out, "{p}")?;
-        }
-        JobSpec::Factorial { n } => {
-            writeln!(out, "{}", product::factorial(n))?;
+                text
+            })
+            .collect();
+        for t in &texts {
+            out.write_all(t)?;
         }
     }
-    out.flush()?;
     Ok(())
+}
+
+/// The number of primes in [lo, hi] in this process (`worker gen count`): by `method`
+/// `pi` (the prime-counting function), `bucket` or `plain` (a sieve), or `auto` (the
+/// cheapest by the cost model).
+pub fn count_local(lo: u64, hi: u64, method: &str) -> anyhow::Result<u64> {
+    let threads = rayon::current_num_threads().max(1);
+    let by_pi = match method {
+        "pi" => true,
+        "auto" => proto::jobs::count_by_pi(lo, hi),
+        _ => false,
+    };
+    let bucket = match method {
+        "bucket" => true,
+        "plain" => false,
+        _ => use_bucket(lo, hi, threads),
+    };
+    Ok(if by_pi {
+        if hi > pi::PI_MAX {
+            anyhow::bail!("the prime-counting function goes up to 2^60; B is larger");
+        }
+        pi::prime_pi(hi) - lo.checked_sub(1).map_or(0, pi::prime_pi)
+    } else if bucket {
+        // One piece per thread (more if a piece would not fit one window), each
+        // with its share of the memory.
+        let width = ((hi - lo) / threads as u64 + 1).min(window_numbers(threads));
+        let memory = sieve_memory(threads);
+        segments(lo, hi, width)
+            .par_iter()
+            .with_max_len(1)
+            .map(|&(a, b)| bucket::count_primes(a, b, memory))
+            .sum()
+    } else {
+        segments(lo, hi, LOCAL_SEGMENT)
+            .par_iter()
+            .map(|&(a, b)| sieve::count_primes(a, b))
+            .sum()
+    })
+}
+
+/// What a generation task produced.
+#[derive(Debug, Default)]
+pub struct WorkDone {
+    /// A `primes` task's primes, ascending (sent into primes.txt).
+    pub primes: Vec<u64>,
+    /// How many were found (listed or counted), for `task_done`'s `primes`.
+    pub count: u64,
+    /// The task's answer (a count, π, a prime, a product, a kind's own encoding).
+    pub answer: Option<String>,
+}
+
+/// Sieves [lo, hi] for a task: its primes listed (`list`) or counted (the count also in
+/// `answer`); None if `cancel` was set (checked between segments).
+pub fn sieve_work(
+    lo: u64,
+    hi: u64,
+    list: bool,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<Option<WorkDone>> {
+    let mut done = WorkDone::default();
+    if lo > hi {
+        anyhow::bail!("empty range [{lo}, {hi}]");
+    }
+    // A worker runs one task per thread (as many as rayon's), each with its share of the
+    // bucket sieve's memory.
+    let threads = rayon::current_num_threads().max(1);
+    if use_bucket(lo, hi, threads) {
+        let mut s = bucket::BucketSieve::new(lo, hi, sieve_memory(threads));
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if !s.sieve_next() {
+                break;
+            }
+            let Some(w) = s.window() else { break };
+            if list {
+                w.primes(&mut done.primes);
+            } else {
+                done.count += w.count();
+            }
+            progress(w.span().1 - lo + 1);
+        }
+    } else {
+        let mut s = sieve::RangeSieve::new(lo, hi);
+        while let Some(seg) = s.next_segment() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if list {
+                seg.primes(&mut done.primes);
+            } else {
+                done.count += seg.count();
+            }
+            let (_, last) = seg.span();
+            progress(last - lo + 1);
+        }
+    }
+    if list {
+        done.count = done.primes.len() as u64;
+    } else {
+        done.answer = Some(done.count.to_string());
+    }
+    Ok(Some(done))
 }
 
 #[cfg(test)]
@@ -216,7 +274,7 @@ mod tests {
         let lo = 1_000_000_000_000 - 5;
         let hi = lo + 3 * STREAM_SEGMENT + 12_345;
         let mut out = Vec::new();
-        run_local(JobSpec::Primes { lo, hi }, "auto", &mut out).expect("run");
+        write_primes(lo, hi, &mut out).expect("run");
         let want: String = sieve::primes_in(lo, hi)
             .iter()
             .map(|p| format!("{p}\n"))
@@ -228,109 +286,4 @@ mod tests {
         }
         assert_eq!(d, b"0\n7\n10\n18446744073709551615\n");
     }
-}
-
-/// What a generation task produced.
-#[derive(Debug, Default)]
-pub struct WorkDone {
-    /// A `primes` task's primes, ascending.
-    pub primes: Vec<u64>,
-    /// Primes found (listed or counted).
-    pub count: u64,
-    /// The answer of a count, π, n-th prime or product task.
-    pub answer: Option<String>,
-}
-
-/// Runs one generation task; `progress` is told how many of its numbers are done. None if
-/// `cancel` was set (checked between segments).
-pub fn run_work(
-    work: &Work,
-    cancel: &AtomicBool,
-    mut progress: impl FnMut(u64),
-) -> anyhow::Result<Option<WorkDone>> {
-    let mut done = WorkDone::default();
-    match work {
-        Work::Primes { lo, hi } | Work::Count { lo, hi } => {
-            if lo > hi {
-                anyhow::bail!("empty range [{lo}, {hi}]");
-            }
-            let list = matches!(work, Work::Primes { .. });
-            // A worker runs one task per thread (as many as rayon's), each with its share
-            // of the bucket sieve's memory.
-            let threads = rayon::current_num_threads().max(1);
-            if use_bucket(*lo, *hi, threads) {
-                let mut s = bucket::BucketSieve::new(*lo, *hi, sieve_memory(threads));
-                loop {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                    if !s.sieve_next() {
-                        break;
-                    }
-                    let Some(w) = s.window() else { break };
-                    if list {
-                        w.primes(&mut done.primes);
-                    } else {
-                        done.count += w.count();
-                    }
-                    progress(w.span().1 - lo + 1);
-                }
-                if list {
-                    done.count = done.primes.len() as u64;
-                } else {
-                    done.answer = Some(done.count.to_string());
-                }
-                return Ok(Some(done));
-            }
-            let mut s = sieve::RangeSieve::new(*lo, *hi);
-            while let Some(seg) = s.next_segment() {
-                if cancel.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                if list {
-                    seg.primes(&mut done.primes);
-                } else {
-                    done.count += seg.count();
-                }
-                let (_, last) = seg.span();
-                progress(last - lo + 1);
-            }
-            if list {
-                done.count = done.primes.len() as u64;
-            } else {
-                done.answer = Some(done.count.to_string());
-            }
-        }
-        Work::Pi { x } => {
-            if *x > pi::PI_MAX {
-                anyhow::bail!("pi({x}): the prime-counting function goes up to 2^60");
-            }
-            done.answer = Some(pi::prime_pi(*x).to_string());
-        }
-        Work::Nth { n } => {
-            let p = pi::nth_prime(*n, |_| {})
-                .ok_or_else(|| anyhow::anyhow!("nth takes N from 1 to 10^16, not {n}"))?;
-            done.answer = Some(p.to_string());
-        }
-        Work::PiPart { x, k, part } => {
-            let a = lmo::run_part(*x, *k as usize, *part as usize)
-                .map_err(|e| anyhow::anyhow!("pi part: {e}"))?;
-            done.answer = Some(a.encode());
-        }
-        Work::NthNear { n, x, pi } => {
-            let p = pi::nth_near(*n, *x, *pi).ok_or_else(|| {
-                anyhow::anyhow!("the {n}-th prime is not near {x} if pi({x}) = {pi}")
-            })?;
-            done.answer = Some(p.to_string());
-        }
-        Work::Multiply { factors, decimal } => {
-            let hex = product::multiply_hex(factors)?;
-            done.answer = Some(if *decimal {
-                product::from_hex(&hex)?.to_str_radix(10)
-            } else {
-                hex
-            });
-        }
-    }
-    Ok(Some(done))
 }

@@ -300,7 +300,7 @@ async fn execute_gen(ex: &mut Executor, t: Taken) {
         return;
     };
     let result = tokio::task::spawn_blocking(move || {
-        crate::gen::run_work(&work, &cancel, |n| {
+        crate::kinds::compute(&work, &cancel, |n| {
             progress.store(n, std::sync::atomic::Ordering::Relaxed)
         })
     })
