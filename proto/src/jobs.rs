@@ -164,15 +164,16 @@ pub const PI_MAX: u64 = 1 << 60;
 
 /// Whether `count A B` asks the prime-counting function for π(B) - π(A - 1) rather than
 /// sieving [A, B]: when B is small enough for it ([`PI_MAX`]) and it is estimated cheaper.
-/// π(x) by Deléglise–Rivat costs about 3·x^0.6 ns here (π(10^15): 3.9 s, measured); the
-/// sieve costs [`sieve_plan`] with the window of a one-thread worker ([`BUCKET_WINDOW`]).
-/// Both spread over the workers, π with more overhead per task, so it must win by 2x.
-/// For [10^15, 10^15 + 10^10] the sieve is chosen: ~4.5 s against ~12 s for π twice.
+/// π(x) by Deléglise–Rivat costs about 1.2·x^0.6 ns here (π(10^15): 1.19 s, π(10^16):
+/// 4.79 s, measured on one thread); the sieve costs [`sieve_plan`] with the window of a
+/// one-thread worker ([`BUCKET_WINDOW`]). Both spread over the workers, π with more
+/// overhead per task, so it must win by 2x. For [10^15, 10^15 + 10^10] π is chosen:
+/// ~4.8 s estimated (2.4 s measured) against ~5.7 s estimated for the bucket sieve.
 pub fn count_by_pi(lo: u64, hi: u64) -> bool {
     if hi > PI_MAX {
         return false;
     }
-    let pi_ns = |x: u64| 3.0 * (x.max(1) as f64).powf(0.6);
+    let pi_ns = |x: u64| 1.2 * (x.max(1) as f64).powf(0.6);
     (pi_ns(hi) + pi_ns(lo)) * 2.0 < sieve_plan(lo, hi, BUCKET_WINDOW).ns
 }
 

@@ -175,6 +175,11 @@ fn main() -> ExitCode {
             method,
             threads,
         }) => {
+            // Logs only when asked (RUST_LOG=debug shows π(x)'s time per part): the
+            // job's answer is the whole output otherwise.
+            if std::env::var_os("RUST_LOG").is_some() {
+                proto::process::init_logging();
+            }
             let spec = match worker::kinds::parse(&job.join(" ")) {
                 Ok(s) => s,
                 Err(e) => {

@@ -16,10 +16,13 @@
 //! (c = 7: φ(n, 7) comes from a table of period 2·3·5·7·11·13·17.) The special leaves of
 //! S2 with p = p_{b+1}, n = x/(p m), fall in three kinds (Deléglise–Rivat):
 //! - **trivial** (n < p): φ(n, b) = 1, counted a whole run at a time;
-//! - **easy** (n < p²): φ(n, b) = 1 + π(n) - b, from a table of π up to √x;
+//! - **easy** (n < p²): φ(n, b) = 1 + π(n) - b, from a table of π up to √x; the sum of
+//!   π(x/(p q)) over one p's primes q is taken by Dirichlet's hyperbola above √(x/p), one
+//!   term per distinct value (see [`Context::sum_pi_quot`]);
 //! - **hard** (n >= p², which needs p < x^(1/4)): φ(n, b) is counted in a segmented sieve
-//!   of [1, x/y] that crosses off p_{c+1}, p_{c+2}, ... in turn; a bit array of the odd
-//!   numbers with counters per 512 and per 8192 bits answers "how many left up to n".
+//!   of [1, x/y] that crosses off p_{c+1}, p_{c+2}, ... in turn; a bit per number coprime
+//!   to 30 (as in the π table) with counters per 64 and per 1024 bytes answers "how many
+//!   left up to n".
 //!
 //! The work is cut into [`Part`]s with small answers that [`combine`] adds up, so that the
 //! same π(x) runs on one thread, on several, or as tasks on several workers: the hard
@@ -207,14 +210,14 @@ pub struct Context {
 
 /// y = α·∛x. A larger y moves work from the hard leaves' sieve (x/y long) to the
 /// ordinary and easy leaves; tuned by measurement here (BENCHMARKS.md, issue 29). α grows
-/// with the cube of x's bit length, ℓ³/14,660: 1.3 at 10^8, 10.7 at 10^16, 14.7 at 2^60.
+/// with the cube of x's bit length, ℓ³/10,471: 1.9 at 10^8, 15 at 10^16, 21.7 at 2^60.
 /// Integer arithmetic only: every worker that computes a part of π(x) must find the same
 /// y (a floating-point `log` may differ between hosts); the answers carry y, and
 /// [`combine`] refuses parts that disagree.
 fn choose_y(x: u64) -> u64 {
     let cbrt = icbrt(x);
     let bits = 64 - x.leading_zeros() as u128;
-    let y = (cbrt as u128 * (bits * bits * bits).max(14_660) / 14_660) as u64;
+    let y = (cbrt as u128 * (bits * bits * bits).max(10_471) / 10_471) as u64;
     y.clamp(cbrt.max(100), isqrt(x))
 }
 
@@ -273,19 +276,53 @@ impl Context {
     pub fn parts(&self, k: usize) -> Vec<Part> {
         let k = k.max(1);
         let mut out = vec![Part::Base];
-        // Hard leaves: n in [0, z], cut at multiples of the segment (128-aligned) in
-        // pieces whose sieve costs alike (equal length; the leaves thin out upward, but
-        // the sieve dominates).
+        // Hard leaves: n in [0, z], cut at multiples of HARD_ALIGN where a cost model is
+        // even. The sieve costs alike per number; the leaves start near n0 = z^(2/3) (the
+        // least n >= p² with m <= y) and their time spreads about evenly over log n (at
+        // 10^16 the first eighth of [0, z] took 10x the time of any other eighth). Cost up
+        // to N: 2·log(N/n0)/log(z/n0) + N/z (the leaves weighed twice the sieve: at 10^16
+        // the eight pieces then take 0.24-0.53 s, against 0.16-1.9 s cut evenly), in fixed
+        // point; integers only, so every worker cuts alike.
         let end = self.z + 1;
-        let step = (end / k as u64).div_ceil(HARD_ALIGN) * HARD_ALIGN;
-        for i in 0..k as u64 {
-            let lo = (i * step).min(end);
-            let hi = if i + 1 == k as u64 {
-                end
+        let c = icbrt(end);
+        let n0 = (c * c).max(1);
+        // log2 in units of 2^-16, the mantissa's log taken as linear (within 0.09).
+        let lg = |v: u128| -> u128 {
+            let int = 127 - v.leading_zeros() as u128;
+            let frac = if int >= 16 {
+                (v >> (int - 16)) & 0xffff
             } else {
-                ((i + 1) * step).min(end)
+                (v << (16 - int)) & 0xffff
             };
-            out.push(Part::Hard { lo, hi });
+            (int << 16) + frac
+        };
+        let leaves = |n: u64| -> u128 {
+            if n <= n0 {
+                0
+            } else {
+                lg(((n as u128) << 32) / n0 as u128) - (32 << 16)
+            }
+        };
+        let span = leaves(end).max(1);
+        let cost =
+            |n: u64| -> u128 { (leaves(n) << 33) / span + ((n as u128) << 32) / end as u128 };
+        let total = cost(end);
+        let at = |i: u64| -> u64 {
+            let goal = total * i as u128 / k as u128;
+            let (mut lo, mut hi) = (0u64, end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if cost(mid) < goal {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            (lo / HARD_ALIGN * HARD_ALIGN).min(end)
+        };
+        for i in 0..k as u64 {
+            let hi = if i + 1 == k as u64 { end } else { at(i + 1) };
+            out.push(Part::Hard { lo: at(i), hi });
         }
         // Easy leaves: b in [C, a - 1), cut where the estimated leaves are even.
         let cost: Vec<u64> = (C..self.a.saturating_sub(1))
@@ -406,27 +443,54 @@ impl Context {
                     s2 += (self.pi.pi(y) - self.pi.pi(trivial_from)) as i128;
                 }
                 let top = trivial_from.min(y);
-                let (i0, i1) = (self.pi.pi(lo) as usize + 1, self.pi.pi(top) as usize);
-                let base = 1 - b as i128;
-                let mut i = i0;
-                while i <= i1 {
-                    let n = self.divs[i].div(x_p);
-                    let k = self.pi.pi(n);
-                    if n <= y {
-                        // Clustered leaves (Deléglise–Rivat): every q' <= x/(p·p_k) has
-                        // π(x/(p q')) = k too (k >= b + 1 >= 1: p_k exists and is <= y).
-                        let q_last = self.divs[k as usize].div(x_p);
-                        let j = (self.pi.pi(q_last.min(y)) as usize).min(i1);
-                        s2 += (j - i + 1) as i128 * (base + k as i128);
-                        i = j + 1;
-                    } else {
-                        s2 += base + k as i128;
-                        i += 1;
-                    }
+                if top > lo {
+                    let leaves = self.pi.pi(top) - self.pi.pi(lo);
+                    s2 += leaves as i128 * (1 - b as i128) + self.sum_pi_quot(x_p, lo, top) as i128;
                 }
             }
         }
         s2
+    }
+
+    /// Σ π(⌊v/q⌋) over the primes q in (lo, hi], for hi <= y and v/(lo + 1) <= the π
+    /// table's limit: the easy leaves of one p (v = x/p).
+    ///
+    /// The pairs of primes (q, r) with q·r <= v, counted two ways (Dirichlet's hyperbola):
+    /// below s = ⌊√v⌋ by q, one quotient each; above, by r <= v/q < s, where
+    /// Σ_{q in (l, hi]} π(v/q) = π(v/hi)·(π(hi) − π(l)) + Σ_{v/hi < r <= v/(l+1)} (π(v/r) − π(l)).
+    /// Above √v many q share one π(v/q) (Deléglise–Rivat's clustered leaves); walking the
+    /// r visits each such cluster once, and, unlike jumping from cluster to cluster, no
+    /// step waits on the one before (a division and a table lookup each, free to overlap).
+    fn sum_pi_quot(&self, v: u64, lo: u64, hi: u64) -> u64 {
+        let s = isqrt(v);
+        let mut sum = 0u64;
+        // q <= s, one at a time.
+        let q_top = hi.min(s);
+        if q_top > lo {
+            let (i0, i1) = (self.pi.pi(lo) as usize + 1, self.pi.pi(q_top) as usize);
+            for d in &self.divs[i0..=i1] {
+                sum += self.pi.pi(d.div(v));
+            }
+        }
+        // q > s, by r.
+        let l = lo.max(s);
+        if hi > l {
+            let pi_l = self.pi.pi(l);
+            let r0 = v / hi;
+            sum += self.pi.pi(r0) * (self.pi.pi(hi) - pi_l);
+            let (j0, j1) = (
+                self.pi.pi(r0) as usize + 1,
+                self.pi.pi(v / (l + 1)) as usize,
+            );
+            if j1 >= j0 {
+                let mut part = 0u64;
+                for d in &self.divs[j0..=j1] {
+                    part += self.pi.pi(d.div(v));
+                }
+                sum += part - (j1 + 1 - j0) as u64 * pi_l;
+            }
+        }
+        sum
     }
 
     /// Σ π(x/p) for the primes y < p <= √x with x/p in [lo, hi), counted from lo: the sum,
@@ -488,9 +552,7 @@ impl Context {
         let mut seg_lo = lo;
         while seg_lo < hi {
             let seg_hi = (seg_lo + SEG_NUMBERS).min(hi) - 1; // inclusive
-            seg.reset(seg_lo, seg_hi);
-            // The pattern removed 2 to 13; stage C also removes p_C = 17.
-            seg.cross(self.primes[C]);
+            seg.reset(seg_lo, seg_hi); // stage C: 2 to 17 removed
             for b in C..=self.b_max {
                 let p = self.primes[b + 1];
                 let x_p = x / p;
@@ -549,83 +611,112 @@ impl Context {
     }
 }
 
-/// Numbers per segment of the hard leaves' sieve: 2^20 bits of odd numbers (128 KiB, in
-/// the L2 cache; four times fewer segments than 2^18 bits in L1, so four times fewer
-/// per-segment setups of each of the ~10^3 primes, which measured no slower).
-const SEG_NUMBERS: u64 = 1 << 21;
+/// Numbers per segment of the hard leaves' sieve: 2^14 words of 240 numbers (128 KiB of
+/// bits, in the L2 cache; a long segment means few per-segment setups of each of the ~10^3
+/// primes).
+const SEG_WORDS: usize = 1 << 14;
+const SEG_NUMBERS: u64 = 240 * SEG_WORDS as u64;
 /// Numbers of one piece of a P2 interval (at most as many primes p, 8 bytes each).
 const P2_PIECE: u64 = 1 << 24;
-/// Hard-leaf intervals start at multiples of this (the pre-sieve pattern's word alignment).
-pub const HARD_ALIGN: u64 = 128;
-const SMALL_BITS: usize = 512;
-const BIG_BITS: usize = 8192;
+/// Hard-leaf intervals start at multiples of this: a sieve word's 240 numbers.
+pub const HARD_ALIGN: u64 = 240;
+/// Bytes (of 30 numbers each) per small and per big counter of the hard sieve.
+const SMALL_BYTES: usize = 64;
+const BIG_BYTES: usize = 1024;
+/// Period of the pre-sieve pattern, in words of 240 numbers: 7·11·13·17.
+const PATTERN_WORDS: usize = 7 * 11 * 13 * 17;
 
-/// The pre-sieve: odd numbers free of 3, 5, 7, 11 and 13, as 64-bit words of a pattern of
-/// period 15,015 words (word w: odd numbers 128w + 1, 128w + 3, ...).
+/// The pre-sieve: the numbers free of 2 to 17 (stage C), one bit per number coprime to 30
+/// as in the π table (word w: 240w + 30j + R[k] at bit 8j + k), period 17,017 words.
 static PATTERN: std::sync::LazyLock<Vec<u64>> = std::sync::LazyLock::new(|| {
-    const P: usize = 3 * 5 * 7 * 11 * 13;
-    let mut words = vec![0u64; P];
-    for (w, word) in words.iter_mut().enumerate() {
-        for bit in 0..64 {
-            let n = 2 * (64 * w as u64 + bit) + 1;
-            if [3, 5, 7, 11, 13].iter().all(|&p| n % p != 0) {
-                *word |= 1 << bit;
-            }
-        }
-    }
-    words
+    // Per prime, its own period of p words (240 is coprime to p), then the AND of the four:
+    // a few thousand divisions instead of one per bit of the whole period.
+    let of = |p: u64| -> Vec<u64> {
+        (0..p)
+            .map(|w| {
+                (0..64u64)
+                    .filter(|&bit| (240 * w + 30 * (bit / 8) + R[bit as usize % 8]) % p != 0)
+                    .fold(0u64, |m, bit| m | 1 << bit)
+            })
+            .collect()
+    };
+    let (p7, p11, p13, p17) = (of(7), of(11), of(13), of(17));
+    (0..PATTERN_WORDS)
+        .map(|w| p7[w % 7] & p11[w % 11] & p13[w % 13] & p17[w % 17])
+        .collect()
 });
 
-/// One segment of the hard leaves' sieve: bit i stands for lo + 2i + 1.
+/// One segment of the hard leaves' sieve, numbers [lo, hi] coprime to 30: byte i holds
+/// lo + 30i + R[k] at bit k (the π table's order; eight bytes read as one little-endian
+/// word). Counters of the bits still set per 64 and per 1024 bytes, kept up to date on
+/// each crossing, let a count skip whole blocks.
 struct HardSieve {
     lo: u64,
-    bits: usize,
-    words: Vec<u64>,
+    /// Bytes in use (the segment's numbers, rounded up to whole words).
+    nbytes: usize,
+    bytes: Vec<u8>,
     small: Vec<u16>,
     big: Vec<u32>,
     /// Bits still set.
     total: u64,
-    /// The count cursor: words before `at_word` hold `at_count` set bits.
-    at_word: usize,
+    /// The count cursor: bytes before `at_byte` (a multiple of 8) hold `at_count` set bits.
+    at_byte: usize,
     at_count: u64,
 }
 
 impl HardSieve {
     fn new() -> Self {
-        let bits = (SEG_NUMBERS / 2) as usize;
+        let nbytes = 8 * SEG_WORDS;
         HardSieve {
             lo: 0,
-            bits: 0,
-            words: vec![0; bits / 64],
-            small: vec![0; bits / SMALL_BITS],
-            big: vec![0; bits / BIG_BITS],
+            nbytes: 0,
+            bytes: vec![0; nbytes],
+            small: vec![0; nbytes / SMALL_BYTES],
+            big: vec![0; nbytes / BIG_BYTES],
             total: 0,
-            at_word: 0,
+            at_byte: 0,
             at_count: 0,
         }
     }
 
-    /// Starts the segment [lo, hi] (lo a multiple of 128): the odd numbers free of 3..13.
+    /// The word (64 bits, 240 numbers) at byte `at` (a multiple of 8).
+    #[inline]
+    fn word(&self, at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+
+    /// Starts the segment [lo, hi] (lo a multiple of 240, hi - lo < SEG_NUMBERS): the
+    /// numbers free of 2..17.
     fn reset(&mut self, lo: u64, hi: u64) {
         self.lo = lo;
-        self.bits = (hi - lo).div_ceil(2) as usize;
+        let nw = ((hi - lo) / 240 + 1) as usize;
+        self.nbytes = 8 * nw;
         let pat = &*PATTERN;
-        let w0 = (lo / 128) as usize % pat.len();
-        let nw = self.bits.div_ceil(64);
-        for (k, w) in self.words.iter_mut().enumerate() {
-            *w = if k < nw { pat[(w0 + k) % pat.len()] } else { 0 };
+        let mut p = (lo / 240) as usize % PATTERN_WORDS;
+        for k in 0..SEG_WORDS {
+            let w = if k + 1 < nw {
+                pat[p]
+            } else if k + 1 == nw {
+                pat[p] & MASKS[((hi - lo) % 240) as usize]
+            } else {
+                0
+            };
+            self.bytes[8 * k..8 * k + 8].copy_from_slice(&w.to_le_bytes());
+            p = if p + 1 == PATTERN_WORDS { 0 } else { p + 1 };
         }
-        if self.bits % 64 != 0 {
-            self.words[nw - 1] &= (1u64 << (self.bits % 64)) - 1;
-        }
-        let per = SMALL_BITS / 64;
         for (s, c) in self.small.iter_mut().enumerate() {
-            *c = self.words[s * per..(s + 1) * per]
-                .iter()
-                .map(|w| w.count_ones() as u16)
+            *c = self.bytes[s * SMALL_BYTES..(s + 1) * SMALL_BYTES]
+                .chunks_exact(8)
+                .map(|b| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(b);
+                    u64::from_le_bytes(w).count_ones() as u16
+                })
                 .sum();
         }
-        let per = BIG_BITS / SMALL_BITS;
+        let per = BIG_BYTES / SMALL_BYTES;
         for (b, c) in self.big.iter_mut().enumerate() {
             *c = self.small[b * per..(b + 1) * per]
                 .iter()
@@ -635,77 +726,83 @@ impl HardSieve {
         self.total = self.big.iter().map(|&c| c as u64).sum();
     }
 
-    /// Crosses off the odd multiples of p (p itself included).
+    /// Crosses off the multiples of p (p > 5, prime; p itself included). The multiples
+    /// p·k with k coprime to 30 fall, for each of k's 8 residues mod 30, on one bit of
+    /// every p-th byte: 8 strided passes, and the multiples of 2, 3 and 5 are never visited.
     fn cross(&mut self, p: u64) {
         let lo = self.lo;
-        let mut m = lo.div_ceil(p).max(1) * p;
-        if m % 2 == 0 {
-            m += p;
-        }
-        let mut i = ((m - lo - 1) / 2) as usize;
-        let step = p as usize;
+        let kmin = lo.div_ceil(p).max(1);
         let mut removed = 0u64;
-        while i < self.bits {
-            let w = &mut self.words[i / 64];
-            let bit = (*w >> (i % 64)) & 1;
-            *w &= !(1u64 << (i % 64));
-            self.small[i / SMALL_BITS] -= bit as u16;
-            self.big[i / BIG_BITS] -= bit as u32;
-            removed += bit;
-            i += step;
+        let step = p as usize;
+        for kr in R {
+            let k = kmin + (kr + 30 - kmin % 30) % 30;
+            let m = p * k;
+            let mut i = ((m - lo) / 30) as usize;
+            let r = m % 30;
+            let bit = R.iter().position(|&x| x == r).unwrap_or(0) as u32;
+            let mask = 1u8 << bit;
+            while i < self.nbytes {
+                let b = &mut self.bytes[i];
+                let was = ((*b & mask) >> bit) as u16;
+                *b &= !mask;
+                self.small[i / SMALL_BYTES] -= was;
+                self.big[i / BIG_BYTES] -= was as u32;
+                removed += was as u64;
+                i += step;
+            }
         }
         self.total -= removed;
     }
 
     /// Puts the count cursor back at the segment's start.
     fn rewind(&mut self) {
-        self.at_word = 0;
+        self.at_byte = 0;
         self.at_count = 0;
     }
 
-    /// How many numbers are left in [lo, n] (n >= lo, and at least the last n asked since
-    /// the last rewind).
+    /// How many numbers are left in [lo, n] (n >= lo, n <= the segment's hi, and at least
+    /// the last n asked since the last rewind).
     #[inline]
     fn count_upto(&mut self, n: u64) -> u64 {
-        let t = (n - self.lo).div_ceil(2) as usize; // bits [0, t)
-        let tw = t / 64;
-        const SW: usize = SMALL_BITS / 64;
-        const BW: usize = BIG_BITS / 64;
-        let mut w = self.at_word;
+        let t = n - self.lo;
+        let tb = (t / 240) as usize * 8; // the word holding n
+        let mut at = self.at_byte;
         let mut acc = self.at_count;
-        while w < tw {
-            if w % BW == 0 && w + BW <= tw {
-                acc += self.big[w / BW] as u64;
-                w += BW;
-            } else if w % SW == 0 && w + SW <= tw {
-                acc += self.small[w / SW] as u64;
-                w += SW;
+        while at < tb {
+            if at % BIG_BYTES == 0 && at + BIG_BYTES <= tb {
+                acc += self.big[at / BIG_BYTES] as u64;
+                at += BIG_BYTES;
+            } else if at % SMALL_BYTES == 0 && at + SMALL_BYTES <= tb {
+                acc += self.small[at / SMALL_BYTES] as u64;
+                at += SMALL_BYTES;
             } else {
-                acc += self.words[w].count_ones() as u64;
-                w += 1;
+                acc += self.word(at).count_ones() as u64;
+                at += 8;
             }
         }
-        self.at_word = w;
+        self.at_byte = at;
         self.at_count = acc;
-        if t % 64 != 0 {
-            acc += (self.words[tw] & ((1u64 << (t % 64)) - 1)).count_ones() as u64;
-        }
-        acc
+        acc + (self.word(tb) & MASKS[(t % 240) as usize]).count_ones() as u64
     }
 }
 
 /// φ(r, C) for r in [0, PRIMORIAL_C): the numbers in [1, r] free of 2..17.
 fn phi_table() -> Vec<u32> {
-    let mut t = vec![0u32; PRIMORIAL_C as usize];
-    let mut acc = 0;
-    for (r, v) in t.iter_mut().enumerate() {
-        let r = r as u64;
-        if r > 0 && [2, 3, 5, 7, 11, 13, 17].iter().all(|&p| r % p != 0) {
-            acc += 1;
+    // Mark the multiples of each prime, then count: no division per entry.
+    let mut free = vec![true; PRIMORIAL_C as usize];
+    free[0] = false;
+    for p in [2usize, 3, 5, 7, 11, 13, 17] {
+        for f in free.iter_mut().step_by(p) {
+            *f = false;
         }
-        *v = acc;
     }
-    t
+    let mut acc = 0;
+    free.iter()
+        .map(|&f| {
+            acc += f as u32;
+            acc
+        })
+        .collect()
 }
 
 /// μ(m)·lpf(m) for the odd m <= y (index m / 2); 0 where μ(m) = 0; i32::MAX for 1.
@@ -1001,6 +1098,42 @@ mod tests {
         for d in [2u64, 3, 7, 1 << 32, u64::MAX, u64::MAX - 1] {
             for n in [0u64, 1, d - 1, d, u64::MAX, u64::MAX - 1] {
                 assert_eq!(Divisor::new(d).div(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    /// The easy leaves' sum by the hyperbola equals the quotients summed one by one
+    /// (random x and ranges of q, seed printed).
+    #[test]
+    fn sum_pi_quot_matches_the_plain_sum() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..6 {
+            let x = rng.gen_range(SIEVE_BELOW..50_000_000_000u64);
+            let ctx = Context::new(x);
+            for _ in 0..40 {
+                let b = rng.gen_range(C..ctx.a - 1);
+                let p = ctx.primes[b + 1];
+                let v = x / p;
+                let lo_min = p.max(v / p / p);
+                // As the easy leaves ask: q <= y, v/q within the π table.
+                if lo_min >= ctx.y || v / (lo_min + 1) > ctx.pi.limit() {
+                    continue;
+                }
+                let lo = rng.gen_range(lo_min..ctx.y);
+                let hi = rng.gen_range(lo..=ctx.y.min(v / p).max(lo));
+                let want: u64 = ctx.primes[1..]
+                    .iter()
+                    .filter(|&&q| q > lo && q <= hi)
+                    .map(|&q| ctx.pi.pi(v / q))
+                    .sum();
+                assert_eq!(
+                    ctx.sum_pi_quot(v, lo, hi),
+                    want,
+                    "x {x} p {p} ({lo}, {hi}], seed {seed}"
+                );
             }
         }
     }

@@ -143,15 +143,16 @@ fn patterns() -> &'static [Vec<u8>] {
                 let period: u64 = group.iter().product();
                 let mut pat = vec![0xffu8; period as usize];
                 for &p in group.iter() {
-                    // Every multiple p*q with q coprime to 30 over one period (30 * period numbers).
-                    let mut q = 1u64;
-                    while p * q < 30 * period {
-                        let m = p * q;
-                        let b = bit_of(m % 30);
-                        if b != 255 {
-                            pat[(m / 30) as usize] &= !(1 << b);
+                    // Every multiple p·q with q coprime to 30 over one period (30 · period
+                    // numbers): for q = 30j + R[i], byte p·j + p·R[i]/30 and one fixed bit,
+                    // so 8 strided passes without a division.
+                    for r in R {
+                        let bit = bit_of(p * r % 30);
+                        let mut b = (p * r / 30) as usize;
+                        while b < pat.len() {
+                            pat[b] &= !(1 << bit);
+                            b += p as usize;
                         }
-                        q += 1;
                     }
                 }
                 pat
@@ -242,8 +243,11 @@ impl RangeSieve {
 
     fn with_limit(lo: u64, hi: u64, limit: u64, test_survivors: bool) -> Self {
         let small: Vec<u64> = if lo < SMALL {
-            (lo..=hi.min(SMALL - 1))
-                .filter(|&n| prime::is_prime_u64(n))
+            // A plain sieve of [0, SMALL): asking the exact test would build its 2^24-bit
+            // table (~20 ms, once per process) for these few numbers.
+            small_primes(SMALL - 1)
+                .into_iter()
+                .filter(|&n| n >= lo && n <= hi)
                 .collect()
         } else {
             Vec::new()
