@@ -106,7 +106,8 @@ enum Command {
     },
     /// Run a generation job in this one process, no cluster (the baseline of the cluster's
     /// jobs): `primes A B` prints every prime in [A, B], one per line; `count A B` the
-    /// number of primes in [A, B]; `nth N` the N-th prime; `factorial N` N! in decimal.
+    /// number of primes in [A, B]; `nth N` the N-th prime; `factorial N` N! in decimal;
+    /// `twins A B` the twin prime pairs in [A, B], `p p+2` per line.
     ///
     /// Exit status: 0 on success, 2 on a malformed job.
     Gen {
