@@ -86,8 +86,10 @@ pub enum ChunkState {
     },
 }
 
+/// One input the core tracks, from queued to reported: a version of a file, or a generation
+/// job (keyed `.jobs/<name>`), with its chunks (a generation job's tasks).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Job {
+struct Tracked {
     gen: u64,
     fp: Fingerprint,
     chunks: Vec<ChunkState>,
@@ -117,7 +119,7 @@ struct Job {
     reported_version: Option<String>,
 }
 
-impl Job {
+impl Tracked {
     /// A job for version `fp` of a file with these chunks, none failed, no report.
     fn new(
         gen: u64,
@@ -125,7 +127,7 @@ impl Job {
         chunks: Vec<ChunkState>,
         started_at: Option<DateTime<Utc>>,
     ) -> Self {
-        Job {
+        Tracked {
             gen,
             fp,
             failures: vec![0; chunks.len()],
@@ -198,9 +200,9 @@ impl ChunkKey {
     }
 }
 
-/// Primes and completions waiting for the flusher.
+/// A flush batch: primes and completions waiting for the flusher.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pending {
+pub struct FlushBatch {
     #[serde(with = "crate::compact")]
     pub small: Vec<u64>,
     pub big: Vec<String>,
@@ -214,7 +216,7 @@ pub struct Pending {
     pub done: Vec<ChunkKey>,
 }
 
-impl Pending {
+impl FlushBatch {
     /// True if there is nothing to flush.
     pub fn is_empty(&self) -> bool {
         self.small.is_empty()
@@ -226,7 +228,7 @@ impl Pending {
 
     /// Puts `later` after what this holds (order matters for runs: a segment's primes must
     /// reach the flusher in the order they were sent).
-    pub fn extend(&mut self, later: Pending) {
+    pub fn extend(&mut self, later: FlushBatch) {
         self.small.extend(later.small);
         self.big.extend(later.big);
         for run in later.runs {
@@ -264,12 +266,12 @@ pub struct Core {
     session: String,
     next_attempt: u64,
     next_gen: u64,
-    jobs: BTreeMap<String, Job>,
+    jobs: BTreeMap<String, Tracked>,
     queue: VecDeque<ChunkKey>,
     attempts: HashMap<String, ChunkKey>,
     workers: BTreeMap<String, Worker>,
     conns: HashMap<u64, String>,
-    pending: Pending,
+    pending: FlushBatch,
     /// Generation tasks whose results are durable (the ledger, and those finished since),
     /// with their results: a job meeting the same work again does not compute it again.
     #[serde(with = "as_pairs")]
@@ -296,7 +298,7 @@ impl Core {
             attempts: HashMap::new(),
             workers: BTreeMap::new(),
             conns: HashMap::new(),
-            pending: Pending::default(),
+            pending: FlushBatch::default(),
             done_work: HashMap::new(),
             in_flush: 0,
             held_back: false,
@@ -375,12 +377,12 @@ impl Core {
         self.next_gen += 1;
         self.jobs.insert(
             file.to_string(),
-            Job {
+            Tracked {
                 reported: true,
                 reported_chunks: chunks,
                 reported_numbers: numbers,
                 report_written: true,
-                ..Job::new(self.next_gen, fp, Vec::new(), None)
+                ..Tracked::new(self.next_gen, fp, Vec::new(), None)
             },
         );
     }
@@ -396,7 +398,7 @@ impl Core {
         let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
         self.jobs.insert(
             file.to_string(),
-            Job::new(
+            Tracked::new(
                 gen,
                 fp,
                 vec![ChunkState::Queued { ready_ms: now.ms }; chunks],
@@ -647,7 +649,7 @@ impl Core {
     }
 
     /// Hands the flush buffer to the flusher.
-    pub fn take_pending(&mut self) -> Pending {
+    pub fn take_pending(&mut self) -> FlushBatch {
         let p = std::mem::take(&mut self.pending);
         self.in_flush += p.runs.iter().map(|r| r.primes.len()).sum::<usize>();
         p

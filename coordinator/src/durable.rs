@@ -14,7 +14,7 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::core::{JobReport, Pending, Report};
+use crate::core::{FlushBatch, JobReport, Report};
 use crate::ranges::Finished;
 
 /// A flush made durable: how many primes were new, and the primes file's count and
@@ -31,7 +31,7 @@ pub trait Durable: Send + Sync {
     /// Makes a flush's primes and finished tasks durable (not its `done` chunks: those are
     /// the caller's to mark once this returns). On failure the flush comes back: what did
     /// not become durable (what did is deduplicated when it comes again).
-    fn flush(&self, p: Pending) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, Pending)>>;
+    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, FlushBatch)>>;
 
     /// Writes file reports durably; how each went (an `Err` names why that one was not).
     fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>>;

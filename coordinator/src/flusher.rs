@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use crate::core::Pending;
+use crate::core::FlushBatch;
 use crate::machine::Event;
 use crate::state::Shared;
 
@@ -20,7 +20,7 @@ const FLUSH_GATHER: Duration = Duration::from_millis(20);
 /// Runs until `shutdown`, then does a last round.
 pub(crate) async fn flush_loop(
     shared: Arc<Shared>,
-    mut buffers: mpsc::UnboundedReceiver<Pending>,
+    mut buffers: mpsc::UnboundedReceiver<FlushBatch>,
     shutdown: CancellationToken,
 ) {
     let period = Duration::from_millis(shared.cfg.flush_ms);
@@ -49,7 +49,7 @@ pub(crate) async fn flush_loop(
 
 /// Makes one buffer durable ([`crate::durable`]), then reports the chunks done (or hands it
 /// all back: not durable, e.g. this coordinator no longer leads).
-async fn flush(shared: &Arc<Shared>, mut pending: Pending) {
+async fn flush(shared: &Arc<Shared>, mut pending: FlushBatch) {
     crate::crash::point("flush-before-append");
     let t = std::time::Instant::now();
     let done = std::mem::take(&mut pending.done);

@@ -37,7 +37,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{JobReport, Pending, Report};
+use crate::core::{FlushBatch, JobReport, Report};
 
 openraft::declare_raft_types!(
     /// The group's Raft types.
@@ -77,7 +77,7 @@ impl fmt::Display for Member {
 pub enum Command {
     /// Written by versions before bounded entries (a whole flush with its primes in one
     /// entry): still applied from old logs, never proposed.
-    Flush(Pending),
+    Flush(FlushBatch),
     /// One entry's share of a flush ([`batch`]): file primes, range primes by reference,
     /// and (in the last entries of a flush) the tasks it finishes.
     Batch(batch::Batch),

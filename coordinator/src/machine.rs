@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use proto::msg::{CoordMsg, TaskDone, WorkerMsg};
 use tracing::{debug, info};
 
-use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, Now, Pending, Report};
+use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, FlushBatch, Now, Report};
 use crate::inputs::ScanOutcome;
 use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
 
@@ -45,7 +45,7 @@ pub enum Event {
     /// The flusher made these chunks' primes durable.
     Flushed(Vec<ChunkKey>),
     /// The flusher could not append; the primes and completions go back to the buffer.
-    FlushFailed(Pending),
+    FlushFailed(FlushBatch),
     /// A report was written.
     ReportWritten { file: String, source: Fingerprint },
     /// A report could not be written.
@@ -76,7 +76,7 @@ pub enum Action {
     WriteJobReport(Box<core::JobReport>),
     /// Append these primes durably, then answer [`Event::Flushed`] with `done` (or
     /// [`Event::FlushFailed`] with everything).
-    Flush(Pending),
+    Flush(FlushBatch),
     /// A chunk finished: flush soon rather than at the next period.
     FlushSoon,
     /// Write a finished snapshot; answer [`Event::SnapshotWritten`].
@@ -105,7 +105,7 @@ pub struct Coordinator {
     core: Core,
     snaps: Snapshots,
     /// Primes and completions recovered from a snapshot, flushed first.
-    recovered: Option<Pending>,
+    recovered: Option<FlushBatch>,
     /// The plans of the valid job files present at start-up, by key, for recovery.
     job_plans: HashMap<String, core::GenJob>,
 }
@@ -328,7 +328,7 @@ impl Coordinator {
         current: &HashMap<String, Fingerprint>,
         now: Now,
     ) -> usize {
-        let mut pending = Pending::default();
+        let mut pending = FlushBatch::default();
         pending.small.extend(&snap.coordinator.pending_small);
         pending
             .big

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::core::{CoreConfig, Now, Pending, Report, StatusView};
+use crate::core::{CoreConfig, FlushBatch, Now, Report, StatusView};
 use crate::durable::{Durable, GroupStatus};
 use crate::machine::{Action, Coordinator, Event};
 use crate::snapshot::{write_snapshot_file, SnapshotConfig, SnapshotInfo};
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
     /// The last probe of each file server.
     pub(crate) servers: Mutex<Vec<afs::probe::ServerProbe>>,
     /// Buffers handed to the flusher ([`Action::Flush`]).
-    flush_tx: mpsc::UnboundedSender<Pending>,
+    flush_tx: mpsc::UnboundedSender<FlushBatch>,
     /// Wakes the flusher early when a chunk finishes ([`Action::FlushSoon`]).
     pub(crate) flush_now: Notify,
     /// The number of the last snapshot written.
@@ -99,7 +99,7 @@ impl Shared {
         durable: Arc<dyn Durable>,
         machine: Coordinator,
         (primes, in_set): (u64, u64),
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Pending>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<FlushBatch>) {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {

@@ -274,7 +274,7 @@ impl Core {
                 chunks.push(ChunkState::Queued { ready_ms: WAITING });
             }
         }
-        let mut j = Job::new(gen, fp, chunks, None);
+        let mut j = Tracked::new(gen, fp, chunks, None);
         j.work = Some(Box::new(job));
         self.jobs.insert(key.clone(), j);
         actions.extend(self.maybe_report(&key, now));
@@ -321,7 +321,7 @@ impl Core {
         }
         let mut actions = self.drop_job(&key);
         self.next_gen += 1;
-        let mut j = Job::new(self.next_gen, fp, Vec::new(), Some(now.wall));
+        let mut j = Tracked::new(self.next_gen, fp, Vec::new(), Some(now.wall));
         j.reported = true;
         j.shown = Some(Box::new(JobStatus {
             job: name.to_string(),

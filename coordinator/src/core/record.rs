@@ -73,7 +73,7 @@ impl Core {
     }
 
     /// Recovery: a file whose chunks a snapshot knows. `finished` holds, per chunk, the result
-    /// if the snapshot proves the chunk finished (its primes are durable or in `Pending`
+    /// if the snapshot proves the chunk finished (its primes are durable or in `FlushBatch`
     /// being recovered); other chunks are queued. `started_at` is the time the snapshot
     /// recorded (the restart's time if none). Returns the chunks to mark done once the
     /// recovered primes are flushed.
@@ -103,7 +103,7 @@ impl Core {
         }
         self.jobs.insert(
             file.to_string(),
-            Job::new(gen, fp, chunks, Some(started_at.unwrap_or(now.wall))),
+            Tracked::new(gen, fp, chunks, Some(started_at.unwrap_or(now.wall))),
         );
         done
     }

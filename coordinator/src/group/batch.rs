@@ -1,6 +1,6 @@
 //! A flush as the group's log carries it: bounded entries, no bulk data.
 //!
-//! A flush ([`Pending`]) can hold millions of primes (a `primes` job's segments stream
+//! A flush ([`FlushBatch`]) can hold millions of primes (a `primes` job's segments stream
 //! ~600,000 per 2^24 numbers near 10^12). Carried in one entry, as before, single log lines
 //! of 46–65 MB outgrew every heartbeat and wedged the group. Now:
 //! - **Range primes travel by reference.** A segment's primes as a worker streamed them are
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::Pending;
+use crate::core::FlushBatch;
 use crate::ranges::{Finished, Run};
 
 /// The most an entry's primes and tasks take, encoded (JSON, primes as base64 of 8 bytes).
@@ -108,7 +108,7 @@ fn pieces_of(mut run: Run, out: &mut Vec<(Piece, Vec<u64>)>) {
 }
 
 /// Pieces back into runs (consecutive pieces of one segment make one run, as
-/// [`Pending::push_run`] made them).
+/// [`FlushBatch::push_run`] made them).
 fn runs_from(pieces: impl IntoIterator<Item = ((u64, u64), Vec<u64>)>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for ((lo, hi), primes) in pieces {
@@ -125,7 +125,7 @@ fn runs_from(pieces: impl IntoIterator<Item = ((u64, u64), Vec<u64>)>) -> Vec<Ru
 /// the finished tasks, which are in the last entries. The flush is consumed (its primes
 /// move into the batches and runs) but for `done`, which is left in `p`: [`unsplit`] puts
 /// batches that did not commit back together.
-pub fn split(p: &mut Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<Run>)> {
+pub fn split(p: &mut FlushBatch, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, Vec<Run>)> {
     let mut out: Vec<(Batch, Vec<Run>)> = Vec::new();
     let mut cur = Batch::default();
     let mut cur_runs: Vec<((u64, u64), Vec<u64>)> = Vec::new();
@@ -189,7 +189,7 @@ pub fn split(p: &mut Pending, mut next_id: impl FnMut() -> u64) -> Vec<(Batch, V
 /// Batches that did not commit, back into the flush they came from (`p`, which holds its
 /// `done`), with the runs their proposer held (None where an apply already took them: that
 /// batch committed after all, and its primes are durable).
-pub fn unsplit(p: &mut Pending, batches: impl IntoIterator<Item = (Batch, Option<Vec<Run>>)>) {
+pub fn unsplit(p: &mut FlushBatch, batches: impl IntoIterator<Item = (Batch, Option<Vec<Run>>)>) {
     for (b, runs) in batches {
         p.small.extend(b.small);
         p.big.extend(b.big);
@@ -272,9 +272,9 @@ mod tests {
         let mut attempts = primes_in(100, 160);
         attempts.extend(primes_in(100, 200));
         let runs = vec![run(100, 200, attempts), run(300, 400, primes_in(331, 397))];
-        let mut p = Pending {
+        let mut p = FlushBatch {
             runs: runs.clone(),
-            ..Pending::default()
+            ..FlushBatch::default()
         };
         let mut id = 0;
         let batches = split(&mut p, || {
@@ -295,9 +295,9 @@ mod tests {
     fn a_wrong_piece_is_told() {
         let mut sent = primes_in(10, 50);
         sent.remove(3);
-        let mut p = Pending {
+        let mut p = FlushBatch {
             runs: vec![run(10, 50, sent)],
-            ..Pending::default()
+            ..FlushBatch::default()
         };
         let batches = split(&mut p, || 7);
         let (runs, wrong) = regenerate(&batches[0].0.pieces, primes_in);
@@ -333,7 +333,7 @@ mod tests {
                 },
             })
             .collect();
-        let whole = Pending {
+        let whole = FlushBatch {
             small: small.clone(),
             big: vec!["18446744073709551629".into(); 3],
             runs: vec![run(2, 10_000, primes_in(2, 10_000))],
@@ -382,7 +382,7 @@ mod tests {
     /// entries stay within the bound.
     fn long_answers_stay_within_the_bound() {
         let long = "7".repeat(60_000);
-        let mut p = Pending {
+        let mut p = FlushBatch {
             finished: (0..20u64)
                 .map(|i| Finished {
                     work: proto::msg::Work::Count {
@@ -406,7 +406,7 @@ mod tests {
                     },
                 })
                 .collect(),
-            ..Pending::default()
+            ..FlushBatch::default()
         };
         let batches = split(&mut p, || 1);
         assert!(batches.len() >= 5, "{} entries", batches.len());

@@ -47,7 +47,7 @@ struct SimWorker {
 /// reports written, snapshots written (each checked when written).
 #[derive(Default)]
 struct Effects {
-    flushes: Vec<Pending>,
+    flushes: Vec<FlushBatch>,
     reports: BTreeMap<String, ReportStatus>,
     job_reports: BTreeMap<String, String>,
     snapshots: usize,

@@ -254,11 +254,11 @@ fn flush_hand_off() {
         },
         at(2),
     );
-    let want = Pending {
+    let want = FlushBatch {
         small: vec![3, 5],
         big: vec![],
         done: vec![ChunkKey::new("a.txt", 1, 0)],
-        ..Pending::default()
+        ..FlushBatch::default()
     };
     assert_eq!(
         m.handle(Event::FlushDue, at(3)),

@@ -18,7 +18,7 @@
 //! - **trivial** (n < p): φ(n, b) = 1, counted a whole run at a time;
 //! - **easy** (n < p²): φ(n, b) = 1 + π(n) - b, from a table of π up to √x; the sum of
 //!   π(x/(p q)) over one p's primes q is taken by Dirichlet's hyperbola above √(x/p), one
-//!   term per distinct value (see [`Context::sum_pi_quot`]);
+//!   term per distinct value (see `Context::sum_pi_quot`);
 //! - **hard** (n >= p², which needs p < x^(1/4)): φ(n, b) is counted in a segmented sieve
 //!   of [1, x/y] that crosses off p_{c+1}, p_{c+2}, ... in turn; a bit per number coprime
 //!   to 30 (as in the π table) with counters per 64 and per 1024 bytes answers "how many

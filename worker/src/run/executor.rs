@@ -84,7 +84,7 @@ impl Executor {
 }
 
 /// One task of a batch between its fetch and its report.
-struct Job {
+struct InFlight {
     a: Assignment,
     progress: Arc<std::sync::atomic::AtomicU64>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -134,7 +134,7 @@ async fn execute(
     let mut jobs = Vec::with_capacity(batch.len());
     for (t, r) in batch.into_iter().zip(opened) {
         match r {
-            Ok(fetched) => jobs.push(Job {
+            Ok(fetched) => jobs.push(InFlight {
                 a: t.a,
                 progress: t.bytes,
                 cancel: t.cancel,

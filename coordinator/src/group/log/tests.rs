@@ -9,7 +9,7 @@ use openraft::{EntryPayload, Membership};
 use serde::Serialize;
 
 use super::*;
-use crate::core::Pending;
+use crate::core::FlushBatch;
 use crate::group::replica::Replica;
 use crate::group::{Command, TypeConfig};
 
@@ -22,10 +22,10 @@ fn ent(term: u64, index: u64) -> LogEntry {
     let payload = match index % 5 {
         0 => EntryPayload::Blank,
         1 => EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2, 3])], None)),
-        _ => EntryPayload::Normal(Command::Flush(Pending {
+        _ => EntryPayload::Normal(Command::Flush(FlushBatch {
             small: (0..index * 7).map(|p| p * 2 + term).collect(),
             big: vec![format!("1{}", "0".repeat(index as usize))],
-            ..Pending::default()
+            ..FlushBatch::default()
         })),
     };
     openraft::Entry {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::core::{JobReport, Pending, Report};
+use crate::core::{FlushBatch, JobReport, Report};
 use crate::durable::{Durable, Flushed};
 use crate::group::replica::Replica;
 use crate::group::{Command, GroupStatus, Outcome, Raft};
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Handle {
 
 /// The shell's durable work, committed through the group's log and applied by every member.
 impl Durable for Handle {
-    fn flush(&self, p: Pending) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, Pending)>> {
+    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, FlushBatch)>> {
         Box::pin(self.flush(p))
     }
 
@@ -155,7 +155,7 @@ impl Handle {
     /// move into the entries (no copy is kept: a flush of a large job holds hundreds of MB).
     /// An entry that does not commit ends it with an error and the flush handed back: what
     /// did not commit, with its `done` (what did commit is deduplicated when it comes again).
-    async fn flush(&self, mut p: Pending) -> Result<Flushed, (anyhow::Error, Pending)> {
+    async fn flush(&self, mut p: FlushBatch) -> Result<Flushed, (anyhow::Error, FlushBatch)> {
         let batches = crate::group::batch::split(&mut p, rand::random::<u64>);
         let (mut new, mut total, mut in_set) = (0, 0, 0);
         let mut batches = batches.into_iter();

@@ -1,7 +1,7 @@
 //! Unit tests of the replica: entries applied again, snapshot pieces, submitted jobs.
 
 use super::*;
-use crate::core::Pending;
+use crate::core::FlushBatch;
 use proto::msg::{TaskDone, Work};
 
 fn finished(lo: u64, hi: u64, primes: u64) -> Finished {
@@ -26,10 +26,10 @@ fn finished(lo: u64, hi: u64, primes: u64) -> Finished {
 }
 
 fn flush(small: Vec<u64>, done: Vec<Finished>) -> Command {
-    Command::Flush(Pending {
+    Command::Flush(FlushBatch {
         small,
         finished: done,
-        ..Pending::default()
+        ..FlushBatch::default()
     })
 }
 
