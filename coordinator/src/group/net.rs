@@ -462,3 +462,133 @@ fn answer_pre_vote(raft: &Raft, a: &Answering, req: &PreVote) -> bool {
     );
     granted
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn pre_vote() -> PreVote {
+        PreVote {
+            candidate: 2,
+            term: 3,
+            last_log_id: None,
+        }
+    }
+
+    /// A fake member on a free port: authenticates like [`serve`], then answers each request
+    /// with what `answer` says (None: stays silent); counts the connections it accepted.
+    async fn fake_member(
+        key: ClusterKey,
+        answer: fn(Request) -> Option<Response>,
+    ) -> (String, Arc<AtomicUsize>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (conns, stop) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
+        let (counted, shutdown) = (conns.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acceptor = proto::conn::Acceptor::new(listener, 8);
+            while let Some((admission, stream, _)) = acceptor.next(&shutdown).await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (key, shutdown) = (key.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let Ok(Admitted::Ready(mut conn, _permit)) =
+                        authenticate(admission, stream, &key, SERVICE, MAX_LINE).await
+                    else {
+                        return;
+                    };
+                    loop {
+                        let req = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            r = conn.read_msg::<Request>() => r,
+                        };
+                        let Ok(Some(req)) = req else { return };
+                        match answer(req) {
+                            Some(resp) => {
+                                if conn.send(&resp).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => shutdown.cancelled().await,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns, stop)
+    }
+
+    #[tokio::test]
+    /// A member that refuses connections (down) is unreachable, so that openraft backs off
+    /// instead of retrying at every heartbeat.
+    async fn a_member_that_is_down_is_unreachable() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let mut peer = Peer::new(2, &addr, &ClusterKey::generate());
+        let req = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let r = peer.vote(req, RPCOption::new(Duration::from_secs(2))).await;
+        assert!(matches!(r, Err(RPCError::Unreachable(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    /// A call that gets no answer within its time fails and drops its connection; the next
+    /// call connects again (a half-dead connection is never reused).
+    async fn a_silent_member_times_out_and_the_next_call_connects_again() {
+        let key = ClusterKey::generate();
+        let (addr, conns, stop) = fake_member(key.clone(), |req| match req {
+            Request::PreVote(p) if p.term == 3 => None,
+            Request::PreVote(_) => Some(Response::PreVote(true)),
+            _ => None,
+        })
+        .await;
+        let mut peer = Peer::new(2, &addr, &key);
+        let r = peer.pre_vote(pre_vote(), Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(ProtoError::Timeout(_))), "{r:?}");
+        let answered = PreVote {
+            term: 4,
+            ..pre_vote()
+        };
+        let r = peer.pre_vote(answered, Duration::from_secs(5)).await;
+        assert!(matches!(r, Ok(true)), "{r:?}");
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            2,
+            "a new connection after the timeout"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    /// An answer of the wrong kind is an error, not taken for the one asked.
+    async fn an_answer_of_the_wrong_kind_is_refused() {
+        let key = ClusterKey::generate();
+        let (addr, _, stop) = fake_member(key.clone(), |_| Some(Response::PreVote(true))).await;
+        let mut peer = Peer::new(2, &addr, &key);
+        let r = peer.view(Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ProtoError::Malformed(_))), "{r:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    /// A member with another cluster key is refused at the handshake.
+    async fn a_member_with_another_key_is_refused() {
+        let (addr, _, stop) =
+            fake_member(ClusterKey::generate(), |_| Some(Response::PreVote(true))).await;
+        let mut peer = Peer::new(2, &addr, &ClusterKey::generate());
+        let r = peer.pre_vote(pre_vote(), Duration::from_secs(5)).await;
+        assert!(r.is_err(), "{r:?}");
+        stop.cancel();
+    }
+
+    #[test]
+    /// The request names on the wire (PROTOCOL.md): one JSON line, tagged in snake_case.
+    fn request_names_on_the_wire() {
+        let line = serde_json::to_string(&Request::PreVote(pre_vote())).expect("encode");
+        assert!(line.starts_with(r#"{"pre_vote":"#), "{line}");
+        let line = serde_json::to_string(&Request::View).expect("encode");
+        assert_eq!(line, r#""view""#);
+    }
+}
