@@ -1,12 +1,12 @@
-//! The flusher: every `flush_ms` (or soon after a chunk finishes) it asks the machine for
-//! its buffer ([`Event::FlushDue`] → [`crate::machine::Action::Flush`]), makes it durable
-//! through the group ([`crate::durable`]), and only then tells the machine which chunks are
-//! durable ([`Event::Flushed`]), which may write reports.
+//! The flusher: every `flush_ms` (or soon after a chunk finishes) it pulls the machine's
+//! buffer ([`Shared::take_flush`], as raft-rs's `Ready`), makes it durable through the group
+//! ([`crate::durable`]), and only then tells the machine which chunks are durable
+//! ([`Event::Flushed`], the `advance`), which may write reports; or hands it back
+//! ([`Event::FlushFailed`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
@@ -18,18 +18,13 @@ use crate::state::Shared;
 const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
 /// Runs until `shutdown`, then does a last round.
-pub(crate) async fn flush_loop(
-    shared: Arc<Shared>,
-    mut buffers: mpsc::UnboundedReceiver<FlushBatch>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let period = Duration::from_millis(shared.cfg.flush_ms);
     loop {
         let stopping = shutdown.is_cancelled();
         let last_flush = tokio::time::Instant::now();
-        shared.apply(Event::FlushDue).await;
-        while let Ok(pending) = buffers.try_recv() {
-            flush(&shared, pending).await;
+        if let Some(batch) = shared.take_flush() {
+            flush(&shared, batch).await;
         }
         if stopping {
             return;

@@ -111,6 +111,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// The flush batch due now, if any (what was recovered, or handed back by a failed
+    /// flush, first): the shell's flusher pulls it, makes it durable, then tells the machine
+    /// [`Event::Flushed`] or [`Event::FlushFailed`] (a pull, as raft-rs's `Ready`/`advance`).
+    /// [`Event::FlushDue`] does the same as an event, for the simulation's event stream.
+    pub fn take_flush(&mut self) -> Option<FlushBatch> {
+        let mut batch = self.recovered.take().unwrap_or_default();
+        batch.extend(self.core.take_pending());
+        (!batch.is_empty()).then_some(batch)
+    }
+
     pub fn new(core: Core, snaps: Snapshots) -> Self {
         Coordinator {
             core,
@@ -195,16 +205,7 @@ impl Coordinator {
             }
             Event::Inputs(outcome) => self.inputs(outcome, now),
             Event::Jobs { ready, removed } => self.jobs(ready, removed, now),
-            Event::FlushDue => {
-                // What was recovered, or handed back by a failed flush, goes first.
-                let mut pending = self.recovered.take().unwrap_or_default();
-                pending.extend(self.core.take_pending());
-                if pending.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Action::Flush(pending)]
-                }
-            }
+            Event::FlushDue => self.take_flush().map(Action::Flush).into_iter().collect(),
             Event::Flushed(done) => lift(self.core.flushed(done, now)),
             Event::FlushFailed(mut p) => {
                 // Back in front of whatever arrived since; nothing was marked done.

@@ -222,7 +222,7 @@ pub async fn run(
         recovered_primes = machine.recovered_primes(),
         "coordinator ready"
     );
-    let (shared, buffers) = Shared::new(cfg.clone(), durable, machine, (total, in_set));
+    let shared = Shared::new(cfg.clone(), durable, machine, (total, in_set));
 
     let tracker = TaskTracker::new();
     let _notify = match listings {
@@ -267,11 +267,7 @@ pub async fn run(
         tracker.spawn(crate::web::serve(http, shared.clone(), shutdown.clone()));
     }
     tracker.spawn(snapshot_loop(shared.clone(), shutdown.clone()));
-    let flusher = tokio::spawn(crate::flusher::flush_loop(
-        shared.clone(),
-        buffers,
-        shutdown.clone(),
-    ));
+    let flusher = tokio::spawn(crate::flusher::flush_loop(shared.clone(), shutdown.clone()));
 
     let mut acceptor = proto::conn::Acceptor::new(listener, cfg.max_connections);
     let mut next_conn = 0u64;

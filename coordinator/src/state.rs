@@ -82,8 +82,6 @@ pub(crate) struct Shared {
     pub(crate) history: Mutex<VecDeque<Sample>>,
     /// The last probe of each file server.
     pub(crate) servers: Mutex<Vec<afs::probe::ServerProbe>>,
-    /// Buffers handed to the flusher ([`Action::Flush`]).
-    flush_tx: mpsc::UnboundedSender<FlushBatch>,
     /// Wakes the flusher early when a chunk finishes ([`Action::FlushSoon`]).
     pub(crate) flush_now: Notify,
     /// The number of the last snapshot written.
@@ -93,15 +91,14 @@ pub(crate) struct Shared {
 pub(crate) use proto::lock;
 
 impl Shared {
-    /// The shared state around `machine`, and the receiving end of the flusher's hand-off.
+    /// The shared state around `machine`.
     pub(crate) fn new(
         cfg: Config,
         durable: Arc<dyn Durable>,
         machine: Coordinator,
         (primes, in_set): (u64, u64),
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<FlushBatch>) {
-        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
+    ) -> Arc<Self> {
+        Arc::new(Shared {
             inner: Mutex::new(Inner {
                 machine,
                 senders: HashMap::new(),
@@ -113,11 +110,14 @@ impl Shared {
             primes_in_set: AtomicU64::new(in_set),
             history: Mutex::new(VecDeque::new()),
             servers: Mutex::new(Vec::new()),
-            flush_tx,
             flush_now: Notify::new(),
             snapshot_written: watch::channel(0).0,
-        });
-        (shared, flush_rx)
+        })
+    }
+
+    /// The flush batch due now, if any ([`Coordinator::take_flush`]): the flusher's pull.
+    pub(crate) fn take_flush(&self) -> Option<FlushBatch> {
+        lock(&self.inner).machine.take_flush()
     }
 
     pub(crate) fn now(&self) -> Now {
@@ -176,9 +176,10 @@ impl Shared {
                 match a {
                     Action::WriteReport(r) => reports.push(r),
                     Action::WriteJobReport(r) => events.push_back(self.write_job_report(*r).await),
-                    Action::Flush(p) => {
-                        let _ = self.flush_tx.send(p);
-                    }
+                    // The shell's flusher pulls its batches ([`Shared::take_flush`]) and never
+                    // feeds `FlushDue`; a batch handed out this way anyway goes back into the
+                    // buffer, nothing lost.
+                    Action::Flush(p) => events.push_back(Event::FlushFailed(p)),
                     Action::FlushSoon => self.flush_now.notify_one(),
                     Action::WriteSnapshot(s) => {
                         snapshots_done.push(s.seq);

@@ -265,6 +265,14 @@ fn flush_hand_off() {
         vec![Action::Flush(want.clone())]
     );
     assert!(m.handle(Event::FlushFailed(want.clone()), at(4)).is_empty());
+    // The shell's pull gives the same batch as the event, once.
+    assert_eq!(
+        m.take_flush(),
+        Some(want.clone()),
+        "handed out again (pulled)"
+    );
+    assert_eq!(m.take_flush(), None, "taken once");
+    assert!(m.handle(Event::FlushFailed(want.clone()), at(4)).is_empty());
     assert_eq!(
         m.handle(Event::FlushDue, at(5)),
         vec![Action::Flush(want.clone())],
