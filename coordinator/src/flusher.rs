@@ -1,5 +1,5 @@
 //! The flusher: every `flush_ms` (or soon after a chunk finishes) it pulls the machine's
-//! buffer ([`Shared::take_flush`], as raft-rs's `Ready`), makes it durable through the group
+//! buffer (`Shared::take_flush`, as raft-rs's `Ready`), makes it durable through the group
 //! ([`crate::durable`]), and only then tells the machine which chunks are durable
 //! ([`Event::Flushed`], the `advance`), which may write reports; or hands it back
 //! ([`Event::FlushFailed`]).
