@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
-use proto::jobs::{range, segments, JobSpec, Params, COUNT_MAX_SIEVE_SPAN};
+use proto::jobs::{segments, JobSpec, Params, COUNT_MAX_SIEVE_SPAN};
 use proto::msg::{TaskDone, Work};
 
 use super::primes::Segments;
-use super::{bounds, num, Kind, Outcome, Plan};
+use super::{bounds, num, range_args, Kind, Outcome, Plan};
 use crate::gen::{self, lmo, pi, WorkDone};
 
 /// A `count` job's segments are this many times longer than a `primes` job's (nothing to
@@ -74,10 +74,7 @@ impl Kind for Count {
     }
 
     fn parse(&self, args: &[&str]) -> Result<JobSpec, String> {
-        let [a, b] = args else {
-            return Err(format!("expected `{}`", self.usage()));
-        };
-        let (lo, hi) = range(a, b)?;
+        let (lo, hi) = range_args(args, self.usage())?;
         let span = hi - lo;
         if span >= COUNT_MAX_SIEVE_SPAN && !proto::jobs::count_by_pi(lo, hi) {
             return Err(format!(

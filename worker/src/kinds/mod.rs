@@ -202,6 +202,15 @@ pub(crate) fn num(results: &[&TaskDone], i: usize) -> Option<u64> {
     results.get(i)?.answer.as_deref()?.parse().ok()
 }
 
+/// A range kind's arguments `A B`, parsed ([`proto::jobs::range`]); the error names the
+/// form `usage` when there are not two.
+fn range_args(args: &[&str], usage: &str) -> Result<(u64, u64), String> {
+    let [a, b] = args else {
+        return Err(format!("expected `{usage}`"));
+    };
+    proto::jobs::range(a, b)
+}
+
 /// `lo` and `hi` of a range spec, checked as parsing checks them.
 pub(crate) fn bounds(spec: &JobSpec) -> Result<(u64, u64), String> {
     let (lo, hi) = (spec.need("lo")?, spec.need("hi")?);

@@ -6,10 +6,10 @@
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
-use proto::jobs::{range, segments, JobSpec, Params, PRIMES_MAX_SPAN};
+use proto::jobs::{segments, JobSpec, Params, PRIMES_MAX_SPAN};
 use proto::msg::{TaskDone, Work};
 
-use super::{bounds, Kind, Outcome, Plan};
+use super::{bounds, range_args, Kind, Outcome, Plan};
 use crate::gen::{self, WorkDone};
 
 /// The `primes` kind.
@@ -25,10 +25,7 @@ impl Kind for Primes {
     }
 
     fn parse(&self, args: &[&str]) -> Result<JobSpec, String> {
-        let [a, b] = args else {
-            return Err(format!("expected `{}`", self.usage()));
-        };
-        let (lo, hi) = range(a, b)?;
+        let (lo, hi) = range_args(args, self.usage())?;
         let span = hi - lo;
         if span >= PRIMES_MAX_SPAN {
             return Err(format!(

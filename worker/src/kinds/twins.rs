@@ -15,10 +15,10 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use proto::jobs::{range, segments, JobSpec, Params};
+use proto::jobs::{segments, JobSpec, Params};
 use proto::msg::{OpenWork, TaskDone, Work};
 
-use super::{bounds, Kind, Outcome, Plan};
+use super::{bounds, range_args, Kind, Outcome, Plan};
 use crate::gen::{sieve::RangeSieve, WorkDone};
 
 /// Most numbers B − A may span: twin pairs are densest near 0, where the 58,980 pairs
@@ -40,10 +40,7 @@ impl Kind for Twins {
     }
 
     fn parse(&self, args: &[&str]) -> Result<JobSpec, String> {
-        let [a, b] = args else {
-            return Err(format!("expected `{}`", self.usage()));
-        };
-        let (lo, hi) = range(a, b)?;
+        let (lo, hi) = range_args(args, self.usage())?;
         let spec = Params::new(self.word(), &[("lo", lo), ("hi", hi)]);
         checked(&spec)?;
         Ok(spec)
