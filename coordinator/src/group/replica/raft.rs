@@ -56,6 +56,8 @@ impl RaftStateMachine<TypeConfig> for Replica {
                 g.make_durable()?;
             }
             g.follow();
+            // Following the root files can give them up (a failed copy): the view says so.
+            *lock(&view) = g.view();
             Ok(out)
         })
         .map_err(sm_err)
