@@ -116,3 +116,78 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<usize> {
     })?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn write(path: &Path, body: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+
+    fn same_file(a: &Path, b: &Path) -> bool {
+        let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+
+    #[test]
+    fn an_import_links_the_root_files_and_names_their_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primes, output) = (dir.path().join("primes.txt"), dir.path().join("output"));
+        // A torn last line (a writer killed mid-append) is not part of the import.
+        write(&primes, "2\n3\n5");
+        write(&crate::primes::ledger_path(&primes), "job a 1 10\n");
+        write(&output.join("a.json"), "{}");
+        write(&output.join("sub/b.json"), "{}");
+        write(&output.join(".a.json.tmp"), "half");
+
+        let lens = prepare_import(&primes, &output).unwrap();
+        assert_eq!(lens, Some((4, 11)));
+        let to = crate::group::replica::import_dir(&primes);
+        assert!(
+            same_file(&primes, &to.join("primes.txt")),
+            "linked, not copied"
+        );
+        assert!(same_file(
+            &output.join("sub/b.json"),
+            &to.join("output/sub/b.json")
+        ));
+        assert!(to.join("output/a.json").exists());
+        assert!(
+            !to.join("output/.a.json.tmp").exists(),
+            "temporaries are not imported"
+        );
+
+        // The root's primes file grows at its end only: the length named stays a prefix of
+        // the linked file.
+        std::fs::write(&primes, "2\n3\n5\n7\n").unwrap();
+        assert!(std::fs::read(to.join("primes.txt"))
+            .unwrap()
+            .starts_with(b"2\n3\n"));
+    }
+
+    #[test]
+    fn an_empty_root_imports_nothing_and_clears_an_older_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primes, output) = (dir.path().join("primes.txt"), dir.path().join("output"));
+        let old = crate::group::replica::import_dir(&primes).join("primes.txt");
+        write(&old, "11\n");
+
+        assert_eq!(prepare_import(&primes, &output).unwrap(), None);
+        assert!(!old.exists(), "an older import is replaced");
+    }
+
+    #[test]
+    fn reports_alone_are_an_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primes, output) = (dir.path().join("primes.txt"), dir.path().join("output"));
+        write(&output.join("only.json"), "{}");
+
+        assert_eq!(prepare_import(&primes, &output).unwrap(), Some((0, 0)));
+        let to = crate::group::replica::import_dir(&primes);
+        assert!(to.join("output/only.json").exists());
+    }
+}
