@@ -87,7 +87,7 @@ pub enum ChunkState {
 }
 
 /// One input the core tracks, from queued to reported: a version of a file, or a generation
-/// job (keyed `.jobs/<name>`), with its chunks (a generation job's tasks).
+/// job ([`Key`]), with its chunks (a generation job's tasks).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Tracked {
     gen: u64,
@@ -181,19 +181,22 @@ struct Worker {
     instance: u64,
 }
 
-/// One chunk of one version of a file: the file, the generation of its job (a changed
-/// file gets a new one, so keys of the old version match nothing), and the chunk's index.
+/// One chunk of one version of a file (or one task of a generation job): the entry, the
+/// generation of its version (a changed file gets a new one, so keys of the old version
+/// match nothing), and the chunk's index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkKey {
-    pub file: String,
+    /// The entry (written `file`, as it was when only files had chunks).
+    #[serde(rename = "file")]
+    pub key: Key,
     pub gen: u64,
     pub chunk: u32,
 }
 
 impl ChunkKey {
-    pub fn new(file: &str, gen: u64, chunk: u32) -> Self {
+    pub fn new(key: &Key, gen: u64, chunk: u32) -> Self {
         ChunkKey {
-            file: file.to_string(),
+            key: key.clone(),
             gen,
             chunk,
         }
@@ -266,7 +269,7 @@ pub struct Core {
     session: String,
     next_attempt: u64,
     next_gen: u64,
-    jobs: BTreeMap<String, Tracked>,
+    jobs: BTreeMap<Key, Tracked>,
     queue: VecDeque<ChunkKey>,
     attempts: HashMap<String, ChunkKey>,
     workers: BTreeMap<String, Worker>,
@@ -313,15 +316,15 @@ impl Core {
         (self.cfg.heartbeat_ms / 4).clamp(20, 500)
     }
 
-    /// The fingerprint of the job for `file`, if any.
-    pub fn known(&self, file: &str) -> Option<Fingerprint> {
-        self.jobs.get(file).map(|j| j.fp)
+    /// The fingerprint of the version of `key` the core tracks, if any.
+    pub fn known(&self, key: &Key) -> Option<Fingerprint> {
+        self.jobs.get(key).map(|j| j.fp)
     }
 
-    /// The content version of the version of `file` the coordinator knows (what its workers
+    /// The content version of the version of `key` the coordinator knows (what its workers
     /// read, or what its report says), if known.
-    pub fn content_version(&self, file: &str) -> Option<String> {
-        let job = self.jobs.get(file)?;
+    pub fn content_version(&self, key: &Key) -> Option<String> {
+        let job = self.jobs.get(key)?;
         job.chunks
             .iter()
             .find_map(|c| match c {
@@ -337,7 +340,7 @@ impl Core {
 
     /// Records the content version the report of `file` gives (start-up).
     pub fn set_reported_version(&mut self, file: &str, version: String) {
-        if let Some(j) = self.jobs.get_mut(file) {
+        if let Some(j) = self.jobs.get_mut(&Key::file(file)) {
             j.reported_version = Some(version);
         }
     }
@@ -347,11 +350,12 @@ impl Core {
     /// (another server's copy: its mtime and inode are that server's), then the known one,
     /// so that a listing failing over to a backup does not make every file look changed.
     pub fn identify(&self, file: &str, fp: Fingerprint, version: Option<&str>) -> Fingerprint {
-        match (self.known(file), version) {
+        let key = Key::file(file);
+        match (self.known(&key), version) {
             (Some(k), Some(v))
                 if k != fp
                     && k.size == fp.size
-                    && self.content_version(file).as_deref() == Some(v) =>
+                    && self.content_version(&key).as_deref() == Some(v) =>
             {
                 k
             }
@@ -359,9 +363,9 @@ impl Core {
         }
     }
 
-    /// True if `file` has work not finished yet (queued, running, or waiting to be flushed).
-    pub fn in_progress(&self, file: &str) -> bool {
-        self.jobs.get(file).is_some_and(|j| !j.reported)
+    /// True if `key` has work not finished yet (queued, running, or waiting to be flushed).
+    pub fn in_progress(&self, key: &Key) -> bool {
+        self.jobs.get(key).is_some_and(|j| !j.reported)
     }
 
     /// Registered connections and their workers (the channels a snapshot records).
@@ -374,9 +378,14 @@ impl Core {
     /// A file whose `done` report for this fingerprint already exists: nothing to queue.
     /// `chunks` and `numbers` come from the report, for the status totals.
     pub fn file_reported(&mut self, file: &str, fp: Fingerprint, chunks: usize, numbers: u64) {
+        self.reported_entry(Key::file(file), fp, chunks, numbers);
+    }
+
+    /// An entry (a file, a job) whose report for this fingerprint already exists.
+    fn reported_entry(&mut self, key: Key, fp: Fingerprint, chunks: usize, numbers: u64) {
         self.next_gen += 1;
         self.jobs.insert(
-            file.to_string(),
+            key,
             Tracked {
                 reported: true,
                 reported_chunks: chunks,
@@ -389,15 +398,19 @@ impl Core {
 
     /// A file (new or changed) is stable and must be processed.
     pub fn file_ready(&mut self, file: &str, fp: Fingerprint, now: Now) -> Vec<Action> {
-        if self.jobs.get(file).is_some_and(|j| j.fp == fp) {
+        let key = Key::file(file);
+        if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
             return Vec::new();
         }
-        let mut actions = self.drop_job(file);
+        let mut actions = self.drop_entry(&key);
         self.next_gen += 1;
         let gen = self.next_gen;
         let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
+        for c in 0..chunks as u32 {
+            self.queue.push_back(ChunkKey::new(&key, gen, c));
+        }
         self.jobs.insert(
-            file.to_string(),
+            key,
             Tracked::new(
                 gen,
                 fp,
@@ -405,21 +418,24 @@ impl Core {
                 None,
             ),
         );
-        for c in 0..chunks as u32 {
-            self.queue.push_back(ChunkKey::new(file, gen, c));
-        }
         actions.extend(self.assign(now));
         actions
     }
 
     /// A file vanished: forget it (its queued chunks go; running attempts are cancelled).
     pub fn file_removed(&mut self, file: &str) -> Vec<Action> {
-        self.drop_job(file)
+        self.drop_entry(&Key::file(file))
     }
 
-    fn drop_job(&mut self, file: &str) -> Vec<Action> {
+    /// A job file vanished: forget the job, as [`Core::file_removed`] a file.
+    pub fn job_removed(&mut self, name: &str) -> Vec<Action> {
+        self.drop_entry(&Key::job(name))
+    }
+
+    /// Forgets `key` (its queued chunks go; running attempts are cancelled).
+    fn drop_entry(&mut self, key: &Key) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Some(job) = self.jobs.remove(file) {
+        if let Some(job) = self.jobs.remove(key) {
             for c in job.chunks {
                 if let ChunkState::Assigned { attempt, worker } = c {
                     self.attempts.remove(&attempt);
@@ -526,7 +542,7 @@ impl Core {
     fn current(&self, conn: u64, attempt: &str) -> Option<ChunkKey> {
         let worker = self.conns.get(&conn)?;
         let key = self.attempts.get(attempt)?;
-        let job = self.jobs.get(&key.file)?;
+        let job = self.jobs.get(&key.key)?;
         match job.chunks.get(key.chunk as usize)? {
             ChunkState::Assigned {
                 attempt: a,
@@ -611,7 +627,7 @@ impl Core {
                         result: done.clone(),
                     });
                 }
-                if let Some(job) = self.jobs.get_mut(&key.file) {
+                if let Some(job) = self.jobs.get_mut(&key.key) {
                     job.chunks[key.chunk as usize] = ChunkState::Flushing {
                         result: done,
                         worker: worker.clone(),
@@ -625,7 +641,7 @@ impl Core {
                 reason,
                 retryable,
             } => {
-                let Some(ChunkKey { file, chunk, .. }) = self.current(conn, &attempt) else {
+                let Some(ChunkKey { key, chunk, .. }) = self.current(conn, &attempt) else {
                     self.totals.stale_messages_ignored += 1;
                     return Vec::new();
                 };
@@ -634,7 +650,7 @@ impl Core {
                     w.assigned.retain(|(a, _)| *a != attempt);
                 }
                 self.totals.tasks_failed += 1;
-                let mut actions = self.chunk_failed(&file, chunk, reason, retryable, now);
+                let mut actions = self.chunk_failed(&key, chunk, reason, retryable, now);
                 actions.extend(self.assign(now));
                 actions
             }
@@ -671,9 +687,9 @@ impl Core {
     pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
         self.in_flush = 0;
         let mut files = BTreeSet::new();
-        let mut job_tasks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for ChunkKey { file, gen, chunk } in done {
-            let Some(job) = self.jobs.get_mut(&file) else {
+        let mut job_tasks: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
+        for ChunkKey { key, gen, chunk } in done {
+            let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
             if job.gen != gen {
@@ -686,9 +702,9 @@ impl Core {
                 }
                 *c = ChunkState::Done { result, worker };
                 if job.work.is_some() {
-                    job_tasks.entry(file.clone()).or_default().push(chunk);
+                    job_tasks.entry(key.clone()).or_default().push(chunk);
                 }
-                files.insert(file);
+                files.insert(key);
             }
         }
         let woke = !job_tasks.is_empty() || std::mem::take(&mut self.held_back);
@@ -733,12 +749,14 @@ mod as_pairs {
 mod assign;
 mod failures;
 pub mod gen;
+mod key;
 mod record;
 mod report;
 mod status;
 
 pub use assign::{bad_batch, chunk_count, chunk_range, SMALL_INFLIGHT_FACTOR};
-pub use gen::{job_key, job_name, GenJob, JobReport, Plan};
+pub use gen::{GenJob, JobReport, Plan};
+pub use key::Key;
 pub use record::{CoordState, FileState};
 pub use report::{InvalidSummary, Report, ReportStatus};
 pub use status::{FileProgress, FileStatus, JobStatus, StatusView, WorkerLink, WorkerStatus};
