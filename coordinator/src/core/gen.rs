@@ -1,7 +1,8 @@
 //! Generation jobs (`data/jobs/<name>.job`) in the core: a job is kept like a file (its
 //! tasks are its chunks: queued, assigned, flushing, done, in the snapshots too), under its
-//! own kind of key ([`Key::Job`]), with the plan its kind made (`worker::kinds`: what each task computes, which tasks wait for
-//! which, how their answers combine into the report). Nothing here names a kind.
+//! own kind of key ([`Key::Job`]), with the plan its kind made (`worker::kinds`: what each
+//! task computes, which tasks wait for which, how their answers combine into the report).
+//! Nothing here names a kind.
 
 use std::sync::Arc;
 

@@ -77,9 +77,9 @@ impl Core {
 
     /// Recovery: a file (or job) whose chunks a snapshot knows. `finished` holds, per chunk,
     /// the result if the snapshot proves the chunk finished (its primes are durable or in
-    /// `FlushBatch` being recovered); other chunks are queued. `started_at` is the time the snapshot
-    /// recorded (the restart's time if none). Returns the chunks to mark done once the
-    /// recovered primes are flushed.
+    /// `FlushBatch` being recovered); other chunks are queued. `started_at` is the time the
+    /// snapshot recorded (the restart's time if none). Returns the chunks to mark done once
+    /// the recovered primes are flushed.
     pub fn restore_entry(
         &mut self,
         key: &Key,
