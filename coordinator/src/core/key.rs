@@ -103,9 +103,13 @@ impl Ord for Key {
             let (prefix, name) = k.parts();
             prefix.bytes().chain(name.bytes())
         }
-        bytes(self)
-            .cmp(bytes(other))
-            .then_with(|| self.is_job().cmp(&other.is_job()))
+        match (self, other) {
+            // The same prefix on both sides: the names decide (one memcmp, as `String`).
+            (Key::File(a), Key::File(b)) | (Key::Job(a), Key::Job(b)) => a.cmp(b),
+            _ => bytes(self)
+                .cmp(bytes(other))
+                .then_with(|| self.is_job().cmp(&other.is_job())),
+        }
     }
 }
 
