@@ -2,6 +2,14 @@
 //! failure detection, retries, and what becomes durable when. The async shell (`server`)
 //! feeds it events with the current time and performs the [`Action`]s it returns, so every
 //! transition is testable without sockets or clocks.
+//!
+//! Its rooms: this file holds the types (the time, settings, actions, a chunk's state, a
+//! tracked entry, a worker) and the [`Core`] itself; [`Key`] (`key.rs`) names an entry, a
+//! file or a generation job; `entries.rs` entries coming and going; `workers.rs`
+//! registration and the workers' messages; `assign.rs` handing out work; `flush.rs` the
+//! flush buffer and what becomes done once it is durable; `failures.rs` what goes wrong;
+//! `report.rs` a file's report; [`gen`] generation jobs; `record.rs` the state a snapshot
+//! records; `status.rs` the status view.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -87,7 +95,7 @@ pub enum ChunkState {
 }
 
 /// One input the core tracks, from queued to reported: a version of a file, or a generation
-/// job (keyed `.jobs/<name>`), with its chunks (a generation job's tasks).
+/// job ([`Key`]), with its chunks (a generation job's tasks).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Tracked {
     gen: u64,
@@ -181,68 +189,24 @@ struct Worker {
     instance: u64,
 }
 
-/// One chunk of one version of a file: the file, the generation of its job (a changed
-/// file gets a new one, so keys of the old version match nothing), and the chunk's index.
+/// One chunk of one version of a file (or one task of a generation job): the entry, the
+/// generation of its version (a changed file gets a new one, so keys of the old version
+/// match nothing), and the chunk's index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkKey {
-    pub file: String,
+    /// The entry (written `file`, as it was when only files had chunks).
+    #[serde(rename = "file")]
+    pub key: Key,
     pub gen: u64,
     pub chunk: u32,
 }
 
 impl ChunkKey {
-    pub fn new(file: &str, gen: u64, chunk: u32) -> Self {
+    pub fn new(key: &Key, gen: u64, chunk: u32) -> Self {
         ChunkKey {
-            file: file.to_string(),
+            key: key.clone(),
             gen,
             chunk,
-        }
-    }
-}
-
-/// A flush batch: primes and completions waiting for the flusher.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlushBatch {
-    #[serde(with = "crate::compact")]
-    pub small: Vec<u64>,
-    pub big: Vec<String>,
-    /// Primes of `primes` job segments, by segment, in arrival order (deduplicated by
-    /// intervals, never held in the dedup set: [`crate::ranges`]).
-    pub runs: Vec<Run>,
-    /// Generation tasks finished (but products): recorded in the ledger once their results
-    /// (a `primes` segment's primes) are durable.
-    pub finished: Vec<Finished>,
-    /// Chunks whose primes are all in `small`/`big`/`runs` (or already durable).
-    pub done: Vec<ChunkKey>,
-}
-
-impl FlushBatch {
-    /// True if there is nothing to flush.
-    pub fn is_empty(&self) -> bool {
-        self.small.is_empty()
-            && self.big.is_empty()
-            && self.runs.is_empty()
-            && self.finished.is_empty()
-            && self.done.is_empty()
-    }
-
-    /// Puts `later` after what this holds (order matters for runs: a segment's primes must
-    /// reach the flusher in the order they were sent).
-    pub fn extend(&mut self, later: FlushBatch) {
-        self.small.extend(later.small);
-        self.big.extend(later.big);
-        for run in later.runs {
-            self.push_run(run.lo, run.hi, run.primes);
-        }
-        self.finished.extend(later.finished);
-        self.done.extend(later.done);
-    }
-
-    /// Appends primes of segment `[lo, hi]` (to the last run if it is the same segment's).
-    pub fn push_run(&mut self, lo: u64, hi: u64, primes: Vec<u64>) {
-        match self.runs.last_mut() {
-            Some(r) if (r.lo, r.hi) == (lo, hi) => r.primes.extend(primes),
-            _ => self.runs.push(Run { lo, hi, primes }),
         }
     }
 }
@@ -266,7 +230,7 @@ pub struct Core {
     session: String,
     next_attempt: u64,
     next_gen: u64,
-    jobs: BTreeMap<String, Tracked>,
+    jobs: BTreeMap<Key, Tracked>,
     queue: VecDeque<ChunkKey>,
     attempts: HashMap<String, ChunkKey>,
     workers: BTreeMap<String, Worker>,
@@ -312,398 +276,6 @@ impl Core {
     pub fn tick_period_ms(&self) -> u64 {
         (self.cfg.heartbeat_ms / 4).clamp(20, 500)
     }
-
-    /// The fingerprint of the job for `file`, if any.
-    pub fn known(&self, file: &str) -> Option<Fingerprint> {
-        self.jobs.get(file).map(|j| j.fp)
-    }
-
-    /// The content version of the version of `file` the coordinator knows (what its workers
-    /// read, or what its report says), if known.
-    pub fn content_version(&self, file: &str) -> Option<String> {
-        let job = self.jobs.get(file)?;
-        job.chunks
-            .iter()
-            .find_map(|c| match c {
-                ChunkState::Done { result, .. } | ChunkState::Flushing { result, .. }
-                    if !result.version.is_empty() =>
-                {
-                    Some(result.version.clone())
-                }
-                _ => None,
-            })
-            .or_else(|| job.reported_version.clone())
-    }
-
-    /// Records the content version the report of `file` gives (start-up).
-    pub fn set_reported_version(&mut self, file: &str, version: String) {
-        if let Some(j) = self.jobs.get_mut(file) {
-            j.reported_version = Some(version);
-        }
-    }
-
-    /// The fingerprint to take for `file` as a file server lists it: its own, unless the
-    /// coordinator knows the file under another fingerprint with the same content version
-    /// (another server's copy: its mtime and inode are that server's), then the known one,
-    /// so that a listing failing over to a backup does not make every file look changed.
-    pub fn identify(&self, file: &str, fp: Fingerprint, version: Option<&str>) -> Fingerprint {
-        match (self.known(file), version) {
-            (Some(k), Some(v))
-                if k != fp
-                    && k.size == fp.size
-                    && self.content_version(file).as_deref() == Some(v) =>
-            {
-                k
-            }
-            _ => fp,
-        }
-    }
-
-    /// True if `file` has work not finished yet (queued, running, or waiting to be flushed).
-    pub fn in_progress(&self, file: &str) -> bool {
-        self.jobs.get(file).is_some_and(|j| !j.reported)
-    }
-
-    /// Registered connections and their workers (the channels a snapshot records).
-    pub fn connections(&self) -> Vec<(u64, String)> {
-        let mut v: Vec<(u64, String)> = self.conns.iter().map(|(c, w)| (*c, w.clone())).collect();
-        v.sort();
-        v
-    }
-
-    /// A file whose `done` report for this fingerprint already exists: nothing to queue.
-    /// `chunks` and `numbers` come from the report, for the status totals.
-    pub fn file_reported(&mut self, file: &str, fp: Fingerprint, chunks: usize, numbers: u64) {
-        self.next_gen += 1;
-        self.jobs.insert(
-            file.to_string(),
-            Tracked {
-                reported: true,
-                reported_chunks: chunks,
-                reported_numbers: numbers,
-                report_written: true,
-                ..Tracked::new(self.next_gen, fp, Vec::new(), None)
-            },
-        );
-    }
-
-    /// A file (new or changed) is stable and must be processed.
-    pub fn file_ready(&mut self, file: &str, fp: Fingerprint, now: Now) -> Vec<Action> {
-        if self.jobs.get(file).is_some_and(|j| j.fp == fp) {
-            return Vec::new();
-        }
-        let mut actions = self.drop_job(file);
-        self.next_gen += 1;
-        let gen = self.next_gen;
-        let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
-        self.jobs.insert(
-            file.to_string(),
-            Tracked::new(
-                gen,
-                fp,
-                vec![ChunkState::Queued { ready_ms: now.ms }; chunks],
-                None,
-            ),
-        );
-        for c in 0..chunks as u32 {
-            self.queue.push_back(ChunkKey::new(file, gen, c));
-        }
-        actions.extend(self.assign(now));
-        actions
-    }
-
-    /// A file vanished: forget it (its queued chunks go; running attempts are cancelled).
-    pub fn file_removed(&mut self, file: &str) -> Vec<Action> {
-        self.drop_job(file)
-    }
-
-    fn drop_job(&mut self, file: &str) -> Vec<Action> {
-        let mut actions = Vec::new();
-        if let Some(job) = self.jobs.remove(file) {
-            for c in job.chunks {
-                if let ChunkState::Assigned { attempt, worker } = c {
-                    self.attempts.remove(&attempt);
-                    if let Some(w) = self.workers.get_mut(&worker) {
-                        w.assigned.retain(|(a, _)| *a != attempt);
-                        if let Some(conn) = w.conn {
-                            actions.push(Action::Send(conn, CoordMsg::Cancel { attempt }));
-                        }
-                    }
-                }
-            }
-        }
-        actions
-    }
-
-    /// A connection registered as `worker_id` (tests: one thread, instance 0).
-    pub fn register(&mut self, conn: u64, worker_id: &str, now: Now) -> Vec<Action> {
-        self.register_with_threads(conn, worker_id, 1, 0, now)
-    }
-
-    /// A connection registered as `worker_id`, a process (`instance`) that tests `threads`
-    /// tasks at once.
-    ///
-    /// An id is one worker: while a live connection holds it, another process registering
-    /// with it is refused for good (two processes sharing an id would replace each other's
-    /// connection forever). The same process reconnecting (same instance), or any process
-    /// once the old connection has been silent past the heartbeat limit, replaces the old
-    /// connection, whose tasks are requeued.
-    pub fn register_with_threads(
-        &mut self,
-        conn: u64,
-        worker_id: &str,
-        threads: u32,
-        instance: u64,
-        now: Now,
-    ) -> Vec<Action> {
-        let mut actions = Vec::new();
-        if let Some(old) = self
-            .workers
-            .get(worker_id)
-            .filter(|w| w.conn.is_some_and(|c| c != conn))
-        {
-            let limit = self.cfg.heartbeat_ms * self.cfg.missed_heartbeats as u64;
-            let silent = now.ms.saturating_sub(old.last_seen_ms) > limit;
-            if old.instance != instance && !silent {
-                let reason = format!(
-                    "worker id {worker_id:?} is already in use by a connected worker (joined {}); \
-                     give this one another --id",
-                    old.joined.to_rfc3339()
-                );
-                return vec![
-                    Action::Send(
-                        conn,
-                        CoordMsg::Refused {
-                            reason: reason.clone(),
-                        },
-                    ),
-                    Action::Close(conn, reason),
-                ];
-            }
-            if let Some(old_conn) = old.conn {
-                actions.push(Action::Close(
-                    old_conn,
-                    format!("{worker_id} reconnected on a new connection"),
-                ));
-            }
-            actions.extend(self.lose_worker(worker_id, now, false));
-        }
-        let w = self.workers.entry(worker_id.to_string()).or_insert(Worker {
-            conn: None,
-            last_seen_ms: now.ms,
-            joined: now.wall,
-            assigned: Vec::new(),
-            tasks_done: 0,
-            numbers: 0,
-            progress: (0, 0),
-            threads: 1,
-            instance,
-        });
-        // A worker claiming absurd parallelism must not drain the whole queue.
-        w.threads = (threads as usize).clamp(1, 64);
-        w.instance = instance;
-        w.conn = Some(conn);
-        w.last_seen_ms = now.ms;
-        self.conns.insert(conn, worker_id.to_string());
-        actions.push(Action::Send(
-            conn,
-            CoordMsg::Welcome {
-                session: self.session.clone(),
-                heartbeat_ms: self.cfg.heartbeat_ms,
-                term: self.cfg.term,
-            },
-        ));
-        actions.extend(self.assign(now));
-        actions
-    }
-
-    /// The worker behind `conn`, if registered.
-    pub fn worker_of(&self, conn: u64) -> Option<&str> {
-        self.conns.get(&conn).map(|s| s.as_str())
-    }
-
-    /// True if `attempt` is the live attempt of a chunk, held by the worker on `conn`.
-    fn current(&self, conn: u64, attempt: &str) -> Option<ChunkKey> {
-        let worker = self.conns.get(&conn)?;
-        let key = self.attempts.get(attempt)?;
-        let job = self.jobs.get(&key.file)?;
-        match job.chunks.get(key.chunk as usize)? {
-            ChunkState::Assigned {
-                attempt: a,
-                worker: w,
-            } if a == attempt && w == worker && job.gen == key.gen => Some(key.clone()),
-            _ => None,
-        }
-    }
-
-    /// A message from a registered worker.
-    pub fn message(&mut self, conn: u64, msg: WorkerMsg, now: Now) -> Vec<Action> {
-        let Some(worker) = self.conns.get(&conn).cloned() else {
-            return vec![Action::Close(conn, "message before register".into())];
-        };
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.last_seen_ms = now.ms;
-        }
-        match msg {
-            WorkerMsg::Heartbeat {
-                bytes_done,
-                bytes_total,
-                ..
-            } => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.progress = (bytes_done, bytes_total);
-                }
-                Vec::new()
-            }
-            WorkerMsg::Primes {
-                attempt,
-                small,
-                big,
-            } => {
-                if let Some(why) = bad_batch(&small, &big) {
-                    let mut a = vec![Action::Close(
-                        conn,
-                        format!("rejected a primes message: {why}"),
-                    )];
-                    a.extend(self.disconnected(conn, now));
-                    return a;
-                }
-                let Some(key) = self.current(conn, &attempt) else {
-                    self.totals.stale_messages_ignored += 1;
-                    return Vec::new();
-                };
-                let segment = self.plan_of(&key).and_then(|p| p.list_segment(key.chunk));
-                if let Some(why) = segment.and_then(|(lo, hi)| gen::bad_run(lo, hi, &small, &big)) {
-                    let mut a = vec![Action::Close(
-                        conn,
-                        format!("rejected a primes message: {why}"),
-                    )];
-                    a.extend(self.disconnected(conn, now));
-                    return a;
-                }
-                self.totals.primes_received += (small.len() + big.len()) as u64;
-                match segment {
-                    Some((lo, hi)) => self.pending.push_run(lo, hi, small),
-                    None => {
-                        self.pending.small.extend(small);
-                        self.pending.big.extend(big);
-                    }
-                }
-                Vec::new()
-            }
-            WorkerMsg::TaskDone(done) => {
-                let Some(key) = self.current(conn, &done.attempt) else {
-                    self.totals.stale_messages_ignored += 1;
-                    return Vec::new();
-                };
-                self.attempts.remove(&done.attempt);
-                self.totals.tasks_done += 1;
-                self.totals.numbers_tested += done.numbers;
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.assigned.retain(|(a, _)| *a != done.attempt);
-                    w.tasks_done += 1;
-                    w.numbers += done.numbers;
-                }
-                if let Some(work) = self.plan_of(&key).and_then(|p| p.recorded_work(key.chunk)) {
-                    self.pending.finished.push(Finished {
-                        work,
-                        worker: worker.clone(),
-                        result: done.clone(),
-                    });
-                }
-                if let Some(job) = self.jobs.get_mut(&key.file) {
-                    job.chunks[key.chunk as usize] = ChunkState::Flushing {
-                        result: done,
-                        worker: worker.clone(),
-                    };
-                }
-                self.pending.done.push(key);
-                self.assign(now)
-            }
-            WorkerMsg::TaskFailed {
-                attempt,
-                reason,
-                retryable,
-            } => {
-                let Some(ChunkKey { file, chunk, .. }) = self.current(conn, &attempt) else {
-                    self.totals.stale_messages_ignored += 1;
-                    return Vec::new();
-                };
-                self.attempts.remove(&attempt);
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.assigned.retain(|(a, _)| *a != attempt);
-                }
-                self.totals.tasks_failed += 1;
-                let mut actions = self.chunk_failed(&file, chunk, reason, retryable, now);
-                actions.extend(self.assign(now));
-                actions
-            }
-            WorkerMsg::Goodbye {} => {
-                let mut a = vec![Action::Close(conn, "worker said goodbye".into())];
-                a.extend(self.disconnected(conn, now));
-                a
-            }
-            WorkerMsg::Register { .. } => vec![Action::Close(conn, "registered twice".into())],
-            WorkerMsg::Marker { .. } => Vec::new(), // handled by the snapshot logic in the shell
-        }
-    }
-
-    /// Hands the flush buffer to the flusher.
-    pub fn take_pending(&mut self) -> FlushBatch {
-        let p = std::mem::take(&mut self.pending);
-        self.in_flush += p.runs.iter().map(|r| r.primes.len()).sum::<usize>();
-        p
-    }
-
-    /// Segment primes received and not yet durable (the buffer and the flush under way).
-    pub fn backlog(&self) -> usize {
-        self.in_flush
-            + self
-                .pending
-                .runs
-                .iter()
-                .map(|r| r.primes.len())
-                .sum::<usize>()
-    }
-
-    /// The flusher made `done`'s primes durable: those chunks are done; files whose chunks
-    /// are all done get their report.
-    pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
-        self.in_flush = 0;
-        let mut files = BTreeSet::new();
-        let mut job_tasks: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for ChunkKey { file, gen, chunk } in done {
-            let Some(job) = self.jobs.get_mut(&file) else {
-                continue;
-            };
-            if job.gen != gen {
-                continue;
-            }
-            let c = &mut job.chunks[chunk as usize];
-            if let ChunkState::Flushing { result, worker } = c.clone() {
-                if let Some(w) = job.work.as_ref().and_then(|g| g.plan.recorded_work(chunk)) {
-                    self.done_work.insert(w, (result.clone(), worker.clone()));
-                }
-                *c = ChunkState::Done { result, worker };
-                if job.work.is_some() {
-                    job_tasks.entry(file.clone()).or_default().push(chunk);
-                }
-                files.insert(file);
-            }
-        }
-        let woke = !job_tasks.is_empty() || std::mem::take(&mut self.held_back);
-        for (key, tasks) in job_tasks {
-            self.wake_parents(&key, &tasks, now);
-        }
-        let mut actions: Vec<Action> = files
-            .into_iter()
-            .filter_map(|f| self.maybe_report(&f, now))
-            .collect();
-        if woke {
-            actions.extend(self.assign(now));
-        }
-        actions
-    }
 }
 
 /// A map with keys JSON cannot take as object keys, (de)serialized as a list of pairs.
@@ -731,14 +303,20 @@ mod as_pairs {
 }
 
 mod assign;
+mod entries;
 mod failures;
+mod flush;
 pub mod gen;
+mod key;
 mod record;
 mod report;
 mod status;
+mod workers;
 
 pub use assign::{bad_batch, chunk_count, chunk_range, SMALL_INFLIGHT_FACTOR};
-pub use gen::{job_key, job_name, GenJob, JobReport, Plan};
+pub use flush::FlushBatch;
+pub use gen::{GenJob, JobReport, Plan};
+pub use key::Key;
 pub use record::{CoordState, FileState};
 pub use report::{InvalidSummary, Report, ReportStatus};
 pub use status::{FileProgress, FileStatus, JobStatus, StatusView, WorkerLink, WorkerStatus};

@@ -5,7 +5,8 @@
 //! - [`machine`]: the whole coordinator as one state machine: `handle(Event, Now)` returns
 //!   the actions to perform; recovery from a snapshot.
 //! - [`core`]: the scheduling part of it (files, chunks, workers, heartbeats, retries, what
-//!   becomes done when, reports' content, status).
+//!   becomes done when, reports' content, status); its entries keyed by [`core::Key`] (an
+//!   input file or a generation job).
 //! - [`snapshot`]: the Chandy–Lamport protocol's part (markers, channel recording,
 //!   timeouts), and the snapshot files.
 //! - [`inputs`]: when a file in `data/input` is stable enough to queue.
@@ -23,8 +24,9 @@
 //! - [`group`]: every coordinator is a member of a group (Raft through `openraft`; of one
 //!   in simple mode): the leader runs the above with its flushes and reports committed
 //!   through the group's log, its `Durable` (primes in it as base64: [`compact`]).
-//! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics),
-//!   and beside it the member's results, read-only ([`results`]).
+//! - [`web`]: the optional dashboard (HTML with live updates, JSON, Prometheus metrics:
+//!   `web/metrics.rs`; its connection cap: `web/capped.rs`), and beside it the member's
+//!   results, read-only ([`results`]; their endpoints: `web/results.rs`).
 //!
 //! Files and commands:
 //! - [`primes`]: `primes.txt` with its dedup set; torn-tail repair on open; append + fsync;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use proto::msg::{CoordMsg, TaskDone, WorkerMsg};
 use tracing::{debug, info};
 
-use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, FlushBatch, Now, Report};
+use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, FlushBatch, Key, Now, Report};
 use crate::inputs::ScanOutcome;
 use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
 
@@ -46,11 +46,17 @@ pub enum Event {
     Flushed(Vec<ChunkKey>),
     /// The flusher could not append; the primes and completions go back to the buffer.
     FlushFailed(FlushBatch),
-    /// A report was written.
-    ReportWritten { file: String, source: Fingerprint },
+    /// A report was written (of the file or job `key`, written `file` as when only files
+    /// had reports).
+    ReportWritten {
+        #[serde(rename = "file")]
+        key: Key,
+        source: Fingerprint,
+    },
     /// A report could not be written.
     ReportFailed {
-        file: String,
+        #[serde(rename = "file")]
+        key: Key,
         source: Fingerprint,
         reason: String,
     },
@@ -107,7 +113,7 @@ pub struct Coordinator {
     /// Primes and completions recovered from a snapshot, flushed first.
     recovered: Option<FlushBatch>,
     /// The plans of the valid job files present at start-up, by key, for recovery.
-    job_plans: HashMap<String, core::GenJob>,
+    job_plans: HashMap<Key, core::GenJob>,
 }
 
 impl Coordinator {
@@ -215,16 +221,16 @@ impl Coordinator {
                 self.recovered = Some(p);
                 Vec::new()
             }
-            Event::ReportWritten { file, source } => {
-                self.core.report_written(&file, source);
+            Event::ReportWritten { key, source } => {
+                self.core.report_written(&key, source);
                 Vec::new()
             }
             Event::ReportFailed {
-                file,
+                key,
                 source,
                 reason,
             } => {
-                self.core.report_write_failed(&file, source, reason, now);
+                self.core.report_write_failed(&key, source, reason, now);
                 Vec::new()
             }
             Event::SnapshotDue => {
@@ -263,7 +269,7 @@ impl Coordinator {
         let mut actions = Vec::new();
         for name in removed {
             info!(job = name, "job file removed");
-            actions.extend(lift(self.core.file_removed(&core::job_key(&name))));
+            actions.extend(lift(self.core.job_removed(&name)));
         }
         for (name, fp, job) in ready {
             actions.extend(lift(match job {
@@ -288,7 +294,7 @@ impl Coordinator {
     fn inputs(&mut self, outcome: ScanOutcome, now: Now) -> Vec<Action> {
         let mut actions = Vec::new();
         for name in &outcome.removed {
-            if self.core.in_progress(name) {
+            if self.core.in_progress(&Key::file(name.as_str())) {
                 info!(file = name, "input removed; dropped from the queue");
             } else {
                 info!(file = name, "input removed (its report stays)");
@@ -296,7 +302,7 @@ impl Coordinator {
             actions.extend(lift(self.core.file_removed(name)));
         }
         for (name, fp) in &outcome.ready {
-            let known = self.core.known(name);
+            let known = self.core.known(&Key::file(name.as_str()));
             if known == Some(*fp) {
                 continue;
             }
@@ -313,7 +319,7 @@ impl Coordinator {
     /// The valid job files present at start-up (their keys must also be in `current` for
     /// [`Coordinator::recover`], with their fingerprints): a job the snapshot shows in
     /// progress resumes with this plan.
-    pub fn set_job_plans(&mut self, plans: HashMap<String, core::GenJob>) {
+    pub fn set_job_plans(&mut self, plans: HashMap<Key, core::GenJob>) {
         self.job_plans = plans;
     }
 
@@ -326,7 +332,7 @@ impl Coordinator {
     pub fn recover(
         &mut self,
         snap: &Snapshot,
-        current: &HashMap<String, Fingerprint>,
+        current: &HashMap<Key, Fingerprint>,
         now: Now,
     ) -> usize {
         let mut pending = FlushBatch::default();
@@ -353,10 +359,10 @@ impl Coordinator {
         let mut resumed = 0;
         for f in &snap.coordinator.files {
             // A file already known has a done report; a file changed since starts over.
-            if self.core.known(&f.file).is_some() || current.get(&f.file) != Some(&f.fingerprint) {
+            if self.core.known(&f.key).is_some() || current.get(&f.key) != Some(&f.fingerprint) {
                 continue;
             }
-            let plan = self.job_plans.get(&f.file);
+            let plan = self.job_plans.get(&f.key);
             // A task whose results the ledger shows durable is finished too.
             let ledger = |t: usize| {
                 let w = plan?.plan.recorded_work(t as u32)?;
@@ -377,9 +383,7 @@ impl Coordinator {
                     _ => ledger(t),
                 })
                 .collect();
-            if core::job_name(&f.file).is_some()
-                && plan.is_none_or(|p| p.plan.tasks() != f.chunks.len())
-            {
+            if f.key.is_job() && plan.is_none_or(|p| p.plan.tasks() != f.chunks.len()) {
                 continue;
             }
             // Finished tasks the ledger lacks are recorded once their results (recovered
@@ -396,15 +400,15 @@ impl Coordinator {
                     }
                 }
             }
-            pending.done.extend(self.core.restore_file(
-                &f.file,
+            pending.done.extend(self.core.restore_entry(
+                &f.key,
                 f.fingerprint,
                 finished,
                 f.started_at,
                 now,
             ));
             if let Some(p) = plan {
-                self.core.attach_plan(&f.file, p.clone());
+                self.core.attach_plan(&f.key, p.clone());
             }
             resumed += 1;
         }

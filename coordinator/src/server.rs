@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::core::{Core, Now, ReportStatus};
+use crate::core::{Core, Key, Now, ReportStatus};
 use crate::durable::Durable;
 use crate::inputs::{list_files, InputWatcher};
 use crate::machine::{Coordinator, Event};
@@ -163,9 +163,14 @@ pub async fn run(
             _ => {}
         }
     }
-    // What the listing loop starts from (the inputs only: job keys join `current` below).
+    // The entries recovery may resume: the inputs, and the jobs below.
+    let mut entries: HashMap<Key, _> = current
+        .iter()
+        .map(|(name, fp)| (Key::file(name.as_str()), *fp))
+        .collect();
+    // What the listing loop starts from (the inputs only).
     let current_inputs = if listings.is_some() {
-        current.clone()
+        current
     } else {
         HashMap::new()
     };
@@ -175,7 +180,6 @@ pub async fn run(
     let mut plans = HashMap::new();
     for (rel, fp) in list_files(&cfg.jobs) {
         let name = crate::jobs::job_name_of(&rel);
-        let key = crate::core::job_key(&name);
         match crate::report::read_job_report(&cfg.output, &name) {
             Some(r) if r.source == fp && (r.status == "done" || r.status == "invalid") => {
                 machine.core_mut().job_reported(&name, fp, &r);
@@ -185,8 +189,8 @@ pub async fn run(
             _ => {}
         }
         if let Ok(job) = crate::jobs::read_job(&cfg.jobs, &rel, cfg.segment_numbers) {
-            current.insert(key.clone(), fp);
-            plans.insert(key, job);
+            entries.insert(Key::job(name.as_str()), fp);
+            plans.insert(Key::job(name), job);
         }
     }
     machine.set_job_plans(plans);
@@ -200,7 +204,7 @@ pub async fn run(
             ms: start.elapsed().as_millis() as u64,
             wall: chrono::Utc::now(),
         };
-        let files = machine.recover(&snap, &current, now);
+        let files = machine.recover(&snap, &entries, now);
         info!(seq = snap.seq, files, "recovered from snapshot");
         if let Some((_, path)) = snapshot_dirs
             .iter()

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::core::{CoreConfig, FlushBatch, Now, Report, StatusView};
+use crate::core::{CoreConfig, FlushBatch, Key, Now, Report, StatusView};
 use crate::durable::{Durable, GroupStatus};
 use crate::machine::{Action, Coordinator, Event};
 use crate::snapshot::{write_snapshot_file, SnapshotConfig, SnapshotInfo};
@@ -211,24 +211,28 @@ impl Shared {
     /// how each went, for the machine: a file is done in status only once its report is on
     /// disk, and failed when it cannot be written.
     async fn write_reports(&self, reports: Vec<Report>) -> Vec<Event> {
-        let keys: Vec<_> = reports.iter().map(|r| (r.file.clone(), r.source)).collect();
+        // A report names its entry by the key's string form.
+        let keys: Vec<(Key, _)> = reports
+            .iter()
+            .map(|r| (Key::parse(&r.file), r.source))
+            .collect();
         let results = match self.durable.reports(reports).await {
             Ok(r) => r,
             Err(e) => vec![Err(format!("{e:#}")); keys.len()],
         };
         keys.into_iter()
             .zip(results)
-            .map(|((file, source), r)| match r {
+            .map(|((key, source), r)| match r {
                 Ok(()) => {
-                    debug!(file, "report written");
-                    Event::ReportWritten { file, source }
+                    debug!(file = key.to_string(), "report written");
+                    Event::ReportWritten { key, source }
                 }
                 // Its primes are durable already; the file counts as failed (never done),
                 // the write is tried again later, the file redone at a restart.
                 Err(reason) => {
-                    error!(file, reason, "report not written");
+                    error!(file = key.to_string(), reason, "report not written");
                     Event::ReportFailed {
-                        file,
+                        key,
                         source,
                         reason,
                     }
@@ -239,7 +243,7 @@ impl Shared {
 
     /// Writes a job's report (a factorial's value too).
     async fn write_job_report(&self, r: crate::core::JobReport) -> Event {
-        let (key, source, job) = (crate::core::job_key(&r.job), r.source, r.job.clone());
+        let (key, source, job) = (Key::job(r.job.as_str()), r.source, r.job.clone());
         match self
             .durable
             .job_report(r)
@@ -253,12 +257,12 @@ impl Shared {
                     answer = w.answer.as_deref().unwrap_or(""),
                     "job report written"
                 );
-                Event::ReportWritten { file: key, source }
+                Event::ReportWritten { key, source }
             }
             Err(e) => {
                 error!(job, error = format!("{e:#}"), "job report not written");
                 Event::ReportFailed {
-                    file: key,
+                    key,
                     source,
                     reason: format!("{e:#}"),
                 }

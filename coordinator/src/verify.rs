@@ -66,7 +66,7 @@ pub fn verify(s: &Snapshot) -> Verdict {
     for f in &s.coordinator.files {
         for (i, c) in f.chunks.iter().enumerate() {
             v.tasks += 1;
-            let task = format!("{}#{i}", f.file);
+            let task = format!("{}#{i}", f.key);
             let places = match c {
                 ChunkState::Queued { .. } => {
                     v.queued += 1;

@@ -98,7 +98,7 @@ impl Core {
     /// such pair.
     pub(super) fn steal(&mut self, now: Now) -> Option<Vec<Action>> {
         let ready = self.queue.iter().any(|k| {
-            self.jobs.get(&k.file).is_some_and(|j| {
+            self.jobs.get(&k.key).is_some_and(|j| {
                 j.gen == k.gen
                     && matches!(j.chunks.get(k.chunk as usize),
                         Some(ChunkState::Queued { ready_ms }) if *ready_ms <= now.ms)
@@ -136,7 +136,7 @@ impl Core {
         let (attempt, _) = w.assigned.remove(at);
         let conn = w.conn;
         let key = self.attempts.remove(&attempt)?;
-        let job = self.jobs.get_mut(&key.file)?;
+        let job = self.jobs.get_mut(&key.key)?;
         if let Some(c) = job.chunks.get_mut(key.chunk as usize) {
             *c = ChunkState::Queued { ready_ms: now.ms };
         }
@@ -172,7 +172,7 @@ impl Core {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
-            let Some(job) = self.jobs.get_mut(&key.file) else {
+            let Some(job) = self.jobs.get_mut(&key.key) else {
                 continue;
             };
             if job.gen != key.gen {
@@ -229,7 +229,7 @@ impl Core {
                 worker: worker.clone(),
             };
             job.started_at.get_or_insert(now.wall);
-            let file = key.file.clone();
+            let file = key.key.to_string();
             self.attempts.insert(attempt.clone(), key);
             let Some(w) = self.workers.get_mut(&worker) else {
                 break;

@@ -7,13 +7,13 @@ use super::*;
 impl Core {
     pub(super) fn chunk_failed(
         &mut self,
-        file: &str,
+        key: &Key,
         chunk: u32,
         reason: String,
         retryable: bool,
         now: Now,
     ) -> Vec<Action> {
-        let Some(job) = self.jobs.get_mut(file) else {
+        let Some(job) = self.jobs.get_mut(key) else {
             return Vec::new();
         };
         let i = chunk as usize;
@@ -23,13 +23,13 @@ impl Core {
                 ready_ms: now.ms + self.cfg.retry_ms * job.failures[i] as u64,
             };
             let gen = job.gen;
-            self.queue.push_back(ChunkKey::new(file, gen, chunk));
+            self.queue.push_back(ChunkKey::new(key, gen, chunk));
             Vec::new()
         } else {
             job.chunks[i] = ChunkState::Failed {
                 reason: format!("{reason} (after {} attempts)", job.failures[i]),
             };
-            self.maybe_report(file, now).into_iter().collect()
+            self.maybe_report(key, now).into_iter().collect()
         }
     }
 
@@ -57,7 +57,7 @@ impl Core {
         let attempts = std::mem::take(&mut w.assigned);
         for (attempt, _) in attempts {
             if let Some(key) = self.attempts.remove(&attempt) {
-                if let Some(job) = self.jobs.get_mut(&key.file) {
+                if let Some(job) = self.jobs.get_mut(&key.key) {
                     if job.gen == key.gen {
                         job.chunks[key.chunk as usize] = ChunkState::Queued { ready_ms: now.ms };
                         // Lost work goes to the front: it is the oldest.
@@ -114,39 +114,39 @@ impl Core {
     /// A report that could not be written is written again.
     pub(super) fn retry_failed_files(&mut self, now: Now) -> Vec<Action> {
         let mut rewrite = Vec::new();
-        for (file, job) in self.jobs.iter_mut() {
+        for (key, job) in self.jobs.iter_mut() {
             if job.retry_at_ms.is_none_or(|t| t > now.ms) {
                 continue;
             }
             job.retry_at_ms = None;
             job.reported = false;
             if job.report_error.take().is_some() {
-                rewrite.push(file.clone());
+                rewrite.push(key.clone());
             }
             for (i, c) in job.chunks.iter_mut().enumerate() {
                 if matches!(c, ChunkState::Failed { .. }) {
                     *c = ChunkState::Queued { ready_ms: now.ms };
                     job.failures[i] = 0;
-                    self.queue.push_back(ChunkKey::new(file, job.gen, i as u32));
+                    self.queue.push_back(ChunkKey::new(key, job.gen, i as u32));
                 }
             }
             tracing::info!(
-                file,
+                file = key.to_string(),
                 round = job.failed_rounds + 1,
                 "retrying a file that failed"
             );
         }
         rewrite
             .iter()
-            .filter_map(|f| self.maybe_report(f, now))
+            .filter_map(|k| self.maybe_report(k, now))
             .collect()
     }
 
-    /// The report of `file` could not be written: the file is failed (never done), and the
-    /// write is tried again after the failed-file pause (its cause, say a folder with the
-    /// report's name, may be removed).
-    pub fn report_write_failed(&mut self, file: &str, fp: Fingerprint, reason: String, now: Now) {
-        let Some(job) = self.jobs.get_mut(file).filter(|j| j.fp == fp) else {
+    /// The report of `key` could not be written: the file (or job) is failed (never done),
+    /// and the write is tried again after the failed-file pause (its cause, say a folder
+    /// with the report's name, may be removed).
+    pub fn report_write_failed(&mut self, key: &Key, fp: Fingerprint, reason: String, now: Now) {
+        let Some(job) = self.jobs.get_mut(key).filter(|j| j.fp == fp) else {
             return;
         };
         job.failed_round(self.cfg.failed_retry_ms, now);

@@ -1,8 +1,8 @@
 //! Generation jobs (`data/jobs/<name>.job`) in the core: a job is kept like a file (its
-//! tasks are its chunks: queued, assigned, flushing, done, in the snapshots too), under a
-//! key no input can have (`.jobs/<name>`: inputs never have a hidden component), with the
-//! plan its kind made (`worker::kinds`: what each task computes, which tasks wait for
-//! which, how their answers combine into the report). Nothing here names a kind.
+//! tasks are its chunks: queued, assigned, flushing, done, in the snapshots too), under its
+//! own kind of key ([`Key::Job`]), with the plan its kind made (`worker::kinds`: what each
+//! task computes, which tasks wait for which, how their answers combine into the report).
+//! Nothing here names a kind.
 
 use std::sync::Arc;
 
@@ -17,16 +17,6 @@ use super::*;
 /// [10^12, 10^12 + 10^9]: as fast end to end as 2^26, with a lower peak memory
 /// (BENCHMARKS.md).
 pub const PRIMES_SEGMENT: u64 = 1 << 24;
-
-/// The key of job `name` in the core's table.
-pub fn job_key(name: &str) -> String {
-    format!(".jobs/{name}")
-}
-
-/// The job name of a key made by [`job_key`].
-pub fn job_name(key: &str) -> Option<&str> {
-    key.strip_prefix(".jobs/")
-}
 
 /// What a job's tasks are, as its kind planned them ([`worker::kinds::Plan`]; shared, so
 /// a clone of the core costs nothing per job).
@@ -233,7 +223,7 @@ pub fn bad_run(lo: u64, hi: u64, small: &[u64], big: &[String]) -> Option<String
 impl Core {
     /// The plan of `key`'s job, if it is a generation job.
     pub(super) fn plan_of(&self, key: &ChunkKey) -> Option<&Plan> {
-        Some(&self.jobs.get(&key.file)?.work.as_ref()?.plan)
+        Some(&self.jobs.get(&key.key)?.work.as_ref()?.plan)
     }
 
     /// The tasks the ledger shows finished (at start-up).
@@ -251,11 +241,11 @@ impl Core {
     /// A job file (new or changed) parsed: queue its tasks. A factorial's product tasks
     /// wait for their factors; tasks the ledger shows done are done at once.
     pub fn job_ready(&mut self, job: GenJob, fp: Fingerprint, now: Now) -> Vec<Action> {
-        let key = job_key(&job.name);
+        let key = Key::job(job.name.as_str());
         if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
             return Vec::new();
         }
-        let mut actions = self.drop_job(&key);
+        let mut actions = self.drop_entry(&key);
         self.next_gen += 1;
         let gen = self.next_gen;
         let n = job.plan.tasks();
@@ -284,7 +274,7 @@ impl Core {
 
     /// Makes the job restored under `key` (from a snapshot) a generation job with `job`'s
     /// plan.
-    pub fn attach_plan(&mut self, key: &str, job: GenJob) {
+    pub fn attach_plan(&mut self, key: &Key, job: GenJob) {
         if let Some(j) = self.jobs.get_mut(key) {
             j.work = Some(Box::new(job));
         }
@@ -293,8 +283,8 @@ impl Core {
     /// A job file whose report (`done`, or `invalid` for this version) exists: nothing to
     /// do; status shows it as the report says.
     pub fn job_reported(&mut self, name: &str, fp: Fingerprint, report: &JobReport) {
-        let key = job_key(name);
-        self.file_reported(&key, fp, 0, 0);
+        let key = Key::job(name);
+        self.reported_entry(key.clone(), fp, 0, 0);
         if let Some(j) = self.jobs.get_mut(&key) {
             j.shown = Some(Box::new(JobStatus {
                 job: name.to_string(),
@@ -315,11 +305,11 @@ impl Core {
         reason: String,
         now: Now,
     ) -> Vec<Action> {
-        let key = job_key(name);
+        let key = Key::job(name);
         if self.jobs.get(&key).is_some_and(|j| j.fp == fp) {
             return Vec::new();
         }
-        let mut actions = self.drop_job(&key);
+        let mut actions = self.drop_entry(&key);
         self.next_gen += 1;
         let mut j = Tracked::new(self.next_gen, fp, Vec::new(), Some(now.wall));
         j.reported = true;
@@ -339,7 +329,7 @@ impl Core {
     }
 
     /// The job's product tasks whose factors just became all known go to the queue.
-    pub(super) fn wake_parents(&mut self, key: &str, done: &[u32], now: Now) {
+    pub(super) fn wake_parents(&mut self, key: &Key, done: &[u32], now: Now) {
         let Some(job) = self.jobs.get_mut(key) else {
             return;
         };
@@ -366,7 +356,7 @@ impl Core {
     }
 
     /// The report of a finished job.
-    pub(super) fn job_report(&mut self, key: &str, now: Now) -> Option<Action> {
+    pub(super) fn job_report(&mut self, key: &Key, now: Now) -> Option<Action> {
         let job = self.jobs.get_mut(key)?;
         let work = job.work.as_ref()?;
         let mut r = JobReport::new(

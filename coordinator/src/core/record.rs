@@ -6,8 +6,9 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoordState {
     pub session: String,
-    /// Files whose report is written (all their tasks are completed and durable).
-    pub completed_files: Vec<String>,
+    /// Files (and jobs) whose report is written (all their tasks are completed and
+    /// durable).
+    pub completed_files: Vec<Key>,
     /// Files still being worked on, chunk by chunk.
     pub files: Vec<FileState>,
     /// Primes received but not yet flushed (they belong to `flushing` chunks or to attempts
@@ -20,7 +21,9 @@ pub struct CoordState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileState {
-    pub file: String,
+    /// The file or job (written `file`, as it was when only files had chunks).
+    #[serde(rename = "file")]
+    pub key: Key,
     pub fingerprint: Fingerprint,
     pub reported: bool,
     pub chunks: Vec<ChunkState>,
@@ -40,14 +43,14 @@ impl Core {
                 .jobs
                 .iter()
                 .filter(|(_, j)| j.reported)
-                .map(|(f, _)| f.clone())
+                .map(|(k, _)| k.clone())
                 .collect(),
             files: self
                 .jobs
                 .iter()
                 .filter(|(_, j)| !j.reported)
-                .map(|(f, j)| FileState {
-                    file: f.clone(),
+                .map(|(k, j)| FileState {
+                    key: k.clone(),
                     fingerprint: j.fp,
                     reported: j.reported,
                     chunks: j.chunks.clone(),
@@ -72,14 +75,14 @@ impl Core {
         }
     }
 
-    /// Recovery: a file whose chunks a snapshot knows. `finished` holds, per chunk, the result
-    /// if the snapshot proves the chunk finished (its primes are durable or in `FlushBatch`
-    /// being recovered); other chunks are queued. `started_at` is the time the snapshot
-    /// recorded (the restart's time if none). Returns the chunks to mark done once the
-    /// recovered primes are flushed.
-    pub fn restore_file(
+    /// Recovery: a file (or job) whose chunks a snapshot knows. `finished` holds, per chunk,
+    /// the result if the snapshot proves the chunk finished (its primes are durable or in
+    /// `FlushBatch` being recovered); other chunks are queued. `started_at` is the time the
+    /// snapshot recorded (the restart's time if none). Returns the chunks to mark done once
+    /// the recovered primes are flushed.
+    pub fn restore_entry(
         &mut self,
-        file: &str,
+        key: &Key,
         fp: Fingerprint,
         finished: Vec<Option<(TaskDone, String)>>,
         started_at: Option<DateTime<Utc>>,
@@ -93,16 +96,16 @@ impl Core {
             match f {
                 Some((result, worker)) => {
                     chunks.push(ChunkState::Flushing { result, worker });
-                    done.push(ChunkKey::new(file, gen, i as u32));
+                    done.push(ChunkKey::new(key, gen, i as u32));
                 }
                 None => {
                     chunks.push(ChunkState::Queued { ready_ms: now.ms });
-                    self.queue.push_back(ChunkKey::new(file, gen, i as u32));
+                    self.queue.push_back(ChunkKey::new(key, gen, i as u32));
                 }
             }
         }
         self.jobs.insert(
-            file.to_string(),
+            key.clone(),
             Tracked::new(gen, fp, chunks, Some(started_at.unwrap_or(now.wall))),
         );
         done

@@ -52,19 +52,19 @@ pub struct InvalidSummary {
 }
 
 impl Core {
-    /// The report of `file` if every chunk is done or failed (and none reported yet).
-    pub(super) fn maybe_report(&mut self, file: &str, now: Now) -> Option<Action> {
-        let job = self.jobs.get_mut(file)?;
+    /// The report of `key` if every chunk is done or failed (and none reported yet).
+    pub(super) fn maybe_report(&mut self, key: &Key, now: Now) -> Option<Action> {
+        let job = self.jobs.get_mut(key)?;
         if job.reported || !job.complete() {
             return None;
         }
         job.reported = true;
         job.report_written = false;
         if job.work.is_some() {
-            return self.job_report(file, now);
+            return self.job_report(key, now);
         }
         let mut r = Report {
-            file: file.to_string(),
+            file: key.to_string(),
             status: ReportStatus::Done,
             content_version: Vec::new(),
             source: job.fp,
@@ -126,9 +126,9 @@ impl Core {
         Some(Action::WriteReport(r))
     }
 
-    /// The report of `file` (this version) is on disk.
-    pub fn report_written(&mut self, file: &str, fp: Fingerprint) {
-        if let Some(job) = self.jobs.get_mut(file).filter(|j| j.fp == fp) {
+    /// The report of `key` (this version) is on disk.
+    pub fn report_written(&mut self, key: &Key, fp: Fingerprint) {
+        if let Some(job) = self.jobs.get_mut(key).filter(|j| j.fp == fp) {
             job.report_written = true;
         }
     }

@@ -9,7 +9,7 @@ impl Core {
             session: self.session.clone(),
             ..StatusView::default()
         };
-        for (name, job) in &self.jobs {
+        for (key, job) in &self.jobs {
             if let Some(g) = &job.work {
                 let state = if !job.reported {
                     "running"
@@ -41,7 +41,7 @@ impl Core {
                 });
                 continue;
             }
-            if let Some(jn) = job_name(name) {
+            if let Some(jn) = key.job_name() {
                 // Done in an earlier session, or invalid: as its report says.
                 v.jobs.push(match &job.shown {
                     Some(s) => (**s).clone(),
@@ -100,7 +100,7 @@ impl Core {
                 .count() as u64;
             if v.files.len() < 500 && state != FileProgress::Done {
                 v.files.push(FileStatus {
-                    file: name.clone(),
+                    file: key.to_string(),
                     state,
                     chunks: job.chunks.len(),
                     chunks_done: job
@@ -120,7 +120,7 @@ impl Core {
         v.bytes_total = self
             .jobs
             .iter()
-            .filter(|(k, _)| job_name(k).is_none())
+            .filter(|(k, _)| !k.is_job())
             .map(|(_, j)| j.fp.size)
             .sum();
         for (id, w) in &self.workers {
@@ -128,7 +128,7 @@ impl Core {
                 .assigned
                 .iter()
                 .filter_map(|(a, _)| self.attempts.get(a))
-                .map(|k| format!("{}#{}", k.file, k.chunk))
+                .map(|k| format!("{}#{}", k.key, k.chunk))
                 .collect();
             v.workers.push(WorkerStatus {
                 id: id.clone(),

@@ -621,7 +621,7 @@ fn idle_workers_take_waiting_tasks() {
     let attempt = c
         .attempts
         .iter()
-        .find(|(_, k)| format!("{}#{}", k.file, k.chunk) == long[0])
+        .find(|(_, k)| format!("{}#{}", k.key, k.chunk) == long[0])
         .map(|(a, _)| a.clone())
         .expect("attempt");
     let mut got = c.message(other, done(&attempt, 1, 0), at(100));

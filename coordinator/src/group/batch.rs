@@ -339,7 +339,7 @@ mod tests {
             runs: vec![run(2, 10_000, primes_in(2, 10_000))],
             finished: finished.clone(),
             done: vec![crate::core::ChunkKey {
-                file: "a.txt".into(),
+                key: crate::core::Key::file("a.txt"),
                 gen: 1,
                 chunk: 0,
             }],

@@ -39,10 +39,12 @@
 //! write into the replica's: it must replace the file (break the link) first. Root reports
 //! the replica lacks are left as they are. A replica whose primes file or ledger is replaced
 //! by a new file (a snapshot installed) calls [`Mirror::relink`].
+//!
+//! Its rooms: this file holds the [`Mirror`] (taking the root files, following the
+//! replica's, the reports); `fence.rs` the fence (who holds the root files); `ops.rs` the
+//! file operations it is made of (links and copies put in place, tails appended).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -50,6 +52,15 @@ use tracing::info;
 
 use crate::core::{JobReport, Report};
 use crate::primes::ledger_path;
+
+mod fence;
+mod ops;
+
+pub use fence::{fence_path, group_id, parse_fence, read_fence};
+use ops::{
+    append_tail, copy_file, dir_of, link_into_place, open_append, same_file, sync_dir, temp_link,
+    temp_name,
+};
 
 /// How the root primes file and ledger follow the replica's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,180 +378,11 @@ fn pairs(primes: &Path, dir: &Path) -> Pairs {
     ]
 }
 
-/// True if `a` and `b` name the same file (both there).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// `path`'s folder (`.` for a bare name).
-fn dir_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
-/// A temporary name beside `dst`, hidden, unique to this call (the root folder is shared by
-/// the leaders of several processes, maybe with the same process id in containers).
-fn temp_name(dst: &Path, what: &str) -> PathBuf {
-    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    dir_of(dst).join(format!(
-        ".{name}.{what}{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ))
-}
-
-/// A hard link to `src` under a temporary name beside `dst` (its folder created if
-/// missing); the name.
-fn temp_link(src: &Path, dst: &Path) -> std::io::Result<PathBuf> {
-    let tmp = temp_name(dst, "link");
-    match std::fs::hard_link(src, &tmp) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && src.exists() => {
-            std::fs::create_dir_all(dir_of(dst))?;
-            std::fs::hard_link(src, &tmp)?;
-        }
-        other => other?,
-    }
-    Ok(tmp)
-}
-
-/// Copies file `src` (none: empty) to a new file `to` (its folder created if missing),
-/// streamed through a bounded buffer, fsynced if `durable`; the bytes copied.
-fn copy_file(src: &Path, to: &Path, durable: bool) -> anyhow::Result<u64> {
-    let from = match File::open(src) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("opening {}", src.display())),
-    };
-    let mut out = match File::create(to) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let dir = dir_of(to);
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            File::create(to)
-        }
-        other => other,
-    }
-    .with_context(|| format!("creating {}", to.display()))?;
-    let n = match from {
-        Some(f) => {
-            let len = f
-                .metadata()
-                .with_context(|| format!("reading {}", src.display()))?
-                .len();
-            std::io::copy(&mut std::io::Read::take(f, len), &mut out)
-                .with_context(|| format!("copying {} to {}", src.display(), to.display()))?
-        }
-        None => 0,
-    };
-    if durable {
-        out.sync_all()
-            .with_context(|| format!("syncing {}", to.display()))?;
-    }
-    Ok(n)
-}
-
-/// fsyncs folder `dir` (the renames in it made durable).
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// The fence of the root primes file `primes`: `<primes>.leader`.
-pub fn fence_path(primes: &Path) -> PathBuf {
-    let mut fence = primes.as_os_str().to_owned();
-    fence.push(".leader");
-    PathBuf::from(fence)
-}
-
-/// Who holds the root files by the fence's text: (term, group); (0, "") if nobody.
-pub fn parse_fence(text: &str) -> (u64, String) {
-    let mut it = text.split_whitespace();
-    let term = it.next().and_then(|t| t.parse().ok()).unwrap_or(0);
-    (term, it.next().unwrap_or("").to_string())
-}
-
-/// Reads the fence of the root primes file `primes`: (term, group); (0, "") if none.
-pub fn read_fence(primes: &Path) -> (u64, String) {
-    parse_fence(&std::fs::read_to_string(fence_path(primes)).unwrap_or_default())
-}
-
-/// A group's name in the fence: its member numbers (`1,2,3`; a group of one is `1`). Two
-/// groups that take turns on the same root files (simple mode, then replicated) differ.
-pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a u64>) -> String {
-    ids.into_iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Puts a hard link to `src` at `dst`: one `link` where `dst` is new (the common case: a
-/// file's first report); over an existing `dst` atomically (a link under a temporary name,
-/// then a rename over it). Creates `dst`'s folder if missing. Fails where a link cannot be
-/// made (another file system); `dst` is then untouched.
-fn link_into_place(src: &Path, dst: &Path) -> std::io::Result<()> {
-    use std::io::ErrorKind;
-    let dir = dst.parent().unwrap_or(Path::new("."));
-    let first = match std::fs::hard_link(src, dst) {
-        Err(e) if e.kind() == ErrorKind::NotFound && src.exists() => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::hard_link(src, dst)
-        }
-        other => other,
-    };
-    match first {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        other => return other,
-    }
-    let tmp = temp_name(dst, "link");
-    std::fs::hard_link(src, &tmp)?;
-    let renamed = std::fs::rename(&tmp, dst);
-    // Gone after a rename, except where `dst` already was this file (the same report applied
-    // again): rename then leaves both names.
-    let _ = std::fs::remove_file(&tmp);
-    renamed
-}
-
-/// `path` opened for appending (created if missing).
-fn open_append(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Appends `from`'s bytes after offset `at` to `dst` (the file `to`), streamed through a
-/// bounded buffer, fsynced; how many.
-fn append_tail(from: &Path, dst: &mut File, to: &Path, at: u64) -> anyhow::Result<u64> {
-    let mut src = match File::open(from) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", from.display())),
-    };
-    let len = src
-        .metadata()
-        .with_context(|| format!("reading {}", from.display()))?
-        .len();
-    if len <= at {
-        return Ok(0);
-    }
-    src.seek(SeekFrom::Start(at))
-        .with_context(|| format!("reading {}", from.display()))?;
-    let n = std::io::copy(&mut std::io::Read::take(src, len - at), dst)
-        .and_then(|n| dst.sync_data().map(|()| n))
-        .with_context(|| format!("appending {} to {}", from.display(), to.display()))?;
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
 
     fn ino(p: &Path) -> u64 {
         std::fs::metadata(p).expect("stat").ino()
@@ -726,31 +568,5 @@ mod tests {
         append(&a.join("primes.txt"), "17\n");
         assert!(m.follow(&a).is_err());
         assert_eq!(read(&p), "11\n");
-    }
-
-    #[test]
-    /// A report linked into place: new (its folder made), over an older one, and again over
-    /// itself (an entry applied twice), leaving no temporary name behind.
-    fn reports_linked_into_place() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("member/a.json");
-        std::fs::create_dir_all(src.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&src, b"v1").expect("write");
-        let dst = dir.path().join("root/sub/a.json");
-        link_into_place(&src, &dst).expect("new");
-        assert_eq!(std::fs::read(&dst).expect("read"), b"v1");
-        // The member rewrites its report (a new file, renamed in place), then links again.
-        let fresh = dir.path().join("member/.a.json.tmp");
-        std::fs::write(&fresh, b"v2").expect("write");
-        std::fs::rename(&fresh, &src).expect("rename");
-        link_into_place(&src, &dst).expect("over an older one");
-        assert_eq!(std::fs::read(&dst).expect("read"), b"v2");
-        link_into_place(&src, &dst).expect("over itself");
-        assert_eq!(std::fs::read(&dst).expect("read"), b"v2");
-        let names: Vec<String> = std::fs::read_dir(dir.path().join("root/sub"))
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["a.json"]);
     }
 }

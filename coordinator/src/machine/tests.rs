@@ -257,7 +257,7 @@ fn flush_hand_off() {
     let want = FlushBatch {
         small: vec![3, 5],
         big: vec![],
-        done: vec![ChunkKey::new("a.txt", 1, 0)],
+        done: vec![ChunkKey::new(&Key::file("a.txt"), 1, 0)],
         ..FlushBatch::default()
     };
     assert_eq!(
@@ -291,7 +291,7 @@ fn flush_hand_off() {
     assert!(m
         .handle(
             Event::ReportWritten {
-                file: "a.txt".into(),
+                key: Key::file("a.txt"),
                 source: fp(10)
             },
             at(8)
@@ -378,11 +378,8 @@ fn recovery_resumes_from_a_snapshot() {
 
     // A new coordinator: a.txt unchanged, b.txt changed since.
     let mut r = machine();
-    let current: HashMap<String, Fingerprint> = [
-        ("a.txt".to_string(), fp(2000)),
-        ("b.txt".to_string(), fp(11)),
-    ]
-    .into();
+    let current: HashMap<Key, Fingerprint> =
+        [(Key::file("a.txt"), fp(2000)), (Key::file("b.txt"), fp(11))].into();
     assert_eq!(r.recover(&snap, &current, at(0)), 1, "only a.txt resumes");
     assert_eq!(r.recovered_primes(), 2);
     let flush = r.handle(Event::FlushDue, at(1));
@@ -462,9 +459,9 @@ fn resumed_job_keeps_its_start_time() {
     // An hour later a new leader resumes the job from that snapshot and finishes it.
     let later = 3_600_000;
     let mut r = machine();
-    let key = crate::core::job_key("c");
+    let key = Key::job("c");
     r.set_job_plans([(key.clone(), job())].into());
-    let current: HashMap<String, Fingerprint> = [(key, fp(1))].into();
+    let current: HashMap<Key, Fingerprint> = [(key, fp(1))].into();
     assert_eq!(r.recover(&snap, &current, when(later)), 1);
     let flush = r.handle(Event::FlushDue, when(later));
     if let [Action::Flush(p)] = &flush[..] {

@@ -114,7 +114,7 @@ impl RaftStateMachine<TypeConfig> for Replica {
             let file = std::fs::File::open(&received)
                 .with_context(|| format!("opening {}", received.display()))?;
             let (primes, output) = g.paths();
-            files::unpack_from(
+            files::stream::unpack_from(
                 &mut std::io::BufReader::with_capacity(1 << 20, file),
                 &primes,
                 &output,

@@ -142,7 +142,7 @@ pub(super) fn data_of(dir: &Path, k: &Kept) -> anyhow::Result<PathBuf> {
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    files::pack_to(
+    files::stream::pack_to(
         &dir.join("primes.txt"),
         (k.primes_len, k.ledger_len),
         &dir.join("output"),
