@@ -47,16 +47,71 @@ pub fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
 /// scripts send them to `logs/<name>.log`), level from `RUST_LOG` (default `info`, with the
 /// Raft library's own chatter off: a coordinator logs each election and lost lead itself,
 /// while openraft logs every vote at info and every failed heartbeat to a dead peer).
+/// `RUST_LOG` is a comma-separated list of `level` and `target=level` directives (the most
+/// specific target wins); one that does not parse is reported on stderr and the default used.
 pub const DEFAULT_LOG: &str =
     "info,openraft=warn,openraft::replication=off,openraft::core::raft_core=off";
 
 pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with(filter)
         .init();
+}
+
+/// The filter of `RUST_LOG`'s value `env` ([`DEFAULT_LOG`] when unset, empty or unparsable).
+fn log_filter(env: Option<&str>) -> tracing_subscriber::filter::Targets {
+    let default = || {
+        DEFAULT_LOG
+            .parse()
+            .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new())
+    };
+    match env.map(str::trim).filter(|s| !s.is_empty()) {
+        None => default(),
+        Some(s) => s.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={s:?} is not a list of target=level directives ({e}): using {DEFAULT_LOG:?}");
+            default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn the_default_log_keeps_raft_chatter_out() {
+        for env in [None, Some(""), Some("  "), Some("coordinator=loud")] {
+            let f = log_filter(env);
+            assert!(
+                f.would_enable("coordinator::group", &Level::INFO),
+                "{env:?}"
+            );
+            assert!(!f.would_enable("coordinator", &Level::DEBUG), "{env:?}");
+            assert!(f.would_enable("openraft::engine", &Level::WARN), "{env:?}");
+            assert!(!f.would_enable("openraft::engine", &Level::INFO), "{env:?}");
+            assert!(
+                !f.would_enable("openraft::replication", &Level::ERROR),
+                "{env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rust_log_directives_are_honoured_most_specific_first() {
+        let f = log_filter(Some("warn,coordinator=debug,coordinator::group=off"));
+        assert!(f.would_enable("coordinator::server", &Level::DEBUG));
+        assert!(!f.would_enable("coordinator::group::net", &Level::ERROR));
+        assert!(f.would_enable("worker", &Level::WARN));
+        assert!(!f.would_enable("worker", &Level::INFO));
+    }
 }
