@@ -312,7 +312,12 @@ pub async fn run(
         final_snapshot(&shared).await;
     }
     tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    shared.replicating.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        tracker.wait().await;
+        shared.replicating.wait().await;
+    })
+    .await;
     write_status(&shared, false);
     info!("coordinator stopped");
     Ok(())

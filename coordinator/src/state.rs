@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     pub(crate) flush_now: Notify,
     /// The number of the last snapshot written.
     snapshot_written: watch::Sender<u64>,
+    /// Snapshots on their way through the group's log: a stop waits for them (bounded)
+    /// before the Raft node stops, so the final snapshot reaches every member.
+    pub(crate) replicating: tokio_util::task::TaskTracker,
 }
 
 pub(crate) use proto::lock;
@@ -112,6 +115,7 @@ impl Shared {
             servers: Mutex::new(Vec::new()),
             flush_now: Notify::new(),
             snapshot_written: watch::channel(0).0,
+            replicating: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -294,7 +298,7 @@ impl Shared {
                 // and numbers on from it after a failover.
                 let durable = self.durable.clone();
                 let (file, keep) = (path.clone(), self.cfg.snapshots.keep);
-                tokio::spawn(async move {
+                self.replicating.spawn(async move {
                     let Some(name) = file.file_name().and_then(|n| n.to_str()).map(String::from)
                     else {
                         return;

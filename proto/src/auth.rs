@@ -34,12 +34,12 @@ pub const KEY_ENV: &str = "PRIMES_CLUSTER_KEY";
 /// Errors loading a key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read cluster key file {path}: {source}")]
+    #[error("cannot read cluster key file {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot write cluster key file {path}: {source}")]
+    #[error("cannot write cluster key file {path}")]
     Write {
         path: String,
         source: std::io::Error,
