@@ -11,7 +11,9 @@ impl Core {
         v
     }
 
-    /// A connection registered as `worker_id` (tests: one thread, instance 0).
+    /// A connection registered as `worker_id` with one thread, instance 0 (the tests'
+    /// shorthand; the shell calls [`Core::register_with_threads`]).
+    #[cfg(test)]
     pub fn register(&mut self, conn: u64, worker_id: &str, now: Now) -> Vec<Action> {
         self.register_with_threads(conn, worker_id, 1, 0, now)
     }
