@@ -222,8 +222,9 @@ pub struct Totals {
     pub stale_messages_ignored: u64,
 }
 
-/// Serializable whole (a replica's state-machine snapshot): a replica restored from it and
-/// fed the same events decides as the original.
+/// Serializable whole: the simulation saves it as JSON mid-run and restores it, and the
+/// restored core, fed the same events, must decide as the original (a check of determinism;
+/// the group's replicas keep files and counts, not this struct).
 #[derive(Serialize, Deserialize)]
 pub struct Core {
     cfg: CoreConfig,

@@ -14,8 +14,10 @@ use crate::core::{self, ChunkKey, ChunkState, Core, Fingerprint, FlushBatch, Key
 use crate::inputs::ScanOutcome;
 use crate::snapshot::{Snapshot, SnapshotInfo, Snapshots};
 
-/// Something that happened, for the machine to decide on. Serializable: a replica can
-/// take its events from a log.
+/// Something that happened, for the machine to decide on. Serializable so the seeded
+/// simulation (`machine/sim_tests.rs`) can record every event and replay it through JSON
+/// into a fresh machine, which must decide the same (the group's log carries durable
+/// results, not these events).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// A connection authenticated and registered as `worker_id`.
