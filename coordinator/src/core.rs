@@ -315,6 +315,7 @@ mod status;
 mod workers;
 
 pub use assign::{bad_batch, chunk_count, chunk_range, SMALL_INFLIGHT_FACTOR};
+pub use entries::FoundReport;
 pub use flush::FlushBatch;
 pub use gen::{GenJob, JobReport, Plan};
 pub use key::Key;

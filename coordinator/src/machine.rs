@@ -36,6 +36,9 @@ pub enum Event {
     Tick,
     /// The input folder changed: files newly stable, files gone.
     Inputs(ScanOutcome),
+    /// Done reports found for inputs the file server listed only after start-up (its first
+    /// listing came late): nothing to queue for them.
+    ReportsFound(Vec<core::FoundReport>),
     /// The jobs folder changed: job files newly stable (with what they ask for, or why they
     /// cannot run), job files gone (by job name).
     Jobs {
@@ -212,6 +215,10 @@ impl Coordinator {
                 actions
             }
             Event::Inputs(outcome) => self.inputs(outcome, now),
+            Event::ReportsFound(found) => {
+                self.core.reports_found(found);
+                Vec::new()
+            }
             Event::Jobs { ready, removed } => self.jobs(ready, removed, now),
             Event::FlushDue => self.take_flush().map(Action::Flush).into_iter().collect(),
             Event::Flushed(done) => lift(self.core.flushed(done, now)),

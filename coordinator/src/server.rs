@@ -89,7 +89,8 @@ pub async fn run(
     // the files it shows in progress (its primes flushed first); the first scan queues the
     // rest, failed files included.
     let mut watcher = InputWatcher::new(&cfg.input, cfg.quiet_ms);
-    // The input files: the local folder, or the file servers' listing.
+    // The input files: the local folder, or the file servers' listing (and whether its
+    // first listing is still to come).
     let mut listings = None;
     // Content versions the file server listed (by input), when it knew them.
     let mut versions: HashMap<String, String> = HashMap::new();
@@ -103,6 +104,8 @@ pub async fn run(
             refresh: LISTING_REFRESH,
         };
         tokio::spawn(watch.run(tx, shutdown.clone()));
+        // Issue 27: workers are served after this wait whether or not a server answered; a
+        // listing that comes later brings its done reports with it ([`listing_loop`]).
         let listed = match tokio::time::timeout(FIRST_LISTING, rx.recv()).await {
             Ok(Some(l)) => {
                 info!(
@@ -110,59 +113,30 @@ pub async fn run(
                     files = l.files.len(),
                     "inputs listed by the file server"
                 );
-                l.files
+                Some(l.files)
             }
             _ => {
                 warn!(
-                    "no file server listed the inputs within {FIRST_LISTING:?}; starting with none \
-                     (they are queued once one answers)"
+                    "no file server listed the inputs within {FIRST_LISTING:?}; serving workers \
+                     meanwhile (the inputs are queued, and those already done found, once one \
+                     answers)"
                 );
-                HashMap::new()
+                None
             }
         };
-        listings = Some(rx);
-        let mut files = HashMap::with_capacity(listed.len());
-        for (name, (fp, version)) in listed {
-            if let Some(v) = version {
-                versions.insert(name.clone(), v);
-            }
-            files.insert(name, fp);
-        }
+        listings = Some((rx, listed.is_none()));
+        let (files, listed_versions) = split_listing(listed.unwrap_or_default());
+        versions = listed_versions;
         files
     } else {
         list_files(&cfg.input)
     };
-    let mut done = 0;
-    for (name, fp) in current.iter_mut() {
-        let report = read_report(&cfg.output, name);
-        // A report whose content version is the listed one stands for this file even if
-        // the fingerprint is another server's (a restart while a backup answers).
-        if let Some(r) = &report {
-            let same_content = versions
-                .get(name)
-                .is_some_and(|v| r.content_version.contains(v));
-            if r.source != *fp && r.source.size == fp.size && same_content {
-                *fp = r.source;
-            }
-        }
-        match report {
-            Some(r) if r.source == *fp && r.status == ReportStatus::Done => {
-                machine
-                    .core_mut()
-                    .file_reported(name, *fp, r.chunks, r.numbers_read);
-                if let [v] = r.content_version.as_slice() {
-                    machine.core_mut().set_reported_version(name, v.clone());
-                }
-                watcher.mark_reported(name, *fp);
-                done += 1;
-            }
-            // Its cause (file servers down, say) may have gone: the first scan queues it.
-            Some(r) if r.source == *fp => {
-                info!(file = name, errors = ?r.errors, "a file failed before; retrying it")
-            }
-            _ => {}
-        }
+    let found = find_reports(&cfg.output, &mut current, &versions);
+    let done = found.len();
+    for f in &found {
+        watcher.mark_reported(&f.file, f.source);
     }
+    machine.core_mut().reports_found(found);
     // The entries recovery may resume: the inputs, and the jobs below.
     let mut entries: HashMap<Key, _> = current
         .iter()
@@ -230,12 +204,13 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let _notify = match listings {
-        Some(rx) => {
+        Some((rx, late)) => {
             tracker.spawn(listing_loop(
                 shared.clone(),
                 watcher,
                 rx,
                 current_inputs,
+                late,
                 shutdown.clone(),
             ));
             None
@@ -473,4 +448,65 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))
+}
+
+/// A file server's listing as the fingerprints of its files and the content versions it
+/// knew.
+fn split_listing(
+    listed: HashMap<String, (crate::core::Fingerprint, Option<String>)>,
+) -> (
+    HashMap<String, crate::core::Fingerprint>,
+    HashMap<String, String>,
+) {
+    let mut versions = HashMap::new();
+    let mut files = HashMap::with_capacity(listed.len());
+    for (name, (fp, version)) in listed {
+        if let Some(v) = version {
+            versions.insert(name.clone(), v);
+        }
+        files.insert(name, fp);
+    }
+    (files, versions)
+}
+
+/// The inputs in `current` whose `done` report exists for their version: nothing to do for
+/// them. A report whose content version is the listed one stands for its file even if the
+/// fingerprint is another server's (a restart while a backup answers): that file's entry in
+/// `current` becomes the report's fingerprint. Reads the reports: blocking.
+fn find_reports(
+    output: &std::path::Path,
+    current: &mut HashMap<String, crate::core::Fingerprint>,
+    versions: &HashMap<String, String>,
+) -> Vec<crate::core::FoundReport> {
+    let mut found = Vec::new();
+    for (name, fp) in current.iter_mut() {
+        let Some(r) = read_report(output, name) else {
+            continue;
+        };
+        let same_content = versions
+            .get(name)
+            .is_some_and(|v| r.content_version.contains(v));
+        if r.source != *fp && r.source.size == fp.size && same_content {
+            *fp = r.source;
+        }
+        if r.source != *fp {
+            continue;
+        }
+        if r.status == ReportStatus::Done {
+            found.push(crate::core::FoundReport {
+                file: name.clone(),
+                source: r.source,
+                chunks: r.chunks,
+                numbers: r.numbers_read,
+                version: match r.content_version.as_slice() {
+                    [v] => Some(v.clone()),
+                    _ => None,
+                },
+            });
+        } else {
+            // Its cause (file servers down, say) may have gone: the first scan queues it.
+            info!(file = name, errors = ?r.errors, "a file failed before; retrying it");
+        }
+    }
+    found
 }

@@ -497,6 +497,65 @@ fn inputs_from_the_file_server() {
 }
 
 #[test]
+/// Issue 27 (a start failing with "worker-1 did not register"): a coordinator whose file
+/// server does not answer its listing (suspended: the kernel accepts the connection, nothing
+/// answers) serves workers after a short wait instead of 10 s, and the listing that comes
+/// later brings the done reports with it: a file done before is not done again. Before, the
+/// start waited 10 s, then took the late listing's files as new and did them all again.
+fn late_first_listing_neither_holds_workers_nor_redoes_files() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "l", 3, 100, 13);
+    p.simple();
+    inputs_from_afs(&mut p);
+    p.start_coordinator();
+    p.start_worker("worker-1");
+    p.wait_all_reported(T);
+    p.assert_exact();
+    let before: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(p.path(&format!("data/output/l{i:03}.txt.json")))
+                .expect("report")
+        })
+        .collect();
+    let old = p.status()["session"].clone();
+    p.kill_coordinator();
+    let server = p.server_pid("server-1");
+    assert!(server > 0, "the file server runs");
+    // SAFETY-free: kill(2) on the test's own child.
+    unsafe { libc::kill(server, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    p.start_coordinator();
+    wait_for(T, "the new coordinator serving worker-1", || {
+        let st = p.status();
+        st["session"] != old && p.registered(1)
+    });
+    let waited = started.elapsed();
+    unsafe { libc::kill(server, libc::SIGCONT) };
+    // The start-up waits 2 s for a listing (and the worker retries every 0.3 s at most):
+    // 7 s is far from both, and from the 10 s it waited before.
+    assert!(
+        waited < Duration::from_secs(7),
+        "workers were served {waited:?} after the start, with the file server silent"
+    );
+    drop_file(&p, "after.txt", "1000003\n1000033\n");
+    wait_for(T, "a report for after.txt", || {
+        report(&p, "after.txt")["status"] == "done"
+    });
+    for (i, b) in before.iter().enumerate() {
+        let now = std::fs::read_to_string(p.path(&format!("data/output/l{i:03}.txt.json")))
+            .expect("report");
+        assert_eq!(&now, b, "l{i:03}.txt was done again after the late listing");
+    }
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
+    assert!(
+        log.contains("first listing after start-up: done reports found"),
+        "the late listing was checked against the reports"
+    );
+    p.wait_all_reported(T);
+    p.assert_exact();
+}
+
+#[test]
 /// A worker given several coordinator addresses registers with one that answers: the first
 /// listed is dead, the job still completes exactly.
 fn worker_tries_each_coordinator_address() {

@@ -62,6 +62,21 @@ impl Core {
         self.reported_entry(Key::file(file), fp, chunks, numbers);
     }
 
+    /// Inputs whose `done` reports were found: at start-up, or with the first listing of a
+    /// file server that answered only after start-up. Nothing to queue for them. A file the
+    /// core already tracks is left as it is (what it knows is newer than a report read).
+    pub fn reports_found(&mut self, found: Vec<FoundReport>) {
+        for f in found {
+            if self.known(&Key::file(f.file.as_str())).is_some() {
+                continue;
+            }
+            self.file_reported(&f.file, f.source, f.chunks, f.numbers);
+            if let Some(v) = f.version {
+                self.set_reported_version(&f.file, v);
+            }
+        }
+    }
+
     /// An entry (a file, a job) whose report for this fingerprint already exists.
     pub(super) fn reported_entry(
         &mut self,
@@ -137,4 +152,16 @@ impl Core {
         }
         actions
     }
+}
+
+/// An input whose `done` report exists for its listed version ([`Core::reports_found`]):
+/// the report's source fingerprint, chunk and number counts (for the status totals) and
+/// content version (when the report names exactly one).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FoundReport {
+    pub file: String,
+    pub source: Fingerprint,
+    pub chunks: usize,
+    pub numbers: u64,
+    pub version: Option<String>,
 }

@@ -302,6 +302,32 @@ fn failures_retry_then_report() {
 }
 
 #[test]
+/// Done reports found (at start-up, or with a file server's late first listing) mark their
+/// files reported with the report's content version, so the listing's own fingerprint of
+/// the same content is taken as that file; a file the core already tracks is left alone.
+fn reports_found_mark_files_done_and_leave_tracked_ones() {
+    let mut c = Core::new(cfg(), "s".into());
+    c.file_ready("busy.txt", fp(30), at(0));
+    let found = |file: &str, size: u64| FoundReport {
+        file: file.into(),
+        source: fp(size),
+        chunks: 1,
+        numbers: 5,
+        version: Some(format!("v-{file}")),
+    };
+    c.reports_found(vec![found("a.txt", 10), found("busy.txt", 99)]);
+    assert!(!c.in_progress(&Key::file("a.txt")), "a.txt is done");
+    assert_eq!(c.known(&Key::file("a.txt")), Some(fp(10)));
+    // Another server's fingerprint of the same content is the reported file.
+    let elsewhere = Fingerprint { inode: 7, ..fp(10) };
+    assert_eq!(c.identify("a.txt", elsewhere, Some("v-a.txt")), fp(10));
+    assert_eq!(c.identify("a.txt", elsewhere, Some("other")), elsewhere);
+    // busy.txt was queued: the report read does not replace what the core knows.
+    assert_eq!(c.known(&Key::file("busy.txt")), Some(fp(30)));
+    assert!(c.in_progress(&Key::file("busy.txt")));
+}
+
+#[test]
 /// A changed file cancels the running attempt and starts over.
 fn changed_file_restarts() {
     let mut c = Core::new(cfg(), "s".into());

@@ -157,16 +157,22 @@ pub(super) async fn folder_loop(
 /// push (a safety net: the pushes are what make a new file known at once).
 pub(super) const LISTING_REFRESH: Duration = Duration::from_secs(60);
 
-/// How long start-up waits for the first listing of the inputs from a file server.
-pub(super) const FIRST_LISTING: Duration = Duration::from_secs(10);
+/// How long start-up waits for the first listing of the inputs from a file server before it
+/// serves workers without one (a listing takes milliseconds when a server answers; a later
+/// one brings the done reports with it, [`listing_loop`]). Well under `start_system.sh`'s
+/// wait for the workers' registration (issue 27: a 10 s wait here failed starts).
+pub(super) const FIRST_LISTING: Duration = Duration::from_secs(2);
 
 /// The inputs as the file servers list them (`--inputs-from-afs`): each new listing is
 /// decided on at once, and again every scan period while a file waits for its quiet period.
+/// `late`: start-up had no listing, so the first one is checked against the reports already
+/// written first, as start-up does (a file done before is not done again).
 pub(super) async fn listing_loop(
     shared: Arc<Shared>,
     mut watcher: InputWatcher,
     mut listings: mpsc::UnboundedReceiver<afs::listing::Listing>,
     mut latest: HashMap<String, crate::core::Fingerprint>,
+    mut late: bool,
     shutdown: CancellationToken,
 ) {
     let mut server = String::new();
@@ -181,6 +187,14 @@ pub(super) async fn listing_loop(
                     if l.server != server {
                         info!(server = l.server, files = l.files.len(), "inputs listed by the file server");
                         server = l.server.clone();
+                    }
+                    if std::mem::take(&mut late) {
+                        let found = reports_of_late_listing(&shared, &l).await;
+                        info!(files = l.files.len(), done = found.len(), "first listing after start-up: done reports found");
+                        for f in &found {
+                            watcher.mark_reported(&f.file, f.source);
+                        }
+                        shared.apply(Event::ReportsFound(found)).await;
                     }
                     latest = shared.read(|m| {
                         l.files
@@ -206,6 +220,19 @@ pub(super) async fn listing_loop(
         }
         shared.apply(Event::Inputs(outcome)).await;
     }
+}
+
+/// The done reports of the inputs in a file server's first listing, when it came after
+/// start-up ([`super::find_reports`], on a blocking thread).
+async fn reports_of_late_listing(
+    shared: &Shared,
+    l: &afs::listing::Listing,
+) -> Vec<crate::core::FoundReport> {
+    let output = shared.cfg.output.clone();
+    let (mut files, versions) = super::split_listing(l.files.clone());
+    tokio::task::spawn_blocking(move || super::find_reports(&output, &mut files, &versions))
+        .await
+        .unwrap_or_default()
 }
 
 /// The event for job files that became stable (read and parsed) or vanished.
