@@ -114,6 +114,15 @@ small)
   t3=$(now)
   rm -rf data/input/small2000
   echo "small: 2000 files reported $(secs "$t0" "$t1") s after the rename; worker check $(secs "$t2" "$t3") s; ratio check/system $(awk -v a="$(secs "$t2" "$t3")" -v b="$(secs "$t0" "$t1")" 'BEGIN { printf "%.2f", a / b }')"
+  # Each report is a new file. On ext4 without a journal, creating one right after
+  # --fresh freed the last run's (inodes freed in the last 60-360 s are searched past on
+  # every create) costs up to ~300 us: runs in a row get slower (BENCHMARKS, "Small
+  # files: the file system's share"). Say so when that is the file system here.
+  dev=$(df --output=source . 2>/dev/null | tail -n 1)
+  if [ "$(df --output=fstype . 2>/dev/null | tail -n 1)" = ext4 ] && [ -n "$dev" ] \
+     && [ -d "/proc/fs/ext4/$(basename "$dev")" ] && [ ! -e "/proc/fs/jbd2/$(basename "$dev")-8" ]; then
+    echo "note: $dev is ext4 without a journal: report creation after --fresh is slow here (see BENCHMARKS)"
+  fi
   ;;
 *) echo "usage: bench/bulk.sh job MODE [LO HI] | primesieve [LO HI] | small" >&2; exit 2 ;;
 esac
