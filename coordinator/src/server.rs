@@ -92,9 +92,9 @@ pub async fn run(
     // The input files: the local folder, or the file servers' listing (and whether its
     // first listing is still to come).
     let mut listings = None;
-    // Content versions the file server listed (by input), when it knew them.
-    let mut versions: HashMap<String, String> = HashMap::new();
-    let mut current = if cfg.inputs_from_afs {
+    // The inputs, and the content versions the file server listed (by input) when it knew
+    // them.
+    let (mut current, versions) = if cfg.inputs_from_afs {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watch = afs::listing::ListWatch {
             servers: cfg.afs_servers.clone(),
@@ -125,11 +125,9 @@ pub async fn run(
             }
         };
         listings = Some((rx, listed.is_none()));
-        let (files, listed_versions) = split_listing(listed.unwrap_or_default());
-        versions = listed_versions;
-        files
+        split_listing(listed.unwrap_or_default())
     } else {
-        list_files(&cfg.input)
+        (list_files(&cfg.input), HashMap::new())
     };
     let found = find_reports(&cfg.output, &mut current, &versions);
     let done = found.len();

@@ -447,19 +447,27 @@ fn inputs_from_afs(p: &mut Pipeline) -> String {
     afs
 }
 
-#[test]
-/// `--inputs-from-afs`: the coordinator's own input folder stays empty; it learns the files
-/// from the file server's listing and its `list_changed` pushes: files there at start, a
-/// file dropped later, a file rewritten, a file removed.
-fn inputs_from_the_file_server() {
+/// A group of one learning its inputs from the file server (`--inputs-from-afs`) with one
+/// worker, after `count` files of `lines` numbers (names `<prefix>NNN.txt`) are all reported
+/// and primes.txt is exact.
+fn simple_from_afs_all_reported(prefix: &str, count: usize, lines: usize, seed: u64) -> Pipeline {
     let mut p = Pipeline::new();
-    write_inputs(&p.path("data/input"), "s", 4, 200, 7);
+    write_inputs(&p.path("data/input"), prefix, count, lines, seed);
     p.simple();
     inputs_from_afs(&mut p);
     p.start_coordinator();
     p.start_worker("worker-1");
     p.wait_all_reported(T);
     p.assert_exact();
+    p
+}
+
+#[test]
+/// `--inputs-from-afs`: the coordinator's own input folder stays empty; it learns the files
+/// from the file server's listing and its `list_changed` pushes: files there at start, a
+/// file dropped later, a file rewritten, a file removed.
+fn inputs_from_the_file_server() {
+    let p = simple_from_afs_all_reported("s", 4, 200, 7);
     // Dropped on the server's side while running: queued from the server's push (the
     // coordinator lists again by itself only every 60 s).
     drop_file(&p, "late.txt", "1000003\n1000033\n");
@@ -503,20 +511,11 @@ fn inputs_from_the_file_server() {
 /// later brings the done reports with it: a file done before is not done again. Before, the
 /// start waited 10 s, then took the late listing's files as new and did them all again.
 fn late_first_listing_neither_holds_workers_nor_redoes_files() {
-    let mut p = Pipeline::new();
-    write_inputs(&p.path("data/input"), "l", 3, 100, 13);
-    p.simple();
-    inputs_from_afs(&mut p);
-    p.start_coordinator();
-    p.start_worker("worker-1");
-    p.wait_all_reported(T);
-    p.assert_exact();
-    let before: Vec<String> = (0..3)
-        .map(|i| {
-            std::fs::read_to_string(p.path(&format!("data/output/l{i:03}.txt.json")))
-                .expect("report")
-        })
-        .collect();
+    let mut p = simple_from_afs_all_reported("l", 3, 100, 13);
+    let report_text = |p: &Pipeline, i: usize| {
+        std::fs::read_to_string(p.path(&format!("data/output/l{i:03}.txt.json"))).expect("report")
+    };
+    let before: Vec<String> = (0..3).map(|i| report_text(&p, i)).collect();
     let old = p.status()["session"].clone();
     p.kill_coordinator();
     let server = p.server_pid("server-1");
@@ -543,8 +542,7 @@ fn late_first_listing_neither_holds_workers_nor_redoes_files() {
         report(&p, "after.txt")["status"] == "done"
     });
     for (i, b) in before.iter().enumerate() {
-        let now = std::fs::read_to_string(p.path(&format!("data/output/l{i:03}.txt.json")))
-            .expect("report");
+        let now = report_text(&p, i);
         assert_eq!(&now, b, "l{i:03}.txt was done again after the late listing");
     }
     let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
