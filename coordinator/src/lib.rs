@@ -42,7 +42,7 @@
 //!   status concludes from them: who is up, who leads or why no one does.
 //! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
 
-pub mod compact;
+pub use proto::compact;
 pub mod core;
 pub mod crash;
 pub mod durable;

@@ -37,6 +37,7 @@ use proto::msg::Work;
 use crate::ranges::{Finished, Ranges, Run, Undo};
 
 mod checkpoint;
+mod decimal;
 mod lines;
 mod merge;
 #[cfg(test)]
@@ -85,6 +86,21 @@ pub struct PrimesFile {
     dumped: Option<Dump>,
     /// True if open used a checkpoint.
     from_checkpoint: bool,
+}
+
+/// The dedup set's primes inside `run`'s segment, sorted, when listing them costs less than
+/// a probe of the set per prime of the run (`None`: probe).
+fn set_inside(set: &HashSet<u64, Hash>, run: &Run) -> Option<Vec<u64>> {
+    if set.len() > 4 * run.primes.len() {
+        return None;
+    }
+    let mut v: Vec<u64> = set
+        .iter()
+        .copied()
+        .filter(|p| (run.lo..=run.hi).contains(p))
+        .collect();
+    v.sort_unstable();
+    Some(v)
 }
 
 /// Bytes formatted before they are handed to the file during an append.
@@ -325,34 +341,50 @@ impl PrimesFile {
         let start = self.bytes;
         let mut out = Vec::with_capacity(WRITE_PIECE + 64);
         let mut written: std::io::Result<()> = Ok(());
-        let mut total = 0u64;
         let mut digits = itoa::Buffer::new();
         let file = &mut self.file;
-        let mut put = |text: &[u8], out: &mut Vec<u8>| {
-            out.extend_from_slice(text);
-            out.push(b'\n');
-            total += text.len() as u64 + 1;
+        // Hands `out` to the file once it holds a piece.
+        let mut spill = |out: &mut Vec<u8>| {
             if out.len() >= WRITE_PIECE && written.is_ok() {
                 written = file.write_all(out);
                 out.clear();
             }
         };
+        let mut total = 0u64;
         for p in &new_small {
-            put(digits.format(*p).as_bytes(), &mut out);
+            let text = digits.format(*p).as_bytes();
+            out.extend_from_slice(text);
+            out.push(b'\n');
+            total += text.len() as u64 + 1;
+            spill(&mut out);
         }
         for p in &new_big {
-            put(p.as_bytes(), &mut out);
+            out.extend_from_slice(p.as_bytes());
+            out.push(b'\n');
+            total += p.len() as u64 + 1;
+            spill(&mut out);
         }
         let mut undo = Undo::default();
         let mut from_runs = 0u64;
         for run in runs {
-            let set = &self.small;
+            // A range's primes are ascending and close: formatted incrementally. Only the
+            // dedup set's primes inside the segment are looked at (usually none: a probe
+            // per prime was a tenth of writing a job's primes).
+            let mut lines = decimal::Lines::default();
+            let inside = set_inside(&self.small, run);
             self.ranges.take_run(
                 run,
-                |p| set.contains(&p),
+                |p| {
+                    inside
+                        .as_ref()
+                        .map_or_else(|| self.small.contains(&p), |v| v.binary_search(&p).is_ok())
+                },
                 |p| {
                     from_runs += 1;
-                    put(digits.format(p).as_bytes(), &mut out);
+                    let before = out.len();
+                    lines.put(p, &mut out);
+                    total += (out.len() - before) as u64;
+                    spill(&mut out);
                 },
                 &mut undo,
             );

@@ -9,6 +9,7 @@
 //! - [`process`]: shutdown on SIGINT/SIGTERM and address files, for the binaries.
 
 pub mod auth;
+pub mod compact;
 pub mod conn;
 pub mod files;
 pub mod jobs;

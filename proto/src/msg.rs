@@ -10,6 +10,7 @@
 //! coord  -> {"type":"assign","attempt":"7f3a9c-14","file":".jobs/tw","chunk":0,"chunks":10,"start":0,"end":1048577,"size":1048577,"work":{"kind":"twins","lo":0,"hi":1048577}}
 //! worker -> {"type":"heartbeat","busy":["7f3a9c-12"],"bytes_done":512,"bytes_total":1234}
 //! worker -> {"type":"primes","attempt":"7f3a9c-12","small":[2,3,5],"big":["170141183460469231731687303715884105727"]}
+//! worker -> {"type":"primes","attempt":"7f3a9c-12","small":"AgAAAAAAAAADAAAAAAAAAAUAAAAAAAAA","big":[]}
 //! worker -> {"type":"task_done","attempt":"7f3a9c-12","version":"9c1e","size":1234,"lines":10,"numbers":8,"blank":1,"invalid":1,"first_invalid":[{"line":4,"reason":"not a number: unexpected 'x' at column 1"}],"primes":4}
 //! worker -> {"type":"task_done","attempt":"7f3a9c-14","version":"","size":1,"lines":0,"numbers":1,"blank":0,"invalid":0,"first_invalid":[],"primes":0,"answer":"29"}
 //! worker -> {"type":"task_failed","attempt":"7f3a9c-12","reason":"a.txt: not found on any file server","retryable":true}
@@ -46,6 +47,7 @@ struct PrimesWire {
     #[serde(rename = "type")]
     _kind: PrimesTag,
     attempt: String,
+    #[serde(with = "crate::compact")]
     small: Vec<u64>,
     big: Vec<String>,
 }
@@ -54,6 +56,45 @@ struct PrimesWire {
 #[serde(rename_all = "snake_case")]
 enum PrimesTag {
     Primes,
+}
+
+/// A worker's message as it goes on the wire: a `primes` message with `small` as base64 of
+/// its little-endian values ([`crate::compact`]), anything else as [`WorkerMsg`] writes
+/// it. (`WorkerMsg` itself writes `small` as an array of numbers, which snapshots show;
+/// both forms are read.)
+pub struct OnWire<'a>(pub &'a WorkerMsg);
+
+#[derive(Serialize)]
+struct PrimesOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    attempt: &'a str,
+    #[serde(serialize_with = "compact_slice")]
+    small: &'a [u64],
+    big: &'a [String],
+}
+
+fn compact_slice<S: serde::Serializer>(v: &&[u64], s: S) -> Result<S::Ok, S::Error> {
+    crate::compact::serialize(v, s)
+}
+
+impl Serialize for OnWire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            WorkerMsg::Primes {
+                attempt,
+                small,
+                big,
+            } => PrimesOut {
+                kind: "primes",
+                attempt,
+                small,
+                big,
+            }
+            .serialize(s),
+            m => m.serialize(s),
+        }
+    }
 }
 
 impl WorkerMsg {
@@ -96,6 +137,8 @@ pub enum WorkerMsg {
     },
     Primes {
         attempt: String,
+        /// Read as an array of numbers or as base64 ([`OnWire`]).
+        #[serde(deserialize_with = "crate::compact::deserialize")]
         small: Vec<u64>,
         big: Vec<String>,
     },
@@ -339,7 +382,7 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 17, "every message has an example");
+        assert_eq!(n, 18, "every message has an example (primes in both forms)");
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"goodbye","x":1}"#).is_err());
         assert!(serde_json::from_str::<WorkerMsg>(r#"{"type":"self_destruct"}"#).is_err());
     }
@@ -359,6 +402,11 @@ mod tests {
             r#"{"attempt":"a-1","type":"primes","small":[2],"big":[]}"#,
             r#"{"type":"primes","attempt":"a-1","small":[2],"big":[]"#,
             r#"{"type":"goodbye"}"#,
+            r#"{"type":"primes","attempt":"a-1","small":"AgAAAAAAAAADAAAAAAAAAAUAAAAAAAAA","big":[]}"#,
+            r#"{"type":"primes","attempt":"a-1","small":"","big":[]}"#,
+            r#"{"type":"primes","attempt":"a-1","small":"AgAAAAAAAA==","big":[]}"#,
+            r#"{"type":"primes","attempt":"a-1","small":"not base64!","big":[]}"#,
+            r#"{"type":"primes","attempt":"a-1","small":7,"big":[]}"#,
         ];
         for c in cases {
             let fast = WorkerMsg::decode(c.as_bytes()).ok();
@@ -366,6 +414,46 @@ mod tests {
             assert_eq!(fast, slow, "{c}");
         }
         assert!(WorkerMsg::decode(cases[0].as_bytes()).is_ok());
+    }
+
+    #[test]
+    /// What a worker writes ([`OnWire`]) reads back as the message, `primes` as base64.
+    fn on_the_wire() {
+        let msgs = [
+            WorkerMsg::Primes {
+                attempt: "a-1".into(),
+                small: vec![2, 3, 5, u64::MAX],
+                big: vec!["18446744073709551629".into()],
+            },
+            WorkerMsg::Primes {
+                attempt: "a-2".into(),
+                small: vec![],
+                big: vec![],
+            },
+            WorkerMsg::Goodbye {},
+        ];
+        for m in msgs {
+            let line = serde_json::to_vec(&OnWire(&m)).expect("encode");
+            assert_eq!(WorkerMsg::decode(&line).expect("decode"), m);
+            assert_eq!(
+                serde_json::from_slice::<WorkerMsg>(&line).expect("decode"),
+                m
+            );
+        }
+        let p = WorkerMsg::Primes {
+            attempt: "a".into(),
+            small: vec![2, 3, 5],
+            big: vec![],
+        };
+        let text = serde_json::to_string(&OnWire(&p)).expect("encode");
+        assert_eq!(
+            text,
+            r#"{"type":"primes","attempt":"a","small":"AgAAAAAAAAADAAAAAAAAAAUAAAAAAAAA","big":[]}"#
+        );
+        // WorkerMsg itself (what snapshots record) keeps the readable array.
+        assert!(serde_json::to_string(&p)
+            .expect("encode")
+            .contains(r#""small":[2,3,5]"#));
     }
 
     #[test]

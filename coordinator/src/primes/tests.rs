@@ -606,3 +606,34 @@ fn merge_lengths_and_a_ledger_not_matching() {
     let f = PrimesFile::open(&path).expect("reopen");
     assert_eq!((f.len(), f.in_set()), (5, 5));
 }
+
+#[test]
+/// A run's primes already in the dedup set are left out both ways the set is consulted:
+/// listed for the segment (a set small against the run) or probed per prime (a large set).
+fn runs_skip_set_primes_whether_listed_or_probed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("primes.txt");
+    let mut f = PrimesFile::open(&path).expect("open");
+    // Many file primes against a run of two: probed.
+    let many: Vec<u64> = vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41];
+    assert_eq!(f.append(&many, &[], &[], &[]).expect("append"), 13);
+    assert_eq!(
+        f.append(&[], &[], &[run(10, 50, &[41, 43])], &[])
+            .expect("append"),
+        1
+    );
+    // A run long against the set: listed (41 is in it, 43 was written by the run).
+    let long = [43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107, 109];
+    let mut with_41 = vec![41];
+    with_41.extend_from_slice(&long);
+    assert_eq!(
+        f.append(&[], &[], &[run(40, 110, &with_41)], &[])
+            .expect("append"),
+        long.len() - 1
+    );
+    let text = std::fs::read_to_string(&path).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let distinct: std::collections::HashSet<&&str> = lines.iter().collect();
+    assert_eq!(lines.len(), distinct.len(), "no prime written twice");
+    assert_eq!(lines.len(), 13 + 1 + long.len() - 1);
+}

@@ -115,7 +115,7 @@ pub(super) async fn session(
     let writer_task = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             let goodbye = matches!(m, WorkerMsg::Goodbye {});
-            if writer.write_msg(&m).await.is_err() {
+            if writer.write_msg(&proto::msg::OnWire(&m)).await.is_err() {
                 break;
             }
             // Flush when nothing else is waiting, so batches share a syscall.

@@ -1,9 +1,11 @@
 //! Lists of primes as one base64 string of their 8-byte little-endian values:
-//! `#[serde(with = "crate::compact")]` on a `Vec<u64>`. A flush holds thousands of primes,
-//! and the group's log and RPCs are JSON: as an array, each number was formatted and
-//! parsed digit by digit on every replica; as base64 the JSON parser scans one string and
-//! the decoding is a few table lookups per number (the `hex` crate's decoder, tried first,
-//! took ~70 ns per number). Reading also accepts the array form (logs written before).
+//! `#[serde(with = "proto::compact")]` on a `Vec<u64>`. A worker's `primes` message and a
+//! flush in the group's log hold thousands of primes each, and both are JSON: as an array,
+//! each number was formatted and parsed digit by digit (parsing the workers' prime lists
+//! was a fifth of the coordinator's time on a `primes` job); as base64 the JSON parser
+//! scans one string and the decoding is a few table lookups per number (the `hex` crate's
+//! decoder, tried first, took ~70 ns per number). Reading also accepts the array form
+//! (logs written before, other workers).
 
 use std::fmt;
 
