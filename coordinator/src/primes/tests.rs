@@ -623,7 +623,9 @@ fn runs_skip_set_primes_whether_listed_or_probed() {
         1
     );
     // A run long against the set: listed (41 is in it, 43 was written by the run).
-    let long = [43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107, 109];
+    let long = [
+        43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107, 109,
+    ];
     let mut with_41 = vec![41];
     with_41.extend_from_slice(&long);
     assert_eq!(
