@@ -343,25 +343,23 @@ impl PrimesFile {
         let mut written: std::io::Result<()> = Ok(());
         let mut digits = itoa::Buffer::new();
         let file = &mut self.file;
-        // Hands `out` to the file once it holds a piece.
+        // Hands `out` to the file once it holds a piece (`handed`: bytes handed so far).
+        let mut handed = 0u64;
         let mut spill = |out: &mut Vec<u8>| {
             if out.len() >= WRITE_PIECE && written.is_ok() {
                 written = file.write_all(out);
+                handed += out.len() as u64;
                 out.clear();
             }
         };
-        let mut total = 0u64;
         for p in &new_small {
-            let text = digits.format(*p).as_bytes();
-            out.extend_from_slice(text);
+            out.extend_from_slice(digits.format(*p).as_bytes());
             out.push(b'\n');
-            total += text.len() as u64 + 1;
             spill(&mut out);
         }
         for p in &new_big {
             out.extend_from_slice(p.as_bytes());
             out.push(b'\n');
-            total += p.len() as u64 + 1;
             spill(&mut out);
         }
         let mut undo = Undo::default();
@@ -381,14 +379,14 @@ impl PrimesFile {
                 },
                 |p| {
                     from_runs += 1;
-                    let before = out.len();
                     lines.put(p, &mut out);
-                    total += (out.len() - before) as u64;
                     spill(&mut out);
                 },
                 &mut undo,
             );
         }
+        // Everything formatted: what was handed to the file and what is left to hand.
+        let total = handed + out.len() as u64;
         let new = new_small.len() + new_big.len() + from_runs as usize;
         if new > 0 {
             let result = written

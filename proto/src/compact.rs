@@ -14,7 +14,9 @@ use base64::Engine;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
 
-pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+/// Takes a `Vec<u64>`, a `[u64]` or a `&[u64]` (`serialize_with` on a borrowed slice).
+pub fn serialize<S: Serializer, V: AsRef<[u64]> + ?Sized>(v: &V, s: S) -> Result<S::Ok, S::Error> {
+    let v = v.as_ref();
     let mut bytes = Vec::with_capacity(v.len() * 8);
     for n in v {
         bytes.extend_from_slice(&n.to_le_bytes());

@@ -69,13 +69,9 @@ struct PrimesOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     attempt: &'a str,
-    #[serde(serialize_with = "compact_slice")]
+    #[serde(serialize_with = "crate::compact::serialize")]
     small: &'a [u64],
     big: &'a [String],
-}
-
-fn compact_slice<S: serde::Serializer>(v: &&[u64], s: S) -> Result<S::Ok, S::Error> {
-    crate::compact::serialize(v, s)
 }
 
 impl Serialize for OnWire<'_> {

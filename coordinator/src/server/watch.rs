@@ -232,7 +232,11 @@ async fn reports_of_late_listing(
     let (mut files, versions) = super::split_listing(l.files.clone());
     tokio::task::spawn_blocking(move || super::find_reports(&output, &mut files, &versions))
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            // Nothing is lost: the files are then queued and done again.
+            warn!(error = %e, "reading the done reports of a late listing failed");
+            Vec::new()
+        })
 }
 
 /// The event for job files that became stable (read and parsed) or vanished.
