@@ -241,8 +241,9 @@ pub struct Core {
     /// with their results: a job meeting the same work again does not compute it again.
     #[serde(with = "as_pairs")]
     done_work: HashMap<proto::msg::Work, (TaskDone, String)>,
-    /// Segment primes handed to the flusher and not yet reported flushed.
-    in_flush: usize,
+    /// Segment primes of each flush handed to the flusher and not yet answered, oldest
+    /// first.
+    in_flush: VecDeque<usize>,
     /// A `primes` segment was held back by the backlog: assign again after a flush.
     held_back: bool,
     pub totals: Totals,
@@ -265,7 +266,7 @@ impl Core {
             conns: HashMap::new(),
             pending: FlushBatch::default(),
             done_work: HashMap::new(),
-            in_flush: 0,
+            in_flush: VecDeque::new(),
             held_back: false,
             totals: Totals::default(),
             last_tick_ms: None,

@@ -26,12 +26,20 @@ pub struct Flushed {
     pub in_set: u64,
 }
 
+/// A flush under way: resolves once it is durable, or with the flush handed back.
+pub type Proposed = BoxFuture<'static, Result<Flushed, (anyhow::Error, FlushBatch)>>;
+
 /// Where the shell's durable work goes.
 pub trait Durable: Send + Sync {
-    /// Makes a flush's primes and finished tasks durable (not its `done` chunks: those are
-    /// the caller's to mark once this returns). On failure the flush comes back: what did
-    /// not become durable (what did is deduplicated when it comes again).
-    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, FlushBatch)>>;
+    /// Proposes a flush's primes and finished tasks (not its `done` chunks: those are the
+    /// caller's to mark once it is durable). The returned future resolves once the group
+    /// has proposed it, in order after every flush proposed before; the [`Proposed`] it
+    /// gives resolves once the flush is durable. The caller may propose the next flush
+    /// before that (a pipeline), and must await them in the order proposed. On failure the
+    /// flush comes back: what did not become durable (what did is deduplicated when it
+    /// comes again). A flush proposed after one that failed never becomes durable without
+    /// it (the group refuses it the same way on every member).
+    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Proposed>;
 
     /// Writes file reports durably; how each went (an `Err` names why that one was not).
     fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>>;

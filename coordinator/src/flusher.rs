@@ -1,75 +1,145 @@
 //! The flusher: every `flush_ms` (or soon after a chunk finishes) it pulls the machine's
-//! buffer (`Shared::take_flush`, as raft-rs's `Ready`), makes it durable through the group
-//! ([`crate::durable`]), and only then tells the machine which chunks are durable
+//! buffer (`Shared::take_flush`, as raft-rs's `Ready`), proposes it to the group
+//! ([`crate::durable`]), and once it is durable tells the machine which chunks are
 //! ([`Event::Flushed`], the `advance`), which may write reports; or hands it back
-//! ([`Event::FlushFailed`]).
+//! ([`Event::FlushFailed`]). The next buffer is proposed while the last one applies.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use crate::core::FlushBatch;
+use crate::core::{ChunkKey, FlushBatch};
+use crate::durable::{Flushed, Proposed};
 use crate::machine::Event;
 use crate::state::Shared;
 
 /// Shortest time between two early flushes (completions within it share one fsync).
 const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
-/// Runs until `shutdown`, then does a last round.
+/// A flush proposed and not yet answered: its `done` chunks, what resolves once it is
+/// durable, and when it was taken.
+struct UnderWay {
+    done: Vec<ChunkKey>,
+    proposed: Proposed,
+    since: Instant,
+}
+
+/// Runs until `shutdown`, then does a last round. A pipeline of two: the next flush is
+/// proposed before the last one is awaited, so the group commits (appends, replicates,
+/// fsyncs) the next while it applies the last; flushes are answered to the machine in the
+/// order taken, and a flush that fails takes the one proposed after it back with it (the
+/// group never makes that one durable alone: [`crate::durable::Durable::flush`]).
 pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let period = Duration::from_millis(shared.cfg.flush_ms);
+    let mut under_way: Option<UnderWay> = None;
     loop {
         let stopping = shutdown.is_cancelled();
         let last_flush = tokio::time::Instant::now();
         if let Some(batch) = shared.take_flush() {
-            flush(&shared, batch).await;
+            let next = propose(&shared, batch).await;
+            let last_ok = match under_way.take() {
+                Some(last) => settle(&shared, last).await,
+                None => true,
+            };
+            if last_ok {
+                under_way = Some(next);
+            } else {
+                // Handed back: the next goes back behind it (or is answered durable).
+                settle(&shared, next).await;
+            }
         }
         if stopping {
+            if let Some(last) = under_way.take() {
+                settle(&shared, last).await;
+            }
             return;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(period) => {}
-            _ = shared.flush_now.notified() => {
-                // A chunk finished: flush now if the last flush is older than FLUSH_GATHER,
-                // else at that point, so completions arriving together share one fsync
-                // while a lone completion (the end of a job, a dropped file) waits for none.
-                tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
+        let wait = async {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(period) => {}
+                _ = shared.flush_now.notified() => {
+                    // A chunk finished: flush now if the last flush is older than
+                    // FLUSH_GATHER, else at that point, so completions arriving together
+                    // share one fsync while a lone completion (the end of a job, a dropped
+                    // file) waits for none.
+                    tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
+                }
+            }
+        };
+        // The flush under way is answered as soon as it is durable (its reports wait for
+        // nothing else); the next round then takes what gathered meanwhile.
+        let answered = match under_way.as_mut() {
+            Some(u) => tokio::select! {
+                _ = wait => None,
+                r = &mut u.proposed => Some(r),
+            },
+            None => {
+                wait.await;
+                None
+            }
+        };
+        if let Some(r) = answered {
+            if let Some(u) = under_way.take() {
+                answer(&shared, u.done, u.since, r).await;
             }
         }
     }
 }
 
-/// Makes one buffer durable ([`crate::durable`]), then reports the chunks done (or hands it
-/// all back: not durable, e.g. this coordinator no longer leads).
-async fn flush(shared: &Arc<Shared>, mut pending: FlushBatch) {
+/// Proposes one buffer to the group ([`crate::durable`]); its answer comes later.
+async fn propose(shared: &Arc<Shared>, mut pending: FlushBatch) -> UnderWay {
     crate::crash::point("flush-before-append");
-    let t = std::time::Instant::now();
+    let since = Instant::now();
     let done = std::mem::take(&mut pending.done);
-    match shared.durable.flush(pending).await {
+    let proposed = shared.durable.flush(pending).await;
+    UnderWay {
+        done,
+        proposed,
+        since,
+    }
+}
+
+/// Waits for a flush under way and answers it; false if it was handed back.
+async fn settle(shared: &Arc<Shared>, u: UnderWay) -> bool {
+    let r = u.proposed.await;
+    answer(shared, u.done, u.since, r).await
+}
+
+/// Reports the chunks of a durable flush done, or hands the flush back (not durable, e.g.
+/// this coordinator no longer leads); false if handed back.
+async fn answer(
+    shared: &Arc<Shared>,
+    done: Vec<ChunkKey>,
+    since: Instant,
+    r: Result<Flushed, (anyhow::Error, FlushBatch)>,
+) -> bool {
+    match r {
         Ok(f) => {
             shared.set_primes(f.total, f.in_set);
             debug!(
                 new = f.new,
                 total = f.total,
                 done = done.len(),
-                ms = t.elapsed().as_millis() as u64,
+                ms = since.elapsed().as_millis() as u64,
                 "flushed primes"
             );
             durable(shared, done).await;
+            true
         }
         Err((e, mut back)) => {
             error!(error = format!("{e:#}"), "flush not durable; will retry");
             back.done = done;
             shared.apply(Event::FlushFailed(back)).await;
+            false
         }
     }
 }
 
 /// The chunks `done` are durable: the machine may mark them done and write reports.
-async fn durable(shared: &Arc<Shared>, done: Vec<crate::core::ChunkKey>) {
+async fn durable(shared: &Arc<Shared>, done: Vec<ChunkKey>) {
     crate::crash::point("flush-after-append");
     let had_done = !done.is_empty();
     shared.apply(Event::Flushed(done)).await;

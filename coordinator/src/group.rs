@@ -161,6 +161,9 @@ pub enum Outcome {
     JobReport(Result<Box<JobReport>, String>),
     /// Whether an import was taken (only an empty replica takes one).
     Imported(bool),
+    /// A flush's entry that reached the log in another term than its proposer's: not
+    /// applied, on any member ([`batch::Batch::term`]).
+    Refused { proposed: u64, logged: u64 },
 }
 
 /// Parses `--group`: `WORKERS/RAFT` per member, comma-separated, members numbered from 1.

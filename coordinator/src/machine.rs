@@ -47,9 +47,12 @@ pub enum Event {
     },
     /// Time to flush: the machine hands over what waits in its buffer ([`Action::Flush`]).
     FlushDue,
-    /// The flusher made these chunks' primes durable.
+    /// The flusher made the oldest flush under way durable, with these chunks' primes.
+    /// (Up to two are under way; each is answered, in the order taken, by this or
+    /// [`Event::FlushFailed`].)
     Flushed(Vec<ChunkKey>),
-    /// The flusher could not append; the primes and completions go back to the buffer.
+    /// The flusher could not make the oldest flush under way durable; its primes and
+    /// completions go back to the buffer (behind any handed back before it).
     FlushFailed(FlushBatch),
     /// A report was written (of the file or job `key`, written `file` as when only files
     /// had reports).
@@ -129,7 +132,12 @@ impl Coordinator {
     pub fn take_flush(&mut self) -> Option<FlushBatch> {
         let mut batch = self.recovered.take().unwrap_or_default();
         batch.extend(self.core.take_pending());
-        (!batch.is_empty()).then_some(batch)
+        if batch.is_empty() {
+            return None;
+        }
+        self.core
+            .flush_taken(batch.runs.iter().map(|r| r.primes.len()).sum());
+        Some(batch)
     }
 
     pub fn new(core: Core, snaps: Snapshots) -> Self {
@@ -222,12 +230,16 @@ impl Coordinator {
             Event::Jobs { ready, removed } => self.jobs(ready, removed, now),
             Event::FlushDue => self.take_flush().map(Action::Flush).into_iter().collect(),
             Event::Flushed(done) => lift(self.core.flushed(done, now)),
-            Event::FlushFailed(mut p) => {
-                // Back in front of whatever arrived since; nothing was marked done.
-                if let Some(r) = self.recovered.take() {
-                    p.extend(r);
+            Event::FlushFailed(p) => {
+                // Back in front of whatever arrived since (the next take puts the buffer
+                // after it); nothing was marked done. Flushes are answered in the order
+                // taken, so one handed back earlier (with two under way) is older and
+                // stays in front.
+                self.core.flush_failed();
+                match &mut self.recovered {
+                    Some(r) => r.extend(p),
+                    None => self.recovered = Some(p),
                 }
-                self.recovered = Some(p);
                 Vec::new()
             }
             Event::ReportWritten { key, source } => {

@@ -36,7 +36,7 @@ pub const SMALL_INFLIGHT_FACTOR: usize = 32;
 /// Segment primes the coordinator holds (received, not yet durable) beyond which no more
 /// `primes` segments are handed out until the flusher catches up: workers sieve faster than
 /// primes.txt is written, and without this the whole range would wait in memory.
-pub const BACKLOG_PRIMES: usize = 4 << 20;
+pub const BACKLOG_PRIMES: usize = 8 << 20;
 
 /// How many chunks a file of `size` bytes is cut into: the nearest whole number of
 /// `chunk_bytes` pieces, at least one, so that no chunk is a sliver (a 64 MiB + 18 byte file

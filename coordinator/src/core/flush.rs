@@ -51,16 +51,27 @@ impl FlushBatch {
 }
 
 impl Core {
-    /// Hands the flush buffer to the flusher.
+    /// Hands the flush buffer to the flusher (which then says [`Core::flush_taken`] of what
+    /// it took with it).
     pub fn take_pending(&mut self) -> FlushBatch {
-        let p = std::mem::take(&mut self.pending);
-        self.in_flush += p.runs.iter().map(|r| r.primes.len()).sum::<usize>();
-        p
+        std::mem::take(&mut self.pending)
     }
 
-    /// Segment primes received and not yet durable (the buffer and the flush under way).
+    /// A flush holding `primes` segment primes went to the flusher. The flusher may have
+    /// two under way (the next proposed while the last applies); it answers each, in the
+    /// order taken, with [`Core::flushed`] or [`Core::flush_failed`].
+    pub fn flush_taken(&mut self, primes: usize) {
+        self.in_flush.push_back(primes);
+    }
+
+    /// The oldest flush under way was not made durable (its primes are handed back).
+    pub fn flush_failed(&mut self) {
+        self.in_flush.pop_front();
+    }
+
+    /// Segment primes received and not yet durable (the buffer and the flushes under way).
     pub fn backlog(&self) -> usize {
-        self.in_flush
+        self.in_flush.iter().sum::<usize>()
             + self
                 .pending
                 .runs
@@ -69,10 +80,10 @@ impl Core {
                 .sum::<usize>()
     }
 
-    /// The flusher made `done`'s primes durable: those chunks are done; files whose chunks
-    /// are all done get their report.
+    /// The flusher made the oldest flush under way durable: `done`'s chunks are done; files
+    /// whose chunks are all done get their report.
     pub fn flushed(&mut self, done: Vec<ChunkKey>, now: Now) -> Vec<Action> {
-        self.in_flush = 0;
+        self.in_flush.pop_front();
         let mut files = BTreeSet::new();
         let mut job_tasks: BTreeMap<Key, Vec<u32>> = BTreeMap::new();
         for ChunkKey { key, gen, chunk } in done {

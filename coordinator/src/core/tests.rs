@@ -688,3 +688,24 @@ fn idle_workers_take_waiting_tasks() {
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0].1.file, "s.txt", "the small one, not the long one");
 }
+
+#[test]
+/// The backlog counts the segment primes of every flush under way (two with the flusher's
+/// pipeline), each until it is answered, oldest first, whichever way.
+fn backlog_counts_each_flush_until_answered() {
+    let mut c = Core::new(cfg(), "s".into());
+    assert_eq!(c.backlog(), 0);
+    c.flush_taken(5);
+    c.flush_taken(7);
+    assert_eq!(c.backlog(), 12);
+    c.flush_failed();
+    assert_eq!(c.backlog(), 7, "the oldest answered first");
+    c.flushed(Vec::new(), at(1));
+    assert_eq!(c.backlog(), 0);
+    c.flushed(Vec::new(), at(2));
+    assert_eq!(
+        c.backlog(),
+        0,
+        "an answer with none under way changes nothing"
+    );
+}

@@ -56,6 +56,11 @@ pub struct Piece {
 pub struct Batch {
     /// Which batch of the leader's this is (its held primes; unique per process).
     pub id: u64,
+    /// The term of the leader that proposed it. An entry that reached the log in another
+    /// term is refused on every member: its predecessors in the proposer's pipeline may
+    /// not have committed (entries written before this field existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
     #[serde(with = "crate::compact", default)]
     pub small: Vec<u64>,
     #[serde(default)]

@@ -64,12 +64,32 @@ const LIMITED_READ_BYTES: u64 = 8 << 20;
 /// The scan at open gives back its line buffer after a line longer than this.
 const SCAN_BUFFER_KEPT: usize = 1 << 20;
 
-/// Where an entry is: its log id, and its line in the log file (the newline included).
+/// Where an entry is: its log id, and its line in the log file (the newline included);
+/// with its weight, the primes a member that does not hold them regenerates to apply it
+/// ([`super::pace`]).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     log_id: LogId,
     offset: u64,
     len: u64,
+    weight: u64,
+}
+
+/// The weight of an entry read back at open, which is not decoded then: a flush's worth
+/// (so a member restarted far behind catches up at the normal priority).
+const UNSEEN_WEIGHT: u64 = 4 << 20;
+
+/// [`LogStore::behind`] counts at most this many entries.
+const BEHIND_ENTRIES: usize = 4096;
+
+/// The primes a member regenerates to apply `e`: its range pieces' counts.
+fn weight_of(e: &LogEntry) -> u64 {
+    match &e.payload {
+        openraft::EntryPayload::Normal(super::Command::Batch(b)) => {
+            b.pieces.iter().map(|p| p.count).sum()
+        }
+        _ => 0,
+    }
 }
 
 struct Inner {
@@ -230,6 +250,26 @@ impl LogStore {
         g.index.last_key_value().map(|(_, s)| s.log_id).or(g.purged)
     }
 
+    /// The primes to regenerate in the entries after index `applied` (all of them if
+    /// `None`), counted until the sum passes `cap` (what [`super::pace`] asks: whether it
+    /// does); `u64::MAX` for more than [`BEHIND_ENTRIES`] entries (far behind whatever
+    /// they hold, and the count stays cheap: it runs at every change of the metrics).
+    pub fn behind(&self, applied: Option<u64>, cap: u64) -> u64 {
+        let g = lock(&self.inner);
+        let from = applied.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut sum = 0u64;
+        for (i, s) in g.index.range((from, Bound::Unbounded)).enumerate() {
+            if i >= BEHIND_ENTRIES {
+                return u64::MAX;
+            }
+            sum = sum.saturating_add(s.1.weight);
+            if sum > cap {
+                break;
+            }
+        }
+        sum
+    }
+
     /// The log file's length in bytes: the entries kept at the last purge and those appended
     /// since (with the few small truncation and purge records, and entries truncated since).
     /// It grows until a state-machine snapshot lets the log be purged.
@@ -322,6 +362,7 @@ impl Inner {
                     log_id,
                     offset,
                     len,
+                    weight: weight_of(&e),
                 },
             );
             offset += len;

@@ -103,6 +103,7 @@ pub async fn run(
     .validate()
     .context("Raft configuration")?;
     let log_size = log.clone();
+    let log_pace = log.clone();
     let log_answering = log.clone();
     let raft = Raft::new(
         group.id,
@@ -171,6 +172,7 @@ pub async fn run(
     tokio::spawn(log_elections(raft.clone(), shutdown.clone()));
     tokio::spawn(super::pace::watch(
         raft.clone(),
+        log_pace,
         group.id,
         replica.pace(),
         shutdown.clone(),

@@ -104,6 +104,27 @@ impl State {
     }
 }
 
+/// Whether entry `cmd`, logged at `at`, is refused: a flush's entry proposed by a leader of
+/// one term that reached the log in another. The leader proposes its next flush before the
+/// last applies; entries of one term commit in order, so one of them committed means every
+/// earlier one of that leader did, but an entry proposed while its leader had just lost the
+/// lead can reach the log later, in a term it leads again, after one that never did: that
+/// entry must not apply (a segment's primes would be written with a gap). Decided from the
+/// log alone, so every member refuses the same entries.
+fn refused(cmd: &Command, at: LogId) -> Option<Outcome> {
+    match cmd {
+        Command::Batch(b) => {
+            b.term
+                .filter(|&t| t != at.leader_id.term)
+                .map(|proposed| Outcome::Refused {
+                    proposed,
+                    logged: at.leader_id.term,
+                })
+        }
+        _ => None,
+    }
+}
+
 fn sm_err(e: anyhow::Error) -> StorageError<u64> {
     StorageError::from(StorageIOError::write_state_machine(
         openraft::AnyError::error(format!("{e:#}")),

@@ -227,6 +227,46 @@ fn snapshot_without_a_marker() {
 }
 
 #[test]
+/// Two flushes under way (the flusher proposes the next before the last applies): answered
+/// in the order taken, a first handed back and then a second keep their order in front of
+/// what arrives later, so a segment's primes are never flushed out of order.
+fn two_flushes_under_way_handed_back_in_order() {
+    let mut m = machine();
+    ready(&mut m, "a.txt", 10, 0);
+    let a = assigned(&register(&mut m, 1, "w1", 0));
+    let attempt = a[0].1.attempt.clone();
+    let primes = |m: &mut Coordinator, small: Vec<u64>, t: u64| {
+        m.handle(
+            Event::Message {
+                conn: 1,
+                msg: WorkerMsg::Primes {
+                    attempt: attempt.clone(),
+                    small,
+                    big: vec![],
+                },
+            },
+            at(t),
+        );
+    };
+    primes(&mut m, vec![3, 5], 1);
+    let first = m.take_flush().expect("a first flush");
+    primes(&mut m, vec![7, 11], 2);
+    let second = m
+        .take_flush()
+        .expect("a second flush, the first still under way");
+    primes(&mut m, vec![13], 3);
+    assert!(m.handle(Event::FlushFailed(first), at(4)).is_empty());
+    assert!(m.handle(Event::FlushFailed(second), at(5)).is_empty());
+    let again = m.take_flush().expect("handed out again");
+    assert_eq!(
+        again.small,
+        vec![3, 5, 7, 11, 13],
+        "in the order they arrived"
+    );
+    assert_eq!(m.take_flush(), None);
+}
+
+#[test]
 /// The flush hand-off: nothing to flush gives nothing; a finished chunk's primes come out
 /// as one Flush; only Flushed makes it done and writes the report; a failed append hands
 /// the same buffer out again.

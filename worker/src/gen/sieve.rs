@@ -111,6 +111,18 @@ struct Sieving {
     wheel: u8,
 }
 
+/// The primes up to `limit` from one table made once per process (up to [`BASE_LIMIT`]):
+/// every range sieve needs them, and a follower regenerating a job's segments, or a worker
+/// sieving them, made the table again for each (~6% of its time). `None` above the table.
+fn sieving_primes(limit: u64) -> Option<&'static [u64]> {
+    static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    if limit > BASE_LIMIT {
+        return None;
+    }
+    let table = TABLE.get_or_init(|| small_primes(BASE_LIMIT));
+    Some(&table[..table.partition_point(|&p| p <= limit)])
+}
+
 /// The odd primes up to `limit` (a plain sieve; at most 2^22, a few milliseconds).
 pub fn small_primes(limit: u64) -> Vec<u64> {
     let limit = limit as usize;
@@ -255,21 +267,40 @@ impl RangeSieve {
         let start = lo.max(SMALL);
         let next = (start <= hi && lo <= hi).then(|| (start / 30 * 30) as u128);
         let base = next.map_or(0, |b| b as u64);
-        let sieving = small_primes(limit)
-            .into_iter()
-            .filter(|&p| p > PRE_MAX)
-            .map(|p| {
+        let owned;
+        let primes: &[u64] = match sieving_primes(limit) {
+            Some(ps) => ps,
+            None => {
+                owned = small_primes(limit);
+                &owned
+            }
+        };
+        let sieving = primes
+            .iter()
+            .filter(|&&p| p > PRE_MAX)
+            .map(|&p| {
                 // First multiple p*q >= max(p^2, base) with q coprime to 30.
-                let q0 = (p as u128).max((base as u128).div_ceil(p as u128));
-                let (b, r) = (q0 / 30, (q0 % 30) as u64);
+                let q0 = p.max(base.div_ceil(p));
+                let (b, r) = (q0 / 30, q0 % 30);
                 let (b, j) = match R.iter().position(|&x| x >= r) {
                     Some(j) => (b, j),
                     None => (b + 1, 0),
                 };
-                let q = b * 30 + R[j] as u128;
-                let m = p as u128 * q;
+                // In u64 unless p*q passes 2^64 (ranges near 2^64 only): a u128 division
+                // per sieving prime cost ~5% of regenerating a segment.
+                let byte = match b
+                    .checked_mul(30)
+                    .and_then(|q| q.checked_add(R[j]))
+                    .and_then(|q| q.checked_mul(p))
+                {
+                    Some(m) => m / 30 - base / 30,
+                    None => {
+                        let m = p as u128 * (b as u128 * 30 + R[j] as u128);
+                        u64::try_from(m / 30 - base as u128 / 30).unwrap_or(u64::MAX)
+                    }
+                };
                 Sieving {
-                    byte: u64::try_from(m / 30 - base as u128 / 30).unwrap_or(u64::MAX),
+                    byte,
                     a: p / 30,
                     class: bit_of(p % 30),
                     wheel: j as u8,

@@ -186,6 +186,54 @@ async fn truncate_then_append() {
 }
 
 #[test]
+/// The weight of what a member has not applied: the primes its batches reference, kept
+/// through a truncation and a purge; entries read back at open, not decoded, weigh a
+/// flush's worth; the count stops once past the cap.
+fn behind_weighs_the_primes_to_regenerate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = LogStore::open(dir.path()).expect("open");
+    let pieces = |count| {
+        EntryPayload::Normal(Command::Batch(crate::group::batch::Batch {
+            pieces: vec![crate::group::batch::Piece {
+                lo: 0,
+                hi: 100,
+                first: 2,
+                last: 97,
+                count,
+                hash: 0,
+            }],
+            ..Default::default()
+        }))
+    };
+    let weighed = |term, index, count| openraft::Entry {
+        log_id: lid(term, index),
+        payload: pieces(count),
+    };
+    append(
+        &s,
+        vec![
+            weighed(1, 1, 10),
+            ent(1, 2),
+            weighed(1, 3, 30),
+            weighed(1, 4, 40),
+        ],
+    );
+    assert_eq!(s.behind(None, u64::MAX), 80);
+    assert_eq!(s.behind(Some(1), u64::MAX), 70);
+    assert_eq!(s.behind(Some(3), u64::MAX), 40);
+    assert_eq!(s.behind(Some(4), u64::MAX), 0);
+    assert_eq!(s.behind(None, 15), 40, "counted until past the cap");
+    lock(&s.inner).truncate(4).expect("truncate");
+    append(&s, vec![weighed(2, 4, 5)]);
+    assert_eq!(s.behind(Some(1), u64::MAX), 35);
+    lock(&s.inner).purge(lid(1, 1)).expect("purge");
+    assert_eq!(s.behind(Some(1), u64::MAX), 35, "kept through the purge");
+    drop(s);
+    let s = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(s.behind(Some(3), u64::MAX), UNSEEN_WEIGHT);
+}
+
+#[test]
 /// A purge rewrites the file: the purge record, then the kept lines byte for byte (also
 /// those appended after a truncation, elsewhere in the old file); reads after it (from
 /// the cache, from the new file, after reopening) return the right entries.

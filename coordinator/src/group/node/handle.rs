@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::core::{FlushBatch, JobReport, Report};
-use crate::durable::{Durable, Flushed};
+use crate::durable::{Durable, Flushed, Proposed};
 use crate::group::replica::Replica;
 use crate::group::{Command, GroupStatus, Outcome, Raft};
 use crate::ranges::Finished;
@@ -35,8 +35,8 @@ impl std::fmt::Debug for Handle {
 
 /// The shell's durable work, committed through the group's log and applied by every member.
 impl Durable for Handle {
-    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Result<Flushed, (anyhow::Error, FlushBatch)>> {
-        Box::pin(self.flush(p))
+    fn flush(&self, p: FlushBatch) -> BoxFuture<'_, Proposed> {
+        Box::pin(self.propose(p))
     }
 
     fn reports(&self, rs: Vec<Report>) -> BoxFuture<'_, anyhow::Result<Vec<Result<(), String>>>> {
@@ -150,45 +150,81 @@ impl Handle {
         Ok(r.data)
     }
 
-    /// Commits a flush as bounded entries ([`crate::group::batch`]), in order; how many primes were
-    /// new, and the replica's primes count and dedup-set size after it. The flush's primes
-    /// move into the entries (no copy is kept: a flush of a large job holds hundreds of MB).
-    /// An entry that does not commit ends it with an error and the flush handed back: what
-    /// did not commit, with its `done` (what did commit is deduplicated when it comes again).
-    async fn flush(&self, mut p: FlushBatch) -> Result<Flushed, (anyhow::Error, FlushBatch)> {
-        let batches = crate::group::batch::split(&mut p, rand::random::<u64>);
-        let (mut new, mut total, mut in_set) = (0, 0, 0);
-        let mut batches = batches.into_iter();
-        let mut any = false;
-        while let Some((b, runs)) = batches.next() {
-            any = true;
-            let id = b.id;
-            self.replica.hold(id, runs);
+    /// Proposes a flush as bounded entries ([`crate::group::batch`]), in order, each
+    /// marked with this leader's term; the future it returns gives how many primes were
+    /// new, and the replica's primes count and dedup-set size after it, once every entry
+    /// has committed and applied. The flush's primes move into the entries (no copy is
+    /// kept: a flush of a large job holds hundreds of MB). The next flush may be proposed
+    /// before this one applies (the flusher's pipeline): an entry whose predecessor did not
+    /// commit never applies, since entries of one term commit in order and an entry that
+    /// reached the log in another term than its leader's is refused on every member
+    /// ([`crate::group::replica`]). An entry that does not commit ends the flush with an
+    /// error and hands it back: what did not commit, with its `done` (what did commit is
+    /// deduplicated when it comes again).
+    async fn propose(&self, mut p: FlushBatch) -> Proposed {
+        let mut batches = crate::group::batch::split(&mut p, rand::random::<u64>).into_iter();
+        let mut proposed = Vec::new();
+        let mut unproposed = Vec::new();
+        let mut failed = None;
+        for (mut b, runs) in batches.by_ref() {
+            b.term = Some(self.term);
+            self.replica.hold(b.id, runs);
             // The entry goes by value; a copy of its (bounded) file primes is kept to hand
             // back if it does not commit.
-            let written = self.write(Command::Batch(b.clone())).await;
-            let e = match written {
-                Ok(Outcome::Flushed {
-                    new: n,
-                    total: t,
-                    in_set: s,
-                }) => {
-                    new += n;
-                    (total, in_set) = (t, s);
-                    continue;
+            match self.raft.client_write_ff(Command::Batch(b.clone())).await {
+                Ok(rx) => proposed.push((b, rx)),
+                Err(e) => {
+                    let runs = self.replica.take_batch(b.id);
+                    unproposed.push((b, runs));
+                    failed = Some(anyhow::anyhow!("not proposed to the group: {e}"));
+                    break;
                 }
-                Err(e) => e,
-                Ok(o) => anyhow::anyhow!("unexpected outcome of a flush: {o:?}"),
-            };
-            let back = std::iter::once((b, self.replica.take_batch(id)))
-                .chain(batches.map(|(b, runs)| (b, Some(runs))));
-            crate::group::batch::unsplit(&mut p, back);
-            return Err((e, p));
+            }
         }
-        if !any {
-            (total, in_set) = self.replica.counts();
-        }
-        Ok(Flushed { new, total, in_set })
+        unproposed.extend(batches.map(|(b, runs)| (b, Some(runs))));
+        let replica = self.replica.clone();
+        Box::pin(async move {
+            let (mut new, mut total, mut in_set) = (0, 0, 0);
+            let any = !proposed.is_empty();
+            let mut proposed = proposed.into_iter();
+            while let Some((b, rx)) = proposed.next() {
+                let e = match rx.await {
+                    Ok(Ok(r)) => match r.data {
+                        Outcome::Flushed {
+                            new: n,
+                            total: t,
+                            in_set: s,
+                        } => {
+                            new += n;
+                            (total, in_set) = (t, s);
+                            continue;
+                        }
+                        o => anyhow::anyhow!("a flush's entry was not applied: {o:?}"),
+                    },
+                    Ok(Err(e)) => anyhow::anyhow!("not committed by the group: {e}"),
+                    Err(e) => anyhow::anyhow!("the group stopped before committing: {e}"),
+                };
+                // This entry and every later one go back (a later one may still apply:
+                // what it wrote is deduplicated when the flush comes again).
+                let back = std::iter::once(b)
+                    .chain(proposed.map(|(b, _)| b))
+                    .map(|b| {
+                        let runs = replica.take_batch(b.id);
+                        (b, runs)
+                    })
+                    .collect::<Vec<_>>();
+                crate::group::batch::unsplit(&mut p, back.into_iter().chain(unproposed));
+                return Err((e, p));
+            }
+            if let Some(e) = failed {
+                crate::group::batch::unsplit(&mut p, unproposed);
+                return Err((e, p));
+            }
+            if !any {
+                (total, in_set) = replica.counts();
+            }
+            Ok(Flushed { new, total, in_set })
+        })
     }
 
     /// Commits reports; how each was written. A report whose name a job owns is refused

@@ -37,7 +37,10 @@ impl RaftStateMachine<TypeConfig> for Replica {
             for e in entries {
                 let outcome = match e.payload {
                     EntryPayload::Blank => Outcome::Nothing,
-                    EntryPayload::Normal(cmd) => g.apply_one(cmd)?,
+                    EntryPayload::Normal(cmd) => match super::refused(&cmd, e.log_id) {
+                        Some(refused) => refused,
+                        None => g.apply_one(cmd)?,
+                    },
                     EntryPayload::Membership(m) => {
                         g.applied.membership = StoredMembership::new(Some(e.log_id), m);
                         membership = true;

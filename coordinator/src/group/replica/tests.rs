@@ -232,3 +232,68 @@ fn the_async_side_never_waits_for_an_apply() {
         (false, (0, 0), 0, false, Some(1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A flush's entry applies only if it reached the log in the term of the leader that
+/// proposed it (the flusher's pipeline: one proposed after an entry that never committed
+/// must not apply alone). Decided from the log, so every member refuses the same entries;
+/// the refused batch's held primes stay for its proposer to take back.
+async fn a_batch_logged_in_another_term_than_its_leaders_is_refused() {
+    use openraft::storage::RaftStateMachine;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = open_in(dir.path());
+    let batch = |id, term, small: Vec<u64>| {
+        Command::Batch(batch::Batch {
+            id,
+            term,
+            small,
+            ..batch::Batch::default()
+        })
+    };
+    let entry = |term, index, cmd| crate::group::LogEntry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: openraft::EntryPayload::Normal(cmd),
+    };
+    let held = crate::ranges::Run {
+        lo: 100,
+        hi: 110,
+        primes: vec![101, 103],
+    };
+    r.hold(2, vec![held]);
+    let out = r
+        .apply(vec![
+            entry(2, 1, batch(1, Some(2), vec![2, 3])),
+            // Proposed by the leader of term 2, logged in term 3: refused.
+            entry(3, 2, batch(2, Some(2), vec![5, 7])),
+            // Written before batches named their term: applied as before.
+            entry(3, 3, batch(3, None, vec![11])),
+            entry(3, 4, batch(4, Some(3), vec![13])),
+        ])
+        .await
+        .expect("apply");
+    let refused: Vec<bool> = out
+        .iter()
+        .map(|o| matches!(o, Outcome::Refused { .. }))
+        .collect();
+    assert_eq!(refused, [false, true, false, false], "{out:?}");
+    assert!(matches!(
+        out[1],
+        Outcome::Refused {
+            proposed: 2,
+            logged: 3
+        }
+    ));
+    let text = std::fs::read_to_string(dir.path().join("member/primes.txt")).expect("read");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["11", "13", "2", "3"],
+        "nothing of the refused batch"
+    );
+    assert_eq!(
+        r.take_batch(2).map(|runs| runs[0].primes.clone()),
+        Some(vec![101, 103]),
+        "the refused batch's primes are still held"
+    );
+}
