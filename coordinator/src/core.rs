@@ -244,6 +244,9 @@ pub struct Core {
     /// Segment primes of each flush handed to the flusher and not yet answered, oldest
     /// first.
     in_flush: VecDeque<usize>,
+    /// Segment primes of flushes handed back and not yet taken again.
+    #[serde(default)]
+    handed_back: usize,
     /// A `primes` segment was held back by the backlog: assign again after a flush.
     held_back: bool,
     pub totals: Totals,
@@ -267,6 +270,7 @@ impl Core {
             pending: FlushBatch::default(),
             done_work: HashMap::new(),
             in_flush: VecDeque::new(),
+            handed_back: 0,
             held_back: false,
             totals: Totals::default(),
             last_tick_ms: None,

@@ -45,9 +45,12 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken)
             };
             if last_ok {
                 under_way = Some(next);
-            } else {
-                // Handed back: the next goes back behind it (or is answered durable).
-                settle(&shared, next).await;
+            } else if settle(&shared, next).await {
+                // Handed back, then the next durable: the group never makes a flush durable
+                // when the one proposed before it was not (`Durable::flush`), so this says
+                // the first failed after all its entries committed; its primes, handed back,
+                // are deduplicated when they come again.
+                error!("a flush was durable after the one before it failed");
             }
         }
         if stopping {

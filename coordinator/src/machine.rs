@@ -235,7 +235,8 @@ impl Coordinator {
                 // after it); nothing was marked done. Flushes are answered in the order
                 // taken, so one handed back earlier (with two under way) is older and
                 // stays in front.
-                self.core.flush_failed();
+                self.core
+                    .flush_failed(p.runs.iter().map(|r| r.primes.len()).sum());
                 match &mut self.recovered {
                     Some(r) => r.extend(p),
                     None => self.recovered = Some(p),

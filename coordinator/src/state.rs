@@ -182,8 +182,13 @@ impl Shared {
                     Action::WriteJobReport(r) => events.push_back(self.write_job_report(*r).await),
                     // The shell's flusher pulls its batches ([`Shared::take_flush`]) and never
                     // feeds `FlushDue`; a batch handed out this way anyway goes back into the
-                    // buffer, nothing lost.
-                    Action::Flush(p) => events.push_back(Event::FlushFailed(p)),
+                    // buffer. (It would be answered as the oldest flush under way: with the
+                    // flusher's pipeline that is only right when none is; say so if it
+                    // happens.)
+                    Action::Flush(p) => {
+                        error!("a flush was handed to the shell instead of the flusher");
+                        events.push_back(Event::FlushFailed(p))
+                    }
                     Action::FlushSoon => self.flush_now.notify_one(),
                     Action::WriteSnapshot(s) => {
                         snapshots_done.push(s.seq);

@@ -62,16 +62,22 @@ impl Core {
     /// order taken, with [`Core::flushed`] or [`Core::flush_failed`].
     pub fn flush_taken(&mut self, primes: usize) {
         self.in_flush.push_back(primes);
+        // What was handed back went out with it.
+        self.handed_back = 0;
     }
 
-    /// The oldest flush under way was not made durable (its primes are handed back).
-    pub fn flush_failed(&mut self) {
+    /// The oldest flush under way was not made durable: its `primes` segment primes are
+    /// handed back (waiting for the next flush).
+    pub fn flush_failed(&mut self, primes: usize) {
         self.in_flush.pop_front();
+        self.handed_back += primes;
     }
 
-    /// Segment primes received and not yet durable (the buffer and the flushes under way).
+    /// Segment primes received and not yet durable (the buffer, what was handed back and
+    /// the flushes under way).
     pub fn backlog(&self) -> usize {
         self.in_flush.iter().sum::<usize>()
+            + self.handed_back
             + self
                 .pending
                 .runs

@@ -698,11 +698,15 @@ fn backlog_counts_each_flush_until_answered() {
     c.flush_taken(5);
     c.flush_taken(7);
     assert_eq!(c.backlog(), 12);
-    c.flush_failed();
-    assert_eq!(c.backlog(), 7, "the oldest answered first");
+    c.flush_failed(5);
+    assert_eq!(c.backlog(), 12, "handed back: still not durable");
     c.flushed(Vec::new(), at(1));
-    assert_eq!(c.backlog(), 0);
+    assert_eq!(c.backlog(), 5, "the oldest answered first, then the next");
+    c.flush_taken(5);
+    assert_eq!(c.backlog(), 5, "taken again, counted once");
     c.flushed(Vec::new(), at(2));
+    assert_eq!(c.backlog(), 0);
+    c.flushed(Vec::new(), at(3));
     assert_eq!(
         c.backlog(),
         0,

@@ -260,6 +260,12 @@ impl Held {
     pub fn take(&mut self, id: u64) -> Option<Vec<Run>> {
         self.runs.remove(&id)
     }
+
+    /// Lets every held run go (a leader stepping down: a batch of its still to apply
+    /// regenerates its primes instead).
+    pub fn clear(&mut self) {
+        self.runs.clear();
+    }
 }
 
 #[cfg(test)]

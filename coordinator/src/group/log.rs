@@ -64,16 +64,19 @@ const LIMITED_READ_BYTES: u64 = 8 << 20;
 /// The scan at open gives back its line buffer after a line longer than this.
 const SCAN_BUFFER_KEPT: usize = 1 << 20;
 
-/// Where an entry is: its log id, and its line in the log file (the newline included);
-/// with its weight, the primes a member that does not hold them regenerates to apply it
-/// ([`super::pace`]).
+/// Where an entry is: its log id, and its line in the log file (the newline included).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     log_id: LogId,
     offset: u64,
     len: u64,
-    weight: u64,
 }
+
+/// Per log index, the entry's weight: the primes a member that does not hold them
+/// regenerates to apply it ([`super::pace`]). Behind a lock of its own, never held across
+/// I/O: [`LogStore::behind`] is asked from async tasks at every change of the metrics, and
+/// must not wait for an append's fsync or a purge's rewrite (which hold the store's lock).
+type Weights = Arc<Mutex<BTreeMap<u64, u64>>>;
 
 /// The weight of an entry read back at open, which is not decoded then: a flush's worth
 /// (so a member restarted far behind catches up at the normal priority).
@@ -113,12 +116,14 @@ struct Inner {
     committed: Option<LogId>,
     /// Set when a write failed: what is on disk is then unknown, so nothing more is written.
     failed: Option<String>,
+    weights: Weights,
 }
 
 /// The log store; clones share it (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    weights: Weights,
 }
 
 fn write_err(e: anyhow::Error) -> StorageError<u64> {
@@ -218,7 +223,11 @@ impl LogStore {
             purged = ?purged.map(|l| l.index),
             "Raft log opened"
         );
+        let weights: Weights = Arc::new(Mutex::new(
+            index.keys().map(|&i| (i, UNSEEN_WEIGHT)).collect(),
+        ));
         Ok(LogStore {
+            weights: weights.clone(),
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
                 path,
@@ -233,6 +242,7 @@ impl LogStore {
                 vote,
                 committed: None,
                 failed: None,
+                weights,
             })),
         })
     }
@@ -255,14 +265,14 @@ impl LogStore {
     /// does); `u64::MAX` for more than [`BEHIND_ENTRIES`] entries (far behind whatever
     /// they hold, and the count stays cheap: it runs at every change of the metrics).
     pub fn behind(&self, applied: Option<u64>, cap: u64) -> u64 {
-        let g = lock(&self.inner);
+        let w = lock(&self.weights);
         let from = applied.map_or(Bound::Unbounded, Bound::Excluded);
         let mut sum = 0u64;
-        for (i, s) in g.index.range((from, Bound::Unbounded)).enumerate() {
+        for (i, (_, weight)) in w.range((from, Bound::Unbounded)).enumerate() {
             if i >= BEHIND_ENTRIES {
                 return u64::MAX;
             }
-            sum = sum.saturating_add(s.1.weight);
+            sum = sum.saturating_add(*weight);
             if sum > cap {
                 break;
             }
@@ -354,6 +364,12 @@ impl Inner {
         }
         let mut offset = self.write(&buf)?;
         drop(buf);
+        {
+            let mut w = lock(&self.weights);
+            for e in &entries {
+                w.insert(e.log_id.index, weight_of(e));
+            }
+        }
         for (e, len) in entries.into_iter().zip(lens) {
             let log_id = e.log_id;
             self.index.insert(
@@ -362,7 +378,6 @@ impl Inner {
                     log_id,
                     offset,
                     len,
-                    weight: weight_of(&e),
                 },
             );
             offset += len;
@@ -401,6 +416,7 @@ impl Inner {
         encode(&RecordOut::Truncate(from), &mut buf)?;
         self.write(&buf)?;
         self.index.split_off(&from);
+        lock(&self.weights).split_off(&from);
         self.cache_drop_from(from);
         Ok(())
     }
@@ -446,6 +462,10 @@ impl Inner {
         self.end = end;
         self.index = index;
         self.purged = Some(upto);
+        {
+            let mut w = lock(&self.weights);
+            *w = w.split_off(&first_kept);
+        }
         let kept_cache = self.cache.split_off(&first_kept);
         self.cache = kept_cache;
         self.cache_bytes = self.cache.values().map(|(_, l)| l).sum();

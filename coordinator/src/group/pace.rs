@@ -76,14 +76,23 @@ pub async fn watch(raft: Raft, log: LogStore, me: u64, pace: Pace, shutdown: Can
     let mut rx = raft.metrics();
     loop {
         {
-            let m = rx.borrow_and_update();
-            let applied = m.last_applied.map(|l| l.index);
-            pace.set(yields(Seen {
+            // Copied out: the metrics are not borrowed while the log is asked (Raft waits
+            // for every borrow to end before it publishes the next metrics).
+            let (state, leader, applied) = {
+                let m = rx.borrow_and_update();
+                (m.state, m.current_leader, m.last_applied.map(|l| l.index))
+            };
+            let mut seen = Seen {
                 me,
-                state: m.state,
-                leader: m.current_leader,
-                behind: log.behind(applied, LAG_PRIMES),
-            }));
+                state,
+                leader,
+                behind: 0,
+            };
+            // Only a follower's answer depends on the weight: nothing else yields.
+            if yields(seen) {
+                seen.behind = log.behind(applied, LAG_PRIMES);
+            }
+            pace.set(yields(seen));
         }
         tokio::select! {
             _ = shutdown.cancelled() => {

@@ -266,7 +266,10 @@ impl Replica {
             let mut g = lock(&self.inner);
             g.mirror.deactivate();
             *lock(&self.view) = g.view();
-        })
+        });
+        // Primes of flushes this leader proposed that will not apply here as proposed (a
+        // truncated or refused entry) would otherwise stay held for good.
+        lock(&self.held).clear();
     }
 
     /// Syncs the files and records what was applied (a clean stop: nothing to re-apply).

@@ -87,7 +87,6 @@ pub(super) fn scan(path: &Path, file: &File) -> anyhow::Result<Scanned> {
                         log_id: h.log_id,
                         offset,
                         len: n as u64,
-                        weight: super::UNSEEN_WEIGHT,
                     },
                 );
             }

@@ -27,16 +27,40 @@ async fn confirmed(raft: &Raft, lease: Duration) -> bool {
     )
 }
 
-/// True if a majority confirms this replica's lead now (heartbeats answered), whatever its
-/// own applies are doing: while serving. Waiting for the apply as well (the read barrier of
-/// [`confirmed`]) deposed a healthy leader whose apply of thousands of reports outlasted the
-/// lease ("no majority confirms this leader" with every member up).
-async fn majority_confirms(raft: &Raft, lease: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(lease, raft.get_read_log_id()).await,
-        Ok(Ok(_))
-    )
+/// Ok if a majority confirms this replica's lead within `lease` (heartbeats answered),
+/// whatever its own applies are doing: while serving. Waiting for the apply as well (the
+/// read barrier of [`confirmed`]) deposed a healthy leader whose apply of thousands of
+/// reports outlasted the lease ("no majority confirms this leader" with every member up).
+/// A round of heartbeats that misses a quorum is tried again until the lease runs out:
+/// one round waits one heartbeat interval for each answer, and followers busy with a
+/// job's fsyncs missed one now and then (the leader then stopped serving at once, 127 ms
+/// into its 1.2 s lease, and every chunk in flight was handed out again).
+async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
+    let t = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + lease;
+    let mut rounds = 0u32;
+    loop {
+        rounds += 1;
+        let last = match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        // The Raft node stopped, or the lease is out: no retry will confirm it. (A leader
+        // that lost its lead is told by the metrics, which the caller watches.)
+        if raft.metrics().borrow().running_state.is_err() || tokio::time::Instant::now() >= deadline
+        {
+            return Err(format!(
+                "{last} ({rounds} rounds in {} ms)",
+                t.elapsed().as_millis()
+            ));
+        }
+        tokio::time::sleep(RETRY.min(deadline - tokio::time::Instant::now())).await;
+    }
 }
+
+/// Between two rounds of [`majority_confirms`].
+const RETRY: Duration = Duration::from_millis(50);
 
 /// Waits until this replica leads, confirmed by a majority and caught up; its term (None at
 /// shutdown; an error if the Raft node failed).
@@ -107,8 +131,8 @@ pub(super) async fn watch_lead(handle: Handle, lease: Duration, stop: Cancellati
                     stop.cancel();
                     return;
                 }
-                if !majority_confirms(&handle.raft, lease).await {
-                    warn!(term = handle.term, "no majority confirms this leader: stop serving");
+                if let Err(why) = majority_confirms(&handle.raft, lease).await {
+                    warn!(term = handle.term, why, "no majority confirms this leader: stop serving");
                     stop.cancel();
                     return;
                 }
