@@ -135,8 +135,7 @@ impl Coordinator {
         if batch.is_empty() {
             return None;
         }
-        self.core
-            .flush_taken(batch.runs.iter().map(|r| r.primes.len()).sum());
+        self.core.flush_taken(batch.run_primes());
         Some(batch)
     }
 
@@ -235,8 +234,7 @@ impl Coordinator {
                 // after it); nothing was marked done. Flushes are answered in the order
                 // taken, so one handed back earlier (with two under way) is older and
                 // stays in front.
-                self.core
-                    .flush_failed(p.runs.iter().map(|r| r.primes.len()).sum());
+                self.core.flush_failed(p.run_primes());
                 match &mut self.recovered {
                     Some(r) => r.extend(p),
                     None => self.recovered = Some(p),

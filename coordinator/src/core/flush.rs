@@ -29,6 +29,11 @@ impl FlushBatch {
             && self.done.is_empty()
     }
 
+    /// How many primes of `primes` job segments it holds (what the backlog counts).
+    pub fn run_primes(&self) -> usize {
+        self.runs.iter().map(|r| r.primes.len()).sum()
+    }
+
     /// Puts `later` after what this holds (order matters for runs: a segment's primes must
     /// reach the flusher in the order they were sent).
     pub fn extend(&mut self, later: FlushBatch) {
@@ -76,14 +81,7 @@ impl Core {
     /// Segment primes received and not yet durable (the buffer, what was handed back and
     /// the flushes under way).
     pub fn backlog(&self) -> usize {
-        self.in_flush.iter().sum::<usize>()
-            + self.handed_back
-            + self
-                .pending
-                .runs
-                .iter()
-                .map(|r| r.primes.len())
-                .sum::<usize>()
+        self.in_flush.iter().sum::<usize>() + self.handed_back + self.pending.run_primes()
     }
 
     /// The flusher made the oldest flush under way durable: `done`'s chunks are done; files

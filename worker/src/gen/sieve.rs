@@ -111,16 +111,16 @@ struct Sieving {
     wheel: u8,
 }
 
-/// The primes up to `limit` from one table made once per process (up to [`BASE_LIMIT`]):
-/// every range sieve needs them, and a follower regenerating a job's segments, or a worker
-/// sieving them, made the table again for each (~6% of its time). `None` above the table.
-fn sieving_primes(limit: u64) -> Option<&'static [u64]> {
+/// The primes up to `limit`: from one table made once per process up to [`BASE_LIMIT`]
+/// (every range sieve needs them, and a follower regenerating a job's segments, or a worker
+/// sieving them, made the table again for each: ~6% of its time), made anew above it.
+fn sieving_primes(limit: u64) -> std::borrow::Cow<'static, [u64]> {
     static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
     if limit > BASE_LIMIT {
-        return None;
+        return small_primes(limit).into();
     }
     let table = TABLE.get_or_init(|| small_primes(BASE_LIMIT));
-    Some(&table[..table.partition_point(|&p| p <= limit)])
+    table[..table.partition_point(|&p| p <= limit)].into()
 }
 
 /// The odd primes up to `limit` (a plain sieve; at most 2^22, a few milliseconds).
@@ -257,8 +257,9 @@ impl RangeSieve {
         let small: Vec<u64> = if lo < SMALL {
             // A plain sieve of [0, SMALL): asking the exact test would build its 2^24-bit
             // table (~20 ms, once per process) for these few numbers.
-            small_primes(SMALL - 1)
-                .into_iter()
+            sieving_primes(SMALL - 1)
+                .iter()
+                .copied()
                 .filter(|&n| n >= lo && n <= hi)
                 .collect()
         } else {
@@ -267,15 +268,7 @@ impl RangeSieve {
         let start = lo.max(SMALL);
         let next = (start <= hi && lo <= hi).then(|| (start / 30 * 30) as u128);
         let base = next.map_or(0, |b| b as u64);
-        let owned;
-        let primes: &[u64] = match sieving_primes(limit) {
-            Some(ps) => ps,
-            None => {
-                owned = small_primes(limit);
-                &owned
-            }
-        };
-        let sieving = primes
+        let sieving = sieving_primes(limit)
             .iter()
             .filter(|&&p| p > PRE_MAX)
             .map(|&p| {

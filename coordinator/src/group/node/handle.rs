@@ -206,14 +206,11 @@ impl Handle {
                 };
                 // This entry and every later one go back (a later one may still apply:
                 // what it wrote is deduplicated when the flush comes again).
-                let back = std::iter::once(b)
-                    .chain(proposed.map(|(b, _)| b))
-                    .map(|b| {
-                        let runs = replica.take_batch(b.id);
-                        (b, runs)
-                    })
-                    .collect::<Vec<_>>();
-                crate::group::batch::unsplit(&mut p, back.into_iter().chain(unproposed));
+                let back = std::iter::once(b).chain(proposed.map(|(b, _)| b)).map(|b| {
+                    let runs = replica.take_batch(b.id);
+                    (b, runs)
+                });
+                crate::group::batch::unsplit(&mut p, back.chain(unproposed));
                 return Err((e, p));
             }
             if let Some(e) = failed {

@@ -36,8 +36,8 @@ async fn confirmed(raft: &Raft, lease: Duration) -> bool {
 /// job's fsyncs missed one now and then (the leader then stopped serving at once, 127 ms
 /// into its 1.2 s lease, and every chunk in flight was handed out again).
 async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
-    let t = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + lease;
+    let start = tokio::time::Instant::now();
+    let deadline = start + lease;
     let mut rounds = 0u32;
     loop {
         rounds += 1;
@@ -52,7 +52,7 @@ async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
         {
             return Err(format!(
                 "{last} ({rounds} rounds in {} ms)",
-                t.elapsed().as_millis()
+                start.elapsed().as_millis()
             ));
         }
         tokio::time::sleep(RETRY.min(deadline - tokio::time::Instant::now())).await;
