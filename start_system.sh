@@ -109,6 +109,14 @@ if [ "$fresh" = 1 ]; then
     echo "--fresh: stopping the running system first"
     bash ./stop_system.sh || { echo "start_system.sh: could not stop the running system" >&2; exit 1; }
   fi
+  # The members' old reports become spare report files, written over by the new run's
+  # reports instead of creating files: on ext4 without a journal a file created just after
+  # thousands were deleted costs ~15x more (the coordinator's --spare-dir; BENCHMARKS.md).
+  # The coordinator keeps at most 10,000 of them.
+  for d in data/coordinators/*/output data/coordinators/simple/*/output; do
+    [ -d "$d" ] || continue
+    mkdir -p data/spare-reports && mv "$d" "data/spare-reports/$(date +%Y%m%dT%H%M%S.%N)-$$-$RANDOM" 2>/dev/null || true
+  done
   rm -rf primes.txt primes.txt.ranges primes.txt.leader primes.txt.import primes.txt.meta primes.txt.set snapshots data/output data/replicas data/coordinators run/status.json run/*.addr
   rm -rf "$cache_root"/worker-* 2>/dev/null
   echo "fresh start: cleared primes.txt, snapshots/, data/output/, replicas and worker caches (data/input kept)"
@@ -191,7 +199,8 @@ if [ "$mode" = replicated ]; then
   coord_list="${c_addrs[0]},${c_addrs[1]},${c_addrs[2]}"
   for n in 1 2 3; do
     launch "coordinator-$n" "run/coordinator-$n.addr" "$BIN/coordinator" --group "$group" --group-id "$n" \
-      --addr-file "run/coordinator-$n.addr" --http "$host:$((base + 9 + n))" --afs "$afs_list" --inputs-from-afs
+      --addr-file "run/coordinator-$n.addr" --http "$host:$((base + 9 + n))" --afs "$afs_list" --inputs-from-afs \
+      --spare-dir data/spare-reports
   done
 else
   # A group of one, through the same code (its Raft port base+6): the same log, replica
@@ -199,7 +208,8 @@ else
   # its own (a group of three is another group: switching modes merges the root files).
   coord_list="$coord_addr"
   launch coordinator run/coordinator.addr "$BIN/coordinator" --group "$coord_addr/$host:$((base + 6))" --group-id 1 \
-    --group-dir data/coordinators/simple --addr-file run/coordinator.addr --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list"
+    --group-dir data/coordinators/simple --addr-file run/coordinator.addr --http "$http_addr" --http-addr-file run/http.addr --afs "$afs_list" \
+    --spare-dir data/spare-reports
 fi
 for i in $(seq "$workers"); do
   launch "worker-$i" "" "$BIN/worker" --id "worker-$i" --coordinator "$coord_list" --afs "$afs_list" --cache-root "$cache_root" --threads "$threads"

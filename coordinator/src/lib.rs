@@ -58,6 +58,7 @@ pub mod report;
 pub mod results;
 pub mod server;
 pub mod snapshot;
+pub mod spare;
 pub mod state;
 pub mod status;
 pub mod verify;

@@ -20,7 +20,7 @@ pub fn write_report(output: &Path, r: &Report, jobs: &Path) -> anyhow::Result<()
     if let Some(clash) = job_clash(output, r, jobs) {
         anyhow::bail!(clash);
     }
-    write_report_only(output, r)
+    write_report_only(output, r, &crate::spare::Spares::default())
 }
 
 /// Why report `r` cannot be written because a job owns its name (an input
@@ -38,11 +38,19 @@ pub fn job_clash(output: &Path, r: &Report, jobs: &Path) -> Option<String> {
     ))
 }
 
-/// Writes report `r` atomically (no check against the jobs: see [`job_clash`]).
-pub fn write_report_only(output: &Path, r: &Report) -> anyhow::Result<()> {
+/// Writes report `r` atomically (no check against the jobs: see [`job_clash`]), over a
+/// spare report file if `spares` has one ([`crate::spare`]).
+pub fn write_report_only(
+    output: &Path,
+    r: &Report,
+    spares: &crate::spare::Spares,
+) -> anyhow::Result<()> {
     let path = report_path(output, &r.file);
     let json = serde_json::to_vec_pretty(r).context("encoding report")?;
-    write_replace(&path, &json, false).map_err(|e| match clash(output, &path) {
+    let written = spares
+        .write(&path, &json)
+        .with_context(|| format!("writing {}", path.display()));
+    written.map_err(|e| match clash(output, &path) {
         Some(why) => e.context(why),
         None => e,
     })

@@ -493,3 +493,66 @@ fn start_and_stop_scripts() {
         .collect();
     assert!(left.is_empty(), "a failed start cleans up its pid files");
 }
+
+#[test]
+/// `start_system.sh --fresh` keeps the cleared reports' files as spares
+/// (`data/spare-reports/`), and the next run's reports are written over them: every new
+/// report is exact, is one of the old files (no file created), and nothing stale shows.
+fn a_fresh_start_writes_its_reports_over_the_last_runs() {
+    use std::os::unix::fs::MetadataExt;
+    let sc = Scripts::new("s", 6, 21);
+    let root = sc.root();
+    let reports = || -> Vec<PathBuf> {
+        (0..6)
+            .map(|i| root.join(format!("data/output/s{i:03}.txt.json")))
+            .collect()
+    };
+    let run = |args: &[&str]| {
+        let (code, so) = sc.run("start_system.sh", args, &sc.with_base());
+        assert_eq!(code, 0, "start_system.sh failed:\n{so}");
+        wait_for(T, "every report", || reports().iter().all(|p| p.exists()));
+        let primes = std::fs::read_to_string(root.join("primes.txt")).expect("primes");
+        let (code, out) = sc.run("stop_system.sh", &[], &[]);
+        assert_eq!(code, 0, "{out}");
+        let mut primes: Vec<String> = primes.lines().map(str::to_string).collect();
+        primes.sort();
+        let bodies: Vec<Value> = reports()
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).expect("report")).expect("json"))
+            .collect();
+        let inodes: BTreeSet<u64> = reports()
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("report").ino())
+            .collect();
+        (primes, bodies, inodes)
+    };
+    let (primes1, bodies1, inodes1) = run(&["simple", "2"]);
+    let (primes2, bodies2, inodes2) = run(&["simple", "2", "--fresh"]);
+    assert_eq!(primes1, primes2, "the same primes after a fresh start");
+    for (i, (a, b)) in bodies1.iter().zip(&bodies2).enumerate() {
+        assert_eq!(b["status"], "done", "report {i}: {b}");
+        assert_eq!(b["file"], format!("s{i:03}.txt"));
+        for k in ["primes_found", "numbers_read", "lines"] {
+            assert_eq!(a[k], b[k], "report {i}, {k}");
+        }
+    }
+    assert!(
+        inodes2.is_subset(&inodes1),
+        "the new reports are the old files written over: {inodes1:?} then {inodes2:?}"
+    );
+    // Used up: no spare report is left in the pool.
+    let mut left = Vec::new();
+    let mut stack = vec![root.join("data/spare-reports")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                _ => left.push(e.path()),
+            }
+        }
+    }
+    assert!(
+        left.iter().all(|p| !p.to_string_lossy().contains("/s00")),
+        "spares of these reports left: {left:?}"
+    );
+}

@@ -154,6 +154,12 @@ struct RunArgs {
     /// them; a replica that was down long catches up from one).
     #[arg(long, env = "PRIMES_GROUP_SNAPSHOT_ENTRIES", default_value_t = 1000)]
     group_snapshot_entries: u64,
+    /// Folder of spare report files: a --fresh start moves this replica's old reports there,
+    /// and new reports are written over them instead of being created (a file created just
+    /// after others were deleted is slow on ext4 without a journal). At most 10,000 are
+    /// kept. start_system.sh gives data/spare-reports; none by default.
+    #[arg(long, env = "PRIMES_SPARE_DIR")]
+    spare_dir: Option<PathBuf>,
     /// Start over: clear primes.txt, reports, snapshots (never the input files); in a group,
     /// this replica's own state too.
     #[arg(long)]
@@ -481,7 +487,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     };
     let dir = a.group_dir.join(format!("coordinator-{id}"));
+    let spare_dir = a.spare_dir.clone();
     if a.fresh {
+        // The last run's reports become spares, written over by this run's (an inode
+        // freed just now makes every create slow on some file systems: coordinator::spare).
+        if let Some(pool) = &spare_dir {
+            coordinator::spare::keep(&dir.join("output"), pool);
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -495,6 +507,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         election_ms: a.election_ms,
         snapshot_entries: a.group_snapshot_entries,
         addr_file: a.addr_file.clone(),
+        spare_dir,
     };
     // One async thread: the coordinator's work is short message handling under one lock;
     // more threads only add cross-thread wake-ups (block_in_place needs the multi-thread kind).

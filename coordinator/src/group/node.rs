@@ -55,6 +55,8 @@ pub struct GroupConfig {
     /// Written with the workers' address once it is first bound (as follower or leader):
     /// scripts wait for it.
     pub addr_file: Option<PathBuf>,
+    /// The pool of spare report files ([`crate::spare`]), if any.
+    pub spare_dir: Option<PathBuf>,
 }
 
 /// Runs this replica until `shutdown`: `workers` is the address to serve workers on (bound
@@ -69,7 +71,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let log = LogStore::open(&group.dir)?;
     let pristine = log.is_pristine();
-    let replica = Replica::open(&group.dir, &cfg.primes, &cfg.output, &cfg.jobs)?;
+    let spares = match &group.spare_dir {
+        Some(d) => crate::spare::Spares::in_dir(d, crate::spare::SPARE_CAP),
+        None => crate::spare::Spares::none(),
+    };
+    let replica =
+        Replica::open(&group.dir, &cfg.primes, &cfg.output, &cfg.jobs)?.with_spares(spares);
     let configured: std::collections::BTreeSet<u64> = group.members.keys().copied().collect();
     if let Some(voters) = replica.voters() {
         if voters != configured {

@@ -63,6 +63,8 @@ struct State {
     import_dir: PathBuf,
     /// Whether what this member regenerates is applied at idle priority ([`pace`]).
     pace: Pace,
+    /// Report files a `--fresh` start cleared, written over by new reports.
+    spares: Arc<crate::spare::Spares>,
 }
 
 /// One replica's state machine; clones share it.
@@ -170,6 +172,7 @@ impl Replica {
             held: Arc::default(),
             import_dir: import_dir(root_primes),
             pace: Pace::default(),
+            spares: crate::spare::Spares::none(),
         };
         Ok(Replica {
             view: Arc::new(Mutex::new(state.view())),
@@ -178,6 +181,13 @@ impl Replica {
             inner: Arc::new(Mutex::new(state)),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Writes its reports over the spare report files of `spares` while they last
+    /// ([`crate::spare`]).
+    pub fn with_spares(self, spares: Arc<crate::spare::Spares>) -> Self {
+        lock(&self.inner).spares = spares;
+        self
     }
 
     /// The finished generation tasks and the primes counts (total, in the dedup set), for a
@@ -516,8 +526,8 @@ impl State {
                 for r in &reports {
                     // The leader checked the jobs' names before proposing: apply depends on
                     // the log alone.
-                    let res =
-                        crate::report::write_report_only(&output, r).map_err(|e| format!("{e:#}"));
+                    let res = crate::report::write_report_only(&output, r, &self.spares)
+                        .map_err(|e| format!("{e:#}"));
                     if res.is_ok() {
                         written.push(r);
                     }
