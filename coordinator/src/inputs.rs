@@ -64,6 +64,12 @@ impl InputWatcher {
         }
     }
 
+    /// True if notified path `p` (absolute) is hidden below the watched folder: no walk
+    /// sees it ([`proto::files::hidden_below`]).
+    pub fn hidden(&self, p: &Path) -> bool {
+        proto::files::hidden_below(&self.abs_dir, p)
+    }
+
     /// Marks a file as already handled with this fingerprint (e.g. it has a report).
     pub fn mark_reported(&mut self, name: &str, fp: Fingerprint) {
         self.reported.insert(name.to_string(), fp);

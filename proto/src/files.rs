@@ -57,6 +57,18 @@ impl Fingerprint {
     }
 }
 
+/// True if `path` is below folder `root` (both absolute, or both relative to the same
+/// folder) through a hidden name (a file or folder whose name starts with `.`): nothing a
+/// walk of `root` sees ([`visible_files`], [`walk`]). A file notification about such a path
+/// (a write staged in `.stage/` before its rename, the removal of that folder) changes no
+/// visible file, so it needs no scan.
+pub fn hidden_below(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root).is_ok_and(|rel| {
+        rel.components()
+            .any(|c| c.as_os_str().to_str().is_some_and(|n| n.starts_with('.')))
+    })
+}
+
 /// Every regular, non-hidden file below `dir` (hidden files and folders skipped, symlinks
 /// not followed), as (path relative to `dir` with `/` separators, metadata). Unreadable
 /// entries are skipped: a folder being changed while walked is normal.
@@ -159,6 +171,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_below_a_root() {
+        let root = Path::new("/d/input");
+        for (p, hidden) in [
+            ("/d/input/.stage", true),
+            ("/d/input/.stage/small/f1.txt", true),
+            ("/d/input/a/.f.txt.tmp", true),
+            ("/d/input/a/f.txt", false),
+            ("/d/input", false),
+            ("/d/.other/input/f.txt", false),
+            ("/elsewhere/.x", false),
+        ] {
+            assert_eq!(hidden_below(root, Path::new(p)), hidden, "{p}");
+        }
+    }
 
     #[test]
     /// A rewrite that keeps size and mtime (`dd conv=notrunc`, then the old mtime set back)

@@ -672,3 +672,32 @@ fn listing_failover_redoes_nothing() {
     );
     p.assert_exact();
 }
+
+#[test]
+/// Files staged in a hidden folder are never queued there, and a folder of them renamed
+/// into the inputs is queued at once: the notifications about the hidden folder (thousands
+/// for a `cp -r`) are skipped without a walk, and the rename's own is never skipped. The
+/// periodic walk is off (a minute), so only notifications can bring the files in.
+fn a_folder_staged_hidden_then_renamed_in_is_queued_at_once() {
+    let mut p = Pipeline::new();
+    p.coord_flags_mut(vec!["--scan-ms".into(), "60000".into()]);
+    p.start_simple(1);
+    wait_for(T, "worker registered", || registered(&p, 1));
+    let stage = p.path("data/input/.stage/batch");
+    std::fs::create_dir_all(&stage).expect("mkdir");
+    write_inputs(&stage, "h", 20, 50, 5);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !p.path("data/output/.stage").exists() && !p.path("data/output/batch").exists(),
+        "nothing staged in a hidden folder is reported"
+    );
+    let before = p.status()["files_done"].as_u64().unwrap_or(0);
+    std::fs::rename(&stage, p.path("data/input/batch")).expect("rename in");
+    std::fs::remove_dir(p.path("data/input/.stage")).expect("rmdir");
+    wait_for(T, "every report of the renamed folder", || {
+        (0..20).all(|i| report(&p, &format!("batch/h{i:03}.txt"))["status"] == "done")
+    });
+    wait_for(T, "status to count the 20 files done, once", || {
+        p.status()["files_done"].as_u64() == Some(before + 20)
+    });
+}

@@ -50,16 +50,27 @@ pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatc
     use notify::event::{AccessKind, AccessMode, EventKind};
     use notify::Watcher;
     let weak = Arc::downgrade(shared);
+    let root = shared.store.root().to_path_buf();
+    let abs_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            // Our own reads (opens, closes without writing) change nothing.
-            Ok(ev) => !matches!(
-                ev.kind,
-                EventKind::Access(AccessKind::Open(_))
-                    | EventKind::Access(AccessKind::Read)
-                    | EventKind::Access(AccessKind::Close(AccessMode::Read))
-                    | EventKind::Access(AccessKind::Any)
-            ),
+            // Our own reads (opens, closes without writing) change nothing; nor do files
+            // staged in a hidden folder before their rename (no scan sees them).
+            Ok(ev) => {
+                let ours = matches!(
+                    ev.kind,
+                    EventKind::Access(AccessKind::Open(_))
+                        | EventKind::Access(AccessKind::Read)
+                        | EventKind::Access(AccessKind::Close(AccessMode::Read))
+                        | EventKind::Access(AccessKind::Any)
+                );
+                let staged = !ev.paths.is_empty()
+                    && ev
+                        .paths
+                        .iter()
+                        .all(|p| proto::files::hidden_below(&abs_root, p));
+                !ours && !staged
+            }
             Err(_) => true,
         };
         if let (true, Some(s)) = (relevant, weak.upgrade()) {
@@ -72,7 +83,7 @@ pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatc
             return None;
         }
     };
-    if let Err(e) = w.watch(shared.store.root(), notify::RecursiveMode::Recursive) {
+    if let Err(e) = w.watch(&root, notify::RecursiveMode::Recursive) {
         warn!(error = %e, "cannot watch the root; relying on periodic scans");
         return None;
     }

@@ -13,7 +13,13 @@ use coordinator::snapshot::SnapshotConfig;
 /// chunks of files to workers, deduplicates their primes into primes.txt, writes a report per
 /// file and takes Chandy–Lamport snapshots. It resumes from the state on disk unless --fresh.
 #[derive(Parser, Debug)]
-#[command(name = "coordinator", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "coordinator",
+    version,
+    args_conflicts_with_subcommands = true,
+    // A flag given twice takes its last value (a script appends what it overrides).
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
