@@ -6,14 +6,15 @@
 //! create searches past each such inode from the start of its block group. `--fresh` has
 //! just deleted the last run's reports, which sit in the same group as the new ones, so
 //! each new report cost ~250-300 µs instead of ~20 (BENCHMARKS.md, "Small files: spare
-//! report files"). A spare is renamed to a hidden temporary name beside the report, written
-//! over, cut to its new length and renamed into place: no inode is allocated or freed, and
-//! the report still appears whole at once. It is never cut to zero first: ext4 then writes
+//! report files"). A spare is written over where it lies in the pool, cut to its new
+//! length and renamed into place: no inode is allocated or freed, and the report still
+//! appears whole at once. It is never cut to zero first: ext4 then writes
 //! the file out when it is closed (`auto_da_alloc`), which costs more than the create did.
 //!
 //! The pool is listed once, when the replica opens; once it is used up, reports are
 //! created as before. Several processes may share a pool
-//! (the members of a group on one host): a spare is taken by a rename, which only one wins.
+//! (the members of a group on one host): a spare is written only under an exclusive
+//! `flock`, and only while it is still at its name in the pool.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -112,64 +113,63 @@ impl Spares {
         lock(&self.list).len()
     }
 
-    /// A spare moved to `tmp` (its folder `dir`, created if missing) and opened for writing;
-    /// none when the pool is used up or cannot serve `dir`.
-    fn take(&self, tmp: &Path, dir: &Path) -> Option<File> {
-        while !self.off.load(Ordering::Relaxed) {
-            let spare = lock(&self.list).pop()?;
-            let moved = match std::fs::rename(&spare, tmp) {
-                Err(e) if e.kind() == ErrorKind::NotFound && !dir.exists() => {
-                    std::fs::create_dir_all(dir).ok()?;
-                    std::fs::rename(&spare, tmp)
+    /// Writes `bytes` to `path` atomically, without fsync: over a spare if one is left
+    /// (written where it lies in the pool, then renamed to `path`), else as a new file (a
+    /// hidden temporary name, then a rename). Either way `path` is replaced at once, whole.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some((spare, f)) = self.take() {
+            // Cut to length after writing, never to zero first (see the module's note).
+            let written = f
+                .write_all_at(bytes, 0)
+                .and_then(|()| f.set_len(bytes.len() as u64));
+            if written.is_err() {
+                return proto::files::write_atomic(path, bytes, false);
+            }
+            let moved = match std::fs::rename(&spare, path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let dir = match path.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d,
+                        _ => Path::new("."),
+                    };
+                    std::fs::create_dir_all(dir).and_then(|()| std::fs::rename(&spare, path))
                 }
                 other => other,
             };
+            // The lock goes with the file, once it has left the pool.
+            drop(f);
             match moved {
-                Ok(()) => {}
-                // Taken by another process sharing the pool.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Ok(()) => return Ok(()),
                 Err(e) => {
-                    warn!(spare = %spare.display(), to = %tmp.display(), error = %e,
+                    warn!(spare = %spare.display(), to = %path.display(), error = %e,
                         "cannot use the spare report files here; reports are created");
                     self.off.store(true, Ordering::Relaxed);
-                    return None;
                 }
             }
-            // A spare another name still links (a report left in place) is not written over.
-            match std::fs::OpenOptions::new().write(true).open(tmp) {
-                Ok(f) if f.metadata().map(|m| m.nlink() == 1).unwrap_or(false) => return Some(f),
-                _ => {
-                    let _ = std::fs::remove_file(tmp);
-                }
+        }
+        proto::files::write_atomic(path, bytes, false)
+    }
+
+    /// A spare, opened for writing and this process's alone: locked (`flock`), still at its
+    /// name in the pool (not taken by a process that held it before), and linked by no other
+    /// name (a report left in place is never written over). None once the pool is used up.
+    fn take(&self) -> Option<(PathBuf, File)> {
+        while !self.off.load(Ordering::Relaxed) {
+            let spare = lock(&self.list).pop()?;
+            // Gone: taken by another process sharing the pool.
+            let Ok(f) = std::fs::OpenOptions::new().write(true).open(&spare) else {
+                continue;
+            };
+            if !try_lock(&f) {
+                continue;
+            }
+            let (Ok(held), Ok(named)) = (f.metadata(), std::fs::symlink_metadata(&spare)) else {
+                continue;
+            };
+            if held.nlink() == 1 && held.ino() == named.ino() && held.dev() == named.dev() {
+                return Some((spare, f));
             }
         }
         None
-    }
-
-    /// Writes `bytes` to `path` atomically, without fsync (a hidden temporary name, then a
-    /// rename), over a spare if one is left, else in a new file.
-    pub fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = dir.join(format!(".{name}.spare{}", std::process::id()));
-        let Some(f) = self.take(&tmp, dir) else {
-            return proto::files::write_atomic(path, bytes, false);
-        };
-        let written = f
-            .write_all_at(bytes, 0)
-            // Cut to length after writing, never to zero first (see the module's note).
-            .and_then(|()| f.set_len(bytes.len() as u64))
-            .and_then(|()| {
-                drop(f);
-                std::fs::rename(&tmp, path)
-            });
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
     }
 }
 
@@ -209,6 +209,13 @@ pub fn trim(pool: &Path, kept: &HashSet<PathBuf>) {
         let _ = std::fs::remove_dir(d);
     }
     info!(pool = %pool.display(), removed, kept = kept.len(), "spare report files trimmed");
+}
+
+/// An exclusive `flock` on `f`, without waiting; false if another holds one.
+fn try_lock(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor number, which `f` keeps open meanwhile.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -327,6 +334,28 @@ mod tests {
             b"a report still published"
         );
         assert_ne!(ino(&p), ino(&published));
+    }
+
+    #[test]
+    fn a_spare_another_process_holds_is_left_to_it() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (pool, inos) = pool_of(t.path(), 1, b"being written by another member");
+        let s = Spares::default();
+        s.list_now(&pool, SPARE_CAP);
+        let spare = lock(&s.list)[0].clone();
+        let other = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&spare)
+            .expect("open");
+        assert!(try_lock(&other), "the other member's lock");
+        let p = t.path().join("out/new.json");
+        s.write(&p, b"new").expect("write");
+        assert_eq!(std::fs::read(&p).expect("read"), b"new");
+        assert!(!inos.contains(&ino(&p)), "created, not the held spare");
+        assert_eq!(
+            std::fs::read(&spare).expect("read"),
+            b"being written by another member"
+        );
     }
 
     #[test]
