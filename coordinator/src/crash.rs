@@ -14,6 +14,12 @@
 //! slow disk, on purpose). Points:
 //!
 //! - `apply-reports`: a group member applying an entry of reports, its state locked
+//!
+//! `PRIMES_SLOW_ANSWERS=AFTER_MS:FOR_MS:DELAY_MS[:EVERY_MS]` delays a group member's
+//! answers to AppendEntries (heartbeats too) by DELAY_MS, for FOR_MS from AFTER_MS after
+//! its first such answer (and again every EVERY_MS): a follower that handles the leader's
+//! messages on time (it hears its leader) but answers late, as a loaded machine does; the
+//! leader then misses rounds of heartbeats.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -57,4 +63,23 @@ pub fn slow(name: &str) {
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
+}
+
+static SLOW_ANSWERS: OnceLock<Option<(u64, u64, u64, u64)>> = OnceLock::new();
+static FIRST_ANSWER: OnceLock<std::time::Instant> = OnceLock::new();
+
+/// How long to hold this answer to an AppendEntries, if `PRIMES_SLOW_ANSWERS` says so now.
+pub fn answer_delay() -> Option<std::time::Duration> {
+    let (after, len, delay, every) = (*SLOW_ANSWERS.get_or_init(|| {
+        let v = std::env::var("PRIMES_SLOW_ANSWERS").ok()?;
+        let mut it = v.split(':').map(|x| x.parse::<u64>().ok());
+        let (a, l, d) = (it.next()??, it.next()??, it.next()??);
+        Some((a, l, d, it.next().flatten().unwrap_or(u64::MAX).max(1)))
+    }))?;
+    let since = FIRST_ANSWER
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64;
+    let into = since.checked_sub(after)? % every;
+    (into < len).then(|| std::time::Duration::from_millis(delay))
 }

@@ -310,6 +310,9 @@ pub async fn serve(
                         {
                             answering.contact.heard();
                         }
+                        if let Some(d) = crate::crash::answer_delay() {
+                            tokio::time::sleep(d).await;
+                        }
                         Response::Append(r)
                     }
                     Ok(Some(Request::Vote(r))) => Response::Vote(raft.vote(r).await),

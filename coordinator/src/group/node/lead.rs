@@ -42,7 +42,16 @@ async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
     loop {
         rounds += 1;
         let last = match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => {
+                if rounds > 1 {
+                    info!(
+                        rounds,
+                        ms = start.elapsed().as_millis() as u64,
+                        "a majority confirms this leader after missed rounds of heartbeats"
+                    );
+                }
+                return Ok(());
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_string(),
         };
