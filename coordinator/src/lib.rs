@@ -33,6 +33,8 @@
 //!   reading its lines and ledger (`primes/lines.rs`), its checkpoint (`primes/checkpoint.rs`),
 //!   merging another primes file in (`primes/merge.rs`).
 //! - [`report`]: atomic per-file reports in `data/output/`.
+//! - [`spare`]: the report files a `--fresh` start cleared, written over by new reports
+//!   instead of creating files (`data/spare-reports/`).
 //! - [`results`]: results without a shared disk: which member to read them from, and the
 //!   `coordinator results` command (an HTTP client of the members' endpoints).
 //! - [`verify`]: the consistency check of a snapshot (each task in exactly one place).
@@ -40,7 +42,8 @@
 //! - [`members`]: each group member's view of itself (a file beside the status file,
 //!   written by the member and by the others, which ask it over the Raft port) and what
 //!   status concludes from them: who is up, who leads or why no one does.
-//! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`).
+//! - [`crash`]: deliberate crashes at named points for recovery tests (`PRIMES_CRASH_AT`),
+//!   slow points (`PRIMES_SLOW_AT`) and late answers to the leader (`PRIMES_SLOW_ANSWERS`).
 
 pub use proto::compact;
 pub mod core;
