@@ -15,7 +15,7 @@ at=${1:-2.0}; lo=${2:-1000000000000}; hi=${3:-1002000000000}
 rm -f data/jobs/midkill*.job
 others=$(find data/jobs -maxdepth 1 -name '*.job' 2>/dev/null | head -3)
 [ -z "$others" ] || { echo "bench/midkill.sh: data/jobs holds other jobs: $others" >&2; exit 2; }
-RUST_LOG=info,coordinator::flusher=debug ./start_system.sh replicated 2 --fresh >/dev/null || exit 1
+RUST_LOG=${RUST_LOG:-info,coordinator::flusher=debug} ./start_system.sh replicated 2 --fresh >/dev/null || exit 1
 for f in logs/coordinator-*.log; do echo "=== midkill mark" >> "$f"; done
 leader=$(target/release/coordinator status --json --status-file run/status.json 2>/dev/null \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["group"]["leader"])')

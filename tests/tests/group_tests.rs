@@ -401,7 +401,8 @@ fn group_leader_keeps_its_lead_through_missed_heartbeat_rounds() {
     // it while rounds are missed within its 1.2 s lease.
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "beat", 100, 1_000, 9);
-    p.coord_env.push(("PRIMES_SLOW_ANSWERS", s("400:800:300:1800")));
+    p.coord_env
+        .push(("PRIMES_SLOW_ANSWERS", s("400:800:300:1800")));
     p.worker_flags_mut(vec![s("--delay-ms"), s("60")]);
     p.simple();
     p.start_group(3);

@@ -58,8 +58,8 @@ mod ops;
 
 pub use fence::{fence_path, group_id, parse_fence, read_fence};
 use ops::{
-    append_tail, copy_file, dir_of, link_into_place, open_append, same_file, sync_dir, temp_link,
-    temp_name,
+    append_tail, copy_file, dir_of, link_into_place, open_append, replace, same_file, sync_dir,
+    temp_link, temp_name,
 };
 
 /// How the root primes file and ledger follow the replica's.
@@ -273,7 +273,7 @@ impl Mirror {
         let r = (|| {
             for ((_, dst), tmp) in pairs.iter().zip(&tmps) {
                 self.check(term)?;
-                std::fs::rename(tmp, dst)
+                replace(tmp, dst)
                     .with_context(|| format!("renaming a link over {}", dst.display()))?;
             }
             sync_dir(dir_of(&self.primes))
@@ -381,6 +381,53 @@ fn pairs(primes: &Path, dir: &Path) -> Pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// `replace` puts the new file at the name at once and leaves the old one to its other
+    /// links; with nothing at the name, or the same file there, it is a rename.
+    fn replace_exchanges_names_and_keeps_the_old_file_for_its_other_links() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (old, new, root) = (
+            t.path().join("old"),
+            t.path().join("new"),
+            t.path().join("root"),
+        );
+        std::fs::write(&old, b"the old leader's primes\n").expect("write");
+        std::fs::write(&new, b"this member's primes\n").expect("write");
+        std::fs::hard_link(&old, &root).expect("link");
+        let tmp = t.path().join(".root.link");
+        std::fs::hard_link(&new, &tmp).expect("link");
+        super::replace(&tmp, &root).expect("replace");
+        assert_eq!(
+            std::fs::read(&root).expect("read"),
+            b"this member's primes\n"
+        );
+        assert!(!tmp.exists(), "the temporary name is gone");
+        assert_eq!(
+            std::fs::read(&old).expect("read"),
+            b"the old leader's primes\n"
+        );
+        assert_eq!(std::fs::metadata(&old).expect("stat").nlink(), 1);
+        assert_eq!(std::fs::metadata(&new).expect("stat").nlink(), 2);
+        // Nothing at the name: a rename.
+        let fresh = t.path().join("fresh");
+        std::fs::hard_link(&new, &tmp).expect("link");
+        super::replace(&tmp, &fresh).expect("replace");
+        assert_eq!(
+            std::fs::read(&fresh).expect("read"),
+            b"this member's primes\n"
+        );
+        assert!(!tmp.exists());
+        // The same file at both names: it stays, the temporary name goes.
+        std::fs::hard_link(&new, &tmp).expect("link");
+        super::replace(&tmp, &root).expect("replace");
+        assert_eq!(
+            std::fs::read(&root).expect("read"),
+            b"this member's primes\n"
+        );
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::metadata(&new).expect("stat").nlink(), 3);
+    }
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 

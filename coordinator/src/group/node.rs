@@ -288,6 +288,8 @@ async fn role_loop(
                 return other.map(|_| ());
             }
         };
+        // How long taking the root files took (logged: a takeover's share of a failover).
+        let confirmed_at = std::time::Instant::now();
         let gid = super::mirror::group_id(group.members.keys());
         // The root files: merged into the group's state if another wrote them, then taken
         // (workers that register meanwhile are held by the redirect).
@@ -309,7 +311,11 @@ async fn role_loop(
             }
             continue;
         }
-        info!(term, "this coordinator leads the group: serving workers");
+        info!(
+            term,
+            root_ms = confirmed_at.elapsed().as_millis() as u64,
+            "this coordinator leads the group: serving workers"
+        );
         let handle = Handle {
             raft: raft.clone(),
             replica: replica.clone(),

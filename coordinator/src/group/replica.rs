@@ -464,11 +464,19 @@ impl State {
                             }
                             primes.append(&b.small, &b.big, &runs, &b.finished)
                         };
-                        if self.pace.lowly() {
+                        let (lowly, since) = (self.pace.lowly(), std::time::Instant::now());
+                        let new = if lowly {
                             pace::run_lowly(apply)?
                         } else {
                             apply()?
-                        }
+                        };
+                        tracing::debug!(
+                            lowly,
+                            new,
+                            ms = since.elapsed().as_millis() as u64,
+                            "regenerated and applied a batch"
+                        );
+                        new
                     }
                 };
                 Outcome::Flushed {
