@@ -64,10 +64,10 @@ impl InputWatcher {
         }
     }
 
-    /// True if notified path `p` (absolute) is hidden below the watched folder: no walk
-    /// sees it ([`proto::files::hidden_below`]).
-    pub fn hidden(&self, p: &Path) -> bool {
-        proto::files::hidden_below(&self.abs_dir, p)
+    /// True if a notification's (absolute) `paths` are all hidden below the watched
+    /// folder: no walk sees them ([`proto::files::only_hidden_below`]).
+    pub fn only_hidden(&self, paths: &[PathBuf]) -> bool {
+        proto::files::only_hidden_below(&self.abs_dir, paths)
     }
 
     /// Marks a file as already handled with this fingerprint (e.g. it has a report).

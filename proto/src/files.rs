@@ -59,14 +59,19 @@ impl Fingerprint {
 
 /// True if `path` is below folder `root` (both absolute, or both relative to the same
 /// folder) through a hidden name (a file or folder whose name starts with `.`): nothing a
-/// walk of `root` sees ([`visible_files`], [`walk`]). A file notification about such a path
-/// (a write staged in `.stage/` before its rename, the removal of that folder) changes no
-/// visible file, so it needs no scan.
+/// walk of `root` sees ([`visible_files`], [`walk`]).
 pub fn hidden_below(root: &Path, path: &Path) -> bool {
     path.strip_prefix(root).is_ok_and(|rel| {
         rel.components()
             .any(|c| c.as_os_str().to_str().is_some_and(|n| n.starts_with('.')))
     })
+}
+
+/// True if a file notification's `paths` are all hidden below the watched folder `root`
+/// (and there is one at least): a write staged in `.stage/` before its rename, the removal
+/// of that folder. It changes no visible file, so it needs no scan.
+pub fn only_hidden_below(root: &Path, paths: &[std::path::PathBuf]) -> bool {
+    !paths.is_empty() && paths.iter().all(|p| hidden_below(root, p))
 }
 
 /// Every regular, non-hidden file below `dir` (hidden files and folders skipped, symlinks
@@ -186,6 +191,16 @@ mod tests {
         ] {
             assert_eq!(hidden_below(root, Path::new(p)), hidden, "{p}");
         }
+        let paths = |ps: &[&str]| ps.iter().map(std::path::PathBuf::from).collect::<Vec<_>>();
+        assert!(only_hidden_below(
+            root,
+            &paths(&["/d/input/.stage", "/d/input/.x/y"])
+        ));
+        assert!(!only_hidden_below(
+            root,
+            &paths(&["/d/input/.stage/b", "/d/input/b"])
+        ));
+        assert!(!only_hidden_below(root, &[]), "no path: a rescan");
     }
 
     #[test]

@@ -360,6 +360,30 @@ fn group_leader_paused_is_replaced() {
     assert!(verify_snapshots(&p) >= 1);
 }
 
+/// Runs `p`'s inputs through a group of three and two workers to the end: exact, with the
+/// first leader serving throughout (none lost or gave up its lead); that leader.
+fn one_leader_throughout(p: &mut Pipeline) -> usize {
+    p.simple();
+    p.start_group(3);
+    let first = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert_eq!(p.leader(), Some(first), "the same leader throughout");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
+            .unwrap_or_default();
+        assert!(
+            !log.contains("stop serving") && !log.contains("lost the lead"),
+            "coordinator-{id} lost or gave up the lead while healthy:\n{}",
+            p.member_log(id, 30)
+        );
+    }
+    first
+}
+
 #[test]
 fn group_leader_keeps_its_lead_through_slow_applies() {
     // Every member takes 2 s to apply each entry of reports (a slow disk, on purpose), longer
@@ -370,24 +394,7 @@ fn group_leader_keeps_its_lead_through_slow_applies() {
     write_inputs(&p.path("data/input"), "slow", 6, 2_000, 5);
     p.coord_env
         .push(("PRIMES_SLOW_AT", s("apply-reports:2000")));
-    p.simple();
-    p.start_group(3);
-    let first = p.wait_leader_other_than(None, T);
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
-    p.wait_all_reported(T);
-    p.assert_exact();
-    assert_eq!(p.leader(), Some(first), "the same leader throughout");
-    for id in 1..=3 {
-        let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
-            .unwrap_or_default();
-        assert!(
-            !log.contains("stop serving") && !log.contains("lost the lead"),
-            "coordinator-{id} lost or gave up the lead while healthy:\n{}",
-            p.member_log(id, 30)
-        );
-    }
+    one_leader_throughout(&mut p);
 }
 
 #[test]
@@ -396,32 +403,15 @@ fn group_leader_keeps_its_lead_through_missed_heartbeat_rounds() {
     // every AppendEntries 0.3 s late (they hear the leader on time: no election), so every
     // round of heartbeats in such a window misses its quorum (openraft waits one heartbeat
     // interval, 0.1 s, for each answer); the leader checks its lead every 0.6 s, so a check
-    // falls in every window, and the job lasts through two. A leader that stopped serving at the first missed round gave
-    // up its lead ~1 run in 3 under ordinary load, handing every chunk out again; it keeps
-    // it while rounds are missed within its 1.2 s lease.
+    // falls in every window, and the job lasts through two. A leader that stopped serving at
+    // the first missed round gave up its lead ~1 run in 3 under ordinary load, handing every
+    // chunk out again; it keeps it while rounds are missed within its 1.2 s lease.
     let mut p = Pipeline::new();
     write_inputs(&p.path("data/input"), "beat", 100, 1_000, 9);
     p.coord_env
         .push(("PRIMES_SLOW_ANSWERS", s("400:800:300:1800")));
     p.worker_flags_mut(vec![s("--delay-ms"), s("60")]);
-    p.simple();
-    p.start_group(3);
-    let first = p.wait_leader_other_than(None, T);
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
-    p.wait_all_reported(T);
-    p.assert_exact();
-    assert_eq!(p.leader(), Some(first), "the same leader throughout");
-    for id in 1..=3 {
-        let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
-            .unwrap_or_default();
-        assert!(
-            !log.contains("stop serving") && !log.contains("lost the lead"),
-            "coordinator-{id} lost or gave up the lead while healthy:\n{}",
-            p.member_log(id, 30)
-        );
-    }
+    let first = one_leader_throughout(&mut p);
     let leader_log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{first}.log")))
         .unwrap_or_default();
     assert!(

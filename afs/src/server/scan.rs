@@ -64,12 +64,7 @@ pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatc
                         | EventKind::Access(AccessKind::Close(AccessMode::Read))
                         | EventKind::Access(AccessKind::Any)
                 );
-                let staged = !ev.paths.is_empty()
-                    && ev
-                        .paths
-                        .iter()
-                        .all(|p| proto::files::hidden_below(&abs_root, p));
-                !ours && !staged
+                !ours && !proto::files::only_hidden_below(&abs_root, &ev.paths)
             }
             Err(_) => true,
         };

@@ -289,7 +289,7 @@ async fn role_loop(
             }
         };
         // How long taking the root files took (logged: a takeover's share of a failover).
-        let confirmed_at = std::time::Instant::now();
+        let taking_root = std::time::Instant::now();
         let gid = super::mirror::group_id(group.members.keys());
         // The root files: merged into the group's state if another wrote them, then taken
         // (workers that register meanwhile are held by the redirect).
@@ -313,7 +313,7 @@ async fn role_loop(
         }
         info!(
             term,
-            root_ms = confirmed_at.elapsed().as_millis() as u64,
+            root_ms = taking_root.elapsed().as_millis() as u64,
             "this coordinator leads the group: serving workers"
         );
         let handle = Handle {

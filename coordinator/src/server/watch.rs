@@ -91,7 +91,7 @@ pub(super) async fn folder_loop(
         // Files staged in a hidden folder (then renamed in), and that folder's removal:
         // no visible input changed, so no walk (a `cp -r` of 2,000 files into `.stage/`
         // cost a walk of the whole folder every few ms).
-        if !ev.paths.is_empty() && ev.paths.iter().all(|p| watcher.hidden(p)) {
+        if watcher.only_hidden(&ev.paths) {
             return false;
         }
         match ev.kind {
