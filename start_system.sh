@@ -183,11 +183,11 @@ cores=$(nproc 2>/dev/null || echo 1)
 threads=${PRIMES_THREADS:-$(( cores / workers > 0 ? cores / workers : 1 ))}
 echo "starting the $mode system with $workers workers ($threads testing thread(s) each, $cores cores):"
 if [ "$mode" = replicated ]; then
-  launch server-2 run/server-2.addr "$BIN/afs-server" --id server-2 --role backup --root data/replicas/server-2 --listen "$s2" --addr-file run/server-2.addr
-  launch server-3 run/server-3.addr "$BIN/afs-server" --id server-3 --role backup --root data/replicas/server-3 --listen "$s3" --addr-file run/server-3.addr
-  launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr --backup "$s2" --backup "$s3"
+  launch server-2 run/server-2.addr "$BIN/afs-server" --id server-2 --role backup --root data/replicas/server-2 --listen "$s2" --addr-file run/server-2.addr --local-socket run/server-2.sock
+  launch server-3 run/server-3.addr "$BIN/afs-server" --id server-3 --role backup --root data/replicas/server-3 --listen "$s3" --addr-file run/server-3.addr --local-socket run/server-3.sock
+  launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr --local-socket run/server-1.sock --backup "$s2" --backup "$s3"
 else
-  launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr
+  launch server-1 run/server-1.addr "$BIN/afs-server" --id server-1 --role primary --root data/input --listen "$s1" --addr-file run/server-1.addr --local-socket run/server-1.sock
 fi
 coordinators=(coordinator)
 if [ "$mode" = replicated ]; then

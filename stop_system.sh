@@ -70,5 +70,5 @@ done
 stop "${first[@]}"
 stop "${rest[@]}"
 stop "${servers[@]}"
-rm -f run/*.addr run/*.member.json
+rm -f run/*.addr run/*.member.json run/*.sock
 echo "stopped. primes.txt has $(wc -l < primes.txt 2>/dev/null || echo 0) primes."

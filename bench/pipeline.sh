@@ -73,7 +73,7 @@ run_system() {
     for n in $(seq "$GROUP"); do gw+=("127.0.0.1:$(free_port)"); gr+=("127.0.0.1:$(free_port)"); done
   fi
   t0=$(now)
-  "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
+  AFS_LOCAL_SOCKET=run/s.sock "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
   if [ "${GROUP:-0}" = 3 ]; then
     while [ ! -s run/s.addr ]; do sleep 0.002; done
     spec="${gw[0]}/${gr[0]},${gw[1]}/${gr[1]},${gw[2]}/${gr[2]}"
@@ -160,7 +160,7 @@ if [ "$dataset" = latency ]; then
   export PRIMES_KEY_FILE="$work/run/cluster.key"
   cd "$work"
   pids=()
-  "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
+  AFS_LOCAL_SOCKET=run/s.sock "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
   "$B/coordinator" --listen 127.0.0.1:0 --addr-file run/c.addr > c.log 2>&1 & pids+=($!)
   while [ ! -s run/s.addr ] || [ ! -s run/c.addr ]; do sleep 0.01; done
   for i in $(seq "$workers"); do

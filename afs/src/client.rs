@@ -30,6 +30,7 @@ use crate::SERVICE;
 
 mod cache;
 mod fetch;
+mod local;
 mod ranges;
 
 pub use ranges::{RangeData, MAX_RANGE};
@@ -64,6 +65,9 @@ pub struct ClientConfig {
     pub memory_file_max: u64,
     /// Bytes of small files kept in memory; least recently used ones are dropped beyond it.
     pub memory_limit_bytes: u64,
+    /// Read ranges through the server's local socket when it offers one and this client
+    /// can reach it (same host): the file's descriptor instead of its bytes over TCP.
+    pub local_reads: bool,
 }
 
 impl ClientConfig {
@@ -80,6 +84,7 @@ impl ClientConfig {
             max_rounds: 4,
             memory_file_max: DEFAULT_MEMORY_FILE_MAX,
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT,
+            local_reads: true,
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct ClientStats {
     pub fetches: u64,
     /// Range reads (not cached).
     pub ranges: u64,
+    /// Of those, the ones read through the server's local socket (no body bytes).
+    pub local_ranges: u64,
     /// Body bytes received.
     pub body_bytes: u64,
     /// Callback breaks received.
@@ -156,6 +163,12 @@ pub struct ClientStats {
 struct Active {
     conn: Connection,
     server: usize,
+    /// The server's local socket, if it offered one.
+    offer: Option<crate::msg::LocalOffer>,
+    /// The link to it, once connected (taken while a read is under way).
+    local: Option<local::LocalLink>,
+    /// The local socket failed on this connection: ranges go over TCP.
+    local_off: bool,
 }
 
 /// The client. One per worker; not shared between tasks (methods take `&mut self`).
@@ -234,7 +247,10 @@ impl AfsClient {
         }
     }
 
-    async fn connect(&self, server: usize) -> Result<Connection, ProtoError> {
+    async fn connect(
+        &self,
+        server: usize,
+    ) -> Result<(Connection, Option<crate::msg::LocalOffer>), ProtoError> {
         let addr = &self.cfg.servers[server];
         let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
             .await
@@ -246,9 +262,13 @@ impl AfsClient {
         })
         .await?;
         match conn.expect_msg::<Reply>(self.cfg.request_timeout).await? {
-            Reply::Welcome { role, server_id } => {
-                debug!(%addr, server_id, %role, "connected to file server");
-                Ok(conn)
+            Reply::Welcome {
+                role,
+                server_id,
+                local,
+            } => {
+                debug!(%addr, server_id, %role, local = local.is_some(), "connected to file server");
+                Ok((conn, local))
             }
             other => Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
         }
@@ -259,9 +279,15 @@ impl AfsClient {
         if self.active.as_ref().is_some_and(|a| a.server == server) {
             return Ok(());
         }
-        let conn = self.connect(server).await?;
+        let (conn, offer) = self.connect(server).await?;
         self.drop_connection("switching server");
-        self.active = Some(Active { conn, server });
+        self.active = Some(Active {
+            conn,
+            server,
+            offer,
+            local: None,
+            local_off: false,
+        });
         Ok(())
     }
 

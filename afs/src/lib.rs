@@ -8,14 +8,15 @@
 //! - [`server`]: the accept loop and what its parts share; `server/serve.rs` one
 //!   connection's requests, `server/send.rs` file and range bodies, `server/callbacks.rs`
 //!   callback promises and their breaks, `server/scan.rs` change scanning of the root,
-//!   `server/replicate.rs` (on a primary) replication to the backups.
+//!   `server/replicate.rs` (on a primary) replication to the backups, `server/local.rs`
+//!   short-circuit local reads (ranges answered with the open file over a Unix socket).
 //! - [`probe`]: one short connection telling whether a server is up and its role (the
 //!   coordinator's dashboard).
 //! - [`client`]: the client library: `open(path)` returns a local cached copy, revalidated by
 //!   version, with failover from the primary to the backups (`client.rs`: the client and its
 //!   connection); `client/cache.rs` the cache index and LRU eviction (disk and memory),
 //!   `client/fetch.rs` whole-file fetches, single or pipelined, `client/ranges.rs` range
-//!   reads.
+//!   reads, `client/local.rs` range reads from the open file a server on this host passes.
 //! - [`listing`]: watching a server's listing (the coordinator's inputs without a shared
 //!   disk).
 

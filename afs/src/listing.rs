@@ -96,7 +96,9 @@ impl ListWatch {
         })
         .await?;
         match conn.expect_msg::<Reply>(self.timeout).await? {
-            Reply::Welcome { server_id, role } => {
+            Reply::Welcome {
+                server_id, role, ..
+            } => {
                 info!(server = addr, server_id, %role, "watching the file server's listing")
             }
             other => return Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),

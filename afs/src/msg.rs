@@ -4,6 +4,7 @@
 //! ```text
 //! -> {"type":"hello","client_id":"worker-1"}
 //! <- {"type":"welcome","server_id":"server-1","role":"primary"}
+//! <- {"type":"welcome","server_id":"server-1","role":"primary","local":{"path":"/srv/run/afs-1.sock","token":"5f2c..."}}
 //! -> {"type":"fetch","path":"a.txt","have_version":null}
 //! <- {"type":"file","path":"a.txt","size":12,"version":"9c1e..."}  then 12 raw bytes, then
 //! <- {"type":"file_end","version":"9c1e..."}      (version of the bytes actually sent)
@@ -26,6 +27,23 @@
 //! -> {"type":"ping"}
 //! <- {"type":"pong"}
 //! <- {"type":"error","code":"not_found","message":"no such file: c.txt"}
+//! ```
+//!
+//! A server started with a local socket offers it in `welcome` (`local`: its absolute path
+//! and a random token of this server's run, told only to authenticated clients). A client
+//! on the same host connects to it, proves the token, and then asks for ranges there: the
+//! server answers with the range's header and the open file itself (its descriptor passed
+//! with the line, `SCM_RIGHTS`), and the client reads the bytes from the page cache with no
+//! copy through either process or a socket. The client then checks that the file it read
+//! still has the fingerprint in the header (same inode, size, change and modification
+//! times): the bytes are that state's. Lines on the local socket:
+//!
+//! ```text
+//! => {"type":"hello","token":"5f2c..."}
+//! <= {"type":"welcome"}
+//! => {"type":"open_range","path":"a.txt","start":4,"len":4,"version":null}
+//! <= {"type":"range","path":"a.txt","start":4,"len":4,"size":12,"version":"9c1e...","pin":"fp-c-1879a2b3c4d5e6f7-1879a2b3c4d5e6f7-2a","fingerprint":{"size":12,"mtime_ns":1,"ctime_ns":1,"inode":42}}  with the descriptor
+//! <= {"type":"error","code":"changed","message":"a.txt is no longer the version asked for"}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -140,6 +158,9 @@ pub enum Reply {
     Welcome {
         server_id: String,
         role: Role,
+        /// The server's local socket, for clients on its host (see the module doc).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local: Option<LocalOffer>,
     },
     File {
         path: String,
@@ -196,6 +217,58 @@ pub enum Reply {
     },
 }
 
+/// A server's local socket, offered in `welcome` to clients that passed the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalOffer {
+    /// Absolute path of the socket on the server's host.
+    pub path: String,
+    /// Random for each run of the server: a client that reaches a socket at `path` proves
+    /// with it that this is the server it authenticated with (another server's socket at
+    /// the same path, in another container, refuses it).
+    pub token: String,
+}
+
+/// Requests on the local socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LocalRequest {
+    /// The first line: the token of the `welcome` that offered the socket.
+    Hello { token: String },
+    /// The same as `fetch_range`, answered with the open file instead of its bytes.
+    OpenRange {
+        path: String,
+        start: u64,
+        len: u64,
+        version: Option<String>,
+    },
+}
+
+/// Replies on the local socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LocalReply {
+    Welcome {},
+    /// `start` and `len` clamped to the file, as in `range`; the line carries the open file
+    /// (`SCM_RIGHTS`), which had `fingerprint` when it was opened.
+    Range {
+        path: String,
+        start: u64,
+        len: u64,
+        size: u64,
+        version: Option<String>,
+        pin: String,
+        fingerprint: proto::files::Fingerprint,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Longest line on the local socket.
+pub const MAX_LOCAL_LINE: usize = 64 << 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,13 +284,33 @@ mod tests {
                 ("req", r)
             } else if let Some(r) = line.strip_prefix("<-") {
                 ("rep", r)
+            } else if let Some(r) = line.strip_prefix("=>") {
+                ("local_req", r)
+            } else if let Some(r) = line.strip_prefix("<=") {
+                ("local_rep", r)
             } else {
                 continue;
             };
             let json = rest.trim();
             let end = json.rfind('}').map(|i| i + 1).unwrap_or(json.len());
             let json = &json[..end];
-            if dir == "req" {
+            if dir == "local_req" {
+                let m: LocalRequest =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back = serde_json::to_string(&m).expect("encode");
+                assert_eq!(
+                    serde_json::from_str::<LocalRequest>(&back).expect("decode"),
+                    m
+                );
+            } else if dir == "local_rep" {
+                let m: LocalReply =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+                let back = serde_json::to_string(&m).expect("encode");
+                assert_eq!(
+                    serde_json::from_str::<LocalReply>(&back).expect("decode"),
+                    m
+                );
+            } else if dir == "req" {
                 let m: Request =
                     serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
                 let back = serde_json::to_string(&m).expect("encode");
@@ -229,7 +322,7 @@ mod tests {
             }
             n += 1;
         }
-        assert!(n >= 20, "found {n} examples");
+        assert!(n >= 25, "found {n} examples");
         assert!(serde_json::from_str::<Request>(r#"{"type":"list","extra":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"type":"launch"}"#).is_err());
     }

@@ -31,7 +31,9 @@ pub async fn probe(addr: &str, key: &ClusterKey, client_id: &str, limit: Duratio
         })
         .await?;
         match c.expect_msg::<Reply>(limit).await? {
-            Reply::Welcome { server_id, role } => Ok((server_id, role.to_string())),
+            Reply::Welcome {
+                server_id, role, ..
+            } => Ok((server_id, role.to_string())),
             other => Err(ProtoError::Peer(format!("unexpected {other:?}"))),
         }
     };

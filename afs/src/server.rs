@@ -23,12 +23,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::msg::{ErrorCode, Reply, Role};
 use crate::store::{Store, StoreError};
 
 mod callbacks;
+mod local;
 mod replicate;
 mod scan;
 mod send;
@@ -48,6 +49,9 @@ pub struct ServerConfig {
     /// A connection silent for this long is closed (the client reconnects when it needs to).
     pub idle_timeout: Duration,
     pub key: ClusterKey,
+    /// A Unix socket offered to clients on this host for short-circuit range reads (see
+    /// `local`); `None`: TCP only.
+    pub local_socket: Option<std::path::PathBuf>,
 }
 
 /// Counters, for logs and tests.
@@ -57,6 +61,8 @@ pub struct Stats {
     pub fetches: AtomicU64,
     pub not_modified: AtomicU64,
     pub breaks_sent: AtomicU64,
+    /// Ranges answered with the open file on the local socket.
+    pub local_ranges: AtomicU64,
 }
 
 struct Shared {
@@ -68,6 +74,8 @@ struct Shared {
     /// Bumped on every change; replicators wait on it.
     changes: watch::Sender<u64>,
     stats: Stats,
+    /// The local socket offered in `welcome`, if it is up.
+    local: Option<crate::msg::LocalOffer>,
 }
 
 impl Shared {
@@ -96,6 +104,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     store.clean_temp_files();
+    let local = cfg
+        .local_socket
+        .as_deref()
+        .and_then(|p| match local::bind(p) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                warn!(error = %e, "no short-circuit local reads: clients read over TCP");
+                None
+            }
+        });
     let (changes, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         store,
@@ -104,6 +122,7 @@ pub async fn run(
         scan_now: tokio::sync::Notify::new(),
         changes,
         stats: Stats::default(),
+        local: local.as_ref().map(|(_, offer)| offer.clone()),
     });
     let _notify = scan::watch_root(&shared);
     // The first scan is the baseline that later scans compare with to break callbacks: it
@@ -126,6 +145,15 @@ pub async fn run(
             ));
         }
     }
+    if let Some((listener, offer)) = local {
+        tracker.spawn(local::accept_loop(
+            shared.clone(),
+            listener,
+            offer,
+            shared.cfg.max_connections,
+            shutdown.clone(),
+        ));
+    }
     let mut acceptor = proto::conn::Acceptor::new(listener, shared.cfg.max_connections);
     let mut next_id = 0u64;
     while let Some((admission, stream, peer)) = acceptor.next(&shutdown).await {
@@ -146,6 +174,7 @@ pub async fn run(
     info!(
         sent = shared.stats.body_bytes_sent.load(Ordering::Relaxed),
         fetches = shared.stats.fetches.load(Ordering::Relaxed),
+        local_ranges = shared.stats.local_ranges.load(Ordering::Relaxed),
         "server stopped"
     );
 }

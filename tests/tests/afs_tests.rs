@@ -69,6 +69,9 @@ impl Cluster {
             self.key_file.display().to_string(),
             "--scan-ms".into(),
             scan_ms.to_string(),
+            // As start_system.sh starts them: clients on this host read ranges through it.
+            "--local-socket".into(),
+            self.path(&format!("run/{id}.sock")).display().to_string(),
         ];
         for b in backups {
             args.push("--backup".into());
@@ -536,15 +539,24 @@ async fn one_gib_file_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Range reads give exactly the bytes asked for (clamped at the end), put nothing in the
-/// cache, and refuse a pinned version once the file has changed.
+/// cache, and refuse a pinned version once the file has changed: over TCP, and through the
+/// server's local socket (the file's descriptor instead of its bytes), which must answer
+/// the same in every case.
 async fn range_reads() {
+    range_reads_in(false).await;
+    range_reads_in(true).await;
+}
+
+async fn range_reads_in(local: bool) {
     let c = Cluster::new();
     let content: Vec<u8> = (0..300_000u32)
         .flat_map(|i| format!("{}\n", i * 7).into_bytes())
         .collect();
     write(&c.path("root/big.txt"), &content);
     let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
-    let mut client = c.client("worker-1", vec![addr]);
+    let mut cfg = c.config("worker-1", vec![addr]);
+    cfg.local_reads = local;
+    let mut client = AfsClient::new(cfg).expect("client");
     let size = content.len() as u64;
 
     let whole = client
@@ -583,6 +595,11 @@ async fn range_reads() {
     assert!(client.cached().is_empty(), "ranges are not cached");
     let s = client.stats();
     assert_eq!((s.ranges, s.fetches), (7, 0), "{s:?}");
+    if local {
+        assert_eq!((s.local_ranges, s.body_bytes), (7, 0), "{s:?}");
+    } else {
+        assert_eq!(s.local_ranges, 0, "{s:?}");
+    }
 
     // The whole-file version and the range version are the same content hash.
     let opened = client.open("big.txt").await.expect("open");
@@ -625,6 +642,78 @@ async fn range_reads() {
         matches!(missing, Err(AfsError::NotFound { .. })),
         "{missing:?}"
     );
+    assert_eq!(
+        client.stats().local_ranges > 0,
+        local,
+        "{:?}",
+        client.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The local socket admits only a client that proves the token its server gave over the
+/// authenticated connection, and a client that cannot use the socket (it is gone, or turns
+/// the client away) reads the same bytes over TCP.
+async fn local_reads_refuse_strangers_and_fall_back_to_tcp() {
+    use std::io::{BufRead, Write};
+    let c = Cluster::new();
+    let content: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("{}\n", i * 3).into_bytes())
+        .collect();
+    write(&c.path("root/f.txt"), &content);
+    let (_server, addr) = c.server("server-1", "primary", "root", &[], "127.0.0.1:0");
+    let sock = c.path("run/server-1.sock");
+    assert!(sock.exists(), "the server did not make its local socket");
+
+    // A stranger: no token, a wrong one, a request before hello.
+    for first in [
+        r#"{"type":"hello","token":"00000000000000000000000000000000"}"#,
+        r#"{"type":"open_range","path":"f.txt","start":0,"len":10,"version":null}"#,
+        "not json",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        writeln!(s, "{first}").expect("write");
+        let mut reader = std::io::BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("reply");
+        assert!(
+            line.contains(r#""code":"forbidden""#),
+            "{first} got {line:?}"
+        );
+        let mut rest = String::new();
+        let n = reader.read_line(&mut rest).expect("end");
+        assert_eq!(n, 0, "the socket stays open after a refusal: {rest:?}");
+    }
+
+    // Through the socket, then with it gone: the same bytes, over TCP.
+    let mut client = c.client("worker-1", vec![addr.clone()]);
+    let r = client
+        .read_range("f.txt", 10, 1000, None)
+        .await
+        .expect("local");
+    assert_eq!(r.bytes, &content[10..1010]);
+    assert_eq!(client.stats().local_ranges, 1);
+    std::fs::remove_file(&sock).expect("remove socket");
+    let mut other = c.client("worker-2", vec![addr]);
+    let r = other
+        .read_range("f.txt", 10, 1000, None)
+        .await
+        .expect("tcp");
+    assert_eq!(r.bytes, &content[10..1010]);
+    let s = other.stats();
+    assert_eq!(
+        (s.ranges, s.local_ranges, s.body_bytes),
+        (1, 0, 1000),
+        "{s:?}"
+    );
+    // The first client's link is still open: its server keeps serving it.
+    let r = client
+        .read_range("f.txt", 0, 5, None)
+        .await
+        .expect("local again");
+    assert_eq!(r.bytes, &content[..5]);
+    assert_eq!(client.stats().local_ranges, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     /// [`ClientConfig::memory_file_max`]); this much memory at most.
     pub memory_file_max: u64,
     pub memory_limit_bytes: u64,
+    /// Read ranges through a file server's local socket when it offers one (see
+    /// [`ClientConfig::local_reads`]).
+    pub local_reads: bool,
     /// File-server reply timeout (and longest silence inside a file body).
     pub afs_timeout: Duration,
     pub key: ClusterKey,
@@ -79,6 +82,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     afs_cfg.cache_limit_bytes = cfg.cache_limit_bytes;
     afs_cfg.memory_file_max = cfg.memory_file_max;
     afs_cfg.memory_limit_bytes = cfg.memory_limit_bytes;
+    afs_cfg.local_reads = cfg.local_reads;
     afs_cfg.request_timeout = cfg.afs_timeout;
     afs_cfg.connect_timeout = cfg.afs_timeout.min(Duration::from_secs(2));
     let afs = Afs::new(afs_cfg, cfg.threads.max(1) as usize)?;

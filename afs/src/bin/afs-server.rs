@@ -54,6 +54,11 @@ struct Args {
     /// Close a connection silent for this many seconds.
     #[arg(long, env = "AFS_IDLE_TIMEOUT_S", default_value_t = 600)]
     idle_timeout_s: u64,
+    /// A Unix socket on which clients on this host read ranges themselves: the server passes
+    /// them the open file (HDFS's short-circuit reads) instead of sending its bytes over
+    /// TCP. Clients elsewhere, or that cannot reach it, read over TCP. Off when not given.
+    #[arg(long, env = "AFS_LOCAL_SOCKET")]
+    local_socket: Option<PathBuf>,
     /// Largest file accepted by store/replicate, in bytes.
     #[arg(long, env = "AFS_MAX_FILE_BYTES", default_value_t = 64 << 30)]
     max_file_bytes: u64,
@@ -112,6 +117,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             max_connections: args.max_connections,
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             key,
+            local_socket: args.local_socket,
         };
         let shutdown = proto::process::shutdown_on_signals();
         run(listener, Arc::new(store), cfg, shutdown).await;

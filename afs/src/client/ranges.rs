@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use proto::ProtoError;
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::local::{LocalLink, LocalRead};
 use super::{AfsClient, AfsError};
 use crate::msg::{ErrorCode, Reply, Request};
 use crate::names::check_rel;
@@ -104,6 +105,67 @@ impl AfsClient {
         Err(AfsError::Unavailable { message: last_err })
     }
 
+    /// The range through the connected server's local socket, if it offered one and it
+    /// works from here; `None`: read it over TCP (the socket failed, or is not offered).
+    async fn local_attempt(
+        &mut self,
+        rel: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Option<Result<RangeAttempt, AfsError>> {
+        if !self.cfg.local_reads {
+            return None;
+        }
+        let active = self.active.as_mut()?;
+        if active.local_off {
+            return None;
+        }
+        let offer = active.offer.clone()?;
+        let link = active.local.take();
+        let timeout = self.cfg.request_timeout;
+        let (path, version) = (rel.to_string(), version.map(str::to_string));
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut link = match link {
+                Some(l) => l,
+                None => LocalLink::connect(&offer, timeout)?,
+            };
+            let r = link.read(&path, start, len, version.as_deref())?;
+            Ok::<_, std::io::Error>((link, r))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("local read task: {e}"))));
+        let active = self.active.as_mut()?;
+        let read = match joined {
+            Ok((link, read)) => {
+                active.local = Some(link);
+                read
+            }
+            Err(e) => {
+                debug!(error = %e, "local reads off for this connection; reading over TCP");
+                active.local_off = true;
+                return None;
+            }
+        };
+        Some(match read {
+            LocalRead::Done(d) => {
+                self.stats.ranges += 1;
+                self.stats.local_ranges += 1;
+                Ok(RangeAttempt::Done(d))
+            }
+            LocalRead::Changed => Ok(RangeAttempt::Changed),
+            LocalRead::Refused(code, message) => match code {
+                ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
+                ErrorCode::Changed => Ok(RangeAttempt::Changed),
+                ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
+                    path: rel.to_string(),
+                    message,
+                }),
+                _ => Ok(RangeAttempt::Failed(message)),
+            },
+        })
+    }
+
     async fn range_attempt(
         &mut self,
         server: usize,
@@ -116,6 +178,9 @@ impl AfsClient {
             message: e.to_string(),
         };
         self.ensure(server).await.map_err(proto_err)?;
+        if let Some(r) = self.local_attempt(rel, start, len, version).await {
+            return r;
+        }
         let Some(active) = self.active.as_mut() else {
             return Ok(RangeAttempt::Failed("not connected".into()));
         };

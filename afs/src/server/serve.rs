@@ -63,6 +63,7 @@ pub(super) async fn serve_connection(
     conn.send(&Reply::Welcome {
         server_id: shared.cfg.id.clone(),
         role: shared.cfg.role,
+        local: shared.local.clone(),
     })
     .await?;
     debug!(client, peer = %conn.peer, "client connected");
@@ -133,22 +134,10 @@ async fn handle_request(
             len,
             version,
         } => {
-            let (rel, fp, known) = match range_lookup(&store, path).await {
+            let (rel, fp, known) = match range_state(&store, path, version.as_deref()).await {
                 Ok(x) => x,
                 Err(e) => return reply_error(conn, &e).await,
             };
-            let pin = fp.token();
-            if version
-                .as_ref()
-                .is_some_and(|v| *v != pin && Some(v) != known.as_ref())
-            {
-                return conn
-                    .send(&Reply::Error {
-                        code: ErrorCode::Changed,
-                        message: format!("{rel} is no longer the version asked for"),
-                    })
-                    .await;
-            }
             shared.stats.fetches.fetch_add(1, Ordering::Relaxed);
             send_range(shared, conn, &rel, fp, known, start, len).await
         }
@@ -358,6 +347,24 @@ const RANGE_WAIT_FOR_VERSION: u64 = 64 << 20;
 
 /// Path, fingerprint and, if known, content version of a file for a range read. A large
 /// file whose version is not known yet is being hashed in the background meanwhile.
+/// The state a range of `path` is served from: its normal path, fingerprint and version
+/// (if known; see `range_lookup`), or `changed` when `version` (a content version or a pin)
+/// no longer names it.
+pub(super) async fn range_state(
+    store: &Arc<Store>,
+    path: String,
+    version: Option<&str>,
+) -> Result<(String, Fingerprint, Option<String>), StoreError> {
+    let (rel, fp, known) = range_lookup(store, path).await?;
+    if version.is_some_and(|v| v != fp.token() && Some(v) != known.as_deref()) {
+        return Err(StoreError {
+            code: ErrorCode::Changed,
+            message: format!("{rel} is no longer the version asked for"),
+        });
+    }
+    Ok((rel, fp, known))
+}
+
 async fn range_lookup(
     store: &Arc<Store>,
     path: String,

@@ -55,6 +55,11 @@ struct RunArgs {
     /// per small file; a restarted worker fetches them again). 0: everything on disk.
     #[arg(long, env = "AFS_MEMORY_FILE_KIB", default_value_t = afs::client::DEFAULT_MEMORY_FILE_MAX >> 10)]
     memory_file_kib: u64,
+    /// Read every range over TCP, even from a file server on this host that offers its
+    /// local socket (by default such ranges come as the open file: no copy of the bytes
+    /// through the server or a socket).
+    #[arg(long, env = "AFS_NO_LOCAL_READS")]
+    no_local_reads: bool,
     /// Memory for those small files, in MiB (least recently used ones dropped beyond it).
     #[arg(long, env = "AFS_MEMORY_CACHE_MIB", default_value_t = afs::client::DEFAULT_MEMORY_LIMIT >> 20)]
     memory_cache_mib: u64,
@@ -242,6 +247,7 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
         cache_root: a.cache_root,
         cache_limit_bytes: a.cache_mib << 20,
         memory_file_max: a.memory_file_kib << 10,
+        local_reads: !a.no_local_reads,
         memory_limit_bytes: a.memory_cache_mib << 20,
         afs_timeout: Duration::from_millis(a.afs_timeout_ms.max(100)),
         key,
