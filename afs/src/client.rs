@@ -255,6 +255,14 @@ impl AfsClient {
         let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProtoError::Timeout(self.cfg.connect_timeout))??;
+        // The server is on this host when the connection never leaves its network stack:
+        // to an address of its own, the kernel picks that same address as the source. A
+        // server in another network namespace (a host of the netns tests, a container)
+        // shares no address with this one, even when its socket file is reachable.
+        let same_host = matches!(
+            (stream.local_addr(), stream.peer_addr()),
+            (Ok(l), Ok(p)) if l.ip() == p.ip()
+        );
         let mut conn = Connection::new(stream).with_max_line(MAX_LINE);
         client_handshake(&mut conn, &self.cfg.key, SERVICE).await?;
         conn.send(&Request::Hello {
@@ -267,8 +275,8 @@ impl AfsClient {
                 server_id,
                 local,
             } => {
-                debug!(%addr, server_id, %role, local = local.is_some(), "connected to file server");
-                Ok((conn, local))
+                debug!(%addr, server_id, %role, local = local.is_some(), same_host, "connected to file server");
+                Ok((conn, local.filter(|_| same_host)))
             }
             other => Err(ProtoError::Peer(format!("expected welcome, got {other:?}"))),
         }

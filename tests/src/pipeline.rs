@@ -529,6 +529,9 @@ pub fn server_args(
         addr_file.display().to_string(),
         s("--scan-ms"),
         s("50"),
+        // As start_system.sh starts them: workers on the same host read ranges through it.
+        s("--local-socket"),
+        addr_file.with_extension("sock").display().to_string(),
     ];
     for b in backups {
         args.extend([s("--backup"), b.clone()]);

@@ -195,6 +195,10 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
     };
     let p = Pipeline::new();
     write_inputs(&p.path("data/input"), "n", 30, 2000, 31);
+    // One file split into chunks (--chunk-bytes below), which workers read by range: over
+    // TCP, since the file server is on another host, though its local socket's file is
+    // within reach of every namespace here.
+    write_inputs(&p.path("data/input"), "big", 1, 5000, 37);
     let addr = |n: u8| format!("{SUBNET}.{n}:7000");
     let mut procs = Vec::new();
     procs.push(start_server(
@@ -247,6 +251,8 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
             s("8"),
             s("--snapshot-ms"),
             s("500"),
+            s("--chunk-bytes"),
+            s("26000"),
         ],
     ));
     read_addr(&p.path("run/coordinator.addr"), Duration::from_secs(20));
@@ -286,6 +292,21 @@ fn hosts_on_their_own_addresses_with_link_cuts() {
         log.contains("missed"),
         "the coordinator noticed worker-1's silence"
     );
+    let report: serde_json::Value = std::fs::read(p.path("data/output/big000.txt.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    assert!(
+        report["chunks"].as_u64().is_some_and(|c| c >= 2),
+        "the large file was not split: {report}"
+    );
+    for id in ["worker-1", "worker-2"] {
+        let log = std::fs::read_to_string(p.path(&format!("logs/{id}.log"))).unwrap_or_default();
+        assert!(
+            !log.contains("local socket"),
+            "{id} on another host read through the file server's local socket"
+        );
+    }
     drop(procs);
     drop(net);
 }

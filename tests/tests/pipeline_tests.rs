@@ -25,6 +25,14 @@ fn pipeline_exact_and_live_drops() {
     p.start_simple(3);
     p.wait_all_reported(T);
     p.assert_exact();
+    // The chunks were read as start_system.sh's workers read them: from the open file the
+    // file server on this host passes over its local socket.
+    let local = (1..=3).any(|i| {
+        std::fs::read_to_string(p.path(&format!("logs/worker-{i}.log")))
+            .unwrap_or_default()
+            .contains("through the file server's local socket")
+    });
+    assert!(local, "no worker read its ranges through the local socket");
     let report: Value = serde_json::from_slice(
         &std::fs::read(p.path("data/output/mixed_input.txt.json")).expect("report"),
     )

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use proto::ProtoError;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::local::{LocalLink, LocalRead};
 use super::{AfsClient, AfsError};
@@ -128,7 +128,14 @@ impl AfsClient {
         let joined = tokio::task::spawn_blocking(move || {
             let mut link = match link {
                 Some(l) => l,
-                None => LocalLink::connect(&offer, timeout)?,
+                None => {
+                    let l = LocalLink::connect(&offer, timeout)?;
+                    info!(
+                        socket = offer.path,
+                        "reading ranges through the file server's local socket (its open files, not TCP)"
+                    );
+                    l
+                }
             };
             let r = link.read(&path, start, len, version.as_deref())?;
             Ok::<_, std::io::Error>((link, r))
