@@ -70,5 +70,5 @@ done
 stop "${first[@]}"
 stop "${rest[@]}"
 stop "${servers[@]}"
-rm -f run/*.addr run/*.member.json run/*.sock
+rm -f run/*.addr run/*.member.json run/*.sock run/*.sock.lock
 echo "stopped. primes.txt has $(wc -l < primes.txt 2>/dev/null || echo 0) primes."

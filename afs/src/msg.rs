@@ -30,17 +30,21 @@
 //! ```
 //!
 //! A server started with a local socket offers it in `welcome` (`local`: its absolute path
-//! and a random token of this server's run, told only to authenticated clients). A client
-//! on the same host connects to it, proves the token, and then asks for ranges there: the
+//! and a random token naming this run of the server, told only to authenticated clients).
+//! A client on the same host connects to it and both prove the cluster key, bound to the
+//! token and to each other's nonce (the server first: a client never trusts a descriptor
+//! from a process that does not hold the key). Then the client asks for ranges there: the
 //! server answers with the range's header and the open file itself (its descriptor passed
 //! with the line, `SCM_RIGHTS`), and the client reads the bytes from the page cache with no
-//! copy through either process or a socket. The client then checks that the file it read
-//! still has the fingerprint in the header (same inode, size, change and modification
+//! copy through either process or a socket. The client then checks that the file it was
+//! given still has the fingerprint in the header (same inode, size, change and modification
 //! times): the bytes are that state's. Lines on the local socket:
 //!
 //! ```text
-//! => {"type":"hello","token":"5f2c..."}
-//! <= {"type":"welcome"}
+//! => {"type":"hello","nonce":"8d1f..."}
+//! <= {"type":"welcome","nonce":"33ab...","proof":"c0de..."}
+//! => {"type":"prove","proof":"f00d..."}
+//! <= {"type":"ready"}
 //! => {"type":"open_range","path":"a.txt","start":4,"len":4,"version":null}
 //! <= {"type":"range","path":"a.txt","start":4,"len":4,"size":12,"version":"9c1e...","pin":"fp-c-1879a2b3c4d5e6f7-1879a2b3c4d5e6f7-2a","fingerprint":{"size":12,"mtime_ns":1,"ctime_ns":1,"inode":42}}  with the descriptor
 //! <= {"type":"error","code":"changed","message":"a.txt is no longer the version asked for"}
@@ -223,9 +227,9 @@ pub enum Reply {
 pub struct LocalOffer {
     /// Absolute path of the socket on the server's host.
     pub path: String,
-    /// Random for each run of the server: a client that reaches a socket at `path` proves
-    /// with it that this is the server it authenticated with (another server's socket at
-    /// the same path, in another container, refuses it).
+    /// Random for each run of the server: both ends of the local socket bind their proofs
+    /// of the cluster key to it, so a client that reaches another server's socket at the
+    /// same path (in another container) finds out and reads over TCP.
     pub token: String,
 }
 
@@ -233,8 +237,11 @@ pub struct LocalOffer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LocalRequest {
-    /// The first line: the token of the `welcome` that offered the socket.
-    Hello { token: String },
+    /// The first line: the client's nonce for the server's proof.
+    Hello { nonce: String },
+    /// The client's proof: the cluster key's MAC of ("afs-local client", token, the
+    /// server's nonce).
+    Prove { proof: String },
     /// The same as `fetch_range`, answered with the open file instead of its bytes.
     OpenRange {
         path: String,
@@ -248,7 +255,14 @@ pub enum LocalRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LocalReply {
-    Welcome {},
+    /// The server's nonce, and its proof: the cluster key's MAC of ("afs-local server",
+    /// token, the client's nonce).
+    Welcome {
+        nonce: String,
+        proof: String,
+    },
+    /// The client's proof holds: ranges may be asked for.
+    Ready {},
     /// `start` and `len` clamped to the file, as in `range`; the line carries the open file
     /// (`SCM_RIGHTS`), which had `fingerprint` when it was opened.
     Range {
@@ -268,6 +282,10 @@ pub enum LocalReply {
 
 /// Longest line on the local socket.
 pub const MAX_LOCAL_LINE: usize = 64 << 10;
+
+/// The purposes bound into the local socket's proofs (one side's is never the other's).
+pub const PROOF_SERVER: &str = "afs-local server";
+pub const PROOF_CLIENT: &str = "afs-local client";
 
 #[cfg(test)]
 mod tests {

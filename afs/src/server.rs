@@ -122,7 +122,7 @@ pub async fn run(
         scan_now: tokio::sync::Notify::new(),
         changes,
         stats: Stats::default(),
-        local: local.as_ref().map(|(_, offer)| offer.clone()),
+        local: local.as_ref().map(|b| b.offer.clone()),
     });
     let _notify = scan::watch_root(&shared);
     // The first scan is the baseline that later scans compare with to break callbacks: it
@@ -145,11 +145,10 @@ pub async fn run(
             ));
         }
     }
-    if let Some((listener, offer)) = local {
+    if let Some(bound) = local {
         tracker.spawn(local::accept_loop(
             shared.clone(),
-            listener,
-            offer,
+            bound,
             shared.cfg.max_connections,
             shutdown.clone(),
         ));

@@ -148,12 +148,14 @@ impl ClusterKey {
         m
     }
 
-    fn sign(&self, parts: &[&str]) -> String {
+    /// HMAC-SHA256 of `parts` (each length-prefixed) under this key, in hex: a proof of
+    /// holding the key, bound to the parts (nonces, a purpose).
+    pub fn sign(&self, parts: &[&str]) -> String {
         hex::encode(self.mac(parts).finalize().into_bytes())
     }
 
-    /// Constant-time check of a hex MAC.
-    fn verify(&self, parts: &[&str], mac_hex: &str) -> bool {
+    /// Constant-time check of a hex MAC made by [`ClusterKey::sign`].
+    pub fn verify(&self, parts: &[&str], mac_hex: &str) -> bool {
         match hex::decode(mac_hex) {
             Ok(bytes) => self.mac(parts).verify_slice(&bytes).is_ok(),
             Err(_) => false,

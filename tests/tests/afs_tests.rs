@@ -651,9 +651,9 @@ async fn range_reads_in(local: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-/// The local socket admits only a client that proves the token its server gave over the
-/// authenticated connection, and a client that cannot use the socket (it is gone, or turns
-/// the client away) reads the same bytes over TCP.
+/// The local socket admits only a client that proves the cluster key for its server's
+/// token, after the server proved it; a client whose socket is gone, or answered by a
+/// process that cannot prove the key, reads the same bytes over TCP.
 async fn local_reads_refuse_strangers_and_fall_back_to_tcp() {
     use std::io::{BufRead, Write};
     let c = Cluster::new();
@@ -665,28 +665,34 @@ async fn local_reads_refuse_strangers_and_fall_back_to_tcp() {
     let sock = c.path("run/server-1.sock");
     assert!(sock.exists(), "the server did not make its local socket");
 
-    // A stranger: no token, a wrong one, a request before hello.
-    for first in [
-        r#"{"type":"hello","token":"00000000000000000000000000000000"}"#,
-        r#"{"type":"open_range","path":"f.txt","start":0,"len":10,"version":null}"#,
-        "not json",
+    // Strangers: a wrong proof after a good hello, a request before hello, not JSON.
+    for lines in [
+        vec![
+            r#"{"type":"hello","nonce":"00112233445566778899aabbccddeeff"}"#,
+            r#"{"type":"prove","proof":"00"}"#,
+        ],
+        vec![r#"{"type":"open_range","path":"f.txt","start":0,"len":10,"version":null}"#],
+        vec!["not json"],
     ] {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
         s.set_read_timeout(Some(T)).expect("timeout");
-        writeln!(s, "{first}").expect("write");
-        let mut reader = std::io::BufReader::new(s);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("reply");
+        let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+        let mut last = String::new();
+        for l in &lines {
+            writeln!(s, "{l}").expect("write");
+            last.clear();
+            reader.read_line(&mut last).expect("reply");
+        }
         assert!(
-            line.contains(r#""code":"forbidden""#),
-            "{first} got {line:?}"
+            last.contains(r#""code":"forbidden""#),
+            "{lines:?} got {last:?}"
         );
         let mut rest = String::new();
         let n = reader.read_line(&mut rest).expect("end");
         assert_eq!(n, 0, "the socket stays open after a refusal: {rest:?}");
     }
 
-    // Through the socket, then with it gone: the same bytes, over TCP.
+    // Through the socket.
     let mut client = c.client("worker-1", vec![addr.clone()]);
     let r = client
         .read_range("f.txt", 10, 1000, None)
@@ -694,8 +700,25 @@ async fn local_reads_refuse_strangers_and_fall_back_to_tcp() {
         .expect("local");
     assert_eq!(r.bytes, &content[10..1010]);
     assert_eq!(client.stats().local_ranges, 1);
+
+    // Another process at the socket's path, which cannot prove the key: the client learns
+    // nothing from it and reads over TCP.
     std::fs::remove_file(&sock).expect("remove socket");
-    let mut other = c.client("worker-2", vec![addr]);
+    let rogue = std::os::unix::net::UnixListener::bind(&sock).expect("rogue bind");
+    let rogue_thread = std::thread::spawn(move || {
+        let mut asked = 0;
+        if let Ok((mut s, _)) = rogue.accept() {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(s.try_clone().expect("clone")).read_line(&mut line);
+            asked += 1;
+            let _ = writeln!(
+                s,
+                r#"{{"type":"welcome","nonce":"00112233445566778899aabbccddeeff","proof":"00"}}"#
+            );
+        }
+        asked
+    });
+    let mut other = c.client("worker-2", vec![addr.clone()]);
     let r = other
         .read_range("f.txt", 10, 1000, None)
         .await
@@ -707,6 +730,18 @@ async fn local_reads_refuse_strangers_and_fall_back_to_tcp() {
         (1, 0, 1000),
         "{s:?}"
     );
+    assert_eq!(
+        rogue_thread.join().expect("rogue"),
+        1,
+        "the client never tried the socket"
+    );
+
+    // With nothing at the path at all: TCP too.
+    std::fs::remove_file(&sock).expect("remove rogue socket");
+    let mut third = c.client("worker-3", vec![addr]);
+    let r = third.read_range("f.txt", 0, 5, None).await.expect("tcp");
+    assert_eq!(r.bytes, &content[..5]);
+    assert_eq!(third.stats().local_ranges, 0);
     // The first client's link is still open: its server keeps serving it.
     let r = client
         .read_range("f.txt", 0, 5, None)

@@ -13,8 +13,11 @@ use std::time::Duration;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use super::RangeData;
-use crate::msg::{ErrorCode, LocalOffer, LocalReply, LocalRequest, MAX_LOCAL_LINE};
+use crate::msg::{
+    ErrorCode, LocalOffer, LocalReply, LocalRequest, MAX_LOCAL_LINE, PROOF_CLIENT, PROOF_SERVER,
+};
 use crate::store::Fingerprint;
+use proto::ClusterKey;
 
 /// What a local range read gave.
 pub(super) enum LocalRead {
@@ -32,22 +35,44 @@ pub(super) struct LocalLink {
 }
 
 impl LocalLink {
-    /// Connects to `offer` and proves its token. Any failure means: read over TCP.
-    pub(super) fn connect(offer: &LocalOffer, timeout: Duration) -> std::io::Result<LocalLink> {
-        let stream = UnixStream::connect(&offer.path)?;
+    /// Proves the cluster key on `stream` (connected to `offer`'s path) after the server
+    /// proved it, both bound to the offer's token. Any failure means: read over TCP.
+    pub(super) fn handshake(
+        stream: UnixStream,
+        offer: &LocalOffer,
+        key: &ClusterKey,
+        timeout: Duration,
+    ) -> std::io::Result<LocalLink> {
+        stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut link = LocalLink {
             stream,
             pending: Vec::new(),
         };
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
         link.send(&LocalRequest::Hello {
-            token: offer.token.clone(),
+            nonce: nonce.clone(),
+        })?;
+        let server_nonce = match link.receive()? {
+            (LocalReply::Welcome { nonce: n, proof }, _)
+                if key.verify(&[PROOF_SERVER, &offer.token, &nonce], &proof) =>
+            {
+                n
+            }
+            (other, _) => {
+                return Err(std::io::Error::other(format!(
+                    "the process at the local socket is not the server that offered it: {other:?}"
+                )))
+            }
+        };
+        link.send(&LocalRequest::Prove {
+            proof: key.sign(&[PROOF_CLIENT, &offer.token, &server_nonce]),
         })?;
         match link.receive()? {
-            (LocalReply::Welcome {}, _) => Ok(link),
+            (LocalReply::Ready {}, _) => Ok(link),
             (other, _) => Err(std::io::Error::other(format!(
-                "the local socket refused the token: {other:?}"
+                "the local socket refused this client: {other:?}"
             ))),
         }
     }
@@ -89,6 +114,11 @@ impl LocalLink {
             return Err(std::io::Error::other("a local range came without its file"));
         };
         let mut file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(
+                "the local socket passed something not a file",
+            ));
+        }
         let want = usize::try_from(got).map_err(std::io::Error::other)?;
         let mut bytes = Vec::with_capacity(want);
         file.seek(SeekFrom::Start(got_start))?;
@@ -126,16 +156,21 @@ impl LocalLink {
                 return Err(std::io::Error::other("local reply line too long"));
             }
             let mut buf = [0u8; 4096];
-            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            // Room for the most descriptors one message can carry (SCM_MAX_FD): the control
+            // data is never cut, so every descriptor installed here is seen and closed.
+            let mut cmsg = nix::cmsg_space!([RawFd; 253]);
             let (n, got) = {
                 let mut iov = [IoSliceMut::new(&mut buf)];
-                let msg = recvmsg::<()>(
+                let msg = match recvmsg::<()>(
                     std::os::fd::AsRawFd::as_raw_fd(&self.stream),
                     &mut iov,
                     Some(&mut cmsg),
                     MsgFlags::MSG_CMSG_CLOEXEC,
-                )
-                .map_err(std::io::Error::from)?;
+                ) {
+                    Ok(m) => m,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let mut got = Vec::new();
                 for c in msg.cmsgs().map_err(std::io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(fds) = c {

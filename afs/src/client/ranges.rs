@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::local::{LocalLink, LocalRead};
 use super::{AfsClient, AfsError};
-use crate::msg::{ErrorCode, Reply, Request};
+use crate::msg::{ErrorCode, LocalOffer, Reply, Request};
 use crate::names::check_rel;
 
 /// Bytes of a file read by [`AfsClient::read_range`].
@@ -122,38 +122,36 @@ impl AfsClient {
             return None;
         }
         let offer = active.offer.clone()?;
-        let link = active.local.take();
-        let timeout = self.cfg.request_timeout;
-        let (path, version) = (rel.to_string(), version.map(str::to_string));
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut link = match link {
-                Some(l) => l,
-                None => {
-                    let l = LocalLink::connect(&offer, timeout)?;
-                    info!(
-                        socket = offer.path,
-                        "reading ranges through the file server's local socket (its open files, not TCP)"
-                    );
-                    l
+        let reused = active.local.take();
+        // A link that served before may have been closed since (the server's idle timeout,
+        // a restart): then one new link is tried before giving up on the socket.
+        let mut read = None;
+        for link in [reused, None] {
+            let fresh = link.is_none();
+            match self
+                .local_read(link, &offer, rel, start, len, version)
+                .await
+            {
+                Ok((link, r)) => {
+                    if fresh {
+                        info!(
+                            socket = offer.path,
+                            "reading ranges through the file server's local socket (its open files, not TCP)"
+                        );
+                    }
+                    self.active.as_mut()?.local = Some(link);
+                    read = Some(r);
+                    break;
                 }
-            };
-            let r = link.read(&path, start, len, version.as_deref())?;
-            Ok::<_, std::io::Error>((link, r))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("local read task: {e}"))));
-        let active = self.active.as_mut()?;
-        let read = match joined {
-            Ok((link, read)) => {
-                active.local = Some(link);
-                read
+                Err(e) if fresh => {
+                    debug!(error = %e, "local reads off for this connection; reading over TCP");
+                    self.active.as_mut()?.local_off = true;
+                    return None;
+                }
+                Err(e) => debug!(error = %e, "the local link failed; connecting it again"),
             }
-            Err(e) => {
-                debug!(error = %e, "local reads off for this connection; reading over TCP");
-                active.local_off = true;
-                return None;
-            }
-        };
+        }
+        let read = read?;
         Some(match read {
             LocalRead::Done(d) => {
                 self.stats.ranges += 1;
@@ -171,6 +169,49 @@ impl AfsClient {
                 _ => Ok(RangeAttempt::Failed(message)),
             },
         })
+    }
+
+    /// One range through `link`, or through a new link to `offer` (connected within the
+    /// request timeout, then both proofs): the link back with what it read, or why the
+    /// socket failed.
+    async fn local_read(
+        &self,
+        link: Option<LocalLink>,
+        offer: &LocalOffer,
+        rel: &str,
+        start: u64,
+        len: u64,
+        version: Option<&str>,
+    ) -> Result<(LocalLink, LocalRead), String> {
+        let timeout = self.cfg.request_timeout;
+        let stream = match link {
+            Some(_) => None,
+            None => Some(
+                tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&offer.path))
+                    .await
+                    .map_err(|_| format!("connecting to {}: timed out", offer.path))?
+                    .and_then(|s| s.into_std())
+                    .map_err(|e| format!("connecting to {}: {e}", offer.path))?,
+            ),
+        };
+        let (offer, key) = (offer.clone(), self.cfg.key.clone());
+        let (path, version) = (rel.to_string(), version.map(str::to_string));
+        let work = tokio::task::spawn_blocking(move || {
+            let mut link = match (link, stream) {
+                (Some(l), _) => l,
+                (None, Some(s)) => LocalLink::handshake(s, &offer, &key, timeout)?,
+                (None, None) => return Err(std::io::Error::other("no link")),
+            };
+            let r = link.read(&path, start, len, version.as_deref())?;
+            Ok((link, r))
+        });
+        // The socket's own timeouts end a stuck call; this bounds the whole attempt too.
+        match tokio::time::timeout(timeout * 2, work).await {
+            Err(_) => Err("the local read timed out".into()),
+            Ok(Err(e)) => Err(format!("local read task: {e}")),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(Ok(x))) => Ok(x),
+        }
     }
 
     async fn range_attempt(

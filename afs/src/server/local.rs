@@ -25,12 +25,23 @@ use tracing::{debug, info, warn};
 
 use super::serve::range_state;
 use super::Shared;
-use crate::msg::{ErrorCode, LocalOffer, LocalReply, LocalRequest, MAX_LOCAL_LINE};
+use crate::msg::{
+    ErrorCode, LocalOffer, LocalReply, LocalRequest, MAX_LOCAL_LINE, PROOF_CLIENT, PROOF_SERVER,
+};
 use crate::store::Fingerprint;
 
-/// Binds the local socket at `path`. A socket file left by a server that is gone is
-/// replaced; one that a live server answers on is not (two servers told the same path).
-pub(super) fn bind(path: &Path) -> Result<(UnixListener, LocalOffer), String> {
+/// The local socket, bound, with the lock that makes its path this server's.
+pub(super) struct Bound {
+    listener: UnixListener,
+    pub(super) offer: LocalOffer,
+    /// `<path>.lock`, locked for the server's life: another server told the same path finds
+    /// it locked and runs without a local socket, and a socket file found at the path while
+    /// holding the lock is a dead server's.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Binds the local socket at `path`.
+pub(super) fn bind(path: &Path) -> Result<Bound, String> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -38,26 +49,35 @@ pub(super) fn bind(path: &Path) -> Result<(UnixListener, LocalOffer), String> {
             .map_err(|e| format!("reading the current folder: {e}"))?
             .join(path)
     };
-    if let Ok(meta) = std::fs::symlink_metadata(&abs) {
-        if !meta.file_type().is_socket() {
-            return Err(format!("{} exists and is not a socket", abs.display()));
-        }
-        if std::os::unix::net::UnixStream::connect(&abs).is_ok() {
-            return Err(format!(
-                "{} is the socket of another running server",
-                abs.display()
-            ));
-        }
-        std::fs::remove_file(&abs)
-            .map_err(|e| format!("removing the stale socket {}: {e}", abs.display()))?;
-    }
     if let Some(parent) = abs.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
+    let mut lock_name = abs.clone().into_os_string();
+    lock_name.push(".lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_name)
+        .map_err(|e| format!("opening {}: {e}", Path::new(&lock_name).display()))?;
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            format!(
+                "{} is another running server's ({e})",
+                Path::new(&lock_name).display()
+            )
+        })?;
+    if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+        if !meta.file_type().is_socket() {
+            return Err(format!("{} exists and is not a socket", abs.display()));
+        }
+        std::fs::remove_file(&abs)
+            .map_err(|e| format!("removing the stale socket {}: {e}", abs.display()))?;
+    }
     let listener =
         UnixListener::bind(&abs).map_err(|e| format!("binding {}: {e}", abs.display()))?;
-    // The token is what admits a client; the mode only keeps other users from trying.
+    // The proofs are what admit a client; the mode only keeps other users from trying.
     if let Err(e) = std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(0o600)) {
         warn!(path = %abs.display(), error = %e, "could not restrict the local socket to its owner");
     }
@@ -65,24 +85,28 @@ pub(super) fn bind(path: &Path) -> Result<(UnixListener, LocalOffer), String> {
         path: abs.to_string_lossy().into_owned(),
         token: hex::encode(rand::random::<[u8; 16]>()),
     };
-    Ok((listener, offer))
+    Ok(Bound {
+        listener,
+        offer,
+        _lock: lock,
+    })
 }
 
 /// Accepts local clients until `shutdown`, at most `max` at once (a client turned away
-/// uses TCP), then removes the socket file.
+/// uses TCP), then removes the socket file (still this server's: it holds the lock).
 pub(super) async fn accept_loop(
     shared: Arc<Shared>,
-    listener: UnixListener,
-    offer: LocalOffer,
+    bound: Bound,
     max: usize,
     shutdown: CancellationToken,
 ) {
+    let offer = bound.offer.clone();
     info!(path = offer.path, "local reads offered on a Unix socket");
     let permits = Arc::new(Semaphore::new(max));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
+            r = bound.listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
                     warn!(error = %e, "accepting on the local socket");
@@ -111,45 +135,79 @@ pub(super) async fn accept_loop(
         });
     }
     let _ = std::fs::remove_file(&offer.path);
+    drop(bound);
 }
 
-/// Serves one local client: its hello, then ranges one at a time.
+/// The most a reply may wait for a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads one line within `limit`.
+async fn line_within(
+    stream: &UnixStream,
+    pending: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    tokio::time::timeout(limit, read_line(stream, pending))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no line in time"))?
+}
+
+/// Refuses a client that failed the handshake, and says so.
+async fn refuse(stream: &UnixStream, why: &str) -> std::io::Error {
+    let _ = send(
+        stream,
+        &LocalReply::Error {
+            code: ErrorCode::Forbidden,
+            message: format!("{why}: prove this cluster's key for this server's token"),
+        },
+        None,
+    )
+    .await;
+    std::io::Error::other(format!("local client refused: {why}"))
+}
+
+/// Serves one local client: the proofs both ways, then ranges one at a time.
 async fn serve_local(shared: &Shared, stream: UnixStream, token: &str) -> std::io::Result<()> {
     let mut pending = Vec::new();
-    let hello = tokio::time::timeout(
-        proto::auth::HANDSHAKE_TIMEOUT,
-        read_line(&stream, &mut pending),
+    let hs = proto::auth::HANDSHAKE_TIMEOUT;
+    let client_nonce = match line_within(&stream, &mut pending, hs)
+        .await?
+        .as_deref()
+        .map(serde_json::from_slice::<LocalRequest>)
+    {
+        Some(Ok(LocalRequest::Hello { nonce })) if nonce.len() >= 16 => nonce,
+        _ => return Err(refuse(&stream, "expected hello with a nonce").await),
+    };
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let key = &shared.cfg.key;
+    let proof = key.sign(&[PROOF_SERVER, token, &client_nonce]);
+    timed_send(
+        &stream,
+        &LocalReply::Welcome {
+            nonce: nonce.clone(),
+            proof,
+        },
+        None,
     )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
-    let good = matches!(
-        hello.as_deref().map(serde_json::from_slice::<LocalRequest>),
-        Some(Ok(LocalRequest::Hello { token: t })) if same_token(&t, token)
-    );
-    if !good {
-        let _ = send(
-            &stream,
-            &LocalReply::Error {
-                code: ErrorCode::Forbidden,
-                message: "expected hello with this server's token".into(),
-            },
-            None,
-        )
-        .await;
-        return Err(std::io::Error::other("local client refused: bad hello"));
+    .await?;
+    match line_within(&stream, &mut pending, hs)
+        .await?
+        .as_deref()
+        .map(serde_json::from_slice::<LocalRequest>)
+    {
+        Some(Ok(LocalRequest::Prove { proof }))
+            if key.verify(&[PROOF_CLIENT, token, &nonce], &proof) => {}
+        _ => return Err(refuse(&stream, "bad proof").await),
     }
-    send(&stream, &LocalReply::Welcome {}, None).await?;
+    timed_send(&stream, &LocalReply::Ready {}, None).await?;
     loop {
-        let line =
-            match tokio::time::timeout(shared.cfg.idle_timeout, read_line(&stream, &mut pending))
-                .await
-            {
-                Err(_) => return Ok(()),
-                Ok(r) => match r? {
-                    Some(l) => l,
-                    None => return Ok(()),
-                },
-            };
+        let line = match line_within(&stream, &mut pending, shared.cfg.idle_timeout).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(()),
+            r => match r? {
+                Some(l) => l,
+                None => return Ok(()),
+            },
+        };
         let req = match serde_json::from_slice::<LocalRequest>(&line) {
             Ok(LocalRequest::OpenRange {
                 path,
@@ -174,8 +232,21 @@ async fn serve_local(shared: &Shared, stream: UnixStream, token: &str) -> std::i
             }
         };
         let (reply, file) = open_range(shared, req).await;
-        send(&stream, &reply, file.as_ref()).await?;
+        timed_send(&stream, &reply, file.as_ref()).await?;
     }
+}
+
+/// [`send`] within [`SEND_TIMEOUT`]: a client that stops reading loses its connection.
+async fn timed_send(
+    stream: &UnixStream,
+    reply: &LocalReply,
+    file: Option<&std::fs::File>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(SEND_TIMEOUT, send(stream, reply, file))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read")
+        })?
 }
 
 /// The answer to `open_range`: the header and the open file, or an error.
@@ -296,13 +367,4 @@ async fn read_line(stream: &UnixStream, pending: &mut Vec<u8>) -> std::io::Resul
 
 fn memchr_newline(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
-}
-
-/// Compares tokens in time independent of where they differ.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

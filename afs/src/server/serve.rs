@@ -345,11 +345,9 @@ async fn lookup(store: &Arc<Store>, path: String) -> Result<(FileInfo, Fingerpri
 /// larger ones are served at once, pinned by fingerprint, while they are hashed.
 const RANGE_WAIT_FOR_VERSION: u64 = 64 << 20;
 
-/// Path, fingerprint and, if known, content version of a file for a range read. A large
-/// file whose version is not known yet is being hashed in the background meanwhile.
 /// The state a range of `path` is served from: its normal path, fingerprint and version
-/// (if known; see `range_lookup`), or `changed` when `version` (a content version or a pin)
-/// no longer names it.
+/// (if known; see [`range_lookup`]), or `changed` when `version` (a content version or a
+/// pin) no longer names it. Shared by `fetch_range` and the local socket.
 pub(super) async fn range_state(
     store: &Arc<Store>,
     path: String,
@@ -365,6 +363,8 @@ pub(super) async fn range_state(
     Ok((rel, fp, known))
 }
 
+/// Path, fingerprint and, if known, content version of a file for a range read. A large
+/// file whose version is not known yet is being hashed in the background meanwhile.
 async fn range_lookup(
     store: &Arc<Store>,
     path: String,

@@ -171,7 +171,12 @@ pub(super) async fn stand_for_election(
     let start = tokio::time::Instant::now();
     let now = || start.elapsed();
     let heartbeat = (min / 3).max(Duration::from_millis(10));
-    let mut timer = Timer::new(answering.min_timeout + heartbeat, min, now(), rand::random());
+    let mut timer = Timer::new(
+        answering.min_timeout + heartbeat,
+        min,
+        now(),
+        rand::random(),
+    );
     let mut tick = tokio::time::interval((min / 6).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peers: BTreeMap<u64, crate::group::net::Peer> = group
