@@ -291,6 +291,16 @@ pub const PROOF_CLIENT: &str = "afs-local client";
 mod tests {
     use super::*;
 
+    /// `json` decodes strictly into a `T`, which encodes and decodes back to itself.
+    fn round_trip<T>(json: &str)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let m: T = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        let back = serde_json::to_string(&m).expect("encode");
+        assert_eq!(serde_json::from_str::<T>(&back).expect("decode"), m);
+    }
+
     #[test]
     /// Every example in the module doc decodes (strictly) into a message and back.
     fn doc_examples_decode() {
@@ -312,31 +322,11 @@ mod tests {
             let json = rest.trim();
             let end = json.rfind('}').map(|i| i + 1).unwrap_or(json.len());
             let json = &json[..end];
-            if dir == "local_req" {
-                let m: LocalRequest =
-                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
-                let back = serde_json::to_string(&m).expect("encode");
-                assert_eq!(
-                    serde_json::from_str::<LocalRequest>(&back).expect("decode"),
-                    m
-                );
-            } else if dir == "local_rep" {
-                let m: LocalReply =
-                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
-                let back = serde_json::to_string(&m).expect("encode");
-                assert_eq!(
-                    serde_json::from_str::<LocalReply>(&back).expect("decode"),
-                    m
-                );
-            } else if dir == "req" {
-                let m: Request =
-                    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
-                let back = serde_json::to_string(&m).expect("encode");
-                assert_eq!(serde_json::from_str::<Request>(&back).expect("decode"), m);
-            } else {
-                let m: Reply = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
-                let back = serde_json::to_string(&m).expect("encode");
-                assert_eq!(serde_json::from_str::<Reply>(&back).expect("decode"), m);
+            match dir {
+                "req" => round_trip::<Request>(json),
+                "rep" => round_trip::<Reply>(json),
+                "local_req" => round_trip::<LocalRequest>(json),
+                _ => round_trip::<LocalReply>(json),
             }
             n += 1;
         }

@@ -38,6 +38,20 @@ impl RangeData {
 /// Longest range one request may ask for (the reply is held in memory).
 pub const MAX_RANGE: u64 = 256 << 20;
 
+/// What a server's error answer to a range of `rel` means, the same over TCP and the
+/// local socket.
+fn refused(rel: &str, code: ErrorCode, message: String) -> Result<RangeAttempt, AfsError> {
+    match code {
+        ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
+        ErrorCode::Changed => Ok(RangeAttempt::Changed),
+        ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
+            path: rel.to_string(),
+            message,
+        }),
+        _ => Ok(RangeAttempt::Failed(message)),
+    }
+}
+
 /// What one range request at one server gave.
 enum RangeAttempt {
     Done(RangeData),
@@ -159,15 +173,7 @@ impl AfsClient {
                 Ok(RangeAttempt::Done(d))
             }
             LocalRead::Changed => Ok(RangeAttempt::Changed),
-            LocalRead::Refused(code, message) => match code {
-                ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
-                ErrorCode::Changed => Ok(RangeAttempt::Changed),
-                ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
-                    path: rel.to_string(),
-                    message,
-                }),
-                _ => Ok(RangeAttempt::Failed(message)),
-            },
+            LocalRead::Refused(code, message) => refused(rel, code, message),
         })
     }
 
@@ -251,17 +257,7 @@ impl AfsClient {
                 pin,
                 ..
             } if got <= len && s == start.min(size) => (got, size, v, pin),
-            Reply::Error { code, message } => {
-                return match code {
-                    ErrorCode::NotFound => Ok(RangeAttempt::NotHere),
-                    ErrorCode::Changed => Ok(RangeAttempt::Changed),
-                    ErrorCode::Forbidden | ErrorCode::TooLarge => Err(AfsError::Refused {
-                        path: rel.to_string(),
-                        message,
-                    }),
-                    _ => Ok(RangeAttempt::Failed(message)),
-                }
-            }
+            Reply::Error { code, message } => return refused(rel, code, message),
             other => {
                 self.drop_connection("unexpected reply to fetch_range");
                 return Ok(RangeAttempt::Failed(format!("unexpected reply {other:?}")));

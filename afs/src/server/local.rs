@@ -154,7 +154,7 @@ async fn line_within(
 
 /// Refuses a client that failed the handshake, and says so.
 async fn refuse(stream: &UnixStream, why: &str) -> std::io::Error {
-    let _ = send(
+    let _ = timed_send(
         stream,
         &LocalReply::Error {
             code: ErrorCode::Forbidden,
@@ -219,7 +219,7 @@ async fn serve_local(shared: &Shared, stream: UnixStream, token: &str) -> std::i
                 return Err(std::io::Error::other(format!("unexpected {other:?}")));
             }
             Err(e) => {
-                let _ = send(
+                let _ = timed_send(
                     &stream,
                     &LocalReply::Error {
                         code: ErrorCode::BadRequest,
