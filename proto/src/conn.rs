@@ -473,6 +473,12 @@ impl Acceptor {
         }
     }
 
+    /// The listener back, for another acceptor: connections waiting in its backlog stay
+    /// (closing it and binding the port again would reset them, and refuse any in between).
+    pub fn into_listener(self) -> tokio::net::TcpListener {
+        self.listener
+    }
+
     /// The next connection, not yet authenticated, or `None` once `shutdown` is cancelled.
     pub async fn next(
         &mut self,
@@ -536,6 +542,28 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
         (Connection::new(c.expect("connect")), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    /// An acceptor stopped and its listener handed on: a connection that arrives in between
+    /// waits in the backlog and the next owner accepts it (the port never closes).
+    async fn listener_handed_on_keeps_waiting_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let mut acceptor = Acceptor::new(l, 4);
+        stop.cancel();
+        assert!(acceptor.next(&stop).await.is_none());
+        let l = acceptor.into_listener();
+        let client = TcpStream::connect(addr)
+            .await
+            .expect("connect while handed on");
+        let (server, peer) = tokio::time::timeout(Duration::from_secs(5), l.accept())
+            .await
+            .expect("accepted in time")
+            .expect("accept");
+        assert_eq!(peer, client.local_addr().expect("client addr"));
+        drop(server);
     }
 
     #[tokio::test]

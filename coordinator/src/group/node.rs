@@ -238,9 +238,15 @@ async fn role_loop(
         .members
         .get(&group.id)
         .map_or_else(|| workers.to_string(), |m| m.workers.clone());
+    // The workers' listener kept from following to serving, and back when taking the root
+    // files failed (see [`redirect_workers`]).
+    let mut kept: Option<TcpListener> = None;
     loop {
         // Follow: answer workers with the leader's address until this replica leads.
-        let listener = bind(workers).await?;
+        let listener = match kept.take() {
+            Some(l) => l,
+            None => bind(workers).await?,
+        };
         if !announced {
             announced = true;
             if let Some(f) = &group.addr_file {
@@ -297,9 +303,10 @@ async fn role_loop(
             .await
             .and_then(|()| replica.lead(term, &gid));
         stop.cancel();
-        let _ = redirect.await;
+        let following = redirect.await.ok();
         stop_member_web(member_web).await;
         if let Err(e) = taken {
+            kept = following;
             error!(
                 term,
                 error = format!("{e:#}"),
@@ -328,7 +335,10 @@ async fn role_loop(
         let watcher = tokio::spawn(watch_lead(handle.clone(), lease(group), lead_stop.clone()));
         let mut lead_cfg = cfg.clone();
         lead_cfg.core.term = Some(term);
-        let listener = bind(workers).await?;
+        let listener = match following {
+            Some(l) => l,
+            None => bind(workers).await?,
+        };
         serving.cancel();
         let http = match http {
             Some(a) => Some(bind(a).await?),

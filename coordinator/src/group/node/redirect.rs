@@ -29,13 +29,15 @@ pub(super) struct Redirect {
 /// about to serve), the answer waits, up to `hold`: for the leader's address, or for this
 /// replica to start serving (`serving`; then the answer names this replica, and the worker
 /// comes back at once), so that workers starting with the group register as soon as it has
-/// a leader instead of backing off.
+/// a leader instead of backing off. Returns the listener once `stop` is cancelled: the
+/// replica that starts serving keeps it, so that the port never closes in between (a worker
+/// refused or reset there backed off 100-150 ms before registering).
 pub(super) async fn redirect_workers(
     listener: TcpListener,
     r: Redirect,
     stop: CancellationToken,
     serving: CancellationToken,
-) {
+) -> TcpListener {
     let mut acceptor = proto::conn::Acceptor::new(listener, 256);
     while let Some((admission, stream, _peer)) = acceptor.next(&stop).await {
         let (r, serving) = (r.clone(), serving.clone());
@@ -53,6 +55,7 @@ pub(super) async fn redirect_workers(
             }
         });
     }
+    acceptor.into_listener()
 }
 
 /// The workers' address of the replica a worker should register with: another member that
