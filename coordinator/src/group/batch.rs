@@ -216,10 +216,86 @@ pub fn unsplit(p: &mut FlushBatch, batches: impl IntoIterator<Item = (Batch, Opt
 /// regenerated primes are used: they are the primes of the interval).
 pub fn regenerate(
     pieces: &[Piece],
-    mut sieve: impl FnMut(u64, u64) -> Vec<u64>,
+    sieve: impl FnMut(u64, u64) -> Vec<u64>,
 ) -> (Vec<Run>, Vec<String>) {
+    let (made, wrong) = made_of(pieces, sieve);
+    (runs_from(made), wrong)
+}
+
+/// [`regenerate`] with the pieces shared between `threads` threads (contiguous shares of
+/// about as many numbers each, the first on this thread): the same runs and lines. For a
+/// member that must apply before it serves (a new leader's catch-up, while its workers
+/// wait): the sieve is most of a regeneration's time and the rest is written in order.
+pub fn regenerate_on(
+    pieces: &[Piece],
+    threads: usize,
+    sieve: impl Fn(u64, u64) -> Vec<u64> + Sync,
+) -> (Vec<Run>, Vec<String>) {
+    let shares = shares(pieces, threads);
+    if shares.len() < 2 {
+        return regenerate(pieces, sieve);
+    }
+    let sieve = &sieve;
+    let parts: Vec<(Made, Vec<String>)> = std::thread::scope(|s| {
+        let spawned: Vec<_> = shares[1..]
+            .iter()
+            .map(|share| {
+                let run = move || made_of(share, sieve);
+                (
+                    share,
+                    std::thread::Builder::new()
+                        .name("regenerate".into())
+                        .spawn_scoped(s, run),
+                )
+            })
+            .collect();
+        let mut parts = vec![made_of(shares[0], sieve)];
+        for (share, h) in spawned {
+            parts.push(match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread: this one does the share.
+                Err(_) => made_of(share, sieve),
+            });
+        }
+        parts
+    });
+    let mut made = Vec::with_capacity(pieces.len());
     let mut wrong = Vec::new();
-    let made: Vec<((u64, u64), Vec<u64>)> = pieces
+    for (m, w) in parts {
+        made.extend(m);
+        wrong.extend(w);
+    }
+    (runs_from(made), wrong)
+}
+
+/// Pieces regenerated, each with its segment, in order.
+type Made = Vec<((u64, u64), Vec<u64>)>;
+
+/// `pieces` cut into at most `threads` contiguous shares of about as many numbers each.
+fn shares(pieces: &[Piece], threads: usize) -> Vec<&[Piece]> {
+    let span = |p: &Piece| p.last.saturating_sub(p.first) as u128 + 1;
+    let total: u128 = pieces.iter().map(span).sum();
+    let n = threads.clamp(1, pieces.len().max(1)) as u128;
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (0, 0u128);
+    for (i, p) in pieces.iter().enumerate() {
+        acc += span(p);
+        // Cut once this share reaches its part of the whole (the last takes the rest).
+        if (out.len() as u128) + 1 < n && acc * n >= total * (out.len() as u128 + 1) {
+            out.push(&pieces[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < pieces.len() {
+        out.push(&pieces[start..]);
+    }
+    out
+}
+
+/// Each piece's primes by `sieve`, with a line for each that differs from what was sent.
+fn made_of(pieces: &[Piece], mut sieve: impl FnMut(u64, u64) -> Vec<u64>) -> (Made, Vec<String>) {
+    let mut wrong = Vec::new();
+    let made: Made = pieces
         .iter()
         .map(|p| {
             let primes = sieve(p.first, p.last);
@@ -239,7 +315,7 @@ pub fn regenerate(
             ((p.lo, p.hi), primes)
         })
         .collect();
-    (runs_from(made), wrong)
+    (made, wrong)
 }
 
 /// The runs a proposer holds for its batches until they apply (by batch id), so the
@@ -338,6 +414,42 @@ mod tests {
         let (runs, wrong) = regenerate(&batches[0].0.pieces, primes_in);
         assert_eq!(runs, vec![run(10, 50, primes_in(10, 50))]);
         assert_eq!(wrong.len(), 1, "{wrong:?}");
+    }
+
+    #[test]
+    /// Shared between threads, pieces regenerate to the same runs and the same lines
+    /// (a piece of a segment cut between two shares included, and a wrong one).
+    fn regenerated_on_threads_as_on_one() {
+        let mut sent = primes_in(3000, 9000);
+        sent.remove(100);
+        // Two attempts at one segment, then other segments of several sizes.
+        let mut again = primes_in(10, 400);
+        again.extend(primes_in(200, 700));
+        let mut p = FlushBatch {
+            runs: vec![
+                run(10, 700, again),
+                run(701, 800, primes_in(701, 800)),
+                run(801, 2999, primes_in(801, 2999)),
+                run(3000, 9000, sent),
+                run(9001, 9100, primes_in(9001, 9100)),
+            ],
+            ..FlushBatch::default()
+        };
+        let batches = split(&mut p, || 7);
+        let pieces = &batches[0].0.pieces;
+        assert_eq!(pieces.len(), 6);
+        let one = regenerate(pieces, primes_in);
+        assert_eq!(one.1.len(), 1, "{:?}", one.1);
+        for threads in [0, 1, 2, 3, 6, 64] {
+            let many = regenerate_on(pieces, threads, primes_in);
+            assert_eq!(many, one, "{threads} threads");
+            let cut = shares(pieces, threads);
+            assert_eq!(cut.len(), threads.clamp(1, 6).min(cut.len()).max(1));
+            assert_eq!(cut.concat(), *pieces, "{threads} threads");
+        }
+        assert_eq!(shares(pieces, 2).len(), 2);
+        assert!(shares(&[], 2).is_empty());
+        assert_eq!(regenerate_on(&[], 2, primes_in), (Vec::new(), Vec::new()));
     }
 
     #[test]

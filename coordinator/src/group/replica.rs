@@ -127,6 +127,11 @@ fn refused(cmd: &Command, at: LogId) -> Option<Outcome> {
     }
 }
 
+/// The cores this process may use (1 if unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn sm_err(e: anyhow::Error) -> StorageError<u64> {
     StorageError::from(StorageIOError::write_state_machine(
         openraft::AnyError::error(format!("{e:#}")),
@@ -453,9 +458,17 @@ impl State {
                         primes.append(&b.small, &b.big, &[], &b.finished)?
                     }
                     None => {
+                        let lowly = self.pace.lowly();
                         let mut apply = move || {
-                            let (runs, wrong) =
-                                batch::regenerate(&b.pieces, worker::gen::sieve::primes_in);
+                            // Behind at idle priority, one thread is enough; a member that must
+                            // apply before it serves (a new leader) uses every core: its workers
+                            // are waiting, and idle.
+                            let threads = if lowly { 1 } else { cores() };
+                            let (runs, wrong) = batch::regenerate_on(
+                                &b.pieces,
+                                threads,
+                                worker::gen::sieve::primes_in,
+                            );
                             for w in wrong {
                                 tracing::error!(
                                     problem = w,
@@ -464,7 +477,7 @@ impl State {
                             }
                             primes.append(&b.small, &b.big, &runs, &b.finished)
                         };
-                        let (lowly, since) = (self.pace.lowly(), std::time::Instant::now());
+                        let since = std::time::Instant::now();
                         let new = if lowly {
                             pace::run_lowly(apply)?
                         } else {

@@ -436,15 +436,13 @@ impl Window<'_> {
             out.extend_from_slice(self.small);
         }
         let to = to.min(self.bytes.len());
-        for i in from..to {
-            let mut b = self.bytes[i];
-            let n0 = (self.base + i as u64) * 30;
-            while b != 0 {
-                let k = b.trailing_zeros() as usize;
-                b &= b - 1;
-                // Below hi (edges clipped), so no overflow.
-                out.push(n0 + R[k]);
-            }
+        if from < to {
+            // Below hi (edges clipped), so no overflow.
+            super::sieve::push_survivors(
+                &self.bytes[from..to],
+                (self.base + from as u64) * 30,
+                out,
+            );
         }
     }
 

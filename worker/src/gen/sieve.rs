@@ -54,6 +54,61 @@ const PRE: [&[u64]; 5] = [
 /// The largest pre-sieved prime: sieving primes start above it.
 const PRE_MAX: u64 = 71;
 
+/// For bit t of a little-endian word of eight wheel bytes: the number it stands for, beyond
+/// the word's first (bit 8 b + k is 30 b + R[k]).
+const WORD_OFFSET: [u64; 64] = {
+    let mut t = [0u64; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = 30 * (i as u64 / 8) + R[i % 8];
+        i += 1;
+    }
+    t
+};
+
+/// Appends, ascending, the number each set bit of `bytes` stands for: bit k of byte i is
+/// `first + 30 i + R[k]` (`first` a multiple of 30). The caller wants them all, and the
+/// last fits in a u64. Eight bytes at a time, with room made once: taking a byte, a bit
+/// and a 128-bit sum per number, and growing the vector as it went, made listing the
+/// primes of a segment cost 2.4 times sieving it.
+pub(super) fn push_survivors(bytes: &[u8], first: u64, out: &mut Vec<u64>) {
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    out.reserve(
+        words
+            .clone()
+            .map(|c| word(c).count_ones() as usize)
+            .chain(tail.iter().map(|b| b.count_ones() as usize))
+            .sum(),
+    );
+    let mut base = first;
+    for c in words {
+        let mut w = word(c);
+        while w != 0 {
+            let t = w.trailing_zeros() as usize;
+            w &= w - 1;
+            out.push(base + WORD_OFFSET[t]);
+        }
+        base += 240;
+    }
+    for &byte in tail {
+        let mut bits = byte;
+        while bits != 0 {
+            let k = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            out.push(base + R[k]);
+        }
+        base += 30;
+    }
+}
+
+/// Eight wheel bytes as a little-endian word (`c` holds eight).
+fn word(c: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(c);
+    u64::from_le_bytes(b)
+}
+
 pub(super) const fn bit_of(r: u64) -> u8 {
     let mut k = 0;
     while k < 8 {
@@ -417,21 +472,43 @@ impl Segment<'_> {
         ((self.first / 30) as u64, self.bytes)
     }
 
-    /// Calls `f` with every survivor of the wheel in range, ascending.
-    fn survivors(&self, mut f: impl FnMut(u64)) {
+    /// Appends every survivor of the wheel in range, ascending: the bytes wholly inside the
+    /// range a word at a time ([`push_survivors`]), the edge bytes number by number.
+    fn survivors(&self, out: &mut Vec<u64>) {
         let lo = self.lo.max(SMALL) as u128;
         let hi = self.hi as u128;
-        for (i, &byte) in self.bytes.iter().enumerate() {
-            let mut b = byte;
-            while b != 0 {
-                let k = b.trailing_zeros() as usize;
-                b &= b - 1;
-                let n = self.first + 30 * i as u128 + R[k] as u128;
-                if n >= lo && n <= hi {
-                    f(n as u64);
+        let len = self.bytes.len();
+        // Byte i stands for first + 30 i + 1 ..= first + 30 i + 29: bytes [a, b) are inside.
+        let a = if lo <= self.first + 1 {
+            0
+        } else {
+            (lo - self.first - 1).div_ceil(30).min(len as u128) as usize
+        };
+        let b = if hi < self.first + 29 {
+            0
+        } else {
+            ((hi - self.first - 29) / 30 + 1).min(len as u128) as usize
+        };
+        let (a, b) = if a < b { (a, b) } else { (len, len) };
+        let edge = |from: usize, to: usize, out: &mut Vec<u64>| {
+            for (i, &byte) in self.bytes[from..to].iter().enumerate() {
+                let mut bits = byte;
+                while bits != 0 {
+                    let k = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let n = self.first + 30 * (from + i) as u128 + R[k] as u128;
+                    if n >= lo && n <= hi {
+                        out.push(n as u64);
+                    }
                 }
             }
+        };
+        edge(0, a, out);
+        if a < b {
+            // Inside the range, so below 2^64.
+            push_survivors(&self.bytes[a..b], (self.first + 30 * a as u128) as u64, out);
         }
+        edge(b, len, out);
     }
 
     /// How many primes: popcount of the interior, with the edges checked one by one.
@@ -483,12 +560,12 @@ impl Segment<'_> {
         out.extend_from_slice(self.small);
         if self.test {
             let mut cands = Vec::new();
-            self.survivors(|n| cands.push(n));
+            self.survivors(&mut cands);
             let start = out.len();
             prime::filter_primes_u64(&cands, out);
             out[start..].sort_unstable();
         } else {
-            self.survivors(|n| out.push(n));
+            self.survivors(out);
         }
     }
 }
@@ -612,6 +689,32 @@ mod tests {
         }
         assert_eq!(count_primes(0, 10_000_000), 664_579);
         assert_eq!(count_primes(0, 100_000_000), 5_761_455);
+    }
+
+    #[test]
+    /// Listing a word (8 wheel bytes, 240 numbers) at a time: every alignment of both ends,
+    /// ranges shorter than a byte, a word and longer, as counted and as tested one by one.
+    fn listed_at_every_alignment() {
+        let every: Vec<u64> = (0..62).collect();
+        let some = [0u64, 1, 7, 29, 30, 31, 59];
+        // Above 2^44 each range sieves by the primes up to 2^22 first: fewer of them there.
+        for (base, starts) in [
+            (1_000_000_000u64, &every[..]),
+            ((1u64 << 44) + 7, &some[..]),
+            (u64::MAX - 2000, &some[..]),
+        ] {
+            for &start in starts {
+                for len in [0u64, 1, 2, 29, 30, 31, 239, 240, 241, 481, 1000] {
+                    let lo = base + start;
+                    let Some(hi) = lo.checked_add(len) else {
+                        continue;
+                    };
+                    let want = naive(lo, hi);
+                    assert_eq!(primes_in(lo, hi), want, "[{lo}, {hi}]");
+                    assert_eq!(count_primes(lo, hi), want.len() as u64, "[{lo}, {hi}]");
+                }
+            }
+        }
     }
 
     #[test]
