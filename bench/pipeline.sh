@@ -110,7 +110,10 @@ run_system() {
   # CPU_DETAIL=1: each process's CPU (clock ticks) per run, on stderr.
   [ "${CPU_DETAIL:-0}" = 1 ] && echo "cpu ticks:$detail" >&2
   if [[ "$detail" == *gone=* ]]; then
-    echo "a process of the system exited before the end of the run (logs in $work):" >&2
+    # Kept: the run's folder goes when the script ends.
+    local kept="$PWD/../bench-failures/$(basename "$work")"
+    mkdir -p "$kept" && cp "$work"/*.log "$kept/"
+    echo "a process of the system exited before the end of the run (logs kept in $kept):" >&2
     tail -n 3 "$work"/*.log >&2
   fi
   kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true

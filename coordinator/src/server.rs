@@ -39,7 +39,8 @@ use timers::{
     final_snapshot, probe_loop, snapshot_loop, status_loop, tick_loop, write_status,
     FINAL_FLUSH_LIMIT,
 };
-use watch::{folder_loop, listing_loop, start_notify, Folder, FIRST_LISTING, LISTING_REFRESH};
+pub use watch::ListingFeed;
+use watch::{folder_loop, list_watch, listing_loop, start_notify, Folder, FIRST_LISTING};
 
 /// Runs the coordinator on `listener` until `shutdown`, its durable steps through `durable`
 /// (the group it leads); then flushes and writes a final snapshot.
@@ -95,15 +96,14 @@ pub async fn run(
     // The inputs, and the content versions the file server listed (by input) when it knew
     // them.
     let (mut current, versions) = if cfg.inputs_from_afs {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let watch = afs::listing::ListWatch {
-            servers: cfg.afs_servers.clone(),
-            key: cfg.key.clone(),
-            client_id: "coordinator".into(),
-            timeout: Duration::from_secs(3),
-            refresh: LISTING_REFRESH,
+        let mut rx = match &cfg.listing {
+            Some(feed) => feed.subscribe(shutdown.clone()),
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(list_watch(&cfg).run(tx, shutdown.clone()));
+                rx
+            }
         };
-        tokio::spawn(watch.run(tx, shutdown.clone()));
         // Issue 27: workers are served after this wait whether or not a server answered; a
         // listing that comes later brings its done reports with it ([`listing_loop`]).
         let listed = match tokio::time::timeout(FIRST_LISTING, rx.recv()).await {

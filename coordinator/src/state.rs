@@ -45,6 +45,9 @@ pub struct Config {
     /// Learn the input files from the file servers' listing (`watch_list`) instead of the
     /// local `input` folder: no disk shared with the file server is needed.
     pub inputs_from_afs: bool,
+    /// That listing, watched by this process since its start (a group member's); None: the
+    /// coordinator connects and watches once it serves.
+    pub listing: Option<crate::server::ListingFeed>,
 }
 
 /// What a connection's writer task sends.

@@ -468,6 +468,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         key,
         afs_servers: a.afs,
         inputs_from_afs: a.inputs_from_afs,
+        listing: None,
     };
     // Every coordinator is a member of a group: without --group, of one, serving workers
     // on --listen (simple mode; start_system.sh names its one member the same way).

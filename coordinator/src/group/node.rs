@@ -65,10 +65,13 @@ pub async fn run(
     workers: SocketAddr,
     raft_listener: TcpListener,
     http: Option<SocketAddr>,
-    cfg: Config,
+    mut cfg: Config,
     group: GroupConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if cfg.inputs_from_afs && cfg.listing.is_none() {
+        cfg.listing = Some(crate::server::ListingFeed::start(&cfg, shutdown.clone()));
+    }
     let log = LogStore::open(&group.dir)?;
     let pristine = log.is_pristine();
     let spares = match &group.spare_dir {
