@@ -12,7 +12,8 @@
 #     latency: time from dropping a one-line file to its prime in primes.txt (RUNS drops)
 # Environment: WORKERS (2), THREADS per worker (1), GROUP=N (1 or 3) to run the coordinator
 # as a Raft group of N members (a group of three learns the inputs from the file server)
-# instead of a coordinator without a group, FACTOR=1 to time the coreutils pipeline,
+# instead of a coordinator without a group, GROUP=both for simple mode (1) and replicated
+# mode (3) in turn with `worker check` in one invocation, with per-round ratios, FACTOR=1 to time the coreutils pipeline,
 # WARMUP discarded system runs before the measured ones (2; see below),
 # SYSTEM_BIN=DIR to measure the afs-server, coordinator and worker binaries of another build
 # (e.g. an older commit's target/release) with this script and its tools.
@@ -98,8 +99,9 @@ run_system() {
   for i in $(seq "$workers"); do
     "$B/worker" --id "w$i" --coordinator "$caddr" --afs "$saddr" --cache-root "$work/cache" --threads "$threads" > "w$i.log" 2>&1 & pids+=($!)
   done
-  "$T/wait-files" data/output "$files"
-  t1=$(now)
+  # The moment the last report appeared, as wait-files saw it (its own exit, which waits
+  # for the kernel to release its inotify instance, took up to 25 ms and is not the system's).
+  t1=$("$T/wait-files" data/output "$files")
   # CPU (user + system) of every process of the system, in clock ticks, before they go.
   local ticks=0 p t detail=""
   for p in "${pids[@]}"; do
@@ -204,6 +206,28 @@ if [ "$dataset" = snap10k ]; then
   "$B/coordinator" verify-snapshot snapshots/*.json | tail -1
   grep 'snapshot written' c.log | tail -4 | sed 's/.*seq=/seq=/'
   cd - > /dev/null; rm -rf "$work"
+  exit 0
+fi
+if [ "${GROUP:-0}" = both ]; then
+  # Simple mode (a group of one) and replicated mode (a group of three) in the same
+  # invocation, in turn with `worker check`: check, simple, replicated, check, ... The
+  # machine's speed drifts between invocations (seen: 0.44 s and 0.55 s for the same
+  # `worker check`), so the ratios are taken per round (the runs side by side), then the
+  # median of them.
+  for r in $(seq "${WARMUP:-2}"); do GROUP=1 run_system 30000 > /dev/null; GROUP=3 run_system 30000 > /dev/null; done
+  chk=(); one=(); three=(); one_cpu=(); three_cpu=(); r1=(); r3=()
+  for r in $(seq "$runs"); do
+    read -r tc _ <<< "$(run_check)"; chk+=("$tc")
+    read -r t1s c <<< "$(GROUP=1 run_system 30000)"; one+=("$t1s"); one_cpu+=("$c")
+    read -r t3s c <<< "$(GROUP=3 run_system 30000)"; three+=("$t3s"); three_cpu+=("$c")
+    r1+=("$(echo "scale=3; $tc / $t1s" | bc -l)"); r3+=("$(echo "scale=3; $t1s / $t3s" | bc -l)")
+  done
+  med() { printf '%s\n' "$@" | median; }
+  echo "worker check:          $(med "${chk[@]}") s   (runs: ${chk[*]})"
+  echo "simple (group of 1):   $(med "${one[@]}") s   (runs: ${one[*]}; CPU median $(med "${one_cpu[@]}") s)"
+  echo "replicated (of 3):     $(med "${three[@]}") s   (runs: ${three[*]}; CPU median $(med "${three_cpu[@]}") s)"
+  echo "simple / worker check, per round:    median $(med "${r1[@]}")   (${r1[*]})"
+  echo "replicated / simple, per round:      median $(med "${r3[@]}")   (${r3[*]})"
   exit 0
 fi
 sys=(); chk=(); sys_cpu=(); chk_cpu=()
