@@ -282,6 +282,12 @@ impl Core {
     pub fn tick_period_ms(&self) -> u64 {
         (self.cfg.heartbeat_ms / 4).clamp(20, 500)
     }
+
+    /// No chunk is assigned and none waits in the queue: no completion is coming that a
+    /// flush could wait for.
+    pub fn nothing_under_way(&self) -> bool {
+        self.attempts.is_empty() && self.queue.is_empty()
+    }
 }
 
 /// A map with keys JSON cannot take as object keys, (de)serialized as a list of pairs.

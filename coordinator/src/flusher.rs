@@ -37,6 +37,10 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken)
     loop {
         let stopping = shutdown.is_cancelled();
         let last_flush = tokio::time::Instant::now();
+        // What gathered until now goes in this flush, whatever asked for it.
+        shared
+            .flush_at_once
+            .store(false, std::sync::atomic::Ordering::Release);
         if let Some(batch) = shared.take_flush() {
             let next = propose(&shared, batch).await;
             let last_ok = match under_way.take() {
@@ -66,9 +70,13 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken)
                 _ = shared.flush_now.notified() => {
                     // A chunk finished: flush now if the last flush is older than
                     // FLUSH_GATHER, else at that point, so completions arriving together
-                    // share one fsync while a lone completion (the end of a job, a dropped
-                    // file) waits for none.
-                    tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
+                    // share one fsync while a lone completion (a dropped file) waits for
+                    // none. The last completion under way (the end of a job) waits for
+                    // none either: nothing is coming to share its fsync (it waited up to
+                    // FLUSH_GATHER, 20 ms, for the job's report).
+                    if !shared.flush_at_once.load(std::sync::atomic::Ordering::Acquire) {
+                        tokio::time::sleep_until(last_flush + FLUSH_GATHER.min(period)).await;
+                    }
                 }
             }
         };

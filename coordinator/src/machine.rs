@@ -93,6 +93,9 @@ pub enum Action {
     Flush(FlushBatch),
     /// A chunk finished: flush soon rather than at the next period.
     FlushSoon,
+    /// A chunk finished and no other is assigned or queued (the end of a job, of a dropped
+    /// file): flush at once, since no completion is coming to share the flush's fsync.
+    FlushNow,
     /// Write a finished snapshot; answer [`Event::SnapshotWritten`].
     WriteSnapshot(Box<Snapshot>),
 }
@@ -203,7 +206,11 @@ impl Coordinator {
                 let finished = matches!(msg, WorkerMsg::TaskDone(_));
                 let mut actions = lift(self.core.message(conn, msg, now));
                 if finished {
-                    actions.push(Action::FlushSoon);
+                    actions.push(if self.core.nothing_under_way() {
+                        Action::FlushNow
+                    } else {
+                        Action::FlushSoon
+                    });
                 }
                 actions
             }

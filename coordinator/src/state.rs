@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) servers: Mutex<Vec<afs::probe::ServerProbe>>,
     /// Wakes the flusher early when a chunk finishes ([`Action::FlushSoon`]).
     pub(crate) flush_now: Notify,
+    /// Set with `flush_now` when nothing else is under way ([`Action::FlushNow`]): the
+    /// flusher skips its gathering wait.
+    pub(crate) flush_at_once: AtomicBool,
     /// The number of the last snapshot written.
     snapshot_written: watch::Sender<u64>,
     /// Snapshots on their way through the group's log: a stop waits for them (bounded)
@@ -117,6 +120,7 @@ impl Shared {
             history: Mutex::new(VecDeque::new()),
             servers: Mutex::new(Vec::new()),
             flush_now: Notify::new(),
+            flush_at_once: AtomicBool::new(false),
             snapshot_written: watch::channel(0).0,
             replicating: tokio_util::task::TaskTracker::new(),
         })
@@ -193,6 +197,10 @@ impl Shared {
                         events.push_back(Event::FlushFailed(p))
                     }
                     Action::FlushSoon => self.flush_now.notify_one(),
+                    Action::FlushNow => {
+                        self.flush_at_once.store(true, Ordering::Release);
+                        self.flush_now.notify_one();
+                    }
                     Action::WriteSnapshot(s) => {
                         snapshots_done.push(s.seq);
                         events.extend(self.write_snapshot(*s).await);

@@ -242,7 +242,7 @@ fn simulate(seed: u64) {
                 Action::WriteJobReport(r) => {
                     fx.job_reports.insert(r.job.clone(), r.status.clone());
                 }
-                Action::FlushSoon => {}
+                Action::FlushSoon | Action::FlushNow => {}
                 Action::WriteSnapshot(s) => {
                     let v = crate::verify::verify(&s);
                     assert!(

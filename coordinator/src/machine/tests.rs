@@ -163,7 +163,8 @@ fn snapshot_records_channels_until_the_marker() {
             },
             at(8)
         ),
-        vec![Action::FlushSoon]
+        vec![Action::FlushNow],
+        "the only chunk: nothing else is under way"
     );
     let s = snapshot_of(&m.handle(
         Event::Message {
@@ -264,6 +265,45 @@ fn two_flushes_under_way_handed_back_in_order() {
         "in the order they arrived"
     );
     assert_eq!(m.take_flush(), None);
+}
+
+#[test]
+/// A completion asks for a flush soon (completions close together share one); the last one
+/// under way, with nothing assigned or queued after it, asks for one at once.
+fn the_last_completion_under_way_flushes_at_once() {
+    let mut m = machine();
+    ready(&mut m, "a.txt", 2500, 0);
+    let mut a = assigned(&register(&mut m, 1, "w1", 0));
+    let mut asks = vec![];
+    for t in 1..=3 {
+        let [(_, x)] = &a[..] else {
+            panic!("one chunk assigned at a time, got {a:?}");
+        };
+        let actions = m.handle(
+            Event::Message {
+                conn: 1,
+                msg: done_msg(&x.attempt, 0),
+            },
+            at(t),
+        );
+        asks.push(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::FlushSoon | Action::FlushNow))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        a = assigned(&actions);
+    }
+    assert!(a.is_empty(), "three chunks of 1000 bytes: {a:?}");
+    assert_eq!(
+        asks,
+        vec![
+            vec![Action::FlushSoon],
+            vec![Action::FlushSoon],
+            vec![Action::FlushNow]
+        ]
+    );
 }
 
 #[test]
