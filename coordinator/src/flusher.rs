@@ -18,6 +18,17 @@ use crate::state::Shared;
 /// Shortest time between two early flushes (completions within it share one fsync).
 const FLUSH_GATHER: Duration = Duration::from_millis(20);
 
+/// The pause after the `failed`-th flush handed back in a row, before the next is proposed:
+/// FLUSH_GATHER, doubling, at most the flush period. A deposed leader's proposals fail at
+/// once ("has to forward request") until it learns it no longer leads; without a pause it
+/// proposed the handed-back buffer again and again (~56,000 times a second, each logged).
+fn retry_pause(failed: u32, period: Duration) -> Duration {
+    let cap = period.max(FLUSH_GATHER);
+    FLUSH_GATHER
+        .checked_mul(1 << failed.saturating_sub(1).min(16))
+        .map_or(cap, |d| d.min(cap))
+}
+
 /// A flush proposed and not yet answered: its `done` chunks, what resolves once it is
 /// durable, and when it was taken.
 struct UnderWay {
@@ -34,7 +45,10 @@ struct UnderWay {
 pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let period = Duration::from_millis(shared.cfg.flush_ms);
     let mut under_way: Option<UnderWay> = None;
+    // Flushes handed back in a row (each pauses the next proposal: `retry_pause`).
+    let mut failed = 0u32;
     loop {
+        let mut handed_back = false;
         let stopping = shutdown.is_cancelled();
         let last_flush = tokio::time::Instant::now();
         // What gathered until now goes in this flush, whatever asked for it.
@@ -49,12 +63,15 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken)
             };
             if last_ok {
                 under_way = Some(next);
-            } else if settle(&shared, next).await {
-                // Handed back, then the next durable: the group never makes a flush durable
-                // when the one proposed before it was not (`Durable::flush`), so this says
-                // the first failed after all its entries committed; its primes, handed back,
-                // are deduplicated when they come again.
-                error!("a flush was durable after the one before it failed");
+            } else {
+                handed_back = true;
+                if settle(&shared, next).await {
+                    // Handed back, then the next durable: the group never makes a flush
+                    // durable when the one proposed before it was not (`Durable::flush`),
+                    // so this says the first failed after all its entries committed; its
+                    // primes, handed back, are deduplicated when they come again.
+                    error!("a flush was durable after the one before it failed");
+                }
             }
         }
         if stopping {
@@ -94,8 +111,17 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: CancellationToken)
         };
         if let Some(r) = answered {
             if let Some(u) = under_way.take() {
-                answer(&shared, u.done, u.since, r).await;
+                handed_back |= !answer(&shared, u.done, u.since, r).await;
             }
+        }
+        if handed_back {
+            failed += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(retry_pause(failed, period)) => {}
+            }
+        } else {
+            failed = 0;
         }
     }
 }
@@ -156,5 +182,25 @@ async fn durable(shared: &Arc<Shared>, done: Vec<ChunkKey>) {
     shared.apply(Event::Flushed(done)).await;
     if had_done {
         crate::crash::point("flush-after-report");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_handed_back_again_and_again_waits_longer_up_to_the_period() {
+        let period = Duration::from_millis(500);
+        let pauses: Vec<u64> = (1..=8)
+            .map(|n| retry_pause(n, period).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, vec![20, 40, 80, 160, 320, 500, 500, 500]);
+        assert_eq!(retry_pause(u32::MAX, period), period, "no overflow");
+        assert_eq!(
+            retry_pause(3, Duration::from_millis(5)),
+            FLUSH_GATHER,
+            "at least the gathering wait, even with a shorter period"
+        );
     }
 }

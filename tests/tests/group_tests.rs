@@ -358,6 +358,23 @@ fn group_leader_paused_is_replaced() {
     p.wait_all_reported(T);
     p.assert_exact();
     assert!(verify_snapshots(&p) >= 1);
+    // Resumed, the old leader's proposals fail at once until it learns it was deposed: it
+    // pauses between retries instead of proposing its handed-back flush again and again
+    // (63,000 "flush not durable" lines in ~1.2 s were seen from outside).
+    let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{first}.log")))
+        .unwrap_or_default();
+    let retries = log.matches("flush not durable").count();
+    assert!(
+        retries <= 40,
+        "the resumed old leader retried its flush {retries} times"
+    );
+    // And it learns it was deposed from the others' answers, at once, instead of waiting
+    // out its lease for a majority that would confirm it (1.2 s of failing flushes).
+    assert!(
+        log.contains("lost the lead") && !log.contains("no majority confirms this leader"),
+        "the resumed old leader did not step down as deposed:\n{}",
+        p.member_log(first, 30)
+    );
 }
 
 /// Runs `p`'s inputs through a group of three and two workers to the end: exact, with the

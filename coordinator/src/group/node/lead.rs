@@ -35,7 +35,10 @@ async fn confirmed(raft: &Raft, lease: Duration) -> bool {
 /// one round waits one heartbeat interval for each answer, and followers busy with a
 /// job's fsyncs missed one now and then (the leader then stopped serving at once, 127 ms
 /// into its 1.2 s lease, and every chunk in flight was handed out again).
-async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
+/// `Err(None)`: this replica no longer leads (the metrics say who does): no retry can
+/// confirm it, and waiting out the lease kept a deposed leader serving, its flushes failing,
+/// for 1.2 s after it was resumed from a pause. `Err(Some(why))`: no majority answered.
+async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), Option<String>> {
     let start = tokio::time::Instant::now();
     let deadline = start + lease;
     let mut rounds = 0u32;
@@ -52,17 +55,22 @@ async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), String> {
                 }
                 return Ok(());
             }
+            Ok(Err(e)) if e.forward_to_leader().is_some() => return Err(None),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_string(),
         };
-        // The Raft node stopped, or the lease is out: no retry will confirm it. (A leader
-        // that lost its lead is told by the metrics, which the caller watches.)
+        // Deposed meanwhile (a round answered by members of a newer term): the caller's
+        // metrics say so.
+        if raft.metrics().borrow().state != ServerState::Leader {
+            return Err(None);
+        }
+        // The Raft node stopped, or the lease is out: no retry will confirm it.
         if raft.metrics().borrow().running_state.is_err() || tokio::time::Instant::now() >= deadline
         {
-            return Err(format!(
+            return Err(Some(format!(
                 "{last} ({rounds} rounds in {} ms)",
                 start.elapsed().as_millis()
-            ));
+            )));
         }
         tokio::time::sleep(RETRY.min(deadline - tokio::time::Instant::now())).await;
     }
@@ -140,10 +148,15 @@ pub(super) async fn watch_lead(handle: Handle, lease: Duration, stop: Cancellati
                     stop.cancel();
                     return;
                 }
-                if let Err(why) = majority_confirms(&handle.raft, lease).await {
-                    warn!(term = handle.term, why, "no majority confirms this leader: stop serving");
-                    stop.cancel();
-                    return;
+                match majority_confirms(&handle.raft, lease).await {
+                    Ok(()) => {}
+                    // Deposed: the metrics say so at the top of the loop.
+                    Err(None) => {}
+                    Err(Some(why)) => {
+                        warn!(term = handle.term, why, "no majority confirms this leader: stop serving");
+                        stop.cancel();
+                        return;
+                    }
                 }
             }
         }
