@@ -99,6 +99,11 @@ case "$base" in ''|*[!0-9]*) echo "start_system.sh: PRIMES_BASE_PORT must be a p
 if [ "$workers" -lt 1 ] || [ "$workers" -gt 64 ]; then
   echo "start_system.sh: WORKERS must be between 1 and 64, got $workers" >&2; exit 2
 fi
+# Checked before anything starts (a worker refused it, and the start then blamed the
+# coordinator for a worker that never registered).
+case "${PRIMES_THREADS:-1}" in
+  ''|*[!0-9]*|0|0*) echo "start_system.sh: PRIMES_THREADS must be a number of testing threads per worker, 1 or more, got '${PRIMES_THREADS:-}'" >&2; exit 2 ;;
+esac
 coord_addr="$host:$base"
 http_addr="$host:$((base + 10))"
 s1="$host:$((base + 1))"; s2="$host:$((base + 2))"; s3="$host:$((base + 3))"

@@ -5,6 +5,12 @@
 # started by start_system.sh (pid files under run/) are ever signalled.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
+for a in "$@"; do
+  case "$a" in
+    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; echo "Usage: ./stop_system.sh (no arguments). Exit: 0 stopped (or nothing ran)."; exit 0 ;;
+    *) echo "stop_system.sh: unknown argument '$a' (usage: ./stop_system.sh; it takes no arguments)" >&2; exit 2 ;;
+  esac
+done
 BIN=target/release
 timeout_s=${PRIMES_STOP_TIMEOUT:-10}
 
