@@ -407,7 +407,7 @@ fn fetch(what: What, addr: &str, out: Option<&Path>) -> anyhow::Result<()> {
                 if !ok(n) {
                     bail!("{addr} listed a name that is not safe to write: {n:?}");
                 }
-                let body = get(addr, &format!("{prefix}{n}"))?;
+                let body = get(addr, &format!("{prefix}{}", url_path(n)))?;
                 save(dir, n, body)?;
                 count += 1;
             }
@@ -415,6 +415,22 @@ fn fetch(what: What, addr: &str, out: Option<&Path>) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Bytes a name keeps in a request's path (its `/` separate folders, as the routes take
+/// them); everything else, and every byte of a non-ASCII character, is percent-encoded: a
+/// report of `spaced name ü.txt` was asked for raw and refused (HTTP 400), which ended
+/// `results reports --out` at the first such name.
+const PATH_BYTES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `name` as a request path's part.
+fn url_path(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, PATH_BYTES).to_string()
 }
 
 /// Writes `body` to `dir/name` atomically (a hidden temporary name, then a rename), so a
@@ -442,6 +458,40 @@ fn save(dir: &Path, name: &str, body: Body) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// Names with spaces, non-ASCII, `%`, `#`, `?` and `+` reach a route like the members'
+    /// (`/reports/{*name}`) as they are, folders included.
+    fn odd_report_names_reach_the_route_whole() {
+        use axum::extract::Path as UrlPath;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the test");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("an ephemeral port");
+        let addr = listener.local_addr().expect("its address").to_string();
+        let app = axum::Router::new().route(
+            "/reports/{*name}",
+            axum::routing::get(|UrlPath(name): UrlPath<String>| async move { name }),
+        );
+        let server = rt.spawn(async move { axum::serve(listener, app).await });
+        for name in [
+            "bad/spaced name ü 素数.txt.json",
+            "100% sure #1?.txt.json",
+            "a+b=c&d.txt.json",
+            "jobs/x.json",
+        ] {
+            let body = get(&addr, &format!("/reports/{}", url_path(name)))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let mut got = Vec::new();
+            body.copy_to(&mut got).expect("the body");
+            assert_eq!(String::from_utf8_lossy(&got), name);
+        }
+        server.abort();
+    }
 
     fn a(member: u64, role: &str, term: u64, applied: u64) -> Answer {
         Answer {

@@ -203,13 +203,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// The members' dashboard addresses (`coordinator --http`), comma-separated or
-        /// repeated; every one is asked, those that do not answer are skipped.
-        #[arg(
-            long,
-            env = "PRIMES_RESULTS_FROM",
-            value_delimiter = ',',
-            default_value = "127.0.0.1:7410,127.0.0.1:7411,127.0.0.1:7412"
-        )]
+        /// repeated; every one is asked, those that do not answer are skipped. Default: the
+        /// ones `start_system.sh` gives, PRIMES_HOST (127.0.0.1) at PRIMES_BASE_PORT (7400)
+        /// + 10, 11 and 12.
+        #[arg(long, env = "PRIMES_RESULTS_FROM", value_delimiter = ',')]
         from: Vec<String>,
     },
     /// Submit a generation job to the coordinator group from any host (no shared jobs
@@ -222,13 +219,10 @@ enum Command {
         /// The job line: `primes A B`, `count A B`, `nth N` or `factorial N`.
         line: String,
         /// The members' Raft addresses (the RAFT part of --group), comma-separated; a
-        /// member that does not lead names the leader.
-        #[arg(
-            long,
-            env = "PRIMES_SUBMIT_TO",
-            value_delimiter = ',',
-            default_value = "127.0.0.1:7406,127.0.0.1:7407,127.0.0.1:7408"
-        )]
+        /// member that does not lead names the leader. Default: the ones
+        /// `start_system.sh` gives, PRIMES_HOST (127.0.0.1) at PRIMES_BASE_PORT (7400) + 6,
+        /// 7 and 8.
+        #[arg(long, env = "PRIMES_SUBMIT_TO", value_delimiter = ',')]
         to: Vec<String>,
         /// Cluster key file (hex); PRIMES_CLUSTER_KEY overrides it.
         #[arg(long, env = "PRIMES_KEY_FILE", default_value = "run/cluster.key")]
@@ -300,7 +294,7 @@ fn main() -> ExitCode {
             to,
             key_file,
             timeout_ms,
-        }) => submit(&name, &line, &to, &key_file, timeout_ms),
+        }) => started_ports(to, 6).and_then(|to| submit(&name, &line, &to, &key_file, timeout_ms)),
         Some(Command::Results { what, out, from }) => {
             let what = match what {
                 WhatArg::Status => coordinator::results::What::Status,
@@ -308,7 +302,8 @@ fn main() -> ExitCode {
                 WhatArg::Reports => coordinator::results::What::Reports,
                 WhatArg::Snapshots => coordinator::results::What::Snapshots,
             };
-            coordinator::results::run(what, &from, out.as_deref())
+            started_ports(from, 10)
+                .and_then(|from| coordinator::results::run(what, &from, out.as_deref()))
         }
         None => {
             proto::process::init_logging();
@@ -322,6 +317,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `given` if any; else the three addresses `start_system.sh` gives its members for this
+/// purpose: PRIMES_HOST (127.0.0.1) at PRIMES_BASE_PORT (7400) + `offset` + 0, 1, 2.
+fn started_ports(given: Vec<String>, offset: u16) -> anyhow::Result<Vec<String>> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let host = std::env::var("PRIMES_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let base: u16 = match std::env::var("PRIMES_BASE_PORT") {
+        Ok(b) if !b.is_empty() => b
+            .parse()
+            .ok()
+            .filter(|b: &u16| b.checked_add(offset + 2).is_some())
+            .with_context(|| format!("PRIMES_BASE_PORT must be a port number, got '{b}'"))?,
+        _ => 7400,
+    };
+    Ok((0..3)
+        .map(|i| format!("{host}:{}", base + offset + i))
+        .collect())
 }
 
 fn submit(
