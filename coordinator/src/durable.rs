@@ -64,6 +64,14 @@ pub trait Durable: Send + Sync {
     /// True while this coordinator still leads in its term.
     fn still_leads(&self) -> bool;
 
+    /// Ok while this coordinator may write at root beside the files the group keeps there
+    /// (its snapshots): a leader resumed after a pause still thinks it leads until it hears
+    /// from the others, but the fence a newer leader took says otherwise. May wait for an
+    /// apply in progress: call it from a blocking thread.
+    fn may_write_root(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// The group as this member sees it (status, dashboard, metrics).
     fn status(&self) -> GroupStatus;
 

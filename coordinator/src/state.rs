@@ -303,8 +303,16 @@ impl Shared {
         let completed_at = snap.completed_at.clone();
         crate::crash::point("snapshot-before-write");
         let t = Instant::now();
-        let written =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, keep, &snap)).await;
+        // Not at root once a newer leader took the fence (a leader resumed from a pause, not
+        // yet told it was deposed, wrote a snapshot numbered as the new leader's next one).
+        let durable = self.durable.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            durable
+                .may_write_root()
+                .context("not the leader of the root files any more")?;
+            write_snapshot_file(&dir, keep, &snap)
+        })
+        .await;
         match written {
             Ok(Ok((path, bytes))) => {
                 crate::crash::point("snapshot-after-write");

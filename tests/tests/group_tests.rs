@@ -358,6 +358,24 @@ fn group_leader_paused_is_replaced() {
     p.wait_all_reported(T);
     p.assert_exact();
     assert!(verify_snapshots(&p) >= 1);
+    // The resumed old leader writes no snapshot at root: the new leader's fence says it no
+    // longer keeps the root files (one numbered as the new leader's next was seen).
+    let mut seqs: Vec<String> = std::fs::read_dir(p.path("snapshots"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("snapshot_")
+                        .and_then(|r| r.split('_').next())
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let n = seqs.len();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "two snapshots share a number: {seqs:?}");
     // Resumed, the old leader's proposals fail at once until it learns it was deposed: it
     // pauses between retries instead of proposing its handed-back flush again and again
     // (63,000 "flush not durable" lines in ~1.2 s were seen from outside).

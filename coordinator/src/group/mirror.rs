@@ -124,6 +124,15 @@ impl Mirror {
         self.term
     }
 
+    /// Ok while this mirror keeps the root files and the fence still names it: what else
+    /// the leader writes at root (its snapshots) is written only then.
+    pub fn holds_fence(&self) -> anyhow::Result<()> {
+        match self.term {
+            Some(term) => self.check(term),
+            None => anyhow::bail!("this member does not keep the root files"),
+        }
+    }
+
     /// Checks that the fence still names this group and `term`.
     fn check(&self, term: u64) -> anyhow::Result<()> {
         let (holder, group) = read_fence(&self.primes);
@@ -523,6 +532,11 @@ mod tests {
             "2\n3\n",
             "the older member's append is not at root"
         );
+        assert!(
+            old.holds_fence().is_err(),
+            "the older leader's snapshots are not written at root"
+        );
+        new.holds_fence().expect("the newer leader holds the fence");
         assert!(
             old.follow(&a).is_err(),
             "the older leader sees the newer fence"

@@ -275,6 +275,12 @@ impl Replica {
         lock(&self.view).leads_root
     }
 
+    /// Ok while this member keeps the root files under a fence that still names it. Waits
+    /// for an apply in progress: call it from a blocking thread.
+    pub fn holds_root_fence(&self) -> anyhow::Result<()> {
+        lock(&self.inner).mirror.holds_fence()
+    }
+
     /// Stops copying to the root files (after the apply in progress, if any).
     pub fn step_down(&self) {
         blocking(|| {

@@ -71,6 +71,10 @@ impl Durable for Handle {
         m.current_leader == Some(self.id) && m.current_term == self.term && m.running_state.is_ok()
     }
 
+    fn may_write_root(&self) -> anyhow::Result<()> {
+        self.replica.holds_root_fence()
+    }
+
     fn status(&self) -> GroupStatus {
         crate::group::status_of(&self.raft)
     }
