@@ -32,16 +32,21 @@ fn group(files: usize, lines: usize, extra: &[&str]) -> Pipeline {
     p
 }
 
-/// Every snapshot in snapshots/ verifies as a consistent cut; how many there are.
-fn verify_snapshots(p: &Pipeline) -> usize {
-    let snaps: Vec<PathBuf> = std::fs::read_dir(p.path("snapshots"))
+/// The snapshot files (`*.json`) in the root snapshots/.
+fn snapshot_files(p: &Pipeline) -> Vec<PathBuf> {
+    std::fs::read_dir(p.path("snapshots"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
                 .filter(|f| f.extension().is_some_and(|x| x == "json"))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Every snapshot in snapshots/ verifies as a consistent cut; how many there are.
+fn verify_snapshots(p: &Pipeline) -> usize {
+    let snaps = snapshot_files(p);
     if snaps.is_empty() {
         return 0;
     }
@@ -60,9 +65,7 @@ fn verify_snapshots(p: &Pipeline) -> usize {
 
 /// The terms recorded in the snapshots.
 fn snapshot_terms(p: &Pipeline) -> Vec<u64> {
-    let mut terms: Vec<u64> = std::fs::read_dir(p.path("snapshots"))
-        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let mut terms: Vec<u64> = snapshot_files(p)
         .iter()
         .filter_map(|f| std::fs::read(f).ok())
         .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -360,18 +363,15 @@ fn group_leader_paused_is_replaced() {
     assert!(verify_snapshots(&p) >= 1);
     // The resumed old leader writes no snapshot at root: the new leader's fence says it no
     // longer keeps the root files (one numbered as the new leader's next was seen).
-    let mut seqs: Vec<String> = std::fs::read_dir(p.path("snapshots"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("snapshot_")
-                        .and_then(|r| r.split('_').next())
-                        .map(String::from)
-                })
-                .collect()
+    let mut seqs: Vec<String> = snapshot_files(&p)
+        .iter()
+        .filter_map(|f| {
+            let n = f.file_name()?.to_string_lossy().into_owned();
+            n.strip_prefix("snapshot_")
+                .and_then(|r| r.split('_').next())
+                .map(String::from)
         })
-        .unwrap_or_default();
+        .collect();
     let n = seqs.len();
     seqs.sort();
     seqs.dedup();

@@ -59,14 +59,18 @@ async fn majority_confirms(raft: &Raft, lease: Duration) -> Result<(), Option<St
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_string(),
         };
+        let (deposed, stopped) = {
+            let rx = raft.metrics();
+            let m = rx.borrow();
+            (m.state != ServerState::Leader, m.running_state.is_err())
+        };
         // Deposed meanwhile (a round answered by members of a newer term): the caller's
         // metrics say so.
-        if raft.metrics().borrow().state != ServerState::Leader {
+        if deposed {
             return Err(None);
         }
         // The Raft node stopped, or the lease is out: no retry will confirm it.
-        if raft.metrics().borrow().running_state.is_err() || tokio::time::Instant::now() >= deadline
-        {
+        if stopped || tokio::time::Instant::now() >= deadline {
             return Err(Some(format!(
                 "{last} ({rounds} rounds in {} ms)",
                 start.elapsed().as_millis()
@@ -148,15 +152,11 @@ pub(super) async fn watch_lead(handle: Handle, lease: Duration, stop: Cancellati
                     stop.cancel();
                     return;
                 }
-                match majority_confirms(&handle.raft, lease).await {
-                    Ok(()) => {}
-                    // Deposed: the metrics say so at the top of the loop.
-                    Err(None) => {}
-                    Err(Some(why)) => {
-                        warn!(term = handle.term, why, "no majority confirms this leader: stop serving");
-                        stop.cancel();
-                        return;
-                    }
+                // Err(None), deposed: the metrics say so at the top of the loop.
+                if let Err(Some(why)) = majority_confirms(&handle.raft, lease).await {
+                    warn!(term = handle.term, why, "no majority confirms this leader: stop serving");
+                    stop.cancel();
+                    return;
                 }
             }
         }
