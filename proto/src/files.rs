@@ -74,6 +74,30 @@ pub fn only_hidden_below(root: &Path, paths: &[std::path::PathBuf]) -> bool {
     !paths.is_empty() && paths.iter().all(|p| hidden_below(root, p))
 }
 
+/// The kinds of change a watched folder of inputs reports: creations, removals, writes,
+/// renames, metadata and closes after writing. Not opens: every read of an input (the file
+/// server serving it, a scan) would wake the watcher for nothing, 2,000 wake-ups for a
+/// batch of 2,000 small files. The kernel filters them (inotify's mask), so they never
+/// reach the process. Nor closes after reading (notify's default leaves them out too).
+pub fn input_change_kinds() -> notify::EventKindMask {
+    notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE
+}
+
+/// Watches `dir` and everything below it for [`input_change_kinds`], handing each event (or
+/// error: events were lost) to `handler`. The folder is watched by its canonical path, so
+/// events carry absolute paths however `dir` was given.
+pub fn watch_inputs<F: notify::EventHandler>(
+    dir: &Path,
+    handler: F,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let config = notify::Config::default().with_event_kinds(input_change_kinds());
+    let mut w = notify::RecommendedWatcher::new(handler, config)?;
+    let abs = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    w.watch(&abs, notify::RecursiveMode::Recursive)?;
+    Ok(w)
+}
+
 /// Every regular, non-hidden file below `dir` (hidden files and folders skipped, symlinks
 /// not followed), as (path relative to `dir` with `/` separators, metadata). Unreadable
 /// entries are skipped: a folder being changed while walked is normal.

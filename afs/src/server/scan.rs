@@ -48,14 +48,14 @@ const NOTIFY_GATHER: Duration = Duration::from_millis(20);
 /// (the periodic scan stays as the safety net). None if notifications are unavailable.
 pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatcher> {
     use notify::event::{AccessKind, AccessMode, EventKind};
-    use notify::Watcher;
     let weak = Arc::downgrade(shared);
     let root = shared.store.root().to_path_buf();
     let abs_root = root.canonicalize().unwrap_or_else(|_| root.clone());
-    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let handler = move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            // Our own reads (opens, closes without writing) change nothing; nor do files
-            // staged in a hidden folder before their rename (no scan sees them).
+            // Our own reads change nothing (opens are not even reported: the watch's mask
+            // leaves them out); nor do files staged in a hidden folder before their rename
+            // (no scan sees them).
             Ok(ev) => {
                 let ours = matches!(
                     ev.kind,
@@ -71,18 +71,14 @@ pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatc
         if let (true, Some(s)) = (relevant, weak.upgrade()) {
             s.scan_now.notify_one();
         }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "file notifications unavailable; relying on periodic scans");
-            return None;
-        }
     };
-    if let Err(e) = w.watch(&root, notify::RecursiveMode::Recursive) {
-        warn!(error = %e, "cannot watch the root; relying on periodic scans");
-        return None;
+    match proto::files::watch_inputs(&root, handler) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the root; relying on periodic scans");
+            None
+        }
     }
-    Some(w)
 }
 
 pub(super) async fn scan_loop(

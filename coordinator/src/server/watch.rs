@@ -20,25 +20,20 @@ pub(super) fn start_notify(
     dir: &std::path::Path,
     tx: mpsc::UnboundedSender<notify::Event>,
 ) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let handler = move |res: notify::Result<notify::Event>| {
         // An error (events lost) asks for a full scan, as notify's own rescan flag does.
         let ev = res.unwrap_or_else(|_| {
             notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan)
         });
         let _ = tx.send(ev);
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "file notifications unavailable; relying on periodic scans");
-            return None;
-        }
     };
-    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
-        warn!(dir = %dir.display(), error = %e, "cannot watch the folder; relying on periodic scans");
-        return None;
+    match proto::files::watch_inputs(dir, handler) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the folder; relying on periodic scans");
+            None
+        }
     }
-    Some(w)
 }
 
 /// With notifications working and no input waiting to become stable, the input folder is
