@@ -1,5 +1,6 @@
-//! Small helpers every binary needs: a shutdown token wired to SIGINT/SIGTERM, and the
-//! address file that tells scripts and tests which port a server really bound.
+//! Small helpers every binary needs: a shutdown token wired to SIGINT/SIGTERM, the
+//! address file that tells scripts and tests which port a server really bound, and idle
+//! priority for a thread whose work can wait.
 
 use std::path::Path;
 
@@ -79,6 +80,18 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::filter::Targets {
             eprintln!("RUST_LOG={s:?} is not a list of target=level directives ({e}): using {DEFAULT_LOG:?}");
             default()
         }),
+    }
+}
+
+/// Nice 19 for the calling thread (Linux keeps the nice value per thread, so nothing else
+/// in the process is slowed; raising it needs no privilege). A failure is logged at debug
+/// and leaves the normal priority, which is only slower for everyone else. Never call it
+/// on a pooled thread (tokio's blocking pool): the next task there would inherit it.
+pub fn lower_this_thread() {
+    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread on Linux.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower this thread's priority");
     }
 }
 

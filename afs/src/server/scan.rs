@@ -16,16 +16,29 @@ use crate::store::{Fingerprint, Store};
 /// fetched, and a request then finds the version ready instead of waiting for a whole-file
 /// hash (a request arriving meanwhile waits for this hash rather than doing its own).
 /// Small files are left out: their fetch reads and hashes them in one pass anyway.
+///
+/// On a thread of its own at idle priority (nice 19): at start-up the inputs' hashing
+/// (~45 ms of a core for 256 MB) ran beside the coordinators' election and the workers'
+/// start on the same cores, and every step of those (an fsync, a reply) waited behind it.
+/// A request for a version waits for a hash under way, and the waiting leaves a core idle
+/// for it.
 pub(super) fn warm_versions(store: &Arc<Store>, paths: Vec<String>) {
     if paths.is_empty() {
         return;
     }
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        for p in paths {
-            let _ = store.info(&p);
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("warm-versions".into())
+        .spawn(move || {
+            proto::process::lower_this_thread();
+            for p in paths {
+                let _ = store.info(&p);
+            }
+        });
+    if let Err(e) = spawned {
+        // Nothing is lost: each version is then computed when first asked for.
+        warn!(error = %e, "no thread to hash the inputs ahead of their fetch");
+    }
 }
 
 /// The files worth hashing ahead of their fetch (see [`warm_versions`]), by name: the order

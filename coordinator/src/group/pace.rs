@@ -115,7 +115,7 @@ pub fn run_lowly<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
         let spawned = std::thread::Builder::new()
             .name("apply-lowly".into())
             .spawn_scoped(s, || {
-                lower_this_thread();
+                proto::process::lower_this_thread();
                 let f = lock(&cell).take();
                 f.map(|f| f())
             });
@@ -137,16 +137,6 @@ pub fn run_lowly<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
                 None => unreachable!("the closure ran on the low-priority thread"),
             }
         }
-    }
-}
-
-/// Nice 19 for the calling thread (a thread's own nice value on Linux; raising it needs no
-/// privilege). Failure leaves the normal priority, which is only slower for the job.
-fn lower_this_thread() {
-    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread on Linux.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-    if rc != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "cannot lower the apply thread's priority");
     }
 }
 
