@@ -290,6 +290,15 @@ impl Pipeline {
     /// Starts a group of `n` coordinators on free ports (learning inputs from the file
     /// servers); workers started after get every member's address.
     pub fn start_group(&mut self, n: usize) {
+        self.plan_group(n);
+        for i in 1..=n {
+            self.start_member(i);
+        }
+    }
+
+    /// Picks free ports for a group of `n` coordinators without starting any
+    /// ([`Pipeline::start_member`] starts each).
+    pub fn plan_group(&mut self, n: usize) {
         let held: Vec<std::net::TcpListener> = (0..2 * n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
             .collect();
@@ -307,9 +316,6 @@ impl Pipeline {
             .map(|m| m.1.clone())
             .collect::<Vec<_>>()
             .join(",");
-        for i in 1..=n {
-            self.start_member(i);
-        }
     }
 
     /// Starts (again) group member `id` (1-based).

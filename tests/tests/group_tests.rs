@@ -456,6 +456,56 @@ fn group_leader_keeps_its_lead_through_missed_heartbeat_rounds() {
     );
 }
 
+#[test]
+fn group_started_one_member_at_a_time_elects_the_first() {
+    // start_system.sh starts the members one after another, each once the one before has
+    // written its address. The first stood for election at once: its votes to members not
+    // started yet were refused, and the group had no leader until the second member's own
+    // turn to stand, 600 ms later (seen at every fresh replicated start). It now stands once
+    // a majority listens: it leads in term 1, and no other member had to stand.
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "seq", 4, 500, 3);
+    p.simple();
+    p.plan_group(3);
+    let log = |p: &Pipeline, id: usize| {
+        std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log"))).unwrap_or_default()
+    };
+    p.start_member(1);
+    wait_for(T, "coordinator-1 to stand or wait for a majority", || {
+        let l = log(&p, 1);
+        l.contains("group initialized") || l.contains("waiting for a majority")
+    });
+    p.start_member(2);
+    wait_for(T, "coordinator-2 to start", || {
+        log(&p, 2).contains("replica starting")
+    });
+    p.start_member(3);
+    let leader = p.wait_leader_other_than(None, T);
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+    assert_eq!(
+        leader,
+        1,
+        "the first member leads:\n{}",
+        p.member_log(leader, 30)
+    );
+    assert!(
+        log(&p, 1).contains("coordinator-1 leads term=1"),
+        "coordinator-1 won the first election:\n{}",
+        p.member_log(1, 30)
+    );
+    for id in 2..=3 {
+        assert!(
+            !log(&p, id).contains("group initialized"),
+            "coordinator-{id} had to stand for election itself:\n{}",
+            p.member_log(id, 30)
+        );
+    }
+}
+
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
 fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
     let mut cmd = Command::new(bin("coordinator"));

@@ -165,9 +165,18 @@ pub async fn run(
             .position(|id| *id == group.id)
             .unwrap_or(0);
         let wait = Duration::from_millis(election * 2 * rank as u64);
-        let (raft, members) = (raft.clone(), group.members.clone());
+        let (raft, members, me) = (raft.clone(), group.members.clone(), group.id);
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
+            if rank == 0 {
+                // Once a majority can hear it, within an election timeout (well before the
+                // next member's turn): started one after another (start_system.sh waits for
+                // each one's address before it starts the next), the others were not
+                // listening yet, the votes were refused, and the group had no leader until
+                // the second member's turn, 600 ms later.
+                until_a_majority_listens(me, &members, Duration::from_millis(election)).await;
+            } else {
+                tokio::time::sleep(wait).await;
+            }
             let heard = raft.metrics().borrow().current_term > 0;
             if heard {
                 return;
@@ -222,6 +231,45 @@ pub async fn run(
         );
     }
     result
+}
+
+/// Returns once this member and the peers that accept a connection on their Raft port are
+/// a majority, or after `bound` (the election then goes ahead: a vote refused costs a
+/// retry, not correctness).
+async fn until_a_majority_listens(me: u64, members: &BTreeMap<u64, Member>, bound: Duration) {
+    let started = tokio::time::Instant::now();
+    let mut listening = std::collections::BTreeSet::new();
+    let mut said = false;
+    loop {
+        for (id, m) in members {
+            if *id == me || listening.contains(id) {
+                continue;
+            }
+            let connect = tokio::net::TcpStream::connect(m.raft.as_str());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), connect).await {
+                listening.insert(*id);
+            }
+        }
+        if super::prevote::won(listening.len() + 1, members.len()) {
+            return;
+        }
+        if started.elapsed() >= bound {
+            warn!(
+                listening = listening.len() + 1,
+                members = members.len(),
+                "no majority of the group listens yet: standing for election all the same"
+            );
+            return;
+        }
+        if !std::mem::replace(&mut said, true) {
+            info!(
+                listening = listening.len() + 1,
+                members = members.len(),
+                "waiting for a majority of the group to listen before standing for election"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -459,5 +507,51 @@ async fn log_elections(raft: Raft, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(raft: String) -> Member {
+        Member {
+            raft,
+            workers: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[tokio::test]
+    /// One peer of two listening is a majority with this member: the wait ends without
+    /// reaching its bound (an hour); nobody listening, it ends at the bound.
+    async fn the_first_member_waits_for_a_majority_listening() {
+        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let down_addr = down.local_addr().expect("addr").to_string();
+        drop(down);
+        let members: BTreeMap<u64, Member> = [
+            (1, member("127.0.0.1:1".into())),
+            (2, member(down_addr.clone())),
+            (3, member(up.local_addr().expect("addr").to_string())),
+        ]
+        .into();
+        let hour = Duration::from_secs(3600);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            until_a_majority_listens(1, &members, hour),
+        )
+        .await
+        .expect("returned once member 3 listened");
+
+        let silent: BTreeMap<u64, Member> = [
+            (1, member("127.0.0.1:1".into())),
+            (2, member(down_addr.clone())),
+            (3, member(down_addr)),
+        ]
+        .into();
+        let bound = Duration::from_millis(30);
+        let started = std::time::Instant::now();
+        until_a_majority_listens(1, &silent, bound).await;
+        assert!(started.elapsed() >= bound, "returned before its bound");
     }
 }
