@@ -387,7 +387,16 @@ pub fn registered(path: &Path, worker: &str) -> bool {
 }
 
 /// Runs the status command.
-pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
+/// Whether the status shown says a coordinator runs (in a group: one leads and serves):
+/// `coordinator status` exits 0 if so, 3 if not (the LSB's "program is not running"),
+/// after showing the last known state either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    Yes,
+    No,
+}
+
+pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
     if !watch {
         let v = read(path)?;
         if json {
@@ -395,7 +404,11 @@ pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
         } else {
             print!("{}", render(&v));
         }
-        return Ok(());
+        return Ok(if v["running"] == true {
+            Running::Yes
+        } else {
+            Running::No
+        });
     }
     let mut out = std::io::stdout();
     loop {

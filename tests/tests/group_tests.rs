@@ -508,6 +508,12 @@ fn group_started_one_member_at_a_time_elects_the_first() {
 
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
 fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
+    let (v, text, _) = status_run(p, json);
+    (v, text)
+}
+
+/// [`status_cmd`] with its exit code.
+fn status_run(p: &Pipeline, json: bool) -> (Value, String, Option<i32>) {
     let mut cmd = Command::new(bin("coordinator"));
     cmd.arg("status").current_dir(p.path(""));
     if json {
@@ -520,7 +526,7 @@ fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
     } else {
         Value::Null
     };
-    (v, text)
+    (v, text, out.status.code())
 }
 
 #[test]
@@ -538,6 +544,8 @@ fn group_status_without_a_majority() {
         let (v, _) = status_cmd(&p, true);
         v["running"] == true && v["coordinators"]["leader"] == leader as u64
     });
+    let (_, _, code) = status_run(&p, false);
+    assert_eq!(code, Some(0), "status exits 0 while a coordinator runs");
     for id in (1..=3).filter(|i| *i != leader) {
         p.kill_member(id);
     }
@@ -562,11 +570,13 @@ fn group_status_without_a_majority() {
         },
     );
     eprintln!("status said so {:?} after the kills:\n{last}", t0.elapsed());
-    let (_, text) = status_cmd(&p, false);
+    let (_, text, code) = status_run(&p, false);
     assert!(
         text.starts_with("coordinator: NOT RUNNING: no coordinator leads: 1 of 3 members up"),
         "{text}"
     );
+    assert_eq!(code, Some(3), "status exits 3 when no coordinator runs");
+    assert_eq!(status_run(&p, true).2, Some(3), "with --json too");
     // The lone leader stops serving and does not wait without limit on its last flush.
     wait_for(
         Duration::from_secs(30),

@@ -175,6 +175,9 @@ struct RunArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show progress: files done/queued/in progress, numbers tested, primes, workers, last snapshot.
+    ///
+    /// Exit status: 0 if a coordinator is running (in a group: one leads and serves), 3 if
+    /// not (the last known state is shown all the same), 1 if there is no status to show.
     Status {
         /// Machine-readable JSON.
         #[arg(long)]
@@ -286,7 +289,16 @@ fn main() -> ExitCode {
             status_file,
             registered: None,
             ..
-        }) => coordinator::status::run(&status_file, json, watch),
+        }) => {
+            return match coordinator::status::run(&status_file, json, watch) {
+                Ok(coordinator::status::Running::Yes) => ExitCode::SUCCESS,
+                Ok(coordinator::status::Running::No) => ExitCode::from(3),
+                Err(e) => {
+                    eprintln!("coordinator: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::VerifySnapshot { files, json }) => return verify(&files, json),
         Some(Command::Submit {
             name,
