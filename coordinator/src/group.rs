@@ -120,8 +120,21 @@ pub enum Command {
     /// member keeps it as `jobs/<name>.job` in its own folder, and the member that keeps
     /// the root files (the leader) writes it into its jobs folder (`--jobs`), where its
     /// coordinator picks it up as any job file; a new leader does the same at takeover with
-    /// the submitted jobs that have no report for that line yet.
-    SubmitJob { name: String, line: String },
+    /// the submitted jobs that have no report for that line yet. A job of that name kept
+    /// with another line is replaced only when `replace` says so (`submit --replace`);
+    /// otherwise the entry changes nothing and the submitter is told why.
+    SubmitJob {
+        name: String,
+        line: String,
+        /// Entries logged before this field existed replaced silently, as they still do.
+        #[serde(default = "replaced_before")]
+        replace: bool,
+    },
+}
+
+/// [`Command::SubmitJob::replace`] of an entry written before the field existed.
+fn replaced_before() -> bool {
+    true
 }
 
 /// Bytes of snapshot text per [`Command::SnapshotPart`]: as a JSON string (quotes and
@@ -161,6 +174,8 @@ pub enum Outcome {
     JobReport(Result<Box<JobReport>, String>),
     /// Whether an import was taken (only an empty replica takes one).
     Imported(bool),
+    /// A submitted job kept, or why not (a job of that name with another line).
+    Submitted(Result<(), String>),
     /// A flush's entry that reached the log in another term than its proposer's: not
     /// applied, on any member ([`batch::Batch::term`]).
     Refused { proposed: u64, logged: u64 },

@@ -759,6 +759,35 @@ fn group_on_separate_hosts_results_from_any_member() {
         !ok && err.contains("larger than"),
         "a bad job is refused: {err}"
     );
+    // The same name with another line is refused (it replaced the job silently before);
+    // the same line again is accepted.
+    let (ok, _, err) = coordinator_cmd(
+        &p,
+        &client,
+        &[
+            s("submit"),
+            s("gen1"),
+            s("count 1 1000"),
+            s("--to"),
+            raft_addrs.clone(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("submitted before with another line") && err.contains("--replace"),
+        "another line under a submitted job's name is refused: {err}"
+    );
+    let (ok, _, err) = coordinator_cmd(
+        &p,
+        &client,
+        &[
+            s("submit"),
+            s("gen1"),
+            s(job),
+            s("--to"),
+            raft_addrs.clone(),
+        ],
+    );
+    assert!(ok, "the same job submitted again is accepted: {err}");
     let reports_on = |id: u8| {
         std::fs::read_dir(p.path(&format!("host-{id}/coordinators/coordinator-{id}/output")))
             .map(|d| d.count())

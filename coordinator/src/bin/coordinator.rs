@@ -233,6 +233,11 @@ enum Command {
         /// How long to keep trying while no leader answers, in ms.
         #[arg(long, default_value_t = 15_000)]
         timeout_ms: u64,
+        /// Replace a job of that name submitted before with another line (without it, such
+        /// a submission is refused, exit 1; the same line again is accepted and changes
+        /// nothing).
+        #[arg(long)]
+        replace: bool,
     },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
     /// Exit status 0 if all are, 1 if not.
@@ -306,7 +311,9 @@ fn main() -> ExitCode {
             to,
             key_file,
             timeout_ms,
-        }) => started_ports(to, 6).and_then(|to| submit(&name, &line, &to, &key_file, timeout_ms)),
+            replace,
+        }) => started_ports(to, 6)
+            .and_then(|to| submit(&name, &line, replace, &to, &key_file, timeout_ms)),
         Some(Command::Results { what, out, from }) => {
             let what = match what {
                 WhatArg::Status => coordinator::results::What::Status,
@@ -354,6 +361,7 @@ fn started_ports(given: Vec<String>, offset: u16) -> anyhow::Result<Vec<String>>
 fn submit(
     name: &str,
     line: &str,
+    replace: bool,
     to: &[String],
     key_file: &std::path::Path,
     timeout_ms: u64,
@@ -371,6 +379,7 @@ fn submit(
         &key,
         name,
         line.trim(),
+        replace,
         std::time::Duration::from_millis(timeout_ms),
     ))?;
     eprintln!(

@@ -60,6 +60,9 @@ enum Request {
 pub struct Submission {
     pub name: String,
     pub line: String,
+    /// Replace a job of that name submitted before with another line (else refused).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// A member's answer to a [`Submission`].
@@ -370,11 +373,18 @@ async fn answer_submit(
     let cmd = super::Command::SubmitJob {
         name: s.name,
         line: s.line.trim().to_string(),
+        replace: s.replace,
     };
     match raft.client_write(cmd).await {
-        Ok(r) => Submitted::Committed {
-            index: r.log_id.index,
-            member: m.id,
+        Ok(r) => match r.data {
+            super::Outcome::Submitted(Err(reason)) => Submitted::Refused {
+                reason,
+                retry: false,
+            },
+            _ => Submitted::Committed {
+                index: r.log_id.index,
+                member: m.id,
+            },
         },
         Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
             Submitted::NotLeader {
@@ -394,12 +404,14 @@ async fn answer_submit(
 /// Submits job `name` (`line`) to the group through the members at `addrs` (their Raft
 /// addresses): a member that does not lead names the leader, which is asked next; while
 /// no one leads (an election) the members are asked again, until `limit`. The member that
-/// committed it, and the log index.
+/// committed it, and the log index. A job of that name submitted before with another line
+/// is refused unless `replace`.
 pub async fn submit(
     addrs: &[String],
     key: &ClusterKey,
     name: &str,
     line: &str,
+    replace: bool,
     limit: Duration,
 ) -> anyhow::Result<(u64, u64, String)> {
     let deadline = Instant::now() + limit;
@@ -416,6 +428,7 @@ pub async fn submit(
             let req = Request::Submit(Submission {
                 name: name.to_string(),
                 line: line.to_string(),
+                replace,
             });
             match peer.call(&req, Duration::from_secs(10)).await {
                 Ok(Response::Submit(Submitted::Committed { index, member })) => {

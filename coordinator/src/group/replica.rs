@@ -396,17 +396,40 @@ impl State {
     }
 
     /// Keeps submitted job `name` in `jobs/` here and, while this member keeps the root
-    /// files, in the coordinator's jobs folder.
-    fn submit_job(&mut self, name: &str, line: &str) -> anyhow::Result<()> {
+    /// files, in the coordinator's jobs folder. A job of that name kept with another line
+    /// is replaced only if `replace`; else nothing changes and the inner error says why
+    /// (the same on every member: it depends on the jobs the log kept before).
+    fn submit_job(
+        &mut self,
+        name: &str,
+        line: &str,
+        replace: bool,
+    ) -> anyhow::Result<Result<(), String>> {
         crate::jobs::check_submission(name, line).map_err(|e| anyhow::anyhow!(e))?;
         let file = format!("{name}.job");
         let text = format!("{}\n", line.trim());
         let own = self.dir.join("jobs").join(&file);
+        if !replace {
+            match std::fs::read_to_string(&own) {
+                Ok(kept) if kept.trim() != line.trim() => {
+                    return Ok(Err(format!(
+                        "a job named {name} was submitted before with another line ({}): \
+                         submit it with --replace to replace it, or give another name",
+                        kept.trim()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", own.display()));
+                }
+            }
+        }
         write_if_changed(&own, &text)?;
         if self.mirror.term().is_some() {
             write_if_changed(&self.mirror.jobs_dir().join(&file), &text)?;
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// At takeover: puts every submitted job that has no report for its line yet into the
@@ -529,16 +552,21 @@ impl State {
                 }
                 Outcome::Nothing
             }
-            Command::SubmitJob { name, line } => {
-                if let Err(e) = self.submit_job(&name, &line) {
+            Command::SubmitJob {
+                name,
+                line,
+                replace,
+            } => match self.submit_job(&name, &line, replace) {
+                Ok(kept) => Outcome::Submitted(kept),
+                Err(e) => {
                     warn!(
                         job = name,
                         error = format!("{e:#}"),
                         "cannot keep a submitted job"
                     );
+                    Outcome::Submitted(Err(format!("cannot keep it: {e:#}")))
                 }
-                Outcome::Nothing
-            }
+            },
             Command::JobReportValue { report, value } => {
                 let mut r = *report;
                 r.value = value;

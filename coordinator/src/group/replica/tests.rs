@@ -162,32 +162,60 @@ fn snapshot_pieces_assemble_once_and_prune() {
 
 #[test]
 /// A submitted job is kept in the member's jobs/ (checked again at apply); a bad one is
-/// not written.
+/// not written; another line under a kept name is refused unless it replaces, the same
+/// line again is accepted; an entry logged before `replace` existed replaces, as it did.
 fn submitted_jobs_kept_by_every_member() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = open_in(dir.path());
-    lock(&r.inner)
-        .apply_one(Command::SubmitJob {
-            name: "big".into(),
-            line: " primes 1 1000 ".into(),
-        })
-        .expect("apply");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("member/jobs/big.job")).expect("read"),
-        "primes 1 1000\n"
-    );
-    lock(&r.inner)
-        .apply_one(Command::SubmitJob {
-            name: "../bad".into(),
-            line: "primes 1 1000".into(),
-        })
-        .expect("apply goes on");
-    lock(&r.inner)
-        .apply_one(Command::SubmitJob {
-            name: "empty".into(),
-            line: "primes 9 1".into(),
-        })
-        .expect("apply goes on");
+    let submit = |name: &str, line: &str, replace: bool| {
+        lock(&r.inner)
+            .apply_one(Command::SubmitJob {
+                name: name.into(),
+                line: line.into(),
+                replace,
+            })
+            .expect("apply goes on")
+    };
+    let kept = || std::fs::read_to_string(dir.path().join("member/jobs/big.job")).expect("read");
+    assert!(matches!(
+        submit("big", " primes 1 1000 ", false),
+        Outcome::Submitted(Ok(()))
+    ));
+    assert_eq!(kept(), "primes 1 1000\n");
+    match submit("big", "count 1 1000", false) {
+        Outcome::Submitted(Err(why)) => assert!(
+            why.contains("another line (primes 1 1000)") && why.contains("--replace"),
+            "{why}"
+        ),
+        other => panic!("another line under a kept name: {other:?}"),
+    }
+    assert_eq!(kept(), "primes 1 1000\n", "refused: unchanged");
+    assert!(matches!(
+        submit("big", "primes 1 1000", false),
+        Outcome::Submitted(Ok(()))
+    ));
+    assert!(matches!(
+        submit("big", "count 1 1000", true),
+        Outcome::Submitted(Ok(()))
+    ));
+    assert_eq!(kept(), "count 1 1000\n", "replaced");
+    let old: Command = serde_json::from_value(serde_json::json!(
+        {"type": "submit_job", "data": {"name": "big", "line": "nth 10"}}
+    ))
+    .expect("an entry of the older form");
+    assert!(matches!(
+        lock(&r.inner).apply_one(old).expect("apply"),
+        Outcome::Submitted(Ok(()))
+    ));
+    assert_eq!(kept(), "nth 10\n", "an older entry replaces");
+    assert!(matches!(
+        submit("../bad", "primes 1 1000", false),
+        Outcome::Submitted(Err(_))
+    ));
+    assert!(matches!(
+        submit("empty", "primes 9 1", false),
+        Outcome::Submitted(Err(_))
+    ));
     let mut jobs: Vec<String> = std::fs::read_dir(dir.path().join("member/jobs"))
         .expect("jobs")
         .flatten()
