@@ -244,10 +244,10 @@ pub async fn server_handshake(
     {
         let _ = conn
             .send(&Handshake::AuthError {
-                message: "bad cluster key".into(),
+                message: KEY_REFUSED.into(),
             })
             .await;
-        return Err(ProtoError::Auth(
+        return Err(ProtoError::WrongKey(
             "peer does not hold the cluster key".into(),
         ));
     }
@@ -255,6 +255,10 @@ pub async fn server_handshake(
     conn.send(&Handshake::AuthOk { mac }).await?;
     Ok(())
 }
+
+/// What a server answers a client whose proof does not match its key (the client then
+/// knows that the keys differ, not that something else went wrong).
+const KEY_REFUSED: &str = "bad cluster key";
 
 /// Client side: answer the server's challenge and check that the server holds the key too.
 pub async fn client_handshake(
@@ -303,10 +307,13 @@ pub async fn client_handshake(
             ) {
                 Ok(())
             } else {
-                Err(ProtoError::Auth(
+                Err(ProtoError::WrongKey(
                     "server does not hold the cluster key".into(),
                 ))
             }
+        }
+        Handshake::AuthError { message } if message == KEY_REFUSED => {
+            Err(ProtoError::WrongKey(format!("server refused: {message}")))
         }
         Handshake::AuthError { message } => {
             Err(ProtoError::Auth(format!("server refused: {message}")))
@@ -363,7 +370,7 @@ mod tests {
     }
 
     #[tokio::test]
-    /// Same key: both sides succeed. Different key: both fail.
+    /// Same key: both sides succeed. Different key: both fail, saying the keys differ.
     async fn right_and_wrong_key() {
         let k = ClusterKey::generate();
         let (mut c, mut s) = pair().await;
@@ -380,8 +387,9 @@ mod tests {
             client_handshake(&mut c, &other, "afs"),
             server_handshake(&mut s, &k, "afs")
         );
-        assert!(matches!(a, Err(ProtoError::Auth(_))), "{a:?}");
-        assert!(matches!(b, Err(ProtoError::Auth(_))), "{b:?}");
+        // Both know it is the key, not a fault worth retrying.
+        assert!(matches!(a, Err(ProtoError::WrongKey(_))), "{a:?}");
+        assert!(matches!(b, Err(ProtoError::WrongKey(_))), "{b:?}");
     }
 
     #[tokio::test]

@@ -33,9 +33,14 @@ pub enum ProtoError {
     /// The peer did not answer within the deadline.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The handshake failed: wrong key, replay, wrong protocol version. Do not retry quickly.
+    /// The handshake failed: replay, wrong protocol version, a broken exchange. Do not
+    /// retry quickly.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The handshake showed that the two sides hold different cluster keys: retrying with
+    /// the same key cannot succeed.
+    #[error("authentication failed: {0}")]
+    WrongKey(String),
     /// The peer reported an error and closed.
     #[error("peer error: {0}")]
     Peer(String),

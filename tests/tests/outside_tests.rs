@@ -239,6 +239,17 @@ fn extra_worker(p: &Pipeline, id: &str, log: &str) -> Proc {
 
 /// [`extra_worker`] with its `--coordinator` list.
 fn extra_worker_to(p: &Pipeline, id: &str, log: &str, coordinators: &str) -> Proc {
+    extra_worker_keyed(p, id, log, coordinators, &p.path("run/cluster.key"))
+}
+
+/// [`extra_worker_to`] with the cluster key file it is given.
+fn extra_worker_keyed(
+    p: &Pipeline,
+    id: &str,
+    log: &str,
+    coordinators: &str,
+    key_file: &Path,
+) -> Proc {
     let args: Vec<String> = [
         "--id",
         id,
@@ -260,10 +271,7 @@ fn extra_worker_to(p: &Pipeline, id: &str, log: &str, coordinators: &str) -> Pro
         id,
         &bin("worker"),
         &args,
-        &[(
-            "PRIMES_KEY_FILE",
-            p.path("run/cluster.key").display().to_string(),
-        )],
+        &[("PRIMES_KEY_FILE", key_file.display().to_string())],
         Path::new(&p.path("")),
         &p.path(log),
     )
@@ -298,6 +306,29 @@ fn duplicate_worker_id_is_refused() {
         1,
         "worker-1 registered once, never replaced"
     );
+}
+
+#[test]
+/// A worker started with another cluster key than the system's: the coordinator refuses
+/// the key, so the worker exits with the status of a refusal (3) and says which key to use,
+/// instead of retrying forever at INFO "coordinator not reachable"; the system goes on.
+fn worker_with_a_wrong_key_exits_saying_so() {
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "k", 4, 500, 9);
+    p.start_simple(1);
+    wait_for(T, "worker-1 registered", || registered(&p, 1));
+    let wrong = p.path("run/other.key");
+    std::fs::write(&wrong, "ab".repeat(32)).expect("writing another key");
+    let mut w = extra_worker_keyed(&p, "worker-k", "logs/wrong-key.log", p.coord_addr(), &wrong);
+    let code = w.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(3), "exits as refused: {}", w.log_tail(5));
+    let tail = w.log_tail(10);
+    assert!(
+        tail.contains("refused this worker's cluster key") && tail.contains("PRIMES_KEY_FILE"),
+        "{tail}"
+    );
+    p.wait_all_reported(T);
+    p.assert_exact();
 }
 
 #[test]

@@ -98,6 +98,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // A coordinator group: the leader a follower named (tried next), the highest term
     // followed so far (an older one is refused: a deposed leader), redirects in a row.
     let (mut redirect, mut max_term, mut redirects): (Option<String>, u64, usize) = (None, 0, 0);
+    // The coordinators that refused this worker's cluster key since the last that took it:
+    // once every one has, the key is wrong (a bad configuration) and retrying cannot help.
+    let mut wrong_key = std::collections::BTreeSet::new();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -107,6 +110,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
             .unwrap_or_else(|| cfg.coordinators[at % cfg.coordinators.len()].clone());
         match session(&cfg, &addr, instance, afs.clone(), &shutdown, &mut max_term).await {
             Ok(SessionEnd::NotLeader(leader)) => {
+                wrong_key.clear();
                 redirects += 1;
                 match leader.as_deref() {
                     // It held the registration until it began to serve (it was taking
@@ -149,6 +153,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 return Err(Refused(reason).into());
             }
             Ok(SessionEnd::Lost(why)) => {
+                wrong_key.clear();
                 redirects = 0;
                 warn!(
                     why,
@@ -159,6 +164,27 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 // once), then the others.
                 backoff = Duration::from_millis(100);
                 failed = 0;
+            }
+            Err(e @ proto::ProtoError::WrongKey(_)) => {
+                wrong_key.insert(addr.clone());
+                if cfg.coordinators.iter().all(|c| wrong_key.contains(c)) {
+                    let why = format!(
+                        "{} refused this worker's cluster key: start it with the system's key \
+                         (--key-file or PRIMES_KEY_FILE: run/cluster.key in the folder the \
+                         system was started from; or PRIMES_CLUSTER_KEY)",
+                        if cfg.coordinators.len() == 1 {
+                            format!("the coordinator at {}", cfg.coordinators[0])
+                        } else {
+                            format!("every coordinator ({})", cfg.coordinators.join(", "))
+                        }
+                    );
+                    error!(reason = why, "wrong cluster key");
+                    return Err(Refused(why).into());
+                }
+                warn!(error = %e, coordinator = addr, "this coordinator refuses the worker's cluster key; trying the others");
+                at += 1;
+                failed += 1;
+                continue;
             }
             Err(e) => {
                 info!(error = %e, coordinator = addr, "coordinator not reachable; retrying");

@@ -146,7 +146,7 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
 }
 
 /// Exit status when the coordinator refuses this worker for good (its id is in use by
-/// another live worker).
+/// another live worker, or every coordinator refuses its cluster key).
 const EXIT_REFUSED: u8 = 3;
 
 fn main() -> ExitCode {
