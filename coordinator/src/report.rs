@@ -11,6 +11,23 @@ pub fn report_path(output: &Path, file: &str) -> PathBuf {
     output.join(format!("{file}.json"))
 }
 
+/// Why input `file` (its path below the input folder) can have no report, if it cannot: a
+/// report is named `<name>.json`, and a file name holds at most 255 bytes, so a name of
+/// more than 250 bytes cannot have one. Such an input is not tested at all (nothing it
+/// found could ever be reported) and shows as failed with this reason.
+pub fn report_name_refused(file: &str) -> Option<String> {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    let most = proto::files::NAME_MAX - ".json".len();
+    (name.len() > most).then(|| {
+        format!(
+            "its name is {} bytes long: its report would be named <name>.json, and a file \
+             name holds at most {} bytes; rename it to at most {most} bytes",
+            name.len(),
+            proto::files::NAME_MAX
+        )
+    })
+}
+
 /// Writes `r` atomically (temporary file, rename) without fsync: a report lost or unreadable
 /// after a power failure only means the file is processed again (its primes are durable and
 /// deduplicated), while an fsync per report would cost more than small files take to test.

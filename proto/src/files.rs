@@ -158,6 +158,29 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The most bytes a file name holds (NAME_MAX on Linux's file systems).
+pub const NAME_MAX: usize = 255;
+
+/// The hidden temporary name [`write_atomic`] writes `name` under first: `.NAME.tmpPID`, or,
+/// when that would be longer than [`NAME_MAX`] (a name of 240 bytes and more), the name cut
+/// to fit with a number of this process's own after it (two long names alike in their
+/// first 230 bytes, written at once, must not share a temporary file).
+fn tmp_name(name: &str) -> String {
+    let pid = std::process::id();
+    let whole = format!(".{name}.tmp{pid}");
+    if whole.len() <= NAME_MAX {
+        return whole;
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tail = format!("~{n}.tmp{pid}");
+    let mut cut = NAME_MAX - 1 - tail.len();
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}{tail}", &name[..cut])
+}
+
 /// Replaces `path` with `bytes` atomically: a hidden temporary sibling, then a rename, so a
 /// reader sees the old content or the new, never part. `durable` adds the fsyncs (file and
 /// folder) that make the result survive a power failure.
@@ -168,7 +191,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result
         _ => Path::new("."),
     };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name(name));
     let result = (|| {
         // The folder is created only when missing (most writes go to an existing one, and
         // create_dir_all costs a failed mkdir and a stat each time).
@@ -200,6 +223,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// A name of up to NAME_MAX bytes is written (its temporary name fits too), and two
+    /// long names alike in their beginning get temporary names of their own.
+    fn long_names_written_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in [1, 200, 240, 250, NAME_MAX] {
+            let name = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            assert_eq!(name.len(), len);
+            let p = dir.path().join(&name);
+            write_atomic(&p, b"x", false).unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+            assert_eq!(std::fs::read(&p).expect("read"), b"x");
+            assert!(tmp_name(&name).len() <= NAME_MAX, "{len}");
+            assert!(tmp_name(&name).starts_with('.'), "hidden");
+        }
+        let (a, b) = ("a".repeat(250) + "1", "a".repeat(250) + "2");
+        assert_ne!(tmp_name(&a), tmp_name(&b));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "no temporary file left");
+    }
 
     #[test]
     fn hidden_below_a_root() {

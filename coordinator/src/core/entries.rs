@@ -107,6 +107,16 @@ impl Core {
         let mut actions = self.drop_entry(&key);
         self.next_gen += 1;
         let gen = self.next_gen;
+        if let Some(reason) = crate::report::report_name_refused(file) {
+            tracing::warn!(file, reason, "input not tested");
+            let mut refused = Tracked::new(gen, fp, Vec::new(), Some(now.wall));
+            // Failed for good: never retried (nothing changes until the file is renamed,
+            // which makes it another input).
+            refused.reported = true;
+            refused.report_error = Some(reason);
+            self.jobs.insert(key, refused);
+            return actions;
+        }
         let chunks = chunk_count(fp.size, self.cfg.chunk_bytes);
         for c in 0..chunks as u32 {
             self.queue.push_back(ChunkKey::new(&key, gen, c));

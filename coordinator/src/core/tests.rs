@@ -342,6 +342,43 @@ fn changed_file_restarts() {
 }
 
 #[test]
+/// An input whose report could not exist (a name of more than 250 bytes: `<name>.json`
+/// would be longer than a file name holds) is not tested: failed at once with the reason,
+/// never retried; 250 bytes are tested, in a subfolder too.
+fn a_name_too_long_for_its_report_is_not_tested() {
+    let mut c = Core::new(cfg(), "s".into());
+    let long = "n".repeat(251);
+    assert!(c
+        .file_ready(&format!("sub/{long}"), fp(10), at(0))
+        .is_empty());
+    assert!(
+        assigns(&c.register(1, "w1", at(0))).is_empty(),
+        "nothing to test"
+    );
+    let st = c.status(at(1));
+    assert_eq!((st.files_failed, st.files_queued), (1, 0));
+    let why = st.files[0].error.clone().unwrap_or_default();
+    assert!(
+        why.contains("251 bytes") && why.contains("at most 250"),
+        "{why}"
+    );
+    let later = 3_600_000;
+    c.tick(at(later));
+    assert!(
+        assigns(&c.register(2, "w2", at(later))).is_empty(),
+        "never retried"
+    );
+    assert!(
+        c.file_ready(&format!("sub/{long}"), fp(10), at(later))
+            .is_empty(),
+        "the same version again changes nothing"
+    );
+    let fits = "f".repeat(250);
+    let a = assigns(&c.file_ready(&format!("sub/{fits}"), fp(10), at(later)));
+    assert_eq!(a.len(), 1, "250 bytes are tested");
+}
+
+#[test]
 /// Oversized batches and malformed big primes close the connection and requeue the work.
 fn hostile_primes_batches() {
     assert!(bad_batch(&[2, 3], &["18446744073709551629".into()]).is_none());
