@@ -395,17 +395,22 @@ fn group_leader_paused_is_replaced() {
     );
 }
 
+/// Starts two workers and waits until every input is reported; primes.txt exact.
+fn two_workers_to_the_end(p: &mut Pipeline) {
+    for i in 1..=2 {
+        p.start_worker(&format!("worker-{i}"));
+    }
+    p.wait_all_reported(T);
+    p.assert_exact();
+}
+
 /// Runs `p`'s inputs through a group of three and two workers to the end: exact, with the
 /// first leader serving throughout (none lost or gave up its lead); that leader.
 fn one_leader_throughout(p: &mut Pipeline) -> usize {
     p.simple();
     p.start_group(3);
     let first = p.wait_leader_other_than(None, T);
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
-    p.wait_all_reported(T);
-    p.assert_exact();
+    two_workers_to_the_end(p);
     assert_eq!(p.leader(), Some(first), "the same leader throughout");
     for id in 1..=3 {
         let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
@@ -481,11 +486,7 @@ fn group_started_one_member_at_a_time_elects_the_first() {
     });
     p.start_member(3);
     let leader = p.wait_leader_other_than(None, T);
-    for i in 1..=2 {
-        p.start_worker(&format!("worker-{i}"));
-    }
-    p.wait_all_reported(T);
-    p.assert_exact();
+    two_workers_to_the_end(&mut p);
     assert_eq!(
         leader,
         1,

@@ -731,62 +731,29 @@ fn group_on_separate_hosts_results_from_any_member() {
     }
     // A job from a host with no folder of the group's: committed through the log.
     let job = "primes 1000000 3000000";
-    let (ok, _, err) = coordinator_cmd(
-        &p,
-        &client,
-        &[
-            s("submit"),
-            s("gen1"),
-            s(job),
-            s("--to"),
-            raft_addrs.clone(),
-        ],
-    );
+    let submit = |name: &str, line: &str| {
+        coordinator_cmd(
+            &p,
+            &client,
+            &[s("submit"), s(name), s(line), s("--to"), raft_addrs.clone()],
+        )
+    };
+    let (ok, _, err) = submit("gen1", job);
     assert!(ok, "coordinator submit failed: {err}");
     assert!(err.contains("committed by coordinator-"), "{err}");
-    let (ok, _, err) = coordinator_cmd(
-        &p,
-        &client,
-        &[
-            s("submit"),
-            s("bad"),
-            s("primes 9 1"),
-            s("--to"),
-            raft_addrs.clone(),
-        ],
-    );
+    let (ok, _, err) = submit("bad", "primes 9 1");
     assert!(
         !ok && err.contains("larger than"),
         "a bad job is refused: {err}"
     );
     // The same name with another line is refused (it replaced the job silently before);
     // the same line again is accepted.
-    let (ok, _, err) = coordinator_cmd(
-        &p,
-        &client,
-        &[
-            s("submit"),
-            s("gen1"),
-            s("count 1 1000"),
-            s("--to"),
-            raft_addrs.clone(),
-        ],
-    );
+    let (ok, _, err) = submit("gen1", "count 1 1000");
     assert!(
         !ok && err.contains("submitted before with another line") && err.contains("--replace"),
         "another line under a submitted job's name is refused: {err}"
     );
-    let (ok, _, err) = coordinator_cmd(
-        &p,
-        &client,
-        &[
-            s("submit"),
-            s("gen1"),
-            s(job),
-            s("--to"),
-            raft_addrs.clone(),
-        ],
-    );
+    let (ok, _, err) = submit("gen1", job);
     assert!(ok, "the same job submitted again is accepted: {err}");
     let reports_on = |id: u8| {
         std::fs::read_dir(p.path(&format!("host-{id}/coordinators/coordinator-{id}/output")))
