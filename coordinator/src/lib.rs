@@ -53,6 +53,7 @@ pub mod flusher;
 pub mod group;
 pub mod inputs;
 pub mod jobs;
+pub mod listing;
 pub mod machine;
 pub mod members;
 pub mod primes;

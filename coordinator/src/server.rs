@@ -39,8 +39,8 @@ use timers::{
     final_snapshot, probe_loop, snapshot_loop, status_loop, tick_loop, write_status,
     FINAL_FLUSH_LIMIT,
 };
-pub use watch::ListingFeed;
-use watch::{folder_loop, list_watch, listing_loop, start_notify, Folder, FIRST_LISTING};
+pub(crate) use watch::list_watch;
+use watch::{folder_loop, listing_loop, start_notify, Folder, FIRST_LISTING};
 
 /// Runs the coordinator on `listener` until `shutdown`, its durable steps through `durable`
 /// (the group it leads); then flushes and writes a final snapshot.

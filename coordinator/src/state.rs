@@ -47,7 +47,7 @@ pub struct Config {
     pub inputs_from_afs: bool,
     /// That listing, watched by this process since its start (a group member's); None: the
     /// coordinator connects and watches once it serves.
-    pub listing: Option<crate::server::ListingFeed>,
+    pub listing: Option<crate::listing::ListingFeed>,
 }
 
 /// What a connection's writer task sends.

@@ -70,7 +70,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if cfg.inputs_from_afs && cfg.listing.is_none() {
-        cfg.listing = Some(crate::server::ListingFeed::start(&cfg, shutdown.clone()));
+        cfg.listing = Some(crate::listing::ListingFeed::start(
+            crate::server::list_watch(&cfg),
+            shutdown.clone(),
+        ));
     }
     let log = LogStore::open(&group.dir)?;
     let pristine = log.is_pristine();

@@ -162,55 +162,8 @@ pub(super) async fn folder_loop(
     }
 }
 
-/// The file servers' listing as a member process watches it from its start, whatever its
-/// role (`--inputs-from-afs`): a member that begins to lead has the inputs at once, instead
-/// of connecting, proving the key and asking then (3-10 ms of every start of a group of
-/// three, and of every takeover).
-#[derive(Clone, Debug)]
-pub struct ListingFeed(tokio::sync::watch::Receiver<Option<afs::listing::Listing>>);
-
-impl ListingFeed {
-    /// Starts watching the listing of `cfg`'s file servers, until `shutdown`.
-    pub fn start(cfg: &crate::state::Config, shutdown: CancellationToken) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(list_watch(cfg).run(tx, shutdown));
-        let (latest, feed) = tokio::sync::watch::channel(None);
-        tokio::spawn(async move {
-            while let Some(l) = rx.recv().await {
-                latest.send_replace(Some(l));
-            }
-        });
-        ListingFeed(feed)
-    }
-
-    /// The listings from now on, until `shutdown`: the latest one first (if there is one
-    /// yet), then each newer one (those in between, already outdated, are skipped).
-    pub(super) fn subscribe(
-        &self,
-        shutdown: CancellationToken,
-    ) -> mpsc::UnboundedReceiver<afs::listing::Listing> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut feed = self.0.clone();
-        tokio::spawn(async move {
-            loop {
-                let latest = feed.borrow_and_update().clone();
-                if let Some(l) = latest {
-                    if tx.send(l).is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = feed.changed() => if r.is_err() { return },
-                }
-            }
-        });
-        rx
-    }
-}
-
 /// How a coordinator watches the file servers' listing.
-pub(super) fn list_watch(cfg: &crate::state::Config) -> afs::listing::ListWatch {
+pub(crate) fn list_watch(cfg: &crate::state::Config) -> afs::listing::ListWatch {
     afs::listing::ListWatch {
         servers: cfg.afs_servers.clone(),
         key: cfg.key.clone(),
