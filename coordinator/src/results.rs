@@ -443,7 +443,7 @@ fn save(dir: &Path, name: &str, body: Body) -> anyhow::Result<u64> {
         .file_name()
         .and_then(|f| f.to_str())
         .with_context(|| format!("no file name in {name:?}"))?;
-    let tmp = parent.join(format!(".{file_name}.part"));
+    let tmp = parent.join(proto::files::hidden_name(file_name, ".part"));
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );

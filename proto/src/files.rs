@@ -161,24 +161,29 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
 /// The most bytes a file name holds (NAME_MAX on Linux's file systems).
 pub const NAME_MAX: usize = 255;
 
-/// The hidden temporary name [`write_atomic`] writes `name` under first: `.NAME.tmpPID`, or,
-/// when that would be longer than [`NAME_MAX`] (a name of 240 bytes and more), the name cut
-/// to fit with a number of this process's own after it (two long names alike in their
-/// first 230 bytes, written at once, must not share a temporary file).
-fn tmp_name(name: &str) -> String {
-    let pid = std::process::id();
-    let whole = format!(".{name}.tmp{pid}");
+/// A hidden name for a temporary or partial file beside `name`: `.NAME` + `suffix`, or,
+/// when that is longer than a file name holds (a name of 230 bytes and more, such as the
+/// report of an input named up to 250 bytes), the name cut to fit, with a hash of the
+/// whole name (so that two long names alike in their first bytes differ) before `suffix`.
+pub fn hidden_name(name: &str, suffix: &str) -> String {
+    let whole = format!(".{name}{suffix}");
     if whole.len() <= NAME_MAX {
         return whole;
     }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tail = format!("~{n}.tmp{pid}");
-    let mut cut = NAME_MAX - 1 - tail.len();
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let tail = format!("~{:016x}{suffix}", h.finish());
+    let mut cut = NAME_MAX.saturating_sub(1 + tail.len()).min(name.len());
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
     format!(".{}{tail}", &name[..cut])
+}
+
+/// The hidden temporary name [`write_atomic`] writes `name` under first.
+fn tmp_name(name: &str) -> String {
+    hidden_name(name, &format!(".tmp{}", std::process::id()))
 }
 
 /// Replaces `path` with `bytes` atomically: a hidden temporary sibling, then a rename, so a
@@ -240,6 +245,18 @@ mod tests {
         }
         let (a, b) = ("a".repeat(250) + "1", "a".repeat(250) + "2");
         assert_ne!(tmp_name(&a), tmp_name(&b));
+        // Any suffix: a copy's, a part's.
+        for suffix in [".part", ".copy4194304-deadbeef", ".unpack"] {
+            let h = hidden_name(&a, suffix);
+            assert!(
+                h.len() <= NAME_MAX && h.ends_with(suffix) && h.starts_with(".a"),
+                "{h}"
+            );
+            assert_eq!(
+                hidden_name("short.json", suffix),
+                format!(".short.json{suffix}")
+            );
+        }
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")
             .flatten()

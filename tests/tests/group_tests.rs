@@ -507,6 +507,28 @@ fn group_started_one_member_at_a_time_elects_the_first() {
     }
 }
 
+#[test]
+fn group_takes_over_with_reports_of_long_names() {
+    // Found by a hostile-user pass: an input named 240 bytes got its report (245 bytes),
+    // but a new leader taking the root files links or copies each report under a hidden
+    // temporary name (`.NAME.copyPID-RANDOM`, 24 bytes more) that no file system holds:
+    // it never served again, after a failover or any restart. Names up to 250 bytes (the
+    // longest that can have a report) are reported, and the group takes over.
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "l", 3, 300, 4);
+    let long = "L".repeat(246) + ".txt";
+    std::fs::write(p.path(&format!("data/input/{long}")), "7\n11\n13\n").expect("write");
+    p.simple();
+    p.start_group(3);
+    let first = p.wait_leader_other_than(None, T);
+    two_workers_to_the_end(&mut p);
+    assert!(p.path(&format!("data/output/{long}.json")).exists());
+    p.kill_member(first);
+    let next = p.wait_leader_other_than(Some(first), Duration::from_secs(30));
+    assert_ne!(next, first);
+    p.assert_exact();
+}
+
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
 fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
     let (v, text, _) = status_run(p, json);

@@ -140,13 +140,13 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// `.<name of path><suffix>` beside `path`.
+/// `.<name of path><suffix>` beside `path` (cut to fit a file name: `hidden_name`).
 fn beside(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    parent_of(path).join(format!(".{name}{suffix}"))
+    parent_of(path).join(proto::files::hidden_name(&name, suffix))
 }
 
 /// Removes `path` (file or folder) if it is there.

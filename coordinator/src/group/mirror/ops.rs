@@ -29,10 +29,13 @@ pub(super) fn dir_of(path: &Path) -> &Path {
 /// the leaders of several processes, maybe with the same process id in containers).
 pub(super) fn temp_name(dst: &Path, what: &str) -> PathBuf {
     let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    dir_of(dst).join(format!(
-        ".{name}.{what}{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
+    dir_of(dst).join(proto::files::hidden_name(
+        name,
+        &format!(
+            ".{what}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ),
     ))
 }
 
