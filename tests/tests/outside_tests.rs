@@ -327,6 +327,20 @@ fn worker_with_a_wrong_key_exits_saying_so() {
         tail.contains("refused this worker's cluster key") && tail.contains("PRIMES_KEY_FILE"),
         "{tail}"
     );
+    // With an address that does not answer among them: it exits too, without a hot loop
+    // (it tried the addresses ~97,000 times a second).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    drop(silent);
+    let list = format!("{},{silent_addr}", p.coord_addr());
+    let mut w = extra_worker_keyed(&p, "worker-k2", "logs/wrong-key2.log", &list, &wrong);
+    let code = w.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(3), "exits as refused: {}", w.log_tail(5));
+    let lines = std::fs::read_to_string(p.path("logs/wrong-key2.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(lines < 50, "{lines} log lines: {}", w.log_tail(5));
     p.wait_all_reported(T);
     p.assert_exact();
 }

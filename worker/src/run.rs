@@ -98,9 +98,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // A coordinator group: the leader a follower named (tried next), the highest term
     // followed so far (an older one is refused: a deposed leader), redirects in a row.
     let (mut redirect, mut max_term, mut redirects): (Option<String>, u64, usize) = (None, 0, 0);
-    // The coordinators that refused this worker's cluster key since the last that took it:
-    // once every one has, the key is wrong (a bad configuration) and retrying cannot help.
+    // The coordinators that refused this worker's cluster key, and those that could not be
+    // reached, since the last that took it: once every one is either and one refused, the
+    // key is wrong (a bad configuration; the members of a group share one key) and
+    // retrying cannot help.
     let mut wrong_key = std::collections::BTreeSet::new();
+    let mut unreachable = std::collections::BTreeSet::new();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -111,6 +114,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         match session(&cfg, &addr, instance, afs.clone(), &shutdown, &mut max_term).await {
             Ok(SessionEnd::NotLeader(leader)) => {
                 wrong_key.clear();
+                unreachable.clear();
                 redirects += 1;
                 match leader.as_deref() {
                     // It held the registration until it began to serve (it was taking
@@ -154,6 +158,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
             }
             Ok(SessionEnd::Lost(why)) => {
                 wrong_key.clear();
+                unreachable.clear();
                 redirects = 0;
                 warn!(
                     why,
@@ -167,27 +172,25 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
             }
             Err(e @ proto::ProtoError::WrongKey(_)) => {
                 wrong_key.insert(addr.clone());
-                if cfg.coordinators.iter().all(|c| wrong_key.contains(c)) {
-                    let why = format!(
-                        "{} refused this worker's cluster key: start it with the system's key \
-                         (--key-file or PRIMES_KEY_FILE: run/cluster.key in the folder the \
-                         system was started from; or PRIMES_CLUSTER_KEY)",
-                        if cfg.coordinators.len() == 1 {
-                            format!("the coordinator at {}", cfg.coordinators[0])
-                        } else {
-                            format!("every coordinator ({})", cfg.coordinators.join(", "))
-                        }
-                    );
+                unreachable.remove(&addr);
+                if let Some(why) = key_verdict(&cfg.coordinators, &wrong_key, &unreachable) {
                     error!(reason = why, "wrong cluster key");
                     return Err(Refused(why).into());
                 }
                 warn!(error = %e, coordinator = addr, "this coordinator refuses the worker's cluster key; trying the others");
                 at += 1;
                 failed += 1;
-                continue;
+                if failed % cfg.coordinators.len() != 0 {
+                    continue;
+                }
             }
             Err(e) => {
                 info!(error = %e, coordinator = addr, "coordinator not reachable; retrying");
+                unreachable.insert(addr.clone());
+                if let Some(why) = key_verdict(&cfg.coordinators, &wrong_key, &unreachable) {
+                    error!(reason = why, "wrong cluster key");
+                    return Err(Refused(why).into());
+                }
                 at += 1;
                 failed += 1;
                 // Another address to try: at once, until every one has failed in a row.
@@ -205,6 +208,39 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
 }
 
+/// Why this worker's cluster key is wrong, once every coordinator address (since the last
+/// that took the key) refused it or did not answer, and one refused it at least; else None
+/// (a worker started before its coordinators waits for them as long as it takes).
+fn key_verdict(
+    addrs: &[String],
+    refused: &std::collections::BTreeSet<String>,
+    silent: &std::collections::BTreeSet<String>,
+) -> Option<String> {
+    let all = addrs
+        .iter()
+        .all(|c| refused.contains(c) || silent.contains(c));
+    if refused.is_empty() || !all {
+        return None;
+    }
+    let list: Vec<&str> = refused.iter().map(String::as_str).collect();
+    Some(format!(
+        "{} {} refused this worker's cluster key{}: start it with the system's key \
+         (--key-file or PRIMES_KEY_FILE: run/cluster.key in the folder the system was \
+         started from; or PRIMES_CLUSTER_KEY)",
+        if list.len() == 1 {
+            "the coordinator at"
+        } else {
+            "the coordinators at"
+        },
+        list.join(", "),
+        if addrs.iter().any(|c| !refused.contains(c)) {
+            " (the others did not answer)"
+        } else {
+            ""
+        }
+    ))
+}
+
 /// `--fail-prob` fired: the binary exits with [`INJECTED_CRASH_EXIT`] at once.
 #[derive(Debug, thiserror::Error)]
 #[error("fault injection (--fail-prob): crashed mid-task")]
@@ -214,3 +250,32 @@ pub struct InjectedCrash;
 #[derive(Debug, thiserror::Error)]
 #[error("refused by the coordinator: {0}")]
 pub struct Refused(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// Wrong once every address refused the key or did not answer, and one refused it;
+    /// never from silence alone (coordinators not started yet).
+    fn a_wrong_key_is_known_once_every_address_refused_or_was_silent() {
+        let addrs: Vec<String> = ["a:1", "b:1", "c:1"].map(String::from).into();
+        let set = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect();
+        assert_eq!(
+            key_verdict(&addrs, &set(&[]), &set(&["a:1", "b:1", "c:1"])),
+            None
+        );
+        assert_eq!(key_verdict(&addrs, &set(&["a:1"]), &set(&["b:1"])), None);
+        let why = key_verdict(&addrs, &set(&["a:1"]), &set(&["b:1", "c:1"])).unwrap_or_default();
+        assert!(
+            why.starts_with("the coordinator at a:1 refused") && why.contains("did not answer"),
+            "{why}"
+        );
+        let why = key_verdict(&addrs, &set(&["a:1", "b:1", "c:1"]), &set(&[])).unwrap_or_default();
+        assert!(
+            why.starts_with("the coordinators at a:1, b:1, c:1 refused")
+                && !why.contains("did not answer"),
+            "{why}"
+        );
+    }
+}
