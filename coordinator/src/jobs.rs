@@ -21,6 +21,12 @@ pub fn job_name_of(rel: &str) -> String {
 /// Longest job line `coordinator submit` takes.
 pub const MAX_SUBMIT_LINE: usize = 1024;
 
+/// True if job lines `a` and `b` are the same job line, however spaced
+/// (`count  1   1000` is `count 1 1000`).
+pub fn same_line(a: &str, b: &str) -> bool {
+    a.split_whitespace().eq(b.split_whitespace())
+}
+
 /// Whether job `name` with `line` may be submitted to the group (`coordinator submit`):
 /// the name 1–64 of `[A-Za-z0-9._-]`, not starting with `.` (it becomes the file
 /// `<name>.job` and the report `jobs/<name>.json`), and the line a valid job. Checked by

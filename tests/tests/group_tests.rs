@@ -529,6 +529,50 @@ fn group_takes_over_with_reports_of_long_names() {
     p.assert_exact();
 }
 
+#[test]
+fn submit_refuses_a_name_taken_in_the_jobs_folder() {
+    // Found by a hostile-user pass: a job file dropped into data/jobs (or placed there by
+    // the other mode's group before a switch) was replaced by `coordinator submit` with the
+    // same name and another line, silently; the group's log did not know it. Refused now
+    // unless --replace; the same line, however spaced, is accepted.
+    let mut p = Pipeline::new();
+    write_inputs(&p.path("data/input"), "j", 1, 10, 1);
+    std::fs::create_dir_all(p.path("data/jobs")).expect("jobs folder");
+    std::fs::write(p.path("data/jobs/k.job"), "count 1 50\n").expect("a job file");
+    p.simple();
+    p.plan_group(1);
+    p.start_member(1);
+    p.wait_leader_other_than(None, T);
+    let raft = p.members[0].2.clone();
+    let submit = |line: &str, extra: &[&str]| {
+        let out = Command::new(bin("coordinator"))
+            .args(["submit", "k", line, "--to", &raft])
+            .args(extra)
+            .current_dir(p.path(""))
+            .env("PRIMES_KEY_FILE", p.path("run/cluster.key"))
+            .output()
+            .expect("coordinator submit runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = submit("count 1 60", &[]);
+    assert_eq!(code, Some(1), "refused: {err}");
+    assert!(
+        err.contains("in the jobs folder with another line (count 1 50)")
+            && err.contains("--replace"),
+        "{err}"
+    );
+    let read = || std::fs::read_to_string(p.path("data/jobs/k.job")).unwrap_or_default();
+    assert_eq!(read(), "count 1 50\n", "the job file is left as it was");
+    let (code, err) = submit("count  1   50", &[]);
+    assert_eq!(code, Some(0), "the same line, spaced otherwise: {err}");
+    let (code, err) = submit("count 1 60", &["--replace"]);
+    assert_eq!(code, Some(0), "replaced: {err}");
+    wait_for(T, "the replaced job file", || read() == "count 1 60\n");
+}
+
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.
 fn status_cmd(p: &Pipeline, json: bool) -> (Value, String) {
     let (v, text, _) = status_run(p, json);

@@ -115,6 +115,9 @@ pub struct Answering {
     pub members: std::collections::BTreeMap<u64, Member>,
     /// This member's view of itself, as it answers a `view` request.
     pub view: Arc<dyn Fn() -> crate::members::MemberView + Send + Sync>,
+    /// The coordinator's jobs folder (`--jobs`): a submission's name taken there by a job
+    /// file with another line is refused while this member leads (unless it replaces).
+    pub jobs: std::path::PathBuf,
 }
 
 /// Makes a [`Peer`] per member.
@@ -331,7 +334,7 @@ pub async fn serve(
                         Response::PreVote(answer_pre_vote(&raft, &answering, &r))
                     }
                     Ok(Some(Request::Submit(s))) => {
-                        Response::Submit(answer_submit(&raft, &answering.members, s).await)
+                        Response::Submit(answer_submit(&raft, &answering, s).await)
                     }
                     Ok(Some(Request::View)) => Response::View(Box::new((answering.view)())),
                     Ok(None) => return,
@@ -350,11 +353,8 @@ pub async fn serve(
 
 /// Commits a submitted job if this member leads (checked first: a bad name or line is
 /// refused before it reaches the log); else names the leader.
-async fn answer_submit(
-    raft: &Raft,
-    members: &std::collections::BTreeMap<u64, Member>,
-    s: Submission,
-) -> Submitted {
+async fn answer_submit(raft: &Raft, a: &Answering, s: Submission) -> Submitted {
+    let members = &a.members;
     if let Err(reason) = crate::jobs::check_submission(&s.name, &s.line) {
         return Submitted::Refused {
             reason,
@@ -369,6 +369,25 @@ async fn answer_submit(
                 .and_then(|l| members.get(&l))
                 .map(|l| l.raft.clone()),
         };
+    }
+    // A job file of that name in the jobs folder (dropped there by hand, or placed by the
+    // leader of another group before a mode switch) that this group's log does not know:
+    // the same rule as for a job submitted before ([`crate::jobs::same_line`]).
+    if !s.replace {
+        let file = a.jobs.join(format!("{}.job", s.name));
+        if let Ok(kept) = std::fs::read_to_string(&file) {
+            if !crate::jobs::same_line(&kept, &s.line) {
+                return Submitted::Refused {
+                    reason: format!(
+                        "a job named {} is in the jobs folder with another line ({}): submit \
+                         it with --replace to replace it, or give another name",
+                        s.name,
+                        kept.trim()
+                    ),
+                    retry: false,
+                };
+            }
+        }
     }
     let cmd = super::Command::SubmitJob {
         name: s.name,

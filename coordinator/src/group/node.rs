@@ -140,6 +140,7 @@ pub async fn run(
             let (raft, serving, host) = (raft.clone(), serving.clone(), crate::members::host());
             Arc::new(move || super::publish::view_of(&raft, &serving, &host))
         },
+        jobs: cfg.jobs.clone(),
     };
     let peers = tokio::spawn(super::net::serve(
         raft_listener,

@@ -411,7 +411,7 @@ impl State {
         let own = self.dir.join("jobs").join(&file);
         if !replace {
             match std::fs::read_to_string(&own) {
-                Ok(kept) if kept.trim() != line.trim() => {
+                Ok(kept) if !crate::jobs::same_line(&kept, line) => {
                     return Ok(Err(format!(
                         "a job named {name} was submitted before with another line ({}): \
                          submit it with --replace to replace it, or give another name",

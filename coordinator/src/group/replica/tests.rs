@@ -191,7 +191,7 @@ fn submitted_jobs_kept_by_every_member() {
     }
     assert_eq!(kept(), "primes 1 1000\n", "refused: unchanged");
     assert!(matches!(
-        submit("big", "primes 1 1000", false),
+        submit("big", "primes  1   1000", false),
         Outcome::Submitted(Ok(()))
     ));
     assert!(matches!(
