@@ -399,10 +399,19 @@ pub enum Running {
 pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
     if !watch {
         let v = read(path)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        let text = if json {
+            serde_json::to_string_pretty(&v)? + "\n"
         } else {
-            print!("{}", render(&v));
+            render(&v)
+        };
+        // A reader that stops early (`status | grep -q`, `| head`) closes the pipe: not an
+        // error of ours (println! panicked with exit 101), and the exit status still says
+        // whether a coordinator runs.
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(e).context("writing the status");
+            }
         }
         return Ok(if v["running"] == true {
             Running::Yes
