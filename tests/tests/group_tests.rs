@@ -571,6 +571,32 @@ fn submit_refuses_a_name_taken_in_the_jobs_folder() {
     let (code, err) = submit("count 1 60", &["--replace"]);
     assert_eq!(code, Some(0), "replaced: {err}");
     wait_for(T, "the replaced job file", || read() == "count 1 60\n");
+    // Another cluster key: refused at once, not after waiting out --timeout-ms for a
+    // leader (which it did, 15 s by default).
+    let other = p.path("run/other.key");
+    std::fs::write(&other, "cd".repeat(32)).expect("another key");
+    let started = Instant::now();
+    let out = Command::new(bin("coordinator"))
+        .args([
+            "submit",
+            "k2",
+            "nth 5",
+            "--to",
+            &raft,
+            "--timeout-ms",
+            "60000",
+        ])
+        .current_dir(p.path(""))
+        .env("PRIMES_KEY_FILE", &other)
+        .output()
+        .expect("coordinator submit runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cluster key"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up at once, not at the 60 s timeout: {err}"
+    );
 }
 
 /// `coordinator status` (`--json` or text) as a user runs it in the system's folder.

@@ -438,6 +438,9 @@ pub async fn submit(
     loop {
         let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
         let mut asked = 0;
+        // Members whose handshake failed for a reason that waiting cannot change (another
+        // cluster key, not a Raft port): when every one asked did, the answer is at once.
+        let mut hopeless = 0;
         while let Some(addr) = queue.pop_front() {
             asked += 1;
             if asked > addrs.len() * 3 {
@@ -467,8 +470,19 @@ pub async fn submit(
                     last = format!("{addr}: {reason}");
                 }
                 Ok(_) => last = format!("{addr}: unexpected answer"),
-                Err(e) => last = format!("{addr}: {e}"),
+                Err(e) => {
+                    if matches!(e, ProtoError::WrongKey(_) | ProtoError::Auth(_)) {
+                        hopeless += 1;
+                    }
+                    last = format!("{addr}: {e}");
+                }
             }
+        }
+        if hopeless > 0 && hopeless == asked {
+            anyhow::bail!(
+                "no member would take the job: {last} (the cluster key: --key-file or \
+                 PRIMES_KEY_FILE, run/cluster.key; the members' Raft ports: --to)"
+            );
         }
         if Instant::now() >= deadline {
             anyhow::bail!("no leader committed the job within {limit:?} (last: {last})");
