@@ -750,7 +750,8 @@ fn group_on_separate_hosts_results_from_any_member() {
     // the same line again is accepted.
     let (ok, _, err) = submit("gen1", "count 1 1000");
     assert!(
-        !ok && err.contains("submitted before with another line") && err.contains("--replace"),
+        !ok && err.contains("with another line (primes 1000000 3000000)")
+            && err.contains("--replace"),
         "another line under a submitted job's name is refused: {err}"
     );
     let (ok, _, err) = submit("gen1", job);
