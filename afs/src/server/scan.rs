@@ -60,25 +60,15 @@ const NOTIFY_GATHER: Duration = Duration::from_millis(20);
 /// Watches the root with notifications: a change asks the scan loop for a scan at once
 /// (the periodic scan stays as the safety net). None if notifications are unavailable.
 pub(super) fn watch_root(shared: &Arc<Shared>) -> Option<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, EventKind};
     let weak = Arc::downgrade(shared);
     let root = shared.store.root().to_path_buf();
     let abs_root = root.canonicalize().unwrap_or_else(|_| root.clone());
     let handler = move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            // Our own reads change nothing (opens are not even reported: the watch's mask
-            // leaves them out); nor do files staged in a hidden folder before their rename
-            // (no scan sees them).
-            Ok(ev) => {
-                let ours = matches!(
-                    ev.kind,
-                    EventKind::Access(AccessKind::Open(_))
-                        | EventKind::Access(AccessKind::Read)
-                        | EventKind::Access(AccessKind::Close(AccessMode::Read))
-                        | EventKind::Access(AccessKind::Any)
-                );
-                !ours && !proto::files::only_hidden_below(&abs_root, &ev.paths)
-            }
+            // Our own reads are not reported (the watch's mask leaves opens and closes
+            // without writing out); files staged in a hidden folder before their rename
+            // change nothing a scan sees.
+            Ok(ev) => !proto::files::only_hidden_below(&abs_root, &ev.paths),
             Err(_) => true,
         };
         if let (true, Some(s)) = (relevant, weak.upgrade()) {
