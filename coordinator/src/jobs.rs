@@ -27,6 +27,27 @@ pub fn same_line(a: &str, b: &str) -> bool {
     a.split_whitespace().eq(b.split_whitespace())
 }
 
+/// Why submitting job `name` with `line` would replace another job, if it would: the job
+/// file `file` holds another line. `whence` says where that job came from ("was submitted
+/// before", "is in the jobs folder"). No file: None; a file that cannot be read: the error.
+pub fn taken_otherwise(
+    file: &std::path::Path,
+    name: &str,
+    line: &str,
+    whence: &str,
+) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(file) {
+        Ok(kept) if !same_line(&kept, line) => Ok(Some(format!(
+            "a job named {name} {whence} with another line ({}): submit it with --replace \
+             to replace it, or give another name",
+            kept.trim()
+        ))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether job `name` with `line` may be submitted to the group (`coordinator submit`):
 /// the name 1–64 of `[A-Za-z0-9._-]`, not starting with `.` (it becomes the file
 /// `<name>.job` and the report `jobs/<name>.json`), and the line a valid job. Checked by

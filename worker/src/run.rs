@@ -170,23 +170,15 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 backoff = Duration::from_millis(100);
                 failed = 0;
             }
-            Err(e @ proto::ProtoError::WrongKey(_)) => {
-                wrong_key.insert(addr.clone());
-                unreachable.remove(&addr);
-                if let Some(why) = key_verdict(&cfg.coordinators, &wrong_key, &unreachable) {
-                    error!(reason = why, "wrong cluster key");
-                    return Err(Refused(why).into());
-                }
-                warn!(error = %e, coordinator = addr, "this coordinator refuses the worker's cluster key; trying the others");
-                at += 1;
-                failed += 1;
-                if failed % cfg.coordinators.len() != 0 {
-                    continue;
-                }
-            }
             Err(e) => {
-                info!(error = %e, coordinator = addr, "coordinator not reachable; retrying");
-                unreachable.insert(addr.clone());
+                if matches!(e, proto::ProtoError::WrongKey(_)) {
+                    warn!(error = %e, coordinator = addr, "this coordinator refuses the worker's cluster key; trying the others");
+                    wrong_key.insert(addr.clone());
+                    unreachable.remove(&addr);
+                } else {
+                    info!(error = %e, coordinator = addr, "coordinator not reachable; retrying");
+                    unreachable.insert(addr.clone());
+                }
                 if let Some(why) = key_verdict(&cfg.coordinators, &wrong_key, &unreachable) {
                     error!(reason = why, "wrong cluster key");
                     return Err(Refused(why).into());

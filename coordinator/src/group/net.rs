@@ -372,21 +372,16 @@ async fn answer_submit(raft: &Raft, a: &Answering, s: Submission) -> Submitted {
     }
     // A job file of that name in the jobs folder (dropped there by hand, or placed by the
     // leader of another group before a mode switch) that this group's log does not know:
-    // the same rule as for a job submitted before ([`crate::jobs::same_line`]).
+    // the same rule as for a job submitted before ([`crate::jobs::taken_otherwise`]).
     if !s.replace {
         let file = a.jobs.join(format!("{}.job", s.name));
-        if let Ok(kept) = std::fs::read_to_string(&file) {
-            if !crate::jobs::same_line(&kept, &s.line) {
-                return Submitted::Refused {
-                    reason: format!(
-                        "a job named {} is in the jobs folder with another line ({}): submit \
-                         it with --replace to replace it, or give another name",
-                        s.name,
-                        kept.trim()
-                    ),
-                    retry: false,
-                };
-            }
+        if let Ok(Some(reason)) =
+            crate::jobs::taken_otherwise(&file, &s.name, &s.line, "is in the jobs folder")
+        {
+            return Submitted::Refused {
+                reason,
+                retry: false,
+            };
         }
     }
     let cmd = super::Command::SubmitJob {

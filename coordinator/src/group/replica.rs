@@ -410,19 +410,10 @@ impl State {
         let text = format!("{}\n", line.trim());
         let own = self.dir.join("jobs").join(&file);
         if !replace {
-            match std::fs::read_to_string(&own) {
-                Ok(kept) if !crate::jobs::same_line(&kept, line) => {
-                    return Ok(Err(format!(
-                        "a job named {name} was submitted before with another line ({}): \
-                         submit it with --replace to replace it, or give another name",
-                        kept.trim()
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", own.display()));
-                }
+            let taken = crate::jobs::taken_otherwise(&own, name, line, "was submitted before")
+                .with_context(|| format!("reading {}", own.display()))?;
+            if let Some(why) = taken {
+                return Ok(Err(why));
             }
         }
         write_if_changed(&own, &text)?;
