@@ -387,6 +387,12 @@ impl Pipeline {
     pub fn member_log(&self, id: usize, n: usize) -> String {
         crate::log_tail(&self.path(&format!("logs/coordinator-{id}.log")), n)
     }
+
+    /// Group member `id`'s whole log so far (empty if it has none yet).
+    pub fn member_log_all(&self, id: usize) -> String {
+        std::fs::read_to_string(self.path(&format!("logs/coordinator-{id}.log")))
+            .unwrap_or_default()
+    }
 }
 
 impl Pipeline {

@@ -276,9 +276,7 @@ fn bulk_member_down_across_a_compaction_catches_up() {
     p.wait_all_reported(T);
     p.start_member(down);
     wait_members_identical(&p, "data/coordinators", &[1, 2, 3]);
-    let log = || {
-        std::fs::read_to_string(p.path(&format!("logs/coordinator-{down}.log"))).unwrap_or_default()
-    };
+    let log = || p.member_log_all(down);
     // The log line is written just after the files are in place.
     wait_for(
         Duration::from_secs(20),

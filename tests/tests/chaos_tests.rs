@@ -127,8 +127,7 @@ fn chaos_replicated_exact() {
     );
     let recoveries: usize = (1..=3)
         .map(|m| {
-            std::fs::read_to_string(p.path(&format!("logs/coordinator-{m}.log")))
-                .unwrap_or_default()
+            p.member_log_all(m as usize)
                 .lines()
                 .filter(|l| l.contains("recovered from snapshot"))
                 .count()

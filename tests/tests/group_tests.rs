@@ -216,8 +216,7 @@ fn group_follower_lost_then_caught_up_by_snapshot() {
         Duration::from_secs(20),
         "the follower's log of the install",
         || {
-            std::fs::read_to_string(p.path(&format!("logs/coordinator-{follower}.log")))
-                .unwrap_or_default()
+            p.member_log_all(follower)
                 .contains("installed a snapshot from the leader")
         },
     );
@@ -379,8 +378,7 @@ fn group_leader_paused_is_replaced() {
     // Resumed, the old leader's proposals fail at once until it learns it was deposed: it
     // pauses between retries instead of proposing its handed-back flush again and again
     // (63,000 "flush not durable" lines in ~1.2 s were seen from outside).
-    let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{first}.log")))
-        .unwrap_or_default();
+    let log = p.member_log_all(first);
     let retries = log.matches("flush not durable").count();
     assert!(
         retries <= 40,
@@ -413,8 +411,7 @@ fn one_leader_throughout(p: &mut Pipeline) -> usize {
     two_workers_to_the_end(p);
     assert_eq!(p.leader(), Some(first), "the same leader throughout");
     for id in 1..=3 {
-        let log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
-            .unwrap_or_default();
+        let log = p.member_log_all(id);
         assert!(
             !log.contains("stop serving") && !log.contains("lost the lead"),
             "coordinator-{id} lost or gave up the lead while healthy:\n{}",
@@ -452,8 +449,7 @@ fn group_leader_keeps_its_lead_through_missed_heartbeat_rounds() {
         .push(("PRIMES_SLOW_ANSWERS", s("400:800:300:1800")));
     p.worker_flags_mut(vec![s("--delay-ms"), s("60")]);
     let first = one_leader_throughout(&mut p);
-    let leader_log = std::fs::read_to_string(p.path(&format!("logs/coordinator-{first}.log")))
-        .unwrap_or_default();
+    let leader_log = p.member_log_all(first);
     assert!(
         leader_log.contains("a majority confirms this leader after missed rounds"),
         "the slow window never made the leader miss a round (the test proves nothing):\n{}",
@@ -472,17 +468,14 @@ fn group_started_one_member_at_a_time_elects_the_first() {
     write_inputs(&p.path("data/input"), "seq", 4, 500, 3);
     p.simple();
     p.plan_group(3);
-    let log = |p: &Pipeline, id: usize| {
-        std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log"))).unwrap_or_default()
-    };
     p.start_member(1);
     wait_for(T, "coordinator-1 to stand or wait for a majority", || {
-        let l = log(&p, 1);
+        let l = p.member_log_all(1);
         l.contains("group initialized") || l.contains("waiting for a majority")
     });
     p.start_member(2);
     wait_for(T, "coordinator-2 to start", || {
-        log(&p, 2).contains("replica starting")
+        p.member_log_all(2).contains("replica starting")
     });
     p.start_member(3);
     let leader = p.wait_leader_other_than(None, T);
@@ -494,13 +487,13 @@ fn group_started_one_member_at_a_time_elects_the_first() {
         p.member_log(leader, 30)
     );
     assert!(
-        log(&p, 1).contains("coordinator-1 leads term=1"),
+        p.member_log_all(1).contains("coordinator-1 leads term=1"),
         "coordinator-1 won the first election:\n{}",
         p.member_log(1, 30)
     );
     for id in 2..=3 {
         assert!(
-            !log(&p, id).contains("group initialized"),
+            !p.member_log_all(id).contains("group initialized"),
             "coordinator-{id} had to stand for election itself:\n{}",
             p.member_log(id, 30)
         );
@@ -690,11 +683,7 @@ fn group_status_without_a_majority() {
     wait_for(
         Duration::from_secs(30),
         "the lone leader's coordinator stopped",
-        || {
-            std::fs::read_to_string(p.path(&format!("logs/coordinator-{leader}.log")))
-                .unwrap_or_default()
-                .contains("coordinator stopped")
-        },
+        || p.member_log_all(leader).contains("coordinator stopped"),
     );
     assert_eq!(p.status()["running"], false, "its status file says so too");
 }

@@ -467,8 +467,7 @@ fn group_leader_cut_off_by_a_partition() {
     net.link(host_of(old), true);
     p.wait_all_reported(Duration::from_secs(120));
     p.assert_exact();
-    let log =
-        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log"))).unwrap_or_default();
+    let log = p.member_log_all(old as usize);
     assert!(
         log.contains("no majority confirms this leader") || log.contains("lost the lead"),
         "the old leader stopped serving:\n{}",
@@ -477,16 +476,14 @@ fn group_leader_cut_off_by_a_partition() {
     // It rejoins as a follower (once its connections are back: the work may all be done
     // by then) and catches up.
     let follows = || {
-        std::fs::read_to_string(p.path(&format!("logs/coordinator-{old}.log")))
-            .unwrap_or_default()
+        p.member_log_all(old as usize)
             .contains(&format!("group: coordinator-{new} leads"))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !follows() {
         if std::time::Instant::now() >= deadline {
             for id in 1..=3 {
-                let l = std::fs::read_to_string(p.path(&format!("logs/coordinator-{id}.log")))
-                    .unwrap_or_default();
+                let l = p.member_log_all(id as usize);
                 eprintln!("DEBUG coordinator-{id}:");
                 for line in l.lines().filter(|l| {
                     l.contains("pre-vote")
@@ -548,8 +545,7 @@ fn group_follower_cut_off_does_not_depose_the_leader() {
     wait_for(Duration::from_secs(30), "the follower to catch up", || {
         applied_index(&p, follower) >= applied_index(&p, leader)
     });
-    let flog = std::fs::read_to_string(p.path(&format!("logs/coordinator-{follower}.log")))
-        .unwrap_or_default();
+    let flog = p.member_log_all(follower as usize);
     assert_eq!(
         cut_term,
         term,
