@@ -9,6 +9,7 @@
 # Prints each time, then the median and the worst. Checks primes.txt against `worker check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 kills=${1:-20}
 workers=${WORKERS:-2}
 B=$PWD/target/release
@@ -24,9 +25,9 @@ export PRIMES_KEY_FILE="$work/run/cluster.key"
 # Enough work for every kill: files of random 64-bit numbers, slowed by --delay-ms so the
 # run lasts (primes keep arriving; the time measured is the coordinators', not the work's).
 "$B/gen-input" --out data/input --kind random64 --files 1500 --bytes 100000 --seed 21 > /dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+read -r -a ports <<< "$(free_ports 6)"
 w=(); r=()
-for n in 1 2 3; do w+=("127.0.0.1:$(free_port)"); r+=("127.0.0.1:$(free_port)"); done
+for n in 0 1 2; do w+=("127.0.0.1:${ports[$((2 * n))]}"); r+=("127.0.0.1:${ports[$((2 * n + 1))]}"); done
 group="${w[0]}/${r[0]},${w[1]}/${r[1]},${w[2]}/${r[2]}"
 "$B/afs-server" --root data/input --addr-file run/s.addr > logs/server.log 2>&1 & pids+=($!)
 while [ ! -s run/s.addr ]; do sleep 0.01; done

@@ -50,7 +50,25 @@ files=$(find "$data" -name '*.txt' | wc -l)
 bytes=$(du -sb "$data" | cut -f1)
 
 now() { date +%s.%N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+# await_files PIDS FILE...: polls every 2 ms until each file is non-empty; after 30 s, or
+# once a process of the run has exited, kills the run's processes and fails with their logs.
+all_alive() { local p; for p in $1; do kill -0 "$p" 2>/dev/null || return 1; done; }
+await_files() {
+  local pids=$1 f deadline=$((SECONDS + 30)) polls=0; shift
+  for f in "$@"; do
+    while [ ! -s "$f" ]; do
+      polls=$((polls + 1))
+      if [ "$SECONDS" -ge "$deadline" ] || { [ $((polls % 50)) = 0 ] && ! all_alive "$pids"; }; then
+        echo "no $f (a process exited, or 30 s passed); logs in $PWD:" >&2
+        tail -n 3 ./*.log >&2
+        kill $pids 2>/dev/null
+        return 1
+      fi
+      sleep 0.002
+    done
+  done
+}
 # Work folders are removed when the script ends, not between runs: ext4 is slow to create
 # files right after thousands were deleted (it skips recently freed inodes), which made each
 # run of dataset (a) slower than the one before it (0.58 s, 0.98 s, 2.1 s, ...).
@@ -69,20 +87,23 @@ run_system() {
   export PRIMES_KEY_FILE="$work/run/cluster.key"
   cd "$work"
   # A group's ports, picked before the clock starts (each pick runs python).
-  local gw=() gr=() n spec
+  local gw=() gr=() n spec ports
   if [ "${GROUP:-0}" != 0 ]; then
-    for n in $(seq "$GROUP"); do gw+=("127.0.0.1:$(free_port)"); gr+=("127.0.0.1:$(free_port)"); done
+    read -r -a ports <<< "$(free_ports $((2 * GROUP)))"
+    for n in $(seq 0 $((GROUP - 1))); do
+      gw+=("127.0.0.1:${ports[$((2 * n))]}"); gr+=("127.0.0.1:${ports[$((2 * n + 1))]}")
+    done
   fi
   t0=$(now)
   AFS_LOCAL_SOCKET=run/s.sock "$B/afs-server" --root data/input --addr-file run/s.addr > s.log 2>&1 & pids+=($!)
   if [ "${GROUP:-0}" = 3 ]; then
-    while [ ! -s run/s.addr ]; do sleep 0.002; done
+    await_files "${pids[*]}" run/s.addr
     spec="${gw[0]}/${gr[0]},${gw[1]}/${gr[1]},${gw[2]}/${gr[2]}"
     for n in 1 2 3; do
       "$B/coordinator" --group "$spec" --group-id "$n" --afs "$(< run/s.addr)" --inputs-from-afs \
         --addr-file "run/c$n.addr" --snapshot-ms "$snap_ms" > "c$n.log" 2>&1 & pids+=($!)
     done
-    while [ ! -s run/c3.addr ]; do sleep 0.002; done
+    await_files "${pids[*]}" run/c3.addr
     echo "${gw[0]},${gw[1]},${gw[2]}" > run/c.addr
   elif [ "${GROUP:-0}" = 1 ]; then
     "$B/coordinator" --group "${gw[0]}/${gr[0]}" --group-id 1 \
@@ -93,7 +114,7 @@ run_system() {
   # The harness's own latency before the workers start is not the system's: poll every 2 ms
   # and read the addresses with bash builtins (four `cat` processes and a 10 ms poll took
   # ~10 ms of the ~0.18 s of dataset a).
-  while [ ! -s run/s.addr ] || [ ! -s run/c.addr ]; do sleep 0.002; done
+  await_files "${pids[*]}" run/s.addr run/c.addr
   local caddr saddr
   caddr=$(< run/c.addr); saddr=$(< run/s.addr)
   for i in $(seq "$workers"); do

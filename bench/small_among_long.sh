@@ -10,6 +10,7 @@
 #   bench/small_among_long.sh [ROUNDS] [BIN_DIR]     (defaults: 3, target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3}
 B=${2:-$PWD/target/release}
 [ -n "${2:-}" ] || cargo build --release --workspace --bins -q
@@ -40,12 +41,12 @@ while len(nums) < count:
 open(out, "w").write("\n".join(map(str, nums)) + "\n")
 PY
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+read -r -a ports <<< "$(free_ports 2)"
 "$B/afs-server" --root data/input --addr-file run/s.addr > logs/server.log 2>&1 & pids+=($!)
 while [ ! -s run/s.addr ]; do sleep 0.01; done
 saddr=$(< run/s.addr)
-caddr="127.0.0.1:$(free_port)"
-"$B/coordinator" --group "$caddr/127.0.0.1:$(free_port)" --group-id 1 --afs "$saddr" \
+caddr="127.0.0.1:${ports[0]}"
+"$B/coordinator" --group "$caddr/127.0.0.1:${ports[1]}" --group-id 1 --afs "$saddr" \
   --addr-file run/c.addr > logs/coordinator.log 2>&1 & pids+=($!)
 while [ ! -s run/c.addr ]; do sleep 0.01; done
 for i in 1 2 3; do
