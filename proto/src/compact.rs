@@ -28,6 +28,25 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error
     d.deserialize_any(Numbers)
 }
 
+/// The numbers of a base64 string of 8 little-endian bytes each.
+pub fn decode_base64(s: &str) -> Result<Vec<u64>, String> {
+    let bytes = STANDARD.decode(s).map_err(|e| e.to_string())?;
+    if bytes.len() % 8 != 0 {
+        return Err(format!(
+            "{} bytes of numbers: not 8 per number",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect())
+}
+
 struct Numbers;
 
 impl<'de> Visitor<'de> for Numbers {
@@ -38,21 +57,7 @@ impl<'de> Visitor<'de> for Numbers {
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<u64>, E> {
-        let bytes = STANDARD.decode(s).map_err(E::custom)?;
-        if bytes.len() % 8 != 0 {
-            return Err(E::custom(format!(
-                "{} bytes of numbers: not 8 per number",
-                bytes.len()
-            )));
-        }
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                u64::from_le_bytes(b)
-            })
-            .collect())
+        decode_base64(s).map_err(E::custom)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u64>, A::Error> {

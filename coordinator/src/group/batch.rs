@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::core::FlushBatch;
 use crate::ranges::{Finished, Run};
 
+mod encoded;
+
+pub use encoded::FilePrimes;
+
 /// The most an entry's primes and tasks take, encoded (JSON, primes as base64 of 8 bytes).
 /// With [`MAX_PAYLOAD_ENTRIES`] per AppendEntries, no RPC between members exceeds ~1 MiB.
 pub const MAX_ENTRY_BYTES: usize = 256 << 10;
@@ -61,8 +65,8 @@ pub struct Batch {
     /// not have committed (entries written before this field existed have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
-    #[serde(with = "crate::compact", default)]
-    pub small: Vec<u64>,
+    #[serde(default)]
+    pub small: FilePrimes,
     #[serde(default)]
     pub big: Vec<String>,
     #[serde(default)]
@@ -155,7 +159,9 @@ pub fn split(p: &mut FlushBatch, mut next_id: impl FnMut() -> u64) -> Vec<(Batch
         };
     let small = std::mem::take(&mut p.small);
     for chunk in small.chunks(SMALL_PER_ENTRY) {
-        cur.small.extend_from_slice(chunk);
+        // A chunk fills an entry: the batch holds no file primes yet.
+        debug_assert!(cur.small.is_empty());
+        cur.small = FilePrimes::from(chunk.to_vec());
         used += chunk.len() * 11;
         if used >= MAX_ENTRY_BYTES - ITEM_BYTES {
             flush(&mut cur, &mut cur_runs, &mut used);
@@ -202,7 +208,7 @@ pub fn split(p: &mut FlushBatch, mut next_id: impl FnMut() -> u64) -> Vec<(Batch
 /// batch committed after all, and its primes are durable).
 pub fn unsplit(p: &mut FlushBatch, batches: impl IntoIterator<Item = (Batch, Option<Vec<Run>>)>) {
     for (b, runs) in batches {
-        p.small.extend(b.small);
+        p.small.extend_from_slice(&b.small);
         p.big.extend(b.big);
         for r in runs.unwrap_or_default() {
             p.push_run(r.lo, r.hi, r.primes);

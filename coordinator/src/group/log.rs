@@ -9,7 +9,8 @@
 //!
 //! In memory: an index only, per log index the entry's log id and where its line is in the
 //! file (offset and length), with the last purged log id, the vote and the committed log id;
-//! and a cache of the entries appended last (at most 64 of them and 8 MiB), which
+//! and a cache of the entries appended last (at most 64 of them and 8 MiB as encoded; a
+//! batch's file primes are held decoded beside their text, so up to ~14 MiB), which
 //! replication and the state machine read right after they are appended. Other entries are
 //! read from the file when asked for (positioned reads on a handle of their own), and
 //! decoded then.

@@ -274,7 +274,7 @@ async fn a_batch_logged_in_another_term_than_its_leaders_is_refused() {
         Command::Batch(batch::Batch {
             id,
             term,
-            small,
+            small: small.into(),
             ..batch::Batch::default()
         })
     };
