@@ -103,13 +103,6 @@ fn set_inside(set: &HashSet<u64, Hash>, run: &Run) -> Option<Vec<u64>> {
     Some(v)
 }
 
-/// The dedup set starts with room for at least this many primes (its table then takes
-/// 4.5 MiB: 2^19 slots of 8 bytes and their control bytes). Grown from empty, a set of
-/// 300,000 file primes was rebuilt 17 times on the way (each rebuild a new table to fault
-/// in and every prime hashed again): half of the time of its inserts, paid by every member
-/// of a group as it applies (BENCHMARKS.md).
-const SET_ROOM: usize = 1 << 18;
-
 /// Bytes formatted before they are handed to the file during an append.
 const WRITE_PIECE: usize = 1 << 20;
 

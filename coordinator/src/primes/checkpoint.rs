@@ -319,7 +319,7 @@ pub(super) fn resume(
     if ranges.covered.intervals() == 0 {
         reserve += (tail / 20) as usize;
     }
-    let (small, big) = read_set(set_path, meta, reserve.max(super::SET_ROOM))?;
+    let (small, big) = read_set(set_path, meta, reserve)?;
     let before = (small.len() + big.len()) as u64;
     let loaded = load(
         file,

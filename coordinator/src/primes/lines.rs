@@ -140,8 +140,7 @@ pub(super) fn load_all(file: &File, len: u64, covered: &Covered) -> std::io::Res
         0
     } else {
         (len / 20) as usize
-    }
-    .max(super::SET_ROOM);
+    };
     let sets = (
         HashSet::with_capacity_and_hasher(reserve, Hash::default()),
         HashSet::with_hasher(Hash::default()),
