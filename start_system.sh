@@ -266,8 +266,14 @@ else
   dashboard="http://$(cat run/http.addr 2>/dev/null || echo "$http_addr")/"
   group_note=""
 fi
+# The first line says whether everything is up: "system up" only when it is.
+if [ ${#not_up[@]} -gt 0 ]; then
+  headline="system partly up ($mode, $workers workers): ${#not_up[@]} not up (listed below, exit 3); the rest runs."
+else
+  headline="system up ($mode, $workers workers)."
+fi
 cat <<MSG
-system up ($mode, $workers workers). Drop files into data/input/; primes go to primes.txt.
+$headline Drop files into data/input/; primes go to primes.txt.
   dashboard: $dashboard
   progress:  $BIN/coordinator status          (--watch for a live view, --json for scripts)
   logs:      logs/coordinator*.log, logs/worker-N.log, logs/server-N.log
