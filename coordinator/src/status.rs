@@ -421,21 +421,30 @@ pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
     }
     let mut out = std::io::stdout();
     loop {
-        let text = match read(path) {
-            Ok(v) if json => serde_json::to_string(&v)? + "\n",
-            Ok(v) => render(&v),
-            Err(e) => format!("{e:#}\n"),
+        let (text, running) = match read(path) {
+            Ok(v) if json => (serde_json::to_string(&v)? + "\n", v["running"] == true),
+            Ok(v) => (render(&v), v["running"] == true),
+            Err(e) => (format!("{e:#}\n"), false),
         };
-        if json {
-            write!(out, "{text}")?;
+        let written = if json {
+            write!(out, "{text}")
         } else {
             // Clear the screen and redraw.
             write!(
                 out,
                 "\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to quit)\n"
-            )?;
+            )
         }
-        out.flush()?;
+        .and_then(|()| out.flush());
+        match written {
+            Ok(()) => {}
+            // The reader went (`status --watch --json | head -n 3`): the watch is over, and
+            // the exit status says what the last status showed.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok(if running { Running::Yes } else { Running::No });
+            }
+            Err(e) => return Err(e).context("writing the status"),
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
