@@ -1,6 +1,7 @@
 //! Small helpers every binary needs: a shutdown token wired to SIGINT/SIGTERM, the
-//! address file that tells scripts and tests which port a server really bound, and idle
-//! priority for a thread whose work can wait.
+//! address file that tells scripts and tests which port a server really bound, idle
+//! priority for a thread whose work can wait, and where `start_system.sh` puts the system
+//! (the commands' default addresses).
 
 use std::path::Path;
 
@@ -83,6 +84,35 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::filter::Targets {
     }
 }
 
+/// Ports `start_system.sh` uses from its base: workers' coordinator ports, file servers,
+/// Raft ports and dashboards, up to base + 12.
+const STARTED_SPAN: u16 = 12;
+
+/// Where `start_system.sh` puts the system, for the commands' default addresses:
+/// `PRIMES_HOST` (127.0.0.1) and `PRIMES_BASE_PORT` (7400), as the script reads them. Err:
+/// a `PRIMES_BASE_PORT` that is not a port number with room for the script's ports.
+pub fn started_base() -> Result<(String, u16), String> {
+    started_base_from(
+        std::env::var("PRIMES_HOST").ok(),
+        std::env::var("PRIMES_BASE_PORT").ok(),
+    )
+}
+
+fn started_base_from(host: Option<String>, base: Option<String>) -> Result<(String, u16), String> {
+    let host = host
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let base = match base.filter(|b| !b.is_empty()) {
+        None => 7400,
+        Some(b) => b
+            .parse::<u16>()
+            .ok()
+            .filter(|b| b.checked_add(STARTED_SPAN).is_some())
+            .ok_or_else(|| format!("PRIMES_BASE_PORT must be a port number, got '{b}'"))?,
+    };
+    Ok((host, base))
+}
+
 /// Nice 19 for the calling thread (Linux keeps the nice value per thread, so nothing else
 /// in the process is slowed; raising it needs no privilege). A failure is logged at debug
 /// and leaves the normal priority, which is only slower for everyone else. Never call it
@@ -100,6 +130,24 @@ mod tests {
     use tracing::Level;
 
     use super::log_filter;
+
+    #[test]
+    fn started_base_defaults_and_refusals() {
+        use super::started_base_from as f;
+        assert_eq!(f(None, None), Ok(("127.0.0.1".into(), 7400)));
+        assert_eq!(
+            f(Some(String::new()), Some(String::new())),
+            Ok(("127.0.0.1".into(), 7400))
+        );
+        assert_eq!(
+            f(Some("10.0.0.2".into()), Some("9000".into())),
+            Ok(("10.0.0.2".into(), 9000))
+        );
+        for bad in ["x", "-1", "70000", "65530"] {
+            let e = f(None, Some(bad.into())).unwrap_err();
+            assert!(e.contains("PRIMES_BASE_PORT") && e.contains(bad), "{e}");
+        }
+    }
 
     #[test]
     fn the_default_log_keeps_raft_chatter_out() {

@@ -344,15 +344,7 @@ fn started_ports(given: Vec<String>, offset: u16) -> anyhow::Result<Vec<String>>
     if !given.is_empty() {
         return Ok(given);
     }
-    let host = std::env::var("PRIMES_HOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let base: u16 = match std::env::var("PRIMES_BASE_PORT") {
-        Ok(b) if !b.is_empty() => b
-            .parse()
-            .ok()
-            .filter(|b: &u16| b.checked_add(offset + 2).is_some())
-            .with_context(|| format!("PRIMES_BASE_PORT must be a port number, got '{b}'"))?,
-        _ => 7400,
-    };
+    let (host, base) = proto::process::started_base().map_err(anyhow::Error::msg)?;
     Ok((0..3)
         .map(|i| format!("{host}:{}", base + offset + i))
         .collect())

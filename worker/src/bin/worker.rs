@@ -28,21 +28,14 @@ struct RunArgs {
     id: String,
     /// Coordinator address, or several (comma-separated or repeated): the worker registers
     /// with the first that answers and, when it loses it, tries the next at once (a round
-    /// of all of them failing waits out the backoff).
-    #[arg(
-        long,
-        env = "PRIMES_COORDINATOR",
-        default_value = "127.0.0.1:7400",
-        value_delimiter = ','
-    )]
+    /// of all of them failing waits out the backoff). Default: the ports `start_system.sh`
+    /// gives the coordinators, PRIMES_HOST (127.0.0.1) at PRIMES_BASE_PORT (7400), + 4 and
+    /// + 5 (a group's other members).
+    #[arg(long, env = "PRIMES_COORDINATOR", value_delimiter = ',')]
     coordinator: Vec<String>,
-    /// File servers, primary first (comma-separated or repeated).
-    #[arg(
-        long = "afs",
-        env = "AFS_SERVERS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-    )]
+    /// File servers, primary first (comma-separated or repeated). Default: the ports
+    /// `start_system.sh` gives them, PRIMES_HOST at PRIMES_BASE_PORT + 1, 2 and 3.
+    #[arg(long = "afs", env = "AFS_SERVERS", value_delimiter = ',')]
     afs: Vec<String>,
     /// Cache root; this worker's cache is <cache-root>/<id>/ (default: `cache` in the
     /// current folder, the checkout, where start_system.sh puts it too).
@@ -235,15 +228,33 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.fail_prob) {
         anyhow::bail!("--fail-prob {} must be between 0 and 1", a.fail_prob);
     }
-    if a.afs.is_empty() {
-        anyhow::bail!("--afs needs at least one file server address");
-    }
+    // Not given: where start_system.sh puts them (following PRIMES_BASE_PORT as it does).
+    let (coordinators, afs_servers) = match (a.coordinator.is_empty(), a.afs.is_empty()) {
+        (false, false) => (a.coordinator, a.afs),
+        (no_coordinator, no_afs) => {
+            let (host, base) = proto::process::started_base().map_err(anyhow::Error::msg)?;
+            let at = |offsets: &[u16]| -> Vec<String> {
+                offsets
+                    .iter()
+                    .map(|o| format!("{host}:{}", base + o))
+                    .collect()
+            };
+            (
+                if no_coordinator {
+                    at(&[0, 4, 5])
+                } else {
+                    a.coordinator
+                },
+                if no_afs { at(&[1, 2, 3]) } else { a.afs },
+            )
+        }
+    };
     let threads = set_threads(a.threads)?;
     let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
     let cfg = WorkerConfig {
         id: a.id,
-        coordinators: a.coordinator,
-        afs_servers: a.afs,
+        coordinators,
+        afs_servers,
         cache_root: a.cache_root,
         cache_limit_bytes: a.cache_mib << 20,
         memory_file_max: a.memory_file_kib << 10,
