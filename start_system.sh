@@ -230,10 +230,12 @@ for i in $(seq "$workers"); do
   name="worker-$i"
   ok=0
   for _ in $(seq 300); do
+    # Suspended first: the coordinator lists a paused worker as registered until it misses
+    # its heartbeats (15 s), but it is not up.
+    is_stopped "$name" && break
     if "$BIN/coordinator" status --status-file run/status.json --registered "$name" 2>/dev/null
     then ok=1; break; fi
     is_ours "$name" || break
-    is_stopped "$name" && break
     sleep 0.05
   done
   if [ "$ok" = 1 ]; then echo "  $name registered (pid $(pid_of "$name"))"; continue; fi

@@ -407,6 +407,21 @@ fn rerun_with_a_suspended_worker_keeps_the_restarted_coordinator() {
     assert_eq!(code, 0, "{out}");
     unsafe {
         libc::kill(s.pid("worker-2"), libc::SIGSTOP);
+    }
+    // At once, while the coordinator still lists the paused worker as registered (until it
+    // misses its heartbeats): not up all the same, and the headline says so.
+    let (code, out) = s.run("start_system.sh", &[], &[]);
+    assert_eq!(code, 3, "a suspended worker is not up\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("worker-2") && l.contains("suspended")),
+        "{out}"
+    );
+    assert!(
+        out.contains("system partly up") && !out.contains("system up ("),
+        "{out}"
+    );
+    unsafe {
         libc::kill(s.pid("coordinator"), libc::SIGKILL);
     }
     wait_for(T, "the coordinator gone", || {
