@@ -397,6 +397,21 @@ fn cancelled_work_stops() {
     p.assert_exact();
 }
 
+/// A rerun's verdict with worker-2 suspended: exit 3, worker-2 named as suspended, and a
+/// headline that does not say "system up".
+fn partly_up_with_worker_2_suspended(code: i32, out: &str) {
+    assert_eq!(code, 3, "exit 3: up, but worker-2 is not answering\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("worker-2") && l.contains("suspended")),
+        "{out}"
+    );
+    assert!(
+        out.contains("system partly up") && !out.contains("system up ("),
+        "{out}"
+    );
+}
+
 #[test]
 /// `./start_system.sh` rerun after the coordinator died while a worker is suspended: the
 /// coordinator is restarted and stays up (nothing healthy or just restarted is stopped), the
@@ -411,16 +426,7 @@ fn rerun_with_a_suspended_worker_keeps_the_restarted_coordinator() {
     // At once, while the coordinator still lists the paused worker as registered (until it
     // misses its heartbeats): not up all the same, and the headline says so.
     let (code, out) = s.run("start_system.sh", &[], &[]);
-    assert_eq!(code, 3, "a suspended worker is not up\n{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.contains("worker-2") && l.contains("suspended")),
-        "{out}"
-    );
-    assert!(
-        out.contains("system partly up") && !out.contains("system up ("),
-        "{out}"
-    );
+    partly_up_with_worker_2_suspended(code, &out);
     unsafe {
         libc::kill(s.pid("coordinator"), libc::SIGKILL);
     }
@@ -428,12 +434,7 @@ fn rerun_with_a_suspended_worker_keeps_the_restarted_coordinator() {
         !e2e::alive(s.pid("coordinator"))
     });
     let (code, out) = s.run("start_system.sh", &[], &[]);
-    assert_eq!(code, 3, "exit 3: up, but worker-2 is not answering\n{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.contains("worker-2") && l.contains("suspended")),
-        "{out}"
-    );
+    partly_up_with_worker_2_suspended(code, &out);
     let coord = s.pid("coordinator");
     assert!(
         e2e::alive(coord),
