@@ -16,12 +16,20 @@ use serde::{Deserializer, Serializer};
 
 /// Takes a `Vec<u64>`, a `[u64]` or a `&[u64]` (`serialize_with` on a borrowed slice).
 pub fn serialize<S: Serializer, V: AsRef<[u64]> + ?Sized>(v: &V, s: S) -> Result<S::Ok, S::Error> {
-    let v = v.as_ref();
+    let mut text = String::new();
+    encode_base64_into(v.as_ref(), &mut text);
+    s.serialize_str(&text)
+}
+
+/// Appends the base64 of `v`'s 8-byte little-endian values to `out` (the text
+/// [`serialize`] writes, without quotes).
+pub fn encode_base64_into(v: &[u64], out: &mut String) {
     let mut bytes = Vec::with_capacity(v.len() * 8);
     for n in v {
         bytes.extend_from_slice(&n.to_le_bytes());
     }
-    s.serialize_str(&STANDARD.encode(bytes))
+    out.reserve(bytes.len().div_ceil(3) * 4);
+    STANDARD.encode_string(&bytes, out);
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {

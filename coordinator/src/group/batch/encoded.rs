@@ -16,8 +16,6 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -64,13 +62,8 @@ impl fmt::Debug for FilePrimes {
 
 /// The JSON text of `values`: a quoted base64 string.
 fn encode(values: &[u64]) -> Result<Box<RawValue>, serde_json::Error> {
-    let mut bytes = Vec::with_capacity(values.len() * 8);
-    for n in values {
-        bytes.extend_from_slice(&n.to_le_bytes());
-    }
-    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
-    text.push('"');
-    STANDARD.encode_string(&bytes, &mut text);
+    let mut text = String::from("\"");
+    proto::compact::encode_base64_into(values, &mut text);
     text.push('"');
     RawValue::from_string(text)
 }
