@@ -88,14 +88,23 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::filter::Targets {
 /// Raft ports and dashboards, up to base + 12.
 const STARTED_SPAN: u16 = 12;
 
-/// Where `start_system.sh` puts the system, for the commands' default addresses:
-/// `PRIMES_HOST` (127.0.0.1) and `PRIMES_BASE_PORT` (7400), as the script reads them. Err:
-/// a `PRIMES_BASE_PORT` that is not a port number with room for the script's ports.
-pub fn started_base() -> Result<(String, u16), String> {
-    started_base_from(
+/// `given` if any; else a command's default addresses, where `start_system.sh` puts them:
+/// `PRIMES_HOST` (127.0.0.1) at `PRIMES_BASE_PORT` (7400) + each of `offsets` (at most
+/// 12), the two variables read as the script reads them. Err: a `PRIMES_BASE_PORT` that is
+/// not a port number with room for the script's ports.
+pub fn given_or_started(given: Vec<String>, offsets: &[u16]) -> Result<Vec<String>, String> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let (host, base) = started_base_from(
         std::env::var("PRIMES_HOST").ok(),
         std::env::var("PRIMES_BASE_PORT").ok(),
-    )
+    )?;
+    debug_assert!(offsets.iter().all(|o| *o <= STARTED_SPAN));
+    Ok(offsets
+        .iter()
+        .map(|o| format!("{host}:{}", base + o))
+        .collect())
 }
 
 fn started_base_from(host: Option<String>, base: Option<String>) -> Result<(String, u16), String> {

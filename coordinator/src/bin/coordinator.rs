@@ -341,13 +341,8 @@ fn main() -> ExitCode {
 /// `given` if any; else the three addresses `start_system.sh` gives its members for this
 /// purpose: PRIMES_HOST (127.0.0.1) at PRIMES_BASE_PORT (7400) + `offset` + 0, 1, 2.
 fn started_ports(given: Vec<String>, offset: u16) -> anyhow::Result<Vec<String>> {
-    if !given.is_empty() {
-        return Ok(given);
-    }
-    let (host, base) = proto::process::started_base().map_err(anyhow::Error::msg)?;
-    Ok((0..3)
-        .map(|i| format!("{host}:{}", base + offset + i))
-        .collect())
+    proto::process::given_or_started(given, &[offset, offset + 1, offset + 2])
+        .map_err(anyhow::Error::msg)
 }
 
 fn submit(

@@ -228,27 +228,12 @@ fn cluster(a: RunArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.fail_prob) {
         anyhow::bail!("--fail-prob {} must be between 0 and 1", a.fail_prob);
     }
-    // Not given: where start_system.sh puts them (following PRIMES_BASE_PORT as it does).
-    let (coordinators, afs_servers) = match (a.coordinator.is_empty(), a.afs.is_empty()) {
-        (false, false) => (a.coordinator, a.afs),
-        (no_coordinator, no_afs) => {
-            let (host, base) = proto::process::started_base().map_err(anyhow::Error::msg)?;
-            let at = |offsets: &[u16]| -> Vec<String> {
-                offsets
-                    .iter()
-                    .map(|o| format!("{host}:{}", base + o))
-                    .collect()
-            };
-            (
-                if no_coordinator {
-                    at(&[0, 4, 5])
-                } else {
-                    a.coordinator
-                },
-                if no_afs { at(&[1, 2, 3]) } else { a.afs },
-            )
-        }
-    };
+    // Not given: where start_system.sh puts them (following PRIMES_BASE_PORT as it does):
+    // coordinators at the base, + 4 and + 5 (a group's other members), file servers + 1..3.
+    let coordinators =
+        proto::process::given_or_started(a.coordinator, &[0, 4, 5]).map_err(anyhow::Error::msg)?;
+    let afs_servers =
+        proto::process::given_or_started(a.afs, &[1, 2, 3]).map_err(anyhow::Error::msg)?;
     let threads = set_threads(a.threads)?;
     let key = proto::ClusterKey::resolve(&a.key_file).context("loading the cluster key")?;
     let cfg = WorkerConfig {
