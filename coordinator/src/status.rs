@@ -386,7 +386,6 @@ pub fn registered(path: &Path, worker: &str) -> bool {
         })
 }
 
-/// Runs the status command.
 /// Whether the status shown says a coordinator runs (in a group: one leads and serves):
 /// `coordinator status` exits 0 if so, 3 if not (the LSB's "program is not running"),
 /// after showing the last known state either way.
@@ -396,6 +395,18 @@ pub enum Running {
     No,
 }
 
+impl Running {
+    /// What status `v` says.
+    fn of(v: &Value) -> Running {
+        if v["running"] == true {
+            Running::Yes
+        } else {
+            Running::No
+        }
+    }
+}
+
+/// Runs the status command.
 pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
     if !watch {
         let v = read(path)?;
@@ -413,18 +424,14 @@ pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
                 return Err(e).context("writing the status");
             }
         }
-        return Ok(if v["running"] == true {
-            Running::Yes
-        } else {
-            Running::No
-        });
+        return Ok(Running::of(&v));
     }
     let mut out = std::io::stdout();
     loop {
         let (text, running) = match read(path) {
-            Ok(v) if json => (serde_json::to_string(&v)? + "\n", v["running"] == true),
-            Ok(v) => (render(&v), v["running"] == true),
-            Err(e) => (format!("{e:#}\n"), false),
+            Ok(v) if json => (serde_json::to_string(&v)? + "\n", Running::of(&v)),
+            Ok(v) => (render(&v), Running::of(&v)),
+            Err(e) => (format!("{e:#}\n"), Running::No),
         };
         let written = if json {
             write!(out, "{text}")
@@ -441,7 +448,7 @@ pub fn run(path: &Path, json: bool, watch: bool) -> anyhow::Result<Running> {
             // The reader went (`status --watch --json | head -n 3`): the watch is over, and
             // the exit status says what the last status showed.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                return Ok(if running { Running::Yes } else { Running::No });
+                return Ok(running);
             }
             Err(e) => return Err(e).context("writing the status"),
         }
