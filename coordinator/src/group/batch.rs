@@ -103,7 +103,13 @@ fn pieces_of(mut run: Run, out: &mut Vec<(Piece, Vec<u64>)>) {
     }
     let mut stretches = Vec::with_capacity(starts.len());
     for &s in starts.iter().rev() {
-        stretches.push(run.primes.split_off(s));
+        // At 0, the run's buffer itself (`split_off(0)` would leave an allocation of the
+        // same capacity behind, tens of MB, only to free it).
+        stretches.push(if s == 0 {
+            std::mem::take(&mut run.primes)
+        } else {
+            run.primes.split_off(s)
+        });
     }
     for ps in stretches.into_iter().rev() {
         if let (Some(&first), Some(&last)) = (ps.first(), ps.last()) {
