@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::core::{Core, Key, Now, ReportStatus};
 use crate::durable::Durable;
@@ -412,10 +412,16 @@ async fn serve_worker(
     } else {
         warn!(worker = worker_id, %peer, conn = conn_id, "registration refused: id in use");
     }
+    // Who ended the connection, for the log line (a worker killed or cut off is seen here
+    // first; its chunks go back to the queue when the machine hears of it).
+    let mut ended = "closed here";
     let result = loop {
         let msg = tokio::select! {
             _ = closed.cancelled() => break Ok(()),
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => {
+                ended = "coordinator stopping";
+                break Ok(());
+            }
             m = reader.read_decoded(WorkerMsg::decode) => m,
         };
         match msg {
@@ -427,8 +433,16 @@ async fn serve_worker(
                     })
                     .await
             }
-            Ok(None) => break Ok(()),
+            Ok(None) => {
+                ended = "closed by the worker";
+                break Ok(());
+            }
+            Err(e @ (ProtoError::Io(_) | ProtoError::Truncated)) => {
+                ended = "lost";
+                break Err(e);
+            }
             Err(e) => {
+                ended = "bad message";
                 warn!(worker = worker_id, error = %e, "bad message from worker; closing its connection");
                 shared.close(conn_id, format!("bad message: {e}"));
                 break Err(e);
@@ -437,7 +451,12 @@ async fn serve_worker(
     };
     shared.disconnect(conn_id);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
-    debug!(worker = worker_id, "worker connection closed");
+    info!(
+        worker = worker_id,
+        conn = conn_id,
+        ended,
+        "worker connection closed"
+    );
     result
 }
 

@@ -143,6 +143,15 @@ fn worker_killed_mid_task() {
     p.worker(&victim).kill9();
     p.wait_all_reported(T);
     p.assert_exact();
+    // The coordinator's log says so, naming the worker (it said nothing at info before).
+    let log = std::fs::read_to_string(p.path("logs/coordinator.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("worker connection closed")
+            && l.contains(&format!("worker=\"{victim}\""))
+            && (l.contains("ended=\"closed by the worker\"") || l.contains("ended=\"lost\""))),
+        "no line for the killed worker in the coordinator's log:\n{}",
+        e2e::log_tail(&p.path("logs/coordinator.log"), 40)
+    );
     // The status file lags by up to 0.5 s.
     wait_for(T, "the status to count the lost worker", || {
         p.status()["totals"]["workers_lost"].as_u64().unwrap_or(0) >= 1
