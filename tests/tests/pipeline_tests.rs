@@ -436,6 +436,36 @@ fn snapshots_are_consistent_under_load() {
         with_channel >= 1,
         "some snapshot recorded messages in a channel:\n{text}"
     );
+    // Without files: every snapshot of the folder it runs in; in a folder without any, a
+    // clear refusal.
+    let all = Command::new(bin("coordinator"))
+        .arg("verify-snapshot")
+        .current_dir(p.path("."))
+        .env_remove("PRIMES_SNAPSHOTS")
+        .output()
+        .expect("verify-snapshot runs");
+    let listed = String::from_utf8_lossy(&all.stdout);
+    assert!(all.status.success(), "{listed}");
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.contains(": consistent"))
+            .count(),
+        snaps.len(),
+        "{listed}"
+    );
+    let none = Command::new(bin("coordinator"))
+        .arg("verify-snapshot")
+        .current_dir(p.path("data"))
+        .env_remove("PRIMES_SNAPSHOTS")
+        .output()
+        .expect("verify-snapshot runs");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no snapshots in snapshots/"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
 }
 
 #[test]

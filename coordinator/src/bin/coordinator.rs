@@ -240,9 +240,10 @@ enum Command {
         replace: bool,
     },
     /// Check that snapshots are consistent cuts (each task in exactly one place).
-    /// Exit status 0 if all are, 1 if not.
+    /// Exit status 0 if all are, 1 if not (or if there is none to check).
     VerifySnapshot {
-        #[arg(required = true)]
+        /// Snapshot files (default: every snapshot in snapshots/, or in PRIMES_SNAPSHOTS,
+        /// newest first).
         files: Vec<PathBuf>,
         /// Print the verdicts as JSON.
         #[arg(long)]
@@ -377,6 +378,27 @@ fn submit(
 }
 
 fn verify(files: &[PathBuf], json: bool) -> ExitCode {
+    let listed: Vec<PathBuf>;
+    let files = if files.is_empty() {
+        // Where the coordinator writes them (its --snapshots default, or PRIMES_SNAPSHOTS).
+        let dir = std::env::var_os("PRIMES_SNAPSHOTS")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from("snapshots"), PathBuf::from);
+        listed = coordinator::snapshot::list_snapshots(&dir)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        if listed.is_empty() {
+            eprintln!(
+                "no snapshots in {}/ (run this in the system's folder, or name the files)",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        &listed[..]
+    } else {
+        files
+    };
     let mut ok = true;
     for f in files {
         let snap = std::fs::read(f).map_err(anyhow::Error::from).and_then(|b| {
