@@ -438,12 +438,15 @@ fn snapshots_are_consistent_under_load() {
     );
     // Without files: every snapshot of the folder it runs in; in a folder without any, a
     // clear refusal.
-    let all = Command::new(bin("coordinator"))
-        .arg("verify-snapshot")
-        .current_dir(p.path("."))
-        .env_remove("PRIMES_SNAPSHOTS")
-        .output()
-        .expect("verify-snapshot runs");
+    let verify_in = |dir: &str| {
+        Command::new(bin("coordinator"))
+            .arg("verify-snapshot")
+            .current_dir(p.path(dir))
+            .env_remove("PRIMES_SNAPSHOTS")
+            .output()
+            .expect("verify-snapshot runs")
+    };
+    let all = verify_in(".");
     let listed = String::from_utf8_lossy(&all.stdout);
     assert!(all.status.success(), "{listed}");
     assert_eq!(
@@ -454,12 +457,7 @@ fn snapshots_are_consistent_under_load() {
         snaps.len(),
         "{listed}"
     );
-    let none = Command::new(bin("coordinator"))
-        .arg("verify-snapshot")
-        .current_dir(p.path("data"))
-        .env_remove("PRIMES_SNAPSHOTS")
-        .output()
-        .expect("verify-snapshot runs");
+    let none = verify_in("data");
     assert_eq!(none.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&none.stderr).contains("no snapshots in snapshots/"),
