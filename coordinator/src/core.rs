@@ -219,6 +219,9 @@ pub struct Totals {
     pub tasks_done: u64,
     pub tasks_failed: u64,
     pub workers_lost: u64,
+    /// Tasks a lost worker held, handed out again.
+    #[serde(default)]
+    pub tasks_requeued: u64,
     pub stale_messages_ignored: u64,
 }
 

@@ -150,11 +150,12 @@ pub fn render(v: &Value) -> String {
         n("primes_in_set"),
     ));
     s.push_str(&format!(
-        "this session: numbers tested {}   tasks done {}   retried/failed tasks {}   workers lost {}\n",
+        "this session: numbers tested {}   tasks done {}   retried/failed tasks {}   workers lost {} (their tasks handed out again: {})\n",
         t("numbers_tested"),
         t("tasks_done"),
         t("tasks_failed"),
-        t("workers_lost")
+        t("workers_lost"),
+        t("tasks_requeued")
     ));
     if let Some(c) = coords {
         // Not running: the summary heads the page already.

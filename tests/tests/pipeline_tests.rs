@@ -153,9 +153,15 @@ fn worker_killed_mid_task() {
         e2e::log_tail(&p.path("logs/coordinator.log"), 40)
     );
     // The status file lags by up to 0.5 s.
-    wait_for(T, "the status to count the lost worker", || {
-        p.status()["totals"]["workers_lost"].as_u64().unwrap_or(0) >= 1
-    });
+    wait_for(
+        T,
+        "the status to count the lost worker and its task",
+        || {
+            let t = &p.status()["totals"];
+            t["workers_lost"].as_u64().unwrap_or(0) >= 1
+                && t["tasks_requeued"].as_u64().unwrap_or(0) >= 1
+        },
+    );
     p.start_worker(&victim);
     wait_for(T, "the restarted worker to rejoin", || {
         worker_state_is(&p, &victim, true)

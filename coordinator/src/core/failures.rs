@@ -62,6 +62,7 @@ impl Core {
                         job.chunks[key.chunk as usize] = ChunkState::Queued { ready_ms: now.ms };
                         // Lost work goes to the front: it is the oldest.
                         self.queue.push_front(key);
+                        self.totals.tasks_requeued += 1;
                     }
                 }
             }

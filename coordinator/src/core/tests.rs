@@ -124,6 +124,7 @@ fn disconnect_requeues_and_stale_results_are_ignored() {
     let re = assigns(&c.disconnected(1, at(5)));
     assert_eq!(re.len(), 1);
     assert_eq!(re[0].0, 2, "handed to the other worker");
+    assert_eq!((c.totals.workers_lost, c.totals.tasks_requeued), (1, 1));
     // w1 comes back on a new connection and sends its old result: ignored.
     c.register(3, "w1", at(6));
     c.message(

@@ -117,6 +117,11 @@ pub(super) fn metrics_text(
             "workers_lost",
             "Workers lost (disconnect or missed heartbeats) in this session.",
         ),
+        (
+            "primes_tasks_requeued_total",
+            "tasks_requeued",
+            "Tasks a lost worker held, handed out again, in this session.",
+        ),
     ] {
         metric(name, help, "counter", vec![(String::new(), n(&t[key]))]);
     }
