@@ -412,16 +412,12 @@ async fn serve_worker(
     } else {
         warn!(worker = worker_id, %peer, conn = conn_id, "registration refused: id in use");
     }
-    // Who ended the connection, for the log line (a worker killed or cut off is seen here
-    // first; its chunks go back to the queue when the machine hears of it).
-    let mut ended = "closed here";
-    let result = loop {
+    // The result, and who ended the connection for the log line (a worker killed or cut
+    // off is seen here first; its chunks go back to the queue when the machine hears of it).
+    let (result, ended) = loop {
         let msg = tokio::select! {
-            _ = closed.cancelled() => break Ok(()),
-            _ = shutdown.cancelled() => {
-                ended = "coordinator stopping";
-                break Ok(());
-            }
+            _ = closed.cancelled() => break (Ok(()), "closed here"),
+            _ = shutdown.cancelled() => break (Ok(()), "coordinator stopping"),
             m = reader.read_decoded(WorkerMsg::decode) => m,
         };
         match msg {
@@ -433,19 +429,12 @@ async fn serve_worker(
                     })
                     .await
             }
-            Ok(None) => {
-                ended = "closed by the worker";
-                break Ok(());
-            }
-            Err(e @ (ProtoError::Io(_) | ProtoError::Truncated)) => {
-                ended = "lost";
-                break Err(e);
-            }
+            Ok(None) => break (Ok(()), "closed by the worker"),
+            Err(e @ (ProtoError::Io(_) | ProtoError::Truncated)) => break (Err(e), "lost"),
             Err(e) => {
-                ended = "bad message";
                 warn!(worker = worker_id, error = %e, "bad message from worker; closing its connection");
                 shared.close(conn_id, format!("bad message: {e}"));
-                break Err(e);
+                break (Err(e), "bad message");
             }
         }
     };

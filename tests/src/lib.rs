@@ -5,6 +5,7 @@ pub mod docker;
 pub mod pipeline;
 
 use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,6 +79,16 @@ impl Proc {
         }
     }
 
+    /// A child started otherwise (its stdout elsewhere than `log`), killed on drop as
+    /// [`Proc::start`]'s are.
+    fn adopt(name: &str, child: Child, log: &Path) -> Proc {
+        Proc {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -127,6 +138,32 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `cmd` with its stdout a pipe nobody reads (`cmd | head` once head is gone) and its
+/// stderr in `log`: its exit code within `limit` (None: it did not exit, and was killed),
+/// and its log's last lines.
+pub fn exit_without_reader(
+    cmd: &mut Command,
+    log: &Path,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors (close-on-exec, so no other test's
+    // child inherits the reading end while it is still open).
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned here only.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    let err = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let child = cmd
+        .stdout(Stdio::from(writer))
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut p = Proc::adopt(&format!("{cmd:?}"), child, log);
+    (p.wait_exit(limit), p.log_tail(10))
 }
 
 /// The last `n` lines of a file.

@@ -649,37 +649,22 @@ fn group_status_without_a_majority() {
         String::from_utf8_lossy(&out.stderr)
     );
     // `status --watch` whose reader goes: over at its first write, with that exit status
-    // (it exited 1, "Broken pipe"). Killed if it loops on.
+    // (it exited 1, "Broken pipe"). Killed when dropped, should it loop on.
     for json in [true, false] {
-        let (reader, writer) = std::io::pipe().expect("a pipe");
-        drop(reader);
         let mut cmd = Command::new(bin("coordinator"));
         cmd.args(["status", "--watch"]).current_dir(p.path(""));
         if json {
             cmd.arg("--json");
         }
-        let mut child = cmd
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("coordinator status --watch starts");
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("waiting for status --watch") {
-                break Some(s);
-            }
-            if t0.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let status = status.expect("status --watch exits once its reader is gone");
+        let (status, log) = e2e::exit_without_reader(
+            &mut cmd,
+            &p.path("logs/status-watch.log"),
+            Duration::from_secs(10),
+        );
         assert_eq!(
-            status.code(),
+            status,
             Some(0),
-            "--watch (json {json}) without a reader"
+            "--watch (json {json}) without a reader (None: it did not exit):\n{log}"
         );
     }
     for id in (1..=3).filter(|i| *i != leader) {

@@ -9,6 +9,11 @@ use coordinator::core::CoreConfig;
 use coordinator::server::Config;
 use coordinator::snapshot::SnapshotConfig;
 
+/// The snapshots' folder: the coordinator's `--snapshots` default and its variable, which
+/// `verify-snapshot` without files reads too.
+const SNAPSHOTS_DIR: &str = "snapshots";
+const SNAPSHOTS_ENV: &str = "PRIMES_SNAPSHOTS";
+
 /// Prime-pipeline coordinator. Without a subcommand it runs: watches the input folder, hands
 /// chunks of files to workers, deduplicates their primes into primes.txt, writes a report per
 /// file and takes Chandy–Lamport snapshots. It resumes from the state on disk unless --fresh.
@@ -54,7 +59,7 @@ struct RunArgs {
     #[arg(long, env = "PRIMES_FILE", default_value = "primes.txt")]
     primes: PathBuf,
     /// Folder of snapshots.
-    #[arg(long, env = "PRIMES_SNAPSHOTS", default_value = "snapshots")]
+    #[arg(long, env = SNAPSHOTS_ENV, default_value = SNAPSHOTS_DIR)]
     snapshots: PathBuf,
     /// Status file read by `coordinator status`.
     #[arg(long, env = "PRIMES_STATUS_FILE", default_value = "run/status.json")]
@@ -380,10 +385,10 @@ fn submit(
 fn verify(files: &[PathBuf], json: bool) -> ExitCode {
     let listed: Vec<PathBuf>;
     let files = if files.is_empty() {
-        // Where the coordinator writes them (its --snapshots default, or PRIMES_SNAPSHOTS).
-        let dir = std::env::var_os("PRIMES_SNAPSHOTS")
+        // Where the coordinator writes them (its --snapshots, from the same variable).
+        let dir = std::env::var_os(SNAPSHOTS_ENV)
             .filter(|d| !d.is_empty())
-            .map_or_else(|| PathBuf::from("snapshots"), PathBuf::from);
+            .map_or_else(|| PathBuf::from(SNAPSHOTS_DIR), PathBuf::from);
         listed = coordinator::snapshot::list_snapshots(&dir)
             .into_iter()
             .map(|(_, p)| p)
