@@ -463,6 +463,17 @@ fn snapshots_are_consistent_under_load() {
         snaps.len(),
         "{listed}"
     );
+    // Its reader gone (`verify-snapshot | head`): it stops, exit 0 (it panicked, "failed
+    // printing to stdout").
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.arg("verify-snapshot").args(&snaps);
+    let (code, log) = e2e::exit_without_reader(
+        &mut cmd,
+        &p.path("logs/verify-no-reader.log"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
     let none = verify_in("data");
     assert_eq!(none.status.code(), Some(1));
     assert!(

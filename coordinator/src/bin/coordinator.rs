@@ -1,5 +1,6 @@
 //! The `coordinator` binary: runs the coordinator, or shows status, or checks a snapshot.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -405,40 +406,48 @@ fn verify(files: &[PathBuf], json: bool) -> ExitCode {
         files
     };
     let mut ok = true;
+    let mut out = std::io::stdout().lock();
     for f in files {
         let snap = std::fs::read(f).map_err(anyhow::Error::from).and_then(|b| {
             serde_json::from_slice::<coordinator::snapshot::Snapshot>(&b)
                 .map_err(anyhow::Error::from)
         });
-        match snap {
+        let v = match snap {
             Err(e) => {
                 eprintln!("{}: cannot read snapshot: {e:#}", f.display());
                 ok = false;
+                continue;
             }
-            Ok(s) => {
-                let v = coordinator::verify::verify(&s);
-                ok &= v.consistent();
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"file": f.display().to_string(), "consistent": v.consistent(), "verdict": v})
-                    );
-                } else {
-                    println!(
-                        "{}: {} — {} tasks: {} queued, {} in progress, {} completed, {} in channels ({} channel messages)",
-                        f.display(),
-                        if v.consistent() { "consistent" } else { "INCONSISTENT" },
-                        v.tasks,
-                        v.queued,
-                        v.in_progress,
-                        v.completed,
-                        v.in_channel,
-                        v.channel_messages
-                    );
-                    for p in &v.problems {
-                        println!("  {p}");
-                    }
-                }
+            Ok(s) => coordinator::verify::verify(&s),
+        };
+        ok &= v.consistent();
+        let text = if json {
+            serde_json::json!({"file": f.display().to_string(), "consistent": v.consistent(), "verdict": v})
+                .to_string()
+        } else {
+            let mut t = format!(
+                "{}: {} — {} tasks: {} queued, {} in progress, {} completed, {} in channels ({} channel messages)",
+                f.display(),
+                if v.consistent() { "consistent" } else { "INCONSISTENT" },
+                v.tasks,
+                v.queued,
+                v.in_progress,
+                v.completed,
+                v.in_channel,
+                v.channel_messages
+            );
+            for p in &v.problems {
+                t.push_str(&format!("\n  {p}"));
+            }
+            t
+        };
+        match writeln!(out, "{text}") {
+            Ok(()) => {}
+            // The reader went (`verify-snapshot | head`): the verdict is of those checked.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => {
+                eprintln!("coordinator: writing the verdicts: {e}");
+                return ExitCode::FAILURE;
             }
         }
     }
